@@ -1,0 +1,266 @@
+//! The Kafka record a message becomes: the spec's envelope, its key and headers, or a dead-letter record
+//! that says why the message could not be delivered as such. Pure: the receive time is passed in.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use crate::route::{DeviceIdSource, Route};
+
+/// An MQTT message as received.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    pub topic: &'a str,
+    pub payload: &'a [u8],
+    pub qos: u8,
+    pub retain: bool,
+    pub received_at: SystemTime,
+}
+
+/// The payload, validated once per message however many routes it fans out to.
+pub struct Payload<'a> {
+    raw: Result<&'a RawValue, String>,
+    parsed: std::cell::OnceCell<Option<Value>>,
+}
+
+impl<'a> Payload<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        let raw = serde_json::from_slice::<&RawValue>(bytes).map_err(|e| {
+            if bytes.is_empty() {
+                "payload is empty, not JSON".to_string()
+            } else {
+                format!("payload is not valid JSON: {e}")
+            }
+        });
+        Self { raw, parsed: std::cell::OnceCell::new() }
+    }
+
+    /// The payload as a `serde_json::Value`, parsed on first use (only JSONPath keys need it).
+    fn value(&self) -> Option<&Value> {
+        self.parsed
+            .get_or_init(|| self.raw.as_ref().ok().and_then(|r| serde_json::from_str(r.get()).ok()))
+            .as_ref()
+    }
+}
+
+/// A record ready to be produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: Vec<(&'static str, Vec<u8>)>,
+}
+
+/// What a route makes of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Record { record: Record, device_id: String, device_id_source: DeviceIdSource },
+    /// The message cannot go to the route's topic; `record` goes to the dead-letter topic instead.
+    DeadLetter { record: Record, device_id: String, reason: String },
+}
+
+pub const HEADER_MQTT_TOPIC: &str = "mqtt_topic";
+pub const HEADER_MQTT_QOS: &str = "mqtt_qos";
+pub const HEADER_DEVICE_ID: &str = "device_id";
+pub const HEADER_ROUTE: &str = "route";
+pub const HEADER_DLQ_REASON: &str = "dlq_reason";
+pub const HEADER_RECEIVED_AT: &str = "received_at";
+
+/// Epoch seconds with microseconds, as the spec's `timestamp` field (`1684678444.928538`).
+pub fn epoch_seconds(at: SystemTime) -> String {
+    let d = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    format!("{}.{:06}", d.as_secs(), d.subsec_micros())
+}
+
+/// Builds what `route` makes of `msg`.
+pub fn build(route: &Route, msg: &Message<'_>, payload: &Payload<'_>) -> Outcome {
+    let (device_id, device_id_source) = route.device_id.extract(msg.topic);
+    let timestamp = epoch_seconds(msg.received_at);
+    let mut headers = vec![
+        (HEADER_MQTT_TOPIC, msg.topic.as_bytes().to_vec()),
+        (HEADER_MQTT_QOS, vec![b'0' + msg.qos.min(2)]),
+        (HEADER_DEVICE_ID, device_id.as_bytes().to_vec()),
+        (HEADER_ROUTE, route.name.as_bytes().to_vec()),
+    ];
+    match &payload.raw {
+        Ok(raw) => {
+            let key = route.key.select(device_id, if route.key.needs_payload() { payload.value() } else { None });
+            Outcome::Record {
+                record: Record {
+                    topic: route.topic.clone(),
+                    key,
+                    value: envelope(msg.topic, device_id, raw, &timestamp),
+                    headers,
+                },
+                device_id: device_id.to_string(),
+                device_id_source,
+            }
+        }
+        Err(reason) => {
+            headers.push((HEADER_DLQ_REASON, reason.as_bytes().to_vec()));
+            headers.push((HEADER_RECEIVED_AT, timestamp.into_bytes()));
+            Outcome::DeadLetter {
+                record: Record {
+                    topic: route.dead_letter_topic.clone(),
+                    key: Some(device_id.as_bytes().to_vec()),
+                    value: msg.payload.to_vec(),
+                    headers,
+                },
+                device_id: device_id.to_string(),
+                reason: reason.clone(),
+            }
+        }
+    }
+}
+
+/// `{"original_topic":…,"device_id":…,"payload":…,"timestamp":…}` with the payload spliced in as the
+/// exact JSON text that was published (key order and number formatting kept, no re-serialization).
+pub fn envelope(topic: &str, device_id: &str, payload: &RawValue, timestamp: &str) -> Vec<u8> {
+    let raw = payload.get();
+    let mut out = Vec::with_capacity(raw.len() + topic.len() + device_id.len() + 80);
+    out.extend_from_slice(b"{\"original_topic\":");
+    write_json_string(&mut out, topic);
+    out.extend_from_slice(b",\"device_id\":");
+    write_json_string(&mut out, device_id);
+    out.extend_from_slice(b",\"payload\":");
+    out.extend_from_slice(raw.as_bytes());
+    out.extend_from_slice(b",\"timestamp\":");
+    out.extend_from_slice(timestamp.as_bytes());
+    out.push(b'}');
+    out
+}
+
+fn write_json_string(out: &mut Vec<u8>, s: &str) {
+    // Serializing a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::tests::route;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    const SPEC_TOPIC: &str = "cmnd/f2-e4fd45f654be/access-control-mode/J1/door-sensors";
+    const SPEC_PAYLOAD: &str =
+        r#"{"timestamp": "2023-05-26 18:34:04.928538", "door-sensor-1": false, "door-sensor-2": true}"#;
+
+    fn msg<'a>(topic: &'a str, payload: &'a [u8]) -> Message<'a> {
+        Message {
+            topic,
+            payload,
+            qos: 0,
+            retain: false,
+            received_at: UNIX_EPOCH + Duration::from_micros(1_684_678_444_928_538),
+        }
+    }
+
+    #[test]
+    fn the_spec_example_becomes_the_spec_record() {
+        let r = route("spec", "cmnd/#", "raw_iot_data");
+        let m = msg(SPEC_TOPIC, SPEC_PAYLOAD.as_bytes());
+        let Outcome::Record { record, device_id, .. } = build(&r, &m, &Payload::new(m.payload)) else {
+            panic!("expected a record")
+        };
+        assert_eq!(device_id, "f2-e4fd45f654be");
+        assert_eq!(record.topic, "raw_iot_data");
+        assert_eq!(record.key.as_deref(), Some(&b"f2-e4fd45f654be"[..]));
+        let expected = format!(
+            r#"{{"original_topic":"{SPEC_TOPIC}","device_id":"f2-e4fd45f654be","payload":{SPEC_PAYLOAD},"timestamp":1684678444.928538}}"#
+        );
+        assert_eq!(String::from_utf8(record.value.clone()).unwrap(), expected);
+        let v: Value = serde_json::from_slice(&record.value).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["original_topic", "device_id", "payload", "timestamp"]);
+        let payload_keys: Vec<&str> = v["payload"].as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(payload_keys, ["timestamp", "door-sensor-1", "door-sensor-2"], "key order kept");
+        assert!(record.headers.contains(&(HEADER_MQTT_TOPIC, SPEC_TOPIC.as_bytes().to_vec())));
+        assert!(record.headers.contains(&(HEADER_MQTT_QOS, b"0".to_vec())));
+    }
+
+    #[test]
+    fn envelope_table() {
+        let r = route("spec", "cmnd/#", "raw_iot_data");
+        let cases: &[(&str, &str, Option<&str>)] = &[
+            ("cmnd/dev-1/x", "42", Some("42")),
+            ("cmnd/dev-1/x", "\"text\"", Some("\"text\"")),
+            ("cmnd/dev-1/x", "  [1, 2]  ", Some("[1, 2]")),
+            ("cmnd/dev-1/x", "null", Some("null")),
+            ("cmnd/dev-1/x", "123456789012345678901234567890", Some("123456789012345678901234567890")),
+            ("cmnd/dev-1/x", "{\"a\":", None),
+            ("cmnd/dev-1/x", "", None),
+            ("cmnd/dev-1/x", "not json", None),
+            ("cmnd/\"quoted\"\\/x", "{}", Some("{}")),
+        ];
+        for (topic, payload, want) in cases {
+            let m = msg(topic, payload.as_bytes());
+            match (build(&r, &m, &Payload::new(m.payload)), want) {
+                (Outcome::Record { record, .. }, Some(want)) => {
+                    let v: Value = serde_json::from_slice(&record.value).unwrap();
+                    assert_eq!(v["original_topic"], *topic);
+                    let text = String::from_utf8(record.value).unwrap();
+                    assert!(text.contains(&format!("\"payload\":{want},")), "{text}");
+                }
+                (Outcome::DeadLetter { record, reason, .. }, None) => {
+                    assert_eq!(record.topic, "raw_iot_data.dlq");
+                    assert_eq!(record.value, payload.as_bytes(), "the dead letter keeps the payload as sent");
+                    assert!(record.headers.iter().any(|(k, v)| *k == HEADER_DLQ_REASON && v == reason.as_bytes()));
+                    assert!(reason.contains("JSON"), "{reason}");
+                }
+                (other, want) => panic!("payload {payload:?}: got {other:?}, wanted {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn binary_payload_is_dead_lettered_unchanged() {
+        let r = route("spec", "cmnd/#", "raw_iot_data");
+        let bytes = [0xff, 0x00, 0xfe, b'{'];
+        let m = msg("cmnd/dev/x", &bytes);
+        assert!(matches!(build(&r, &m, &Payload::new(&bytes)), Outcome::DeadLetter { record, .. } if record.value == bytes));
+    }
+
+    #[test]
+    fn timestamp_has_microseconds() {
+        assert_eq!(epoch_seconds(UNIX_EPOCH + Duration::from_micros(5_000_001)), "5.000001");
+        assert_eq!(epoch_seconds(UNIX_EPOCH + Duration::from_millis(1_500)), "1.500000");
+    }
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+            ".*".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                prop::collection::vec((".*", inner), 0..8)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_json_payload_comes_out_of_the_envelope_unchanged(value in arb_json(), pretty in any::<bool>()) {
+            let text = if pretty { serde_json::to_string_pretty(&value).unwrap() } else { value.to_string() };
+            let r = route("spec", "cmnd/#", "raw_iot_data");
+            let m = msg("cmnd/f2-e4fd45f654be/x", text.as_bytes());
+            let Outcome::Record { record, .. } = build(&r, &m, &Payload::new(m.payload)) else {
+                panic!("valid JSON must not be dead-lettered")
+            };
+            #[derive(serde::Deserialize)]
+            struct Env<'a> { #[serde(borrow)] payload: &'a RawValue }
+            let env: Env = serde_json::from_slice(&record.value).unwrap();
+            // Byte-for-byte: the payload is spliced, never re-serialized (which could reorder keys or
+            // round floats).
+            prop_assert_eq!(env.payload.get(), text.as_str());
+        }
+    }
+}

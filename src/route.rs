@@ -1,0 +1,245 @@
+//! Validated routes and the pure decisions made per message: which routes match a topic, which device
+//! id a topic carries, and which Kafka key a record gets. No I/O here.
+
+use std::fmt;
+use std::sync::Arc;
+
+use jsonpath_rust::parser::model::JpQuery;
+use regex::Regex;
+use serde_json::Value;
+
+use crate::filter::{self, Subscription};
+
+/// One route, checked: its filters are valid, its regexes compiled, its JSONPath parsed.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    pub filter: String,
+    pub fallback_filters: Vec<String>,
+    pub qos: u8,
+    pub topic: String,
+    pub dead_letter_topic: String,
+    pub device_id: DeviceIdRule,
+    pub key: KeyRule,
+}
+
+impl Route {
+    /// A message belongs to this route if its topic matches the route's filter or one of its fallback
+    /// filters (a message that reached us through a fallback subscription is still this route's).
+    pub fn matches(&self, topic: &str) -> bool {
+        filter::matches(topic, &self.filter) || self.fallback_filters.iter().any(|f| filter::matches(topic, f))
+    }
+}
+
+/// How a device id is read from an MQTT topic.
+#[derive(Debug, Clone)]
+pub struct DeviceIdRule {
+    /// Must contain a named group `device_id`.
+    pub regex: Regex,
+    pub fallback_regex: Option<Regex>,
+    /// Used when neither regex matches.
+    pub default: String,
+}
+
+/// Which of the three ways the device id was found; counted, so operators see the extraction rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceIdSource {
+    Regex,
+    Fallback,
+    Default,
+}
+
+impl DeviceIdRule {
+    pub fn extract<'t>(&'t self, topic: &'t str) -> (&'t str, DeviceIdSource) {
+        if let Some(id) = capture(&self.regex, topic) {
+            return (id, DeviceIdSource::Regex);
+        }
+        if let Some(id) = self.fallback_regex.as_ref().and_then(|r| capture(r, topic)) {
+            return (id, DeviceIdSource::Fallback);
+        }
+        (&self.default, DeviceIdSource::Default)
+    }
+}
+
+fn capture<'t>(regex: &Regex, topic: &'t str) -> Option<&'t str> {
+    regex.captures(topic)?.name("device_id").map(|m| m.as_str()).filter(|s| !s.is_empty())
+}
+
+/// The Kafka key of a route's records.
+#[derive(Debug, Clone)]
+pub enum KeyRule {
+    /// The device id (the spec's choice: one device, one partition, order kept).
+    DeviceId,
+    /// No key: records spread over partitions, no order between them.
+    None,
+    /// The first value a JSONPath selects in the payload; the device id when it selects nothing.
+    JsonPath { source: String, query: Box<JpQuery> },
+}
+
+impl fmt::Display for KeyRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyRule::DeviceId => f.write_str("device_id"),
+            KeyRule::None => f.write_str("none"),
+            KeyRule::JsonPath { source, .. } => f.write_str(source),
+        }
+    }
+}
+
+impl KeyRule {
+    /// The key for a record. `payload` is the parsed payload when the route has one.
+    pub fn select(&self, device_id: &str, payload: Option<&Value>) -> Option<Vec<u8>> {
+        match self {
+            KeyRule::DeviceId => Some(device_id.as_bytes().to_vec()),
+            KeyRule::None => None,
+            KeyRule::JsonPath { query, .. } => {
+                let found = payload.and_then(|p| {
+                    jsonpath_rust::query::js_path_process(query, p).ok().and_then(|refs| refs.into_iter().next())
+                });
+                match found.map(|r| r.val) {
+                    Some(Value::String(s)) => Some(s.as_bytes().to_vec()),
+                    Some(Value::Null) | None => Some(device_id.as_bytes().to_vec()),
+                    Some(other) => Some(other.to_string().into_bytes()),
+                }
+            }
+        }
+    }
+
+    pub fn needs_payload(&self) -> bool {
+        matches!(self, KeyRule::JsonPath { .. })
+    }
+}
+
+/// The routes in effect, in file order, with the subscriptions they need. Held behind an `Arc` so that a
+/// reload swaps the whole set at once and a message is routed by one complete set.
+#[derive(Debug, Clone)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+    subscriptions: Vec<Subscription>,
+}
+
+impl RouteTable {
+    pub fn new(routes: Vec<Route>) -> Self {
+        let wanted: Vec<(String, u8)> = routes.iter().map(|r| (r.filter.clone(), r.qos)).collect();
+        let subscriptions = filter::plan(&wanted);
+        Self { routes, subscriptions }
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// The filters to subscribe, none overlapping another (see [`filter::plan`]).
+    pub fn subscriptions(&self) -> &[Subscription] {
+        &self.subscriptions
+    }
+
+    /// Every route whose filters match `topic`, in file order (fan-out).
+    pub fn matching<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = &'a Route> + 'a {
+        self.routes.iter().filter(move |r| r.matches(topic))
+    }
+
+    /// The fallback filters to subscribe when the broker refused `filter`: those of every route the
+    /// subscription served, each at that route's QoS.
+    pub fn fallbacks_for(&self, subscription: &Subscription) -> Vec<(String, u8)> {
+        let mut out: Vec<(String, u8)> = Vec::new();
+        for route in self.routes.iter().filter(|r| subscription.serves.contains(&r.filter)) {
+            for f in &route.fallback_filters {
+                if !out.iter().any(|(g, _)| g == f) {
+                    out.push((f.clone(), route.qos));
+                }
+            }
+        }
+        out
+    }
+}
+
+pub type SharedRoutes = Arc<RouteTable>;
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn spec_device_rule() -> DeviceIdRule {
+        DeviceIdRule {
+            regex: Regex::new(r"(?:^|/)(?P<device_id>f2-[0-9a-fA-F]{12})(?:/|$)").unwrap(),
+            fallback_regex: Some(Regex::new(r"^[^/]+/(?P<device_id>[^/]+)").unwrap()),
+            default: "unknown".into(),
+        }
+    }
+
+    pub fn route(name: &str, filter: &str, topic: &str) -> Route {
+        Route {
+            name: name.into(),
+            filter: filter.into(),
+            fallback_filters: vec![],
+            qos: 0,
+            topic: topic.into(),
+            dead_letter_topic: format!("{topic}.dlq"),
+            device_id: spec_device_rule(),
+            key: KeyRule::DeviceId,
+        }
+    }
+
+    #[test]
+    fn device_id_extraction_table() {
+        let rule = spec_device_rule();
+        let cases = [
+            ("cmnd/f2-e4fd45f654be/access-control-mode/J1/door-sensors", "f2-e4fd45f654be", DeviceIdSource::Regex),
+            ("cmnd/f2-E4FD45F654BE/state", "f2-E4FD45F654BE", DeviceIdSource::Regex),
+            ("cmnd/site-7/f2-e4fd45f654be", "f2-e4fd45f654be", DeviceIdSource::Regex),
+            ("cmnd/gateway-12/status", "gateway-12", DeviceIdSource::Fallback),
+            ("cmnd/f2-e4fd45f654/short-mac", "f2-e4fd45f654", DeviceIdSource::Fallback),
+            ("cmnd/f2-e4fd45f654bef0/long-mac", "f2-e4fd45f654bef0", DeviceIdSource::Fallback),
+            ("cmnd", "unknown", DeviceIdSource::Default),
+            ("cmnd/", "unknown", DeviceIdSource::Default),
+        ];
+        for (topic, id, source) in cases {
+            assert_eq!(rule.extract(topic), (id, source), "topic {topic:?}");
+        }
+    }
+
+    fn jsonpath(path: &str) -> KeyRule {
+        KeyRule::JsonPath { source: path.into(), query: Box::new(jsonpath_rust::parser::parse_json_path(path).unwrap()) }
+    }
+
+    #[test]
+    fn key_selection_table() {
+        let payload: Value = serde_json::json!({"serial": "SN-1", "n": 42, "obj": {"a": 1}, "nil": null});
+        let cases: Vec<(KeyRule, Option<&str>)> = vec![
+            (KeyRule::DeviceId, Some("dev-1")),
+            (KeyRule::None, None),
+            (jsonpath("$.serial"), Some("SN-1")),
+            (jsonpath("$.n"), Some("42")),
+            (jsonpath("$.obj"), Some(r#"{"a":1}"#)),
+            (jsonpath("$.missing"), Some("dev-1")),
+            (jsonpath("$.nil"), Some("dev-1")),
+        ];
+        for (rule, want) in cases {
+            let got = rule.select("dev-1", Some(&payload));
+            assert_eq!(got.as_deref(), want.map(str::as_bytes), "key rule {rule}");
+        }
+        assert_eq!(jsonpath("$.serial").select("dev-1", None).as_deref(), Some(&b"dev-1"[..]));
+    }
+
+    #[test]
+    fn every_matching_route_is_returned_in_file_order() {
+        let table = RouteTable::new(vec![
+            route("all", "cmnd/#", "a"),
+            route("five", "cmnd/+/+/+/+", "b"),
+            route("other", "tele/#", "c"),
+        ]);
+        let names: Vec<&str> = table.matching("cmnd/x/y/z/w").map(|r| r.name.as_str()).collect();
+        assert_eq!(names, vec!["all", "five"]);
+        assert_eq!(table.subscriptions().len(), 2, "cmnd/+/+/+/+ is covered by cmnd/#");
+    }
+
+    #[test]
+    fn a_route_also_matches_its_fallback_filters() {
+        let mut r = route("narrow", "cmnd/+/state", "a");
+        r.fallback_filters = vec!["cmnd/dev1/#".into()];
+        assert!(r.matches("cmnd/dev1/state"));
+        assert!(r.matches("cmnd/dev1/other/level"));
+        assert!(!r.matches("cmnd/dev2/other/level"));
+    }
+}
