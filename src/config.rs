@@ -511,10 +511,12 @@ pub fn load_from_str(path: &Path, text: &str, env: &dyn EnvSource) -> Result<Con
             env_route_overrides = true;
         }
         if let Some(pattern) = env.get("MQTT_TOPIC_PATTERN").filter(|s| !s.is_empty()) {
-            // The fallbacks were written for the old filter and would subscribe something unrelated.
-            first.filter = pattern;
-            first.fallback_filters.clear();
-            env_route_overrides = true;
+            if pattern != first.filter {
+                // The fallbacks were written for the old filter and would subscribe something unrelated.
+                first.filter = pattern;
+                first.fallback_filters.clear();
+                env_route_overrides = true;
+            }
         }
     }
     let config = validate(path, raw, &|key: &str| {
@@ -993,6 +995,12 @@ mod tests {
         assert_eq!(r.filter, "sensors/#");
         assert!(r.fallback_filters.is_empty(), "fallbacks of cmnd/# make no sense for sensors/#");
         assert_eq!(r.dead_letter_topic, "from_env.dlq");
+        assert_eq!(c.mqtt.host, "file");
+
+        let same = load("", &[("MQTT_TOPIC_PATTERN", "cmnd/#"), ("MQTT_BROKER", "mqtt://env-broker:1999"), ("KAFKA_BOOTSTRAP_SERVERS", "k1:9092,k2:9092")]).unwrap();
+        assert_eq!(same.routes.routes()[0].fallback_filters, vec!["cmnd/+/+/+/+"], "same filter: fallbacks kept");
+        assert_eq!((same.mqtt.host.as_str(), same.mqtt.port), ("env-broker", 1999));
+        assert_eq!(same.kafka.properties["bootstrap.servers"], "k1:9092,k2:9092");
     }
 
     #[test]

@@ -1,9 +1,17 @@
 //! mqtt-kafka-gateway: bridges MQTT topics to Kafka topics by the routes in `routes.yaml`.
 //!
-//! The message path lives in [`pipeline`]; the other modules are the pieces it calls.
+//! The message path lives in [`pipeline`] (the one wiring module); [`mqtt`] and [`kafka`] are the edges;
+//! [`route`], [`filter`] and [`envelope`] are the pure core; [`config`] turns `routes.yaml` and the
+//! environment into validated settings.
 
+pub mod backoff;
 pub mod config;
 pub mod envelope;
 pub mod filter;
+pub mod kafka;
+pub mod metrics;
+pub mod mqtt;
+pub mod pipeline;
 pub mod route;
+pub mod telemetry;
 pub mod yaml_index;

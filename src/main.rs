@@ -1,1 +1,124 @@
-fn main() {}
+//! The `mqtt-kafka-gateway` binary: parses the command line, loads the configuration, sets up logging and
+//! runs the library's pipeline until SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use mqtt_kafka_gateway::{config, pipeline, telemetry};
+use tokio_util::sync::CancellationToken;
+
+/// Bridges MQTT topics to Apache Kafka topics by the routes in a YAML file.
+///
+/// Every MQTT message that matches a route becomes one Kafka record per matching route:
+/// {"original_topic", "device_id", "payload", "timestamp"}, keyed by device id. Messages that cannot be
+/// delivered as such (payload not JSON, refused by Kafka) go to the route's dead-letter topic.
+///
+/// Environment variables override the file: MQTT_BROKER, KAFKA_BOOTSTRAP_SERVERS, MQTT_USERNAME,
+/// MQTT_PASSWORD, KAFKA_TOPIC and MQTT_TOPIC_PATTERN (first route), and GATEWAY_<SECTION>__<KEY> for any
+/// other key (e.g. GATEWAY_MQTT__CLIENT_ID=edge-1). RUST_LOG sets the log filter, LOG_FORMAT=json
+/// structured logs.
+#[derive(Parser, Debug)]
+#[command(name = "mqtt-kafka-gateway", version, about, long_about, max_term_width = 110)]
+struct Cli {
+    /// The routes file.
+    #[arg(long, short = 'c', value_name = "PATH", default_value = config::DEFAULT_CONFIG_PATH, global = true)]
+    config: PathBuf,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway (the default when no command is given).
+    Run,
+    /// Check a routes file as the gateway would, list every problem, and exit non-zero if there is one.
+    /// Applies the same environment overrides as `run`.
+    Validate {
+        /// The file to check (default: --config).
+        file: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Validate { file } => validate(file.unwrap_or(cli.config)),
+        Command::Run => run(cli.config),
+    }
+}
+
+fn validate(path: PathBuf) -> ExitCode {
+    match config::load(&path) {
+        Ok(c) => {
+            let routes = c.routes.routes();
+            println!("{}: OK, {} route{}", path.display(), routes.len(), if routes.len() == 1 { "" } else { "s" });
+            for r in routes {
+                println!("  {}: {} -> {} (QoS {}, key {})", r.name, r.filter, r.topic, r.qos, r.key);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprint!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: PathBuf) -> ExitCode {
+    let config = match config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("error: invalid configuration\n{e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(&config.log.level, &config.log.format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signals(shutdown.clone()));
+        match pipeline::run(config, shutdown).await {
+            Ok(report) if report.undelivered == 0 => {
+                tracing::info!("stopped; every message taken was delivered");
+                ExitCode::SUCCESS
+            }
+            Ok(report) => {
+                tracing::error!(undelivered = report.undelivered, "stopped with records not delivered");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "gateway failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// First SIGTERM/SIGINT: graceful shutdown. A second one: exit at once.
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop the gateway with SIGKILL");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "shutdown requested");
+    shutdown.cancel();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::warn!("second signal: exiting at once");
+    std::process::exit(130);
+}

@@ -1,0 +1,88 @@
+//! The Kafka edge: the rdkafka producer, its logs routed into `tracing`, and enqueueing with
+//! backpressure when librdkafka's queue is full.
+
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+
+use crate::config::KafkaSettings;
+use crate::envelope::Record;
+
+/// Routes librdkafka's own log lines and errors into our log output.
+pub struct LogContext;
+
+impl ClientContext for LogContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", facility = fac, "{message}")
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility = fac, "{message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", facility = fac, "{message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility = fac, "{message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // Broker-down and similar transport errors are retried by librdkafka; they matter to an operator
+        // but are not, by themselves, lost messages.
+        tracing::error!(target: "librdkafka", error = %error, reason, "Kafka client error");
+    }
+}
+
+pub type GatewayProducer = FutureProducer<LogContext>;
+
+/// Creates the producer. Fails on an invalid librdkafka property, naming it.
+pub fn producer(settings: &KafkaSettings) -> Result<GatewayProducer, KafkaError> {
+    let mut cc = ClientConfig::new();
+    for (k, v) in &settings.properties {
+        cc.set(k, v);
+    }
+    cc.set_log_level(RDKafkaLogLevel::Info);
+    cc.create_with_context(LogContext)
+}
+
+/// Enqueues `record`. When librdkafka's queue is full, waits for room (the caller stops reading from
+/// MQTT meanwhile: that is the backpressure). Any other error is returned at once.
+pub async fn enqueue(producer: &GatewayProducer, record: &Record) -> Result<DeliveryFuture, KafkaError> {
+    let started = std::time::Instant::now();
+    let mut next_warning = Duration::ZERO;
+    loop {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (k, v) in &record.headers {
+            headers = headers.insert(Header { key: k, value: Some(v.as_slice()) });
+        }
+        let mut fr = FutureRecord::to(&record.topic).payload(&record.value).headers(headers);
+        if let Some(key) = &record.key {
+            fr = fr.key(key.as_slice());
+        }
+        match producer.send_result(fr) {
+            Ok(f) => return Ok(f),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                let waited = started.elapsed();
+                if waited >= next_warning {
+                    next_warning = waited + Duration::from_secs(10);
+                    tracing::warn!(topic = %record.topic, waited_ms = waited.as_millis() as u64, "Kafka producer queue is full; waiting for room (backpressure)");
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+/// Waits until every queued record is acknowledged or `timeout` passes. Blocking: run it off the runtime.
+pub fn flush(producer: &GatewayProducer, timeout: Duration) -> Result<(), KafkaError> {
+    producer.flush(timeout)
+}
+
+/// Records still queued in librdkafka (not yet acknowledged).
+pub fn in_flight(producer: &GatewayProducer) -> i32 {
+    producer.in_flight_count()
+}

@@ -1,0 +1,148 @@
+//! Counters, and the one function per notable event that both logs it and counts it, so that logs and
+//! numbers never disagree.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::route::DeviceIdSource;
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub mqtt_connected: AtomicBool,
+    pub mqtt_connects: AtomicU64,
+    pub mqtt_connection_errors: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub messages_unrouted: AtomicU64,
+    pub messages_dropped_on_shutdown: AtomicU64,
+    pub records_enqueued: AtomicU64,
+    pub records_delivered: AtomicU64,
+    pub records_failed: AtomicU64,
+    pub dead_letters_enqueued: AtomicU64,
+    pub dead_letters_delivered: AtomicU64,
+    pub producer_queue_full: AtomicU64,
+    pub device_id_regex: AtomicU64,
+    pub device_id_fallback: AtomicU64,
+    pub device_id_default: AtomicU64,
+    pub subscriptions_rejected: AtomicU64,
+    unrouted_warned: Mutex<Option<Instant>>,
+}
+
+/// A point-in-time copy of the counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub messages_received: u64,
+    pub messages_unrouted: u64,
+    pub records_enqueued: u64,
+    pub records_delivered: u64,
+    pub records_failed: u64,
+    pub dead_letters_delivered: u64,
+    pub device_id_regex: u64,
+    pub device_id_fallback: u64,
+    pub device_id_default: u64,
+}
+
+impl Metrics {
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            messages_received: self.messages_received.load(Relaxed),
+            messages_unrouted: self.messages_unrouted.load(Relaxed),
+            records_enqueued: self.records_enqueued.load(Relaxed),
+            records_delivered: self.records_delivered.load(Relaxed),
+            records_failed: self.records_failed.load(Relaxed),
+            dead_letters_delivered: self.dead_letters_delivered.load(Relaxed),
+            device_id_regex: self.device_id_regex.load(Relaxed),
+            device_id_fallback: self.device_id_fallback.load(Relaxed),
+            device_id_default: self.device_id_default.load(Relaxed),
+        }
+    }
+
+    pub fn device_id(&self, source: DeviceIdSource) {
+        match source {
+            DeviceIdSource::Regex => &self.device_id_regex,
+            DeviceIdSource::Fallback => &self.device_id_fallback,
+            DeviceIdSource::Default => &self.device_id_default,
+        }
+        .fetch_add(1, Relaxed);
+    }
+
+    pub fn mqtt_connected(&self, broker: &str, session_present: bool) {
+        self.mqtt_connected.store(true, Relaxed);
+        self.mqtt_connects.fetch_add(1, Relaxed);
+        tracing::info!(broker, session_present, "connected to the MQTT broker");
+    }
+
+    pub fn mqtt_connection_error(&self, broker: &str, error: &dyn std::error::Error, attempt: u32, retry_in: Duration) {
+        let was_connected = self.mqtt_connected.swap(false, Relaxed);
+        self.mqtt_connection_errors.fetch_add(1, Relaxed);
+        let retry_in_ms = retry_in.as_millis() as u64;
+        if was_connected {
+            tracing::error!(broker, error = %error, retry_in_ms, "lost the connection to the MQTT broker; reconnecting");
+        } else {
+            tracing::error!(broker, error = %error, attempt, retry_in_ms, "cannot connect to the MQTT broker; retrying");
+        }
+    }
+
+    pub fn message_received(&self, topic: &str, qos: u8, bytes: usize) {
+        self.messages_received.fetch_add(1, Relaxed);
+        tracing::debug!(topic, qos, bytes, "message received");
+    }
+
+    /// A message no route wants (a wider subscription, or a session that kept an old one). Warned about
+    /// at most once a minute, counted always.
+    pub fn message_unrouted(&self, topic: &str) {
+        let n = self.messages_unrouted.fetch_add(1, Relaxed) + 1;
+        let mut last = self.unrouted_warned.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            *last = Some(Instant::now());
+            tracing::warn!(topic, total_unrouted = n, "message matches no route; dropped (warned at most once a minute)");
+        } else {
+            tracing::debug!(topic, "message matches no route; dropped");
+        }
+    }
+
+    pub fn dropped_on_shutdown(&self, topic: &str) {
+        self.messages_dropped_on_shutdown.fetch_add(1, Relaxed);
+        tracing::debug!(topic, "message arrived after shutdown began; not taken");
+    }
+
+    pub fn dead_lettered(&self, route: &str, topic: &str, device_id: &str, dead_letter_topic: &str, reason: &str) {
+        self.dead_letters_enqueued.fetch_add(1, Relaxed);
+        tracing::warn!(route, topic, device_id, dead_letter_topic, reason, "message sent to the dead-letter topic");
+    }
+
+    pub fn record_delivered(&self, dead_letter: bool, route: &str, topic: &str, partition: i32, offset: i64) {
+        if dead_letter {
+            self.dead_letters_delivered.fetch_add(1, Relaxed);
+        } else {
+            self.records_delivered.fetch_add(1, Relaxed);
+        }
+        tracing::trace!(route, topic, partition, offset, "record delivered");
+    }
+
+    pub fn record_failed(&self, route: &str, topic: &str, device_id: &str, error: &dyn std::error::Error) {
+        self.records_failed.fetch_add(1, Relaxed);
+        tracing::error!(route, topic, device_id, error = %error, "record could not be delivered to Kafka");
+    }
+}
+
+/// Logs the counters and rates since the previous line, as the spec's "metrics available via logs".
+pub fn log_stats(now: Snapshot, before: Snapshot, elapsed: Duration, metrics: &Metrics) {
+    let secs = elapsed.as_secs_f64().max(0.001);
+    let ids = now.device_id_regex + now.device_id_fallback + now.device_id_default;
+    let rate = |n: u64, d: u64| if d == 0 { 100.0 } else { (n as f64 * 1000.0 / d as f64).round() / 10.0 };
+    let delivered = now.records_delivered + now.dead_letters_delivered;
+    tracing::info!(
+        mqtt_connected = metrics.mqtt_connected.load(Relaxed),
+        messages_per_sec = ((now.messages_received - before.messages_received) as f64 / secs * 10.0).round() / 10.0,
+        messages_received = now.messages_received,
+        messages_unrouted = now.messages_unrouted,
+        records_delivered = now.records_delivered,
+        dead_letters_delivered = now.dead_letters_delivered,
+        records_failed = now.records_failed,
+        delivery_success_pct = rate(delivered, delivered + now.records_failed),
+        device_id_regex_pct = rate(now.device_id_regex, ids),
+        device_id_default = now.device_id_default,
+        "statistics"
+    );
+}

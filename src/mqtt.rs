@@ -1,0 +1,231 @@
+//! The MQTT edge: one rumqttc connection, polled at all times. It reconnects with backoff, subscribes
+//! the route table's plan (again after every reconnect that found no session), falls back to a route's
+//! fallback filters when the broker refuses one in its SUBACK, and forwards publishes to the pipeline
+//! through a bounded channel.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, SubscribeFilter, SubscribeReasonCode, Transport};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::config::MqttSettings;
+use crate::metrics::Metrics;
+use crate::route::RouteTable;
+
+/// A message as it leaves the MQTT edge.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: u8,
+    pub retain: bool,
+    pub pkid: u16,
+    pub received_at: SystemTime,
+    /// Which connection it arrived on (packet ids are only meaningful within one).
+    pub connection: u64,
+}
+
+/// Tokens the wiring uses to end the MQTT side in two steps.
+#[derive(Clone)]
+pub struct Stop {
+    /// Stop forwarding messages: what arrives after this is not taken.
+    pub receiving: CancellationToken,
+    /// Disconnect and return.
+    pub disconnect: CancellationToken,
+}
+
+pub fn options(s: &MqttSettings) -> MqttOptions {
+    let mut o = MqttOptions::new(&s.client_id, &s.host, s.port);
+    o.set_keep_alive(s.keep_alive);
+    o.set_clean_session(s.clean_session);
+    // rumqttc's 10 KiB default drops the connection on any larger message.
+    o.set_max_packet_size(s.max_packet_size, s.max_packet_size);
+    if let Some((user, pass)) = &s.credentials {
+        o.set_credentials(user, pass.expose());
+    }
+    if s.tls {
+        o.set_transport(Transport::tls_with_default_config());
+    }
+    o
+}
+
+fn qos(n: u8) -> QoS {
+    match n {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+/// Subscription bookkeeping. rumqttc tells us the packet id of a SUBSCRIBE only when it goes out
+/// (`Outgoing::Subscribe`), in request order, so requests wait in a FIFO until then.
+#[derive(Default)]
+struct Subscriptions {
+    requested: VecDeque<Vec<(String, u8)>>,
+    by_pkid: HashMap<u16, Vec<(String, u8)>>,
+    /// Filters the broker granted on this connection.
+    active: Vec<String>,
+    /// Filters refused on this connection (their fallbacks were tried).
+    refused: Vec<String>,
+}
+
+pub async fn run(
+    settings: MqttSettings,
+    mut routes: watch::Receiver<Arc<RouteTable>>,
+    out: mpsc::Sender<Inbound>,
+    metrics: Arc<Metrics>,
+    stop: Stop,
+) {
+    let broker = format!("{}:{}", settings.host, settings.port);
+    let (client, mut eventloop) = AsyncClient::new(options(&settings), 64);
+    let mut net = eventloop.network_options();
+    net.set_connection_timeout(settings.connect_timeout.as_secs());
+    eventloop.set_network_options(net);
+
+    let mut backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
+    let mut subs = Subscriptions::default();
+    let mut connection: u64 = 0;
+    let mut out = Some(out);
+    let mut routes_open = true;
+    tracing::info!(broker = %broker, client_id = %settings.client_id, clean_session = settings.clean_session, "connecting to the MQTT broker");
+
+    loop {
+        let event = tokio::select! {
+            biased;
+            _ = stop.disconnect.cancelled() => break,
+            _ = stop.receiving.cancelled(), if out.is_some() => {
+                // Dropping the sender lets the pipeline drain what it has and finish.
+                out = None;
+                continue;
+            }
+            changed = routes.changed(), if routes_open => {
+                match changed {
+                    Ok(()) => tracing::debug!("route table changed"),
+                    Err(_) => routes_open = false,
+                }
+                continue;
+            }
+            event = eventloop.poll() => event,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                backoff.reset();
+                connection += 1;
+                metrics.mqtt_connected(&broker, ack.session_present);
+                subs.by_pkid.clear();
+                subs.active.clear();
+                subs.refused.clear();
+                // rumqttc never resubscribes (rumqtt#250). Without a session the broker forgot our
+                // subscriptions; with one, subscribing again is harmless and picks up route changes.
+                let table = routes.borrow().clone();
+                let wanted: Vec<(String, u8)> = table.subscriptions().iter().map(|s| (s.filter.clone(), s.qos)).collect();
+                subscribe(&client, &mut subs, wanted);
+            }
+            Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => {
+                if let Some(batch) = subs.requested.pop_front() {
+                    subs.by_pkid.insert(pkid, batch);
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                let Some(batch) = subs.by_pkid.remove(&ack.pkid) else { continue };
+                let table = routes.borrow().clone();
+                let mut fallbacks: Vec<(String, u8)> = Vec::new();
+                for ((filter, wanted_qos), code) in batch.iter().zip(ack.return_codes.iter()) {
+                    match code {
+                        SubscribeReasonCode::Success(granted) => {
+                            let granted = *granted as u8;
+                            if granted < *wanted_qos {
+                                tracing::warn!(filter = %filter, requested_qos = wanted_qos, granted_qos = granted, "subscribed, at a lower QoS than requested");
+                            } else {
+                                tracing::info!(filter = %filter, qos = granted, "subscribed");
+                            }
+                            subs.active.push(filter.clone());
+                        }
+                        SubscribeReasonCode::Failure => {
+                            metrics.subscriptions_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            subs.refused.push(filter.clone());
+                            let planned = table.subscriptions().iter().find(|s| &s.filter == filter);
+                            let candidates: Vec<(String, u8)> = planned
+                                .map(|s| table.fallbacks_for(s))
+                                .unwrap_or_default()
+                                .into_iter()
+                                .filter(|(f, _)| !subs.active.contains(f) && !subs.refused.contains(f))
+                                .collect();
+                            if candidates.is_empty() {
+                                tracing::error!(filter = %filter, "the broker refused the subscription and no fallback filter is left; messages for it will not arrive");
+                            } else {
+                                let names: Vec<&str> = candidates.iter().map(|(f, _)| f.as_str()).collect();
+                                tracing::warn!(filter = %filter, fallback_filters = ?names, "the broker refused the subscription; subscribing the fallback filters");
+                                fallbacks.extend(candidates);
+                            }
+                        }
+                    }
+                }
+                if !fallbacks.is_empty() {
+                    subscribe(&client, &mut subs, fallbacks);
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let received_at = SystemTime::now();
+                match &out {
+                    Some(tx) => {
+                        metrics.message_received(&p.topic, p.qos as u8, p.payload.len());
+                        let inbound = Inbound {
+                            topic: p.topic,
+                            payload: p.payload,
+                            qos: p.qos as u8,
+                            retain: p.retain,
+                            pkid: p.pkid,
+                            received_at,
+                            connection,
+                        };
+                        // A full channel blocks here: we stop reading the socket and the broker holds
+                        // the rest (backpressure rather than memory growth).
+                        if tx.send(inbound).await.is_err() {
+                            out = None;
+                        }
+                    }
+                    None => metrics.dropped_on_shutdown(&p.topic),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let delay = backoff.next_delay();
+                metrics.mqtt_connection_error(&broker, &e, backoff.attempt(), delay);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.disconnect.cancelled() => break,
+                }
+            }
+        }
+    }
+
+    // Say goodbye properly so the broker does not publish a will or keep us as a zombie session.
+    if metrics.mqtt_connected.load(std::sync::atomic::Ordering::Relaxed) && client.try_disconnect().is_ok() {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
+                break;
+            }
+        }
+    }
+    metrics.mqtt_connected.store(false, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(broker = %broker, "disconnected from the MQTT broker");
+}
+
+fn subscribe(client: &AsyncClient, subs: &mut Subscriptions, filters: Vec<(String, u8)>) {
+    if filters.is_empty() {
+        return;
+    }
+    let request: Vec<SubscribeFilter> = filters.iter().map(|(f, q)| SubscribeFilter::new(f.clone(), qos(*q))).collect();
+    // try_: never await the request channel from the polling task (it can deadlock when full).
+    match client.try_subscribe_many(request) {
+        Ok(()) => subs.requested.push_back(filters),
+        Err(e) => tracing::error!(error = %e, "could not queue the SUBSCRIBE request"),
+    }
+}

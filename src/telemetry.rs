@@ -1,0 +1,18 @@
+//! Log output: `tracing` with `RUST_LOG` (or `log.level`) as the filter and `LOG_FORMAT=json` (or
+//! `log.format: json`) for one JSON object per line. rumqttc logs through the `log` crate and librdkafka
+//! through [`crate::kafka::LogContext`]; both end up here.
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber. `level` and `format` come from the config; the environment wins.
+pub fn init(level: &str, format: &str) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .and_then(|s| EnvFilter::try_new(s).ok())
+        .unwrap_or_else(|| EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")));
+    let json = std::env::var("LOG_FORMAT").map(|f| f.eq_ignore_ascii_case("json")).unwrap_or(format == "json");
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // try_init: a second call (tests) keeps the first subscriber instead of panicking.
+    let _ = if json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
+}
