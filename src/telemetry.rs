@@ -2,6 +2,8 @@
 //! `log.format: json`) for one JSON object per line. rumqttc logs through the `log` crate and librdkafka
 //! through [`crate::kafka::LogContext`]; both end up here.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. `level` and `format` come from the config; the environment wins.
@@ -12,7 +14,9 @@ pub fn init(level: &str, format: &str) {
         .and_then(|s| EnvFilter::try_new(s).ok())
         .unwrap_or_else(|| EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")));
     let json = std::env::var("LOG_FORMAT").map(|f| f.eq_ignore_ascii_case("json")).unwrap_or(format == "json");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a person at a terminal; log collectors get plain text.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     // try_init: a second call (tests) keeps the first subscriber instead of panicking.
     let _ = if json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
 }

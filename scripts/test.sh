@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The project's one test command: installs Mosquitto and Kafka (idempotent,
+# instant once done) and runs every test target. Extra arguments go to
+# `cargo test`, e.g. `scripts/test.sh --test harness_smoke`.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+scripts/install-mosquitto.sh
+scripts/install-kafka.sh >/dev/null
+
+# A target dir outside the work tree keeps rdkafka's slow (cmake) build warm
+# across fresh clones of the repository.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mqtt-kafka-gateway/target}"
+
+# --all-targets unless the arguments pick targets themselves (--test NAME, ...).
+targets=(--all-targets)
+for arg in "$@"; do
+  case "$arg" in
+    --) break ;;
+    --lib | --bins | --bin | --bin=* | --tests | --test | --test=* | --examples | --example | \
+    --example=* | --benches | --bench | --bench=* | --doc | --all-targets)
+      targets=()
+      break
+      ;;
+  esac
+done
+
+status=0
+cargo test ${targets[@]+"${targets[@]}"} "$@" || status=$?
+exit "$status"

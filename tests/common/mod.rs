@@ -1,0 +1,126 @@
+//! Shared harness for the integration tests in `tests/*.rs` (`mod common;`).
+//!
+//! * [`Mosquitto`]: a throw-away Mosquitto broker per test, on a free port.
+//! * [`kafka()`]: one single-node KRaft Kafka broker per test binary, shared by
+//!   all its tests; create a fresh topic per test with [`unique_topic`].
+//! * [`Gateway`]: the gateway binary as a child process, with its log captured.
+//! * [`mosquitto_pub`], [`Subscriber`]: the Mosquitto command-line clients.
+//!
+//! Mosquitto and Kafka are real servers installed by `scripts/install-mosquitto.sh`
+//! and `scripts/install-kafka.sh` (`scripts/test.sh` runs both); a missing one
+//! fails the test with the command to run, never skips it.
+#![allow(dead_code)]
+// Re-exports that a given test binary does not use are fine.
+#![allow(unused_imports)]
+
+mod gateway;
+mod kafka;
+mod mosquitto;
+
+pub use gateway::Gateway;
+pub use kafka::{kafka, unique_topic, Kafka, Record};
+pub use mosquitto::{mosquitto_pub, mosquitto_pub_with, Mosquitto, Subscriber};
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The repository root (where Cargo.toml is).
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A path under `scripts/`.
+pub fn script(name: &str) -> PathBuf {
+    repo_root().join("scripts").join(name)
+}
+
+/// A loopback port that was free a moment ago (bind to port 0, read it, drop).
+pub fn free_port() -> u16 {
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct loopback ports, all held open at once while they are picked.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .collect();
+    let mut ports = [0u16; N];
+    for (slot, l) in ports.iter_mut().zip(&listeners) {
+        *slot = l.local_addr().expect("local_addr").port();
+    }
+    ports
+}
+
+/// True when 127.0.0.1:`port` accepts a TCP connection.
+pub fn port_open(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
+
+/// Polls `cond` every `every` until it is true (returns true) or `timeout`
+/// elapses (returns false).
+pub fn wait_until(timeout: Duration, every: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// The last `n` lines of a text file, or a note that it could not be read.
+pub fn tail_file(path: &Path, n: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        }
+        Err(e) => format!("<cannot read {}: {e}>", path.display()),
+    }
+}
+
+/// Finds an executable by name on PATH, then in the sbin/bin directories
+/// (mosquitto lives in /usr/sbin, which is not on every PATH).
+pub fn find_executable(name: &str) -> Option<PathBuf> {
+    let path_dirs = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let extra = [
+        "/usr/sbin",
+        "/usr/local/sbin",
+        "/usr/bin",
+        "/usr/local/bin",
+        "/sbin",
+        "/bin",
+    ];
+    path_dirs
+        .into_iter()
+        .chain(extra.iter().map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// Sends `signal` (e.g. "TERM", "KILL") to `pid` with kill(1).
+pub fn send_signal(pid: u32, signal: &str) -> bool {
+    std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
