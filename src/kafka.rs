@@ -44,7 +44,9 @@ pub fn producer(settings: &KafkaSettings) -> Result<GatewayProducer, KafkaError>
     for (k, v) in &settings.properties {
         cc.set(k, v);
     }
-    cc.set_log_level(RDKafkaLogLevel::Info);
+    // librdkafka's `debug` property (e.g. `broker,msg`) is only useful with its debug lines let through.
+    let debug = settings.properties.get("debug").is_some_and(|d| !d.is_empty());
+    cc.set_log_level(if debug { RDKafkaLogLevel::Debug } else { RDKafkaLogLevel::Info });
     cc.create_with_context(LogContext)
 }
 

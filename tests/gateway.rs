@@ -366,3 +366,69 @@ fn a_bad_config_exits_non_zero_naming_key_and_line() {
     assert_eq!(gw.wait_exit(WAIT).and_then(|s| s.code()), Some(2));
     assert!(gw.logs().contains("missing.yaml") && gw.logs().contains("--config"), "{}", gw.logs());
 }
+
+#[test]
+fn mqtt_username_and_password_come_from_the_environment() {
+    let probe = Mosquitto::start();
+    let passwords = probe.temp_dir().join("passwords");
+    let status = std::process::Command::new(common::find_executable("mosquitto_passwd").expect("mosquitto_passwd; run scripts/install-mosquitto.sh"))
+        .args(["-b", "-c"])
+        .arg(&passwords)
+        .args(["gateway", "s3cret-1234"])
+        .status()
+        .expect("mosquitto_passwd");
+    assert!(status.success());
+    let mosquitto = Mosquitto::start_with(&format!("allow_anonymous false\npassword_file {}\n", passwords.display()));
+    let topic = unique_topic("auth");
+    kafka().create_topic(&topic, 1);
+    let shipped = common::repo_root().join("routes.yaml");
+
+    // Without credentials the broker refuses, and the gateway says so and keeps retrying.
+    let mut env = broker_env(&mosquitto);
+    env.push(("KAFKA_TOPIC", topic.clone()));
+    let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let refused = Gateway::start(&shipped, &envs);
+    assert!(refused.wait_for_log("cannot connect to the MQTT broker", WAIT), "{}", refused.logs());
+    drop(refused);
+
+    env.push(("MQTT_USERNAME", "gateway".into()));
+    env.push(("MQTT_PASSWORD", "s3cret-1234".into()));
+    let gw = start(&shipped, &env);
+    assert!(!gw.logs().contains("s3cret"), "the password is never logged");
+    common::mosquitto_pub_with(mosquitto.port(), SPEC_TOPIC, SPEC_PAYLOAD.as_bytes(), 0, &["-u", "gateway", "-P", "s3cret-1234"]);
+    assert_eq!(kafka().consume(&topic, 1, WAIT).len(), 1, "{}", gw.logs());
+}
+
+#[test]
+fn log_format_json_and_rust_log_shape_the_logs() {
+    let mosquitto = Mosquitto::start();
+    let topic = unique_topic("logs");
+    kafka().create_topic(&topic, 1);
+    let shipped = common::repo_root().join("routes.yaml");
+    let mut env = broker_env(&mosquitto);
+    env.push(("KAFKA_TOPIC", topic.clone()));
+    env.push(("LOG_FORMAT", "json".into()));
+    env.push(("RUST_LOG", "debug,rumqttc=info".into()));
+    // librdkafka's own debug output, to see it routed into the same log.
+    env.push(("GATEWAY_KAFKA__PROPERTIES__DEBUG", "broker".into()));
+    let gw = start(&shipped, &env);
+    mosquitto_pub(mosquitto.port(), SPEC_TOPIC, SPEC_PAYLOAD.as_bytes(), 0);
+    assert_eq!(kafka().consume(&topic, 1, WAIT).len(), 1);
+    assert!(gw.wait_for_log("message received", WAIT), "DEBUG logs every message:\n{}", gw.logs());
+
+    let lines: Vec<Value> = gw
+        .logs()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}")))
+        .collect();
+    let received = lines.iter().find(|l| l["message"] == "message received").expect("a message received event");
+    assert_eq!(received["level"], "DEBUG");
+    assert_eq!(received["topic"], SPEC_TOPIC);
+    let subscribed = lines.iter().find(|l| l["message"] == "subscribed").expect("subscribed event");
+    assert_eq!(subscribed["level"], "INFO");
+    assert_eq!(subscribed["filter"], "cmnd/#");
+    assert!(
+        lines.iter().any(|l| l["target"] == "librdkafka" && l["level"] == "DEBUG"),
+        "librdkafka's logs are routed into ours"
+    );
+}
