@@ -29,6 +29,25 @@ fn broker_env(mosquitto: &Mosquitto) -> Vec<(&'static str, String)> {
     vec![("MQTT_BROKER", mosquitto.addr()), ("KAFKA_BOOTSTRAP_SERVERS", kafka().bootstrap())]
 }
 
+/// A fresh Kafka topic with `partitions` partitions.
+fn new_topic(prefix: &str, partitions: i32) -> String {
+    let topic = unique_topic(prefix);
+    kafka().create_topic(&topic, partitions);
+    topic
+}
+
+/// The repository's routes.yaml: the spec's route.
+fn shipped_routes() -> PathBuf {
+    common::repo_root().join("routes.yaml")
+}
+
+/// The spec's environment: both brokers, and `topic` as the default route's Kafka topic.
+fn spec_env(mosquitto: &Mosquitto, topic: &str) -> Vec<(&'static str, String)> {
+    let mut env = broker_env(mosquitto);
+    env.push(("KAFKA_TOPIC", topic.to_string()));
+    env
+}
+
 fn start(config: &Path, env: &[(&'static str, String)]) -> Gateway {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let gw = Gateway::start(config, &env);
@@ -77,12 +96,10 @@ fn now_secs() -> f64 {
 #[test]
 fn the_spec_example_becomes_exactly_one_spec_record() {
     let mosquitto = Mosquitto::start();
-    let topic = unique_topic("raw_iot_data");
-    kafka().create_topic(&topic, 3);
+    let topic = new_topic("raw_iot_data", 3);
     // The shipped routes.yaml, with the spec's environment variables.
-    let shipped = common::repo_root().join("routes.yaml");
-    let mut env = broker_env(&mosquitto);
-    env.push(("KAFKA_TOPIC", topic.clone()));
+    let shipped = shipped_routes();
+    let mut env = spec_env(&mosquitto, &topic);
     env.push(("MQTT_BROKER", format!("mqtt://{}", mosquitto.addr())));
     let gw = start(&shipped, &env);
 
@@ -113,11 +130,9 @@ fn the_spec_example_becomes_exactly_one_spec_record() {
 #[test]
 fn a_topic_without_a_mac_gets_the_fallback_device_id() {
     let mosquitto = Mosquitto::start();
-    let topic = unique_topic("fallback_id");
-    kafka().create_topic(&topic, 1);
-    let shipped = common::repo_root().join("routes.yaml");
-    let mut env = broker_env(&mosquitto);
-    env.push(("KAFKA_TOPIC", topic.clone()));
+    let topic = new_topic("fallback_id", 1);
+    let shipped = shipped_routes();
+    let env = spec_env(&mosquitto, &topic);
     let _gw = start(&shipped, &env);
 
     mosquitto_pub(mosquitto.port(), "cmnd/plc-7/state", br#"{"on":true}"#, 0);
@@ -132,18 +147,17 @@ fn a_topic_without_a_mac_gets_the_fallback_device_id() {
 #[test]
 fn mqtt_topic_pattern_and_kafka_topic_change_the_default_route() {
     let mosquitto = Mosquitto::start();
-    let topic = unique_topic("env_route");
-    kafka().create_topic(&topic, 1);
-    let shipped = common::repo_root().join("routes.yaml");
-    let mut env = broker_env(&mosquitto);
-    env.push(("KAFKA_TOPIC", topic.clone()));
+    let topic = new_topic("env_route", 1);
+    let shipped = shipped_routes();
+    let mut env = spec_env(&mosquitto, &topic);
     env.push(("MQTT_TOPIC_PATTERN", "sensors/+/temp".into()));
     let gw = start(&shipped, &env);
     assert!(gw.logs().contains("sensors/+/temp"), "{}", gw.logs());
 
     mosquitto_pub(mosquitto.port(), "cmnd/f2-e4fd45f654be/x", b"{}", 0);
     mosquitto_pub(mosquitto.port(), "sensors/s1/temp", b"21.5", 0);
-    let records = kafka().consume_for(&topic, Duration::from_secs(5));
+    assert_eq!(kafka().consume(&topic, 1, WAIT).len(), 1, "{}", gw.logs());
+    let records = kafka().consume_for(&topic, Duration::from_secs(2));
     assert_eq!(records.len(), 1, "only the sensors/ message: {records:?}");
     let v = json(&records[0]);
     assert_eq!(v["original_topic"], "sensors/s1/temp");
@@ -154,12 +168,10 @@ fn mqtt_topic_pattern_and_kafka_topic_change_the_default_route() {
 #[test]
 fn a_non_json_payload_goes_to_the_dead_letter_topic_with_its_reason() {
     let mosquitto = Mosquitto::start();
-    let topic = unique_topic("dlq_main");
-    kafka().create_topic(&topic, 1);
+    let topic = new_topic("dlq_main", 1);
     kafka().create_topic(&format!("{topic}.dlq"), 1);
-    let shipped = common::repo_root().join("routes.yaml");
-    let mut env = broker_env(&mosquitto);
-    env.push(("KAFKA_TOPIC", topic.clone()));
+    let shipped = shipped_routes();
+    let env = spec_env(&mosquitto, &topic);
     let gw = start(&shipped, &env);
 
     let t = "cmnd/f2-aabbccddeeff/raw";
@@ -196,7 +208,10 @@ fn overlapping_routes_give_one_record_each() {
 
     mosquitto_pub(mosquitto.port(), "cmnd/a/b/c/d", b"1", 0);
     mosquitto_pub(mosquitto.port(), "cmnd/a/x/c/d", b"2", 0);
-    let a = kafka().consume_for(&all, Duration::from_secs(5));
+    assert_eq!(kafka().consume(&all, 3, WAIT).len(), 3, "{}", gw.logs());
+    assert_eq!(kafka().consume(&five, 2, WAIT).len(), 2, "{}", gw.logs());
+    // Then make sure no duplicate follows.
+    let a = kafka().consume_for(&all, Duration::from_secs(2));
     let f = kafka().consume_for(&five, Duration::from_secs(1));
     let payloads = |rs: &[Record]| rs.iter().map(|r| json(r)["payload"].to_string()).collect::<Vec<_>>();
     // Route `all` gets both; route `partial` gets message 2 (same topic as `all`); `five` gets both.
@@ -207,8 +222,7 @@ fn overlapping_routes_give_one_record_each() {
 #[test]
 fn a_thousand_messages_from_ten_devices_keep_per_device_order() {
     let mosquitto = Mosquitto::start();
-    let topic = unique_topic("order");
-    kafka().create_topic(&topic, 3);
+    let topic = new_topic("order", 3);
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),
@@ -248,11 +262,9 @@ fn a_thousand_messages_from_ten_devices_keep_per_device_order() {
 #[test]
 fn a_512_kib_payload_passes() {
     let mosquitto = Mosquitto::start();
-    let topic = unique_topic("big");
-    kafka().create_topic(&topic, 1);
-    let shipped = common::repo_root().join("routes.yaml");
-    let mut env = broker_env(&mosquitto);
-    env.push(("KAFKA_TOPIC", topic.clone()));
+    let topic = new_topic("big", 1);
+    let shipped = shipped_routes();
+    let env = spec_env(&mosquitto, &topic);
     let gw = start(&shipped, &env);
 
     let blob = "x".repeat(512 * 1024);
@@ -267,11 +279,9 @@ fn a_512_kib_payload_passes() {
 #[test]
 fn the_fallback_filter_is_subscribed_when_the_broker_refuses_the_primary() {
     let mosquitto = Mosquitto::start_rejecting_subscription("cmnd/#", "cmnd/+/+/+/+");
-    let topic = unique_topic("fallback_sub");
-    kafka().create_topic(&topic, 1);
-    let shipped = common::repo_root().join("routes.yaml");
-    let mut env = broker_env(&mosquitto);
-    env.push(("KAFKA_TOPIC", topic.clone()));
+    let topic = new_topic("fallback_sub", 1);
+    let shipped = shipped_routes();
+    let env = spec_env(&mosquitto, &topic);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let gw = Gateway::start(&shipped, &env);
     assert!(gw.wait_for_log("refused the subscription", WAIT), "{}", gw.logs());
@@ -289,11 +299,9 @@ fn the_fallback_filter_is_subscribed_when_the_broker_refuses_the_primary() {
 #[test]
 fn the_gateway_resubscribes_after_the_broker_restarts() {
     let mut mosquitto = Mosquitto::start();
-    let topic = unique_topic("reconnect");
-    kafka().create_topic(&topic, 1);
-    let shipped = common::repo_root().join("routes.yaml");
-    let mut env = broker_env(&mosquitto);
-    env.push(("KAFKA_TOPIC", topic.clone()));
+    let topic = new_topic("reconnect", 1);
+    let shipped = shipped_routes();
+    let mut env = spec_env(&mosquitto, &topic);
     env.push(("GATEWAY_MQTT__RECONNECT_MIN_DELAY_MS", "100".into()));
     env.push(("GATEWAY_MQTT__RECONNECT_MAX_DELAY_MS", "1000".into()));
     let gw = start(&shipped, &env);
@@ -313,8 +321,7 @@ fn the_gateway_resubscribes_after_the_broker_restarts() {
 #[test]
 fn sigterm_exits_zero_with_every_accepted_message_in_kafka() {
     let mosquitto = Mosquitto::start();
-    let topic = unique_topic("sigterm");
-    kafka().create_topic(&topic, 3);
+    let topic = new_topic("sigterm", 3);
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),
@@ -379,8 +386,7 @@ fn mqtt_username_and_password_come_from_the_environment() {
         .expect("mosquitto_passwd");
     assert!(status.success());
     let mosquitto = Mosquitto::start_with(&format!("allow_anonymous false\npassword_file {}\n", passwords.display()));
-    let topic = unique_topic("auth");
-    kafka().create_topic(&topic, 1);
+    let topic = new_topic("auth", 1);
     let shipped = common::repo_root().join("routes.yaml");
 
     // Without credentials the broker refuses, and the gateway says so and keeps retrying.
@@ -402,11 +408,9 @@ fn mqtt_username_and_password_come_from_the_environment() {
 #[test]
 fn log_format_json_and_rust_log_shape_the_logs() {
     let mosquitto = Mosquitto::start();
-    let topic = unique_topic("logs");
-    kafka().create_topic(&topic, 1);
-    let shipped = common::repo_root().join("routes.yaml");
-    let mut env = broker_env(&mosquitto);
-    env.push(("KAFKA_TOPIC", topic.clone()));
+    let topic = new_topic("logs", 1);
+    let shipped = shipped_routes();
+    let mut env = spec_env(&mosquitto, &topic);
     env.push(("LOG_FORMAT", "json".into()));
     env.push(("RUST_LOG", "debug,rumqttc=info".into()));
     // librdkafka's own debug output, to see it routed into the same log.

@@ -135,15 +135,8 @@ impl Mosquitto {
                 current_user()
             );
             std::fs::write(&conf_path, conf).expect("write mosquitto.conf");
-            let log = File::create(&log_path).expect("create mosquitto.log");
-            let mut child = Command::new(&bin)
-                .arg("-c")
-                .arg(&conf_path)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("clone log handle"))
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot run {}: {e}; {INSTALL_HINT}", bin.display()));
+            let _ = std::fs::remove_file(&log_path);
+            let mut child = spawn_broker(&bin, &conf_path, &log_path);
             let mut exited = None;
             let up = wait_until(Duration::from_secs(15), Duration::from_millis(20), || {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -183,15 +176,7 @@ impl Mosquitto {
         let port = self.port;
         // The kernel may keep the port for a moment after the kill: retry the bind for a while.
         let started = wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
-            let log = std::fs::OpenOptions::new().append(true).create(true).open(&log_path).expect("mosquitto.log");
-            let mut child = Command::new(&bin)
-                .arg("-c")
-                .arg(&conf_path)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("clone log handle"))
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot run {}: {e}; {INSTALL_HINT}", bin.display()));
+            let mut child = spawn_broker(&bin, &conf_path, &log_path);
             let up = wait_until(Duration::from_secs(3), Duration::from_millis(20), || {
                 matches!(child.try_wait(), Ok(Some(_))) || port_open(port)
             });
@@ -235,6 +220,19 @@ impl Mosquitto {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+}
+
+/// Runs `mosquitto -c conf`, appending its output to `log`.
+fn spawn_broker(bin: &Path, conf: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new().append(true).create(true).open(log).expect("open mosquitto.log");
+    Command::new(bin)
+        .arg("-c")
+        .arg(conf)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone log handle"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}; {INSTALL_HINT}", bin.display()))
 }
 
 impl Drop for Mosquitto {
