@@ -28,7 +28,8 @@ use regex::Regex;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::filter;
-use crate::route::{DeviceIdRule, KeyRule, Route, RouteTable};
+use crate::route::{DeviceIdRule, KeyMissing, KeyRule, PayloadFormat, Route, RouteTable, ValueFormat};
+use crate::template::TopicTemplate;
 use crate::yaml_index::{Position, YamlIndex};
 
 pub const DEFAULT_CONFIG_PATH: &str = "routes.yaml";
@@ -172,10 +173,32 @@ pub struct RawRoute {
     /// How the device id is read from the MQTT topic.
     #[serde(default)]
     pub device_id: RawDeviceId,
-    /// The Kafka key: `device_id` (default), `none`, or a JSONPath into the payload such as `$.serial`
-    /// (when it selects nothing, the device id is used).
+    /// The Kafka key: `device_id` (default), `none`, or a JSONPath into the payload such as `$.serial`.
     #[serde(default = "default_key")]
     pub key: String,
+    /// When a JSONPath key selects nothing: `device_id` (default), `none` (no key) or `dead_letter`.
+    #[serde(default = "default_key_missing")]
+    pub key_missing: KeyMissing,
+    /// The record value: `envelope` (the spec's record, default) or `raw` (the payload bytes unchanged,
+    /// with topic, device id and receive time in headers).
+    #[serde(default = "default_format")]
+    pub format: ValueFormat,
+    /// For `envelope`: `json` (validated and embedded, default), `text` (embedded as a JSON string) or
+    /// `base64`.
+    #[serde(default = "default_payload")]
+    pub payload: PayloadFormat,
+}
+
+fn default_key_missing() -> KeyMissing {
+    KeyMissing::DeviceId
+}
+
+fn default_format() -> ValueFormat {
+    ValueFormat::Envelope
+}
+
+fn default_payload() -> PayloadFormat {
+    PayloadFormat::Json
 }
 
 fn default_key() -> String {
@@ -194,6 +217,9 @@ impl RawRoute {
             dead_letter_topic: None,
             device_id: RawDeviceId::default(),
             key: default_key(),
+            key_missing: default_key_missing(),
+            format: default_format(),
+            payload: default_payload(),
         }
     }
 }
@@ -783,13 +809,24 @@ fn validate(
         if r.qos > 2 {
             problem(&format!("{at}.qos"), format!("{} is not an MQTT QoS", r.qos), Some("use 0, 1 or 2"));
         }
-        let dead_letter_topic = r.dead_letter_topic.clone().unwrap_or_else(|| format!("{}{}", r.topic, k.dead_letter_suffix));
-        if let Err(e) = check_kafka_topic(&r.topic) {
-            problem(&format!("{at}.topic"), format!("`{}` {e}", r.topic), Some("Kafka topic names use letters, digits, '.', '_' and '-', at most 249"));
-        }
-        if r.dead_letter_topic.is_some() {
+        let topic = TopicTemplate::parse(&r.topic).map_err(|e| {
+            problem(&format!("{at}.topic"), e, Some("a Kafka topic name, or a template such as 'iot.{kind}' with {N} for MQTT topic level N, {device_id}, or a named group of device_id.regex"))
+        });
+        // A dead-letter topic must not depend on the message: a templated topic's default is its literal
+        // prefix plus the suffix (`iot.{kind}` → `iot.dlq`).
+        let dead_letter_topic = match (&r.dead_letter_topic, &topic) {
+            (Some(t), _) => t.clone(),
+            (None, Ok(t)) if t.is_static() => format!("{}{}", r.topic, k.dead_letter_suffix),
+            (None, Ok(t)) => format!("{}{}", t.prefix().trim_end_matches(['.', '_', '-']), k.dead_letter_suffix),
+            (None, Err(())) => String::new(),
+        };
+        if topic.is_ok() {
             if let Err(e) = check_kafka_topic(&dead_letter_topic) {
-                problem(&format!("{at}.dead_letter_topic"), format!("`{dead_letter_topic}` {e}"), None);
+                problem(
+                    &format!("{at}.dead_letter_topic"),
+                    format!("`{dead_letter_topic}` {e}"),
+                    Some("set dead_letter_topic to a fixed, valid Kafka topic name"),
+                );
             }
         }
         let regex = compile_device_regex(&r.device_id.regex)
@@ -804,20 +841,37 @@ fn validate(
             "device_id" => Ok(KeyRule::DeviceId),
             "none" => Ok(KeyRule::None),
             p if p.starts_with('$') => jsonpath_rust::parser::parse_json_path(p)
-                .map(|q| KeyRule::JsonPath { source: p.to_string(), query: Box::new(q) })
+                .map(|q| KeyRule::JsonPath { source: p.to_string(), query: Box::new(q), missing: r.key_missing })
                 .map_err(|e| problem(&format!("{at}.key"), format!("invalid JSONPath `{p}`: {e}"), Some("e.g. '$.serial' or '$.meta.device'"))),
             other => Err(problem(&format!("{at}.key"), format!("`{other}` is not a key rule"), Some("use device_id, none, or a JSONPath starting with '$'"))),
         };
-        if let (Ok(regex), Ok(fallback_regex), Ok(key)) = (regex, fallback_regex, key) {
+        if let (Ok(t), Ok(regex)) = (&topic, &regex) {
+            for g in t.groups() {
+                let known = |re: &Regex| re.capture_names().any(|n| n == Some(g));
+                if !known(regex) && !matches!(&fallback_regex, Ok(Some(f)) if known(f)) {
+                    problem(
+                        &format!("{at}.topic"),
+                        format!("placeholder `{{{g}}}` is not a named group of device_id.regex"),
+                        Some("add (?P<name>...) to device_id.regex, or use {N} for an MQTT topic level"),
+                    );
+                }
+            }
+        }
+        if r.format == ValueFormat::Raw && r.payload != PayloadFormat::Json {
+            problem(&format!("{at}.payload"), "only applies to `format: envelope`".into(), Some("remove `payload`, or use format: envelope"));
+        }
+        if let (Ok(topic), Ok(regex), Ok(fallback_regex), Ok(key)) = (topic, regex, fallback_regex, key) {
             routes.push(Route {
                 name: r.name.clone(),
                 filter: r.filter.clone(),
                 fallback_filters: r.fallback_filters.clone(),
                 qos: r.qos,
-                topic: r.topic.clone(),
+                topic,
                 dead_letter_topic,
                 device_id: DeviceIdRule { regex, fallback_regex, default: r.device_id.default.clone() },
                 key,
+                format: r.format,
+                payload: r.payload,
             });
         }
     }
@@ -955,7 +1009,7 @@ mod tests {
     fn an_empty_file_gives_the_spec_route_and_defaults() {
         let c = load("", &[]).unwrap();
         let r = &c.routes.routes()[0];
-        assert_eq!((r.filter.as_str(), r.topic.as_str(), r.qos), ("cmnd/#", "raw_iot_data", 0));
+        assert_eq!((r.filter.as_str(), r.topic.to_string().as_str(), r.qos), ("cmnd/#", "raw_iot_data", 0));
         assert_eq!(r.fallback_filters, vec!["cmnd/+/+/+/+"]);
         assert_eq!(r.dead_letter_topic, "raw_iot_data.dlq");
         assert_eq!(c.mqtt.keep_alive, Duration::from_secs(60));
@@ -973,7 +1027,7 @@ mod tests {
         let routes = c.routes.routes();
         assert_eq!(routes.len(), 1);
         let r = &routes[0];
-        assert_eq!((r.filter.as_str(), r.topic.as_str(), r.qos), ("cmnd/#", "raw_iot_data", 0));
+        assert_eq!((r.filter.as_str(), r.topic.to_string().as_str(), r.qos), ("cmnd/#", "raw_iot_data", 0));
         assert_eq!(r.fallback_filters, vec!["cmnd/+/+/+/+"]);
         assert_eq!(r.device_id.extract("cmnd/f2-e4fd45f654be/access-control-mode/J1/door-sensors").0, "f2-e4fd45f654be");
         assert_eq!(r.device_id.extract("cmnd/plc-7/state").0, "plc-7");
@@ -991,7 +1045,7 @@ mod tests {
         )
         .unwrap();
         let r = &c.routes.routes()[0];
-        assert_eq!(r.topic, "from_env");
+        assert_eq!(r.topic.to_string(), "from_env");
         assert_eq!(r.filter, "sensors/#");
         assert!(r.fallback_filters.is_empty(), "fallbacks of cmnd/# make no sense for sensors/#");
         assert_eq!(r.dead_letter_topic, "from_env.dlq");
@@ -1082,7 +1136,7 @@ routes:
             ("routes.yaml:6:7: routes[0].device_id.regex", "invalid regex"),
             ("routes.yaml:7:5: routes[1].name", "already the name"),
             ("routes.yaml:10:5: routes[1].qos", "not an MQTT QoS"),
-            ("routes.yaml:9:5: routes[1].topic", "contains a character"),
+            ("routes.yaml:9:5: routes[1].topic", "contains ' '"),
             ("routes.yaml:13:7: routes[1].device_id.regex", "no named group"),
             ("routes.yaml:11:5: routes[1].key", "invalid JSONPath"),
         ];

@@ -6,7 +6,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::route::{DeviceIdSource, Route};
+use base64::Engine as _;
+
+use crate::route::{DeviceIdSource, PayloadFormat, Route, ValueFormat};
+use crate::template::Values;
 
 /// An MQTT message as received.
 #[derive(Debug, Clone, Copy)]
@@ -76,7 +79,8 @@ pub fn epoch_seconds(at: SystemTime) -> String {
 
 /// Builds what `route` makes of `msg`.
 pub fn build(route: &Route, msg: &Message<'_>, payload: &Payload<'_>) -> Outcome {
-    let (device_id, device_id_source) = route.device_id.extract(msg.topic);
+    let d = route.device_id.extract_with_captures(msg.topic, route.topic.groups().next().is_some());
+    let device_id = d.id;
     let timestamp = epoch_seconds(msg.received_at);
     let mut headers = vec![
         (HEADER_MQTT_TOPIC, msg.topic.as_bytes().to_vec()),
@@ -84,51 +88,75 @@ pub fn build(route: &Route, msg: &Message<'_>, payload: &Payload<'_>) -> Outcome
         (HEADER_DEVICE_ID, device_id.as_bytes().to_vec()),
         (HEADER_ROUTE, route.name.as_bytes().to_vec()),
     ];
-    match &payload.raw {
-        Ok(raw) => {
-            let key = route.key.select(device_id, if route.key.needs_payload() { payload.value() } else { None });
-            Outcome::Record {
-                record: Record {
-                    topic: route.topic.clone(),
-                    key,
-                    value: envelope(msg.topic, device_id, raw, &timestamp),
-                    headers,
-                },
-                device_id: device_id.to_string(),
-                device_id_source,
-            }
+    let dead_letter = |reason: String, mut headers: Vec<(&'static str, Vec<u8>)>| {
+        headers.push((HEADER_DLQ_REASON, reason.as_bytes().to_vec()));
+        headers.push((HEADER_RECEIVED_AT, timestamp.clone().into_bytes()));
+        Outcome::DeadLetter {
+            record: Record {
+                topic: route.dead_letter_topic.clone(),
+                key: Some(device_id.as_bytes().to_vec()),
+                value: msg.payload.to_vec(),
+                headers,
+            },
+            device_id: device_id.to_string(),
+            reason,
         }
-        Err(reason) => {
-            headers.push((HEADER_DLQ_REASON, reason.as_bytes().to_vec()));
+    };
+
+    let group = |name: &str| d.captures.as_ref().and_then(|c| c.name(name)).map(|m| m.as_str());
+    let topic = match route.topic.render(&Values { topic: msg.topic, device_id, group: &group }) {
+        Ok(t) => t,
+        Err(reason) => return dead_letter(reason, headers),
+    };
+    let key = match route.key.select(device_id, if route.key.needs_payload() { payload.value() } else { None }) {
+        Ok(k) => k,
+        Err(reason) => return dead_letter(reason, headers),
+    };
+    let value = match (route.format, route.payload) {
+        (ValueFormat::Raw, _) => {
             headers.push((HEADER_RECEIVED_AT, timestamp.into_bytes()));
-            Outcome::DeadLetter {
-                record: Record {
-                    topic: route.dead_letter_topic.clone(),
-                    key: Some(device_id.as_bytes().to_vec()),
-                    value: msg.payload.to_vec(),
-                    headers,
-                },
-                device_id: device_id.to_string(),
-                reason: reason.clone(),
-            }
+            msg.payload.to_vec()
         }
+        (ValueFormat::Envelope, PayloadFormat::Json) => match &payload.raw {
+            Ok(raw) => envelope(msg.topic, device_id, raw.get().as_bytes(), &timestamp),
+            Err(reason) => return dead_letter(reason.clone(), headers),
+        },
+        (ValueFormat::Envelope, PayloadFormat::Text) => match std::str::from_utf8(msg.payload) {
+            Ok(text) => envelope(msg.topic, device_id, &json_string(text), &timestamp),
+            Err(e) => return dead_letter(format!("payload is not UTF-8 text: {e}"), headers),
+        },
+        (ValueFormat::Envelope, PayloadFormat::Base64) => {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(msg.payload);
+            envelope(msg.topic, device_id, &json_string(&encoded), &timestamp)
+        }
+    };
+    Outcome::Record {
+        record: Record { topic, key, value, headers },
+        device_id: device_id.to_string(),
+        device_id_source: d.source,
     }
 }
 
-/// `{"original_topic":…,"device_id":…,"payload":…,"timestamp":…}` with the payload spliced in as the
-/// exact JSON text that was published (key order and number formatting kept, no re-serialization).
-pub fn envelope(topic: &str, device_id: &str, payload: &RawValue, timestamp: &str) -> Vec<u8> {
-    let raw = payload.get();
-    let mut out = Vec::with_capacity(raw.len() + topic.len() + device_id.len() + 80);
+/// `{"original_topic":…,"device_id":…,"payload":…,"timestamp":…}`. `payload_json` is spliced in as is:
+/// for JSON payloads, the exact text that was published (key order and number formatting kept, no
+/// re-serialization).
+pub fn envelope(topic: &str, device_id: &str, payload_json: &[u8], timestamp: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload_json.len() + topic.len() + device_id.len() + 80);
     out.extend_from_slice(b"{\"original_topic\":");
     write_json_string(&mut out, topic);
     out.extend_from_slice(b",\"device_id\":");
     write_json_string(&mut out, device_id);
     out.extend_from_slice(b",\"payload\":");
-    out.extend_from_slice(raw.as_bytes());
+    out.extend_from_slice(payload_json);
     out.extend_from_slice(b",\"timestamp\":");
     out.extend_from_slice(timestamp.as_bytes());
     out.push(b'}');
+    out
+}
+
+fn json_string(s: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len() + 2);
+    write_json_string(&mut out, s);
     out
 }
 
@@ -221,6 +249,76 @@ mod tests {
         let bytes = [0xff, 0x00, 0xfe, b'{'];
         let m = msg("cmnd/dev/x", &bytes);
         assert!(matches!(build(&r, &m, &Payload::new(&bytes)), Outcome::DeadLetter { record, .. } if record.value == bytes));
+    }
+
+    #[test]
+    fn value_formats_table() {
+        use crate::route::{PayloadFormat as P, ValueFormat as F};
+        let cases: &[(F, P, &[u8], Result<&str, &str>)] = &[
+            (F::Envelope, P::Text, b"21.5 C", Ok(r#""payload":"21.5 C","#)),
+            (F::Envelope, P::Text, b"say \"hi\"", Ok(r#""payload":"say \"hi\"","#)),
+            (F::Envelope, P::Text, &[0xff, 0xfe], Err("not UTF-8")),
+            (F::Envelope, P::Base64, &[0xff, 0x00, 0x01], Ok(r#""payload":"/wAB","#)),
+            (F::Envelope, P::Json, b"[1]", Ok(r#""payload":[1],"#)),
+        ];
+        for (format, payload_format, payload, want) in cases {
+            let mut r = route("r", "cmnd/#", "t");
+            r.format = *format;
+            r.payload = *payload_format;
+            let m = msg("cmnd/dev/x", payload);
+            match (build(&r, &m, &Payload::new(payload)), want) {
+                (Outcome::Record { record, .. }, Ok(want)) => {
+                    let text = String::from_utf8(record.value).unwrap();
+                    assert!(text.contains(want), "{text} should contain {want}");
+                    serde_json::from_str::<Value>(&text).expect("the envelope is JSON");
+                }
+                (Outcome::DeadLetter { reason, .. }, Err(want)) => assert!(reason.contains(want), "{reason}"),
+                (other, want) => panic!("{payload:?}: got {other:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn raw_format_keeps_the_payload_and_moves_the_context_to_headers() {
+        let mut r = route("r", "cmnd/#", "t");
+        r.format = crate::route::ValueFormat::Raw;
+        let bytes = [0xde, 0xad, 0xbe, 0xef];
+        let m = msg("cmnd/f2-e4fd45f654be/bin", &bytes);
+        let Outcome::Record { record, .. } = build(&r, &m, &Payload::new(&bytes)) else { panic!("raw takes any bytes") };
+        assert_eq!(record.value, bytes);
+        let header = |k: &str| record.headers.iter().find(|(n, _)| *n == k).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+        assert_eq!(header(HEADER_MQTT_TOPIC).as_deref(), Some("cmnd/f2-e4fd45f654be/bin"));
+        assert_eq!(header(HEADER_DEVICE_ID).as_deref(), Some("f2-e4fd45f654be"));
+        assert_eq!(header(HEADER_RECEIVED_AT).as_deref(), Some("1684678444.928538"));
+    }
+
+    #[test]
+    fn templated_topics_and_their_failures() {
+        let mut r = route("r", "cmnd/#", "t");
+        r.topic = crate::template::TopicTemplate::parse("iot.{kind}").unwrap();
+        r.device_id.regex = regex::Regex::new(r"^cmnd/(?P<device_id>[^/]+)/[^/]+/[^/]+/(?P<kind>[^/]+)").unwrap();
+        r.dead_letter_topic = "iot.dlq".into();
+        let m = msg(SPEC_TOPIC, SPEC_PAYLOAD.as_bytes());
+        let Outcome::Record { record, .. } = build(&r, &m, &Payload::new(m.payload)) else { panic!("renders") };
+        assert_eq!(record.topic, "iot.door-sensors");
+        let m = msg("cmnd/dev/a/b/bad kind", b"{}");
+        let Outcome::DeadLetter { record, reason, .. } = build(&r, &m, &Payload::new(m.payload)) else { panic!("invalid name") };
+        assert_eq!(record.topic, "iot.dlq");
+        assert!(reason.contains("iot.bad kind"), "{reason}");
+    }
+
+    #[test]
+    fn a_missing_key_can_dead_letter() {
+        let mut r = route("r", "cmnd/#", "t");
+        r.key = crate::route::KeyRule::JsonPath {
+            source: "$.serial".into(),
+            query: Box::new(jsonpath_rust::parser::parse_json_path("$.serial").unwrap()),
+            missing: crate::route::KeyMissing::DeadLetter,
+        };
+        let m = msg("cmnd/dev/x", br#"{"other":1}"#);
+        assert!(matches!(build(&r, &m, &Payload::new(m.payload)), Outcome::DeadLetter { reason, .. } if reason.contains("$.serial")));
+        let m = msg("cmnd/dev/x", br#"{"serial":"SN-9"}"#);
+        assert!(matches!(build(&r, &m, &Payload::new(m.payload)), Outcome::Record { record, .. } if record.key.as_deref() == Some(&b"SN-9"[..])));
     }
 
     #[test]

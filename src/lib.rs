@@ -14,4 +14,5 @@ pub mod mqtt;
 pub mod pipeline;
 pub mod route;
 pub mod telemetry;
+pub mod template;
 pub mod yaml_index;

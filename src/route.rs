@@ -9,6 +9,7 @@ use regex::Regex;
 use serde_json::Value;
 
 use crate::filter::{self, Subscription};
+use crate::template::TopicTemplate;
 
 /// One route, checked: its filters are valid, its regexes compiled, its JSONPath parsed.
 #[derive(Debug, Clone)]
@@ -17,10 +18,12 @@ pub struct Route {
     pub filter: String,
     pub fallback_filters: Vec<String>,
     pub qos: u8,
-    pub topic: String,
+    pub topic: TopicTemplate,
     pub dead_letter_topic: String,
     pub device_id: DeviceIdRule,
     pub key: KeyRule,
+    pub format: ValueFormat,
+    pub payload: PayloadFormat,
 }
 
 impl Route {
@@ -29,6 +32,37 @@ impl Route {
     pub fn matches(&self, topic: &str) -> bool {
         filter::matches(topic, &self.filter) || self.fallback_filters.iter().any(|f| filter::matches(topic, f))
     }
+}
+
+/// What a record's value is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueFormat {
+    /// The spec's `{"original_topic", "device_id", "payload", "timestamp"}`.
+    Envelope,
+    /// The payload bytes unchanged; topic, device id and receive time travel in headers.
+    Raw,
+}
+
+/// How an envelope embeds the payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayloadFormat {
+    /// Must be JSON; embedded as the JSON it is. Anything else is dead-lettered.
+    Json,
+    /// Must be UTF-8; embedded as a JSON string.
+    Text,
+    /// Any bytes; embedded as a base64 JSON string.
+    Base64,
+}
+
+/// What to do when a JSONPath key selects nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyMissing {
+    DeviceId,
+    None,
+    DeadLetter,
 }
 
 /// How a device id is read from an MQTT topic.
@@ -49,20 +83,31 @@ pub enum DeviceIdSource {
     Default,
 }
 
-impl DeviceIdRule {
-    pub fn extract<'t>(&'t self, topic: &'t str) -> (&'t str, DeviceIdSource) {
-        if let Some(id) = capture(&self.regex, topic) {
-            return (id, DeviceIdSource::Regex);
-        }
-        if let Some(id) = self.fallback_regex.as_ref().and_then(|r| capture(r, topic)) {
-            return (id, DeviceIdSource::Fallback);
-        }
-        (&self.default, DeviceIdSource::Default)
-    }
+/// The device id of one message, and the regex match it came from (for template groups).
+pub struct DeviceId<'t> {
+    pub id: &'t str,
+    pub source: DeviceIdSource,
+    pub captures: Option<regex::Captures<'t>>,
 }
 
-fn capture<'t>(regex: &Regex, topic: &'t str) -> Option<&'t str> {
-    regex.captures(topic)?.name("device_id").map(|m| m.as_str()).filter(|s| !s.is_empty())
+impl DeviceIdRule {
+    pub fn extract<'t>(&'t self, topic: &'t str) -> (&'t str, DeviceIdSource) {
+        let d = self.extract_with_captures(topic, false);
+        (d.id, d.source)
+    }
+
+    /// Like [`extract`](Self::extract); with `keep_captures`, also the other named groups.
+    pub fn extract_with_captures<'t>(&'t self, topic: &'t str, keep_captures: bool) -> DeviceId<'t> {
+        let tries = [(&self.regex, DeviceIdSource::Regex)].into_iter().chain(self.fallback_regex.as_ref().map(|r| (r, DeviceIdSource::Fallback)));
+        for (regex, source) in tries {
+            if let Some(caps) = regex.captures(topic) {
+                if let Some(id) = caps.name("device_id").map(|m| m.as_str()).filter(|s| !s.is_empty()) {
+                    return DeviceId { id, source, captures: keep_captures.then_some(caps) };
+                }
+            }
+        }
+        DeviceId { id: &self.default, source: DeviceIdSource::Default, captures: None }
+    }
 }
 
 /// The Kafka key of a route's records.
@@ -72,8 +117,9 @@ pub enum KeyRule {
     DeviceId,
     /// No key: records spread over partitions, no order between them.
     None,
-    /// The first value a JSONPath selects in the payload; the device id when it selects nothing.
-    JsonPath { source: String, query: Box<JpQuery> },
+    /// The first value a JSONPath selects in the JSON payload; `missing` says what happens when it
+    /// selects nothing (or the payload is not JSON).
+    JsonPath { source: String, query: Box<JpQuery>, missing: KeyMissing },
 }
 
 impl fmt::Display for KeyRule {
@@ -87,19 +133,24 @@ impl fmt::Display for KeyRule {
 }
 
 impl KeyRule {
-    /// The key for a record. `payload` is the parsed payload when the route has one.
-    pub fn select(&self, device_id: &str, payload: Option<&Value>) -> Option<Vec<u8>> {
+    /// The key for a record, or the reason the message must be dead-lettered. `payload` is the parsed
+    /// JSON payload when there is one.
+    pub fn select(&self, device_id: &str, payload: Option<&Value>) -> Result<Option<Vec<u8>>, String> {
         match self {
-            KeyRule::DeviceId => Some(device_id.as_bytes().to_vec()),
-            KeyRule::None => None,
-            KeyRule::JsonPath { query, .. } => {
+            KeyRule::DeviceId => Ok(Some(device_id.as_bytes().to_vec())),
+            KeyRule::None => Ok(None),
+            KeyRule::JsonPath { source, query, missing } => {
                 let found = payload.and_then(|p| {
                     jsonpath_rust::query::js_path_process(query, p).ok().and_then(|refs| refs.into_iter().next())
                 });
                 match found.map(|r| r.val) {
-                    Some(Value::String(s)) => Some(s.as_bytes().to_vec()),
-                    Some(Value::Null) | None => Some(device_id.as_bytes().to_vec()),
-                    Some(other) => Some(other.to_string().into_bytes()),
+                    Some(Value::String(s)) => Ok(Some(s.as_bytes().to_vec())),
+                    Some(Value::Null) | None => match missing {
+                        KeyMissing::DeviceId => Ok(Some(device_id.as_bytes().to_vec())),
+                        KeyMissing::None => Ok(None),
+                        KeyMissing::DeadLetter => Err(format!("key path `{source}` selects nothing in the payload")),
+                    },
+                    Some(other) => Ok(Some(other.to_string().into_bytes())),
                 }
             }
         }
@@ -174,10 +225,12 @@ pub(crate) mod tests {
             filter: filter.into(),
             fallback_filters: vec![],
             qos: 0,
-            topic: topic.into(),
+            topic: TopicTemplate::parse(topic).unwrap(),
             dead_letter_topic: format!("{topic}.dlq"),
             device_id: spec_device_rule(),
             key: KeyRule::DeviceId,
+            format: ValueFormat::Envelope,
+            payload: PayloadFormat::Json,
         }
     }
 
@@ -200,7 +253,11 @@ pub(crate) mod tests {
     }
 
     fn jsonpath(path: &str) -> KeyRule {
-        KeyRule::JsonPath { source: path.into(), query: Box::new(jsonpath_rust::parser::parse_json_path(path).unwrap()) }
+        jsonpath_with(path, KeyMissing::DeviceId)
+    }
+
+    fn jsonpath_with(path: &str, missing: KeyMissing) -> KeyRule {
+        KeyRule::JsonPath { source: path.into(), query: Box::new(jsonpath_rust::parser::parse_json_path(path).unwrap()), missing }
     }
 
     #[test]
@@ -216,10 +273,20 @@ pub(crate) mod tests {
             (jsonpath("$.nil"), Some("dev-1")),
         ];
         for (rule, want) in cases {
-            let got = rule.select("dev-1", Some(&payload));
+            let got = rule.select("dev-1", Some(&payload)).unwrap();
             assert_eq!(got.as_deref(), want.map(str::as_bytes), "key rule {rule}");
         }
-        assert_eq!(jsonpath("$.serial").select("dev-1", None).as_deref(), Some(&b"dev-1"[..]));
+        assert_eq!(jsonpath("$.serial").select("dev-1", None).unwrap().as_deref(), Some(&b"dev-1"[..]));
+    }
+
+    #[test]
+    fn a_key_path_that_selects_nothing_follows_key_missing() {
+        let payload: Value = serde_json::json!({"serial": "SN-1"});
+        let get = |m| jsonpath_with("$.absent", m).select("dev-1", Some(&payload));
+        assert_eq!(get(KeyMissing::DeviceId), Ok(Some(b"dev-1".to_vec())));
+        assert_eq!(get(KeyMissing::None), Ok(None));
+        assert!(get(KeyMissing::DeadLetter).unwrap_err().contains("$.absent"));
+        assert_eq!(jsonpath_with("$.serial", KeyMissing::DeadLetter).select("d", None).unwrap_err(), "key path `$.serial` selects nothing in the payload");
     }
 
     #[test]
