@@ -49,6 +49,7 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     pub shutdown: RawShutdown,
     pub log: RawLog,
+    pub reload: RawReload,
 }
 
 impl Default for RawConfig {
@@ -59,6 +60,7 @@ impl Default for RawConfig {
             routes: vec![RawRoute::spec()],
             shutdown: RawShutdown::default(),
             log: RawLog::default(),
+            reload: RawReload::default(),
         }
     }
 }
@@ -259,7 +261,7 @@ impl Default for RawShutdown {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawLog {
     /// A `tracing` filter such as `info` or `info,mqtt_kafka_gateway=debug`. `RUST_LOG` wins when set.
@@ -273,6 +275,23 @@ pub struct RawLog {
 impl Default for RawLog {
     fn default() -> Self {
         Self { level: "info".into(), format: "text".into(), stats_interval_secs: 60 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawReload {
+    /// Watch the file's directory and apply edits without a restart (routes only; see the README).
+    pub watch: bool,
+    /// Quiet time after the last file event before the file is read: a burst of writes is read once, whole.
+    pub debounce_ms: u64,
+    /// Re-read the file this often even without events, as a safety net (0: never). SIGHUP re-reads at once.
+    pub poll_interval_secs: u64,
+}
+
+impl Default for RawReload {
+    fn default() -> Self {
+        Self { watch: true, debounce_ms: 250, poll_interval_secs: 30 }
     }
 }
 
@@ -336,6 +355,7 @@ pub struct Config {
     pub routes: RouteTable,
     pub shutdown_grace: Duration,
     pub log: RawLog,
+    pub reload: RawReload,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -648,7 +668,7 @@ fn deserialize_sections(
     locate: &dyn Fn(&str) -> Origin,
     problems: &mut Vec<Problem>,
 ) -> Option<RawConfig> {
-    const SECTIONS: [&str; 5] = ["mqtt", "kafka", "routes", "shutdown", "log"];
+    const SECTIONS: [&str; 6] = ["mqtt", "kafka", "routes", "shutdown", "log", "reload"];
     for key in merged.keys() {
         if !SECTIONS.contains(&key.as_str()) {
             problems.push(Problem {
@@ -674,6 +694,7 @@ fn deserialize_sections(
     section!("kafka", kafka);
     section!("shutdown", shutdown);
     section!("log", log);
+    section!("reload", reload);
     if let Some(routes) = merged.get("routes") {
         match routes {
             FValue::Array(_, items) => {
@@ -872,6 +893,7 @@ fn validate(
                 key,
                 format: r.format,
                 payload: r.payload,
+                fingerprint: serde_json::to_string(r).unwrap_or_default(),
             });
         }
     }
@@ -905,7 +927,42 @@ fn validate(
         routes: RouteTable::new(routes),
         shutdown_grace: Duration::from_secs(raw.shutdown.grace_period_secs),
         log,
+        reload: raw.reload.clone(),
     })
+}
+
+impl Config {
+    /// The keys that differ between `self` and `new` and only take effect after a restart (everything
+    /// but the routes).
+    pub fn restart_needed(&self, new: &Config) -> Vec<String> {
+        let mut keys = Vec::new();
+        let (a, b) = (&self.mqtt, &new.mqtt);
+        let mut check = |key: &str, differs: bool| {
+            if differs {
+                keys.push(key.to_string());
+            }
+        };
+        check("mqtt.broker", (&a.host, a.port, a.tls) != (&b.host, b.port, b.tls));
+        check("mqtt.client_id", a.client_id != b.client_id);
+        check("mqtt.username/password", a.credentials != b.credentials);
+        check("mqtt.keep_alive_secs", a.keep_alive != b.keep_alive);
+        check("mqtt.clean_session", a.clean_session != b.clean_session);
+        check("mqtt.max_packet_size_bytes", a.max_packet_size != b.max_packet_size);
+        check("mqtt.connect_timeout_secs", a.connect_timeout != b.connect_timeout);
+        check("mqtt.reconnect_*_delay_ms", (a.reconnect_min, a.reconnect_max) != (b.reconnect_min, b.reconnect_max));
+        check("mqtt.buffer_messages", a.buffer_messages != b.buffer_messages);
+        check("shutdown.grace_period_secs", self.shutdown_grace != new.shutdown_grace);
+        check("log", self.log != new.log);
+        check("reload", self.reload != new.reload);
+        let (pa, pb) = (&self.kafka.properties, &new.kafka.properties);
+        for key in pa.keys().chain(pb.keys().filter(|k| !pa.contains_key(*k))) {
+            if pa.get(key) != pb.get(key) {
+                // A secret property's value is not shown, only its name.
+                keys.push(format!("kafka ({key})"));
+            }
+        }
+        keys
+    }
 }
 
 fn compile_device_regex(s: &str) -> Result<Regex, String> {

@@ -12,6 +12,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod mqtt;
 pub mod pipeline;
+pub mod reload;
 pub mod route;
 pub mod telemetry;
 pub mod template;

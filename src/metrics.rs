@@ -25,6 +25,8 @@ pub struct Metrics {
     pub device_id_fallback: AtomicU64,
     pub device_id_default: AtomicU64,
     pub subscriptions_rejected: AtomicU64,
+    pub reloads: AtomicU64,
+    pub reload_failures: AtomicU64,
     unrouted_warned: Mutex<Option<Instant>>,
 }
 
@@ -99,6 +101,11 @@ impl Metrics {
         } else {
             tracing::debug!(topic, "message matches no route; dropped");
         }
+    }
+
+    /// Counts a failed reload and returns the total so far.
+    pub fn reload_failed(&self) -> u64 {
+        self.reload_failures.fetch_add(1, Relaxed) + 1
     }
 
     pub fn dropped_on_shutdown(&self, topic: &str) {

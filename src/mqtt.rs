@@ -28,6 +28,9 @@ pub struct Inbound {
     pub received_at: SystemTime,
     /// Which connection it arrived on (packet ids are only meaningful within one).
     pub connection: u64,
+    /// The route table in effect when it arrived: a message is routed by one complete route set, even if
+    /// a reload swaps the table while it waits in the buffer.
+    pub routes: Arc<RouteTable>,
 }
 
 /// Tokens the wiring uses to end the MQTT side in two steps.
@@ -68,10 +71,53 @@ fn qos(n: u8) -> QoS {
 struct Subscriptions {
     requested: VecDeque<Vec<(String, u8)>>,
     by_pkid: HashMap<u16, Vec<(String, u8)>>,
-    /// Filters the broker granted on this connection.
-    active: Vec<String>,
-    /// Filters refused on this connection (their fallbacks were tried).
+    /// Filters subscribed, or being subscribed, on this connection, with their QoS.
+    wanted: HashMap<String, u8>,
+    /// Filters the broker refused on this connection (their routes' fallbacks stand in for them).
     refused: Vec<String>,
+}
+
+impl Subscriptions {
+    /// Brings the connection's subscriptions in line with `table`: subscribes what is missing (or at
+    /// another QoS), unsubscribes what no route needs any more. The connection is kept.
+    fn apply(&mut self, client: &AsyncClient, table: &RouteTable) {
+        let mut desired: Vec<(String, u8)> = Vec::new();
+        for s in table.subscriptions() {
+            if self.refused.contains(&s.filter) {
+                desired.extend(table.fallbacks_for(s));
+            } else {
+                desired.push((s.filter.clone(), s.qos));
+            }
+        }
+        desired.retain(|(f, _)| !self.refused.contains(f));
+        let stale: Vec<String> = self.wanted.keys().filter(|f| !desired.iter().any(|(d, _)| d == *f)).cloned().collect();
+        for filter in stale {
+            self.wanted.remove(&filter);
+            match client.try_unsubscribe(filter.clone()) {
+                Ok(()) => tracing::info!(filter = %filter, "unsubscribed: no route needs it any more"),
+                Err(e) => tracing::error!(filter = %filter, error = %e, "could not queue the UNSUBSCRIBE request"),
+            }
+        }
+        let missing: Vec<(String, u8)> = desired.into_iter().filter(|(f, q)| self.wanted.get(f) != Some(q)).collect();
+        self.subscribe(client, missing);
+    }
+
+    fn subscribe(&mut self, client: &AsyncClient, filters: Vec<(String, u8)>) {
+        if filters.is_empty() {
+            return;
+        }
+        let request: Vec<SubscribeFilter> = filters.iter().map(|(f, q)| SubscribeFilter::new(f.clone(), qos(*q))).collect();
+        // try_: never await the request channel from the polling task (it can deadlock when full).
+        match client.try_subscribe_many(request) {
+            Ok(()) => {
+                for (f, q) in &filters {
+                    self.wanted.insert(f.clone(), *q);
+                }
+                self.requested.push_back(filters);
+            }
+            Err(e) => tracing::error!(error = %e, "could not queue the SUBSCRIBE request"),
+        }
+    }
 }
 
 pub async fn run(
@@ -105,7 +151,12 @@ pub async fn run(
             }
             changed = routes.changed(), if routes_open => {
                 match changed {
-                    Ok(()) => tracing::debug!("route table changed"),
+                    Ok(()) => {
+                        let table = routes.borrow_and_update().clone();
+                        if metrics.mqtt_connected.load(std::sync::atomic::Ordering::Relaxed) {
+                            subs.apply(&client, &table);
+                        }
+                    }
                     Err(_) => routes_open = false,
                 }
                 continue;
@@ -118,13 +169,12 @@ pub async fn run(
                 connection += 1;
                 metrics.mqtt_connected(&broker, ack.session_present);
                 subs.by_pkid.clear();
-                subs.active.clear();
+                subs.wanted.clear();
                 subs.refused.clear();
                 // rumqttc never resubscribes (rumqtt#250). Without a session the broker forgot our
                 // subscriptions; with one, subscribing again is harmless and picks up route changes.
-                let table = routes.borrow().clone();
-                let wanted: Vec<(String, u8)> = table.subscriptions().iter().map(|s| (s.filter.clone(), s.qos)).collect();
-                subscribe(&client, &mut subs, wanted);
+                let table = routes.borrow_and_update().clone();
+                subs.apply(&client, &table);
             }
             Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => {
                 if let Some(batch) = subs.requested.pop_front() {
@@ -144,17 +194,17 @@ pub async fn run(
                             } else {
                                 tracing::info!(filter = %filter, qos = granted, "subscribed");
                             }
-                            subs.active.push(filter.clone());
                         }
                         SubscribeReasonCode::Failure => {
                             metrics.subscriptions_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            subs.wanted.remove(filter);
                             subs.refused.push(filter.clone());
                             let planned = table.subscriptions().iter().find(|s| &s.filter == filter);
                             let candidates: Vec<(String, u8)> = planned
                                 .map(|s| table.fallbacks_for(s))
                                 .unwrap_or_default()
                                 .into_iter()
-                                .filter(|(f, _)| !subs.active.contains(f) && !subs.refused.contains(f))
+                                .filter(|(f, _)| !subs.wanted.contains_key(f) && !subs.refused.contains(f))
                                 .collect();
                             if candidates.is_empty() {
                                 tracing::error!(filter = %filter, "the broker refused the subscription and no fallback filter is left; messages for it will not arrive");
@@ -166,9 +216,7 @@ pub async fn run(
                         }
                     }
                 }
-                if !fallbacks.is_empty() {
-                    subscribe(&client, &mut subs, fallbacks);
-                }
+                subs.subscribe(&client, fallbacks);
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let received_at = SystemTime::now();
@@ -183,6 +231,7 @@ pub async fn run(
                             pkid: p.pkid,
                             received_at,
                             connection,
+                            routes: routes.borrow().clone(),
                         };
                         // A full channel blocks here: we stop reading the socket and the broker holds
                         // the rest (backpressure rather than memory growth).
@@ -216,16 +265,4 @@ pub async fn run(
     }
     metrics.mqtt_connected.store(false, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(broker = %broker, "disconnected from the MQTT broker");
-}
-
-fn subscribe(client: &AsyncClient, subs: &mut Subscriptions, filters: Vec<(String, u8)>) {
-    if filters.is_empty() {
-        return;
-    }
-    let request: Vec<SubscribeFilter> = filters.iter().map(|(f, q)| SubscribeFilter::new(f.clone(), qos(*q))).collect();
-    // try_: never await the request channel from the polling task (it can deadlock when full).
-    match client.try_subscribe_many(request) {
-        Ok(()) => subs.requested.push_back(filters),
-        Err(e) => tracing::error!(error = %e, "could not queue the SUBSCRIBE request"),
-    }
 }

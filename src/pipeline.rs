@@ -23,6 +23,7 @@ use crate::envelope::{self, Message, Outcome, Payload, Record, HEADER_DLQ_REASON
 use crate::kafka::{self, GatewayProducer};
 use crate::metrics::{self, Metrics};
 use crate::mqtt::{self, Inbound};
+use crate::reload;
 use crate::route::RouteTable;
 
 /// What a finished run reports.
@@ -36,8 +37,6 @@ pub struct Report {
 /// A running gateway's handles, for the binary and for tests.
 pub struct Handles {
     pub metrics: Arc<Metrics>,
-    /// Publish a new route table here to change routing (hot reload).
-    pub routes: watch::Sender<Arc<RouteTable>>,
 }
 
 /// Where one record came from, for logs and metrics when its delivery result arrives.
@@ -78,19 +77,20 @@ pub fn start(
     for r in config.routes.routes() {
         tracing::info!(route = %r.name, filter = %r.filter, qos = r.qos, topic = %r.topic, key = %r.key, dead_letter_topic = %r.dead_letter_topic, "route");
     }
-    let (routes_tx, routes_rx) = watch::channel(Arc::new(config.routes.clone()));
-    let handles = Handles { metrics: metrics.clone(), routes: routes_tx };
-    let task = tokio::spawn(run_inner(config, routes_rx, producer, metrics, shutdown));
+    let handles = Handles { metrics: metrics.clone() };
+    let task = tokio::spawn(run_inner(config, producer, metrics, shutdown));
     Ok((handles, task))
 }
 
 async fn run_inner(
     config: Config,
-    routes: watch::Receiver<Arc<RouteTable>>,
     producer: Arc<GatewayProducer>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Report> {
+    // The route table in effect: the reloader publishes new ones, the MQTT side reads them.
+    let (routes_tx, routes) = watch::channel(Arc::new(config.routes.clone()));
+    let started = Instant::now();
     let buffer = config.mqtt.buffer_messages;
     let (inbound_tx, mut inbound_rx) = mpsc::channel::<Inbound>(buffer);
     let (inflight_tx, inflight_rx) = mpsc::channel::<InFlight>(buffer);
@@ -98,11 +98,11 @@ async fn run_inner(
     let mqtt_task = tokio::spawn(mqtt::run(config.mqtt.clone(), routes.clone(), inbound_tx, metrics.clone(), stop.clone()));
     let deliveries = tokio::spawn(deliveries(inflight_rx, metrics.clone()));
     let stats = tokio::spawn(stats(metrics.clone(), Duration::from_secs(config.log.stats_interval_secs), shutdown.clone()));
+    let reloader = tokio::spawn(reload::run(config.clone(), routes_tx, metrics.clone(), shutdown.clone()));
 
     // The message path. Ends when the MQTT side stops forwarding (shutdown) and the channel is drained.
     while let Some(inbound) = inbound_rx.recv().await {
-        let table = routes.borrow().clone();
-        let inflight = route_message(&table, &inbound, &producer, &metrics).await;
+        let inflight = route_message(&inbound.routes, &inbound, &producer, &metrics).await;
         if inflight_tx.send(inflight).await.is_err() {
             break;
         }
@@ -126,8 +126,10 @@ async fn run_inner(
     stop.disconnect.cancel();
     let _ = mqtt_task.await;
     stats.abort();
+    reloader.abort();
     let snapshot = metrics.snapshot();
-    metrics::log_stats(snapshot, metrics::Snapshot::default(), Duration::from_secs(1), &metrics);
+    // The last line covers the whole run.
+    metrics::log_stats(snapshot, metrics::Snapshot::default(), started.elapsed(), &metrics);
     Ok(Report { undelivered, snapshot })
 }
 

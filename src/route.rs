@@ -24,6 +24,9 @@ pub struct Route {
     pub key: KeyRule,
     pub format: ValueFormat,
     pub payload: PayloadFormat,
+    /// The route as configured, serialized: two routes with the same fingerprint behave the same. Used
+    /// to tell which routes a reload changed.
+    pub fingerprint: String,
 }
 
 impl Route {
@@ -205,6 +208,33 @@ impl RouteTable {
     }
 }
 
+/// What changed between two route tables, by route name.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RouteDiff {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+impl RouteDiff {
+    pub fn between(old: &RouteTable, new: &RouteTable) -> Self {
+        let mut d = RouteDiff::default();
+        for r in &new.routes {
+            match old.routes.iter().find(|o| o.name == r.name) {
+                None => d.added.push(r.name.clone()),
+                Some(o) if o.fingerprint != r.fingerprint => d.changed.push(r.name.clone()),
+                Some(_) => {}
+            }
+        }
+        d.removed = old.routes.iter().filter(|o| !new.routes.iter().any(|r| r.name == o.name)).map(|o| o.name.clone()).collect();
+        d
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
 pub type SharedRoutes = Arc<RouteTable>;
 
 #[cfg(test)]
@@ -231,6 +261,7 @@ pub(crate) mod tests {
             key: KeyRule::DeviceId,
             format: ValueFormat::Envelope,
             payload: PayloadFormat::Json,
+            fingerprint: format!("{name}|{filter}|{topic}"),
         }
     }
 

@@ -4,37 +4,16 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::Gateway;
-use common::{kafka, unique_topic, Record};
-use common::{mosquitto_pub, Mosquitto};
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use common::{broker_env, json, kafka, new_topic, publish_all, start_gateway as start, write_config, Record, WAIT};
+use common::{mosquitto_pub, Gateway, Mosquitto};
 use serde_json::Value;
 
 const SPEC_TOPIC: &str = "cmnd/f2-e4fd45f654be/access-control-mode/J1/door-sensors";
 const SPEC_PAYLOAD: &str =
     r#"{"timestamp": "2023-05-26 18:34:04.928538", "door-sensor-1": false, "door-sensor-2": true}"#;
-const WAIT: Duration = Duration::from_secs(30);
-
-fn write_config(dir: &Path, body: &str) -> PathBuf {
-    let path = dir.join("routes.yaml");
-    std::fs::write(&path, body).expect("write config");
-    path
-}
-
-/// Env that points the gateway at this test's brokers.
-fn broker_env(mosquitto: &Mosquitto) -> Vec<(&'static str, String)> {
-    vec![("MQTT_BROKER", mosquitto.addr()), ("KAFKA_BOOTSTRAP_SERVERS", kafka().bootstrap())]
-}
-
-/// A fresh Kafka topic with `partitions` partitions.
-fn new_topic(prefix: &str, partitions: i32) -> String {
-    let topic = unique_topic(prefix);
-    kafka().create_topic(&topic, partitions);
-    topic
-}
 
 /// The repository's routes.yaml: the spec's route.
 fn shipped_routes() -> PathBuf {
@@ -46,47 +25,6 @@ fn spec_env(mosquitto: &Mosquitto, topic: &str) -> Vec<(&'static str, String)> {
     let mut env = broker_env(mosquitto);
     env.push(("KAFKA_TOPIC", topic.to_string()));
     env
-}
-
-fn start(config: &Path, env: &[(&'static str, String)]) -> Gateway {
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let gw = Gateway::start(config, &env);
-    assert!(gw.wait_for_log("subscribed", WAIT), "the gateway never subscribed:\n{}", gw.logs());
-    gw
-}
-
-/// Publishes every message at QoS 1 over one MQTT connection, in order, and returns once the broker has
-/// acknowledged them all (disconnecting earlier can lose the tail still in rumqttc's write buffer).
-fn publish_all(port: u16, messages: Vec<(String, Vec<u8>)>) {
-    let id = format!("test-publisher-{}", SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos());
-    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
-    opts.set_max_packet_size(4 << 20, 4 << 20);
-    let (client, mut connection) = Client::new(opts, 128);
-    let total = messages.len();
-    let pump = std::thread::spawn(move || {
-        let mut acked = 0;
-        for event in connection.iter() {
-            match event {
-                Ok(Event::Incoming(Packet::PubAck(_))) => {
-                    acked += 1;
-                    if acked == total {
-                        return Ok(());
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => return Err(format!("after {acked} of {total} acks: {e}")),
-            }
-        }
-        Ok(())
-    });
-    for (topic, payload) in messages {
-        client.publish(topic, QoS::AtLeastOnce, false, payload).expect("queue publish");
-    }
-    pump.join().expect("publisher thread").expect("publisher connection");
-}
-
-fn json(record: &Record) -> Value {
-    serde_json::from_str(record.value_str()).unwrap_or_else(|e| panic!("record is not JSON ({e}): {}", record.value_str()))
 }
 
 fn now_secs() -> f64 {
@@ -194,9 +132,7 @@ fn a_non_json_payload_goes_to_the_dead_letter_topic_with_its_reason() {
 #[test]
 fn overlapping_routes_give_one_record_each() {
     let mosquitto = Mosquitto::start();
-    let (all, five) = (unique_topic("overlap_all"), unique_topic("overlap_five"));
-    kafka().create_topic(&all, 1);
-    kafka().create_topic(&five, 1);
+    let (all, five) = (new_topic("overlap_all", 1), new_topic("overlap_five", 1));
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),

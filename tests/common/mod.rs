@@ -124,3 +124,68 @@ pub fn send_signal(pid: u32, signal: &str) -> bool {
         .map(|s| s.success())
         .unwrap_or(false)
 }
+
+/// A fresh Kafka topic with `partitions` partitions.
+pub fn new_topic(prefix: &str, partitions: i32) -> String {
+    let topic = unique_topic(prefix);
+    kafka().create_topic(&topic, partitions);
+    topic
+}
+
+/// Publishes every message at QoS 1 over one MQTT connection, in order, and returns once the broker has
+/// acknowledged them all (disconnecting earlier can lose the tail still in rumqttc's write buffer).
+pub fn publish_all(port: u16, messages: Vec<(String, Vec<u8>)>) {
+    let id = format!("test-publisher-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_max_packet_size(4 << 20, 4 << 20);
+    let (client, mut connection) = rumqttc::Client::new(opts, 128);
+    let total = messages.len();
+    let pump = std::thread::spawn(move || {
+        let mut acked = 0;
+        for event in connection.iter() {
+            match event {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                    acked += 1;
+                    if acked == total {
+                        return Ok(());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return Err(format!("after {acked} of {total} acks: {e}")),
+            }
+        }
+        Ok(())
+    });
+    for (topic, payload) in messages {
+        client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload).expect("queue publish");
+    }
+    pump.join().expect("publisher thread").expect("publisher connection");
+}
+
+/// How long a test waits for something that should happen in well under a second.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Writes `body` as `routes.yaml` in `dir`.
+pub fn write_config(dir: &Path, body: &str) -> PathBuf {
+    let path = dir.join("routes.yaml");
+    std::fs::write(&path, body).expect("write config");
+    path
+}
+
+/// Env that points the gateway at this test's brokers.
+pub fn broker_env(mosquitto: &Mosquitto) -> Vec<(&'static str, String)> {
+    vec![("MQTT_BROKER", mosquitto.addr()), ("KAFKA_BOOTSTRAP_SERVERS", kafka().bootstrap())]
+}
+
+/// Starts the gateway and waits until it has subscribed.
+pub fn start_gateway(config: &Path, env: &[(&'static str, String)]) -> Gateway {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let gw = Gateway::start(config, &env);
+    assert!(gw.wait_for_log("subscribed", WAIT), "the gateway never subscribed:\n{}", gw.logs());
+    gw
+}
+
+pub fn json(record: &Record) -> serde_json::Value {
+    serde_json::from_str(record.value_str()).unwrap_or_else(|e| panic!("record is not JSON ({e}): {}", record.value_str()))
+}
+

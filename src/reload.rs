@@ -1,0 +1,221 @@
+//! Hot reload of `routes.yaml`: a message to the running pipeline, never a restart.
+//!
+//! The watch is on the file's *directory*, not the file: editors save by writing a temporary file and
+//! renaming it over the old one, and a Kubernetes ConfigMap update swaps the `..data` symlink without
+//! touching `routes.yaml` itself; a watch on the file would miss both (or die with the old inode). Any
+//! event in the directory starts a debounce; once the directory has been quiet for `reload.debounce_ms`,
+//! the path is read (following symlinks), read again to make sure it is not still being written, compared
+//! by hash with what is in effect, and checked in full. Only a complete, valid file is swapped in, as a
+//! whole new route table. A periodic re-read and SIGHUP are safety nets for filesystems whose events do
+//! not arrive (some network and overlay mounts).
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Config};
+use crate::metrics::Metrics;
+use crate::route::{RouteDiff, RouteTable};
+
+/// Why a reload was attempted, for the log.
+#[derive(Debug, Clone, Copy)]
+enum Trigger {
+    FileEvent,
+    Poll,
+    Signal,
+}
+
+struct State {
+    path: PathBuf,
+    current: Config,
+    /// Hash of the file text in effect, and of the last text that failed (not reported twice).
+    applied_hash: Option<u64>,
+    failed_hash: Option<u64>,
+    generation: u64,
+    file_missing: bool,
+}
+
+fn hash(text: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+/// Watches `config.source` until `shutdown`, publishing each valid new route table on `routes`.
+pub async fn run(config: Config, routes: watch::Sender<Arc<RouteTable>>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let settings = config.reload.clone();
+    let path = config.source.clone();
+    let initial_hash = std::fs::read_to_string(&path).ok().map(|t| hash(&t));
+    let mut state = State { path: path.clone(), current: config, applied_hash: initial_hash, failed_hash: None, generation: 1, file_missing: false };
+
+    let (events_tx, mut events) = mpsc::channel::<()>(1);
+    // Kept alive for the whole loop: dropping the watcher stops the watch.
+    let _watcher = if settings.watch { watch_directory(&path, events_tx) } else { None };
+    let poll_every = (settings.poll_interval_secs > 0).then(|| Duration::from_secs(settings.poll_interval_secs));
+    let debounce = Duration::from_millis(settings.debounce_ms);
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload by editing the file instead");
+            None
+        }
+    };
+
+    loop {
+        let trigger = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            Some(()) = events.recv() => Trigger::FileEvent,
+            _ = sleep_or_never(poll_every) => Trigger::Poll,
+            Some(()) = recv_signal(&mut hangup) => Trigger::Signal,
+        };
+        if let Trigger::FileEvent = trigger {
+            // Settle: wait until the directory has been quiet for the debounce time.
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    Some(()) = events.recv() => continue,
+                    _ = tokio::time::sleep(debounce) => break,
+                }
+            }
+        }
+        attempt(&mut state, trigger, debounce, &routes, &metrics).await;
+    }
+}
+
+async fn sleep_or_never(every: Option<Duration>) {
+    match every {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_signal(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match s {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn watch_directory(path: &Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let handler = move |res: notify::Result<notify::Event>| match res {
+        // Lossy on purpose: one pending wake-up is enough, the file is re-read whole.
+        Ok(ev) if !matches!(ev.kind, notify::EventKind::Access(_)) => {
+            let _ = tx.try_send(());
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "file watch error; the periodic re-read still applies edits"),
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch for configuration changes; edits apply on the periodic re-read or SIGHUP");
+            return None;
+        }
+    };
+    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+        tracing::error!(error = %e, dir = %dir.display(), "cannot watch the configuration directory; edits apply on the periodic re-read or SIGHUP");
+        return None;
+    }
+    tracing::info!(dir = %dir.display(), "watching the configuration directory for changes");
+    Some(watcher)
+}
+
+/// Reads the file whole and steady: two reads `settle` apart must agree, so a file still being written
+/// is not taken. Returns `None` if the file is missing or keeps changing.
+async fn read_steady(path: &Path, settle: Duration) -> Result<Option<String>, std::io::Error> {
+    let mut previous = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    for _ in 0..10 {
+        tokio::time::sleep(settle).await;
+        let again = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if again == previous {
+            return Ok(Some(again));
+        }
+        previous = again;
+    }
+    tracing::warn!(path = %path.display(), "the configuration file keeps changing; will try again on the next event");
+    Ok(None)
+}
+
+async fn attempt(state: &mut State, trigger: Trigger, debounce: Duration, routes: &watch::Sender<Arc<RouteTable>>, metrics: &Metrics) {
+    let settle = (debounce / 2).clamp(Duration::from_millis(20), Duration::from_millis(200));
+    let text = match read_steady(&state.path, settle).await {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            if !state.file_missing && !state.path.exists() {
+                state.file_missing = true;
+                tracing::warn!(path = %state.path.display(), "the configuration file is gone; the current routes stay in effect until it is back");
+            }
+            return;
+        }
+        Err(e) => {
+            metrics.reload_failed();
+            tracing::error!(path = %state.path.display(), error = %e, "cannot read the configuration file; the current routes stay in effect");
+            return;
+        }
+    };
+    state.file_missing = false;
+    let h = hash(&text);
+    if Some(h) == state.applied_hash {
+        if matches!(trigger, Trigger::Signal) {
+            tracing::info!(generation = state.generation, "SIGHUP: the configuration file is unchanged");
+        }
+        return;
+    }
+    if Some(h) == state.failed_hash && !matches!(trigger, Trigger::Signal) {
+        return;
+    }
+    let new = match config::load_from_str(&state.path, &text, &config::ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            state.failed_hash = Some(h);
+            let total = metrics.reload_failed();
+            tracing::error!(reload_failures = total, generation = state.generation, "the new configuration is invalid; the current routes stay in effect:\n{e}");
+            return;
+        }
+    };
+    let diff = RouteDiff::between(&state.current.routes, &new.routes);
+    let restart = state.current.restart_needed(&new);
+    state.applied_hash = Some(h);
+    state.failed_hash = None;
+    if diff.is_empty() && restart.is_empty() {
+        tracing::info!(generation = state.generation, "the configuration file changed, but nothing in effect did");
+        return;
+    }
+    if !restart.is_empty() {
+        tracing::warn!(keys = ?restart, "these settings changed in the file but only apply after a restart; route changes apply now");
+    }
+    if !diff.is_empty() {
+        state.generation += 1;
+        routes.send_replace(Arc::new(new.routes.clone()));
+        metrics.reloads.fetch_add(1, Relaxed);
+        tracing::info!(
+            generation = state.generation,
+            trigger = ?trigger,
+            added = ?diff.added,
+            removed = ?diff.removed,
+            changed = ?diff.changed,
+            routes = new.routes.routes().len(),
+            "routes reloaded"
+        );
+    }
+    // Settings that need a restart stay as they were; only the routes move on.
+    state.current.routes = new.routes;
+}
