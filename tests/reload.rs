@@ -246,12 +246,10 @@ fn switching_route_sets_under_load_loses_nothing_and_never_mixes_sets() {
 
     let port = mosquitto.port();
     let publisher = std::thread::spawn(move || {
-        // About 1,100 messages a second, so the stream spans all the switches.
-        for chunk in 0..MESSAGES / 100 {
-            let batch = (chunk * 100..(chunk + 1) * 100).map(|i| (format!("load/dev-{}/seq", i % 10), format!(r#"{{"seq":{i}}}"#).into_bytes())).collect();
-            common::publish_all(port, batch);
-            std::thread::sleep(Duration::from_millis(80));
-        }
+        // One steady stream of about 1,000 messages a second over one connection, so the switches land
+        // while messages are in flight.
+        let messages = (0..MESSAGES).map(|i| (format!("load/dev-{}/seq", i % 10), format!(r#"{{"seq":{i}}}"#).into_bytes())).collect();
+        common::publish_paced(port, messages, 10, Duration::from_millis(10));
     });
     for i in 0..SWITCHES {
         std::thread::sleep(Duration::from_millis(450));

@@ -135,6 +135,11 @@ pub fn new_topic(prefix: &str, partitions: i32) -> String {
 /// Publishes every message at QoS 1 over one MQTT connection, in order, and returns once the broker has
 /// acknowledged them all (disconnecting earlier can lose the tail still in rumqttc's write buffer).
 pub fn publish_all(port: u16, messages: Vec<(String, Vec<u8>)>) {
+    publish_paced(port, messages, usize::MAX, Duration::ZERO);
+}
+
+/// Like [`publish_all`], pausing for `pause` after every `every` messages (a steady stream).
+pub fn publish_paced(port: u16, messages: Vec<(String, Vec<u8>)>, every: usize, pause: Duration) {
     let id = format!("test-publisher-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
     let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
     opts.set_max_packet_size(4 << 20, 4 << 20);
@@ -156,8 +161,11 @@ pub fn publish_all(port: u16, messages: Vec<(String, Vec<u8>)>) {
         }
         Ok(())
     });
-    for (topic, payload) in messages {
+    for (i, (topic, payload)) in messages.into_iter().enumerate() {
         client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload).expect("queue publish");
+        if (i + 1) % every == 0 {
+            std::thread::sleep(pause);
+        }
     }
     pump.join().expect("publisher thread").expect("publisher connection");
 }
