@@ -7,6 +7,7 @@
 pub mod backoff;
 pub mod config;
 pub mod envelope;
+pub mod explain;
 pub mod filter;
 pub mod kafka;
 pub mod metrics;

@@ -39,12 +39,29 @@ enum Command {
         /// The file to check (default: --config).
         file: Option<PathBuf>,
     },
+    /// Show which routes a message would match and the exact Kafka topic, key, headers and value each
+    /// would produce (or why it would be dead-lettered). No broker needed.
+    Explain {
+        /// The MQTT topic of the message.
+        #[arg(long)]
+        topic: String,
+        /// The payload, as text.
+        #[arg(long, conflicts_with = "payload_file")]
+        payload: Option<String>,
+        /// Read the payload from a file (any bytes).
+        #[arg(long, value_name = "FILE")]
+        payload_file: Option<PathBuf>,
+        /// The MQTT QoS the message arrived with.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+        qos: u8,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::Validate { file } => validate(file.unwrap_or(cli.config)),
+        Command::Explain { topic, payload, payload_file, qos } => explain(cli.config, topic, payload, payload_file, qos),
         Command::Run => run(cli.config),
     }
 }
@@ -64,6 +81,29 @@ fn validate(path: PathBuf) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn explain(path: PathBuf, topic: String, payload: Option<String>, payload_file: Option<PathBuf>, qos: u8) -> ExitCode {
+    let config = match config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let payload = match (payload, payload_file) {
+        (Some(p), _) => p.into_bytes(),
+        (None, Some(f)) => match std::fs::read(&f) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("cannot read {}: {e}", f.display());
+                return ExitCode::from(2);
+            }
+        },
+        (None, None) => Vec::new(),
+    };
+    print!("{}", mqtt_kafka_gateway::explain::explain(&config, &topic, &payload, qos, std::time::SystemTime::now()));
+    ExitCode::SUCCESS
 }
 
 fn run(path: PathBuf) -> ExitCode {

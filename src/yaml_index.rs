@@ -50,7 +50,7 @@ impl YamlIndex {
 
 enum Frame {
     /// A mapping: `key` is the pending key once read, `expect_key` says what the next node is.
-    Map { path: String, key: Option<String>, expect_key: bool },
+    Map { path: String, key: Option<String>, expect_key: bool, first_key: bool },
     Seq { path: String, index: usize },
 }
 
@@ -64,7 +64,7 @@ impl Builder {
     /// Called before a value node: returns that node's path and moves the parent frame along.
     fn enter_value(&mut self, mark: Marker) -> Option<String> {
         let path = match self.stack.last_mut()? {
-            Frame::Map { path, key, expect_key } => {
+            Frame::Map { path, key, expect_key, .. } => {
                 *expect_key = true;
                 let k = key.take()?;
                 join(path, &k)
@@ -103,7 +103,12 @@ impl MarkedEventReceiver for Builder {
         match ev {
             Event::Scalar(value, ..) => {
                 if self.at_key() {
-                    if let Some(Frame::Map { path, key, expect_key }) = self.stack.last_mut() {
+                    if let Some(Frame::Map { path, key, expect_key, first_key }) = self.stack.last_mut() {
+                        // A block mapping's start mark can sit past its first key; its first key is
+                        // where a reader looks for it (`- name: a` is the start of `routes[0]`).
+                        if std::mem::take(first_key) && !path.is_empty() {
+                            self.positions.insert(path.clone(), position(mark));
+                        }
                         let full = join(path, &value);
                         self.positions.entry(full).or_insert(position(mark));
                         *key = Some(value);
@@ -135,7 +140,7 @@ impl MarkedEventReceiver for Builder {
                 };
                 let path = path.unwrap_or_else(|| "\u{0}complex".into());
                 self.stack.push(if is_map {
-                    Frame::Map { path, key: None, expect_key: true }
+                    Frame::Map { path, key: None, expect_key: true, first_key: true }
                 } else {
                     Frame::Seq { path, index: 0 }
                 });
@@ -174,7 +179,7 @@ routes:
     #[test]
     fn a_missing_key_is_located_at_its_parent() {
         let index = YamlIndex::build(DOC);
-        assert_eq!(index.locate("routes[1].topic").map(|p| p.line), Some(6));
+        assert_eq!(index.locate("routes[1].topic"), Some(Position { line: 6, column: 5 }));
     }
 
     #[test]

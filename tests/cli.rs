@@ -1,0 +1,123 @@
+//! The `validate` and `explain` commands: no broker involved, the binary as a user runs it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn gateway(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mqtt-kafka-gateway"))
+        .args(args)
+        .current_dir(dir)
+        // The test machine's own variables must not leak into what is checked.
+        .env_remove("MQTT_BROKER")
+        .env_remove("KAFKA_TOPIC")
+        .env_remove("MQTT_TOPIC_PATTERN")
+        .env_remove("KAFKA_BOOTSTRAP_SERVERS")
+        .output()
+        .expect("run the gateway binary")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn write(dir: &Path, body: &str) -> PathBuf {
+    let p = dir.join("routes.yaml");
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+const HEAD: &str = "routes:\n  - name: a\n    filter: 'cmnd/#'\n    topic: raw\n";
+
+#[test]
+fn validate_accepts_the_shipped_file_and_the_examples() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in ["routes.yaml", "examples/routes.yaml"] {
+        let o = gateway(&["validate", file], root);
+        assert!(o.status.success(), "{file}: {}", text(&o));
+        assert!(text(&o).contains(": OK,"), "{}", text(&o));
+    }
+}
+
+#[test]
+fn validate_names_file_line_and_key_for_each_error_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, String, &[&str])] = &[
+        ("YAML syntax", "routes:\n  - name: a\n    filter: [cmnd\n".into(), &["routes.yaml:", "YAML syntax error", "line 3"]),
+        ("unknown key", format!("{HEAD}    qos_level: 1\n"), &["routes.yaml:5:5: routes[0].qos_level: unknown field"]),
+        ("unknown section", format!("{HEAD}kafak: {{}}\n"), &["routes.yaml:5:1: kafak: unknown key"]),
+        ("wrong type", format!("mqtt:\n  keep_alive_secs: soon\n{HEAD}"), &["routes.yaml:2:3: mqtt.keep_alive_secs: invalid type"]),
+        ("missing key", "routes:\n  - name: a\n    filter: 'cmnd/#'\n".into(), &["routes.yaml:2:5: routes[0]: missing field `topic`"]),
+        ("bad regex", format!("{HEAD}    device_id:\n      regex: '(?P<device_id>x'\n"), &["routes.yaml:6:7: routes[0].device_id.regex: invalid regex"]),
+        ("regex without group", format!("{HEAD}    device_id:\n      regex: 'f2-.*'\n"), &["routes.yaml:6:7: routes[0].device_id.regex", "no named group `device_id`"]),
+        ("bad JSONPath", format!("{HEAD}    key: '$[?'\n"), &["routes.yaml:5:5: routes[0].key: invalid JSONPath"]),
+        ("bad filter", "routes:\n  - name: a\n    filter: 'cmnd/#/x'\n    topic: raw\n".into(), &["routes.yaml:3:5: routes[0].filter: invalid MQTT filter"]),
+        ("bad template", "routes:\n  - name: a\n    filter: 'cmnd/#'\n    topic: 'iot.{kind'\n".into(), &["routes.yaml:4:5: routes[0].topic: unclosed"]),
+        ("unknown template group", "routes:\n  - name: a\n    filter: 'cmnd/#'\n    topic: 'iot.{kind}'\n".into(), &["routes.yaml:4:5: routes[0].topic: placeholder `{kind}`"]),
+        ("bad QoS", format!("{HEAD}    qos: 3\n"), &["routes.yaml:5:5: routes[0].qos: 3 is not an MQTT QoS"]),
+        ("duplicate name", format!("{HEAD}  - name: a\n    filter: 'x/#'\n    topic: raw2\n"), &["routes.yaml:5:5: routes[1].name", "already the name"]),
+    ];
+    for (class, body, expect) in cases {
+        write(dir.path(), body);
+        let o = gateway(&["validate", "routes.yaml"], dir.path());
+        assert_eq!(o.status.code(), Some(1), "{class}: {}", text(&o));
+        for e in *expect {
+            assert!(text(&o).contains(e), "{class}: expected {e:?} in:\n{}", text(&o));
+        }
+    }
+    let o = gateway(&["validate", "nowhere.yaml"], dir.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("nowhere.yaml") && text(&o).contains("cannot read"), "{}", text(&o));
+}
+
+#[test]
+fn validate_reports_every_problem_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "routes:\n  - name: a\n    filter: 'cmnd/#/x'\n    topic: 'bad topic'\n    key: '$[?'\n");
+    let o = gateway(&["validate"], dir.path());
+    let t = text(&o);
+    assert!(t.contains("3 problems found"), "{t}");
+    for key in ["routes[0].filter", "routes[0].topic", "routes[0].key"] {
+        assert!(t.contains(key), "{key} in {t}");
+    }
+}
+
+#[test]
+fn explain_shows_the_exact_record() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let topic = "cmnd/f2-e4fd45f654be/access-control-mode/J1/door-sensors";
+    let payload = r#"{"timestamp": "2023-05-26 18:34:04.928538", "door-sensor-1": false}"#;
+    let o = gateway(&["explain", "--topic", topic, "--payload", payload], root);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("matches 1 of 1 route"), "{t}");
+    assert!(t.contains("kafka topic  raw_iot_data"), "{t}");
+    assert!(t.contains("key          f2-e4fd45f654be"), "{t}");
+    assert!(t.contains(&format!("mqtt_topic={topic}")), "{t}");
+    assert!(t.contains(&format!(r#""original_topic":"{topic}","device_id":"f2-e4fd45f654be","payload":{payload},"timestamp":"#)), "{t}");
+}
+
+#[test]
+fn explain_says_why_a_message_is_dead_lettered_or_unrouted() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = gateway(&["explain", "--topic", "cmnd/plc-7/x", "--payload", "not json"], root);
+    let t = text(&o);
+    assert!(t.contains("DEAD LETTER: payload is not valid JSON"), "{t}");
+    assert!(t.contains("kafka topic  raw_iot_data.dlq"), "{t}");
+    assert!(t.contains("key          plc-7"), "{t}");
+
+    let o = gateway(&["explain", "--topic", "tele/x", "--payload", "{}"], root);
+    assert!(text(&o).contains("matches 0 of 1 route; the message would be counted as unrouted"), "{}", text(&o));
+
+    let o = gateway(&["explain", "--config", "examples/routes.yaml", "--topic", "cmnd/f2-e4fd45f654be/access-control-mode/J1/door-sensors", "--payload", "{}"], root);
+    let t = text(&o);
+    assert!(t.contains("kafka topic  iot.door-sensors"), "the example's templated route: {t}");
+}
+
+#[test]
+fn explain_refuses_an_invalid_config_naming_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "routes:\n  - name: a\n    filter: 'cmnd/#'\n    topic: raw\n    key: '$[?'\n");
+    let o = gateway(&["explain", "--topic", "cmnd/x", "--payload", "{}"], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("routes.yaml:5:5: routes[0].key: invalid JSONPath"), "{}", text(&o));
+}
