@@ -90,9 +90,13 @@ pub struct RawMqtt {
     pub reconnect_min_delay_ms: u64,
     /// Upper bound of the reconnect delay.
     pub reconnect_max_delay_ms: u64,
-    /// Messages received from MQTT and not yet handed to Kafka, at most. When full, the gateway stops
-    /// reading from the broker (backpressure) instead of growing.
+    /// Messages received from MQTT and not yet handed to Kafka, at most. When full, QoS 0 messages are
+    /// dropped (counted, logged) and QoS 1/2 messages wait, unacknowledged, so the broker's in-flight
+    /// window throttles it.
     pub buffer_messages: usize,
+    /// Messages received and not yet acknowledged (QoS 1/2) or delivered (QoS 0), at most: the window
+    /// between MQTT and Kafka. Keep it at or above the broker's in-flight limit for the gateway.
+    pub max_unacked_messages: usize,
 }
 
 impl Default for RawMqtt {
@@ -109,6 +113,7 @@ impl Default for RawMqtt {
             reconnect_min_delay_ms: 500,
             reconnect_max_delay_ms: 30_000,
             buffer_messages: 1_000,
+            max_unacked_messages: 10_000,
         }
     }
 }
@@ -124,8 +129,9 @@ pub struct RawKafka {
     pub linger_ms: u64,
     /// Largest batch per partition (librdkafka `batch.size`).
     pub batch_size_bytes: u64,
-    /// How long a record may take to be acknowledged, retries included, before it counts as failed
-    /// (librdkafka `message.timeout.ms`).
+    /// How long a record may take to be acknowledged, retries included, before librdkafka gives up on it
+    /// (`message.timeout.ms`). 0, the default, means never: a record waits for Kafka to come back. A record
+    /// given up on is produced again (QoS 1/2) rather than lost.
     pub delivery_timeout_ms: u64,
     /// Records waiting in the producer, at most (librdkafka `queue.buffering.max.messages`).
     pub queue_max_messages: u64,
@@ -145,7 +151,7 @@ impl Default for RawKafka {
             compression: "lz4".into(),
             linger_ms: 5,
             batch_size_bytes: 1_000_000,
-            delivery_timeout_ms: 120_000,
+            delivery_timeout_ms: 0,
             queue_max_messages: 100_000,
             queue_max_kbytes: 64 * 1024,
             dead_letter_suffix: ".dlq".into(),
@@ -372,6 +378,7 @@ pub struct MqttSettings {
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     pub buffer_messages: usize,
+    pub max_unacked_messages: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -774,6 +781,9 @@ fn validate(
     if m.buffer_messages == 0 {
         problem("mqtt.buffer_messages", "must be at least 1".into(), None);
     }
+    if m.max_unacked_messages == 0 {
+        problem("mqtt.max_unacked_messages", "must be at least 1".into(), None);
+    }
     if m.password.is_some() && m.username.is_none() {
         problem("mqtt.password", "a password needs a username".into(), Some("set mqtt.username or MQTT_USERNAME"));
     }
@@ -922,6 +932,7 @@ fn validate(
             reconnect_min: Duration::from_millis(m.reconnect_min_delay_ms),
             reconnect_max: Duration::from_millis(m.reconnect_max_delay_ms),
             buffer_messages: m.buffer_messages,
+            max_unacked_messages: m.max_unacked_messages,
         },
         kafka: KafkaSettings { bootstrap_servers: k.bootstrap_servers.clone(), properties },
         routes: RouteTable::new(routes),
@@ -951,6 +962,7 @@ impl Config {
         check("mqtt.connect_timeout_secs", a.connect_timeout != b.connect_timeout);
         check("mqtt.reconnect_*_delay_ms", (a.reconnect_min, a.reconnect_max) != (b.reconnect_min, b.reconnect_max));
         check("mqtt.buffer_messages", a.buffer_messages != b.buffer_messages);
+        check("mqtt.max_unacked_messages", a.max_unacked_messages != b.max_unacked_messages);
         check("shutdown.grace_period_secs", self.shutdown_grace != new.shutdown_grace);
         check("log", self.log != new.log);
         check("reload", self.reload != new.reload);

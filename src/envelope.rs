@@ -23,8 +23,10 @@ pub struct Message<'a> {
 
 /// The payload, validated once per message however many routes it fans out to.
 pub struct Payload<'a> {
+    bytes: &'a [u8],
     raw: Result<&'a RawValue, String>,
     parsed: std::cell::OnceCell<Option<Value>>,
+    id: std::cell::OnceCell<String>,
 }
 
 impl<'a> Payload<'a> {
@@ -36,7 +38,12 @@ impl<'a> Payload<'a> {
                 format!("payload is not valid JSON: {e}")
             }
         });
-        Self { raw, parsed: std::cell::OnceCell::new() }
+        Self { bytes, raw, parsed: std::cell::OnceCell::new(), id: std::cell::OnceCell::new() }
+    }
+
+    /// The message id of this payload on `topic` (see [`message_id`]), computed once.
+    fn id(&self, topic: &str) -> &str {
+        self.id.get_or_init(|| message_id(topic, self.bytes))
     }
 
     /// The payload as a `serde_json::Value`, parsed on first use (only JSONPath keys need it).
@@ -70,6 +77,20 @@ pub const HEADER_DEVICE_ID: &str = "device_id";
 pub const HEADER_ROUTE: &str = "route";
 pub const HEADER_DLQ_REASON: &str = "dlq_reason";
 pub const HEADER_RECEIVED_AT: &str = "received_at";
+pub const HEADER_MESSAGE_ID: &str = "message_id";
+
+/// A deterministic id for a message: 128 bits of XXH3 over the MQTT topic and the payload, in hex. A
+/// message the broker delivers again (after a gateway crash, before its ack) gets the same id, so a
+/// consumer can drop the copy. Its limit: two messages with the same topic and the same payload get the
+/// same id too; a device that may send identical payloads twice should put a sequence number or
+/// timestamp in them. Not a cryptographic hash.
+pub fn message_id(topic: &str, payload: &[u8]) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(topic.as_bytes());
+    h.update(&[0]);
+    h.update(payload);
+    format!("{:032x}", h.digest128())
+}
 
 /// Epoch seconds with microseconds, as the spec's `timestamp` field (`1684678444.928538`).
 pub fn epoch_seconds(at: SystemTime) -> String {
@@ -87,6 +108,7 @@ pub fn build(route: &Route, msg: &Message<'_>, payload: &Payload<'_>) -> Outcome
         (HEADER_MQTT_QOS, vec![b'0' + msg.qos.min(2)]),
         (HEADER_DEVICE_ID, device_id.as_bytes().to_vec()),
         (HEADER_ROUTE, route.name.as_bytes().to_vec()),
+        (HEADER_MESSAGE_ID, payload.id(msg.topic).as_bytes().to_vec()),
     ];
     let dead_letter = |reason: String, mut headers: Vec<(&'static str, Vec<u8>)>| {
         headers.push((HEADER_DLQ_REASON, reason.as_bytes().to_vec()));
@@ -319,6 +341,20 @@ mod tests {
         assert!(matches!(build(&r, &m, &Payload::new(m.payload)), Outcome::DeadLetter { reason, .. } if reason.contains("$.serial")));
         let m = msg("cmnd/dev/x", br#"{"serial":"SN-9"}"#);
         assert!(matches!(build(&r, &m, &Payload::new(m.payload)), Outcome::Record { record, .. } if record.key.as_deref() == Some(&b"SN-9"[..])));
+    }
+
+    #[test]
+    fn the_message_id_depends_on_topic_and_payload_only() {
+        let a = message_id("cmnd/a", b"{}");
+        assert_eq!(a.len(), 32);
+        assert_eq!(a, message_id("cmnd/a", b"{}"), "a redelivered message gets the same id");
+        assert_ne!(a, message_id("cmnd/b", b"{}"));
+        assert_ne!(a, message_id("cmnd/a", b"{ }"));
+        assert_ne!(message_id("ab", b"c"), message_id("a", b"bc"), "topic and payload are separated");
+        let r = route("spec", "cmnd/#", "raw_iot_data");
+        let m = msg("cmnd/a", b"{}");
+        let Outcome::Record { record, .. } = build(&r, &m, &Payload::new(m.payload)) else { panic!() };
+        assert!(record.headers.contains(&(HEADER_MESSAGE_ID, a.into_bytes())));
     }
 
     #[test]

@@ -53,16 +53,27 @@ pub fn producer(settings: &KafkaSettings) -> Result<GatewayProducer, KafkaError>
 /// Enqueues `record`. When librdkafka's queue is full, waits for room (the caller stops reading from
 /// MQTT meanwhile: that is the backpressure). Any other error is returned at once.
 pub async fn enqueue(producer: &GatewayProducer, record: &Record) -> Result<DeliveryFuture, KafkaError> {
+    let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+    for (k, v) in &record.headers {
+        headers = headers.insert(Header { key: k, value: Some(v.as_slice()) });
+    }
+    enqueue_parts(producer, &record.topic, record.key.as_deref(), &record.value, headers).await
+}
+
+/// [`enqueue`] from parts, for records rebuilt from a failed delivery.
+pub async fn enqueue_parts(
+    producer: &GatewayProducer,
+    topic: &str,
+    key: Option<&[u8]>,
+    value: &[u8],
+    headers: OwnedHeaders,
+) -> Result<DeliveryFuture, KafkaError> {
     let started = std::time::Instant::now();
     let mut next_warning = Duration::ZERO;
     loop {
-        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-        for (k, v) in &record.headers {
-            headers = headers.insert(Header { key: k, value: Some(v.as_slice()) });
-        }
-        let mut fr = FutureRecord::to(&record.topic).payload(&record.value).headers(headers);
-        if let Some(key) = &record.key {
-            fr = fr.key(key.as_slice());
+        let mut fr = FutureRecord::to(topic).payload(value).headers(headers.clone());
+        if let Some(key) = key {
+            fr = fr.key(key);
         }
         match producer.send_result(fr) {
             Ok(f) => return Ok(f),
@@ -70,13 +81,33 @@ pub async fn enqueue(producer: &GatewayProducer, record: &Record) -> Result<Deli
                 let waited = started.elapsed();
                 if waited >= next_warning {
                     next_warning = waited + Duration::from_secs(10);
-                    tracing::warn!(topic = %record.topic, waited_ms = waited.as_millis() as u64, "Kafka producer queue is full; waiting for room (backpressure)");
+                    tracing::warn!(topic, waited_ms = waited.as_millis() as u64, "Kafka producer queue is full; waiting for room (backpressure)");
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             Err((e, _)) => return Err(e),
         }
     }
+}
+
+/// Errors that producing the same record again cannot fix: the record goes to the dead-letter topic.
+/// Everything else (brokers down, leader changes, timeouts) is worth retrying.
+pub fn is_permanent(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            MessageSizeTooLarge
+                | InvalidMessageSize
+                | InvalidMessage
+                | InvalidRecord
+                | InvalidTopic
+                | UnknownTopic
+                | TopicAuthorizationFailed
+                | ClusterAuthorizationFailed
+                | PolicyViolation
+        )
+    )
 }
 
 /// Waits until every queued record is acknowledged or `timeout` passes. Blocking: run it off the runtime.

@@ -4,6 +4,7 @@
 //! [`route`], [`filter`] and [`envelope`] are the pure core; [`config`] turns `routes.yaml` and the
 //! environment into validated settings.
 
+pub mod ack;
 pub mod backoff;
 pub mod config;
 pub mod envelope;

@@ -26,8 +26,13 @@ pub struct Metrics {
     pub device_id_default: AtomicU64,
     pub subscriptions_rejected: AtomicU64,
     pub reloads: AtomicU64,
+    pub qos0_dropped: AtomicU64,
+    pub acks_sent: AtomicU64,
+    pub stale_acks_dropped: AtomicU64,
+    pub records_retried: AtomicU64,
     pub reload_failures: AtomicU64,
     unrouted_warned: Mutex<Option<Instant>>,
+    qos0_warned: Mutex<Option<Instant>>,
 }
 
 /// A point-in-time copy of the counters.
@@ -108,6 +113,18 @@ impl Metrics {
         self.reload_failures.fetch_add(1, Relaxed) + 1
     }
 
+    /// A QoS 0 message that found the buffer full. Warned about at most once a minute, counted always.
+    pub fn qos0_dropped(&self, topic: &str) {
+        let n = self.qos0_dropped.fetch_add(1, Relaxed) + 1;
+        let mut last = self.qos0_warned.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            *last = Some(Instant::now());
+            tracing::warn!(topic, total_dropped = n, "buffer full: QoS 0 message dropped (Kafka is slower than MQTT; warned at most once a minute)");
+        } else {
+            tracing::debug!(topic, "buffer full: QoS 0 message dropped");
+        }
+    }
+
     pub fn dropped_on_shutdown(&self, topic: &str) {
         self.messages_dropped_on_shutdown.fetch_add(1, Relaxed);
         tracing::debug!(topic, "message arrived after shutdown began; not taken");
@@ -125,6 +142,12 @@ impl Metrics {
             self.records_delivered.fetch_add(1, Relaxed);
         }
         tracing::trace!(route, topic, partition, offset, "record delivered");
+    }
+
+    /// A record Kafka did not take that will be produced again.
+    pub fn record_retry(&self, route: &str, topic: &str, device_id: &str, error: &dyn std::error::Error) {
+        self.records_retried.fetch_add(1, Relaxed);
+        tracing::warn!(route, topic, device_id, error = %error, "record not delivered; producing it again");
     }
 
     pub fn record_failed(&self, route: &str, topic: &str, device_id: &str, error: &dyn std::error::Error) {

@@ -4,14 +4,16 @@
 //! through a bounded channel.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, SubscribeFilter, SubscribeReasonCode, Transport};
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, Publish, QoS, SubscribeFilter, SubscribeReasonCode, Transport};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::ack::AckToken;
 use crate::backoff::Backoff;
 use crate::config::MqttSettings;
 use crate::metrics::Metrics;
@@ -120,15 +122,24 @@ impl Subscriptions {
     }
 }
 
-pub async fn run(
-    settings: MqttSettings,
-    mut routes: watch::Receiver<Arc<RouteTable>>,
-    out: mpsc::Sender<Inbound>,
-    metrics: Arc<Metrics>,
-    stop: Stop,
-) {
+/// The channels between the MQTT edge and the rest of the gateway.
+pub struct Links {
+    /// Messages out to the pipeline.
+    pub out: mpsc::Sender<Inbound>,
+    /// Acks in, from the ack sequencer, in arrival order.
+    pub acks: mpsc::Receiver<AckToken>,
+    /// The number of the current connection, for the sequencer to drop acks of older ones early.
+    pub connection: Arc<AtomicU64>,
+}
+
+pub async fn run(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTable>>, links: Links, metrics: Arc<Metrics>, stop: Stop) {
+    let Links { out, acks: mut acks_in, connection: shared_connection } = links;
     let broker = format!("{}:{}", settings.host, settings.port);
-    let (client, mut eventloop) = AsyncClient::new(options(&settings), 64);
+    let mut options = options(&settings);
+    // Acks are ours to send, after Kafka has the records (see crate::ack).
+    options.set_manual_acks(true);
+    // Room for a burst of acks in rumqttc's request channel; an ack that does not fit waits in `unsent`.
+    let (client, mut eventloop) = AsyncClient::new(options, 4096);
     let mut net = eventloop.network_options();
     net.set_connection_timeout(settings.connect_timeout.as_secs());
     eventloop.set_network_options(net);
@@ -137,23 +148,56 @@ pub async fn run(
     let mut subs = Subscriptions::default();
     let mut connection: u64 = 0;
     let mut out = Some(out);
+    // QoS 1/2 messages that did not fit in the pipeline's buffer, in arrival order. Bounded by the
+    // broker's in-flight window: it sends no more unacknowledged messages than that.
+    let mut overflow: VecDeque<Inbound> = VecDeque::new();
+    let mut unsent: VecDeque<AckToken> = VecDeque::new();
     let mut routes_open = true;
+    let mut acks_open = true;
     tracing::info!(broker = %broker, client_id = %settings.client_id, clean_session = settings.clean_session, "connecting to the MQTT broker");
 
     loop {
+        // A sender for moving waiting messages on, only while some wait (a clone, so that `out` can
+        // still be dropped when shutdown begins).
+        let spare = if overflow.is_empty() { None } else { out.clone() };
         let event = tokio::select! {
             biased;
             _ = stop.disconnect.cancelled() => break,
             _ = stop.receiving.cancelled(), if out.is_some() => {
-                // Dropping the sender lets the pipeline drain what it has and finish.
+                // Dropping the sender lets the pipeline drain what it has and finish. Messages still in
+                // `overflow` were never acknowledged: the broker delivers them again (QoS 1/2).
                 out = None;
+                overflow.clear();
+                continue;
+            }
+            ack = acks_in.recv(), if acks_open => {
+                match ack {
+                    Some(a) => send_ack(&client, a, connection, &mut unsent, &metrics),
+                    None => acks_open = false,
+                }
+                continue;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(5)), if !unsent.is_empty() => {
+                let retry: Vec<AckToken> = unsent.drain(..).collect();
+                for a in retry {
+                    send_ack(&client, a, connection, &mut unsent, &metrics);
+                }
+                continue;
+            }
+            permit = reserve(spare), if !overflow.is_empty() => {
+                match (permit, overflow.pop_front()) {
+                    (Some(permit), Some(m)) => {
+                        permit.send(m);
+                    }
+                    _ => overflow.clear(),
+                }
                 continue;
             }
             changed = routes.changed(), if routes_open => {
                 match changed {
                     Ok(()) => {
                         let table = routes.borrow_and_update().clone();
-                        if metrics.mqtt_connected.load(std::sync::atomic::Ordering::Relaxed) {
+                        if metrics.mqtt_connected.load(Relaxed) {
                             subs.apply(&client, &table);
                         }
                     }
@@ -167,6 +211,7 @@ pub async fn run(
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff.reset();
                 connection += 1;
+                shared_connection.store(connection, Relaxed);
                 metrics.mqtt_connected(&broker, ack.session_present);
                 subs.by_pkid.clear();
                 subs.wanted.clear();
@@ -196,7 +241,7 @@ pub async fn run(
                             }
                         }
                         SubscribeReasonCode::Failure => {
-                            metrics.subscriptions_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            metrics.subscriptions_rejected.fetch_add(1, Relaxed);
                             subs.wanted.remove(filter);
                             subs.refused.push(filter.clone());
                             let planned = table.subscriptions().iter().find(|s| &s.filter == filter);
@@ -220,26 +265,38 @@ pub async fn run(
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let received_at = SystemTime::now();
-                match &out {
-                    Some(tx) => {
-                        metrics.message_received(&p.topic, p.qos as u8, p.payload.len());
-                        let inbound = Inbound {
-                            topic: p.topic,
-                            payload: p.payload,
-                            qos: p.qos as u8,
-                            retain: p.retain,
-                            pkid: p.pkid,
-                            received_at,
-                            connection,
-                            routes: routes.borrow().clone(),
-                        };
-                        // A full channel blocks here: we stop reading the socket and the broker holds
-                        // the rest (backpressure rather than memory growth).
-                        if tx.send(inbound).await.is_err() {
-                            out = None;
-                        }
+                let qos = p.qos as u8;
+                let Some(tx) = &out else {
+                    // Shutting down: not taken, not acknowledged (QoS 1/2 come again next session).
+                    metrics.dropped_on_shutdown(&p.topic);
+                    continue;
+                };
+                metrics.message_received(&p.topic, qos, p.payload.len());
+                let inbound = Inbound {
+                    topic: p.topic,
+                    payload: p.payload,
+                    qos,
+                    retain: p.retain,
+                    pkid: p.pkid,
+                    received_at,
+                    connection,
+                    routes: routes.borrow().clone(),
+                };
+                // Never await here: the event loop must keep serving keep-alives and acks.
+                if !overflow.is_empty() {
+                    // Keep arrival order behind the messages already waiting.
+                    if qos == 0 {
+                        metrics.qos0_dropped(&inbound.topic);
+                    } else {
+                        overflow.push_back(inbound);
                     }
-                    None => metrics.dropped_on_shutdown(&p.topic),
+                    continue;
+                }
+                match tx.try_send(inbound) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(m)) if m.qos == 0 => metrics.qos0_dropped(&m.topic),
+                    Err(mpsc::error::TrySendError::Full(m)) => overflow.push_back(m),
+                    Err(mpsc::error::TrySendError::Closed(_)) => out = None,
                 }
             }
             Ok(_) => {}
@@ -254,15 +311,45 @@ pub async fn run(
         }
     }
 
+    // The last acks go out before the DISCONNECT (rumqttc sends requests in order).
+    while let Ok(a) = acks_in.try_recv() {
+        unsent.push_back(a);
+    }
+    for a in unsent.drain(..).collect::<Vec<_>>() {
+        send_ack(&client, a, connection, &mut unsent, &metrics);
+    }
     // Say goodbye properly so the broker does not publish a will or keep us as a zombie session.
-    if metrics.mqtt_connected.load(std::sync::atomic::Ordering::Relaxed) && client.try_disconnect().is_ok() {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    if metrics.mqtt_connected.load(Relaxed) && client.try_disconnect().is_ok() {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, eventloop.poll()).await {
             if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
                 break;
             }
         }
     }
-    metrics.mqtt_connected.store(false, std::sync::atomic::Ordering::Relaxed);
+    metrics.mqtt_connected.store(false, Relaxed);
     tracing::info!(broker = %broker, "disconnected from the MQTT broker");
+}
+
+async fn reserve(out: Option<mpsc::Sender<Inbound>>) -> Option<mpsc::OwnedPermit<Inbound>> {
+    match out {
+        Some(tx) => tx.reserve_owned().await.ok(),
+        None => None,
+    }
+}
+
+/// Queues a PUBACK (QoS 1) or PUBREC (QoS 2) for a message of the current connection. An ack for a
+/// message of an earlier connection is dropped: its packet id may now name another message.
+fn send_ack(client: &AsyncClient, a: AckToken, connection: u64, unsent: &mut VecDeque<AckToken>, metrics: &Metrics) {
+    if a.connection != connection {
+        metrics.stale_acks_dropped.fetch_add(1, Relaxed);
+        return;
+    }
+    let mut p = Publish::new("", qos(a.qos), Vec::<u8>::new());
+    p.pkid = a.pkid;
+    if client.try_ack(&p).is_err() {
+        unsent.push_back(a);
+    } else {
+        metrics.acks_sent.fetch_add(1, Relaxed);
+    }
 }

@@ -1,23 +1,29 @@
 //! The wiring: the whole path of a message, top to bottom.
 //!
 //! ```text
-//! mqtt::run ──Inbound──▶ route (RouteTable in effect) ──▶ envelope::build per matching route
-//!     ──▶ kafka::enqueue ──DeliveryFuture──▶ deliveries (in arrival order) ──▶ counted / logged
+//! mqtt::run ──Inbound──▶ route (RouteTable in effect when it arrived) ──▶ envelope::build per route
+//!     ──▶ kafka::enqueue ──DeliveryFuture──▶ settle (retry, dead-letter) ──▶ AckSequencer
+//!     ──AckToken (arrival order)──▶ mqtt::run ──▶ PUBACK / PUBREC
 //! ```
 //!
-//! Every queue is bounded: MQTT → pipeline by `mqtt.buffer_messages`, the producer by
-//! `kafka.queue_max_*`, pipeline → deliveries by the same buffer size. When one fills, the stage before it
-//! waits, back to the MQTT socket.
+//! Every queue is bounded: MQTT → pipeline by `mqtt.buffer_messages`, messages between receipt and ack by
+//! `mqtt.max_unacked_messages`, the producer by `kafka.queue_max_*`. When one fills, the stage before it
+//! waits; at the MQTT edge QoS 1/2 messages stay unacknowledged (the broker's in-flight window holds the
+//! rest back) and QoS 0 messages are dropped, counted and logged.
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use rdkafka::message::{Header, Message as _, OwnedHeaders};
 use rdkafka::producer::DeliveryFuture;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::ack::{AckSequencer, AckToken};
+use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::envelope::{self, Message, Outcome, Payload, Record, HEADER_DLQ_REASON};
 use crate::kafka::{self, GatewayProducer};
@@ -46,11 +52,19 @@ struct Pending {
     topic: String,
     device_id: String,
     dead_letter: bool,
+    dead_letter_topic: String,
 }
 
-/// The records one MQTT message produced; completed together, in the order the messages arrived.
+/// The records one MQTT message produced; acknowledged together once all are in Kafka.
 struct InFlight {
     records: Vec<Pending>,
+    /// `None` for QoS 0.
+    ack: Option<AckToken>,
+    qos: u8,
+    /// The payload as published, for a dead letter decided only when Kafka answers.
+    payload: bytes::Bytes,
+    /// A slot of the `mqtt.max_unacked_messages` window, given back when the message is settled.
+    _slot: OwnedSemaphorePermit,
 }
 
 /// Runs the gateway until `shutdown` is cancelled, then drains: messages already taken are delivered
@@ -94,15 +108,23 @@ async fn run_inner(
     let buffer = config.mqtt.buffer_messages;
     let (inbound_tx, mut inbound_rx) = mpsc::channel::<Inbound>(buffer);
     let (inflight_tx, inflight_rx) = mpsc::channel::<InFlight>(buffer);
+    let (acks_tx, acks_rx) = mpsc::channel::<AckToken>(buffer.max(1024));
+    let window = Arc::new(Semaphore::new(config.mqtt.max_unacked_messages));
+    let connection = Arc::new(AtomicU64::new(0));
     let stop = mqtt::Stop { receiving: shutdown.child_token(), disconnect: CancellationToken::new() };
-    let mqtt_task = tokio::spawn(mqtt::run(config.mqtt.clone(), routes.clone(), inbound_tx, metrics.clone(), stop.clone()));
-    let deliveries = tokio::spawn(deliveries(inflight_rx, metrics.clone()));
+    let links = mqtt::Links { out: inbound_tx, acks: acks_rx, connection: connection.clone() };
+    let mqtt_task = tokio::spawn(mqtt::run(config.mqtt.clone(), routes.clone(), links, metrics.clone(), stop.clone()));
+    let deliveries = tokio::spawn(deliveries(inflight_rx, acks_tx, connection, producer.clone(), metrics.clone()));
     let stats = tokio::spawn(stats(metrics.clone(), Duration::from_secs(config.log.stats_interval_secs), shutdown.clone()));
     let reloader = tokio::spawn(reload::run(config.clone(), routes_tx, metrics.clone(), shutdown.clone()));
 
     // The message path. Ends when the MQTT side stops forwarding (shutdown) and the channel is drained.
     while let Some(inbound) = inbound_rx.recv().await {
-        let inflight = route_message(&inbound.routes, &inbound, &producer, &metrics).await;
+        // Wait for a slot in the window: while Kafka is slow, the buffer before us fills.
+        let Ok(slot) = window.clone().acquire_owned().await else { break };
+        let records = route_message(&inbound.routes, &inbound, &producer, &metrics).await;
+        let ack = (inbound.qos > 0).then_some(AckToken { connection: inbound.connection, pkid: inbound.pkid, qos: inbound.qos });
+        let inflight = InFlight { records, ack, qos: inbound.qos, payload: inbound.payload, _slot: slot };
         if inflight_tx.send(inflight).await.is_err() {
             break;
         }
@@ -134,7 +156,7 @@ async fn run_inner(
 }
 
 /// Builds and enqueues the records of one message for every matching route (fan-out, file order).
-async fn route_message(table: &RouteTable, inbound: &Inbound, producer: &GatewayProducer, metrics: &Metrics) -> InFlight {
+async fn route_message(table: &RouteTable, inbound: &Inbound, producer: &GatewayProducer, metrics: &Metrics) -> Vec<Pending> {
     let msg = Message {
         topic: &inbound.topic,
         payload: &inbound.payload,
@@ -161,7 +183,8 @@ async fn route_message(table: &RouteTable, inbound: &Inbound, producer: &Gateway
         match kafka::enqueue(producer, &record).await {
             Ok(delivery) => {
                 metrics.records_enqueued.fetch_add(1, Relaxed);
-                records.push(Pending { delivery, route: route_name, topic: record.topic, device_id, dead_letter });
+                let dead_letter_topic = route.dead_letter_topic.clone();
+                records.push(Pending { delivery, route: route_name, topic: record.topic, device_id, dead_letter, dead_letter_topic });
             }
             // Refused before it was queued (too large for `message.max.bytes`, unknown topic, ...):
             // dead-letter the message as published, with the reason.
@@ -177,7 +200,10 @@ async fn route_message(table: &RouteTable, inbound: &Inbound, producer: &Gateway
                     headers,
                 };
                 match kafka::enqueue(producer, &dlq).await {
-                    Ok(delivery) => records.push(Pending { delivery, route: route_name, topic: dlq.topic, device_id, dead_letter: true }),
+                    Ok(delivery) => {
+                        let dead_letter_topic = dlq.topic.clone();
+                        records.push(Pending { delivery, route: route_name, topic: dlq.topic, device_id, dead_letter: true, dead_letter_topic })
+                    }
                     Err(e) => metrics.record_failed(&route.name, &dlq.topic, &device_id, &e),
                 }
             }
@@ -187,20 +213,96 @@ async fn route_message(table: &RouteTable, inbound: &Inbound, producer: &Gateway
     if !matched {
         metrics.message_unrouted(&inbound.topic);
     }
-    InFlight { records }
+    records
 }
 
-/// Awaits delivery results in the order the messages arrived and counts them.
-async fn deliveries(mut rx: mpsc::Receiver<InFlight>, metrics: Arc<Metrics>) {
-    while let Some(inflight) = rx.recv().await {
-        for p in inflight.records {
-            match p.delivery.await {
-                Ok(Ok(d)) => metrics.record_delivered(p.dead_letter, &p.route, &p.topic, d.partition, d.offset),
-                Ok(Err((e, _))) => metrics.record_failed(&p.route, &p.topic, &p.device_id, &e),
-                Err(_canceled) => metrics.record_failed(&p.route, &p.topic, &p.device_id, &Canceled),
+/// Settles messages as Kafka answers (in any order) and hands their acks to the MQTT side in the order
+/// the messages arrived.
+async fn deliveries(
+    mut rx: mpsc::Receiver<InFlight>,
+    acks: mpsc::Sender<AckToken>,
+    connection: Arc<AtomicU64>,
+    producer: Arc<GatewayProducer>,
+    metrics: Arc<Metrics>,
+) {
+    let mut sequencer = AckSequencer::default();
+    let mut settling = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            m = rx.recv(), if open => match m {
+                Some(inflight) => {
+                    let seq = sequencer.push(inflight.ack);
+                    settling.push(settle(seq, inflight, producer.clone(), metrics.clone()));
+                }
+                None => open = false,
+            },
+            Some(seq) = settling.next(), if !settling.is_empty() => {
+                sequencer.complete(seq);
+                for ack in sequencer.drain(connection.load(Relaxed)) {
+                    if acks.send(ack).await.is_err() {
+                        return;
+                    }
+                }
             }
+            else => break,
         }
     }
+}
+
+/// Waits until every record of a message is in Kafka (or its dead-letter topic). A record that failed
+/// is dead-lettered if Kafka will never take it, and produced again otherwise. For QoS 1/2 this goes on
+/// until it succeeds: the message is not acknowledged before, so nothing is lost, and the stall shows in
+/// the logs. For QoS 0 a second failure is counted and logged, and the message given up.
+async fn settle(seq: u64, inflight: InFlight, producer: Arc<GatewayProducer>, metrics: Arc<Metrics>) -> u64 {
+    for p in inflight.records {
+        let Pending { mut delivery, route, mut topic, device_id, mut dead_letter, dead_letter_topic } = p;
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        loop {
+            let (error, failed) = match delivery.await {
+                Ok(Ok(d)) => {
+                    metrics.record_delivered(dead_letter, &route, &topic, d.partition, d.offset);
+                    break;
+                }
+                Ok(Err((e, message))) => (e, message),
+                Err(_canceled) => {
+                    metrics.record_failed(&route, &topic, &device_id, &Canceled);
+                    break;
+                }
+            };
+            let headers = failed.headers().cloned().unwrap_or_else(OwnedHeaders::new);
+            let next = if !dead_letter && kafka::is_permanent(&error) {
+                let reason = format!("Kafka refused the record: {error}");
+                metrics.dead_lettered(&route, failed.topic(), &device_id, &dead_letter_topic, &reason);
+                dead_letter = true;
+                topic = dead_letter_topic.clone();
+                let headers = headers.insert(Header { key: HEADER_DLQ_REASON, value: Some(reason.as_bytes()) });
+                kafka::enqueue_parts(&producer, &topic, Some(device_id.as_bytes()), &inflight.payload, headers).await
+            } else if inflight.qos == 0 && backoff.attempt() > 0 {
+                metrics.record_failed(&route, &topic, &device_id, &error);
+                break;
+            } else {
+                metrics.record_retry(&route, &topic, &device_id, &error);
+                tokio::time::sleep(backoff.next_delay()).await;
+                kafka::enqueue_parts(&producer, &topic, failed.key(), failed.payload().unwrap_or_default(), headers).await
+            };
+            delivery = match next {
+                Ok(d) => d,
+                Err(e) => {
+                    metrics.record_retry(&route, &topic, &device_id, &e);
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    match kafka::enqueue_parts(&producer, &topic, failed.key(), failed.payload().unwrap_or_default(), OwnedHeaders::new()).await {
+                        Ok(d) => d,
+                        Err(e) => {
+                            metrics.record_failed(&route, &topic, &device_id, &e);
+                            break;
+                        }
+                    }
+                }
+            };
+        }
+    }
+    seq
 }
 
 #[derive(Debug, thiserror::Error)]
