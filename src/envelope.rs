@@ -159,6 +159,26 @@ pub fn build(route: &Route, msg: &Message<'_>, payload: &Payload<'_>) -> Outcome
     }
 }
 
+/// The dead letter `route` makes of `msg` for `reason`, decided outside the route's own rules.
+pub fn dead_letter(route: &Route, msg: &Message<'_>, reason: String) -> Outcome {
+    let (device_id, _) = route.device_id.extract(msg.topic);
+    let timestamp = epoch_seconds(msg.received_at);
+    let headers = vec![
+        (HEADER_MQTT_TOPIC, msg.topic.as_bytes().to_vec()),
+        (HEADER_MQTT_QOS, vec![b'0' + msg.qos.min(2)]),
+        (HEADER_DEVICE_ID, device_id.as_bytes().to_vec()),
+        (HEADER_ROUTE, route.name.as_bytes().to_vec()),
+        (HEADER_MESSAGE_ID, message_id(msg.topic, msg.payload).into_bytes()),
+        (HEADER_DLQ_REASON, reason.as_bytes().to_vec()),
+        (HEADER_RECEIVED_AT, timestamp.into_bytes()),
+    ];
+    Outcome::DeadLetter {
+        record: Record { topic: route.dead_letter_topic.clone(), key: Some(device_id.as_bytes().to_vec()), value: msg.payload.to_vec(), headers },
+        device_id: device_id.to_string(),
+        reason,
+    }
+}
+
 /// `{"original_topic":…,"device_id":…,"payload":…,"timestamp":…}`. `payload_json` is spliced in as is:
 /// for JSON payloads, the exact text that was published (key order and number formatting kept, no
 /// re-serialization).

@@ -53,11 +53,45 @@ pub fn producer(settings: &KafkaSettings) -> Result<GatewayProducer, KafkaError>
 /// Enqueues `record`. When librdkafka's queue is full, waits for room (the caller stops reading from
 /// MQTT meanwhile: that is the backpressure). Any other error is returned at once.
 pub async fn enqueue(producer: &GatewayProducer, record: &Record) -> Result<DeliveryFuture, KafkaError> {
-    let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-    for (k, v) in &record.headers {
-        headers = headers.insert(Header { key: k, value: Some(v.as_slice()) });
+    enqueue_parts(producer, &record.topic, record.key.as_deref(), &record.value, owned_headers(&record.headers)).await
+}
+
+pub fn owned_headers(headers: &[(&'static str, Vec<u8>)]) -> OwnedHeaders {
+    let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+    for (k, v) in headers {
+        owned = owned.insert(Header { key: k, value: Some(v.as_slice()) });
     }
-    enqueue_parts(producer, &record.topic, record.key.as_deref(), &record.value, headers).await
+    owned
+}
+
+/// How much of a payload a dead letter keeps when Kafka refuses the whole one as too large.
+pub const TRUNCATED_DEAD_LETTER_BYTES: usize = 64 * 1024;
+
+/// Enqueues a dead letter carrying `payload`. If Kafka refuses it as too large (the payload itself is
+/// what was too large), the dead letter keeps the first [`TRUNCATED_DEAD_LETTER_BYTES`] and says so in a
+/// `dlq_truncated_from` header with the original size: the reason and the context still arrive.
+pub async fn enqueue_dead_letter(
+    producer: &GatewayProducer,
+    topic: &str,
+    key: &[u8],
+    payload: &[u8],
+    headers: OwnedHeaders,
+    truncate: bool,
+) -> Result<DeliveryFuture, KafkaError> {
+    if !truncate {
+        match enqueue_parts(producer, topic, Some(key), payload, headers.clone()).await {
+            Err(e) if is_too_large(&e) => {}
+            other => return other,
+        }
+    }
+    let size = payload.len().to_string();
+    let headers = headers.insert(Header { key: "dlq_truncated_from", value: Some(size.as_bytes()) });
+    let cut = &payload[..payload.len().min(TRUNCATED_DEAD_LETTER_BYTES)];
+    enqueue_parts(producer, topic, Some(key), cut, headers).await
+}
+
+pub fn is_too_large(e: &KafkaError) -> bool {
+    matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize))
 }
 
 /// [`enqueue`] from parts, for records rebuilt from a failed delivery.

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub acks_sent: AtomicU64,
     pub stale_acks_dropped: AtomicU64,
     pub records_retried: AtomicU64,
+    pub oversize_messages: AtomicU64,
     pub reload_failures: AtomicU64,
     unrouted_warned: Mutex<Option<Instant>>,
     qos0_warned: Mutex<Option<Instant>>,

@@ -301,6 +301,9 @@ pub async fn run(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTa
             }
             Ok(_) => {}
             Err(e) => {
+                if let rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(rumqttc::Error::PayloadSizeLimitExceeded(size))) = &e {
+                    oversize(&mut eventloop, *size, settings.max_packet_size, &metrics);
+                }
                 let delay = backoff.next_delay();
                 metrics.mqtt_connection_error(&broker, &e, backoff.attempt(), delay);
                 tokio::select! {
@@ -329,6 +332,28 @@ pub async fn run(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTa
     }
     metrics.mqtt_connected.store(false, Relaxed);
     tracing::info!(broker = %broker, "disconnected from the MQTT broker");
+}
+
+/// The largest packet the gateway will raise its limit to in order to take an over-size message in and
+/// dead-letter it (MQTT's own limit is 256 MiB).
+const OVERSIZE_CEILING: usize = 64 * 1024 * 1024;
+
+/// A message larger than `mqtt.max_packet_size_bytes` arrived. rumqttc cannot skip it: the connection is
+/// closed, and a QoS 1/2 message of a persistent session comes back after every reconnect. So the limit
+/// for the next connection is raised to let it in; the pipeline then dead-letters it for being over the
+/// configured size. A QoS 0 message is gone with the connection: it is counted and logged.
+fn oversize(eventloop: &mut rumqttc::EventLoop, size: usize, configured: usize, metrics: &Metrics) {
+    metrics.oversize_messages.fetch_add(1, Relaxed);
+    if size <= OVERSIZE_CEILING && size > eventloop.mqtt_options.max_packet_size() {
+        eventloop.mqtt_options.set_max_packet_size(size + 1024, configured);
+        tracing::error!(
+            size,
+            limit = configured,
+            "a message larger than mqtt.max_packet_size_bytes closed the connection; taking it in on the next connection to dead-letter it (a QoS 0 one is lost). Raise mqtt.max_packet_size_bytes if such messages are expected"
+        );
+    } else {
+        tracing::error!(size, limit = configured, "a message larger than mqtt.max_packet_size_bytes (and the gateway's ceiling) closed the connection; it is rejected");
+    }
 }
 
 async fn reserve(out: Option<mpsc::Sender<Inbound>>) -> Option<mpsc::OwnedPermit<Inbound>> {

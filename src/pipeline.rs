@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ack::{AckSequencer, AckToken};
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::envelope::{self, Message, Outcome, Payload, Record, HEADER_DLQ_REASON};
+use crate::envelope::{self, Message, Outcome, Payload, HEADER_DLQ_REASON};
 use crate::kafka::{self, GatewayProducer};
 use crate::metrics::{self, Metrics};
 use crate::mqtt::{self, Inbound};
@@ -110,6 +110,7 @@ async fn run_inner(
     let (inflight_tx, inflight_rx) = mpsc::channel::<InFlight>(buffer);
     let (acks_tx, acks_rx) = mpsc::channel::<AckToken>(buffer.max(1024));
     let window = Arc::new(Semaphore::new(config.mqtt.max_unacked_messages));
+    let max_payload = config.mqtt.max_packet_size;
     let connection = Arc::new(AtomicU64::new(0));
     let stop = mqtt::Stop { receiving: shutdown.child_token(), disconnect: CancellationToken::new() };
     let links = mqtt::Links { out: inbound_tx, acks: acks_rx, connection: connection.clone() };
@@ -122,7 +123,7 @@ async fn run_inner(
     while let Some(inbound) = inbound_rx.recv().await {
         // Wait for a slot in the window: while Kafka is slow, the buffer before us fills.
         let Ok(slot) = window.clone().acquire_owned().await else { break };
-        let records = route_message(&inbound.routes, &inbound, &producer, &metrics).await;
+        let records = route_message(&inbound.routes, &inbound, max_payload, &producer, &metrics).await;
         let ack = (inbound.qos > 0).then_some(AckToken { connection: inbound.connection, pkid: inbound.pkid, qos: inbound.qos });
         let inflight = InFlight { records, ack, qos: inbound.qos, payload: inbound.payload, _slot: slot };
         if inflight_tx.send(inflight).await.is_err() {
@@ -156,7 +157,7 @@ async fn run_inner(
 }
 
 /// Builds and enqueues the records of one message for every matching route (fan-out, file order).
-async fn route_message(table: &RouteTable, inbound: &Inbound, producer: &GatewayProducer, metrics: &Metrics) -> Vec<Pending> {
+async fn route_message(table: &RouteTable, inbound: &Inbound, max_payload: usize, producer: &GatewayProducer, metrics: &Metrics) -> Vec<Pending> {
     let msg = Message {
         topic: &inbound.topic,
         payload: &inbound.payload,
@@ -170,7 +171,13 @@ async fn route_message(table: &RouteTable, inbound: &Inbound, producer: &Gateway
     for route in table.matching(&inbound.topic) {
         matched = true;
         let route_name: Arc<str> = Arc::from(route.name.as_str());
-        let (record, device_id, dead_letter) = match envelope::build(route, &msg, &payload) {
+        let outcome = if inbound.payload.len() > max_payload {
+            // Let in past the limit only to be dead-lettered (see mqtt::oversize).
+            envelope::dead_letter(route, &msg, format!("payload of {} bytes is larger than mqtt.max_packet_size_bytes ({max_payload})", inbound.payload.len()))
+        } else {
+            envelope::build(route, &msg, &payload)
+        };
+        let (record, device_id, dead_letter) = match outcome {
             Outcome::Record { record, device_id, device_id_source } => {
                 metrics.device_id(device_id_source);
                 (record, device_id, false)
@@ -193,18 +200,13 @@ async fn route_message(table: &RouteTable, inbound: &Inbound, producer: &Gateway
                 metrics.dead_lettered(&route.name, &inbound.topic, &device_id, &route.dead_letter_topic, &reason);
                 let mut headers = record.headers;
                 headers.push((HEADER_DLQ_REASON, reason.into_bytes()));
-                let dlq = Record {
-                    topic: route.dead_letter_topic.clone(),
-                    key: Some(device_id.as_bytes().to_vec()),
-                    value: inbound.payload.to_vec(),
-                    headers,
-                };
-                match kafka::enqueue(producer, &dlq).await {
+                let topic = route.dead_letter_topic.clone();
+                match kafka::enqueue_dead_letter(producer, &topic, device_id.as_bytes(), &inbound.payload, kafka::owned_headers(&headers), false).await {
                     Ok(delivery) => {
-                        let dead_letter_topic = dlq.topic.clone();
-                        records.push(Pending { delivery, route: route_name, topic: dlq.topic, device_id, dead_letter: true, dead_letter_topic })
+                        let dead_letter_topic = topic.clone();
+                        records.push(Pending { delivery, route: route_name, topic, device_id, dead_letter: true, dead_letter_topic })
                     }
-                    Err(e) => metrics.record_failed(&route.name, &dlq.topic, &device_id, &e),
+                    Err(e) => metrics.record_failed(&route.name, &topic, &device_id, &e),
                 }
             }
             Err(e) => metrics.record_failed(&route.name, &record.topic, &device_id, &e),
@@ -257,6 +259,7 @@ async fn deliveries(
 async fn settle(seq: u64, inflight: InFlight, producer: Arc<GatewayProducer>, metrics: Arc<Metrics>) -> u64 {
     for p in inflight.records {
         let Pending { mut delivery, route, mut topic, device_id, mut dead_letter, dead_letter_topic } = p;
+        let mut truncated = false;
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         loop {
             let (error, failed) = match delivery.await {
@@ -271,14 +274,21 @@ async fn settle(seq: u64, inflight: InFlight, producer: Arc<GatewayProducer>, me
                 }
             };
             let headers = failed.headers().cloned().unwrap_or_else(OwnedHeaders::new);
-            let next = if !dead_letter && kafka::is_permanent(&error) {
+            let permanent = kafka::is_permanent(&error);
+            let next = if permanent && !dead_letter {
                 let reason = format!("Kafka refused the record: {error}");
                 metrics.dead_lettered(&route, failed.topic(), &device_id, &dead_letter_topic, &reason);
                 dead_letter = true;
                 topic = dead_letter_topic.clone();
                 let headers = headers.insert(Header { key: HEADER_DLQ_REASON, value: Some(reason.as_bytes()) });
-                kafka::enqueue_parts(&producer, &topic, Some(device_id.as_bytes()), &inflight.payload, headers).await
-            } else if inflight.qos == 0 && backoff.attempt() > 0 {
+                kafka::enqueue_dead_letter(&producer, &topic, device_id.as_bytes(), &inflight.payload, headers, false).await
+            } else if permanent && kafka::is_too_large(&error) && !truncated {
+                // The dead letter itself was too large: keep its head (see kafka::enqueue_dead_letter).
+                truncated = true;
+                kafka::enqueue_dead_letter(&producer, &topic, device_id.as_bytes(), &inflight.payload, headers, true).await
+            } else if permanent || (inflight.qos == 0 && backoff.attempt() > 0) {
+                // A dead letter Kafka will not take either, or a QoS 0 record failing twice: rejected,
+                // counted and logged; the message is settled so the ones after it are not held up.
                 metrics.record_failed(&route, &topic, &device_id, &error);
                 break;
             } else {

@@ -66,6 +66,8 @@ pub struct Kafka {
     data_dir: PathBuf,
     watchdog: Mutex<Child>,
     ready_after: Duration,
+    /// A broker of one test's own (see [`Kafka::start_dedicated`]): killed and removed on drop.
+    dedicated: bool,
 }
 
 static KAFKA: OnceLock<Result<Kafka, String>> = OnceLock::new();
@@ -85,6 +87,20 @@ pub fn kafka() -> &'static Kafka {
     match started {
         Ok(k) => k,
         Err(msg) => panic!("{msg}"),
+    }
+}
+
+impl Drop for Kafka {
+    fn drop(&mut self) {
+        if self.dedicated {
+            if let Ok(pid) = std::fs::read_to_string(self.data_dir.join("broker.pid")) {
+                let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+            }
+            if let Ok(mut w) = self.watchdog.lock() {
+                let _ = w.wait();
+            }
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
     }
 }
 
@@ -108,6 +124,16 @@ pub fn unique_topic(prefix: &str) -> String {
 
 impl Kafka {
     fn start() -> Kafka {
+        Kafka::launch(false)
+    }
+
+    /// A broker for one test alone, which it may [`kill`](Kafka::kill) and [`restart`](Kafka::restart)
+    /// (same ports, same data). Stopped and removed when dropped.
+    pub fn start_dedicated() -> Kafka {
+        Kafka::launch(true)
+    }
+
+    fn launch(dedicated: bool) -> Kafka {
         let server = script("kafka-server.sh");
         let check = Command::new(&server)
             .arg("--check")
@@ -126,46 +152,15 @@ impl Kafka {
             .expect("temp dir for kafka")
             .keep(); // removed by the watchdog
         let [port, controller_port] = free_ports::<2>();
-        let keep = if std::env::var_os("MKG_KEEP_KAFKA_DATA").is_some() {
-            "1"
-        } else {
-            ""
-        };
-        // $0 = kafka-server.sh, $1 = data dir, $2/$3 = ports, $4 = test pid, $5 = keep data.
-        let watchdog_sh = r#"
-            "$0" "$1" "$2" "$3" >"$1/kafka.out" 2>&1 </dev/null &
-            k=$!
-            while kill -0 "$4" 2>/dev/null && kill -0 "$k" 2>/dev/null; do sleep 1; done
-            kill "$k" 2>/dev/null
-            i=0
-            while kill -0 "$k" 2>/dev/null && [ "$i" -lt 20 ]; do sleep 0.5; i=$((i+1)); done
-            kill -9 "$k" 2>/dev/null
-            wait "$k" 2>/dev/null
-            [ -n "$5" ] || rm -rf "$1"
-        "#;
         let started = Instant::now();
-        let watchdog = Command::new("sh")
-            .arg("-c")
-            .arg(watchdog_sh)
-            .arg(&server)
-            .arg(&data_dir)
-            .arg(port.to_string())
-            .arg(controller_port.to_string())
-            .arg(std::process::id().to_string())
-            .arg(keep)
-            // Never hold the test's stdout/stderr: whoever reads them would
-            // wait for the watchdog to exit.
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the kafka watchdog (sh)");
+        let watchdog = Kafka::spawn_watchdog(&data_dir, port, controller_port, dedicated);
         let mut kafka = Kafka {
             port,
             controller_port,
             data_dir,
             watchdog: Mutex::new(watchdog),
             ready_after: Duration::ZERO,
+            dedicated,
         };
         kafka.wait_ready(started);
         kafka.ready_after = started.elapsed();
@@ -176,6 +171,58 @@ impl Kafka {
             kafka.data_dir.display()
         );
         kafka
+    }
+
+    fn spawn_watchdog(data_dir: &Path, port: u16, controller_port: u16, dedicated: bool) -> Child {
+        let server = script("kafka-server.sh");
+        // A dedicated broker's data outlives a kill (for the restart); its Drop removes it.
+        let keep = if dedicated || std::env::var_os("MKG_KEEP_KAFKA_DATA").is_some() { "1" } else { "" };
+        // $0 = kafka-server.sh, $1 = data dir, $2/$3 = ports, $4 = test pid, $5 = keep data.
+        let watchdog_sh = r#"
+            "$0" "$1" "$2" "$3" >>"$1/kafka.out" 2>&1 </dev/null &
+            k=$!
+            echo "$k" > "$1/broker.pid"
+            while kill -0 "$4" 2>/dev/null && kill -0 "$k" 2>/dev/null; do sleep 0.2; done
+            kill "$k" 2>/dev/null
+            i=0
+            while kill -0 "$k" 2>/dev/null && [ "$i" -lt 20 ]; do sleep 0.5; i=$((i+1)); done
+            kill -9 "$k" 2>/dev/null
+            wait "$k" 2>/dev/null
+            [ -n "$5" ] || rm -rf "$1"
+        "#;
+        Command::new("sh")
+            .arg("-c")
+            .arg(watchdog_sh)
+            .arg(&server)
+            .arg(data_dir)
+            .arg(port.to_string())
+            .arg(controller_port.to_string())
+            .arg(std::process::id().to_string())
+            .arg(keep)
+            // Never hold the test's stdout/stderr: whoever reads them would
+            // wait for the watchdog to exit.
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the kafka watchdog (sh)")
+    }
+
+    /// SIGKILLs the broker (a crash: no clean shutdown) and waits until it is gone.
+    pub fn kill(&self) {
+        assert!(self.dedicated, "only a dedicated broker may be killed");
+        let pid = std::fs::read_to_string(self.data_dir.join("broker.pid")).expect("broker.pid");
+        let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        let mut w = self.watchdog.lock().unwrap();
+        let _ = w.wait();
+    }
+
+    /// Starts the broker again on the same ports with the same data and waits until it is ready.
+    pub fn restart(&self) {
+        assert!(self.dedicated, "only a dedicated broker may be restarted");
+        let started = Instant::now();
+        *self.watchdog.lock().unwrap() = Kafka::spawn_watchdog(&self.data_dir, self.port, self.controller_port, true);
+        self.wait_ready(started);
     }
 
     fn wait_ready(&self, started: Instant) {

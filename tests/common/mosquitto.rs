@@ -170,6 +170,18 @@ impl Mosquitto {
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.start_again();
+    }
+
+    /// Stops the broker with SIGTERM (it saves its persistence database, as a service restart does) and
+    /// starts it again on the same port with the same configuration.
+    pub fn restart_gracefully(&mut self) {
+        super::send_signal(self.child.id(), "TERM");
+        let _ = self.child.wait();
+        self.start_again();
+    }
+
+    fn start_again(&mut self) {
         let bin = mosquitto_binary("mosquitto");
         let conf_path = self.dir.path().join("mosquitto.conf");
         let log_path = self.dir.path().join("mosquitto.log");

@@ -1,0 +1,303 @@
+//! Fault injection against the real brokers: Kafka killed, the gateway killed, Mosquitto restarted, Kafka
+//! down for longer than the buffers hold, and poison inputs. Each test has a Kafka of its own (it kills
+//! it) and the tests run one at a time. Every test prints its lost / duplicate counts; docs/RELIABILITY.md
+//! records them.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::{json, mosquitto_pub, publish_paced, unique_topic, write_config, Gateway, Kafka, Mosquitto, Record, WAIT};
+
+/// One fault test at a time: each runs two JVM-heavy brokers and a stream on a 2-core machine.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Mosquitto as the reliability docs advise: persistence, a deep queue, a wide in-flight window.
+fn mosquitto() -> Mosquitto {
+    let dir = tempfile::tempdir().unwrap().keep();
+    Mosquitto::start_with(&format!(
+        "persistence true\npersistence_location {}/\nmax_queued_messages 1000000\nmax_inflight_messages 1000\n",
+        dir.display()
+    ))
+}
+
+/// A persistent-session, QoS 1 gateway config for `fault/#` → `topic`; `mqtt_extra` goes in the `mqtt`
+/// section, `extra` after it.
+fn config(dir: &Path, topic: &str, mqtt_extra: &str, extra: &str) -> PathBuf {
+    write_config(
+        dir,
+        &format!(
+            "mqtt:\n  client_id: {}\n  clean_session: false\n  reconnect_min_delay_ms: 100\n  reconnect_max_delay_ms: 1000\n{mqtt_extra}{extra}\
+             log:\n  stats_interval_secs: 5\nroutes:\n  - name: stream\n    filter: 'fault/#'\n    qos: 1\n    topic: {topic}\n",
+            unique_topic("gw")
+        ),
+    )
+}
+
+fn start(config: &Path, mosquitto: &Mosquitto, kafka: &Kafka) -> Gateway {
+    let gw = Gateway::start(config, &[("MQTT_BROKER", &mosquitto.addr()), ("KAFKA_BOOTSTRAP_SERVERS", &kafka.bootstrap())]);
+    assert!(gw.wait_for_log("subscribed", WAIT), "{}", gw.logs());
+    gw
+}
+
+/// `n` sequenced messages from `devices` devices: `fault/dev-<d>/seq` with `{"seq": i}`.
+fn stream(n: usize, devices: usize) -> Vec<(String, Vec<u8>)> {
+    (0..n).map(|i| (format!("fault/dev-{}/seq", i % devices), format!(r#"{{"seq":{i}}}"#).into_bytes())).collect()
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    lost: usize,
+    duplicates: usize,
+    order_violations: usize,
+}
+
+/// Reads `topic` until every one of `n` sequence numbers is there (or `timeout`), then counts what is
+/// missing, what came twice and where a device's first occurrences went backwards.
+fn tally(kafka: &Kafka, topic: &str, n: usize, timeout: Duration) -> Tally {
+    let deadline = Instant::now() + timeout;
+    let mut records: Vec<Record>;
+    loop {
+        records = kafka.consume_for(topic, Duration::from_secs(2));
+        let distinct: HashSet<i64> = records.iter().map(|r| json(r)["payload"]["seq"].as_i64().unwrap()).collect();
+        if distinct.len() >= n || Instant::now() > deadline {
+            break;
+        }
+    }
+    let mut t = Tally::default();
+    let mut seen: HashSet<i64> = HashSet::new();
+    let mut last_by_device: HashMap<String, i64> = HashMap::new();
+    // Records come back per partition in offset order; one device is one key, so one partition.
+    for r in &records {
+        let v = json(r);
+        let seq = v["payload"]["seq"].as_i64().unwrap();
+        if !seen.insert(seq) {
+            t.duplicates += 1;
+            continue;
+        }
+        let last = last_by_device.entry(v["device_id"].as_str().unwrap().to_string()).or_insert(-1);
+        if seq < *last {
+            t.order_violations += 1;
+        }
+        *last = seq;
+    }
+    t.lost = (0..n as i64).filter(|s| !seen.contains(s)).count();
+    t
+}
+
+fn report(name: &str, n: usize, t: &Tally) {
+    eprintln!("FAULT RESULT {name}: sent={n} lost={} duplicates={} order_violations={}", t.lost, t.duplicates, t.order_violations);
+}
+
+#[test]
+fn kafka_killed_for_15_seconds_loses_nothing_and_keeps_order() {
+    let _serial = serial();
+    const N: usize = 20_000;
+    let kafka = Kafka::start_dedicated();
+    let mosquitto = mosquitto();
+    let topic = unique_topic("fault_kafka");
+    kafka.create_topic(&topic, 6);
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(&config(dir.path(), &topic, "", ""), &mosquitto, &kafka);
+
+    let port = mosquitto.port();
+    // About 2,000 messages a second: the stream runs through the outage.
+    let publisher = std::thread::spawn(move || publish_paced(port, stream(N, 50), 20, Duration::from_millis(10)));
+    assert!(kafka.consume(&topic, 500, WAIT).len() >= 500, "the stream did not start:\n{}", gw.logs());
+    kafka.kill();
+    let killed = Instant::now();
+    std::thread::sleep(Duration::from_secs(15));
+    kafka.restart();
+    eprintln!("kafka was down for {:.1}s", killed.elapsed().as_secs_f64());
+    publisher.join().expect("publisher");
+
+    let t = tally(&kafka, &topic, N, Duration::from_secs(180));
+    report("kafka_killed_15s", N, &t);
+    assert_eq!(t.lost, 0, "lost messages; gateway log tail:\n{}", tail(&gw));
+    assert_eq!(t.order_violations, 0, "per-device order broken");
+    assert!(gw.logs().contains("statistics"), "the gateway stayed up");
+}
+
+#[test]
+fn the_gateway_killed_mid_stream_and_restarted_loses_nothing() {
+    let _serial = serial();
+    const N: usize = 10_000;
+    let kafka = Kafka::start_dedicated();
+    let mosquitto = mosquitto();
+    let topic = unique_topic("fault_gw");
+    kafka.create_topic(&topic, 6);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &topic, "", "");
+    let mut gw = start(&cfg, &mosquitto, &kafka);
+
+    let port = mosquitto.port();
+    let publisher = std::thread::spawn(move || publish_paced(port, stream(N, 20), 20, Duration::from_millis(10)));
+    assert!(kafka.consume(&topic, 1000, WAIT).len() >= 1000, "{}", gw.logs());
+    gw.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    let gw = start(&cfg, &mosquitto, &kafka);
+    publisher.join().expect("publisher");
+
+    let t = tally(&kafka, &topic, N, Duration::from_secs(120));
+    report("gateway_sigkill", N, &t);
+    assert_eq!(t.lost, 0, "lost messages; gateway log tail:\n{}", tail(&gw));
+    assert!(gw.logs().contains("session_present=true"), "the broker kept the session:\n{}", gw.logs());
+}
+
+#[test]
+fn mosquitto_restarted_mid_stream_loses_nothing() {
+    let _serial = serial();
+    const N: usize = 10_000;
+    let kafka = Kafka::start_dedicated();
+    let mut mosquitto = mosquitto();
+    let topic = unique_topic("fault_mqtt");
+    kafka.create_topic(&topic, 6);
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(&cfg_with_fast_reconnect(dir.path(), &topic), &mosquitto, &kafka);
+
+    // First half in one burst: the broker still holds part of it for the gateway when it restarts.
+    let messages = stream(N, 20);
+    common::publish_all(mosquitto.port(), messages[..N / 2].to_vec());
+    mosquitto.restart_gracefully();
+    assert!(
+        common::wait_until(WAIT, Duration::from_millis(50), || gw.count_in_log("subscribed") >= 2),
+        "no resubscription after the restart:\n{}",
+        gw.logs()
+    );
+    common::publish_all(mosquitto.port(), messages[N / 2..].to_vec());
+
+    let t = tally(&kafka, &topic, N, Duration::from_secs(120));
+    report("mosquitto_restart", N, &t);
+    assert_eq!(t.lost, 0, "lost messages; gateway log tail:\n{}", tail(&gw));
+    assert!(gw.logs().contains("lost the connection to the MQTT broker"), "{}", gw.logs());
+}
+
+fn cfg_with_fast_reconnect(dir: &Path, topic: &str) -> PathBuf {
+    config(dir, topic, "", "")
+}
+
+/// VmRSS of `pid` in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+#[test]
+fn kafka_down_longer_than_the_buffers_hold_keeps_memory_bounded_and_recovers() {
+    let _serial = serial();
+    const N: usize = 20_000;
+    const PAYLOAD: usize = 1024;
+    let kafka = Kafka::start_dedicated();
+    let mosquitto = mosquitto();
+    let topic = unique_topic("fault_mem");
+    kafka.create_topic(&topic, 3);
+    let dir = tempfile::tempdir().unwrap();
+    // Buffers far smaller than the stream: 20 MB of messages against a 4 MiB producer queue.
+    let cfg = config(
+        dir.path(),
+        &topic,
+        "  buffer_messages: 200\n  max_unacked_messages: 2000\n",
+        "kafka:\n  queue_max_messages: 2000\n  queue_max_kbytes: 4096\n",
+    );
+    let gw = start(&cfg, &mosquitto, &kafka);
+    assert_eq!(kafka.consume(&topic, 0, Duration::from_millis(100)).len(), 0);
+    let baseline = rss_kib(gw.pid());
+
+    kafka.kill();
+    let filler = "x".repeat(PAYLOAD);
+    let messages: Vec<(String, Vec<u8>)> =
+        (0..N).map(|i| (format!("fault/dev-{}/seq", i % 10), format!(r#"{{"seq":{i},"fill":"{filler}"}}"#).into_bytes())).collect();
+    let port = mosquitto.port();
+    let publisher = std::thread::spawn(move || common::publish_all(port, messages));
+    let mut peak = baseline;
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(20) {
+        peak = peak.max(rss_kib(gw.pid()));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    publisher.join().expect("publisher");
+    assert!(rss_kib(gw.pid()) > 0, "the gateway stayed up during the outage:\n{}", tail(&gw));
+    kafka.restart();
+
+    let t = tally(&kafka, &topic, N, Duration::from_secs(240));
+    // The bound: the producer queue (4 MiB) plus the window of 2,000 unacked ~1 KiB messages held as
+    // payloads (~2 MiB, twice for the envelope) plus 32 MiB of fixed overhead (librdkafka threads and
+    // buffers, the runtime), above the RSS measured before the outage.
+    let bound = baseline + 4096 + 2 * 2000 * (PAYLOAD as u64 + 200) / 1024 + 32 * 1024;
+    eprintln!("FAULT RESULT kafka_down_memory: sent={N} lost={} duplicates={} rss_baseline_kib={baseline} rss_peak_kib={peak} bound_kib={bound}", t.lost, t.duplicates);
+    assert!(peak <= bound, "RSS peaked at {peak} KiB, above {bound} KiB");
+    assert_eq!(t.lost, 0, "it recovers by itself when Kafka returns:\n{}", tail(&gw));
+}
+
+#[test]
+fn poison_inputs_are_contained_and_the_stream_around_them_is_unaffected() {
+    let _serial = serial();
+    let kafka = Kafka::start_dedicated();
+    let mosquitto = mosquitto();
+    let topic = unique_topic("fault_poison");
+    kafka.create_topic(&topic, 1);
+    kafka.create_topic(&format!("{topic}.dlq"), 1);
+    let dir = tempfile::tempdir().unwrap();
+    // Kafka's producer limit (librdkafka message.max.bytes) below the MQTT limit, so one payload
+    // passes MQTT and is refused by Kafka.
+    let cfg = config(dir.path(), &topic, "", "kafka:\n  properties:\n    message.max.bytes: 200000\n");
+    let gw = start(&cfg, &mosquitto, &kafka);
+
+    let big_json = format!(r#"{{"blob":"{}"}}"#, "y".repeat(300_000));
+    let deep_topic = format!("fault/{}", (0..100).map(|i| format!("l{i}")).collect::<Vec<_>>().join("/"));
+    let poison: Vec<(String, Vec<u8>, &str)> = vec![
+        ("fault/p/invalid-json".into(), b"{not json".to_vec(), "dlq"),
+        ("fault/p/empty".into(), Vec::new(), "dlq"),
+        ("fault/p/binary".into(), vec![0xff, 0x00, 0xfe, 0x80, 0x7f], "dlq"),
+        ("fault/p/too-big-for-kafka".into(), big_json.into_bytes(), "dlq"),
+        ("fault/ünïcødé/温度".into(), br#"{"ok":"unicode"}"#.to_vec(), "main"),
+        (deep_topic.clone(), br#"{"ok":"deep"}"#.to_vec(), "main"),
+    ];
+    let mut messages = Vec::new();
+    for (i, (t, p, _)) in poison.iter().enumerate() {
+        messages.push((format!("fault/dev-{i}/seq"), format!(r#"{{"seq":{i}}}"#).into_bytes()));
+        messages.push((t.clone(), p.clone()));
+    }
+    messages.push(("fault/dev-end/seq".into(), br#"{"seq":99}"#.to_vec()));
+    common::publish_all(mosquitto.port(), messages);
+
+    let dlq_expected = poison.iter().filter(|p| p.2 == "dlq").count();
+    let dead = kafka.consume(&format!("{topic}.dlq"), dlq_expected, WAIT);
+    assert_eq!(dead.len(), dlq_expected, "{}", tail(&gw));
+    let reasons: Vec<&str> = dead.iter().map(|r| r.header_str("dlq_reason").unwrap_or("")).collect();
+    assert!(reasons.iter().any(|r| r.contains("not valid JSON")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("empty")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("Kafka refused") && r.to_lowercase().contains("too large")), "{reasons:?}");
+    let main = kafka.consume(&topic, 7 + 2, WAIT);
+    let payloads: Vec<String> = main.iter().map(|r| json(r)["payload"].to_string()).collect();
+    for i in 0..poison.len() {
+        assert!(payloads.contains(&format!(r#"{{"seq":{i}}}"#)), "message {i} around the poison is in Kafka: {payloads:?}");
+    }
+    assert!(main.iter().any(|r| json(r)["original_topic"] == "fault/ünïcødé/温度"));
+    assert!(main.iter().any(|r| json(r)["original_topic"] == deep_topic.as_str()));
+
+    // Above the MQTT packet limit (1 MiB by default): a QoS 0 message the gateway cannot read. It is
+    // rejected, counted and logged, and the next message still flows.
+    mosquitto_pub(mosquitto.port(), "fault/p/huge", &vec![b'z'; 2 * 1024 * 1024], 0);
+    mosquitto_pub(mosquitto.port(), "fault/dev-after/seq", br#"{"seq":100}"#, 1);
+    let after = kafka.consume(&topic, 10, WAIT);
+    assert!(after.iter().any(|r| json(r)["payload"]["seq"] == 100), "{}", tail(&gw));
+    assert!(gw.logs().contains("mqtt.max_packet_size_bytes"), "the oversize message is named in the log:\n{}", tail(&gw));
+    assert!(!gw.logs().contains("panicked"), "{}", tail(&gw));
+    eprintln!("FAULT RESULT poison: {} dead letters, {} records, oversize MQTT message rejected and logged", dead.len(), after.len());
+}
+
+fn tail(gw: &Gateway) -> String {
+    let logs = gw.logs();
+    let lines: Vec<&str> = logs.lines().filter(|l| !l.contains("DEBUG")).collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
+}
