@@ -105,7 +105,9 @@ fn kafka_killed_for_15_seconds_loses_nothing_and_keeps_order() {
     let topic = unique_topic("fault_kafka");
     kafka.create_topic(&topic, 6);
     let dir = tempfile::tempdir().unwrap();
-    let gw = start(&config(dir.path(), &topic, "", ""), &mosquitto, &kafka);
+    // A short keep-alive: if waiting for Kafka ever stalled the MQTT event loop, the broker would drop
+    // the connection within 7.5 s of the outage.
+    let gw = start(&config(dir.path(), &topic, "  keep_alive_secs: 5\n", ""), &mosquitto, &kafka);
 
     let port = mosquitto.port();
     // About 2,000 messages a second: the stream runs through the outage.
@@ -123,6 +125,7 @@ fn kafka_killed_for_15_seconds_loses_nothing_and_keeps_order() {
     assert_eq!(t.lost, 0, "lost messages; gateway log tail:\n{}", tail(&gw));
     assert_eq!(t.order_violations, 0, "per-device order broken");
     assert!(gw.logs().contains("statistics"), "the gateway stayed up");
+    assert!(!gw.logs().contains("lost the connection to the MQTT broker"), "keep-alives were served throughout:\n{}", tail(&gw));
 }
 
 #[test]
@@ -205,7 +208,7 @@ fn kafka_down_longer_than_the_buffers_hold_keeps_memory_bounded_and_recovers() {
     let cfg = config(
         dir.path(),
         &topic,
-        "  buffer_messages: 200\n  max_unacked_messages: 2000\n",
+        "  buffer_messages: 200\n  max_unacked_messages: 2000\n  keep_alive_secs: 5\n",
         "kafka:\n  queue_max_messages: 2000\n  queue_max_kbytes: 4096\n",
     );
     let gw = start(&cfg, &mosquitto, &kafka);
@@ -235,6 +238,7 @@ fn kafka_down_longer_than_the_buffers_hold_keeps_memory_bounded_and_recovers() {
     let bound = baseline + 4096 + 2 * 2000 * (PAYLOAD as u64 + 200) / 1024 + 32 * 1024;
     eprintln!("FAULT RESULT kafka_down_memory: sent={N} lost={} duplicates={} rss_baseline_kib={baseline} rss_peak_kib={peak} bound_kib={bound}", t.lost, t.duplicates);
     assert!(peak <= bound, "RSS peaked at {peak} KiB, above {bound} KiB");
+    assert!(!gw.logs().contains("lost the connection to the MQTT broker"), "keep-alives were served throughout:\n{}", tail(&gw));
     assert_eq!(t.lost, 0, "it recovers by itself when Kafka returns:\n{}", tail(&gw));
 }
 

@@ -372,3 +372,27 @@ fn log_format_json_and_rust_log_shape_the_logs() {
         "librdkafka's logs are routed into ours"
     );
 }
+
+#[test]
+fn qos_2_messages_arrive_exactly_once_each() {
+    let mosquitto = Mosquitto::start();
+    let topic = new_topic("qos2", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &format!("routes:\n  - name: q2\n    filter: 'q2/#'\n    qos: 2\n    topic: {topic}\n"));
+    let gw = start(&config, &broker_env(&mosquitto));
+    // One mosquitto_pub, one line per message, QoS 2 end to end (PUBREC from the gateway after Kafka).
+    let lines: String = (0..200).map(|i| format!("{{\"seq\":{i}}}\n")).collect();
+    let mut child = std::process::Command::new(common::find_executable("mosquitto_pub").expect("mosquitto_pub"))
+        .args(["-h", "127.0.0.1", "-p", &mosquitto.port().to_string(), "-t", "q2/dev/seq", "-q", "2", "-l"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(kafka().consume(&topic, 200, WAIT).len(), 200, "{}", gw.logs());
+    let all = kafka().consume_for(&topic, Duration::from_secs(2));
+    let seqs: Vec<i64> = all.iter().map(|r| json(r)["payload"]["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, (0..200).collect::<Vec<_>>(), "each once, in order");
+    assert_eq!(all[0].header_str("mqtt_qos"), Some("2"));
+}
