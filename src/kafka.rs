@@ -9,6 +9,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::config::KafkaSettings;
 use crate::envelope::Record;
 
@@ -144,6 +146,23 @@ pub fn is_permanent(e: &KafkaError) -> bool {
     )
 }
 
+/// Raises `fatal` once the producer reports a fatal error: the idempotent producer can no longer keep
+/// its guarantees (order, no duplicates) and must be replaced. librdkafka reports the error through the
+/// error callback with its underlying code, so the producer's fatal state is checked instead.
+pub async fn watch_fatal(producer: &GatewayProducer, fatal: CancellationToken, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.cancelled() => return,
+        }
+        if let Some((code, reason)) = producer.client().fatal_error() {
+            tracing::error!(code = ?code, reason, "fatal Kafka producer error: stopping, so that a restart brings a fresh producer; unacknowledged QoS 1/2 messages come again from the broker");
+            fatal.cancel();
+            return;
+        }
+    }
+}
+
 /// Waits until every queued record is acknowledged or `timeout` passes. Blocking: run it off the runtime.
 pub fn flush(producer: &GatewayProducer, timeout: Duration) -> Result<(), KafkaError> {
     producer.flush(timeout)
@@ -152,4 +171,38 @@ pub fn flush(producer: &GatewayProducer, timeout: Duration) -> Result<(), KafkaE
 /// Records still queued in librdkafka (not yet acknowledged).
 pub fn in_flight(producer: &GatewayProducer) -> i32 {
     producer.in_flight_count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// librdkafka's own fault injection: a fatal error raised on a producer must be noticed.
+    #[tokio::test]
+    async fn a_fatal_producer_error_raises_the_fatal_token() {
+        let settings = KafkaSettings {
+            bootstrap_servers: "127.0.0.1:9".into(),
+            properties: BTreeMap::from([
+                ("bootstrap.servers".to_string(), "127.0.0.1:9".to_string()),
+                ("enable.idempotence".to_string(), "true".to_string()),
+            ]),
+        };
+        let fatal = CancellationToken::new();
+        let producer = producer(&settings).expect("producer");
+        let reason = std::ffi::CString::new("injected by a test").unwrap();
+        // SAFETY: the pointer is the live producer's own handle and the reason a valid C string.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                producer.client().native_ptr(),
+                rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                reason.as_ptr(),
+            )
+        };
+        assert_eq!(err, rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR);
+        tokio::time::timeout(Duration::from_secs(10), watch_fatal(&producer, fatal.clone(), CancellationToken::new()))
+            .await
+            .expect("the fatal error is noticed");
+        assert!(fatal.is_cancelled());
+    }
 }

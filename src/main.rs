@@ -126,6 +126,10 @@ fn run(path: PathBuf) -> ExitCode {
         let shutdown = CancellationToken::new();
         tokio::spawn(signals(shutdown.clone()));
         match pipeline::run(config, shutdown).await {
+            Ok(report) if report.fatal => {
+                tracing::error!(undelivered = report.undelivered, "stopped after a fatal Kafka producer error");
+                ExitCode::FAILURE
+            }
             Ok(report) if report.undelivered == 0 => {
                 tracing::info!("stopped; every message taken was delivered");
                 ExitCode::SUCCESS

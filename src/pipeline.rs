@@ -37,6 +37,8 @@ use crate::route::RouteTable;
 pub struct Report {
     /// Records that had not been acknowledged by Kafka when the grace period ran out.
     pub undelivered: u64,
+    /// The run ended because of a fatal producer error.
+    pub fatal: bool,
     pub snapshot: metrics::Snapshot,
 }
 
@@ -82,6 +84,18 @@ pub fn start(
 ) -> anyhow::Result<(Handles, tokio::task::JoinHandle<anyhow::Result<Report>>)> {
     let metrics = Arc::new(Metrics::default());
     let producer = Arc::new(kafka::producer(&config.kafka).context("cannot create the Kafka producer")?);
+    // A fatal producer error stops the gateway: nothing more is acknowledged, and a restart (by the
+    // orchestrator) brings a fresh producer; unacknowledged QoS 1/2 messages come again from the broker.
+    let fatal = CancellationToken::new();
+    {
+        let (producer, fatal, shutdown) = (producer.clone(), fatal.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            kafka::watch_fatal(&producer, fatal.clone(), shutdown.clone()).await;
+            if fatal.is_cancelled() {
+                shutdown.cancel();
+            }
+        });
+    }
     tracing::info!(
         bootstrap_servers = %config.kafka.bootstrap_servers,
         routes = config.routes.routes().len(),
@@ -92,7 +106,7 @@ pub fn start(
         tracing::info!(route = %r.name, filter = %r.filter, qos = r.qos, topic = %r.topic, key = %r.key, dead_letter_topic = %r.dead_letter_topic, "route");
     }
     let handles = Handles { metrics: metrics.clone() };
-    let task = tokio::spawn(run_inner(config, producer, metrics, shutdown));
+    let task = tokio::spawn(run_inner(config, producer, metrics, shutdown, fatal));
     Ok((handles, task))
 }
 
@@ -101,6 +115,7 @@ async fn run_inner(
     producer: Arc<GatewayProducer>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
+    fatal: CancellationToken,
 ) -> anyhow::Result<Report> {
     // The route table in effect: the reloader publishes new ones, the MQTT side reads them.
     let (routes_tx, routes) = watch::channel(Arc::new(config.routes.clone()));
@@ -153,7 +168,7 @@ async fn run_inner(
     let snapshot = metrics.snapshot();
     // The last line covers the whole run.
     metrics::log_stats(snapshot, metrics::Snapshot::default(), started.elapsed(), &metrics);
-    Ok(Report { undelivered, snapshot })
+    Ok(Report { undelivered, snapshot, fatal: fatal.is_cancelled() })
 }
 
 /// Builds and enqueues the records of one message for every matching route (fan-out, file order).

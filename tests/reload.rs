@@ -74,6 +74,7 @@ fn a_route_added_by_a_rename_save_applies_and_removing_it_unsubscribes() {
     let t0 = Instant::now();
     save_by_rename(&s.path, &with_b(&s));
     let took = wait_reloads(&gw, 1, t0);
+    eprintln!("reload applied {took:?} after the edit");
     assert!(took <= APPLY_WITHIN, "took {took:?}");
     assert!(gw.logs().contains("added=[\"b\"]"), "{}", gw.logs());
     assert_flows(&s.mosquitto, "b/1", &s.tb, 0, &gw);
@@ -110,6 +111,7 @@ fn a_configmap_style_symlink_swap_applies() {
     std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
     std::fs::remove_dir_all(d.join("..2026_11_23_1")).unwrap();
     let took = wait_reloads(&gw, 1, t0);
+    eprintln!("reload applied {took:?} after the edit");
     assert!(took <= APPLY_WITHIN, "took {took:?}");
     assert_flows(&mosquitto, "b/1", &tb, 0, &gw);
 }
@@ -120,6 +122,7 @@ fn an_in_place_overwrite_applies() {
     let t0 = Instant::now();
     std::fs::write(&s.path, with_b(&s)).unwrap();
     let took = wait_reloads(&gw, 1, t0);
+    eprintln!("reload applied {took:?} after the edit");
     assert!(took <= APPLY_WITHIN, "took {took:?}");
     assert_flows(&s.mosquitto, "b/1", &s.tb, 0, &gw);
 }
@@ -133,6 +136,7 @@ fn delete_then_recreate_applies() {
     let t0 = Instant::now();
     std::fs::write(&s.path, with_b(&s)).unwrap();
     let took = wait_reloads(&gw, 1, t0);
+    eprintln!("reload applied {took:?} after the edit");
     assert!(took <= APPLY_WITHIN, "took {took:?}");
     assert_flows(&s.mosquitto, "b/1", &s.tb, 0, &gw);
 }
