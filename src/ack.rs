@@ -49,6 +49,18 @@ impl AckSequencer {
         }
     }
 
+    /// Marks message `seq` as done but not to be acknowledged (a record could not be delivered and the
+    /// gateway gave up on it): the messages after it are not held up, and the broker delivers this one
+    /// again after the next reconnect.
+    pub fn abandon(&mut self, seq: u64) {
+        if let Some(i) = seq.checked_sub(self.base) {
+            if let Some(e) = self.entries.get_mut(i as usize) {
+                e.done = true;
+                e.token = None;
+            }
+        }
+    }
+
     /// The acks now due, in arrival order: those of the completed messages at the head of the queue
     /// that arrived on `current_connection`. Acks of earlier connections are dropped (the broker
     /// redelivers those messages anyway).
@@ -133,6 +145,17 @@ mod tests {
         assert!(s.drain(1).is_empty(), "the QoS 0 message before it is not delivered yet");
         s.complete(a);
         assert_eq!(pkids(&s.drain(1)), [1]);
+    }
+
+    #[test]
+    fn an_abandoned_message_is_never_acked_and_holds_nothing_up() {
+        let mut s = AckSequencer::default();
+        let a = s.push(t(1, 1));
+        let b = s.push(t(1, 2));
+        s.complete(b);
+        s.abandon(a);
+        assert_eq!(pkids(&s.drain(1)), [2]);
+        assert!(s.is_empty());
     }
 
     #[test]

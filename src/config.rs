@@ -778,11 +778,20 @@ fn validate(
     if m.reconnect_min_delay_ms == 0 || m.reconnect_min_delay_ms > m.reconnect_max_delay_ms {
         problem("mqtt.reconnect_min_delay_ms", "must be positive and not above reconnect_max_delay_ms".into(), None);
     }
-    if m.buffer_messages == 0 {
-        problem("mqtt.buffer_messages", "must be at least 1".into(), None);
+    if m.buffer_messages == 0 || m.buffer_messages > 10_000_000 {
+        problem("mqtt.buffer_messages", format!("{} is out of range", m.buffer_messages), Some("use 1 to 10000000"));
     }
-    if m.max_unacked_messages == 0 {
-        problem("mqtt.max_unacked_messages", "must be at least 1".into(), None);
+    if m.max_unacked_messages == 0 || m.max_unacked_messages > 10_000_000 {
+        problem("mqtt.max_unacked_messages", format!("{} is out of range", m.max_unacked_messages), Some("use 1 to 10000000"));
+    }
+    if m.connect_timeout_secs > 3600 || m.reconnect_max_delay_ms > 3_600_000 {
+        problem("mqtt.reconnect_max_delay_ms", "connect timeout and reconnect delays must stay within an hour".into(), None);
+    }
+    if raw.shutdown.grace_period_secs > 86_400 {
+        problem("shutdown.grace_period_secs", format!("{} is out of range", raw.shutdown.grace_period_secs), Some("use 0 to 86400"));
+    }
+    if raw.reload.debounce_ms > 60_000 || raw.reload.poll_interval_secs > 86_400 {
+        problem("reload", "debounce_ms must be at most 60000 and poll_interval_secs at most 86400".into(), None);
     }
     if m.password.is_some() && m.username.is_none() {
         problem("mqtt.password", "a password needs a username".into(), Some("set mqtt.username or MQTT_USERNAME"));
@@ -891,6 +900,8 @@ fn validate(
         if r.format == ValueFormat::Raw && r.payload != PayloadFormat::Json {
             problem(&format!("{at}.payload"), "only applies to `format: envelope`".into(), Some("remove `payload`, or use format: envelope"));
         }
+        // The resolved dead-letter topic too: it also depends on kafka.dead_letter_suffix.
+        let fingerprint = format!("{}|{dead_letter_topic}", serde_json::to_string(r).unwrap_or_default());
         if let (Ok(topic), Ok(regex), Ok(fallback_regex), Ok(key)) = (topic, regex, fallback_regex, key) {
             routes.push(Route {
                 name: r.name.clone(),
@@ -903,7 +914,8 @@ fn validate(
                 key,
                 format: r.format,
                 payload: r.payload,
-                fingerprint: serde_json::to_string(r).unwrap_or_default(),
+                // The resolved dead-letter topic too: it also depends on kafka.dead_letter_suffix.
+                fingerprint,
             });
         }
     }

@@ -103,16 +103,16 @@ pub fn build(route: &Route, msg: &Message<'_>, payload: &Payload<'_>) -> Outcome
     let d = route.device_id.extract_with_captures(msg.topic, route.topic.groups().next().is_some());
     let device_id = d.id;
     let timestamp = epoch_seconds(msg.received_at);
-    let mut headers = vec![
+    let headers = vec![
         (HEADER_MQTT_TOPIC, msg.topic.as_bytes().to_vec()),
         (HEADER_MQTT_QOS, vec![b'0' + msg.qos.min(2)]),
         (HEADER_DEVICE_ID, device_id.as_bytes().to_vec()),
         (HEADER_ROUTE, route.name.as_bytes().to_vec()),
         (HEADER_MESSAGE_ID, payload.id(msg.topic).as_bytes().to_vec()),
+        (HEADER_RECEIVED_AT, timestamp.clone().into_bytes()),
     ];
     let dead_letter = |reason: String, mut headers: Vec<(&'static str, Vec<u8>)>| {
         headers.push((HEADER_DLQ_REASON, reason.as_bytes().to_vec()));
-        headers.push((HEADER_RECEIVED_AT, timestamp.clone().into_bytes()));
         Outcome::DeadLetter {
             record: Record {
                 topic: route.dead_letter_topic.clone(),
@@ -135,10 +135,7 @@ pub fn build(route: &Route, msg: &Message<'_>, payload: &Payload<'_>) -> Outcome
         Err(reason) => return dead_letter(reason, headers),
     };
     let value = match (route.format, route.payload) {
-        (ValueFormat::Raw, _) => {
-            headers.push((HEADER_RECEIVED_AT, timestamp.into_bytes()));
-            msg.payload.to_vec()
-        }
+        (ValueFormat::Raw, _) => msg.payload.to_vec(),
         (ValueFormat::Envelope, PayloadFormat::Json) => match &payload.raw {
             Ok(raw) => envelope(msg.topic, device_id, raw.get().as_bytes(), &timestamp),
             Err(reason) => return dead_letter(reason.clone(), headers),

@@ -92,6 +92,11 @@ pub async fn enqueue_dead_letter(
     enqueue_parts(producer, topic, Some(key), cut, headers).await
 }
 
+/// The producer is dead (see [`watch_fatal`]): nothing it refuses now says anything about the record.
+pub fn is_fatal(e: &KafkaError) -> bool {
+    e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal)
+}
+
 pub fn is_too_large(e: &KafkaError) -> bool {
     matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize))
 }

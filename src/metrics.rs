@@ -31,6 +31,7 @@ pub struct Metrics {
     pub stale_acks_dropped: AtomicU64,
     pub records_retried: AtomicU64,
     pub oversize_messages: AtomicU64,
+    pub messages_not_acked: AtomicU64,
     pub reload_failures: AtomicU64,
     unrouted_warned: Mutex<Option<Instant>>,
     qos0_warned: Mutex<Option<Instant>>,
@@ -100,9 +101,7 @@ impl Metrics {
     /// at most once a minute, counted always.
     pub fn message_unrouted(&self, topic: &str) {
         let n = self.messages_unrouted.fetch_add(1, Relaxed) + 1;
-        let mut last = self.unrouted_warned.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
-            *last = Some(Instant::now());
+        if once_a_minute(&self.unrouted_warned) {
             tracing::warn!(topic, total_unrouted = n, "message matches no route; dropped (warned at most once a minute)");
         } else {
             tracing::debug!(topic, "message matches no route; dropped");
@@ -117,9 +116,7 @@ impl Metrics {
     /// A QoS 0 message that found the buffer full. Warned about at most once a minute, counted always.
     pub fn qos0_dropped(&self, topic: &str) {
         let n = self.qos0_dropped.fetch_add(1, Relaxed) + 1;
-        let mut last = self.qos0_warned.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
-            *last = Some(Instant::now());
+        if once_a_minute(&self.qos0_warned) {
             tracing::warn!(topic, total_dropped = n, "buffer full: QoS 0 message dropped (Kafka is slower than MQTT; warned at most once a minute)");
         } else {
             tracing::debug!(topic, "buffer full: QoS 0 message dropped");
@@ -151,9 +148,26 @@ impl Metrics {
         tracing::warn!(route, topic, device_id, error = %error, "record not delivered; producing it again");
     }
 
+    /// A QoS 1/2 message the gateway gave up on without acknowledging it (the broker sends it again).
+    pub fn message_not_acked(&self, seq: u64) {
+        self.messages_not_acked.fetch_add(1, Relaxed);
+        tracing::error!(seq, "message not acknowledged: a record of it could not be delivered; the broker sends it again after a reconnect");
+    }
+
     pub fn record_failed(&self, route: &str, topic: &str, device_id: &str, error: &dyn std::error::Error) {
         self.records_failed.fetch_add(1, Relaxed);
         tracing::error!(route, topic, device_id, error = %error, "record could not be delivered to Kafka");
+    }
+}
+
+/// True at most once a minute per `last`: for WARNs that could otherwise flood the log.
+fn once_a_minute(last: &Mutex<Option<Instant>>) -> bool {
+    let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+        *last = Some(Instant::now());
+        true
+    } else {
+        false
     }
 }
 

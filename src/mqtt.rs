@@ -77,6 +77,10 @@ struct Subscriptions {
     wanted: HashMap<String, u8>,
     /// Filters the broker refused on this connection (their routes' fallbacks stand in for them).
     refused: Vec<String>,
+    /// Subscribe QoS 2 routes at QoS 1. With a persistent session rumqttc 0.25 cannot resume an incoming
+    /// QoS 2 exchange (it answers the broker's re-sent PUBREL with a protocol error and reconnects, over
+    /// and over: rumqtt#664). QoS 2 adds nothing here anyway: the Kafka side is at-least-once.
+    cap_qos_at_1: bool,
 }
 
 impl Subscriptions {
@@ -92,6 +96,15 @@ impl Subscriptions {
             }
         }
         desired.retain(|(f, _)| !self.refused.contains(f));
+        if self.cap_qos_at_1 {
+            for (_, q) in desired.iter_mut() {
+                *q = (*q).min(1);
+            }
+        }
+        // New subscriptions first: the broker handles a connection's packets in order, so a filter that
+        // replaces another is active before the old one goes, and no message falls between them.
+        let missing: Vec<(String, u8)> = desired.iter().filter(|(f, q)| self.wanted.get(f) != Some(q)).cloned().collect();
+        self.subscribe(client, missing);
         let stale: Vec<String> = self.wanted.keys().filter(|f| !desired.iter().any(|(d, _)| d == *f)).cloned().collect();
         for filter in stale {
             self.wanted.remove(&filter);
@@ -100,8 +113,6 @@ impl Subscriptions {
                 Err(e) => tracing::error!(filter = %filter, error = %e, "could not queue the UNSUBSCRIBE request"),
             }
         }
-        let missing: Vec<(String, u8)> = desired.into_iter().filter(|(f, q)| self.wanted.get(f) != Some(q)).collect();
-        self.subscribe(client, missing);
     }
 
     fn subscribe(&mut self, client: &AsyncClient, filters: Vec<(String, u8)>) {
@@ -145,7 +156,10 @@ pub async fn run(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTa
     eventloop.set_network_options(net);
 
     let mut backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
-    let mut subs = Subscriptions::default();
+    let mut subs = Subscriptions { cap_qos_at_1: !settings.clean_session, ..Subscriptions::default() };
+    if !settings.clean_session && routes.borrow().routes().iter().any(|r| r.qos == 2) {
+        tracing::warn!("QoS 2 routes are subscribed at QoS 1 with a persistent session (clean_session: false): rumqttc cannot resume QoS 2 exchanges; delivery to Kafka is at-least-once either way");
+    }
     let mut connection: u64 = 0;
     let mut out = Some(out);
     // QoS 1/2 messages that did not fit in the pipeline's buffer, in arrival order. Bounded by the
@@ -156,56 +170,52 @@ pub async fn run(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTa
     let mut acks_open = true;
     tracing::info!(broker = %broker, client_id = %settings.client_id, clean_session = settings.clean_session, "connecting to the MQTT broker");
 
-    loop {
-        // A sender for moving waiting messages on, only while some wait (a clone, so that `out` can
-        // still be dropped when shutdown begins).
-        let spare = if overflow.is_empty() { None } else { out.clone() };
-        let event = tokio::select! {
-            biased;
-            _ = stop.disconnect.cancelled() => break,
-            _ = stop.receiving.cancelled(), if out.is_some() => {
-                // Dropping the sender lets the pipeline drain what it has and finish. Messages still in
-                // `overflow` were never acknowledged: the broker delivers them again (QoS 1/2).
-                out = None;
-                overflow.clear();
-                continue;
-            }
-            ack = acks_in.recv(), if acks_open => {
-                match ack {
-                    Some(a) => send_ack(&client, a, connection, &mut unsent, &metrics),
-                    None => acks_open = false,
-                }
-                continue;
-            }
-            _ = tokio::time::sleep(Duration::from_millis(5)), if !unsent.is_empty() => {
-                let retry: Vec<AckToken> = unsent.drain(..).collect();
-                for a in retry {
-                    send_ack(&client, a, connection, &mut unsent, &metrics);
-                }
-                continue;
-            }
-            permit = reserve(spare), if !overflow.is_empty() => {
-                match (permit, overflow.pop_front()) {
-                    (Some(permit), Some(m)) => {
-                        permit.send(m);
+    'run: loop {
+        // One poll future per event, kept alive while the other branches run: dropping rumqttc's poll
+        // midway can abandon a connection attempt or a half-written ack (rumqtt#930).
+        let event = {
+            let mut poll = std::pin::pin!(eventloop.poll());
+            loop {
+                // A sender for moving waiting messages on, only while some wait (a clone, so that
+                // `out` can still be dropped when shutdown begins).
+                let spare = if overflow.is_empty() { None } else { out.clone() };
+                tokio::select! {
+                    biased;
+                    _ = stop.disconnect.cancelled() => break 'run,
+                    _ = stop.receiving.cancelled(), if out.is_some() => {
+                        // Dropping the sender lets the pipeline drain what it has and finish. Messages
+                        // still in `overflow` were never acknowledged: the broker delivers them again.
+                        out = None;
+                        overflow.clear();
                     }
-                    _ => overflow.clear(),
-                }
-                continue;
-            }
-            changed = routes.changed(), if routes_open => {
-                match changed {
-                    Ok(()) => {
-                        let table = routes.borrow_and_update().clone();
-                        if metrics.mqtt_connected.load(Relaxed) {
-                            subs.apply(&client, &table);
+                    ack = acks_in.recv(), if acks_open => match ack {
+                        Some(a) => send_ack(&client, a, connection, &mut unsent, &metrics),
+                        None => acks_open = false,
+                    },
+                    _ = tokio::time::sleep(Duration::from_millis(5)), if !unsent.is_empty() => {
+                        let retry: Vec<AckToken> = unsent.drain(..).collect();
+                        for a in retry {
+                            send_ack(&client, a, connection, &mut unsent, &metrics);
                         }
                     }
-                    Err(_) => routes_open = false,
+                    permit = reserve(spare), if !overflow.is_empty() => match (permit, overflow.pop_front()) {
+                        (Some(permit), Some(m)) => {
+                            permit.send(m);
+                        }
+                        _ => overflow.clear(),
+                    },
+                    changed = routes.changed(), if routes_open => match changed {
+                        Ok(()) => {
+                            let table = routes.borrow_and_update().clone();
+                            if metrics.mqtt_connected.load(Relaxed) {
+                                subs.apply(&client, &table);
+                            }
+                        }
+                        Err(_) => routes_open = false,
+                    },
+                    event = &mut poll => break event,
                 }
-                continue;
             }
-            event = eventloop.poll() => event,
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -301,6 +311,15 @@ pub async fn run(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTa
             }
             Ok(_) => {}
             Err(e) => {
+                // Whatever was acknowledged from here on belongs to a connection that is gone: a new
+                // number makes send_ack drop those acks (rumqttc would send them on the next connection,
+                // where the packet ids may name other messages).
+                connection += 1;
+                shared_connection.store(connection, Relaxed);
+                // SUBSCRIBEs not yet sent are void on a new connection; CONNACK applies the plan again.
+                subs.requested.clear();
+                subs.by_pkid.clear();
+                eventloop.pending.retain(|r| !matches!(r, rumqttc::Request::Subscribe(_) | rumqttc::Request::Unsubscribe(_)));
                 if let rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(rumqttc::Error::PayloadSizeLimitExceeded(size))) = &e {
                     oversize(&mut eventloop, *size, settings.max_packet_size, &metrics);
                 }
@@ -308,7 +327,7 @@ pub async fn run(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTa
                 metrics.mqtt_connection_error(&broker, &e, backoff.attempt(), delay);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = stop.disconnect.cancelled() => break,
+                    _ = stop.disconnect.cancelled() => break 'run,
                 }
             }
         }
@@ -368,6 +387,11 @@ async fn reserve(out: Option<mpsc::Sender<Inbound>>) -> Option<mpsc::OwnedPermit
 fn send_ack(client: &AsyncClient, a: AckToken, connection: u64, unsent: &mut VecDeque<AckToken>, metrics: &Metrics) {
     if a.connection != connection {
         metrics.stale_acks_dropped.fetch_add(1, Relaxed);
+        return;
+    }
+    if !unsent.is_empty() {
+        // Older acks are waiting for room: this one goes behind them (arrival order).
+        unsent.push_back(a);
         return;
     }
     let mut p = Publish::new("", qos(a.qos), Vec::<u8>::new());

@@ -35,7 +35,7 @@ use crate::route::RouteTable;
 /// What a finished run reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Report {
-    /// Records that had not been acknowledged by Kafka when the grace period ran out.
+    /// Records still in the producer, plus messages not settled, when the grace period ran out.
     pub undelivered: u64,
     /// The run ended because of a fatal producer error.
     pub fatal: bool,
@@ -65,6 +65,8 @@ struct InFlight {
     qos: u8,
     /// The payload as published, for a dead letter decided only when Kafka answers.
     payload: bytes::Bytes,
+    /// False if a record could not be handed to Kafka (see `route_message`): no ack then.
+    complete: bool,
     /// A slot of the `mqtt.max_unacked_messages` window, given back when the message is settled.
     _slot: OwnedSemaphorePermit,
 }
@@ -130,17 +132,42 @@ async fn run_inner(
     let stop = mqtt::Stop { receiving: shutdown.child_token(), disconnect: CancellationToken::new() };
     let links = mqtt::Links { out: inbound_tx, acks: acks_rx, connection: connection.clone() };
     let mqtt_task = tokio::spawn(mqtt::run(config.mqtt.clone(), routes.clone(), links, metrics.clone(), stop.clone()));
-    let deliveries = tokio::spawn(deliveries(inflight_rx, acks_tx, connection, producer.clone(), metrics.clone()));
+    let deliveries = tokio::spawn(deliveries(inflight_rx, acks_tx, connection, producer.clone(), metrics.clone(), fatal.clone()));
     let stats = tokio::spawn(stats(metrics.clone(), Duration::from_secs(config.log.stats_interval_secs), shutdown.clone()));
     let reloader = tokio::spawn(reload::run(config.clone(), routes_tx, metrics.clone(), shutdown.clone()));
+    // The grace period runs from the signal, whatever the pipeline is waiting for (a full window, a
+    // full producer queue, Kafka).
+    let give_up = CancellationToken::new();
+    {
+        let (shutdown, give_up, grace) = (shutdown.clone(), give_up.clone(), config.shutdown_grace);
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+            give_up.cancel();
+        });
+    }
 
-    // The message path. Ends when the MQTT side stops forwarding (shutdown) and the channel is drained.
-    while let Some(inbound) = inbound_rx.recv().await {
+    // The message path. Ends when the MQTT side stops forwarding (shutdown) and the channel is drained,
+    // or when the grace period is over.
+    loop {
+        let inbound = tokio::select! {
+            m = inbound_rx.recv() => m,
+            _ = give_up.cancelled() => None,
+        };
+        let Some(inbound) = inbound else { break };
         // Wait for a slot in the window: while Kafka is slow, the buffer before us fills.
-        let Ok(slot) = window.clone().acquire_owned().await else { break };
-        let records = route_message(&inbound.routes, &inbound, max_payload, &producer, &metrics).await;
+        let slot = tokio::select! {
+            s = window.clone().acquire_owned() => s.ok(),
+            _ = give_up.cancelled() => None,
+        };
+        let Some(slot) = slot else { break };
+        let routed = tokio::select! {
+            r = route_message(&inbound.routes, &inbound, max_payload, &producer, &metrics) => Some(r),
+            _ = give_up.cancelled() => None,
+        };
+        let Some((records, complete)) = routed else { break };
         let ack = (inbound.qos > 0).then_some(AckToken { connection: inbound.connection, pkid: inbound.pkid, qos: inbound.qos });
-        let inflight = InFlight { records, ack, qos: inbound.qos, payload: inbound.payload, _slot: slot };
+        let inflight = InFlight { records, ack, qos: inbound.qos, payload: inbound.payload, complete, _slot: slot };
         if inflight_tx.send(inflight).await.is_err() {
             break;
         }
@@ -148,14 +175,16 @@ async fn run_inner(
     drop(inflight_tx);
     tracing::info!(grace_period_secs = config.shutdown_grace.as_secs(), "shutting down: delivering the messages already taken");
 
-    let deadline = Instant::now() + config.shutdown_grace;
-    if tokio::time::timeout(config.shutdown_grace, deliveries).await.is_err() {
-        tracing::error!("grace period over before every delivery result arrived");
+    tokio::select! {
+        _ = deliveries => {}
+        _ = give_up.cancelled() => tracing::error!("grace period over before every message was settled"),
     }
-    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+    // Messages taken and not settled: their slots are still out.
+    let unsettled = (config.mqtt.max_unacked_messages - window.available_permits()) as u64;
+    let left = if give_up.is_cancelled() { Duration::from_millis(100) } else { config.shutdown_grace };
     let flush_producer = producer.clone();
     let flushed = tokio::task::spawn_blocking(move || kafka::flush(&flush_producer, left)).await;
-    let undelivered = kafka::in_flight(&producer).max(0) as u64;
+    let undelivered = kafka::in_flight(&producer).max(0) as u64 + unsettled;
     match flushed {
         Ok(Ok(())) => tracing::info!("Kafka producer flushed"),
         Ok(Err(e)) => tracing::error!(error = %e, undelivered, "Kafka producer not flushed within the grace period; records are lost"),
@@ -172,7 +201,15 @@ async fn run_inner(
 }
 
 /// Builds and enqueues the records of one message for every matching route (fan-out, file order).
-async fn route_message(table: &RouteTable, inbound: &Inbound, max_payload: usize, producer: &GatewayProducer, metrics: &Metrics) -> Vec<Pending> {
+/// The flag is false when a record could not be handed to Kafka for a reason that is not the record's
+/// fault (a fatal producer error): such a message must not be acknowledged.
+async fn route_message(
+    table: &RouteTable,
+    inbound: &Inbound,
+    max_payload: usize,
+    producer: &GatewayProducer,
+    metrics: &Metrics,
+) -> (Vec<Pending>, bool) {
     let msg = Message {
         topic: &inbound.topic,
         payload: &inbound.payload,
@@ -182,6 +219,7 @@ async fn route_message(table: &RouteTable, inbound: &Inbound, max_payload: usize
     };
     let payload = Payload::new(&inbound.payload);
     let mut records = Vec::new();
+    let mut complete = true;
     let mut matched = false;
     for route in table.matching(&inbound.topic) {
         matched = true;
@@ -192,45 +230,55 @@ async fn route_message(table: &RouteTable, inbound: &Inbound, max_payload: usize
         } else {
             envelope::build(route, &msg, &payload)
         };
-        let (record, device_id, dead_letter) = match outcome {
+        let (record, device_id, reason) = match outcome {
             Outcome::Record { record, device_id, device_id_source } => {
                 metrics.device_id(device_id_source);
-                (record, device_id, false)
+                (record, device_id, None)
             }
             Outcome::DeadLetter { record, device_id, reason } => {
                 metrics.dead_lettered(&route.name, &inbound.topic, &device_id, &record.topic, &reason);
-                (record, device_id, true)
+                (record, device_id, Some(reason))
             }
         };
-        match kafka::enqueue(producer, &record).await {
+        let mut dead_letter = reason.is_some();
+        let mut topic = record.topic.clone();
+        let mut attempt = if dead_letter {
+            // A dead letter carries the payload as published; one too large for Kafka is truncated.
+            kafka::enqueue_dead_letter(producer, &topic, device_id.as_bytes(), &record.value, kafka::owned_headers(&record.headers), false).await
+        } else {
+            kafka::enqueue(producer, &record).await
+        };
+        // Refused before it was queued because of the record itself (too large for
+        // `message.max.bytes`, invalid topic, ...): dead-letter the message as published, with the reason.
+        if let Err(e) = &attempt {
+            if !dead_letter && kafka::is_permanent(e) {
+                let reason = format!("Kafka refused the record: {e}");
+                metrics.dead_lettered(&route.name, &inbound.topic, &device_id, &route.dead_letter_topic, &reason);
+                let mut headers = record.headers.clone();
+                headers.push((HEADER_DLQ_REASON, reason.into_bytes()));
+                dead_letter = true;
+                topic = route.dead_letter_topic.clone();
+                attempt = kafka::enqueue_dead_letter(producer, &topic, device_id.as_bytes(), &inbound.payload, kafka::owned_headers(&headers), false).await;
+            }
+        }
+        match attempt {
             Ok(delivery) => {
                 metrics.records_enqueued.fetch_add(1, Relaxed);
                 let dead_letter_topic = route.dead_letter_topic.clone();
-                records.push(Pending { delivery, route: route_name, topic: record.topic, device_id, dead_letter, dead_letter_topic });
+                records.push(Pending { delivery, route: route_name, topic, device_id, dead_letter, dead_letter_topic });
             }
-            // Refused before it was queued (too large for `message.max.bytes`, unknown topic, ...):
-            // dead-letter the message as published, with the reason.
-            Err(e) if !dead_letter => {
-                let reason = format!("Kafka refused the record: {e}");
-                metrics.dead_lettered(&route.name, &inbound.topic, &device_id, &route.dead_letter_topic, &reason);
-                let mut headers = record.headers;
-                headers.push((HEADER_DLQ_REASON, reason.into_bytes()));
-                let topic = route.dead_letter_topic.clone();
-                match kafka::enqueue_dead_letter(producer, &topic, device_id.as_bytes(), &inbound.payload, kafka::owned_headers(&headers), false).await {
-                    Ok(delivery) => {
-                        let dead_letter_topic = topic.clone();
-                        records.push(Pending { delivery, route: route_name, topic, device_id, dead_letter: true, dead_letter_topic })
-                    }
-                    Err(e) => metrics.record_failed(&route.name, &topic, &device_id, &e),
-                }
+            // A dead letter Kafka refuses as well: rejected, counted and logged.
+            Err(e) if kafka::is_permanent(&e) => metrics.record_failed(&route.name, &topic, &device_id, &e),
+            Err(e) => {
+                metrics.record_failed(&route.name, &topic, &device_id, &e);
+                complete = false;
             }
-            Err(e) => metrics.record_failed(&route.name, &record.topic, &device_id, &e),
         }
     }
     if !matched {
         metrics.message_unrouted(&inbound.topic);
     }
-    records
+    (records, complete)
 }
 
 /// Settles messages as Kafka answers (in any order) and hands their acks to the MQTT side in the order
@@ -241,6 +289,7 @@ async fn deliveries(
     connection: Arc<AtomicU64>,
     producer: Arc<GatewayProducer>,
     metrics: Arc<Metrics>,
+    fatal: CancellationToken,
 ) {
     let mut sequencer = AckSequencer::default();
     let mut settling = FuturesUnordered::new();
@@ -254,9 +303,20 @@ async fn deliveries(
                 }
                 None => open = false,
             },
-            Some(seq) = settling.next(), if !settling.is_empty() => {
-                sequencer.complete(seq);
-                for ack in sequencer.drain(connection.load(Relaxed)) {
+            Some((seq, ackable)) = settling.next(), if !settling.is_empty() => {
+                if ackable {
+                    sequencer.complete(seq);
+                } else {
+                    metrics.message_not_acked(seq);
+                    sequencer.abandon(seq);
+                }
+                // After a fatal producer error nothing more is acknowledged: whatever is in Kafka or not,
+                // the broker delivers it again to the restarted gateway.
+                let due = sequencer.drain(connection.load(Relaxed));
+                if fatal.is_cancelled() {
+                    continue;
+                }
+                for ack in due {
                     if acks.send(ack).await.is_err() {
                         return;
                     }
@@ -267,67 +327,70 @@ async fn deliveries(
     }
 }
 
-/// Waits until every record of a message is in Kafka (or its dead-letter topic). A record that failed
-/// is dead-lettered if Kafka will never take it, and produced again otherwise. For QoS 1/2 this goes on
-/// until it succeeds: the message is not acknowledged before, so nothing is lost, and the stall shows in
-/// the logs. For QoS 0 a second failure is counted and logged, and the message given up.
-async fn settle(seq: u64, inflight: InFlight, producer: Arc<GatewayProducer>, metrics: Arc<Metrics>) -> u64 {
+/// Waits until every record of a message is in Kafka (or its dead-letter topic) and says whether the
+/// message may be acknowledged. A record that failed is dead-lettered if Kafka will never take it, and
+/// produced again otherwise. For QoS 1/2 this goes on until it succeeds (or the gateway stops): the
+/// message is not acknowledged before, so nothing is lost, and the stall shows in the logs. For QoS 0 a
+/// second failure is counted and logged, and the record given up.
+async fn settle(seq: u64, inflight: InFlight, producer: Arc<GatewayProducer>, metrics: Arc<Metrics>) -> (u64, bool) {
+    let mut ackable = inflight.complete;
     for p in inflight.records {
-        let Pending { mut delivery, route, mut topic, device_id, mut dead_letter, dead_letter_topic } = p;
-        let mut truncated = false;
-        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-        loop {
-            let (error, failed) = match delivery.await {
-                Ok(Ok(d)) => {
-                    metrics.record_delivered(dead_letter, &route, &topic, d.partition, d.offset);
-                    break;
-                }
-                Ok(Err((e, message))) => (e, message),
-                Err(_canceled) => {
-                    metrics.record_failed(&route, &topic, &device_id, &Canceled);
-                    break;
-                }
-            };
-            let headers = failed.headers().cloned().unwrap_or_else(OwnedHeaders::new);
-            let permanent = kafka::is_permanent(&error);
-            let next = if permanent && !dead_letter {
-                let reason = format!("Kafka refused the record: {error}");
-                metrics.dead_lettered(&route, failed.topic(), &device_id, &dead_letter_topic, &reason);
-                dead_letter = true;
-                topic = dead_letter_topic.clone();
-                let headers = headers.insert(Header { key: HEADER_DLQ_REASON, value: Some(reason.as_bytes()) });
-                kafka::enqueue_dead_letter(&producer, &topic, device_id.as_bytes(), &inflight.payload, headers, false).await
-            } else if permanent && kafka::is_too_large(&error) && !truncated {
-                // The dead letter itself was too large: keep its head (see kafka::enqueue_dead_letter).
-                truncated = true;
-                kafka::enqueue_dead_letter(&producer, &topic, device_id.as_bytes(), &inflight.payload, headers, true).await
-            } else if permanent || (inflight.qos == 0 && backoff.attempt() > 0) {
-                // A dead letter Kafka will not take either, or a QoS 0 record failing twice: rejected,
-                // counted and logged; the message is settled so the ones after it are not held up.
-                metrics.record_failed(&route, &topic, &device_id, &error);
-                break;
-            } else {
-                metrics.record_retry(&route, &topic, &device_id, &error);
-                tokio::time::sleep(backoff.next_delay()).await;
-                kafka::enqueue_parts(&producer, &topic, failed.key(), failed.payload().unwrap_or_default(), headers).await
-            };
-            delivery = match next {
-                Ok(d) => d,
-                Err(e) => {
-                    metrics.record_retry(&route, &topic, &device_id, &e);
-                    tokio::time::sleep(backoff.next_delay()).await;
-                    match kafka::enqueue_parts(&producer, &topic, failed.key(), failed.payload().unwrap_or_default(), OwnedHeaders::new()).await {
-                        Ok(d) => d,
-                        Err(e) => {
-                            metrics.record_failed(&route, &topic, &device_id, &e);
-                            break;
-                        }
-                    }
-                }
-            };
-        }
+        ackable &= settle_record(p, inflight.qos, &inflight.payload, &producer, &metrics).await;
     }
-    seq
+    (seq, ackable)
+}
+
+async fn settle_record(p: Pending, qos: u8, payload: &[u8], producer: &GatewayProducer, metrics: &Metrics) -> bool {
+    let Pending { mut delivery, route, mut topic, device_id, mut dead_letter, dead_letter_topic } = p;
+    let mut truncated = false;
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    loop {
+        let (error, failed) = match delivery.await {
+            Ok(Ok(d)) => {
+                metrics.record_delivered(dead_letter, &route, &topic, d.partition, d.offset);
+                return true;
+            }
+            Ok(Err(failure)) => failure,
+            Err(_canceled) => {
+                metrics.record_failed(&route, &topic, &device_id, &Canceled);
+                return false;
+            }
+        };
+        let headers = failed.headers().cloned().unwrap_or_else(OwnedHeaders::new);
+        let permanent = kafka::is_permanent(&error);
+        let next = if kafka::is_fatal(&error) {
+            metrics.record_failed(&route, &topic, &device_id, &error);
+            return false;
+        } else if permanent && !dead_letter {
+            let reason = format!("Kafka refused the record: {error}");
+            metrics.dead_lettered(&route, failed.topic(), &device_id, &dead_letter_topic, &reason);
+            dead_letter = true;
+            topic = dead_letter_topic.clone();
+            let headers = headers.insert(Header { key: HEADER_DLQ_REASON, value: Some(reason.as_bytes()) });
+            kafka::enqueue_dead_letter(producer, &topic, device_id.as_bytes(), payload, headers, false).await
+        } else if permanent && kafka::is_too_large(&error) && !truncated {
+            // The dead letter itself was too large: keep its head (see kafka::enqueue_dead_letter).
+            truncated = true;
+            kafka::enqueue_dead_letter(producer, &topic, device_id.as_bytes(), payload, headers, true).await
+        } else if permanent || (qos == 0 && backoff.attempt() > 0) {
+            // A dead letter Kafka will not take either, or a QoS 0 record failing twice: rejected,
+            // counted and logged; settled, so the messages after it are not held up.
+            metrics.record_failed(&route, &topic, &device_id, &error);
+            return true;
+        } else {
+            metrics.record_retry(&route, &topic, &device_id, &error);
+            tokio::time::sleep(backoff.next_delay()).await;
+            kafka::enqueue_parts(producer, &topic, failed.key(), failed.payload().unwrap_or_default(), headers).await
+        };
+        delivery = match next {
+            Ok(d) => d,
+            Err(e) => {
+                // Refused before it was even queued: nothing more to try for this record.
+                metrics.record_failed(&route, &topic, &device_id, &e);
+                return kafka::is_permanent(&e) || qos == 0;
+            }
+        };
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

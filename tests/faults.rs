@@ -289,15 +289,51 @@ fn poison_inputs_are_contained_and_the_stream_around_them_is_unaffected() {
     assert!(main.iter().any(|r| json(r)["original_topic"] == "fault/ünïcødé/温度"));
     assert!(main.iter().any(|r| json(r)["original_topic"] == deep_topic.as_str()));
 
-    // Above the MQTT packet limit (1 MiB by default): a QoS 0 message the gateway cannot read. It is
-    // rejected, counted and logged, and the next message still flows.
-    mosquitto_pub(mosquitto.port(), "fault/p/huge", &vec![b'z'; 2 * 1024 * 1024], 0);
+    // Above the MQTT packet limit (1 MiB by default). rumqttc drops the connection on it; the QoS 1
+    // message comes back on the next connection (persistent session), which the gateway opens with a
+    // raised limit, and is dead-lettered: truncated, since Kafka takes no record that large here.
+    mosquitto_pub(mosquitto.port(), "fault/p/huge", &vec![b'z'; 2 * 1024 * 1024], 1);
     mosquitto_pub(mosquitto.port(), "fault/dev-after/seq", br#"{"seq":100}"#, 1);
     let after = kafka.consume(&topic, 10, WAIT);
     assert!(after.iter().any(|r| json(r)["payload"]["seq"] == 100), "{}", tail(&gw));
+    let dead = kafka.consume(&format!("{topic}.dlq"), dlq_expected + 1, WAIT);
+    let huge = dead.iter().find(|r| r.header_str("mqtt_topic") == Some("fault/p/huge")).unwrap_or_else(|| panic!("the over-size message is dead-lettered:\n{}", tail(&gw)));
+    assert!(huge.header_str("dlq_reason").unwrap().contains("larger than mqtt.max_packet_size_bytes"), "{:?}", huge.header_str("dlq_reason"));
+    assert_eq!(huge.header_str("dlq_truncated_from"), Some("2097152"));
+    assert_eq!(huge.value.len(), 64 * 1024);
     assert!(gw.logs().contains("mqtt.max_packet_size_bytes"), "the oversize message is named in the log:\n{}", tail(&gw));
     assert!(!gw.logs().contains("panicked"), "{}", tail(&gw));
-    eprintln!("FAULT RESULT poison: {} dead letters, {} records, oversize MQTT message rejected and logged", dead.len(), after.len());
+    eprintln!("FAULT RESULT poison: {} dead letters (the over-size MQTT message among them), {} records", dead.len(), after.len());
+}
+
+#[test]
+fn sigterm_during_a_kafka_outage_exits_after_the_grace_period_and_loses_nothing() {
+    let _serial = serial();
+    const N: usize = 500;
+    let kafka = Kafka::start_dedicated();
+    let mosquitto = mosquitto();
+    let topic = unique_topic("fault_term");
+    kafka.create_topic(&topic, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &topic, "", "shutdown:\n  grace_period_secs: 3\n");
+    let mut gw = start(&cfg, &mosquitto, &kafka);
+    kafka.kill();
+    common::publish_all(mosquitto.port(), stream(N, 5));
+    assert!(common::wait_until(WAIT, Duration::from_millis(50), || gw.count_in_log("message received") > 0 || gw.logs().contains("statistics")), "{}", tail(&gw));
+    std::thread::sleep(Duration::from_secs(1));
+    let asked = Instant::now();
+    gw.sigterm();
+    let status = gw.wait_exit(Duration::from_secs(30)).unwrap_or_else(|| panic!("no exit within 30 s of SIGTERM:\n{}", tail(&gw)));
+    let took = asked.elapsed();
+    assert_eq!(status.code(), Some(1), "undelivered messages make the exit code 1:\n{}", tail(&gw));
+    assert!(gw.logs().contains("grace period over"), "{}", tail(&gw));
+
+    // Nothing was acknowledged: with Kafka back, a new gateway gets every message from the broker.
+    kafka.restart();
+    let gw = start(&cfg, &mosquitto, &kafka);
+    let t = tally(&kafka, &topic, N, Duration::from_secs(120));
+    eprintln!("FAULT RESULT sigterm_during_outage: sent={N} lost={} duplicates={} exit_after={:.1}s (grace 3 s)", t.lost, t.duplicates, took.as_secs_f64());
+    assert_eq!(t.lost, 0, "{}", tail(&gw));
 }
 
 fn tail(gw: &Gateway) -> String {

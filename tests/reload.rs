@@ -68,6 +68,16 @@ fn with_b(s: &Setup) -> String {
     routes_yaml(&[("a", "a/#", &s.ta), ("b", "b/#", &s.tb)])
 }
 
+/// Makes `edit` (which adds route `b`) and checks it applies within the bound and `b` then flows.
+fn assert_edit_applies(s: &Setup, gw: &Gateway, edit: impl FnOnce()) {
+    let t0 = Instant::now();
+    edit();
+    let took = wait_reloads(gw, 1, t0);
+    eprintln!("reload applied {took:?} after the edit");
+    assert!(took <= APPLY_WITHIN, "took {took:?}");
+    assert_flows(&s.mosquitto, "b/1", &s.tb, 0, gw);
+}
+
 #[test]
 fn a_route_added_by_a_rename_save_applies_and_removing_it_unsubscribes() {
     let (s, gw) = setup();
@@ -119,12 +129,7 @@ fn a_configmap_style_symlink_swap_applies() {
 #[test]
 fn an_in_place_overwrite_applies() {
     let (s, gw) = setup();
-    let t0 = Instant::now();
-    std::fs::write(&s.path, with_b(&s)).unwrap();
-    let took = wait_reloads(&gw, 1, t0);
-    eprintln!("reload applied {took:?} after the edit");
-    assert!(took <= APPLY_WITHIN, "took {took:?}");
-    assert_flows(&s.mosquitto, "b/1", &s.tb, 0, &gw);
+    assert_edit_applies(&s, &gw, || std::fs::write(&s.path, with_b(&s)).unwrap());
 }
 
 #[test]
@@ -133,12 +138,7 @@ fn delete_then_recreate_applies() {
     std::fs::remove_file(&s.path).unwrap();
     assert!(gw.wait_for_log("the configuration file is gone", WAIT), "{}", gw.logs());
     assert_flows(&s.mosquitto, "a/2", &s.ta, 1, &gw);
-    let t0 = Instant::now();
-    std::fs::write(&s.path, with_b(&s)).unwrap();
-    let took = wait_reloads(&gw, 1, t0);
-    eprintln!("reload applied {took:?} after the edit");
-    assert!(took <= APPLY_WITHIN, "took {took:?}");
-    assert_flows(&s.mosquitto, "b/1", &s.tb, 0, &gw);
+    assert_edit_applies(&s, &gw, || std::fs::write(&s.path, with_b(&s)).unwrap());
 }
 
 #[test]
