@@ -21,24 +21,31 @@ pub struct Message<'a> {
     pub received_at: SystemTime,
 }
 
-/// The payload, validated once per message however many routes it fans out to.
+/// The payload, validated once per message however many routes it fans out to, and only if a route
+/// needs it as JSON (an unrouted message, or one for raw and text routes only, is never parsed).
 pub struct Payload<'a> {
     bytes: &'a [u8],
-    raw: Result<&'a RawValue, String>,
+    raw: std::cell::OnceCell<Result<&'a RawValue, String>>,
     parsed: std::cell::OnceCell<Option<Value>>,
     id: std::cell::OnceCell<String>,
 }
 
 impl<'a> Payload<'a> {
     pub fn new(bytes: &'a [u8]) -> Self {
-        let raw = serde_json::from_slice::<&RawValue>(bytes).map_err(|e| {
-            if bytes.is_empty() {
-                "payload is empty, not JSON".to_string()
-            } else {
-                format!("payload is not valid JSON: {e}")
-            }
-        });
-        Self { bytes, raw, parsed: std::cell::OnceCell::new(), id: std::cell::OnceCell::new() }
+        Self { bytes, raw: std::cell::OnceCell::new(), parsed: std::cell::OnceCell::new(), id: std::cell::OnceCell::new() }
+    }
+
+    /// The payload as validated JSON text, or why it is not JSON.
+    fn raw(&self) -> &Result<&'a RawValue, String> {
+        self.raw.get_or_init(|| {
+            serde_json::from_slice::<&RawValue>(self.bytes).map_err(|e| {
+                if self.bytes.is_empty() {
+                    "payload is empty, not JSON".to_string()
+                } else {
+                    format!("payload is not valid JSON: {e}")
+                }
+            })
+        })
     }
 
     /// The message id of this payload on `topic` (see [`message_id`]), computed once.
@@ -49,7 +56,7 @@ impl<'a> Payload<'a> {
     /// The payload as a `serde_json::Value`, parsed on first use (only JSONPath keys need it).
     fn value(&self) -> Option<&Value> {
         self.parsed
-            .get_or_init(|| self.raw.as_ref().ok().and_then(|r| serde_json::from_str(r.get()).ok()))
+            .get_or_init(|| self.raw().as_ref().ok().and_then(|r| serde_json::from_str(r.get()).ok()))
             .as_ref()
     }
 }
@@ -136,7 +143,7 @@ pub fn build(route: &Route, msg: &Message<'_>, payload: &Payload<'_>) -> Outcome
     };
     let value = match (route.format, route.payload) {
         (ValueFormat::Raw, _) => msg.payload.to_vec(),
-        (ValueFormat::Envelope, PayloadFormat::Json) => match &payload.raw {
+        (ValueFormat::Envelope, PayloadFormat::Json) => match payload.raw() {
             Ok(raw) => envelope(msg.topic, device_id, raw.get().as_bytes(), &timestamp),
             Err(reason) => return dead_letter(reason.clone(), headers),
         },
