@@ -110,27 +110,8 @@ pub fn build(route: &Route, msg: &Message<'_>, payload: &Payload<'_>) -> Outcome
     let d = route.device_id.extract_with_captures(msg.topic, route.topic.groups().next().is_some());
     let device_id = d.id;
     let timestamp = epoch_seconds(msg.received_at);
-    let headers = vec![
-        (HEADER_MQTT_TOPIC, msg.topic.as_bytes().to_vec()),
-        (HEADER_MQTT_QOS, vec![b'0' + msg.qos.min(2)]),
-        (HEADER_DEVICE_ID, device_id.as_bytes().to_vec()),
-        (HEADER_ROUTE, route.name.as_bytes().to_vec()),
-        (HEADER_MESSAGE_ID, payload.id(msg.topic).as_bytes().to_vec()),
-        (HEADER_RECEIVED_AT, timestamp.clone().into_bytes()),
-    ];
-    let dead_letter = |reason: String, mut headers: Vec<(&'static str, Vec<u8>)>| {
-        headers.push((HEADER_DLQ_REASON, reason.as_bytes().to_vec()));
-        Outcome::DeadLetter {
-            record: Record {
-                topic: route.dead_letter_topic.clone(),
-                key: Some(device_id.as_bytes().to_vec()),
-                value: msg.payload.to_vec(),
-                headers,
-            },
-            device_id: device_id.to_string(),
-            reason,
-        }
-    };
+    let headers = context_headers(route, msg, device_id, payload.id(msg.topic), &timestamp);
+    let dead_letter = |reason: String, headers| dead_letter_outcome(route, msg, device_id, headers, reason);
 
     let group = |name: &str| d.captures.as_ref().and_then(|c| c.name(name)).map(|m| m.as_str());
     let topic = match route.topic.render(&Values { topic: msg.topic, device_id, group: &group }) {
@@ -166,18 +147,32 @@ pub fn build(route: &Route, msg: &Message<'_>, payload: &Payload<'_>) -> Outcome
 /// The dead letter `route` makes of `msg` for `reason`, decided outside the route's own rules.
 pub fn dead_letter(route: &Route, msg: &Message<'_>, reason: String) -> Outcome {
     let (device_id, _) = route.device_id.extract(msg.topic);
-    let timestamp = epoch_seconds(msg.received_at);
-    let headers = vec![
+    let headers = context_headers(route, msg, device_id, &message_id(msg.topic, msg.payload), &epoch_seconds(msg.received_at));
+    dead_letter_outcome(route, msg, device_id, headers, reason)
+}
+
+/// The headers every record carries: where the message came from and when.
+fn context_headers(route: &Route, msg: &Message<'_>, device_id: &str, id: &str, timestamp: &str) -> Vec<(&'static str, Vec<u8>)> {
+    vec![
         (HEADER_MQTT_TOPIC, msg.topic.as_bytes().to_vec()),
         (HEADER_MQTT_QOS, vec![b'0' + msg.qos.min(2)]),
         (HEADER_DEVICE_ID, device_id.as_bytes().to_vec()),
         (HEADER_ROUTE, route.name.as_bytes().to_vec()),
-        (HEADER_MESSAGE_ID, message_id(msg.topic, msg.payload).into_bytes()),
-        (HEADER_DLQ_REASON, reason.as_bytes().to_vec()),
-        (HEADER_RECEIVED_AT, timestamp.into_bytes()),
-    ];
+        (HEADER_MESSAGE_ID, id.as_bytes().to_vec()),
+        (HEADER_RECEIVED_AT, timestamp.as_bytes().to_vec()),
+    ]
+}
+
+/// The message as published, to the route's dead-letter topic, keyed by device id, with the reason.
+fn dead_letter_outcome(route: &Route, msg: &Message<'_>, device_id: &str, mut headers: Vec<(&'static str, Vec<u8>)>, reason: String) -> Outcome {
+    headers.push((HEADER_DLQ_REASON, reason.as_bytes().to_vec()));
     Outcome::DeadLetter {
-        record: Record { topic: route.dead_letter_topic.clone(), key: Some(device_id.as_bytes().to_vec()), value: msg.payload.to_vec(), headers },
+        record: Record {
+            topic: route.dead_letter_topic.clone(),
+            key: Some(device_id.as_bytes().to_vec()),
+            value: msg.payload.to_vec(),
+            headers,
+        },
         device_id: device_id.to_string(),
         reason,
     }

@@ -41,6 +41,25 @@ fn config(dir: &Path, topic: &str, mqtt_extra: &str, extra: &str) -> PathBuf {
     )
 }
 
+/// What each fault test starts with: its own Kafka (it may kill it), a Mosquitto, a topic and a config.
+struct Rig {
+    kafka: Kafka,
+    mosquitto: Mosquitto,
+    topic: String,
+    cfg: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn rig(prefix: &str, partitions: i32, mqtt_extra: &str, extra: &str) -> Rig {
+    let kafka = Kafka::start_dedicated();
+    let mosquitto = mosquitto();
+    let topic = unique_topic(prefix);
+    kafka.create_topic(&topic, partitions);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &topic, mqtt_extra, extra);
+    Rig { kafka, mosquitto, topic, cfg, _dir: dir }
+}
+
 fn start(config: &Path, mosquitto: &Mosquitto, kafka: &Kafka) -> Gateway {
     let gw = Gateway::start(config, &[("MQTT_BROKER", &mosquitto.addr()), ("KAFKA_BOOTSTRAP_SERVERS", &kafka.bootstrap())]);
     assert!(gw.wait_for_log("subscribed", WAIT), "{}", gw.logs());
@@ -100,14 +119,10 @@ fn report(name: &str, n: usize, t: &Tally) {
 fn kafka_killed_for_15_seconds_loses_nothing_and_keeps_order() {
     let _serial = serial();
     const N: usize = 20_000;
-    let kafka = Kafka::start_dedicated();
-    let mosquitto = mosquitto();
-    let topic = unique_topic("fault_kafka");
-    kafka.create_topic(&topic, 6);
-    let dir = tempfile::tempdir().unwrap();
     // A short keep-alive: if waiting for Kafka ever stalled the MQTT event loop, the broker would drop
     // the connection within 7.5 s of the outage.
-    let gw = start(&config(dir.path(), &topic, "  keep_alive_secs: 5\n", ""), &mosquitto, &kafka);
+    let Rig { kafka, mosquitto, topic, cfg, _dir } = rig("fault_kafka", 6, "  keep_alive_secs: 5\n", "");
+    let gw = start(&cfg, &mosquitto, &kafka);
 
     let port = mosquitto.port();
     // About 2,000 messages a second: the stream runs through the outage.
@@ -132,12 +147,7 @@ fn kafka_killed_for_15_seconds_loses_nothing_and_keeps_order() {
 fn the_gateway_killed_mid_stream_and_restarted_loses_nothing() {
     let _serial = serial();
     const N: usize = 10_000;
-    let kafka = Kafka::start_dedicated();
-    let mosquitto = mosquitto();
-    let topic = unique_topic("fault_gw");
-    kafka.create_topic(&topic, 6);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), &topic, "", "");
+    let Rig { kafka, mosquitto, topic, cfg, _dir } = rig("fault_gw", 6, "", "");
     let mut gw = start(&cfg, &mosquitto, &kafka);
 
     let port = mosquitto.port();
@@ -158,12 +168,8 @@ fn the_gateway_killed_mid_stream_and_restarted_loses_nothing() {
 fn mosquitto_restarted_mid_stream_loses_nothing() {
     let _serial = serial();
     const N: usize = 10_000;
-    let kafka = Kafka::start_dedicated();
-    let mut mosquitto = mosquitto();
-    let topic = unique_topic("fault_mqtt");
-    kafka.create_topic(&topic, 6);
-    let dir = tempfile::tempdir().unwrap();
-    let gw = start(&cfg_with_fast_reconnect(dir.path(), &topic), &mosquitto, &kafka);
+    let Rig { kafka, mut mosquitto, topic, cfg, _dir } = rig("fault_mqtt", 6, "", "");
+    let gw = start(&cfg, &mosquitto, &kafka);
 
     // First half in one burst: the broker still holds part of it for the gateway when it restarts.
     let messages = stream(N, 20);
@@ -182,10 +188,6 @@ fn mosquitto_restarted_mid_stream_loses_nothing() {
     assert!(gw.logs().contains("lost the connection to the MQTT broker"), "{}", gw.logs());
 }
 
-fn cfg_with_fast_reconnect(dir: &Path, topic: &str) -> PathBuf {
-    config(dir, topic, "", "")
-}
-
 /// VmRSS of `pid` in KiB.
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -199,15 +201,10 @@ fn kafka_down_longer_than_the_buffers_hold_keeps_memory_bounded_and_recovers() {
     let _serial = serial();
     const N: usize = 20_000;
     const PAYLOAD: usize = 1024;
-    let kafka = Kafka::start_dedicated();
-    let mosquitto = mosquitto();
-    let topic = unique_topic("fault_mem");
-    kafka.create_topic(&topic, 3);
-    let dir = tempfile::tempdir().unwrap();
     // Buffers far smaller than the stream: 20 MB of messages against a 4 MiB producer queue.
-    let cfg = config(
-        dir.path(),
-        &topic,
+    let Rig { kafka, mosquitto, topic, cfg, _dir } = rig(
+        "fault_mem",
+        3,
         "  buffer_messages: 200\n  max_unacked_messages: 2000\n  keep_alive_secs: 5\n",
         "kafka:\n  queue_max_messages: 2000\n  queue_max_kbytes: 4096\n",
     );
@@ -245,15 +242,10 @@ fn kafka_down_longer_than_the_buffers_hold_keeps_memory_bounded_and_recovers() {
 #[test]
 fn poison_inputs_are_contained_and_the_stream_around_them_is_unaffected() {
     let _serial = serial();
-    let kafka = Kafka::start_dedicated();
-    let mosquitto = mosquitto();
-    let topic = unique_topic("fault_poison");
-    kafka.create_topic(&topic, 1);
-    kafka.create_topic(&format!("{topic}.dlq"), 1);
-    let dir = tempfile::tempdir().unwrap();
     // Kafka's producer limit (librdkafka message.max.bytes) below the MQTT limit, so one payload
     // passes MQTT and is refused by Kafka.
-    let cfg = config(dir.path(), &topic, "", "kafka:\n  properties:\n    message.max.bytes: 200000\n");
+    let Rig { kafka, mosquitto, topic, cfg, _dir } = rig("fault_poison", 1, "", "kafka:\n  properties:\n    message.max.bytes: 200000\n");
+    kafka.create_topic(&format!("{topic}.dlq"), 1);
     let gw = start(&cfg, &mosquitto, &kafka);
 
     let big_json = format!(r#"{{"blob":"{}"}}"#, "y".repeat(300_000));
@@ -310,12 +302,7 @@ fn poison_inputs_are_contained_and_the_stream_around_them_is_unaffected() {
 fn sigterm_during_a_kafka_outage_exits_after_the_grace_period_and_loses_nothing() {
     let _serial = serial();
     const N: usize = 500;
-    let kafka = Kafka::start_dedicated();
-    let mosquitto = mosquitto();
-    let topic = unique_topic("fault_term");
-    kafka.create_topic(&topic, 3);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), &topic, "", "shutdown:\n  grace_period_secs: 3\n");
+    let Rig { kafka, mosquitto, topic, cfg, _dir } = rig("fault_term", 3, "", "shutdown:\n  grace_period_secs: 3\n");
     let mut gw = start(&cfg, &mosquitto, &kafka);
     kafka.kill();
     common::publish_all(mosquitto.port(), stream(N, 5));
