@@ -63,6 +63,9 @@ allow_anonymous true
 user $(id -un)
 persistence true
 persistence_location $dir/data/
+# What docs/RELIABILITY.md advises for a gateway whose acks wait for Kafka.
+max_inflight_messages 1000
+max_queued_messages 1000000
 log_dest file $dir/mosquitto.log
 log_type error
 log_type warning
