@@ -7,6 +7,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
+scripts/install-build-deps.sh
 scripts/services.sh start
 
 # A target dir outside the work tree keeps rdkafka's slow (cmake) build warm across clones.

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The project's one test command: installs Mosquitto and Kafka (idempotent,
+# The project's one test command: installs the build tools, Mosquitto and Kafka (idempotent,
 # instant once done) and runs every test target. Extra arguments go to
 # `cargo test`, e.g. `scripts/test.sh --test harness_smoke`.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
+scripts/install-build-deps.sh
 scripts/install-mosquitto.sh
 scripts/install-kafka.sh >/dev/null
 
