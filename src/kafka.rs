@@ -185,7 +185,7 @@ mod tests {
 
     /// librdkafka's own fault injection: a fatal error raised on a producer must be noticed.
     #[tokio::test]
-    async fn a_fatal_producer_error_raises_the_fatal_token() {
+    async fn a_fatal_producer_error_is_noticed() {
         let settings = KafkaSettings {
             bootstrap_servers: "127.0.0.1:9".into(),
             properties: BTreeMap::from([
