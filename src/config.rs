@@ -19,6 +19,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use figment::providers::Serialized;
@@ -904,7 +905,7 @@ fn validate(
         let fingerprint = format!("{}|{dead_letter_topic}", serde_json::to_string(r).unwrap_or_default());
         if let (Ok(topic), Ok(regex), Ok(fallback_regex), Ok(key)) = (topic, regex, fallback_regex, key) {
             routes.push(Route {
-                name: r.name.clone(),
+                name: Arc::from(r.name.as_str()),
                 filter: r.filter.clone(),
                 fallback_filters: r.fallback_filters.clone(),
                 qos: r.qos,

@@ -223,7 +223,7 @@ async fn route_message(
     let mut matched = false;
     for route in table.matching(&inbound.topic) {
         matched = true;
-        let route_name: Arc<str> = Arc::from(route.name.as_str());
+        let route_name = route.name.clone();
         let outcome = if inbound.payload.len() > max_payload {
             // Let in past the limit only to be dead-lettered (see mqtt::oversize).
             envelope::dead_letter(route, &msg, format!("payload of {} bytes is larger than mqtt.max_packet_size_bytes ({max_payload})", inbound.payload.len()))

@@ -14,7 +14,8 @@ use crate::template::TopicTemplate;
 /// One route, checked: its filters are valid, its regexes compiled, its JSONPath parsed.
 #[derive(Debug, Clone)]
 pub struct Route {
-    pub name: String,
+    /// Shared, because every record of the route carries it to the delivery stage.
+    pub name: Arc<str>,
     pub filter: String,
     pub fallback_filters: Vec<String>,
     pub qos: u8,
@@ -221,12 +222,12 @@ impl RouteDiff {
         let mut d = RouteDiff::default();
         for r in &new.routes {
             match old.routes.iter().find(|o| o.name == r.name) {
-                None => d.added.push(r.name.clone()),
-                Some(o) if o.fingerprint != r.fingerprint => d.changed.push(r.name.clone()),
+                None => d.added.push(r.name.to_string()),
+                Some(o) if o.fingerprint != r.fingerprint => d.changed.push(r.name.to_string()),
                 Some(_) => {}
             }
         }
-        d.removed = old.routes.iter().filter(|o| !new.routes.iter().any(|r| r.name == o.name)).map(|o| o.name.clone()).collect();
+        d.removed = old.routes.iter().filter(|o| !new.routes.iter().any(|r| r.name == o.name)).map(|o| o.name.to_string()).collect();
         d
     }
 
@@ -251,7 +252,7 @@ pub(crate) mod tests {
 
     pub fn route(name: &str, filter: &str, topic: &str) -> Route {
         Route {
-            name: name.into(),
+            name: Arc::from(name),
             filter: filter.into(),
             fallback_filters: vec![],
             qos: 0,
@@ -327,7 +328,7 @@ pub(crate) mod tests {
             route("five", "cmnd/+/+/+/+", "b"),
             route("other", "tele/#", "c"),
         ]);
-        let names: Vec<&str> = table.matching("cmnd/x/y/z/w").map(|r| r.name.as_str()).collect();
+        let names: Vec<&str> = table.matching("cmnd/x/y/z/w").map(|r| &*r.name).collect();
         assert_eq!(names, vec!["all", "five"]);
         assert_eq!(table.subscriptions().len(), 2, "cmnd/+/+/+/+ is covered by cmnd/#");
     }
