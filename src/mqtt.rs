@@ -170,6 +170,8 @@ pub async fn run(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTa
     let mut acks_open = true;
     tracing::info!(broker = %broker, client_id = %settings.client_id, clean_session = settings.clean_session, "connecting to the MQTT broker");
 
+    let mut retry_unsent = tokio::time::interval(Duration::from_millis(5));
+    retry_unsent.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     'run: loop {
         // One poll future per event, kept alive while the other branches run: dropping rumqttc's poll
         // midway can abandon a connection attempt or a half-written ack (rumqtt#930).
@@ -192,7 +194,7 @@ pub async fn run(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTa
                         Some(a) => send_ack(&client, a, connection, &mut unsent, &metrics),
                         None => acks_open = false,
                     },
-                    _ = tokio::time::sleep(Duration::from_millis(5)), if !unsent.is_empty() => {
+                    _ = retry_unsent.tick(), if !unsent.is_empty() => {
                         let retry: Vec<AckToken> = unsent.drain(..).collect();
                         for a in retry {
                             send_ack(&client, a, connection, &mut unsent, &metrics);
@@ -319,15 +321,29 @@ pub async fn run(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTa
                 // SUBSCRIBEs not yet sent are void on a new connection; CONNACK applies the plan again.
                 subs.requested.clear();
                 subs.by_pkid.clear();
+                // rumqttc reads packets in batches and may still hold events of the failed connection;
+                // it would hand them out after the reconnect, where a PUBLISH's packet id names another
+                // message. Not acknowledged, those messages come again with a persistent session.
+                eventloop.state.events.clear();
                 eventloop.pending.retain(|r| !matches!(r, rumqttc::Request::Subscribe(_) | rumqttc::Request::Unsubscribe(_)));
                 if let rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(rumqttc::Error::PayloadSizeLimitExceeded(size))) = &e {
                     oversize(&mut eventloop, *size, settings.max_packet_size, &metrics);
                 }
                 let delay = backoff.next_delay();
                 metrics.mqtt_connection_error(&broker, &e, backoff.attempt(), delay);
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = stop.disconnect.cancelled() => break 'run,
+                // Keep taking acks while waiting, so the stage that sends them never blocks on us; they
+                // belong to the connection that is gone and are dropped.
+                let pause = tokio::time::sleep(delay);
+                tokio::pin!(pause);
+                loop {
+                    tokio::select! {
+                        _ = &mut pause => break,
+                        _ = stop.disconnect.cancelled() => break 'run,
+                        ack = acks_in.recv(), if acks_open => match ack {
+                            Some(a) => send_ack(&client, a, connection, &mut unsent, &metrics),
+                            None => acks_open = false,
+                        },
+                    }
                 }
             }
         }
@@ -340,9 +356,12 @@ pub async fn run(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTa
     for a in unsent.drain(..).collect::<Vec<_>>() {
         send_ack(&client, a, connection, &mut unsent, &metrics);
     }
+    if !unsent.is_empty() {
+        tracing::warn!(acks = unsent.len(), "acks that did not fit before disconnecting; the broker delivers those messages again");
+    }
     // Say goodbye properly so the broker does not publish a will or keep us as a zombie session.
     if metrics.mqtt_connected.load(Relaxed) && client.try_disconnect().is_ok() {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         while let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, eventloop.poll()).await {
             if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
                 break;

@@ -139,10 +139,15 @@ async fn run_inner(
     // full producer queue, Kafka).
     let give_up = CancellationToken::new();
     {
-        let (shutdown, give_up, grace) = (shutdown.clone(), give_up.clone(), config.shutdown_grace);
+        // What follows giving up (a last flush, the acks, DISCONNECT) needs a moment too: keep a quarter
+        // of the grace period, at most 3 s, for it, so the whole shutdown fits in the grace period (and in
+        // an orchestrator's termination grace period of the same length).
+        let grace = config.shutdown_grace;
+        let reserve = (grace / 4).min(Duration::from_secs(3));
+        let (shutdown, give_up) = (shutdown.clone(), give_up.clone());
         tokio::spawn(async move {
             shutdown.cancelled().await;
-            tokio::time::sleep(grace).await;
+            tokio::time::sleep(grace - reserve).await;
             give_up.cancel();
         });
     }
@@ -168,7 +173,11 @@ async fn run_inner(
         let Some((records, complete)) = routed else { break };
         let ack = (inbound.qos > 0).then_some(AckToken { connection: inbound.connection, pkid: inbound.pkid, qos: inbound.qos });
         let inflight = InFlight { records, ack, qos: inbound.qos, payload: inbound.payload, complete, _slot: slot };
-        if inflight_tx.send(inflight).await.is_err() {
+        let sent = tokio::select! {
+            r = inflight_tx.send(inflight) => r.is_ok(),
+            _ = give_up.cancelled() => false,
+        };
+        if !sent {
             break;
         }
     }
@@ -181,7 +190,7 @@ async fn run_inner(
     }
     // Messages taken and not settled: their slots are still out.
     let unsettled = (config.mqtt.max_unacked_messages - window.available_permits()) as u64;
-    let left = if give_up.is_cancelled() { Duration::from_millis(100) } else { config.shutdown_grace };
+    let left = if give_up.is_cancelled() { Duration::from_millis(100) } else { config.shutdown_grace.min(Duration::from_secs(5)) };
     let flush_producer = producer.clone();
     let flushed = tokio::task::spawn_blocking(move || kafka::flush(&flush_producer, left)).await;
     let undelivered = kafka::in_flight(&producer).max(0) as u64 + unsettled;
@@ -298,12 +307,15 @@ async fn deliveries(
         tokio::select! {
             m = rx.recv(), if open => match m {
                 Some(inflight) => {
-                    let seq = sequencer.push(inflight.ack);
+                    // Only messages that need an ack take a place in the ack order: a QoS 0 message stuck
+                    // behind nothing must not pile up behind a stuck QoS 1 one either.
+                    let seq = inflight.ack.map(|a| sequencer.push(Some(a)));
                     settling.push(settle(seq, inflight, producer.clone(), metrics.clone()));
                 }
                 None => open = false,
             },
             Some((seq, ackable)) = settling.next(), if !settling.is_empty() => {
+                let Some(seq) = seq else { continue };
                 if ackable {
                     sequencer.complete(seq);
                 } else {
@@ -332,7 +344,7 @@ async fn deliveries(
 /// produced again otherwise. For QoS 1/2 this goes on until it succeeds (or the gateway stops): the
 /// message is not acknowledged before, so nothing is lost, and the stall shows in the logs. For QoS 0 a
 /// second failure is counted and logged, and the record given up.
-async fn settle(seq: u64, inflight: InFlight, producer: Arc<GatewayProducer>, metrics: Arc<Metrics>) -> (u64, bool) {
+async fn settle(seq: Option<u64>, inflight: InFlight, producer: Arc<GatewayProducer>, metrics: Arc<Metrics>) -> (Option<u64>, bool) {
     let mut ackable = inflight.complete;
     for p in inflight.records {
         ackable &= settle_record(p, inflight.qos, &inflight.payload, &producer, &metrics).await;
@@ -380,7 +392,18 @@ async fn settle_record(p: Pending, qos: u8, payload: &[u8], producer: &GatewayPr
         } else {
             metrics.record_retry(&route, &topic, &device_id, &error);
             tokio::time::sleep(backoff.next_delay()).await;
-            kafka::enqueue_parts(producer, &topic, failed.key(), failed.payload().unwrap_or_default(), headers).await
+            match kafka::enqueue_parts(producer, &topic, failed.key(), failed.payload().unwrap_or_default(), headers.clone()).await {
+                // Refused at once because of the record (the topic is gone, say): dead-letter it now.
+                Err(e) if !dead_letter && kafka::is_permanent(&e) => {
+                    let reason = format!("Kafka refused the record: {e}");
+                    metrics.dead_lettered(&route, &topic, &device_id, &dead_letter_topic, &reason);
+                    dead_letter = true;
+                    topic = dead_letter_topic.clone();
+                    let headers = headers.insert(Header { key: HEADER_DLQ_REASON, value: Some(reason.as_bytes()) });
+                    kafka::enqueue_dead_letter(producer, &topic, device_id.as_bytes(), payload, headers, false).await
+                }
+                other => other,
+            }
         };
         delivery = match next {
             Ok(d) => d,
