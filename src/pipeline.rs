@@ -42,11 +42,6 @@ pub struct Report {
     pub snapshot: metrics::Snapshot,
 }
 
-/// A running gateway's handles, for the binary and for tests.
-pub struct Handles {
-    pub metrics: Arc<Metrics>,
-}
-
 /// Where one record came from, for logs and metrics when its delivery result arrives.
 struct Pending {
     delivery: DeliveryFuture,
@@ -74,16 +69,6 @@ struct InFlight {
 /// Runs the gateway until `shutdown` is cancelled, then drains: messages already taken are delivered
 /// (bounded by `shutdown.grace_period_secs`), the producer is flushed, MQTT disconnects.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<Report> {
-    let (handles, task) = start(config, shutdown)?;
-    drop(handles);
-    task.await.context("gateway task failed")?
-}
-
-/// Starts the gateway and returns its handles and the task that completes with its report.
-pub fn start(
-    config: Config,
-    shutdown: CancellationToken,
-) -> anyhow::Result<(Handles, tokio::task::JoinHandle<anyhow::Result<Report>>)> {
     let metrics = Arc::new(Metrics::default());
     let producer = Arc::new(kafka::producer(&config.kafka).context("cannot create the Kafka producer")?);
     // A fatal producer error stops the gateway: nothing more is acknowledged, and a restart (by the
@@ -107,9 +92,7 @@ pub fn start(
     for r in config.routes.routes() {
         tracing::info!(route = %r.name, filter = %r.filter, qos = r.qos, topic = %r.topic, key = %r.key, dead_letter_topic = %r.dead_letter_topic, "route");
     }
-    let handles = Handles { metrics: metrics.clone() };
-    let task = tokio::spawn(run_inner(config, producer, metrics, shutdown, fatal));
-    Ok((handles, task))
+    run_inner(config, producer, metrics, shutdown, fatal).await
 }
 
 async fn run_inner(

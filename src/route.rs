@@ -236,8 +236,6 @@ impl RouteDiff {
     }
 }
 
-pub type SharedRoutes = Arc<RouteTable>;
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
