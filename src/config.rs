@@ -91,10 +91,10 @@ pub struct RawMqtt {
     pub reconnect_min_delay_ms: u64,
     /// Upper bound of the reconnect delay.
     pub reconnect_max_delay_ms: u64,
-    /// Messages received from MQTT and not yet handed to Kafka, at most. When full, QoS 0 messages are
-    /// dropped (counted, logged) and QoS 1/2 messages wait, unacknowledged, so the broker's in-flight
-    /// window throttles it.
-    pub buffer_messages: usize,
+    /// Bytes of messages read from MQTT and not yet taken by the pipeline, at most (payload, topic and
+    /// 128 bytes of overhead each). When full, the gateway stops reading the connection until there is
+    /// room: the broker holds the rest (within its own queue limits) instead of the gateway dropping it.
+    pub buffer_bytes: usize,
     /// Messages received and not yet acknowledged (QoS 1/2) or delivered (QoS 0), at most: the window
     /// between MQTT and Kafka. Keep it at or above the broker's in-flight limit for the gateway.
     pub max_unacked_messages: usize,
@@ -113,7 +113,7 @@ impl Default for RawMqtt {
             connect_timeout_secs: 10,
             reconnect_min_delay_ms: 500,
             reconnect_max_delay_ms: 30_000,
-            buffer_messages: 1_000,
+            buffer_bytes: 32 * 1024 * 1024,
             max_unacked_messages: 10_000,
         }
     }
@@ -378,7 +378,7 @@ pub struct MqttSettings {
     pub connect_timeout: Duration,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
-    pub buffer_messages: usize,
+    pub buffer_bytes: usize,
     pub max_unacked_messages: usize,
 }
 
@@ -741,7 +741,9 @@ fn from_value<T: for<'de> Deserialize<'de>>(
                 format!("{at}.{inner}")
             };
             let message = e.into_inner().to_string();
-            let hint = if message.contains("unknown field") {
+            let hint = if message.contains("found `buffer_messages`") {
+                Some("mqtt.buffer_messages was replaced by mqtt.buffer_bytes (default 33554432): the buffer is bounded by bytes, and a full buffer now pauses reading instead of dropping QoS 0 messages".to_string())
+            } else if message.contains("unknown field") {
                 Some("remove the key or fix its spelling; the README lists every key".to_string())
             } else if message.contains("missing field") {
                 Some("add the key; see the README's configuration reference".to_string())
@@ -779,8 +781,8 @@ fn validate(
     if m.reconnect_min_delay_ms == 0 || m.reconnect_min_delay_ms > m.reconnect_max_delay_ms {
         problem("mqtt.reconnect_min_delay_ms", "must be positive and not above reconnect_max_delay_ms".into(), None);
     }
-    if m.buffer_messages == 0 || m.buffer_messages > 10_000_000 {
-        problem("mqtt.buffer_messages", format!("{} is out of range", m.buffer_messages), Some("use 1 to 10000000"));
+    if m.buffer_bytes < 1024 || m.buffer_bytes > 1 << 40 {
+        problem("mqtt.buffer_bytes", format!("{} is out of range", m.buffer_bytes), Some("use 1024 bytes to 1 TiB; default 33554432 (32 MiB)"));
     }
     if m.max_unacked_messages == 0 || m.max_unacked_messages > 10_000_000 {
         problem("mqtt.max_unacked_messages", format!("{} is out of range", m.max_unacked_messages), Some("use 1 to 10000000"));
@@ -944,7 +946,7 @@ fn validate(
             connect_timeout: Duration::from_secs(m.connect_timeout_secs.max(1)),
             reconnect_min: Duration::from_millis(m.reconnect_min_delay_ms),
             reconnect_max: Duration::from_millis(m.reconnect_max_delay_ms),
-            buffer_messages: m.buffer_messages,
+            buffer_bytes: m.buffer_bytes,
             max_unacked_messages: m.max_unacked_messages,
         },
         kafka: KafkaSettings { bootstrap_servers: k.bootstrap_servers.clone(), properties },
@@ -974,7 +976,7 @@ impl Config {
         check("mqtt.max_packet_size_bytes", a.max_packet_size != b.max_packet_size);
         check("mqtt.connect_timeout_secs", a.connect_timeout != b.connect_timeout);
         check("mqtt.reconnect_*_delay_ms", (a.reconnect_min, a.reconnect_max) != (b.reconnect_min, b.reconnect_max));
-        check("mqtt.buffer_messages", a.buffer_messages != b.buffer_messages);
+        check("mqtt.buffer_bytes", a.buffer_bytes != b.buffer_bytes);
         check("mqtt.max_unacked_messages", a.max_unacked_messages != b.max_unacked_messages);
         check("shutdown.grace_period_secs", self.shutdown_grace != new.shutdown_grace);
         check("log", self.log != new.log);
@@ -1185,6 +1187,14 @@ mod tests {
         assert_eq!(p.len(), 2, "{p:?}");
         assert!(p[0].starts_with("routes.yaml:2:3: mqtt.brokr: unknown field"), "{p:?}");
         assert!(p[1].starts_with("routes.yaml:7:5: routes[0].qos_level: unknown field"), "{p:?}");
+    }
+
+    #[test]
+    fn the_replaced_buffer_messages_key_points_to_buffer_bytes() {
+        let p = problems("mqtt:\n  buffer_messages: 1000\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("routes.yaml:2:3: mqtt.buffer_messages: unknown field"), "{p:?}");
+        assert!(p[0].contains("replaced by mqtt.buffer_bytes"), "{p:?}");
     }
 
     #[test]

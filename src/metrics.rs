@@ -14,7 +14,6 @@ pub struct Metrics {
     pub mqtt_connection_errors: AtomicU64,
     pub messages_received: AtomicU64,
     pub messages_unrouted: AtomicU64,
-    pub messages_dropped_on_shutdown: AtomicU64,
     pub records_enqueued: AtomicU64,
     pub records_delivered: AtomicU64,
     pub records_failed: AtomicU64,
@@ -26,7 +25,11 @@ pub struct Metrics {
     pub device_id_default: AtomicU64,
     pub subscriptions_rejected: AtomicU64,
     pub reloads: AtomicU64,
-    pub qos0_dropped: AtomicU64,
+    /// Messages dropped, by [`DropReason`].
+    pub dropped: [AtomicU64; DropReason::ALL.len()],
+    /// Times reading from MQTT paused because the intake was full, and for how long in total.
+    pub intake_stalls: AtomicU64,
+    pub intake_stalled_us: AtomicU64,
     pub acks_sent: AtomicU64,
     pub stale_acks_dropped: AtomicU64,
     pub records_retried: AtomicU64,
@@ -34,7 +37,24 @@ pub struct Metrics {
     pub messages_not_acked: AtomicU64,
     pub reload_failures: AtomicU64,
     unrouted_warned: Mutex<Option<Instant>>,
-    qos0_warned: Mutex<Option<Instant>>,
+    stall_logged: Mutex<Option<Instant>>,
+}
+
+/// Why a message was dropped. A drop is the last resort; each has a reason an operator can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// It arrived after shutdown began; not taken (and not acknowledged: QoS 1/2 come again).
+    Shutdown,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 1] = [DropReason::Shutdown];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Shutdown => "shutdown",
+        }
+    }
 }
 
 /// A point-in-time copy of the counters.
@@ -46,7 +66,9 @@ pub struct Snapshot {
     pub records_delivered: u64,
     pub records_failed: u64,
     pub dead_letters_delivered: u64,
-    pub qos0_dropped: u64,
+    pub messages_dropped: u64,
+    pub intake_stalls: u64,
+    pub intake_stalled_us: u64,
     pub messages_not_acked: u64,
     pub records_retried: u64,
     pub acks_sent: u64,
@@ -67,7 +89,9 @@ impl Metrics {
             records_delivered: self.records_delivered.load(Relaxed),
             records_failed: self.records_failed.load(Relaxed),
             dead_letters_delivered: self.dead_letters_delivered.load(Relaxed),
-            qos0_dropped: self.qos0_dropped.load(Relaxed),
+            messages_dropped: self.dropped.iter().map(|d| d.load(Relaxed)).sum(),
+            intake_stalls: self.intake_stalls.load(Relaxed),
+            intake_stalled_us: self.intake_stalled_us.load(Relaxed),
             messages_not_acked: self.messages_not_acked.load(Relaxed),
             records_retried: self.records_retried.load(Relaxed),
             acks_sent: self.acks_sent.load(Relaxed),
@@ -127,19 +151,25 @@ impl Metrics {
         self.reload_failures.fetch_add(1, Relaxed) + 1
     }
 
-    /// A QoS 0 message that found the buffer full. Warned about at most once a minute, counted always.
-    pub fn qos0_dropped(&self, topic: &str) {
-        let n = self.qos0_dropped.fetch_add(1, Relaxed) + 1;
-        if once_a_minute(&self.qos0_warned) {
-            tracing::warn!(topic, total_dropped = n, "buffer full: QoS 0 message dropped (Kafka is slower than MQTT; warned at most once a minute)");
-        } else {
-            tracing::debug!(topic, "buffer full: QoS 0 message dropped");
+    /// A message dropped for `reason`; counted, and logged at DEBUG (the shutdown summary has the count).
+    pub fn message_dropped(&self, reason: DropReason, topic: &str) {
+        self.dropped[reason as usize].fetch_add(1, Relaxed);
+        match reason {
+            DropReason::Shutdown => tracing::debug!(topic, reason = reason.as_str(), "message arrived after shutdown began; not taken"),
         }
     }
 
-    pub fn dropped_on_shutdown(&self, topic: &str) {
-        self.messages_dropped_on_shutdown.fetch_add(1, Relaxed);
-        tracing::debug!(topic, "message arrived after shutdown began; not taken");
+    /// Reading from MQTT paused: the intake is full because Kafka (or the pipeline) is behind. Logged at
+    /// most once a minute; the broker holds the messages meanwhile.
+    pub fn intake_stalled(&self, buffered_bytes: usize) {
+        let n = self.intake_stalls.fetch_add(1, Relaxed) + 1;
+        if once_a_minute(&self.stall_logged) {
+            tracing::info!(buffered_bytes, pauses = n, "intake full: pausing reads from MQTT so the broker holds the rest (Kafka is slower than MQTT; logged at most once a minute)");
+        }
+    }
+
+    pub fn intake_resumed(&self, after: Duration) {
+        self.intake_stalled_us.fetch_add(after.as_micros() as u64, Relaxed);
     }
 
     pub fn dead_lettered(&self, route: &str, topic: &str, device_id: &str, dead_letter_topic: &str, reason: &str) {
@@ -199,7 +229,9 @@ pub fn log_stats(now: Snapshot, before: Snapshot, elapsed: Duration, metrics: &M
         records_delivered = now.records_delivered,
         dead_letters_delivered = now.dead_letters_delivered,
         records_failed = now.records_failed,
-        qos0_dropped = now.qos0_dropped,
+        messages_dropped = now.messages_dropped,
+        intake_pauses = now.intake_stalls,
+        intake_paused_ms = now.intake_stalled_us / 1000,
         messages_not_acked = now.messages_not_acked,
         records_retried = now.records_retried,
         acks_sent = now.acks_sent,

@@ -1,7 +1,8 @@
 //! The MQTT edge: one rumqttc connection, polled at all times. It reconnects with backoff, subscribes
 //! the route table's plan (again after every reconnect that found no session), falls back to a route's
 //! fallback filters when the broker refuses one in its SUBACK, and forwards publishes to the pipeline
-//! through a bounded channel.
+//! through the intake. When the intake is full it stops reading the connection (the broker holds the
+//! rest) while still answering keep-alives.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -16,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 use crate::ack::AckToken;
 use crate::backoff::Backoff;
 use crate::config::MqttSettings;
-use crate::metrics::Metrics;
+use crate::intake::IntakeSender;
+use crate::metrics::{DropReason, Metrics};
 use crate::route::RouteTable;
 
 /// A message as it leaves the MQTT edge.
@@ -135,8 +137,8 @@ impl Subscriptions {
 
 /// The channels between the MQTT edge and the rest of the gateway.
 pub struct Links {
-    /// Messages out to the pipeline.
-    pub out: mpsc::Sender<Inbound>,
+    /// Messages out to the pipeline, bounded by bytes (see crate::intake).
+    pub out: IntakeSender,
     /// Acks in, from the ack sequencer, in arrival order.
     pub acks: mpsc::Receiver<AckToken>,
     /// The number of the current connection, for the sequencer to drop acks of older ones early.
@@ -162,9 +164,8 @@ pub async fn run(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTa
     }
     let mut connection: u64 = 0;
     let mut out = Some(out);
-    // QoS 1/2 messages that did not fit in the pipeline's buffer, in arrival order. Bounded by the
-    // broker's in-flight window: it sends no more unacknowledged messages than that.
-    let mut overflow: VecDeque<Inbound> = VecDeque::new();
+    // The route table in effect, kept here so that a message costs no lock to find it.
+    let mut table = routes.borrow_and_update().clone();
     let mut unsent: VecDeque<AckToken> = VecDeque::new();
     let mut routes_open = true;
     let mut acks_open = true;
@@ -173,22 +174,26 @@ pub async fn run(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTa
     let mut retry_unsent = tokio::time::interval(Duration::from_millis(5));
     retry_unsent.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     'run: loop {
+        // The intake is full: stop reading, so the broker holds what follows (TCP pushes back on it),
+        // and keep the connection alive meanwhile.
+        if out.as_ref().is_some_and(IntakeSender::is_full) && metrics.mqtt_connected.load(Relaxed) {
+            match stall(&mut eventloop, &settings, &stop, &metrics, out.as_ref()).await {
+                Stalled::Room => {}
+                Stalled::Disconnect => break 'run,
+                Stalled::StopReceiving => out = None,
+            }
+        }
         // One poll future per event, kept alive while the other branches run: dropping rumqttc's poll
         // midway can abandon a connection attempt or a half-written ack (rumqtt#930).
         let event = {
             let mut poll = std::pin::pin!(eventloop.poll());
             loop {
-                // A sender for moving waiting messages on, only while some wait (a clone, so that
-                // `out` can still be dropped when shutdown begins).
-                let spare = if overflow.is_empty() { None } else { out.clone() };
                 tokio::select! {
                     biased;
                     _ = stop.disconnect.cancelled() => break 'run,
                     _ = stop.receiving.cancelled(), if out.is_some() => {
-                        // Dropping the sender lets the pipeline drain what it has and finish. Messages
-                        // still in `overflow` were never acknowledged: the broker delivers them again.
+                        // Dropping the sender lets the pipeline drain what it has and finish.
                         out = None;
-                        overflow.clear();
                     }
                     ack = acks_in.recv(), if acks_open => match ack {
                         Some(a) => send_ack(&client, a, connection, &mut unsent, &metrics),
@@ -200,15 +205,9 @@ pub async fn run(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTa
                             send_ack(&client, a, connection, &mut unsent, &metrics);
                         }
                     }
-                    permit = reserve(spare), if !overflow.is_empty() => match (permit, overflow.pop_front()) {
-                        (Some(permit), Some(m)) => {
-                            permit.send(m);
-                        }
-                        _ => overflow.clear(),
-                    },
                     changed = routes.changed(), if routes_open => match changed {
                         Ok(()) => {
-                            let table = routes.borrow_and_update().clone();
+                            table = routes.borrow_and_update().clone();
                             if metrics.mqtt_connected.load(Relaxed) {
                                 subs.apply(&client, &table);
                             }
@@ -220,6 +219,13 @@ pub async fn run(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTa
             }
         };
         match event {
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                // Data arriving proves the connection alive. rumqttc counts only a PINGRESP as proof, and
+                // a PINGRESP queued behind a backlog the broker held for us (after a stall, in a burst)
+                // can take longer than the keep-alive to read: rumqttc would drop a healthy connection.
+                eventloop.state.await_pingresp = false;
+                forward(p, connection, &table, &mut out, &metrics);
+            }
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff.reset();
                 connection += 1;
@@ -230,7 +236,7 @@ pub async fn run(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTa
                 subs.refused.clear();
                 // rumqttc never resubscribes (rumqtt#250). Without a session the broker forgot our
                 // subscriptions; with one, subscribing again is harmless and picks up route changes.
-                let table = routes.borrow_and_update().clone();
+                table = routes.borrow_and_update().clone();
                 subs.apply(&client, &table);
             }
             Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => {
@@ -240,7 +246,6 @@ pub async fn run(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTa
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 let Some(batch) = subs.by_pkid.remove(&ack.pkid) else { continue };
-                let table = routes.borrow().clone();
                 let mut fallbacks: Vec<(String, u8)> = Vec::new();
                 for ((filter, wanted_qos), code) in batch.iter().zip(ack.return_codes.iter()) {
                     match code {
@@ -275,44 +280,19 @@ pub async fn run(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTa
                 }
                 subs.subscribe(&client, fallbacks);
             }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                let received_at = SystemTime::now();
-                let qos = p.qos as u8;
-                let Some(tx) = &out else {
-                    // Shutting down: not taken, not acknowledged (QoS 1/2 come again next session).
-                    metrics.dropped_on_shutdown(&p.topic);
-                    continue;
-                };
-                metrics.message_received(&p.topic, qos, p.payload.len());
-                let inbound = Inbound {
-                    topic: p.topic,
-                    payload: p.payload,
-                    qos,
-                    retain: p.retain,
-                    pkid: p.pkid,
-                    received_at,
-                    connection,
-                    routes: routes.borrow().clone(),
-                };
-                // Never await here: the event loop must keep serving keep-alives and acks.
-                if !overflow.is_empty() {
-                    // Keep arrival order behind the messages already waiting.
-                    if qos == 0 {
-                        metrics.qos0_dropped(&inbound.topic);
-                    } else {
-                        overflow.push_back(inbound);
-                    }
-                    continue;
-                }
-                match tx.try_send(inbound) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(m)) if m.qos == 0 => metrics.qos0_dropped(&m.topic),
-                    Err(mpsc::error::TrySendError::Full(m)) => overflow.push_back(m),
-                    Err(mpsc::error::TrySendError::Closed(_)) => out = None,
-                }
-            }
             Ok(_) => {}
             Err(e) => {
+                // rumqttc reads packets in batches and may still hold events of the failed connection;
+                // it would hand them out after the reconnect, where a PUBLISH's packet id names another
+                // message. QoS 0 messages have no packet id to go stale: they are taken. The others,
+                // never acknowledged, come again with a persistent session.
+                for event in eventloop.state.events.drain(..) {
+                    if let Event::Incoming(Packet::Publish(p)) = event {
+                        if p.qos == QoS::AtMostOnce {
+                            forward(p, connection, &table, &mut out, &metrics);
+                        }
+                    }
+                }
                 // Whatever was acknowledged from here on belongs to a connection that is gone: a new
                 // number makes send_ack drop those acks (rumqttc would send them on the next connection,
                 // where the packet ids may name other messages).
@@ -321,10 +301,6 @@ pub async fn run(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTa
                 // SUBSCRIBEs not yet sent are void on a new connection; CONNACK applies the plan again.
                 subs.requested.clear();
                 subs.by_pkid.clear();
-                // rumqttc reads packets in batches and may still hold events of the failed connection;
-                // it would hand them out after the reconnect, where a PUBLISH's packet id names another
-                // message. Not acknowledged, those messages come again with a persistent session.
-                eventloop.state.events.clear();
                 eventloop.pending.retain(|r| !matches!(r, rumqttc::Request::Subscribe(_) | rumqttc::Request::Unsubscribe(_)));
                 if let rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(rumqttc::Error::PayloadSizeLimitExceeded(size))) = &e {
                     oversize(&mut eventloop, *size, settings.max_packet_size, &metrics);
@@ -372,6 +348,76 @@ pub async fn run(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTa
     tracing::info!(broker = %broker, "disconnected from the MQTT broker");
 }
 
+/// Hands a received message to the pipeline with the route table in effect now (a message is routed by
+/// one complete route set, even if a reload swaps the table while it waits in the intake).
+fn forward(p: Publish, connection: u64, table: &Arc<RouteTable>, out: &mut Option<IntakeSender>, metrics: &Metrics) {
+    let Some(tx) = out.as_ref() else {
+        // Shutting down: not taken, not acknowledged (QoS 1/2 come again next session).
+        metrics.message_dropped(DropReason::Shutdown, &p.topic);
+        return;
+    };
+    let qos = p.qos as u8;
+    metrics.message_received(&p.topic, qos, p.payload.len());
+    let inbound = Inbound {
+        topic: p.topic,
+        payload: p.payload,
+        qos,
+        retain: p.retain,
+        pkid: p.pkid,
+        received_at: SystemTime::now(),
+        connection,
+        routes: table.clone(),
+    };
+    if let Err(m) = tx.send(inbound) {
+        // The pipeline is gone (it only stops at shutdown).
+        metrics.message_dropped(DropReason::Shutdown, &m.topic);
+        *out = None;
+    }
+}
+
+enum Stalled {
+    Room,
+    Disconnect,
+    StopReceiving,
+}
+
+/// Waits, without reading the connection, until the intake has room. Keep-alive is honoured meanwhile:
+/// rumqttc only pings from inside `poll`, which would also read, so the PINGREQs are written here, at
+/// half the keep-alive so that a late one still lands within the broker's 1.5 x keep-alive.
+async fn stall(eventloop: &mut rumqttc::EventLoop, settings: &MqttSettings, stop: &Stop, metrics: &Metrics, out: Option<&IntakeSender>) -> Stalled {
+    let Some(out) = out else { return Stalled::Room };
+    let started = tokio::time::Instant::now();
+    metrics.intake_stalled(out.used_bytes());
+    let every = (settings.keep_alive / 2).max(Duration::from_millis(500));
+    let mut ping = tokio::time::interval_at(started + every, every);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let result = loop {
+        tokio::select! {
+            biased;
+            _ = stop.disconnect.cancelled() => break Stalled::Disconnect,
+            _ = stop.receiving.cancelled() => break Stalled::StopReceiving,
+            _ = out.room() => break Stalled::Room,
+            _ = ping.tick() => {
+                let Some(network) = eventloop.network.as_mut() else { break Stalled::Room };
+                let sent = async {
+                    network.write(Packet::PingReq).await?;
+                    network.flush().await
+                };
+                match tokio::time::timeout(settings.connect_timeout, sent).await {
+                    Ok(Ok(())) => tracing::debug!("PINGREQ sent while reading is paused"),
+                    // Let rumqttc's poll find the broken connection and reconnect.
+                    _ => break Stalled::Room,
+                }
+            }
+        }
+    };
+    // Our PINGREQs' answers, and rumqttc's own, wait behind the messages the broker queued while we did
+    // not read: a pending PINGRESP is no sign of a dead connection here.
+    eventloop.state.await_pingresp = false;
+    metrics.intake_resumed(started.elapsed());
+    result
+}
+
 /// The largest packet the gateway will raise its limit to in order to take an over-size message in and
 /// dead-letter it (MQTT's own limit is 256 MiB).
 const OVERSIZE_CEILING: usize = 64 * 1024 * 1024;
@@ -391,13 +437,6 @@ fn oversize(eventloop: &mut rumqttc::EventLoop, size: usize, configured: usize, 
         );
     } else {
         tracing::error!(size, limit = configured, "a message larger than mqtt.max_packet_size_bytes (and the gateway's ceiling) closed the connection; it is rejected");
-    }
-}
-
-async fn reserve(out: Option<mpsc::Sender<Inbound>>) -> Option<mpsc::OwnedPermit<Inbound>> {
-    match out {
-        Some(tx) => tx.reserve_owned().await.ok(),
-        None => None,
     }
 }
 

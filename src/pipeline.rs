@@ -6,10 +6,10 @@
 //!     ──AckToken (arrival order)──▶ mqtt::run ──▶ PUBACK / PUBREC
 //! ```
 //!
-//! Every queue is bounded: MQTT → pipeline by `mqtt.buffer_messages`, messages between receipt and ack by
-//! `mqtt.max_unacked_messages`, the producer by `kafka.queue_max_*`. When one fills, the stage before it
-//! waits; at the MQTT edge QoS 1/2 messages stay unacknowledged (the broker's in-flight window holds the
-//! rest back) and QoS 0 messages are dropped, counted and logged.
+//! Every queue is bounded: MQTT → pipeline by `mqtt.buffer_bytes` (the intake), messages between receipt
+//! and ack by `mqtt.max_unacked_messages`, the producer by `kafka.queue_max_*`. When one fills, the stage
+//! before it waits; at the MQTT edge the gateway stops reading the connection, so the broker holds the
+//! rest (QoS 1/2 unacknowledged, QoS 0 in its queue) instead of the gateway dropping anything.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -26,6 +26,7 @@ use crate::ack::{AckSequencer, AckToken};
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::envelope::{self, Message, Outcome, Payload, HEADER_DLQ_REASON};
+use crate::intake;
 use crate::kafka::{self, GatewayProducer};
 use crate::metrics::{self, Metrics};
 use crate::mqtt::{self, Inbound};
@@ -105,10 +106,10 @@ async fn run_inner(
     // The route table in effect: the reloader publishes new ones, the MQTT side reads them.
     let (routes_tx, routes) = watch::channel(Arc::new(config.routes.clone()));
     let started = Instant::now();
-    let buffer = config.mqtt.buffer_messages;
-    let (inbound_tx, mut inbound_rx) = mpsc::channel::<Inbound>(buffer);
-    let (inflight_tx, inflight_rx) = mpsc::channel::<InFlight>(buffer);
-    let (acks_tx, acks_rx) = mpsc::channel::<AckToken>(buffer.max(1024));
+    let (inbound_tx, mut inbound_rx) = intake::intake(config.mqtt.buffer_bytes);
+    // Both bounded by the window anyway (a message holds a slot from here until its ack is due).
+    let (inflight_tx, inflight_rx) = mpsc::channel::<InFlight>(1024);
+    let (acks_tx, acks_rx) = mpsc::channel::<AckToken>(1024);
     let window = Arc::new(Semaphore::new(config.mqtt.max_unacked_messages));
     let max_payload = config.mqtt.max_packet_size;
     let connection = Arc::new(AtomicU64::new(0));

@@ -28,14 +28,14 @@ fn mosquitto() -> Mosquitto {
     ))
 }
 
-/// A persistent-session, QoS 1 gateway config for `fault/#` → `topic`; `mqtt_extra` goes in the `mqtt`
-/// section, `extra` after it.
-fn config(dir: &Path, topic: &str, mqtt_extra: &str, extra: &str) -> PathBuf {
+/// A persistent-session gateway config for `fault/#` → `topic` at route QoS `qos`; `mqtt_extra` goes in
+/// the `mqtt` section, `extra` after it.
+fn config(dir: &Path, topic: &str, qos: u8, mqtt_extra: &str, extra: &str) -> PathBuf {
     write_config(
         dir,
         &format!(
             "mqtt:\n  client_id: {}\n  clean_session: false\n  reconnect_min_delay_ms: 100\n  reconnect_max_delay_ms: 1000\n{mqtt_extra}{extra}\
-             log:\n  stats_interval_secs: 5\nroutes:\n  - name: stream\n    filter: 'fault/#'\n    qos: 1\n    topic: {topic}\n",
+             log:\n  stats_interval_secs: 5\nroutes:\n  - name: stream\n    filter: 'fault/#'\n    qos: {qos}\n    topic: {topic}\n",
             unique_topic("gw")
         ),
     )
@@ -51,12 +51,15 @@ struct Rig {
 }
 
 fn rig(prefix: &str, partitions: i32, mqtt_extra: &str, extra: &str) -> Rig {
+    rig_with(prefix, partitions, 1, mosquitto(), mqtt_extra, extra)
+}
+
+fn rig_with(prefix: &str, partitions: i32, qos: u8, mosquitto: Mosquitto, mqtt_extra: &str, extra: &str) -> Rig {
     let kafka = Kafka::start_dedicated();
-    let mosquitto = mosquitto();
     let topic = unique_topic(prefix);
     kafka.create_topic(&topic, partitions);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), &topic, mqtt_extra, extra);
+    let cfg = config(dir.path(), &topic, qos, mqtt_extra, extra);
     Rig { kafka, mosquitto, topic, cfg, _dir: dir }
 }
 
@@ -205,7 +208,7 @@ fn kafka_down_longer_than_the_buffers_hold_keeps_memory_bounded_and_recovers() {
     let Rig { kafka, mosquitto, topic, cfg, _dir } = rig(
         "fault_mem",
         3,
-        "  buffer_messages: 200\n  max_unacked_messages: 2000\n  keep_alive_secs: 5\n",
+        "  buffer_bytes: 262144\n  max_unacked_messages: 2000\n  keep_alive_secs: 5\n",
         "kafka:\n  queue_max_messages: 2000\n  queue_max_kbytes: 4096\n",
     );
     let gw = start(&cfg, &mosquitto, &kafka);
@@ -321,6 +324,94 @@ fn sigterm_during_a_kafka_outage_exits_after_the_grace_period_and_loses_nothing(
     let t = tally(&kafka, &topic, N, Duration::from_secs(120));
     eprintln!("FAULT RESULT sigterm_during_outage: sent={N} lost={} duplicates={} exit_after={:.1}s (grace 3 s)", t.lost, t.duplicates, took.as_secs_f64());
     assert_eq!(t.lost, 0, "{}", tail(&gw));
+}
+
+/// A pipeline made slow on purpose: a 16 KiB intake (about 80 of these messages), a window of 200
+/// messages and a 50 ms linger, so that a burst fills the intake and reading must pause.
+const SLOW_PIPELINE: &str = "  keep_alive_secs: 5\n  buffer_bytes: 16384\n  max_unacked_messages: 200\n";
+const SLOW_PRODUCER: &str = "kafka:\n  linger_ms: 50\n";
+
+/// The counter `name` of the gateway's last statistics line.
+fn stat(gw: &Gateway, name: &str) -> Option<u64> {
+    let logs = gw.logs();
+    let line = logs.lines().rev().find(|l| l.contains("statistics"))?;
+    let at = line.find(&format!("{name}="))? + name.len() + 1;
+    line[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// QoS 0 at full speed into a pipeline slower than the publisher, on a broker sized for the burst: the
+/// gateway pauses reading instead of dropping, so every message published reaches Kafka, in order.
+#[test]
+fn a_qos0_burst_the_broker_can_hold_is_delivered_whole() {
+    let _serial = serial();
+    const N: usize = 20_000;
+    let Rig { kafka, mosquitto, topic, cfg, _dir } = rig_with("fault_burst0", 6, 0, mosquitto(), SLOW_PIPELINE, SLOW_PRODUCER);
+    let mut gw = start(&cfg, &mosquitto, &kafka);
+    // Published at QoS 1, so the broker has every one of them; delivered to the QoS 0 subscription at 0.
+    common::publish_all(mosquitto.port(), stream(N, 100));
+    let t = tally(&kafka, &topic, N, Duration::from_secs(120));
+    gw.sigterm();
+    assert!(gw.wait_exit(WAIT).is_some(), "{}", tail(&gw));
+    let pauses = stat(&gw, "intake_pauses").unwrap_or(0);
+    eprintln!("FAULT RESULT qos0_burst: sent={N} lost={} duplicates={} order_violations={} intake_pauses={pauses}", t.lost, t.duplicates, t.order_violations);
+    assert!(pauses > 0, "the burst outran the pipeline, so reading had to pause:\n{}", tail(&gw));
+    assert_eq!(stat(&gw, "messages_dropped"), Some(0), "{}", tail(&gw));
+    assert_eq!(t.lost, 0, "{}", tail(&gw));
+    assert_eq!(t.duplicates, 0);
+    assert_eq!(t.order_violations, 0);
+}
+
+/// A stall of four keep-alive periods (Kafka down, the intake full, nothing read from MQTT): the gateway
+/// keeps pinging, the broker keeps the connection and the messages, and all arrive once Kafka is back.
+#[test]
+fn a_qos0_stall_longer_than_the_keep_alive_keeps_the_connection_and_loses_nothing() {
+    let _serial = serial();
+    const N: usize = 5_000;
+    let Rig { kafka, mosquitto, topic, cfg, _dir } = rig_with("fault_stall0", 3, 0, mosquitto(), SLOW_PIPELINE, "");
+    let gw = start(&cfg, &mosquitto, &kafka);
+    kafka.kill();
+    common::publish_all(mosquitto.port(), stream(N, 50));
+    assert!(common::wait_until(WAIT, Duration::from_millis(100), || gw.logs().contains("intake full")), "reading never paused:\n{}", tail(&gw));
+    // 20 s: four times the 5 s keep-alive, more than twice the broker's 1.5 x keep-alive limit.
+    std::thread::sleep(Duration::from_secs(20));
+    kafka.restart();
+    let t = tally(&kafka, &topic, N, Duration::from_secs(180));
+    eprintln!("FAULT RESULT qos0_stall: sent={N} lost={} duplicates={} order_violations={} stall=20s keep_alive=5s", t.lost, t.duplicates, t.order_violations);
+    assert!(!gw.logs().contains("lost the connection to the MQTT broker"), "keep-alives were served through the stall:\n{}", tail(&gw));
+    assert!(!mosquitto.log().contains("exceeded timeout"), "the broker saw the keep-alive:\n{}", mosquitto.log());
+    assert_eq!(t.lost, 0, "{}", tail(&gw));
+    assert_eq!(t.order_violations, 0);
+}
+
+/// The same stall on a broker with Mosquitto's default queue (1,000 messages per client): the broker
+/// drops what it cannot queue (that is its operator's setting), and the gateway loses nothing of what it
+/// took. Prints how much the broker kept, for docs/RELIABILITY.md.
+#[test]
+fn a_qos0_stall_on_a_default_broker_loses_only_what_the_broker_drops() {
+    let _serial = serial();
+    const N: usize = 20_000;
+    let Rig { kafka, mosquitto, topic, cfg, _dir } = rig_with("fault_stall0d", 3, 0, Mosquitto::start(), SLOW_PIPELINE, "");
+    let mut gw = start(&cfg, &mosquitto, &kafka);
+    kafka.kill();
+    // 1 KiB each, 20 MiB in all: more than the socket buffers between broker and gateway hold, so the
+    // broker's own queue limit decides.
+    let filler = "x".repeat(1024);
+    let messages = (0..N).map(|i| (format!("fault/dev-{}/seq", i % 50), format!(r#"{{"seq":{i},"fill":"{filler}"}}"#).into_bytes())).collect();
+    common::publish_all(mosquitto.port(), messages);
+    assert!(common::wait_until(WAIT, Duration::from_millis(100), || gw.logs().contains("intake full")), "reading never paused:\n{}", tail(&gw));
+    std::thread::sleep(Duration::from_secs(5));
+    kafka.restart();
+    // Whatever the broker still held arrives; then the gateway stops and says what it received.
+    let t = tally(&kafka, &topic, N, Duration::from_secs(30));
+    gw.sigterm();
+    assert!(gw.wait_exit(WAIT).is_some(), "{}", tail(&gw));
+    let received = stat(&gw, "messages_received").expect("final statistics line");
+    let delivered = N - t.lost;
+    eprintln!("FAULT RESULT qos0_stall_default_broker: sent={N} received_by_gateway={received} in_kafka={delivered} broker_dropped={}", N as u64 - received);
+    assert!(mosquitto.log().contains("Outgoing messages are being dropped"), "the broker dropped, and said so");
+    assert_eq!(delivered as u64, received, "every message the gateway took reached Kafka:\n{}", tail(&gw));
+    assert_eq!(stat(&gw, "messages_dropped"), Some(0));
+    assert_eq!(t.duplicates, 0);
 }
 
 fn tail(gw: &Gateway) -> String {
