@@ -91,12 +91,21 @@ impl IntakeReceiver {
     /// The next message, or `None` once the sender is gone and everything was taken.
     pub async fn recv(&mut self) -> Option<Inbound> {
         let m = self.rx.recv().await?;
+        Some(self.taken(m))
+    }
+
+    /// The next message if one is waiting.
+    pub fn try_recv(&mut self) -> Option<Inbound> {
+        self.rx.try_recv().ok().map(|m| self.taken(m))
+    }
+
+    fn taken(&self, m: Inbound) -> Inbound {
         let c = cost(&m);
         let before = self.budget.used.fetch_sub(c, Ordering::Relaxed);
         if before >= self.budget.resume_below && before - c < self.budget.resume_below {
             self.budget.room.notify_waiters();
         }
-        Some(m)
+        m
     }
 }
 

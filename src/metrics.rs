@@ -177,13 +177,13 @@ impl Metrics {
         tracing::warn!(route, topic, device_id, dead_letter_topic, reason, "message sent to the dead-letter topic");
     }
 
-    pub fn record_delivered(&self, dead_letter: bool, route: &str, topic: &str, partition: i32, offset: i64) {
+    pub fn record_delivered(&self, dead_letter: bool, route: &str, partition: i32, offset: i64) {
         if dead_letter {
             self.dead_letters_delivered.fetch_add(1, Relaxed);
         } else {
             self.records_delivered.fetch_add(1, Relaxed);
         }
-        tracing::trace!(route, topic, partition, offset, "record delivered");
+        tracing::trace!(route, partition, offset, "record delivered");
     }
 
     /// A record Kafka did not take that will be produced again.

@@ -140,7 +140,7 @@ pub struct Links {
     /// Messages out to the pipeline, bounded by bytes (see crate::intake).
     pub out: IntakeSender,
     /// Acks in, from the ack sequencer, in arrival order.
-    pub acks: mpsc::Receiver<AckToken>,
+    pub acks: mpsc::UnboundedReceiver<AckToken>,
     /// The number of the current connection, for the sequencer to drop acks of older ones early.
     pub connection: Arc<AtomicU64>,
 }
@@ -177,7 +177,8 @@ pub async fn run(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTa
         // The intake is full: stop reading, so the broker holds what follows (TCP pushes back on it),
         // and keep the connection alive meanwhile.
         if out.as_ref().is_some_and(IntakeSender::is_full) && metrics.mqtt_connected.load(Relaxed) {
-            match stall(&mut eventloop, &settings, &stop, &metrics, out.as_ref()).await {
+            let acks = AckInbox { rx: &mut acks_in, open: &mut acks_open, client: &client, connection, unsent: &mut unsent };
+            match stall(&mut eventloop, &settings, &stop, &metrics, out.as_ref(), acks).await {
                 Stalled::Room => {}
                 Stalled::Disconnect => break 'run,
                 Stalled::StopReceiving => out = None,
@@ -381,10 +382,28 @@ enum Stalled {
     StopReceiving,
 }
 
+/// Where acks come in, for the loops that wait outside the main one.
+struct AckInbox<'a> {
+    rx: &'a mut mpsc::UnboundedReceiver<AckToken>,
+    open: &'a mut bool,
+    client: &'a AsyncClient,
+    connection: u64,
+    unsent: &'a mut VecDeque<AckToken>,
+}
+
 /// Waits, without reading the connection, until the intake has room. Keep-alive is honoured meanwhile:
 /// rumqttc only pings from inside `poll`, which would also read, so the PINGREQs are written here, at
-/// half the keep-alive so that a late one still lands within the broker's 1.5 x keep-alive.
-async fn stall(eventloop: &mut rumqttc::EventLoop, settings: &MqttSettings, stop: &Stop, metrics: &Metrics, out: Option<&IntakeSender>) -> Stalled {
+/// half the keep-alive so that a late one still lands within the broker's 1.5 x keep-alive. Acks are
+/// still taken (they go out when reading resumes): the stage that sends them must never block on us,
+/// or the pipeline that makes room in the intake would stop.
+async fn stall(
+    eventloop: &mut rumqttc::EventLoop,
+    settings: &MqttSettings,
+    stop: &Stop,
+    metrics: &Metrics,
+    out: Option<&IntakeSender>,
+    acks: AckInbox<'_>,
+) -> Stalled {
     let Some(out) = out else { return Stalled::Room };
     let started = tokio::time::Instant::now();
     metrics.intake_stalled(out.used_bytes());
@@ -397,6 +416,10 @@ async fn stall(eventloop: &mut rumqttc::EventLoop, settings: &MqttSettings, stop
             _ = stop.disconnect.cancelled() => break Stalled::Disconnect,
             _ = stop.receiving.cancelled() => break Stalled::StopReceiving,
             _ = out.room() => break Stalled::Room,
+            ack = acks.rx.recv(), if *acks.open => match ack {
+                Some(a) => send_ack(acks.client, a, acks.connection, acks.unsent, metrics),
+                None => *acks.open = false,
+            },
             _ = ping.tick() => {
                 let Some(network) = eventloop.network.as_mut() else { break Stalled::Room };
                 let sent = async {

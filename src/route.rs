@@ -9,6 +9,7 @@ use regex::Regex;
 use serde_json::Value;
 
 use crate::filter::{self, Subscription};
+use crate::matcher::Matcher;
 use crate::template::TopicTemplate;
 
 /// One route, checked: its filters are valid, its regexes compiled, its JSONPath parsed.
@@ -171,13 +172,21 @@ impl KeyRule {
 pub struct RouteTable {
     routes: Vec<Route>,
     subscriptions: Vec<Subscription>,
+    /// Every route's filters, for matching a topic against all routes at once.
+    matcher: Matcher,
 }
 
 impl RouteTable {
     pub fn new(routes: Vec<Route>) -> Self {
         let wanted: Vec<(String, u8)> = routes.iter().map(|r| (r.filter.clone(), r.qos)).collect();
         let subscriptions = filter::plan(&wanted);
-        Self { routes, subscriptions }
+        let mut matcher = Matcher::default();
+        for (i, r) in routes.iter().enumerate() {
+            for f in std::iter::once(&r.filter).chain(&r.fallback_filters) {
+                matcher.insert(i as u32, f);
+            }
+        }
+        Self { routes, subscriptions, matcher }
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -190,8 +199,20 @@ impl RouteTable {
     }
 
     /// Every route whose filters match `topic`, in file order (fan-out).
-    pub fn matching<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = &'a Route> + 'a {
-        self.routes.iter().filter(move |r| r.matches(topic))
+    pub fn matching<'a>(&'a self, topic: &str) -> impl Iterator<Item = &'a Route> + 'a {
+        let mut found = Vec::new();
+        self.matching_indices(topic, &mut found);
+        found.into_iter().map(move |i| &self.routes[i as usize])
+    }
+
+    /// The indices of the routes whose filters match `topic`, in file order, into `out` (a buffer the
+    /// caller keeps, so matching allocates nothing). Costs a walk of the topic's levels, not a try per route.
+    pub fn matching_indices(&self, topic: &str, out: &mut Vec<u32>) {
+        self.matcher.matches(topic, out);
+    }
+
+    pub fn route(&self, index: u32) -> &Route {
+        &self.routes[index as usize]
     }
 
     /// The fallback filters to subscribe when the broker refused `filter`: those of every route the

@@ -1,23 +1,33 @@
-//! The Kafka edge: the rdkafka producer, its logs routed into `tracing`, and enqueueing with
-//! backpressure when librdkafka's queue is full.
+//! The Kafka edge: the producer, its logs routed into `tracing`, its delivery reports collected in
+//! batches (see [`reports`]), and how its errors are sorted (retry, dead-letter, fatal).
+//!
+//! Records are sent with a tag (a `usize` the pipeline chooses) and come back as [`reports::Report`]s
+//! with the same tag, on a thread of their own ([`spawn_poller`]): no future or channel per record.
 
+pub mod reports;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaSettings;
-use crate::envelope::Record;
+use reports::Reports;
 
-/// Routes librdkafka's own log lines and errors into our log output.
-pub struct LogContext;
+/// Routes librdkafka's own log lines and errors into our log output, and its delivery reports to
+/// [`Reports`].
+pub struct GatewayContext {
+    pub reports: Reports,
+}
 
-impl ClientContext for LogContext {
+impl ClientContext for GatewayContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         match level {
             RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
@@ -38,7 +48,15 @@ impl ClientContext for LogContext {
     }
 }
 
-pub type GatewayProducer = FutureProducer<LogContext>;
+impl ProducerContext for GatewayContext {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, tag: usize) {
+        self.reports.push(result, tag);
+    }
+}
+
+pub type GatewayProducer = BaseProducer<GatewayContext>;
 
 /// Creates the producer. Fails on an invalid librdkafka property, naming it.
 pub fn producer(settings: &KafkaSettings) -> Result<GatewayProducer, KafkaError> {
@@ -49,19 +67,46 @@ pub fn producer(settings: &KafkaSettings) -> Result<GatewayProducer, KafkaError>
     // librdkafka's `debug` property (e.g. `broker,msg`) is only useful with its debug lines let through.
     let debug = settings.properties.get("debug").is_some_and(|d| !d.is_empty());
     cc.set_log_level(if debug { RDKafkaLogLevel::Debug } else { RDKafkaLogLevel::Info });
-    cc.create_with_context(LogContext)
+    cc.create_with_context(GatewayContext { reports: Reports::default() })
 }
 
-/// Enqueues `record`. When librdkafka's queue is full, waits for room (the caller stops reading from
-/// MQTT meanwhile: that is the backpressure). Any other error is returned at once.
-pub async fn enqueue(producer: &GatewayProducer, record: &Record) -> Result<DeliveryFuture, KafkaError> {
-    enqueue_parts(producer, &record.topic, record.key.as_deref(), &record.value, owned_headers(&record.headers)).await
+/// Serves the producer's events (delivery reports, errors, logs) on a thread of its own until the
+/// returned flag is set. librdkafka calls back from inside `poll`, so without this nothing is reported.
+pub fn spawn_poller(producer: Arc<GatewayProducer>) -> std::io::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::Builder::new().name("kafka-poller".into()).spawn(move || {
+        while !flag.load(Ordering::Relaxed) {
+            producer.poll(Duration::from_millis(100));
+        }
+    })?;
+    Ok(stop)
 }
 
-pub fn owned_headers(headers: &[(&'static str, Vec<u8>)]) -> OwnedHeaders {
-    let mut owned = OwnedHeaders::new_with_capacity(headers.len());
-    for (k, v) in headers {
-        owned = owned.insert(Header { key: k, value: Some(v.as_slice()) });
+/// Hands one record to librdkafka with `tag`. On failure the headers come back, for another try.
+pub fn send(
+    producer: &GatewayProducer,
+    topic: &str,
+    key: Option<&[u8]>,
+    value: &[u8],
+    headers: OwnedHeaders,
+    tag: usize,
+) -> Result<(), (KafkaError, OwnedHeaders)> {
+    let mut record = BaseRecord::with_opaque_to(topic, tag).payload(value).headers(headers);
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    producer.send(record).map_err(|(e, r)| (e, r.headers.unwrap_or_default()))
+}
+
+pub fn is_queue_full(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull))
+}
+
+pub fn owned_headers<'a>(headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> OwnedHeaders {
+    let mut owned = OwnedHeaders::new_with_capacity(8);
+    for (key, value) in headers {
+        owned = owned.insert(Header { key, value: Some(value) });
     }
     owned
 }
@@ -69,27 +114,12 @@ pub fn owned_headers(headers: &[(&'static str, Vec<u8>)]) -> OwnedHeaders {
 /// How much of a payload a dead letter keeps when Kafka refuses the whole one as too large.
 pub const TRUNCATED_DEAD_LETTER_BYTES: usize = 64 * 1024;
 
-/// Enqueues a dead letter carrying `payload`. If Kafka refuses it as too large (the payload itself is
-/// what was too large), the dead letter keeps the first [`TRUNCATED_DEAD_LETTER_BYTES`] and says so in a
-/// `dlq_truncated_from` header with the original size: the reason and the context still arrive.
-pub async fn enqueue_dead_letter(
-    producer: &GatewayProducer,
-    topic: &str,
-    key: &[u8],
-    payload: &[u8],
-    headers: OwnedHeaders,
-    truncate: bool,
-) -> Result<DeliveryFuture, KafkaError> {
-    if !truncate {
-        match enqueue_parts(producer, topic, Some(key), payload, headers.clone()).await {
-            Err(e) if is_too_large(&e) => {}
-            other => return other,
-        }
-    }
+/// A dead letter's payload cut to [`TRUNCATED_DEAD_LETTER_BYTES`], and its headers saying so
+/// (`dlq_truncated_from` with the original size): the reason and the context still arrive.
+pub fn truncated(payload: &[u8], headers: OwnedHeaders) -> (&[u8], OwnedHeaders) {
     let size = payload.len().to_string();
     let headers = headers.insert(Header { key: "dlq_truncated_from", value: Some(size.as_bytes()) });
-    let cut = &payload[..payload.len().min(TRUNCATED_DEAD_LETTER_BYTES)];
-    enqueue_parts(producer, topic, Some(key), cut, headers).await
+    (&payload[..payload.len().min(TRUNCATED_DEAD_LETTER_BYTES)], headers)
 }
 
 /// The producer is dead (see [`watch_fatal`]): nothing it refuses now says anything about the record.
@@ -99,36 +129,6 @@ pub fn is_fatal(e: &KafkaError) -> bool {
 
 pub fn is_too_large(e: &KafkaError) -> bool {
     matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize))
-}
-
-/// [`enqueue`] from parts, for records rebuilt from a failed delivery.
-pub async fn enqueue_parts(
-    producer: &GatewayProducer,
-    topic: &str,
-    key: Option<&[u8]>,
-    value: &[u8],
-    headers: OwnedHeaders,
-) -> Result<DeliveryFuture, KafkaError> {
-    let started = std::time::Instant::now();
-    let mut next_warning = Duration::ZERO;
-    loop {
-        let mut fr = FutureRecord::to(topic).payload(value).headers(headers.clone());
-        if let Some(key) = key {
-            fr = fr.key(key);
-        }
-        match producer.send_result(fr) {
-            Ok(f) => return Ok(f),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                let waited = started.elapsed();
-                if waited >= next_warning {
-                    next_warning = waited + Duration::from_secs(10);
-                    tracing::warn!(topic, waited_ms = waited.as_millis() as u64, "Kafka producer queue is full; waiting for room (backpressure)");
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Err((e, _)) => return Err(e),
-        }
-    }
 }
 
 /// Errors that producing the same record again cannot fix: the record goes to the dead-letter topic.
@@ -194,7 +194,8 @@ mod tests {
             ]),
         };
         let fatal = CancellationToken::new();
-        let producer = producer(&settings).expect("producer");
+        let producer = Arc::new(producer(&settings).expect("producer"));
+        let stop = spawn_poller(producer.clone()).expect("poller");
         let reason = std::ffi::CString::new("injected by a test").unwrap();
         // SAFETY: the pointer is the live producer's own handle and the reason a valid C string.
         let err = unsafe {
@@ -209,5 +210,6 @@ mod tests {
             .await
             .expect("the fatal error is noticed");
         assert!(fatal.is_cancelled());
+        stop.store(true, Ordering::Relaxed);
     }
 }
