@@ -8,6 +8,11 @@ use clap::{Parser, Subcommand};
 use mqtt_kafka_gateway::{config, pipeline, telemetry};
 use tokio_util::sync::CancellationToken;
 
+// Most of what the gateway allocates lives for one message: glibc's malloc spent a fifth of the
+// gateway's CPU on it under load (perf), mimalloc much less. See docs/BENCHMARKS.md.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Bridges MQTT topics to Apache Kafka topics by the routes in a YAML file.
 ///
 /// Every MQTT message that matches a route becomes one Kafka record per matching route:
