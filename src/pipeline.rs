@@ -56,7 +56,6 @@ pub struct Report {
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<Report> {
     let metrics = Arc::new(Metrics::default());
     let producer = Arc::new(kafka::producer(&config.kafka).context("cannot create the Kafka producer")?);
-    let poller = kafka::spawn_poller(producer.clone()).context("cannot start the Kafka poller thread")?;
     // A fatal producer error stops the gateway: nothing more is acknowledged, and a restart (by the
     // orchestrator) brings a fresh producer; unacknowledged QoS 1/2 messages come again from the broker.
     let fatal = CancellationToken::new();
@@ -78,9 +77,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     for r in config.routes.routes() {
         tracing::info!(route = %r.name, filter = %r.filter, qos = r.qos, topic = %r.topic, key = %r.key, dead_letter_topic = %r.dead_letter_topic, "route");
     }
-    let report = run_inner(config, producer, metrics, shutdown, fatal).await;
-    poller.store(true, Relaxed);
-    report
+    run_inner(config, producer, metrics, shutdown, fatal).await
 }
 
 async fn run_inner(
@@ -119,8 +116,10 @@ async fn run_inner(
         });
     }
 
+    let events = kafka::events::Events::new(producer.clone()).context("cannot watch the Kafka producer's events")?;
     let mut engine = Engine {
         producer: producer.clone(),
+        events,
         metrics: metrics.clone(),
         max_payload: config.mqtt.max_packet_size,
         window: config.mqtt.max_unacked_messages,
@@ -210,6 +209,8 @@ enum SendFailed {
 /// The message path, one task: see the module doc.
 struct Engine {
     producer: Arc<GatewayProducer>,
+    /// Says when librdkafka has delivery reports, and serves them.
+    events: kafka::events::Events,
     metrics: Arc<Metrics>,
     max_payload: usize,
     /// `mqtt.max_unacked_messages`: messages taken and not settled, at most.
@@ -235,19 +236,25 @@ const BATCH: usize = 256;
 impl Engine {
     /// Takes messages until the intake closes (shutdown) and everything taken is settled, or `give_up`.
     async fn run(&mut self, mut intake: IntakeReceiver, give_up: &CancellationToken) {
-        let producer = self.producer.clone();
-        let reports = &producer.context().reports;
         let mut open = true;
+        let mut more_events = self.events.serve();
         loop {
             if !open && self.messages.is_empty() {
                 return;
+            }
+            if more_events {
+                more_events = self.events.serve();
+                self.take_reports();
             }
             let room = open && self.messages.len() < self.window;
             let next_retry = self.retries.peek().map(|r| r.0.due);
             tokio::select! {
                 biased;
                 _ = give_up.cancelled() => return,
-                _ = reports.ready() => self.take_reports(),
+                _ = self.events.ready(), if !more_events => {
+                    more_events = self.events.serve();
+                    self.take_reports();
+                }
                 _ = tokio::time::sleep_until(next_retry.unwrap_or_else(tokio::time::Instant::now)), if next_retry.is_some() => {
                     if self.send_due_retries(give_up).await.is_err() {
                         return;
@@ -271,6 +278,9 @@ impl Engine {
                         }
                     }
                 },
+                // Events left over from the last round: served at the top of the loop, after the above
+                // had their turn.
+                _ = std::future::ready(()), if more_events => {}
             }
         }
     }

@@ -2,12 +2,12 @@
 //! batches (see [`reports`]), and how its errors are sorted (retry, dead-letter, fatal).
 //!
 //! Records are sent with a tag (a `usize` the pipeline chooses) and come back as [`reports::Report`]s
-//! with the same tag, on a thread of their own ([`spawn_poller`]): no future or channel per record.
+//! with the same tag, served on the pipeline's thread when [`events::Events`] says so: no future or
+//! channel per record, no thread of ours in between.
 
+pub mod events;
 pub mod reports;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
@@ -68,19 +68,6 @@ pub fn producer(settings: &KafkaSettings) -> Result<GatewayProducer, KafkaError>
     let debug = settings.properties.get("debug").is_some_and(|d| !d.is_empty());
     cc.set_log_level(if debug { RDKafkaLogLevel::Debug } else { RDKafkaLogLevel::Info });
     cc.create_with_context(GatewayContext { reports: Reports::default() })
-}
-
-/// Serves the producer's events (delivery reports, errors, logs) on a thread of its own until the
-/// returned flag is set. librdkafka calls back from inside `poll`, so without this nothing is reported.
-pub fn spawn_poller(producer: Arc<GatewayProducer>) -> std::io::Result<Arc<AtomicBool>> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    std::thread::Builder::new().name("kafka-poller".into()).spawn(move || {
-        while !flag.load(Ordering::Relaxed) {
-            producer.poll(Duration::from_millis(100));
-        }
-    })?;
-    Ok(stop)
 }
 
 /// Hands one record to librdkafka with `tag`. On failure the headers come back, for another try.
@@ -194,8 +181,7 @@ mod tests {
             ]),
         };
         let fatal = CancellationToken::new();
-        let producer = Arc::new(producer(&settings).expect("producer"));
-        let stop = spawn_poller(producer.clone()).expect("poller");
+        let producer = producer(&settings).expect("producer");
         let reason = std::ffi::CString::new("injected by a test").unwrap();
         // SAFETY: the pointer is the live producer's own handle and the reason a valid C string.
         let err = unsafe {
@@ -210,6 +196,5 @@ mod tests {
             .await
             .expect("the fatal error is noticed");
         assert!(fatal.is_cancelled());
-        stop.store(true, Ordering::Relaxed);
     }
 }

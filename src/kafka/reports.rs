@@ -1,14 +1,12 @@
-//! Delivery reports, collected in batches. librdkafka reports each record's fate on its own thread (the
-//! poller, see [`super::spawn_poller`]); the context pushes them onto one shared list and wakes the
-//! pipeline only when the list goes from empty to not empty, so a burst of reports costs one wake-up,
-//! not a future, a channel and a cross-thread wake per record.
+//! Delivery reports, collected in batches: while [`super::events::Events`] serves librdkafka's events,
+//! the producer context pushes each record's fate onto one list, which the pipeline then takes whole. No
+//! future, channel or wake-up per record.
 
 use std::sync::Mutex;
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message as _, OwnedMessage};
 use rdkafka::producer::DeliveryResult;
-use tokio::sync::Notify;
 
 /// What became of one record.
 #[derive(Debug)]
@@ -26,34 +24,21 @@ pub struct Failure {
     pub record: OwnedMessage,
 }
 
-/// The list of reports not yet taken, and the wake-up for whoever takes them.
+/// The reports not yet taken. A lock, though only the pipeline's thread pushes and takes: the context
+/// must be `Sync`, and an uncontended lock costs next to nothing per batch.
 #[derive(Default)]
 pub struct Reports {
     list: Mutex<Vec<Report>>,
-    ready: Notify,
 }
 
 impl Reports {
-    /// Called by librdkafka (through the producer context) for every record.
+    /// Called by librdkafka (through the producer context) for every record, from inside `poll`.
     pub fn push(&self, result: &DeliveryResult<'_>, tag: usize) {
         let result = match result {
             Ok(message) => Ok((message.partition(), message.offset())),
             Err((error, message)) => Err(Failure { error: error.clone(), record: message.detach() }),
         };
-        let was_empty = {
-            let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
-            list.push(Report { tag, result });
-            list.len() == 1
-        };
-        if was_empty {
-            // A stored permit if nobody waits yet: the next `ready()` returns at once.
-            self.ready.notify_one();
-        }
-    }
-
-    /// Waits until there are reports to take.
-    pub async fn ready(&self) {
-        self.ready.notified().await;
+        self.list.lock().unwrap_or_else(|e| e.into_inner()).push(Report { tag, result });
     }
 
     /// Takes every report so far into `into` (emptied first), keeping the allocation.
