@@ -120,7 +120,7 @@ fn run(path: PathBuf) -> ExitCode {
         }
     };
     telemetry::init(&config.log.level, &config.log.format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
