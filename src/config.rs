@@ -126,7 +126,8 @@ pub struct RawKafka {
     pub bootstrap_servers: String,
     /// `none`, `gzip`, `snappy`, `lz4` or `zstd`.
     pub compression: String,
-    /// How long the producer waits to fill a batch (librdkafka `linger.ms`).
+    /// How long the producer waits to fill a batch (librdkafka `linger.ms`). 1 ms keeps the median
+    /// latency at low rates near 1 ms; under load batches fill anyway (five requests in flight).
     pub linger_ms: u64,
     /// Largest batch per partition (librdkafka `batch.size`).
     pub batch_size_bytes: u64,
@@ -150,7 +151,7 @@ impl Default for RawKafka {
         Self {
             bootstrap_servers: "localhost:9092".into(),
             compression: "lz4".into(),
-            linger_ms: 5,
+            linger_ms: 1,
             batch_size_bytes: 1_000_000,
             delivery_timeout_ms: 0,
             queue_max_messages: 100_000,

@@ -184,16 +184,40 @@ pub async fn run(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTa
                 Stalled::StopReceiving => out = None,
             }
         }
+        // Checked per event without waiting on them: cheap (atomic reads), where a select! over them
+        // would register and drop a waiter on each, for every message.
+        if stop.disconnect.is_cancelled() {
+            break 'run;
+        }
+        if out.is_some() && stop.receiving.is_cancelled() {
+            // Dropping the sender lets the pipeline drain what it has and finish.
+            out = None;
+        }
+        while acks_open {
+            match acks_in.try_recv() {
+                Ok(a) => send_ack(&client, a, connection, &mut unsent, &metrics),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => acks_open = false,
+            }
+        }
+        if routes_open && routes.has_changed().unwrap_or(false) {
+            table = routes.borrow_and_update().clone();
+            if metrics.mqtt_connected.load(Relaxed) {
+                subs.apply(&client, &table);
+            }
+        }
         // One poll future per event, kept alive while the other branches run: dropping rumqttc's poll
-        // midway can abandon a connection attempt or a half-written ack (rumqtt#930).
+        // midway can abandon a connection attempt or a half-written ack (rumqtt#930). It goes first: in
+        // a burst the event is ready and nothing else is polled; the checks above keep the others
+        // served, and the branches below wait for them when the connection is quiet.
         let event = {
             let mut poll = std::pin::pin!(eventloop.poll());
             loop {
                 tokio::select! {
                     biased;
+                    event = &mut poll => break event,
                     _ = stop.disconnect.cancelled() => break 'run,
                     _ = stop.receiving.cancelled(), if out.is_some() => {
-                        // Dropping the sender lets the pipeline drain what it has and finish.
                         out = None;
                     }
                     ack = acks_in.recv(), if acks_open => match ack {
@@ -215,7 +239,6 @@ pub async fn run(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTa
                         }
                         Err(_) => routes_open = false,
                     },
-                    event = &mut poll => break event,
                 }
             }
         };
