@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, Publish, QoS, SubscribeFilter, SubscribeReasonCode, Transport};
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, PubAck, PubRec, Publish, QoS, SubscribeFilter, SubscribeReasonCode, Transport};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -166,7 +166,7 @@ pub async fn run(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTa
     let mut out = Some(out);
     // The route table in effect, kept here so that a message costs no lock to find it.
     let mut table = routes.borrow_and_update().clone();
-    let mut unsent: VecDeque<AckToken> = VecDeque::new();
+    let mut out_acks = AckOut::default();
     let mut routes_open = true;
     let mut acks_open = true;
     tracing::info!(broker = %broker, client_id = %settings.client_id, clean_session = settings.clean_session, "connecting to the MQTT broker");
@@ -177,7 +177,7 @@ pub async fn run(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTa
         // The intake is full: stop reading, so the broker holds what follows (TCP pushes back on it),
         // and keep the connection alive meanwhile.
         if out.as_ref().is_some_and(IntakeSender::is_full) && metrics.mqtt_connected.load(Relaxed) {
-            let acks = AckInbox { rx: &mut acks_in, open: &mut acks_open, client: &client, connection, unsent: &mut unsent };
+            let acks = AckInbox { rx: &mut acks_in, open: &mut acks_open, client: &client, connection, out: &mut out_acks };
             match stall(&mut eventloop, &settings, &stop, &metrics, out.as_ref(), acks).await {
                 Stalled::Room => {}
                 Stalled::Disconnect => break 'run,
@@ -193,12 +193,9 @@ pub async fn run(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTa
             // Dropping the sender lets the pipeline drain what it has and finish.
             out = None;
         }
-        while acks_open {
-            match acks_in.try_recv() {
-                Ok(a) => send_ack(&client, a, connection, &mut unsent, &metrics),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => acks_open = false,
-            }
+        if acks_open {
+            let inbox = AckInbox { rx: &mut acks_in, open: &mut acks_open, client: &client, connection, out: &mut out_acks };
+            write_due_acks(&mut eventloop, inbox, settings.connect_timeout, &metrics).await;
         }
         if routes_open && routes.has_changed().unwrap_or(false) {
             table = routes.borrow_and_update().clone();
@@ -221,13 +218,13 @@ pub async fn run(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTa
                         out = None;
                     }
                     ack = acks_in.recv(), if acks_open => match ack {
-                        Some(a) => send_ack(&client, a, connection, &mut unsent, &metrics),
+                        Some(a) => send_ack(&client, a, connection, &mut out_acks, &metrics),
                         None => acks_open = false,
                     },
-                    _ = retry_unsent.tick(), if !unsent.is_empty() => {
-                        let retry: Vec<AckToken> = unsent.drain(..).collect();
+                    _ = retry_unsent.tick(), if !out_acks.unsent.is_empty() => {
+                        let retry: Vec<AckToken> = out_acks.unsent.drain(..).collect();
                         for a in retry {
-                            send_ack(&client, a, connection, &mut unsent, &metrics);
+                            send_ack(&client, a, connection, &mut out_acks, &metrics);
                         }
                     }
                     changed = routes.changed(), if routes_open => match changed {
@@ -262,6 +259,10 @@ pub async fn run(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTa
                 // subscriptions; with one, subscribing again is harmless and picks up route changes.
                 table = routes.borrow_and_update().clone();
                 subs.apply(&client, &table);
+            }
+            Ok(Event::Outgoing(Outgoing::PubAck(_) | Outgoing::PubRec(_))) => {
+                // rumqttc wrote an ack we had queued in its channel.
+                out_acks.in_channel = out_acks.in_channel.saturating_sub(1);
             }
             Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => {
                 if let Some(batch) = subs.requested.pop_front() {
@@ -322,6 +323,8 @@ pub async fn run(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTa
                 // where the packet ids may name other messages).
                 connection += 1;
                 shared_connection.store(connection, Relaxed);
+                // rumqttc drops the acks still in its channel on a broken connection.
+                out_acks.in_channel = 0;
                 // SUBSCRIBEs not yet sent are void on a new connection; CONNACK applies the plan again.
                 subs.requested.clear();
                 subs.by_pkid.clear();
@@ -340,7 +343,7 @@ pub async fn run(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTa
                         _ = &mut pause => break,
                         _ = stop.disconnect.cancelled() => break 'run,
                         ack = acks_in.recv(), if acks_open => match ack {
-                            Some(a) => send_ack(&client, a, connection, &mut unsent, &metrics),
+                            Some(a) => send_ack(&client, a, connection, &mut out_acks, &metrics),
                             None => acks_open = false,
                         },
                     }
@@ -351,13 +354,13 @@ pub async fn run(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTa
 
     // The last acks go out before the DISCONNECT (rumqttc sends requests in order).
     while let Ok(a) = acks_in.try_recv() {
-        unsent.push_back(a);
+        out_acks.unsent.push_back(a);
     }
-    for a in unsent.drain(..).collect::<Vec<_>>() {
-        send_ack(&client, a, connection, &mut unsent, &metrics);
+    for a in out_acks.unsent.drain(..).collect::<Vec<_>>() {
+        send_ack(&client, a, connection, &mut out_acks, &metrics);
     }
-    if !unsent.is_empty() {
-        tracing::warn!(acks = unsent.len(), "acks that did not fit before disconnecting; the broker delivers those messages again");
+    if !out_acks.unsent.is_empty() {
+        tracing::warn!(acks = out_acks.unsent.len(), "acks that did not fit before disconnecting; the broker delivers those messages again");
     }
     // Say goodbye properly so the broker does not publish a will or keep us as a zombie session.
     if metrics.mqtt_connected.load(Relaxed) && client.try_disconnect().is_ok() {
@@ -405,13 +408,65 @@ enum Stalled {
     StopReceiving,
 }
 
-/// Where acks come in, for the loops that wait outside the main one.
+/// Where acks come in, for the code that takes them outside the main select.
 struct AckInbox<'a> {
     rx: &'a mut mpsc::UnboundedReceiver<AckToken>,
     open: &'a mut bool,
     client: &'a AsyncClient,
     connection: u64,
-    unsent: &'a mut VecDeque<AckToken>,
+    out: &'a mut AckOut,
+}
+
+/// Acks on their way out. Two ways, one order: through rumqttc's request channel (its `poll` writes and
+/// flushes each on its own: one system call per ack), or written by [`write_due_acks`] straight to the
+/// connection between events, a batch with one flush. A batch is written only when no ack queued earlier
+/// is still waiting in the channel, so arrival order holds.
+#[derive(Default)]
+struct AckOut {
+    /// Did not fit in rumqttc's channel; retried before anything newer.
+    unsent: VecDeque<AckToken>,
+    /// Queued in rumqttc's channel and not yet written (it reports each one it writes).
+    in_channel: usize,
+}
+
+/// Between events: takes the acks that are due and writes them to the connection with one flush.
+async fn write_due_acks(eventloop: &mut rumqttc::EventLoop, inbox: AckInbox<'_>, timeout: Duration, metrics: &Metrics) {
+    let mut written = 0;
+    loop {
+        let a = match inbox.rx.try_recv() {
+            Ok(a) => a,
+            Err(mpsc::error::TryRecvError::Empty) => break,
+            Err(mpsc::error::TryRecvError::Disconnected) => {
+                *inbox.open = false;
+                break;
+            }
+        };
+        if a.connection != inbox.connection {
+            metrics.stale_acks_dropped.fetch_add(1, Relaxed);
+            continue;
+        }
+        let network = match eventloop.network.as_mut() {
+            Some(n) if inbox.out.in_channel == 0 && inbox.out.unsent.is_empty() => n,
+            // Behind the acks already queued, in order.
+            _ => {
+                send_ack(inbox.client, a, inbox.connection, inbox.out, metrics);
+                continue;
+            }
+        };
+        let packet = if a.qos >= 2 { Packet::PubRec(PubRec::new(a.pkid)) } else { Packet::PubAck(PubAck::new(a.pkid)) };
+        // A broken connection is reported by the next poll; the messages not acknowledged come again.
+        if network.write(packet).await.is_err() {
+            break;
+        }
+        written += 1;
+    }
+    if written > 0 {
+        if let Some(network) = eventloop.network.as_mut() {
+            if let Ok(Ok(())) = tokio::time::timeout(timeout, network.flush()).await {
+                metrics.acks_sent.fetch_add(written, Relaxed);
+            }
+        }
+    }
 }
 
 /// Waits, without reading the connection, until the intake has room. Keep-alive is honoured meanwhile:
@@ -440,7 +495,7 @@ async fn stall(
             _ = stop.receiving.cancelled() => break Stalled::StopReceiving,
             _ = out.room() => break Stalled::Room,
             ack = acks.rx.recv(), if *acks.open => match ack {
-                Some(a) => send_ack(acks.client, a, acks.connection, acks.unsent, metrics),
+                Some(a) => send_ack(acks.client, a, acks.connection, acks.out, metrics),
                 None => *acks.open = false,
             },
             _ = ping.tick() => {
@@ -488,21 +543,22 @@ fn oversize(eventloop: &mut rumqttc::EventLoop, size: usize, configured: usize, 
 
 /// Queues a PUBACK (QoS 1) or PUBREC (QoS 2) for a message of the current connection. An ack for a
 /// message of an earlier connection is dropped: its packet id may now name another message.
-fn send_ack(client: &AsyncClient, a: AckToken, connection: u64, unsent: &mut VecDeque<AckToken>, metrics: &Metrics) {
+fn send_ack(client: &AsyncClient, a: AckToken, connection: u64, out: &mut AckOut, metrics: &Metrics) {
     if a.connection != connection {
         metrics.stale_acks_dropped.fetch_add(1, Relaxed);
         return;
     }
-    if !unsent.is_empty() {
+    if !out.unsent.is_empty() {
         // Older acks are waiting for room: this one goes behind them (arrival order).
-        unsent.push_back(a);
+        out.unsent.push_back(a);
         return;
     }
     let mut p = Publish::new("", qos(a.qos), Vec::<u8>::new());
     p.pkid = a.pkid;
     if client.try_ack(&p).is_err() {
-        unsent.push_back(a);
+        out.unsent.push_back(a);
     } else {
+        out.in_channel += 1;
         metrics.acks_sent.fetch_add(1, Relaxed);
     }
 }
