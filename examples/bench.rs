@@ -1,14 +1,21 @@
-//! Load generator and meter for a running gateway: publishes sequenced, timestamped messages to MQTT and
-//! reads them back from Kafka, then reports throughput, end-to-end latency and the gateway's memory.
-//! `scripts/bench.sh` sets everything up; see docs/BENCHMARKS.md.
+//! Load generator and meter for `scripts/bench.sh` (see docs/BENCHMARKS.md). One mode per system
+//! measured, each printing a human line and one `RESULT key=value ...` line for the script's table:
 //!
-//!     cargo run --release --example bench -- --mqtt 127.0.0.1:1883 --kafka 127.0.0.1:9092 \
-//!         --topic bench --messages 50000 --devices 100 --qos 1 --payload-bytes 200 --gateway-pid PID
+//!     bench gateway  --pid PID --topic T ...   publish, read back from Kafka: the gateway
+//!     bench mqtt-ceiling ...                   publish to a bare discarding `mosquitto_sub`: the MQTT ceiling
+//!     bench kafka-ceiling --topic T ...        Kafka's own ProducerPerformance on the same broker
+//!     bench publish ...                        the generator alone, to no subscriber
 //!
-//! The Kafka topic is created with `message.timestamp.type=LogAppendTime`, so a record's timestamp is
-//! when the broker appended it: latency is publish (before the MQTT send) to append in Kafka.
+//! Common options: --mqtt 127.0.0.1:1883 --kafka 127.0.0.1:9092 --qos 0|1 --messages N --devices D
+//! --payload-bytes B --rate R (messages/s, 0 = as fast as one client can) --prefix bench.
+//!
+//! Payloads are JSON with a per-device sequence number and the send time in microseconds, so every mode
+//! counts loss, per-device order violations and latency the same way. The gateway's topic uses
+//! `message.timestamp.type=LogAppendTime`: its latency is publish to Kafka append.
 
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -20,8 +27,24 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
+type Error = Box<dyn std::error::Error>;
+
 fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+fn clock_ticks_per_sec() -> u64 {
+    Command::new("getconf").arg("CLK_TCK").output().ok().and_then(|o| String::from_utf8(o.stdout).ok()).and_then(|s| s.trim().parse().ok()).unwrap_or(100)
+}
+
+/// CPU time (user + system) of a process so far, in milliseconds.
+fn cpu_ms(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks * 1000 / clock_ticks_per_sec())
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -38,127 +61,352 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut opts: HashMap<String, String> = HashMap::new();
-    let mut args = std::env::args().skip(1);
-    while let Some(k) = args.next() {
-        let v = args.next().ok_or_else(|| format!("{k} needs a value"))?;
-        opts.insert(k.trim_start_matches("--").to_string(), v);
+struct Opts(HashMap<String, String>);
+
+impl Opts {
+    fn get(&self, k: &str, d: &str) -> String {
+        self.0.get(k).cloned().unwrap_or_else(|| d.to_string())
     }
-    let get = |k: &str, d: &str| opts.get(k).cloned().unwrap_or_else(|| d.to_string());
-    let mqtt = get("mqtt", "127.0.0.1:1883");
-    let kafka = get("kafka", "127.0.0.1:9092");
-    let topic = get("topic", "bench");
-    let n: u64 = get("messages", "50000").parse()?;
-    let devices: u64 = get("devices", "100").parse()?;
-    let qos = match get("qos", "1").as_str() {
-        "0" => QoS::AtMostOnce,
-        "2" => QoS::ExactlyOnce,
-        _ => QoS::AtLeastOnce,
-    };
-    let payload_bytes: usize = get("payload-bytes", "200").parse()?;
-    let rate: u64 = get("rate", "0").parse()?; // messages per second, 0 = as fast as possible
-    let gateway_pid: u32 = get("gateway-pid", "0").parse()?;
-    let filter = get("mqtt-prefix", "bench");
+    fn num(&self, k: &str, d: u64) -> Result<u64, Error> {
+        Ok(self.get(k, &d.to_string()).parse()?)
+    }
+}
 
-    // The topic, with broker append time as the record timestamp.
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &kafka).create()?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(admin.create_topics(
-        &[NewTopic::new(&topic, 6, TopicReplication::Fixed(1)).set("message.timestamp.type", "LogAppendTime")],
-        &AdminOptions::new(),
-    ))?;
+/// What every mode shares: the load and where it goes.
+#[derive(Clone)]
+struct Load {
+    mqtt_host: String,
+    mqtt_port: u16,
+    kafka: String,
+    qos: QoS,
+    n: u64,
+    devices: u64,
+    payload_bytes: usize,
+    rate: u64,
+    prefix: String,
+}
 
-    // Consumer first, so nothing is missed.
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka)
-        .set("group.id", format!("bench-{}", std::process::id()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()?;
-    consumer.subscribe(&[&topic])?;
-    let done = Arc::new(AtomicBool::new(false));
-    let peak_rss = Arc::new(AtomicU64::new(0));
-    let sampler = {
-        let (done, peak) = (done.clone(), peak_rss.clone());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) && gateway_pid != 0 {
-                peak.fetch_max(rss_kib(gateway_pid), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(100));
-            }
+impl Load {
+    fn from(o: &Opts) -> Result<Self, Error> {
+        let mqtt = o.get("mqtt", "127.0.0.1:1883");
+        let (host, port) = mqtt.rsplit_once(':').ok_or("--mqtt must be host:port")?;
+        Ok(Self {
+            mqtt_host: host.to_string(),
+            mqtt_port: port.parse()?,
+            kafka: o.get("kafka", "127.0.0.1:9092"),
+            qos: if o.get("qos", "1") == "0" { QoS::AtMostOnce } else { QoS::AtLeastOnce },
+            n: o.num("messages", 100_000)?,
+            devices: o.num("devices", 1000)?,
+            payload_bytes: o.num("payload-bytes", 150)? as usize,
+            rate: o.num("rate", 0)?,
+            prefix: o.get("prefix", "bench"),
         })
-    };
+    }
 
-    // Publisher: one connection, in order, waiting for the broker's acks at QoS > 0.
-    let (host, port) = mqtt.rsplit_once(':').ok_or("--mqtt must be host:port")?;
-    let mut mo = MqttOptions::new(format!("bench-publisher-{}", std::process::id()), host, port.parse()?);
+    fn describe(&self) -> String {
+        let pace = if self.rate > 0 { format!("paced at {}/s", self.rate) } else { "burst".into() };
+        format!("{} messages, {} devices, QoS {}, {} B payloads, {pace}", self.n, self.devices, self.qos as u8, self.payload_bytes)
+    }
+}
+
+/// Publishes the load over one MQTT connection, in order, waiting for the broker's acks at QoS 1.
+/// Returns (first send time in µs since the epoch, seconds spent publishing, the generator's CPU ms).
+fn publish(load: &Load) -> Result<(u64, f64, u64), Error> {
+    let mut mo = MqttOptions::new(format!("bench-publisher-{}-{}", std::process::id(), now_us()), &load.mqtt_host, load.mqtt_port);
     mo.set_max_packet_size(1 << 20, 1 << 20);
     mo.set_inflight(1000);
+    mo.set_keep_alive(Duration::from_secs(30));
     let (client, mut connection) = Client::new(mo, 10_000);
-    let expected_acks = if qos == QoS::AtMostOnce { 0 } else { n };
+    let expected_acks = if load.qos == QoS::AtMostOnce { 0 } else { load.n };
     let pump = std::thread::spawn(move || {
         let mut acks = 0;
         for ev in connection.iter() {
             match ev {
-                Ok(Event::Incoming(Packet::PubAck(_) | Packet::PubComp(_))) => acks += 1,
+                Ok(Event::Incoming(Packet::PubAck(_))) => acks += 1,
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return Ok(()),
                 Err(e) => return Err(e.to_string()),
                 _ => {}
             }
-            if acks >= expected_acks && expected_acks > 0 {
+            if expected_acks > 0 && acks >= expected_acks {
                 return Ok(());
             }
         }
         Ok(())
     });
-    let filler = "x".repeat(payload_bytes.saturating_sub(60));
-    let first_sent_us = now_us();
+    // The JSON around the filler is about 60 bytes.
+    let filler = "x".repeat(load.payload_bytes.saturating_sub(60));
+    let mut seq_by_device = vec![0u64; load.devices as usize];
+    let cpu_before = cpu_ms(std::process::id()).unwrap_or(0);
+    let first = now_us();
     let started = Instant::now();
-    for i in 0..n {
-        if rate > 0 {
-            let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+    for i in 0..load.n {
+        if load.rate > 0 {
+            let due = started + Duration::from_secs_f64(i as f64 / load.rate as f64);
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
         }
-        let payload = format!(r#"{{"seq":{i},"sent_us":{},"fill":"{filler}"}}"#, now_us());
-        client.publish(format!("{filter}/dev-{}/data", i % devices), qos, false, payload)?;
+        let d = (i % load.devices) as usize;
+        let payload = format!(r#"{{"seq":{},"sent_us":{},"fill":"{filler}"}}"#, seq_by_device[d], now_us());
+        seq_by_device[d] += 1;
+        client.publish(format!("{}/dev-{d}/data", load.prefix), load.qos, false, payload)?;
     }
-    let published = started.elapsed();
     if expected_acks > 0 {
         pump.join().map_err(|_| "publisher thread")??;
+    } else {
+        // QoS 0: nothing to wait for but the socket; a DISCONNECT goes out after everything queued.
+        client.disconnect()?;
+        pump.join().map_err(|_| "publisher thread")??;
+    }
+    let spent = started.elapsed().as_secs_f64();
+    Ok((first, spent, cpu_ms(std::process::id()).unwrap_or(0).saturating_sub(cpu_before)))
+}
+
+/// Loss, order and latency of what arrived, from (device, seq, latency µs) in arrival order.
+struct Tally {
+    received: u64,
+    order_violations: u64,
+    latencies_us: Vec<u64>,
+}
+
+impl Tally {
+    fn new(n: u64) -> Self {
+        Self { received: 0, order_violations: 0, latencies_us: Vec::with_capacity(n as usize) }
     }
 
-    // Read everything back.
-    let mut latencies_us: Vec<u64> = Vec::with_capacity(n as usize);
-    let mut last_append_us = 0u64;
+    fn add(&mut self, last: &mut HashMap<String, i64>, device: &str, seq: i64, latency_us: u64) {
+        self.received += 1;
+        self.latencies_us.push(latency_us);
+        let prev = last.entry(device.to_string()).or_insert(-1);
+        if seq < *prev {
+            self.order_violations += 1;
+        }
+        *prev = seq;
+    }
+
+    fn result(mut self, system: &str, load: &Load, span_s: f64, cpu_ms: Option<u64>, rss_kib: Option<u64>, publish_s: f64) -> String {
+        self.latencies_us.sort_unstable();
+        let ms = |p: f64| percentile(&self.latencies_us, p) as f64 / 1000.0;
+        let cpu_us = cpu_ms.map(|c| format!("{:.2}", c as f64 * 1000.0 / self.received.max(1) as f64)).unwrap_or_else(|| "-".into());
+        let rate = self.received as f64 / span_s.max(0.001);
+        println!(
+            "{system}: {} of {} ({} lost), {} order violations, {rate:.0} msg/s, latency p50 {:.1} ms p99 {:.1} ms, {cpu_us} us CPU/msg{}; published in {publish_s:.2} s ({:.0}/s)",
+            self.received,
+            load.n,
+            load.n.saturating_sub(self.received),
+            self.order_violations,
+            ms(0.5),
+            ms(0.99),
+            rss_kib.map(|r| format!(", peak RSS {r} KiB")).unwrap_or_default(),
+            load.n as f64 / publish_s.max(0.001),
+        );
+        format!(
+            "RESULT system={system} sent={} delivered={} lost={} order_violations={} msg_per_s={rate:.0} p50_ms={:.1} p99_ms={:.1} cpu_us_per_msg={cpu_us} peak_rss_kib={} publish_per_s={:.0}",
+            load.n,
+            self.received,
+            load.n.saturating_sub(self.received),
+            self.order_violations,
+            ms(0.5),
+            ms(0.99),
+            rss_kib.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+            load.n as f64 / publish_s.max(0.001),
+        )
+    }
+}
+
+fn json_u64(v: &serde_json::Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or(0)
+}
+
+/// The gateway: publish, read every record back from its Kafka topic.
+fn gateway(o: &Opts, load: &Load) -> Result<String, Error> {
+    let topic = o.get("topic", "bench");
+    let pid: u32 = o.num("pid", 0)? as u32;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &load.kafka).create()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(admin.create_topics(
+        &[NewTopic::new(&topic, 6, TopicReplication::Fixed(1)).set("message.timestamp.type", "LogAppendTime")],
+        &AdminOptions::new(),
+    ))?;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &load.kafka)
+        .set("group.id", format!("bench-{}-{}", std::process::id(), now_us()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.subscribe(&[&topic])?;
+    let done = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (done, peak) = (done.clone(), peak.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) && pid != 0 {
+                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let cpu_before = cpu_ms(pid);
+    let (first, publish_s, _) = publish(load)?;
+    let mut tally = Tally::new(load.n);
+    let mut last = HashMap::new();
+    let mut last_append_us = first;
     let mut idle = Instant::now();
-    while (latencies_us.len() as u64) < n && idle.elapsed() < Duration::from_secs(30) {
+    // Bounded: stops once everything is in, or after 20 s without a record.
+    while tally.received < load.n && idle.elapsed() < Duration::from_secs(20) {
         let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else { continue };
         idle = Instant::now();
         let Some(value) = m.payload() else { continue };
         let v: serde_json::Value = serde_json::from_slice(value)?;
-        let sent = v["payload"]["sent_us"].as_u64().unwrap_or(0);
-        let appended_us = m.timestamp().to_millis().unwrap_or(0) as u64 * 1000;
+        let appended_us = m.timestamp().to_millis().unwrap_or(0).max(0) as u64 * 1000;
         last_append_us = last_append_us.max(appended_us);
-        latencies_us.push(appended_us.saturating_sub(sent));
+        let device = v["device_id"].as_str().unwrap_or("?");
+        let p = &v["payload"];
+        tally.add(&mut last, device, json_u64(p, "seq") as i64, appended_us.saturating_sub(json_u64(p, "sent_us")));
     }
+    // CPU read once the last record is in Kafka: the gateway's whole work for this load.
+    let cpu = cpu_before.and_then(|b| cpu_ms(pid).map(|a| a.saturating_sub(b)));
     done.store(true, Ordering::Relaxed);
     let _ = sampler.join();
-    let received = latencies_us.len();
-    let span_s = (last_append_us.saturating_sub(first_sent_us)) as f64 / 1e6;
-    latencies_us.sort_unstable();
-    println!("messages          {n} published in {:.2} s ({} devices, QoS {}, {} byte payloads{})", published.as_secs_f64(), devices, qos as u8, payload_bytes, if rate > 0 { format!(", paced at {rate}/s") } else { String::new() });
-    println!("received in Kafka {received}{}", if received as u64 == n { "" } else { "  (MISSING RECORDS)" });
-    println!("throughput        {:.0} messages/s (first publish to last append)", received as f64 / span_s.max(0.001));
-    println!(
-        "latency (ms)      p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}  (publish to Kafka append; 1 ms resolution)",
-        percentile(&latencies_us, 0.50) as f64 / 1000.0,
-        percentile(&latencies_us, 0.95) as f64 / 1000.0,
-        percentile(&latencies_us, 0.99) as f64 / 1000.0,
-        latencies_us.last().copied().unwrap_or(0) as f64 / 1000.0
-    );
-    if gateway_pid != 0 {
-        println!("gateway RSS       peak {} KiB, now {} KiB", peak_rss.load(Ordering::Relaxed), rss_kib(gateway_pid));
+    let span_s = last_append_us.saturating_sub(first) as f64 / 1e6;
+    Ok(tally.result("gateway", load, span_s, cpu, (pid != 0).then(|| peak.load(Ordering::Relaxed)), publish_s))
+}
+
+/// The MQTT ceiling: a bare `mosquitto_sub` on the same broker, its output read here and discarded.
+fn mqtt_ceiling(load: &Load) -> Result<String, Error> {
+    let mut sub = Command::new("mosquitto_sub")
+        .args(["-h", &load.mqtt_host, "-p", &load.mqtt_port.to_string(), "-q", &(load.qos as u8).to_string()])
+        .args(["-t", &format!("{}/#", load.prefix), "-F", "%t %p", "-i", &format!("bench-ceiling-{}", now_us())])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run mosquitto_sub ({e}); install it with scripts/install-mosquitto.sh"))?;
+    let pid = sub.id();
+    let stdout = sub.stdout.take().ok_or("mosquitto_sub stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel::<(String, u64)>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send((line, now_us())).is_err() {
+                return;
+            }
+        }
+    });
+    // Let it subscribe before the load starts.
+    std::thread::sleep(Duration::from_millis(500));
+    let cpu_before = cpu_ms(pid);
+    let publisher = {
+        let load = load.clone();
+        std::thread::spawn(move || publish(&load).map_err(|e| e.to_string()))
+    };
+    let mut tally = Tally::new(load.n);
+    let mut last = HashMap::new();
+    let mut last_us = 0;
+    let started = now_us();
+    while tally.received < load.n {
+        let Ok((line, at)) = rx.recv_timeout(Duration::from_secs(5)) else { break };
+        last_us = at;
+        let Some((topic, payload)) = line.split_once(' ') else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(payload) else { continue };
+        tally.add(&mut last, topic, json_u64(&v, "seq") as i64, at.saturating_sub(json_u64(&v, "sent_us")));
     }
+    let cpu = cpu_before.and_then(|b| cpu_ms(pid).map(|a| a.saturating_sub(b)));
+    let _ = sub.kill();
+    let _ = sub.wait();
+    let _ = reader.join();
+    let (first, publish_s, _) = publisher.join().map_err(|_| "publisher thread")??;
+    let span_s = last_us.saturating_sub(first.min(started)) as f64 / 1e6;
+    Ok(tally.result("mqtt-ceiling", load, span_s, cpu, None, publish_s))
+}
+
+/// The Kafka ceiling: Kafka's own producer (`ProducerPerformance`, from the broker's jars) sending records
+/// the size of the gateway's envelopes with the gateway's producer settings. The JVM is warmed up first
+/// (`--warmup-records`: a burst's size, or 2 s of a paced load) and the figures are its steady state. Its
+/// CPU is over the whole run, net of the JVM's start (a one-record run, subtracted), so it still holds
+/// the warm-up's compilation: an upper bound.
+fn kafka_ceiling(o: &Opts, load: &Load) -> Result<String, Error> {
+    let libs = o.get("kafka-libs", "");
+    let record_size = o.num("record-size", load.payload_bytes as u64 + 130)?;
+    let linger = o.get("linger-ms", "1");
+    let run = |n: u64, warmup: u64, topic: &str| -> Result<(String, u64), Error> {
+        let mut child = Command::new("java")
+            .args(["-Xmx512m", "-cp", &format!("{libs}/*"), "org.apache.kafka.tools.ProducerPerformance"])
+            .args(["--topic", topic, "--num-records", &(n + warmup).to_string(), "--record-size", &record_size.to_string()])
+            .args(if warmup > 0 { vec!["--warmup-records".to_string(), warmup.to_string()] } else { vec![] })
+            .args(["--throughput", &if load.rate > 0 { load.rate.to_string() } else { "-1".into() }])
+            .arg("--command-property")
+            .args([
+                format!("bootstrap.servers={}", load.kafka),
+                "acks=all".into(),
+                "enable.idempotence=true".into(),
+                format!("linger.ms={linger}"),
+                "compression.type=lz4".into(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run java ({e}); scripts/install-kafka.sh installs it"))?;
+        let pid = child.id();
+        let stdout = child.stdout.take().ok_or("stdout")?;
+        let cpu = Arc::new(AtomicU64::new(0));
+        let sampler = {
+            let cpu = cpu.clone();
+            std::thread::spawn(move || {
+                while let Some(c) = cpu_ms(pid) {
+                    cpu.store(c, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        // With a warm-up the last summary is the steady state's.
+        let summary = BufReader::new(stdout).lines().map_while(Result::ok).filter(|l| l.contains("records sent")).last().unwrap_or_default();
+        child.wait()?;
+        let _ = sampler.join();
+        Ok((summary, cpu.load(Ordering::Relaxed)))
+    };
+    let topic = o.get("topic", "bench_kafka");
+    let (_, jvm_ms) = run(1, 0, &format!("{topic}_jvm"))?;
+    let warmup = if load.rate > 0 { load.n.min(load.rate * 2) } else { load.n };
+    let (summary, total_ms) = run(load.n, warmup, &topic)?;
+    // "N [steady state] records sent, R records/sec (M MB/sec), A ms avg latency, X ms max latency,
+    // P50 ms 50th, P95 ms 95th, P99 ms 99th, ..."
+    let nums: Vec<f64> = summary.split([' ', ',', '(']).filter_map(|w| w.parse().ok()).collect();
+    let (sent, rate, p50, p99) = match nums.as_slice() {
+        [sent, rate, _mb, _avg, _max, p50, _p95, p99, ..] => (*sent as u64, *rate, *p50, *p99),
+        _ => return Err(format!("cannot read ProducerPerformance's summary: {summary:?}").into()),
+    };
+    let cpu_us = total_ms.saturating_sub(jvm_ms) as f64 * 1000.0 / (sent + warmup).max(1) as f64;
+    println!("kafka-ceiling: {sent} records of {record_size} B after {warmup} to warm up, {rate:.0} records/s, latency p50 {p50:.1} ms p99 {p99:.1} ms (send to ack), {cpu_us:.2} us CPU/record (whole run, net of JVM start)");
+    Ok(format!(
+        "RESULT system=kafka-ceiling sent={sent} delivered={sent} lost=0 order_violations=- msg_per_s={rate:.0} p50_ms={p50:.1} p99_ms={p99:.1} cpu_us_per_msg={cpu_us:.2} peak_rss_kib=- publish_per_s=-"
+    ))
+}
+
+/// The generator alone, to no subscriber: how fast the load can be offered at all.
+fn generator(load: &Load) -> Result<String, Error> {
+    let (_, publish_s, cpu) = publish(load)?;
+    let rate = load.n as f64 / publish_s.max(0.001);
+    println!("generator: {} messages in {publish_s:.2} s, {rate:.0}/s, {:.2} us CPU/msg", load.n, cpu as f64 * 1000.0 / load.n.max(1) as f64);
+    Ok(format!("RESULT system=generator sent={} delivered=- lost=- order_violations=- msg_per_s={rate:.0} p50_ms=- p99_ms=- cpu_us_per_msg={:.2} peak_rss_kib=- publish_per_s={rate:.0}", load.n, cpu as f64 * 1000.0 / load.n.max(1) as f64))
+}
+
+fn main() -> Result<(), Error> {
+    let mut args = std::env::args().skip(1);
+    let mode = args.next().ok_or("usage: bench gateway|mqtt-ceiling|kafka-ceiling|publish [--option value ...]")?;
+    let mut opts = HashMap::new();
+    while let Some(k) = args.next() {
+        let v = args.next().ok_or_else(|| format!("{k} needs a value"))?;
+        opts.insert(k.trim_start_matches("--").to_string(), v);
+    }
+    let o = Opts(opts);
+    let load = Load::from(&o)?;
+    println!("{mode}: {}", load.describe());
+    let result = match mode.as_str() {
+        "gateway" => gateway(&o, &load)?,
+        "mqtt-ceiling" => mqtt_ceiling(&load)?,
+        "kafka-ceiling" => kafka_ceiling(&o, &load)?,
+        "publish" => generator(&load)?,
+        other => return Err(format!("unknown mode {other}").into()),
+    };
+    println!("{result}");
     Ok(())
 }

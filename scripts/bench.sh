@@ -1,55 +1,178 @@
 #!/usr/bin/env bash
-# Benchmarks the release gateway against local Mosquitto and Kafka (started by scripts/services.sh if
-# needed): one route bench/# -> a fresh Kafka topic, a load from examples/bench.rs. See docs/BENCHMARKS.md.
+# Benchmarks the release gateway beside the ceilings measured in the same run, on local Mosquitto and
+# Kafka (scripts/services.sh starts them if needed). See docs/BENCHMARKS.md.
 #
-#   scripts/bench.sh                                  50,000 messages, QoS 1, as fast as possible
-#   QOS=0 scripts/bench.sh
-#   scripts/bench.sh --rate 1000 --messages 20000     paced, for latency at a given rate
+#   scripts/bench.sh                    the whole matrix (about 15 minutes on 2 cores)
+#   scripts/bench.sh --quick            one burst and one paced run per QoS, 20,000 messages each
+#   scripts/bench.sh --qos 0 --rate 40000 --routes 1000 --messages 200000    one scenario
 #
-# Environment: QOS (route and publish QoS, default 1). Arguments go to the load generator
-# (--messages, --devices, --payload-bytes, --rate).
+# Options: --qos 0|1, --rate N (messages/s; 0 = burst), --routes 1|1000, --messages N (burst size;
+# paced runs send 10 s worth unless --messages is given), --devices N (1000), --payload-bytes N (150),
+# --no-ceilings (gateway rows only). Every scenario prints one row per system; the summary at the end
+# puts the gateway beside its ceilings as ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+
+qos_list=(0 1)
+rate_list=(0 1000 10000 20000 40000)
+routes_list=(1 1000)
+messages=""
+devices=1000
+payload=150
+ceilings=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) rate_list=(0 1000); routes_list=(1); messages=20000 ;;
+    --qos) qos_list=("$2"); shift ;;
+    --rate) rate_list=("$2"); shift ;;
+    --routes) routes_list=("$2"); shift ;;
+    --messages) messages="$2"; shift ;;
+    --devices) devices="$2"; shift ;;
+    --payload-bytes) payload="$2"; shift ;;
+    --no-ceilings) ceilings=0 ;;
+    *) echo "bench: unknown option $1 (see the top of $0)" >&2; exit 2 ;;
+  esac
+  shift
+done
 
 scripts/services.sh start >/dev/null
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mqtt-kafka-gateway/target}"
 cargo build -q --release --bin mqtt-kafka-gateway --example bench
+gw_bin="$CARGO_TARGET_DIR/release/mqtt-kafka-gateway"
+bench_bin="$CARGO_TARGET_DIR/release/examples/bench"
 
-qos="${QOS:-1}"
-topic="bench_$(date +%s)_$$"
 work="$(mktemp -d)"
-cat > "$work/routes.yaml" <<YAML
-mqtt:
-  broker: 127.0.0.1:1883
-  client_id: bench-gateway-$$
-kafka:
-  bootstrap_servers: 127.0.0.1:9092
-log:
-  stats_interval_secs: 0
-routes:
-  - name: bench
-    filter: 'bench/#'
-    qos: $qos
-    topic: $topic
-YAML
-
-"$CARGO_TARGET_DIR/release/mqtt-kafka-gateway" --config "$work/routes.yaml" >"$work/gateway.log" 2>&1 &
-gw=$!
+gw=""
 cleanup() {
-  kill -TERM "$gw" 2>/dev/null || true
-  wait "$gw" 2>/dev/null || true
+  if [ -n "$gw" ]; then kill -TERM "$gw" 2>/dev/null || true; wait "$gw" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
-for _ in $(seq 1 300); do
-  grep -q 'subscribed' "$work/gateway.log" && break
-  kill -0 "$gw" 2>/dev/null || { cat "$work/gateway.log"; exit 1; }
-  sleep 0.1
+
+# The broker must hold a burst for a subscriber that is behind (docs/BENCHMARKS.md). A broker started by
+# scripts/services.sh is; one found already running is used as it is, and said so.
+if ! grep -qs '^max_queued_messages 1000000' "${MKG_STATE_DIR:-$MKG_CACHE_DIR/local}/mosquitto/mosquitto.conf"; then
+  echo "note: the Mosquitto on 127.0.0.1:1883 was not started by scripts/services.sh; its queue settings are unknown"
+fi
+
+results="$work/results.txt"
+: >"$results"
+run_id="$(date +%s)"
+n=0
+
+# routes.yaml for N routes: N-1 that never match the load (other/<i>/+/data), then the measured one.
+write_routes() { # qos routes topic
+  local qos="$1" routes="$2" topic="$3" i
+  {
+    echo "mqtt:"
+    echo "  broker: 127.0.0.1:1883"
+    echo "  client_id: bench-gateway-$$"
+    echo "kafka:"
+    echo "  bootstrap_servers: 127.0.0.1:9092"
+    echo "log:"
+    echo "  stats_interval_secs: 0"
+    echo "routes:"
+    for ((i = 1; i < routes; i++)); do
+      printf "  - { name: other-%d, filter: 'other/%d/+/data', topic: other_%d }\n" "$i" "$i" "$i"
+    done
+    printf "  - { name: bench, filter: 'bench/#', qos: %s, topic: %s }\n" "$qos" "$topic"
+  } >"$work/routes.yaml"
+}
+
+start_gateway() {
+  "$gw_bin" --config "$work/routes.yaml" >"$work/gateway.log" 2>&1 &
+  gw=$!
+  for _ in $(seq 1 300); do
+    grep -q 'subscribed' "$work/gateway.log" && return 0
+    kill -0 "$gw" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "bench: the gateway did not subscribe within 30 s:" >&2
+  cat "$work/gateway.log" >&2
+  exit 1
+}
+
+stop_gateway() {
+  kill -TERM "$gw" 2>/dev/null || true
+  wait "$gw" 2>/dev/null || true
+  gw=""
+  # What the gateway said about the run: drops, pauses, failures.
+  grep -o 'messages_dropped=[0-9]* intake_pauses=[0-9]* intake_paused_ms=[0-9]*' "$work/gateway.log" | tail -n 1 | sed 's/^/  gateway /' || true
+}
+
+record() { # scenario, then a RESULT line on stdin
+  local scenario="$1" line
+  while IFS= read -r line; do
+    case "$line" in
+      RESULT*) echo "$scenario ${line#RESULT }" >>"$results" ;;
+      *) echo "  $line" ;;
+    esac
+  done
+}
+
+for qos in "${qos_list[@]}"; do
+  for rate in "${rate_list[@]}"; do
+    if [ -n "$messages" ]; then
+      count="$messages"
+    elif [ "$rate" = 0 ]; then
+      count=100000
+    else
+      count=$((rate * 10))
+    fi
+    load=(--qos "$qos" --rate "$rate" --messages "$count" --devices "$devices" --payload-bytes "$payload")
+    label="qos=$qos load=$([ "$rate" = 0 ] && echo burst || echo "$rate/s")"
+    echo "== QoS $qos, $([ "$rate" = 0 ] && echo "burst of $count" || echo "$count paced at $rate/s")"
+    if [ "$ceilings" = 1 ]; then
+      "$bench_bin" publish "${load[@]}" --prefix "gen$run_id" | record "$label routes=-"
+      "$bench_bin" mqtt-ceiling "${load[@]}" --prefix "sub$run_id" | record "$label routes=-"
+      n=$((n + 1))
+      "$bench_bin" kafka-ceiling "${load[@]}" --topic "bench_kafka_${run_id}_$n" --kafka-libs "$MKG_KAFKA_LIBS" | record "$label routes=-"
+    fi
+    for routes in "${routes_list[@]}"; do
+      n=$((n + 1))
+      topic="bench_${run_id}_$n"
+      write_routes "$qos" "$routes" "$topic"
+      start_gateway
+      "$bench_bin" gateway "${load[@]}" --topic "$topic" --pid "$gw" | sed "s/^gateway:/gateway ($routes routes):/" | record "$label routes=$routes"
+      stop_gateway
+    done
+  done
 done
-grep -q 'subscribed' "$work/gateway.log" || { echo "the gateway did not subscribe within 30 s:"; cat "$work/gateway.log"; exit 1; }
-echo "gateway $(git describe --always --dirty 2>/dev/null || echo '?'), route QoS $qos, topic $topic"
-"$CARGO_TARGET_DIR/release/examples/bench" --topic "$topic" --qos "$qos" --gateway-pid "$gw" "$@"
-kill -TERM "$gw" 2>/dev/null || true
-wait "$gw" 2>/dev/null || true
-# What the gateway itself said about the run: drops, retries, its final statistics.
-grep -E ' (WARN|ERROR) |statistics' "$work/gateway.log" | grep -v 'Coordinator load in progress' | tail -n 5 || true
+
+echo
+echo "== Summary (ratios against the ceilings of the same scenario, measured in this run)"
+python3 - "$results" <<'PY'
+import sys
+rows = []
+for line in open(sys.argv[1]):
+    parts = dict(kv.split("=", 1) for kv in line.split())
+    rows.append(parts)
+
+def num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+def ratio(a, b):
+    a, b = num(a), num(b)
+    return f"{a / b:.0%}" if a is not None and b else "-"
+
+head = ["QoS", "load", "system", "routes", "delivered", "lost", "order", "msg/s", "of MQTT ceiling",
+        "of Kafka ceiling", "p50 ms", "p99 ms", "CPU us/msg", "CPU vs bare sub", "peak RSS KiB"]
+print("| " + " | ".join(head) + " |")
+print("|" + "---|" * len(head))
+for r in rows:
+    same = [x for x in rows if x["qos"] == r["qos"] and x["load"] == r["load"]]
+    mqtt = next((x for x in same if x["system"] == "mqtt-ceiling"), {})
+    kafka = next((x for x in same if x["system"] == "kafka-ceiling"), {})
+    gateway = r["system"] == "gateway"
+    cells = [r["qos"], r["load"], r["system"], r["routes"], r["delivered"], r["lost"], r["order_violations"],
+             r["msg_per_s"], ratio(r["msg_per_s"], mqtt.get("msg_per_s")) if gateway else "",
+             ratio(r["msg_per_s"], kafka.get("msg_per_s")) if gateway else "",
+             r["p50_ms"], r["p99_ms"], r["cpu_us_per_msg"],
+             ratio(r["cpu_us_per_msg"], mqtt.get("cpu_us_per_msg")) if gateway else "", r["peak_rss_kib"]]
+    print("| " + " | ".join(cells) + " |")
+PY
