@@ -16,7 +16,7 @@
 //! parsed JSONPath and checked filters. Every problem found is reported, each with the file, line, key
 //! path and a hint.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -834,6 +834,9 @@ fn validate(
         problem("routes", "no routes: the gateway would do nothing".into(), Some("add at least one route; the shipped routes.yaml has the spec's"));
     }
     let mut routes = Vec::new();
+    // Routes that share a pattern share its compiled program: a thousand routes with the default device
+    // regexes would otherwise hold a thousand copies (about 80 KiB each).
+    let mut regexes: HashMap<String, Regex> = HashMap::new();
     for (i, r) in raw.routes.iter().enumerate() {
         let at = format!("routes[{i}]");
         if r.name.trim().is_empty() {
@@ -873,10 +876,10 @@ fn validate(
                 );
             }
         }
-        let regex = compile_device_regex(&r.device_id.regex)
+        let regex = compile_device_regex(&r.device_id.regex, &mut regexes)
             .map_err(|e| problem(&format!("{at}.device_id.regex"), e, Some("e.g. '^cmnd/(?P<device_id>[^/]+)'")));
         let fallback_regex = match &r.device_id.fallback_regex {
-            Some(s) => compile_device_regex(s)
+            Some(s) => compile_device_regex(s, &mut regexes)
                 .map(Some)
                 .map_err(|e| problem(&format!("{at}.device_id.fallback_regex"), e, Some("e.g. '^[^/]+/(?P<device_id>[^/]+)'"))),
             None => Ok(None),
@@ -993,11 +996,15 @@ impl Config {
     }
 }
 
-fn compile_device_regex(s: &str) -> Result<Regex, String> {
+fn compile_device_regex(s: &str, compiled: &mut HashMap<String, Regex>) -> Result<Regex, String> {
+    if let Some(regex) = compiled.get(s) {
+        return Ok(regex.clone());
+    }
     let regex = Regex::new(s).map_err(|e| format!("invalid regex: {}", one_line(&e.to_string())))?;
     if !regex.capture_names().any(|n| n == Some("device_id")) {
         return Err(format!("regex `{s}` has no named group `device_id`"));
     }
+    compiled.insert(s.to_string(), regex.clone());
     Ok(regex)
 }
 
