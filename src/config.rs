@@ -31,6 +31,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::filter;
 use crate::route::{DeviceIdRule, KeyMissing, KeyRule, PayloadFormat, Route, RouteTable, ValueFormat};
 use crate::template::TopicTemplate;
+use crate::topic_name::{check_kafka_topic, kafka_topic_char};
 use crate::yaml_index::{Position, YamlIndex};
 
 pub const DEFAULT_CONFIG_PATH: &str = "routes.yaml";
@@ -1010,27 +1011,6 @@ fn compile_device_regex(s: &str, compiled: &mut HashMap<String, Regex>) -> Resul
 
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-fn kafka_topic_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
-}
-
-/// Kafka's rules for topic names (`org.apache.kafka.common.internals.Topic.validate`).
-pub fn check_kafka_topic(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("is empty".into());
-    }
-    if name == "." || name == ".." {
-        return Err("cannot be '.' or '..'".into());
-    }
-    if name.len() > 249 {
-        return Err("is longer than 249 characters".into());
-    }
-    if !name.chars().all(kafka_topic_char) {
-        return Err("contains a character other than letters, digits, '.', '_' and '-'".into());
-    }
-    Ok(())
 }
 
 /// `host:port`, `host`, `[v6]:port`, or `mqtt://`, `tcp://`, `mqtts://`, `ssl://` URLs.

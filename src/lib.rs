@@ -21,4 +21,5 @@ pub mod reload;
 pub mod route;
 pub mod telemetry;
 pub mod template;
+pub mod topic_name;
 pub mod yaml_index;
