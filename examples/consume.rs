@@ -1,8 +1,8 @@
 //! Prints the records of a Kafka topic, from the beginning, as they arrive: a quick way to see what the
 //! gateway writes without Kafka's own tools.
 //!
-//!     cargo run --example consume -- raw_iot_data            # localhost:9092
-//!     cargo run --example consume -- raw_iot_data kafka:29092
+//!     scripts/consume.sh raw_iot_data                 # localhost:9092 (the build scripts/run.sh made)
+//!     scripts/consume.sh raw_iot_data kafka:29092
 //!
 //! Stops after 10 idle seconds, or with Ctrl-C.
 

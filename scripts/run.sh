@@ -12,13 +12,14 @@ scripts/services.sh start
 
 # A target dir outside the work tree keeps rdkafka's slow (cmake) build warm across clones.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mqtt-kafka-gateway/target}"
-cargo build --release --bin mqtt-kafka-gateway
+# The consume example too, so scripts/consume.sh starts at once.
+cargo build --release --bin mqtt-kafka-gateway --example consume
 
 export MQTT_BROKER="${MQTT_BROKER:-127.0.0.1:1883}"
 export KAFKA_BOOTSTRAP_SERVERS="${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:9092}"
 cat <<MSG
 Gateway starting with routes.yaml (MQTT $MQTT_BROKER -> Kafka $KAFKA_BOOTSTRAP_SERVERS). In another shell:
   mosquitto_pub -h 127.0.0.1 -t cmnd/f2-e4fd45f654be/access-control-mode/J1/door-sensors -m '{"door-sensor-1": false}'
-  cargo run --example consume -- raw_iot_data
+  scripts/consume.sh raw_iot_data
 MSG
 exec "$CARGO_TARGET_DIR/release/mqtt-kafka-gateway" --config routes.yaml "$@"
