@@ -1,0 +1,161 @@
+//! The wiring: the whole path of a message, top to bottom.
+//!
+//! ```text
+//! mqtt::run ──Inbound──▶ intake ──▶ Engine::take: route (RouteTable in effect when it arrived)
+//!     ──▶ envelope::build per route ──▶ kafka::send (tagged) ─ ─ ▶ librdkafka
+//! librdkafka ──delivery reports, in batches──▶ Engine::report: settle (retry, dead-letter)
+//!     ──▶ AckSequencer ──AckToken (arrival order)──▶ mqtt::run ──▶ PUBACK / PUBREC
+//! ```
+//!
+//! One task, the [`Engine`], takes messages, produces their records and settles them as Kafka reports:
+//! no task, future or channel per record, and no lock but the one the reports arrive under.
+//!
+//! Every queue is bounded: MQTT → pipeline by `mqtt.buffer_bytes` (the intake), messages between receipt
+//! and settlement by `mqtt.max_unacked_messages`, the producer by `kafka.queue_max_*`. When one fills, the
+//! stage before it waits; at the MQTT edge the gateway stops reading the connection, so the broker holds
+//! the rest (QoS 1/2 unacknowledged, QoS 0 in its queue) instead of the gateway dropping anything.
+
+mod engine;
+mod settle;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::ack::AckToken;
+use crate::config::Config;
+use crate::intake;
+use crate::kafka::{self, GatewayProducer};
+use crate::metrics::{self, Metrics};
+use crate::mqtt;
+use crate::reload;
+use engine::Engine;
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    /// Records still in the producer, plus messages not settled, when the grace period ran out.
+    pub undelivered: u64,
+    /// The run ended because of a fatal producer error.
+    pub fatal: bool,
+    pub snapshot: metrics::Snapshot,
+}
+
+/// Runs the gateway until `shutdown` is cancelled, then drains: messages already taken are delivered
+/// (bounded by `shutdown.grace_period_secs`), the producer is flushed, MQTT disconnects.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<Report> {
+    let metrics = Arc::new(Metrics::default());
+    let producer = Arc::new(kafka::producer(&config.kafka).context("cannot create the Kafka producer")?);
+    // A fatal producer error stops the gateway: nothing more is acknowledged, and a restart (by the
+    // orchestrator) brings a fresh producer; unacknowledged QoS 1/2 messages come again from the broker.
+    let fatal = CancellationToken::new();
+    {
+        let (producer, fatal, shutdown) = (producer.clone(), fatal.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            kafka::watch_fatal(&producer, fatal.clone(), shutdown.clone()).await;
+            if fatal.is_cancelled() {
+                shutdown.cancel();
+            }
+        });
+    }
+    tracing::info!(
+        bootstrap_servers = %config.kafka.bootstrap_servers,
+        routes = config.routes.routes().len(),
+        config = %config.source.display(),
+        "starting"
+    );
+    for r in config.routes.routes() {
+        tracing::info!(route = %r.name, filter = %r.filter, qos = r.qos, topic = %r.topic, key = %r.key, dead_letter_topic = %r.dead_letter_topic, "route");
+    }
+    run_inner(config, producer, metrics, shutdown, fatal).await
+}
+
+async fn run_inner(
+    config: Config,
+    producer: Arc<GatewayProducer>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    fatal: CancellationToken,
+) -> anyhow::Result<Report> {
+    // The route table in effect: the reloader publishes new ones, the MQTT side reads them.
+    let (routes_tx, routes) = watch::channel(Arc::new(config.routes.clone()));
+    let started = Instant::now();
+    let (intake_tx, intake_rx) = intake::intake(config.mqtt.buffer_bytes);
+    // Unbounded, yet bounded by the window: an ack is due only for a message that holds a place in it.
+    let (acks_tx, acks_rx) = mpsc::unbounded_channel::<AckToken>();
+    let connection = Arc::new(AtomicU64::new(0));
+    let stop = mqtt::Stop { receiving: shutdown.child_token(), disconnect: CancellationToken::new() };
+    let links = mqtt::Links { out: intake_tx, acks: acks_rx, connection: connection.clone() };
+    let mqtt_task = tokio::spawn(mqtt::run(config.mqtt.clone(), routes.clone(), links, metrics.clone(), stop.clone()));
+    let stats = tokio::spawn(stats(metrics.clone(), Duration::from_secs(config.log.stats_interval_secs), shutdown.clone()));
+    let reloader = tokio::spawn(reload::run(config.clone(), routes_tx, metrics.clone(), shutdown.clone()));
+    // The grace period runs from the signal, whatever the pipeline is waiting for (a full window, a
+    // full producer queue, Kafka).
+    let give_up = CancellationToken::new();
+    {
+        // What follows giving up (a last flush, the acks, DISCONNECT) needs a moment too: keep a quarter
+        // of the grace period, at most 3 s, for it, so the whole shutdown fits in the grace period (and in
+        // an orchestrator's termination grace period of the same length).
+        let grace = config.shutdown_grace;
+        let reserve = (grace / 4).min(Duration::from_secs(3));
+        let (shutdown, give_up) = (shutdown.clone(), give_up.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace - reserve).await;
+            give_up.cancel();
+        });
+    }
+
+    let events = kafka::events::Events::new(producer.clone()).context("cannot watch the Kafka producer's events")?;
+    let mut engine = Engine::new(producer.clone(), events, metrics.clone(), &config.mqtt, acks_tx, connection, fatal.clone());
+    let shutting_down = shutdown.clone();
+    engine.run(intake_rx, &give_up).await;
+    tracing::info!(grace_period_secs = config.shutdown_grace.as_secs(), "shutting down: delivering the messages already taken");
+    if give_up.is_cancelled() && shutting_down.is_cancelled() {
+        tracing::error!("grace period over before every message was settled");
+    }
+    let unsettled = engine.unsettled() as u64;
+    drop(engine);
+
+    let left = if give_up.is_cancelled() { Duration::from_millis(100) } else { config.shutdown_grace.min(Duration::from_secs(5)) };
+    let flush_producer = producer.clone();
+    let flushed = tokio::task::spawn_blocking(move || kafka::flush(&flush_producer, left)).await;
+    let undelivered = kafka::in_flight(&producer).max(0) as u64 + unsettled;
+    match flushed {
+        Ok(Ok(())) => tracing::info!("Kafka producer flushed"),
+        Ok(Err(e)) => tracing::error!(error = %e, undelivered, "Kafka producer not flushed within the grace period; records are lost"),
+        Err(e) => tracing::error!(error = %e, "flush task failed"),
+    }
+    stop.disconnect.cancel();
+    let _ = mqtt_task.await;
+    stats.abort();
+    reloader.abort();
+    let snapshot = metrics.snapshot();
+    // The last line covers the whole run.
+    metrics::log_stats(snapshot, metrics::Snapshot::default(), started.elapsed(), &metrics);
+    Ok(Report { undelivered, snapshot, fatal: fatal.is_cancelled() })
+}
+
+/// A message taken from MQTT and not settled yet.
+
+async fn stats(metrics: Arc<Metrics>, every: Duration, shutdown: CancellationToken) {
+    if every.is_zero() {
+        return;
+    }
+    let mut before = metrics.snapshot();
+    let mut at = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let now = metrics.snapshot();
+        metrics::log_stats(now, before, at.elapsed(), &metrics);
+        before = now;
+        at = Instant::now();
+    }
+}
