@@ -25,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::mqtt::Inbound;
 use crate::route::Route;
 
+/// A message taken from MQTT and not settled yet.
 pub(super) struct InFlight {
     pub(super) inbound: Inbound,
     pub(super) progress: Progress,

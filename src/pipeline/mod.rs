@@ -140,8 +140,7 @@ async fn run_inner(
     Ok(Report { undelivered, snapshot, fatal: fatal.is_cancelled() })
 }
 
-/// A message taken from MQTT and not settled yet.
-
+/// Logs the statistics line every `every` (the spec's "metrics available via logs").
 async fn stats(metrics: Arc<Metrics>, every: Duration, shutdown: CancellationToken) {
     if every.is_zero() {
         return;
