@@ -1,0 +1,286 @@
+//! The connection loop's state, and one handler per kind of event: a publish, a CONNACK, a SUBACK, an
+//! ack rumqttc wrote, a broken connection. `super::run` calls them in turn.
+
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Outgoing, Packet, Publish, QoS};
+use tokio::sync::{mpsc, watch};
+
+use super::acks::Acks;
+use super::subscriptions::Subscriptions;
+use super::{options, Inbound, Links, Stop};
+use crate::backoff::Backoff;
+use crate::config::MqttSettings;
+use crate::intake::IntakeSender;
+use crate::metrics::{DropReason, Metrics};
+use crate::route::RouteTable;
+
+/// The largest packet the gateway will raise its limit to in order to take an over-size message in and
+/// dead-letter it (MQTT's own limit is 256 MiB).
+const OVERSIZE_CEILING: usize = 64 * 1024 * 1024;
+
+pub(super) struct Edge {
+    pub(super) settings: MqttSettings,
+    broker: String,
+    pub(super) client: AsyncClient,
+    pub(super) eventloop: EventLoop,
+    routes: watch::Receiver<Arc<RouteTable>>,
+    routes_open: bool,
+    /// The route table in effect, kept here so that a message costs no lock to find it.
+    table: Arc<RouteTable>,
+    /// Where messages go; `None` once shutdown began.
+    pub(super) out: Option<IntakeSender>,
+    pub(super) acks: Acks,
+    /// The number of the current connection; a new one after every CONNACK and every failure.
+    pub(super) connection: u64,
+    shared_connection: Arc<AtomicU64>,
+    backoff: Backoff,
+    subs: Subscriptions,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) stop: Stop,
+}
+
+impl Edge {
+    pub(super) fn new(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTable>>, links: Links, metrics: Arc<Metrics>, stop: Stop) -> Self {
+        let Links { out, acks, connection: shared_connection } = links;
+        let broker = format!("{}:{}", settings.host, settings.port);
+        let mut mqtt_options = options(&settings);
+        // Acks are ours to send, after Kafka has the records (see crate::ack).
+        mqtt_options.set_manual_acks(true);
+        // Room for a burst of acks in rumqttc's request channel; an ack that does not fit waits in line.
+        let (client, mut eventloop) = AsyncClient::new(mqtt_options, 4096);
+        let mut net = eventloop.network_options();
+        net.set_connection_timeout(settings.connect_timeout.as_secs());
+        eventloop.set_network_options(net);
+        let table = routes.borrow_and_update().clone();
+        if !settings.clean_session && table.routes().iter().any(|r| r.qos == 2) {
+            tracing::warn!("QoS 2 routes are subscribed at QoS 1 with a persistent session (clean_session: false): rumqttc cannot resume QoS 2 exchanges; delivery to Kafka is at-least-once either way");
+        }
+        tracing::info!(broker = %broker, client_id = %settings.client_id, clean_session = settings.clean_session, "connecting to the MQTT broker");
+        Self {
+            backoff: Backoff::new(settings.reconnect_min, settings.reconnect_max),
+            subs: Subscriptions::new(!settings.clean_session),
+            settings,
+            broker,
+            client,
+            eventloop,
+            routes,
+            routes_open: true,
+            table,
+            out: Some(out),
+            acks: Acks::new(acks),
+            connection: 0,
+            shared_connection,
+            metrics,
+            stop,
+        }
+    }
+
+    /// Between two events: what is cheap to check without waiting (atomic reads, where a select! over
+    /// the same would register and drop a waiter on each, for every message), and the acks now due,
+    /// written in one batch.
+    pub(super) async fn between_events(&mut self) -> ControlFlow<()> {
+        if self.stop.disconnect.is_cancelled() {
+            return ControlFlow::Break(());
+        }
+        if self.out.is_some() && self.stop.receiving.is_cancelled() {
+            // Dropping the sender lets the pipeline drain what it has and finish.
+            self.out = None;
+        }
+        self.write_due_acks().await;
+        if self.routes_open && self.routes.has_changed().unwrap_or(false) {
+            self.routes_changed();
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn routes_changed(&mut self) {
+        self.table = self.routes.borrow_and_update().clone();
+        if self.metrics.mqtt_connected.load(Relaxed) {
+            self.subs.apply(&self.client, &self.table);
+        }
+    }
+
+    /// The next event from rumqttc, serving acks, route changes and shutdown while the connection is
+    /// quiet. `None` once told to disconnect.
+    pub(super) async fn next_event(&mut self) -> Option<Result<Event, ConnectionError>> {
+        // One poll future per event, kept alive while the other branches run: dropping rumqttc's poll
+        // midway can abandon a connection attempt or a half-written ack (rumqtt#930). It goes first: in
+        // a burst the event is ready and nothing else is polled (`between_events` serves the rest).
+        let mut poll = std::pin::pin!(self.eventloop.poll());
+        loop {
+            tokio::select! {
+                biased;
+                event = &mut poll => return Some(event),
+                _ = self.stop.disconnect.cancelled() => return None,
+                _ = self.stop.receiving.cancelled(), if self.out.is_some() => self.out = None,
+                ack = self.acks.rx.recv(), if self.acks.open => match ack {
+                    Some(a) => self.acks.out.send(&self.client, a, self.connection, &self.metrics),
+                    None => self.acks.open = false,
+                },
+                _ = self.acks.retry.tick(), if !self.acks.out.unsent.is_empty() => {
+                    self.acks.out.retry_unsent(&self.client, self.connection, &self.metrics);
+                }
+                changed = self.routes.changed(), if self.routes_open => match changed {
+                    Ok(()) => {
+                        self.table = self.routes.borrow_and_update().clone();
+                        if self.metrics.mqtt_connected.load(Relaxed) {
+                            self.subs.apply(&self.client, &self.table);
+                        }
+                    }
+                    Err(_) => self.routes_open = false,
+                },
+            }
+        }
+    }
+
+    /// One event, to its handler.
+    pub(super) async fn handle(&mut self, event: Result<Event, ConnectionError>) -> ControlFlow<()> {
+        match event {
+            Ok(Event::Incoming(Packet::Publish(p))) => self.on_publish(p),
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => self.on_connack(ack.session_present),
+            Ok(Event::Incoming(Packet::SubAck(ack))) => self.subs.on_suback(&self.client, &self.table, &ack, &self.metrics),
+            Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => self.subs.on_subscribe_sent(pkid),
+            // rumqttc wrote an ack we had queued in its channel.
+            Ok(Event::Outgoing(Outgoing::PubAck(_) | Outgoing::PubRec(_))) => self.acks.out.written_by_rumqttc(),
+            Ok(_) => {}
+            Err(e) => return self.on_connection_error(e).await,
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn on_publish(&mut self, p: Publish) {
+        // Data arriving proves the connection alive. rumqttc counts only a PINGRESP as proof, and a
+        // PINGRESP queued behind a backlog the broker held for us (after a pause, in a burst) can take
+        // longer than the keep-alive to read: rumqttc would drop a healthy connection.
+        self.eventloop.state.await_pingresp = false;
+        self.forward(p);
+    }
+
+    /// Hands a received message to the pipeline with the route table in effect now.
+    fn forward(&mut self, p: Publish) {
+        let Some(tx) = self.out.as_ref() else {
+            // Shutting down: not taken, not acknowledged (QoS 1/2 come again next session).
+            self.metrics.message_dropped(DropReason::Shutdown, &p.topic);
+            return;
+        };
+        let qos = p.qos as u8;
+        self.metrics.message_received(&p.topic, qos, p.payload.len());
+        let inbound = Inbound {
+            topic: p.topic,
+            payload: p.payload,
+            qos,
+            retain: p.retain,
+            pkid: p.pkid,
+            received_at: SystemTime::now(),
+            connection: self.connection,
+            routes: self.table.clone(),
+        };
+        if let Err(m) = tx.send(inbound) {
+            // The pipeline is gone (it only stops at shutdown).
+            self.metrics.message_dropped(DropReason::Shutdown, &m.topic);
+            self.out = None;
+        }
+    }
+
+    fn on_connack(&mut self, session_present: bool) {
+        self.backoff.reset();
+        self.new_connection_number();
+        self.metrics.mqtt_connected(&self.broker, session_present);
+        // rumqttc never resubscribes (rumqtt#250). Without a session the broker forgot our
+        // subscriptions; with one, subscribing again is harmless and picks up route changes.
+        self.subs.reset();
+        self.table = self.routes.borrow_and_update().clone();
+        self.subs.apply(&self.client, &self.table);
+    }
+
+    /// Whatever was acknowledged from here on belongs to a connection that is gone: a new number makes
+    /// the ack path drop those acks (rumqttc would send them on the next connection, where the packet
+    /// ids may name other messages).
+    fn new_connection_number(&mut self) {
+        self.connection += 1;
+        self.shared_connection.store(self.connection, Relaxed);
+    }
+
+    /// The connection failed: keep what can be kept, then wait out the backoff (taking acks meanwhile,
+    /// so the stage that sends them never blocks on us) before rumqttc's next poll reconnects.
+    async fn on_connection_error(&mut self, e: ConnectionError) -> ControlFlow<()> {
+        // rumqttc reads packets in batches and may still hold events of the failed connection; it would
+        // hand them out after the reconnect, where a PUBLISH's packet id names another message. QoS 0
+        // messages have no packet id to go stale: they are taken. The others, never acknowledged, come
+        // again with a persistent session.
+        let held: Vec<Event> = self.eventloop.state.events.drain(..).collect();
+        for event in held {
+            if let Event::Incoming(Packet::Publish(p)) = event {
+                if p.qos == QoS::AtMostOnce {
+                    self.forward(p);
+                }
+            }
+        }
+        self.new_connection_number();
+        // rumqttc drops the acks still in its channel on a broken connection.
+        self.acks.out.connection_lost();
+        // SUBSCRIBEs not yet sent are void on a new connection; CONNACK applies the plan again.
+        self.subs.connection_lost();
+        self.eventloop.pending.retain(|r| !matches!(r, rumqttc::Request::Subscribe(_) | rumqttc::Request::Unsubscribe(_)));
+        if let ConnectionError::MqttState(rumqttc::StateError::Deserialization(rumqttc::Error::PayloadSizeLimitExceeded(size))) = &e {
+            self.oversize(*size);
+        }
+        let delay = self.backoff.next_delay();
+        self.metrics.mqtt_connection_error(&self.broker, &e, self.backoff.attempt(), delay);
+        let pause = tokio::time::sleep(delay);
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                _ = &mut pause => return ControlFlow::Continue(()),
+                _ = self.stop.disconnect.cancelled() => return ControlFlow::Break(()),
+                ack = self.acks.rx.recv(), if self.acks.open => match ack {
+                    Some(a) => self.acks.out.send(&self.client, a, self.connection, &self.metrics),
+                    None => self.acks.open = false,
+                },
+            }
+        }
+    }
+
+    /// A message larger than `mqtt.max_packet_size_bytes` arrived. rumqttc cannot skip it: the
+    /// connection is closed, and a QoS 1/2 message of a persistent session comes back after every
+    /// reconnect. So the limit for the next connection is raised to let it in; the pipeline then
+    /// dead-letters it for being over the configured size. A QoS 0 message is gone with the connection:
+    /// it is counted and logged.
+    fn oversize(&mut self, size: usize) {
+        let configured = self.settings.max_packet_size;
+        self.metrics.oversize_messages.fetch_add(1, Relaxed);
+        if size <= OVERSIZE_CEILING && size > self.eventloop.mqtt_options.max_packet_size() {
+            self.eventloop.mqtt_options.set_max_packet_size(size + 1024, configured);
+            tracing::error!(
+                size,
+                limit = configured,
+                "a message larger than mqtt.max_packet_size_bytes closed the connection; taking it in on the next connection to dead-letter it (a QoS 0 one is lost). Raise mqtt.max_packet_size_bytes if such messages are expected"
+            );
+        } else {
+            tracing::error!(size, limit = configured, "a message larger than mqtt.max_packet_size_bytes (and the gateway's ceiling) closed the connection; it is rejected");
+        }
+    }
+
+    /// The last acks, then DISCONNECT (rumqttc sends requests in order).
+    pub(super) async fn finish(mut self) {
+        self.acks.last_ones(&self.client, self.connection, &self.metrics);
+        // Say goodbye properly so the broker does not publish a will or keep us as a zombie session.
+        if self.metrics.mqtt_connected.load(Relaxed) && self.client.try_disconnect().is_ok() {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            while let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
+                if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
+                    break;
+                }
+            }
+        }
+        self.metrics.mqtt_connected.store(false, Relaxed);
+        tracing::info!(broker = %self.broker, "disconnected from the MQTT broker");
+    }
+}
+
+/// The acks channel from the pipeline, for `Acks::new`.
+pub(super) type AckReceiver = mpsc::UnboundedReceiver<crate::ack::AckToken>;

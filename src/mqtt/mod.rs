@@ -1,0 +1,108 @@
+//! The MQTT edge: one rumqttc connection, polled at all times. It reconnects with backoff, subscribes
+//! the route table's plan (again after every reconnect that found no session), falls back to a route's
+//! fallback filters when the broker refuses one in its SUBACK, and forwards publishes to the pipeline
+//! through the intake. When the intake is full it stops reading the connection (the broker holds the
+//! rest) while still answering keep-alives.
+//!
+//! - `edge.rs`: the connection loop's state and its handlers, one per kind of event;
+//! - `subscriptions.rs`: which filters are subscribed, and the fallbacks for refused ones;
+//! - `acks.rs`: PUBACK/PUBREC in arrival order, batched between events;
+//! - `pause.rs`: not reading while the intake is full, with keep-alives written by hand.
+
+mod acks;
+mod edge;
+mod pause;
+mod subscriptions;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use rumqttc::{MqttOptions, QoS, Transport};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::ack::AckToken;
+use crate::config::MqttSettings;
+use crate::intake::IntakeSender;
+use crate::metrics::Metrics;
+use crate::route::RouteTable;
+use edge::Edge;
+
+/// A message as it leaves the MQTT edge.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: u8,
+    pub retain: bool,
+    pub pkid: u16,
+    pub received_at: SystemTime,
+    /// Which connection it arrived on (packet ids are only meaningful within one).
+    pub connection: u64,
+    /// The route table in effect when it arrived: a message is routed by one complete route set, even if
+    /// a reload swaps the table while it waits in the buffer.
+    pub routes: Arc<RouteTable>,
+}
+
+/// Tokens the wiring uses to end the MQTT side in two steps.
+#[derive(Clone)]
+pub struct Stop {
+    /// Stop forwarding messages: what arrives after this is not taken.
+    pub receiving: CancellationToken,
+    /// Disconnect and return.
+    pub disconnect: CancellationToken,
+}
+
+/// The channels between the MQTT edge and the rest of the gateway.
+pub struct Links {
+    /// Messages out to the pipeline, bounded by bytes (see crate::intake).
+    pub out: IntakeSender,
+    /// Acks in, from the ack sequencer, in arrival order.
+    pub acks: mpsc::UnboundedReceiver<AckToken>,
+    /// The number of the current connection, for the sequencer to drop acks of older ones early.
+    pub connection: Arc<AtomicU64>,
+}
+
+pub fn options(s: &MqttSettings) -> MqttOptions {
+    let mut o = MqttOptions::new(&s.client_id, &s.host, s.port);
+    o.set_keep_alive(s.keep_alive);
+    o.set_clean_session(s.clean_session);
+    // rumqttc's 10 KiB default drops the connection on any larger message.
+    o.set_max_packet_size(s.max_packet_size, s.max_packet_size);
+    if let Some((user, pass)) = &s.credentials {
+        o.set_credentials(user, pass.expose());
+    }
+    if s.tls {
+        o.set_transport(Transport::tls_with_default_config());
+    }
+    o
+}
+
+fn qos(n: u8) -> QoS {
+    match n {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+/// Runs the MQTT side until `stop.disconnect`: a short dispatcher over the handlers in `edge.rs`.
+pub async fn run(settings: MqttSettings, routes: watch::Receiver<Arc<RouteTable>>, links: Links, metrics: Arc<Metrics>, stop: Stop) {
+    let mut edge = Edge::new(settings, routes, links, metrics, stop);
+    loop {
+        // The intake is full: stop reading, so the broker holds what follows, until it has room.
+        if edge.pause_while_full().await.is_break() {
+            break;
+        }
+        if edge.between_events().await.is_break() {
+            break;
+        }
+        let Some(event) = edge.next_event().await else { break };
+        if edge.handle(event).await.is_break() {
+            break;
+        }
+    }
+    edge.finish().await;
+}
