@@ -1,0 +1,181 @@
+//! Configuration: `routes.yaml` merged with environment variables, then checked into types that cannot
+//! hold an invalid value.
+//!
+//! Precedence, lowest first: built-in defaults (the `Default` impls below), the YAML file, `GATEWAY_*`
+//! variables, then the spec's variables (`MQTT_BROKER`, `KAFKA_BOOTSTRAP_SERVERS`, `MQTT_USERNAME`,
+//! `MQTT_PASSWORD`, `KAFKA_TOPIC`, `MQTT_TOPIC_PATTERN`).
+//!
+//! The prefix rule: `GATEWAY_<SECTION>__<KEY>` sets `<section>.<key>`, lower-cased, `__` separating levels
+//! (`GATEWAY_MQTT__CLIENT_ID=edge-1`, `GATEWAY_SHUTDOWN__GRACE_PERIOD_SECS=10`). Under
+//! `kafka.properties` a `_` becomes a `.`, because librdkafka property names use dots
+//! (`GATEWAY_KAFKA__PROPERTIES__COMPRESSION_TYPE=zstd` sets `compression.type`). Lists (the routes) cannot
+//! be indexed from the environment; `KAFKA_TOPIC` and `MQTT_TOPIC_PATTERN` set the first route's topic and
+//! filter, as in the spec.
+//!
+//! Loading happens in two stages: raw structs straight from serde, then [`Config`] with compiled regexes,
+//! parsed JSONPath and checked filters. Every problem found is reported, each with the file, line, key
+//! path and a hint.
+//!
+//! - `raw.rs`: the serde schema of the file, with its defaults;
+//! - `sources.rs`: the YAML provider and the environment layering, with located errors;
+//! - `validate.rs`: raw into checked types, one function per section;
+//! - `broker.rs`: the broker address.
+
+mod broker;
+mod raw;
+mod sources;
+mod validate;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use broker::parse_broker;
+pub use raw::*;
+pub use sources::{load, load_from_str, load_with_env, EnvSource, ProcessEnv};
+
+use crate::route::RouteTable;
+use crate::yaml_index::Position;
+
+pub const DEFAULT_CONFIG_PATH: &str = "routes.yaml";
+/// Prefix of the environment variables that override any scalar key.
+pub const ENV_PREFIX: &str = "GATEWAY_";
+
+// ---------------------------------------------------------------------------------------------------
+// Validated configuration.
+// ---------------------------------------------------------------------------------------------------
+
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub source: PathBuf,
+    pub mqtt: MqttSettings,
+    pub kafka: KafkaSettings,
+    pub routes: RouteTable,
+    pub shutdown_grace: Duration,
+    pub log: RawLog,
+    pub reload: RawReload,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttSettings {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    pub client_id: String,
+    pub credentials: Option<(String, Secret)>,
+    pub keep_alive: Duration,
+    pub clean_session: bool,
+    pub max_packet_size: usize,
+    pub connect_timeout: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub buffer_bytes: usize,
+    pub max_unacked_messages: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaSettings {
+    pub bootstrap_servers: String,
+    /// librdkafka properties, the gateway's own choices first, then the user's `properties`.
+    pub properties: BTreeMap<String, String>,
+}
+
+
+// ---------------------------------------------------------------------------------------------------
+// Problems.
+// ---------------------------------------------------------------------------------------------------
+
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Key path such as `routes[1].device_id.regex`; empty for the whole file.
+    pub path: String,
+    pub message: String,
+    pub hint: Option<String>,
+    /// Where the value came from: the file (with a position when known) or an environment variable.
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    File { path: PathBuf, position: Option<Position> },
+    Environment,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.origin {
+            Origin::File { path, position: Some(p) } => write!(f, "{}:{}:{}: ", path.display(), p.line, p.column)?,
+            Origin::File { path, position: None } => write!(f, "{}: ", path.display())?,
+            Origin::Environment => f.write_str("environment: ")?,
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)?;
+        if let Some(h) = &self.hint {
+            write!(f, "\n    hint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Everything wrong with a configuration, all at once.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        writeln!(f, "{}: {} problem{} found", self.file.display(), n, if n == 1 { "" } else { "s" })?;
+        for p in &self.problems {
+            writeln!(f, "  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+
+impl Config {
+    /// The keys that differ between `self` and `new` and only take effect after a restart (everything
+    /// but the routes).
+    pub fn restart_needed(&self, new: &Config) -> Vec<String> {
+        let mut keys = Vec::new();
+        let (a, b) = (&self.mqtt, &new.mqtt);
+        let mut check = |key: &str, differs: bool| {
+            if differs {
+                keys.push(key.to_string());
+            }
+        };
+        check("mqtt.broker", (&a.host, a.port, a.tls) != (&b.host, b.port, b.tls));
+        check("mqtt.client_id", a.client_id != b.client_id);
+        check("mqtt.username/password", a.credentials != b.credentials);
+        check("mqtt.keep_alive_secs", a.keep_alive != b.keep_alive);
+        check("mqtt.clean_session", a.clean_session != b.clean_session);
+        check("mqtt.max_packet_size_bytes", a.max_packet_size != b.max_packet_size);
+        check("mqtt.connect_timeout_secs", a.connect_timeout != b.connect_timeout);
+        check("mqtt.reconnect_*_delay_ms", (a.reconnect_min, a.reconnect_max) != (b.reconnect_min, b.reconnect_max));
+        check("mqtt.buffer_bytes", a.buffer_bytes != b.buffer_bytes);
+        check("mqtt.max_unacked_messages", a.max_unacked_messages != b.max_unacked_messages);
+        check("shutdown.grace_period_secs", self.shutdown_grace != new.shutdown_grace);
+        check("log", self.log != new.log);
+        check("reload", self.reload != new.reload);
+        let (pa, pb) = (&self.kafka.properties, &new.kafka.properties);
+        for key in pa.keys().chain(pb.keys().filter(|k| !pa.contains_key(*k))) {
+            if pa.get(key) != pb.get(key) {
+                // A secret property's value is not shown, only its name.
+                keys.push(format!("kafka ({key})"));
+            }
+        }
+        keys
+    }
+}

@@ -1,0 +1,324 @@
+//! Where the configuration comes from, and in which order: built-in defaults, the YAML file, the
+//! `GATEWAY_*` variables, then the spec's variables. The file is parsed once (yaml_serde) and handed to
+//! figment by a small provider, so the text checked, indexed for line numbers and applied is one and the
+//! same. Every problem is located: in the file (line, column) or in the environment.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use figment::providers::Serialized;
+use figment::value::{Dict, Map, Value as FValue};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::Deserialize;
+
+use super::raw::RawConfig;
+use super::validate::validate;
+use super::{Config, ConfigError, Origin, Problem, DEFAULT_CONFIG_PATH, ENV_PREFIX};
+use crate::yaml_index::{Position, YamlIndex};
+
+
+/// Where the configuration's environment comes from; tests pass a map instead of the process environment.
+pub trait EnvSource {
+    fn get(&self, name: &str) -> Option<String>;
+    fn all(&self) -> Vec<(String, String)>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+    fn all(&self) -> Vec<(String, String)> {
+        std::env::vars().collect()
+    }
+}
+
+impl EnvSource for BTreeMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        BTreeMap::get(self, name).cloned()
+    }
+    fn all(&self) -> Vec<(String, String)> {
+        self.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+/// Loads and checks the file at `path` with the process environment.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_with_env(path, &ProcessEnv)
+}
+
+/// Loads and checks the file at `path`, overridden by `env`.
+pub fn load_with_env(path: &Path, env: &dyn EnvSource) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        problems: vec![Problem {
+            path: String::new(),
+            message: format!("cannot read the configuration file: {e}"),
+            hint: Some(format!(
+                "pass the file with --config PATH (default ./{DEFAULT_CONFIG_PATH}); the repository's routes.yaml is a starting point"
+            )),
+            origin: Origin::File { path: path.to_path_buf(), position: None },
+        }],
+    })?;
+    load_from_str(path, &text, env)
+}
+
+/// Checks configuration text as if it had been read from `path`.
+pub fn load_from_str(path: &Path, text: &str, env: &dyn EnvSource) -> Result<Config, ConfigError> {
+    let fail = |problems| ConfigError { file: path.to_path_buf(), problems };
+    let file_problem = |key: &str, message: String, hint: Option<String>, position: Option<Position>| Problem {
+        path: key.to_string(),
+        message,
+        hint,
+        origin: Origin::File { path: path.to_path_buf(), position },
+    };
+
+    // Syntax first: yaml_serde gives line and column.
+    let document: yaml_serde::Value = match yaml_serde::from_str(text) {
+        Ok(yaml_serde::Value::Null) => yaml_serde::Value::Mapping(Default::default()),
+        Ok(v) => v,
+        Err(e) => {
+            let position = e.location().map(|l| Position { line: l.line(), column: l.column() });
+            return Err(fail(vec![file_problem(
+                "",
+                format!("YAML syntax error: {e}"),
+                Some("check indentation and quoting; quote regexes and filters that contain ': ', '#' or '{'".into()),
+                position,
+            )]));
+        }
+    };
+    if !document.is_mapping() {
+        return Err(fail(vec![file_problem(
+            "",
+            "the file must be a mapping with keys such as `mqtt`, `kafka` and `routes`".into(),
+            None,
+            Some(Position { line: 1, column: 1 }),
+        )]));
+    }
+    let index = YamlIndex::build(text);
+
+    let figment = Figment::new()
+        .merge(YamlDocument { path: path.to_path_buf(), document })
+        .merge(prefixed_env(env))
+        .merge(spec_env(env));
+    let merged: Dict = match figment.extract::<Dict>() {
+        Ok(d) => d,
+        Err(e) => return Err(fail(vec![file_problem("", e.to_string(), None, None)])),
+    };
+
+    let locate = |key: &str| -> Origin {
+        let from_env = figment
+            .find_metadata(&figment_path(key))
+            .is_some_and(|m| m.source.as_ref().is_none_or(|s| !matches!(s, figment::Source::File(_))));
+        if from_env {
+            Origin::Environment
+        } else {
+            Origin::File { path: path.to_path_buf(), position: index.locate(key) }
+        }
+    };
+    let mut problems = Vec::new();
+    let raw = deserialize_sections(&merged, &locate, &mut problems);
+    let Some(mut raw) = raw else {
+        return Err(fail(problems));
+    };
+
+    // The spec's two route variables: lists cannot be indexed from the environment (Figment#113).
+    let mut env_route_overrides = false;
+    if let Some(first) = raw.routes.first_mut() {
+        if let Some(topic) = env.get("KAFKA_TOPIC").filter(|s| !s.is_empty()) {
+            first.topic = topic;
+            env_route_overrides = true;
+        }
+        if let Some(pattern) = env.get("MQTT_TOPIC_PATTERN").filter(|s| !s.is_empty()) {
+            if pattern != first.filter {
+                // The fallbacks were written for the old filter and would subscribe something unrelated.
+                first.filter = pattern;
+                first.fallback_filters.clear();
+                env_route_overrides = true;
+            }
+        }
+    }
+    let config = validate(path, raw, &|key: &str| {
+        if env_route_overrides && (key == "routes[0].topic" || key == "routes[0].filter") {
+            Origin::Environment
+        } else {
+            locate(key)
+        }
+    }, &mut problems);
+    match config {
+        Some(c) if problems.is_empty() => Ok(c),
+        _ => Err(fail(problems)),
+    }
+}
+
+/// `routes[1].device_id` → `routes.1.device_id`, figment's spelling.
+fn figment_path(key: &str) -> String {
+    key.replace('[', ".").replace(']', "")
+}
+
+/// The parsed YAML document as a figment provider. We parse the text ourselves (instead of
+/// `figment::providers::Yaml::file`) so that the text indexed for line numbers, the text checked and the
+/// text applied are one and the same, even if the file changes underneath, and because figment's YAML
+/// support is built on the archived serde_yaml.
+struct YamlDocument {
+    path: PathBuf,
+    document: yaml_serde::Value,
+}
+
+impl Provider for YamlDocument {
+    fn metadata(&self) -> Metadata {
+        Metadata::from("configuration file", figment::Source::File(self.path.clone()))
+    }
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Serialized::defaults(&self.document).data()
+    }
+}
+
+/// `GATEWAY_A__B=v` → `a.b = v`; under `kafka.properties`, `_` becomes `.`.
+fn prefixed_env(env: &dyn EnvSource) -> Serialized<Dict> {
+    let mut dict = Dict::new();
+    for (name, value) in env.all() {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+        let mut parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        if parts.iter().any(String::is_empty) {
+            continue;
+        }
+        if parts.len() >= 3 && parts[0] == "kafka" && parts[1] == "properties" {
+            let prop = parts[2..].join(".").replace('_', ".");
+            parts.truncate(2);
+            parts.push(prop);
+        }
+        let parsed: FValue = value.parse().unwrap_or_else(|_| FValue::from(value.clone()));
+        let nested = parts.iter().rev().fold(parsed, |acc, key| {
+            let mut d = Dict::new();
+            d.insert(key.clone(), acc);
+            FValue::from(d)
+        });
+        if let FValue::Dict(_, d) = nested {
+            dict = merge_dicts(dict, d);
+        }
+    }
+    Serialized::defaults(dict)
+}
+
+fn merge_dicts(mut base: Dict, other: Dict) -> Dict {
+    for (k, v) in other {
+        match (base.remove(&k), v) {
+            (Some(FValue::Dict(_, a)), FValue::Dict(_, b)) => {
+                base.insert(k, FValue::from(merge_dicts(a, b)));
+            }
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+    base
+}
+
+/// The spec's variables, taken as plain strings (a password of digits stays a string).
+fn spec_env(env: &dyn EnvSource) -> Serialized<Dict> {
+    const VARS: [(&str, &str, &str); 4] = [
+        ("MQTT_BROKER", "mqtt", "broker"),
+        ("KAFKA_BOOTSTRAP_SERVERS", "kafka", "bootstrap_servers"),
+        ("MQTT_USERNAME", "mqtt", "username"),
+        ("MQTT_PASSWORD", "mqtt", "password"),
+    ];
+    let mut dict = Dict::new();
+    for (var, section, key) in VARS {
+        if let Some(value) = env.get(var).filter(|v| !v.is_empty()) {
+            let mut inner = Dict::new();
+            inner.insert(key.to_string(), FValue::from(value));
+            let mut outer = Dict::new();
+            outer.insert(section.to_string(), FValue::from(inner));
+            dict = merge_dicts(dict, outer);
+        }
+    }
+    Serialized::defaults(dict)
+}
+
+fn deserialize_sections(
+    merged: &Dict,
+    locate: &dyn Fn(&str) -> Origin,
+    problems: &mut Vec<Problem>,
+) -> Option<RawConfig> {
+    const SECTIONS: [&str; 6] = ["mqtt", "kafka", "routes", "shutdown", "log", "reload"];
+    for key in merged.keys() {
+        if !SECTIONS.contains(&key.as_str()) {
+            problems.push(Problem {
+                path: key.clone(),
+                message: format!("unknown key `{key}`"),
+                hint: Some(format!("top-level keys are: {}", SECTIONS.join(", "))),
+                origin: locate(key),
+            });
+        }
+    }
+    let mut raw = RawConfig::default();
+    let before = problems.len();
+    macro_rules! section {
+        ($name:literal, $field:ident) => {
+            if let Some(v) = merged.get($name) {
+                if let Some(parsed) = from_value(v, $name, locate, problems) {
+                    raw.$field = parsed;
+                }
+            }
+        };
+    }
+    section!("mqtt", mqtt);
+    section!("kafka", kafka);
+    section!("shutdown", shutdown);
+    section!("log", log);
+    section!("reload", reload);
+    if let Some(routes) = merged.get("routes") {
+        match routes {
+            FValue::Array(_, items) => {
+                raw.routes = items
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, item)| from_value(item, &format!("routes[{i}]"), locate, problems))
+                    .collect();
+            }
+            _ => problems.push(Problem {
+                path: "routes".into(),
+                message: "must be a list of routes".into(),
+                hint: Some("start each route with `- name: ...`".into()),
+                origin: locate("routes"),
+            }),
+        }
+    }
+    (problems.len() == before).then_some(raw)
+}
+
+fn from_value<T: for<'de> Deserialize<'de>>(
+    value: &FValue,
+    at: &str,
+    locate: &dyn Fn(&str) -> Origin,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let path = if inner == "." || inner.is_empty() {
+                at.to_string()
+            } else if inner.starts_with('[') {
+                format!("{at}{inner}")
+            } else {
+                format!("{at}.{inner}")
+            };
+            let message = e.into_inner().to_string();
+            let hint = if message.contains("found `buffer_messages`") {
+                Some("mqtt.buffer_messages was replaced by mqtt.buffer_bytes (default 33554432): the buffer is bounded by bytes, and a full buffer now pauses reading instead of dropping QoS 0 messages".to_string())
+            } else if message.contains("unknown field") {
+                Some("remove the key or fix its spelling; the README lists every key".to_string())
+            } else if message.contains("missing field") {
+                Some("add the key; see the README's configuration reference".to_string())
+            } else {
+                None
+            };
+            problems.push(Problem { path: path.clone(), message, hint, origin: locate(&path) });
+            None
+        }
+    }
+}

@@ -1,0 +1,192 @@
+use super::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn load(text: &str, pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    load_from_str(Path::new("routes.yaml"), text, &env(pairs))
+}
+
+#[test]
+fn broker_addresses_table() {
+    let cases = [
+        ("mosquitto:1883", Ok(("mosquitto".to_string(), 1883, false))),
+        ("localhost", Ok(("localhost".to_string(), 1883, false))),
+        ("mqtt://broker.example:1884", Ok(("broker.example".to_string(), 1884, false))),
+        ("tcp://broker", Ok(("broker".to_string(), 1883, false))),
+        ("mqtts://broker.example", Ok(("broker.example".to_string(), 8883, true))),
+        ("[::1]:1885", Ok(("::1".to_string(), 1885, false))),
+    ];
+    for (input, want) in cases {
+        assert_eq!(parse_broker(input), want, "{input}");
+    }
+    for bad in ["", "http://x", "host:notaport", "host:0", "[::1", ":1883"] {
+        assert!(parse_broker(bad).is_err(), "{bad:?} should be rejected");
+    }
+}
+
+#[test]
+fn an_empty_file_gives_the_spec_route_and_defaults() {
+    let c = load("", &[]).unwrap();
+    let r = &c.routes.routes()[0];
+    assert_eq!((r.filter.as_str(), r.topic.to_string().as_str(), r.qos), ("cmnd/#", "raw_iot_data", 0));
+    assert_eq!(r.fallback_filters, vec!["cmnd/+/+/+/+"]);
+    assert_eq!(r.dead_letter_topic, "raw_iot_data.dlq");
+    assert_eq!(c.mqtt.keep_alive, Duration::from_secs(60));
+    assert!(c.mqtt.clean_session);
+    assert!(c.mqtt.max_packet_size >= 1024 * 1024);
+    assert_eq!(c.kafka.properties["acks"], "all");
+    assert_eq!(c.kafka.properties["enable.idempotence"], "true");
+    assert_eq!(c.kafka.properties["partitioner"], "murmur2_random");
+}
+
+#[test]
+fn the_shipped_routes_yaml_is_the_spec_route() {
+    let text = include_str!("../../routes.yaml");
+    let c = load(text, &[]).unwrap();
+    let routes = c.routes.routes();
+    assert_eq!(routes.len(), 1);
+    let r = &routes[0];
+    assert_eq!((r.filter.as_str(), r.topic.to_string().as_str(), r.qos), ("cmnd/#", "raw_iot_data", 0));
+    assert_eq!(r.fallback_filters, vec!["cmnd/+/+/+/+"]);
+    assert_eq!(r.device_id.extract("cmnd/f2-e4fd45f654be/access-control-mode/J1/door-sensors").0, "f2-e4fd45f654be");
+    assert_eq!(r.device_id.extract("cmnd/plc-7/state").0, "plc-7");
+    assert_eq!(r.device_id.extract("cmnd").0, "unknown");
+}
+
+#[test]
+fn spec_environment_variables_override_the_file() {
+    let c = load(
+        "mqtt: {broker: 'file:1883'}\nkafka: {bootstrap_servers: 'file:9092'}\n",
+        &[
+            ("KAFKA_TOPIC", "from_env"),
+            ("MQTT_TOPIC_PATTERN", "sensors/#"),
+        ],
+    )
+    .unwrap();
+    let r = &c.routes.routes()[0];
+    assert_eq!(r.topic.to_string(), "from_env");
+    assert_eq!(r.filter, "sensors/#");
+    assert!(r.fallback_filters.is_empty(), "fallbacks of cmnd/# make no sense for sensors/#");
+    assert_eq!(r.dead_letter_topic, "from_env.dlq");
+    assert_eq!(c.mqtt.host, "file");
+
+    let same = load("", &[("MQTT_TOPIC_PATTERN", "cmnd/#"), ("MQTT_BROKER", "mqtt://env-broker:1999"), ("KAFKA_BOOTSTRAP_SERVERS", "k1:9092,k2:9092")]).unwrap();
+    assert_eq!(same.routes.routes()[0].fallback_filters, vec!["cmnd/+/+/+/+"], "same filter: fallbacks kept");
+    assert_eq!((same.mqtt.host.as_str(), same.mqtt.port), ("env-broker", 1999));
+    assert_eq!(same.kafka.properties["bootstrap.servers"], "k1:9092,k2:9092");
+}
+
+#[test]
+fn prefixed_variables_override_nested_keys() {
+    let c = load(
+        "mqtt: {client_id: a}\n",
+        &[
+            ("GATEWAY_MQTT__CLIENT_ID", "edge-7"),
+            ("GATEWAY_MQTT__KEEP_ALIVE_SECS", "30"),
+            ("GATEWAY_KAFKA__PROPERTIES__COMPRESSION_TYPE", "zstd"),
+            ("GATEWAY_MQTT__USERNAME", "1234"),
+            ("GATEWAY_MQTT__PASSWORD", "5678"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.mqtt.client_id, "edge-7");
+    assert_eq!(c.mqtt.keep_alive, Duration::from_secs(30));
+    assert_eq!(c.kafka.properties["compression.type"], "zstd");
+    let (user, pass) = c.mqtt.credentials.clone().unwrap();
+    assert_eq!((user.as_str(), pass.expose()), ("1234", "5678"));
+    assert_eq!(format!("{:?}", c.mqtt), format!("{:?}", c.mqtt).replace("5678", "***"), "password never printed");
+}
+
+#[test]
+fn kafka_properties_pass_through_and_win() {
+    let c = load("kafka:\n  properties:\n    linger.ms: 50\n    security.protocol: SASL_SSL\n", &[]).unwrap();
+    assert_eq!(c.kafka.properties["linger.ms"], "50");
+    assert_eq!(c.kafka.properties["security.protocol"], "SASL_SSL");
+}
+
+fn problems(text: &str) -> Vec<String> {
+    load(text, &[]).err().expect("config should be rejected").problems.iter().map(|p| p.to_string()).collect()
+}
+
+#[test]
+fn yaml_syntax_errors_name_the_line() {
+    let p = problems("mqtt:\n  broker: [unclosed\nkafka: {}\n");
+    assert_eq!(p.len(), 1);
+    assert!(p[0].starts_with("routes.yaml:"), "{p:?}");
+    assert!(p[0].contains("YAML syntax error"), "{p:?}");
+}
+
+#[test]
+fn unknown_keys_name_path_and_line() {
+    let p = problems("mqtt:\n  brokr: x\nroutes:\n  - name: a\n    filter: a/#\n    topic: t\n    qos_level: 1\n");
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(p[0].starts_with("routes.yaml:2:3: mqtt.brokr: unknown field"), "{p:?}");
+    assert!(p[1].starts_with("routes.yaml:7:5: routes[0].qos_level: unknown field"), "{p:?}");
+}
+
+#[test]
+fn the_replaced_buffer_messages_key_points_to_buffer_bytes() {
+    let p = problems("mqtt:\n  buffer_messages: 1000\n");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].starts_with("routes.yaml:2:3: mqtt.buffer_messages: unknown field"), "{p:?}");
+    assert!(p[0].contains("replaced by mqtt.buffer_bytes"), "{p:?}");
+}
+
+#[test]
+fn wrong_types_and_missing_keys_are_reported() {
+    let p = problems("mqtt:\n  keep_alive_secs: soon\nroutes:\n  - name: a\n    filter: a/#\n");
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(p[0].contains("mqtt.keep_alive_secs") && p[0].contains("routes.yaml:2:"), "{p:?}");
+    assert!(p[1].contains("routes[0]") && p[1].contains("missing field `topic`") && p[1].contains("routes.yaml:4:"), "{p:?}");
+}
+
+#[test]
+fn every_semantic_problem_is_reported_at_once() {
+    let text = "\
+routes:
+  - name: a
+    filter: cmnd/#/bad
+    topic: ok
+    device_id:
+      regex: '(unclosed'
+  - name: a
+    filter: x/+
+    topic: 'bad topic'
+    qos: 3
+    key: '$[?'
+    device_id:
+      regex: 'no-group'
+";
+    let p = problems(text);
+    let expect = [
+        ("routes.yaml:3:5: routes[0].filter", "invalid MQTT filter"),
+        ("routes.yaml:6:7: routes[0].device_id.regex", "invalid regex"),
+        ("routes.yaml:7:5: routes[1].name", "already the name"),
+        ("routes.yaml:10:5: routes[1].qos", "not an MQTT QoS"),
+        ("routes.yaml:9:5: routes[1].topic", "contains ' '"),
+        ("routes.yaml:13:7: routes[1].device_id.regex", "no named group"),
+        ("routes.yaml:11:5: routes[1].key", "invalid JSONPath"),
+    ];
+    for (prefix, text) in expect {
+        assert!(p.iter().any(|l| l.starts_with(prefix) && l.contains(text)), "missing {prefix} / {text} in {p:#?}");
+    }
+    assert_eq!(p.len(), expect.len(), "{p:#?}");
+}
+
+#[test]
+fn an_environment_value_is_blamed_on_the_environment() {
+    let err = load("", &[("GATEWAY_MQTT__KEEP_ALIVE_SECS", "soon")]).unwrap_err();
+    assert_eq!(err.problems.len(), 1);
+    assert_eq!(err.problems[0].origin, Origin::Environment, "{}", err);
+}
+
+#[test]
+fn a_missing_file_is_an_error_that_says_how_to_fix_it() {
+    let err = super::load(Path::new("does/not/exist.yaml")).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("does/not/exist.yaml") && text.contains("--config"), "{text}");
+}

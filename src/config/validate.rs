@@ -1,0 +1,269 @@
+//! The raw configuration into checked types: compiled regexes, parsed JSONPath, validated filters and
+//! topic names. One function per section; each reports every problem it finds, with the key it concerns,
+//! and a new section adds a function here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use regex::Regex;
+
+use super::broker::parse_broker;
+use super::raw::{RawConfig, RawKafka, RawMqtt, RawRoute, Secret};
+use super::{Config, KafkaSettings, MqttSettings, Origin, Problem};
+use crate::filter;
+use crate::route::{DeviceIdRule, KeyRule, PayloadFormat, Route, RouteTable, ValueFormat};
+use crate::template::TopicTemplate;
+use crate::topic_name::{check_kafka_topic, kafka_topic_char};
+
+/// The problems found so far, each located by the key it concerns.
+struct Problems<'a> {
+    list: &'a mut Vec<Problem>,
+    locate: &'a dyn Fn(&str) -> Origin,
+}
+
+impl Problems<'_> {
+    fn add(&mut self, key: &str, message: String, hint: Option<&str>) {
+        self.list.push(Problem { path: key.into(), message, hint: hint.map(Into::into), origin: (self.locate)(key) });
+    }
+}
+
+pub(super) fn validate(path: &Path, raw: RawConfig, locate: &dyn Fn(&str) -> Origin, problems: &mut Vec<Problem>) -> Option<Config> {
+    let mut p = Problems { list: problems, locate };
+    let mqtt = mqtt(&raw.mqtt, &mut p);
+    let properties = kafka_properties(&raw.kafka, &raw.mqtt.client_id.0, &mut p);
+    let routes = routes(&raw.routes, &raw.kafka.dead_letter_suffix, &mut p);
+    // The small sections, in the file's order.
+    if raw.shutdown.grace_period_secs > 86_400 {
+        p.add("shutdown.grace_period_secs", format!("{} is out of range", raw.shutdown.grace_period_secs), Some("use 0 to 86400"));
+    }
+    let log = raw.log.clone();
+    if !["text", "json"].contains(&log.format.as_str()) {
+        p.add("log.format", format!("unknown format `{}`", log.format), Some("use text or json"));
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log.level) {
+        p.add("log.level", format!("invalid filter `{}`: {e}", log.level), Some("e.g. info, or info,mqtt_kafka_gateway=debug"));
+    }
+    if raw.reload.debounce_ms > 60_000 || raw.reload.poll_interval_secs > 86_400 {
+        p.add("reload", "debounce_ms must be at most 60000 and poll_interval_secs at most 86400".into(), None);
+    }
+    Some(Config {
+        source: path.to_path_buf(),
+        mqtt: mqtt?,
+        kafka: KafkaSettings { bootstrap_servers: raw.kafka.bootstrap_servers.clone(), properties },
+        routes: RouteTable::new(routes),
+        shutdown_grace: Duration::from_secs(raw.shutdown.grace_period_secs),
+        log,
+        reload: raw.reload.clone(),
+    })
+}
+
+fn mqtt(m: &RawMqtt, p: &mut Problems<'_>) -> Option<MqttSettings> {
+    let broker = parse_broker(&m.broker).map_err(|e| p.add("mqtt.broker", e, Some("use host:port, or mqtt://host:port / mqtts://host:port")));
+    if m.client_id.0.is_empty() || m.client_id.0.len() > 65_535 {
+        p.add("mqtt.client_id", "must be a non-empty string".into(), None);
+    }
+    if m.keep_alive_secs < 5 || m.keep_alive_secs > 65_535 {
+        p.add("mqtt.keep_alive_secs", format!("{} is out of range", m.keep_alive_secs), Some("use 5 to 65535 seconds (spec: 60)"));
+    }
+    if m.max_packet_size_bytes < 1024 || m.max_packet_size_bytes > 268_435_455 {
+        p.add("mqtt.max_packet_size_bytes", format!("{} is out of range", m.max_packet_size_bytes), Some("use 1024 to 268435455 (MQTT's limit); default 1048576"));
+    }
+    if m.reconnect_min_delay_ms == 0 || m.reconnect_min_delay_ms > m.reconnect_max_delay_ms {
+        p.add("mqtt.reconnect_min_delay_ms", "must be positive and not above reconnect_max_delay_ms".into(), None);
+    }
+    if m.buffer_bytes < 1024 || m.buffer_bytes > 1 << 40 {
+        p.add("mqtt.buffer_bytes", format!("{} is out of range", m.buffer_bytes), Some("use 1024 bytes to 1 TiB; default 33554432 (32 MiB)"));
+    }
+    if m.max_unacked_messages == 0 || m.max_unacked_messages > 10_000_000 {
+        p.add("mqtt.max_unacked_messages", format!("{} is out of range", m.max_unacked_messages), Some("use 1 to 10000000"));
+    }
+    if m.connect_timeout_secs > 3600 || m.reconnect_max_delay_ms > 3_600_000 {
+        p.add("mqtt.reconnect_max_delay_ms", "connect timeout and reconnect delays must stay within an hour".into(), None);
+    }
+    if m.password.is_some() && m.username.is_none() {
+        p.add("mqtt.password", "a password needs a username".into(), Some("set mqtt.username or MQTT_USERNAME"));
+    }
+    let (host, port, tls) = broker.ok()?;
+    Some(MqttSettings {
+        host,
+        port,
+        tls,
+        client_id: m.client_id.0.clone(),
+        credentials: m.username.as_ref().map(|u| (u.0.clone(), m.password.clone().unwrap_or_else(|| Secret::new("")))),
+        keep_alive: Duration::from_secs(m.keep_alive_secs),
+        clean_session: m.clean_session,
+        max_packet_size: m.max_packet_size_bytes,
+        connect_timeout: Duration::from_secs(m.connect_timeout_secs.max(1)),
+        reconnect_min: Duration::from_millis(m.reconnect_min_delay_ms),
+        reconnect_max: Duration::from_millis(m.reconnect_max_delay_ms),
+        buffer_bytes: m.buffer_bytes,
+        max_unacked_messages: m.max_unacked_messages,
+    })
+}
+
+/// librdkafka's properties: the gateway's own choices first, then the user's `kafka.properties`.
+fn kafka_properties(k: &RawKafka, client_id: &str, p: &mut Problems<'_>) -> BTreeMap<String, String> {
+    if k.bootstrap_servers.trim().is_empty() {
+        p.add("kafka.bootstrap_servers", "must not be empty".into(), Some("e.g. localhost:9092"));
+    }
+    if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&k.compression.as_str()) {
+        p.add("kafka.compression", format!("unknown codec `{}`", k.compression), Some("use none, gzip, snappy, lz4 or zstd"));
+    }
+    if !k.dead_letter_suffix.chars().all(kafka_topic_char) {
+        p.add("kafka.dead_letter_suffix", "may only contain letters, digits, '.', '_' and '-'".into(), None);
+    }
+    let mut properties: BTreeMap<String, String> = BTreeMap::from([
+        ("bootstrap.servers".into(), k.bootstrap_servers.clone()),
+        ("enable.idempotence".into(), "true".into()),
+        ("acks".into(), "all".into()),
+        ("partitioner".into(), "murmur2_random".into()),
+        ("compression.type".into(), k.compression.clone()),
+        ("linger.ms".into(), k.linger_ms.to_string()),
+        ("batch.size".into(), k.batch_size_bytes.to_string()),
+        ("message.timeout.ms".into(), k.delivery_timeout_ms.to_string()),
+        ("queue.buffering.max.messages".into(), k.queue_max_messages.to_string()),
+        ("queue.buffering.max.kbytes".into(), k.queue_max_kbytes.to_string()),
+        ("client.id".into(), client_id.to_string()),
+    ]);
+    for (key, value) in &k.properties {
+        properties.insert(key.clone(), value.0.clone());
+    }
+    properties
+}
+
+fn routes(raw: &[RawRoute], dead_letter_suffix: &str, p: &mut Problems<'_>) -> Vec<Route> {
+    if raw.is_empty() {
+        p.add("routes", "no routes: the gateway would do nothing".into(), Some("add at least one route; the shipped routes.yaml has the spec's"));
+    }
+    // Routes that share a pattern share its compiled program: a thousand routes with the default device
+    // regexes would otherwise hold a thousand copies (about 80 KiB each).
+    let mut regexes: HashMap<String, Regex> = HashMap::new();
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut routes = Vec::new();
+    for (i, r) in raw.iter().enumerate() {
+        let at = format!("routes[{i}]");
+        if r.name.trim().is_empty() {
+            p.add(&format!("{at}.name"), "must not be empty".into(), None);
+        }
+        if let Some(j) = names.get(r.name.as_str()) {
+            p.add(&format!("{at}.name"), format!("`{}` is already the name of routes[{j}]", r.name), Some("route names must be unique"));
+        } else {
+            names.insert(&r.name, i);
+        }
+        if let Some(route) = route(&at, r, dead_letter_suffix, &mut regexes, p) {
+            routes.push(route);
+        }
+    }
+    routes
+}
+
+/// One route, checked; `None` if it has a problem (reported).
+fn route(at: &str, r: &RawRoute, dead_letter_suffix: &str, regexes: &mut HashMap<String, Regex>, p: &mut Problems<'_>) -> Option<Route> {
+    if let Err(e) = filter::validate(&r.filter) {
+        p.add(&format!("{at}.filter"), format!("invalid MQTT filter `{}`: {e}", r.filter), None);
+    }
+    for (j, f) in r.fallback_filters.iter().enumerate() {
+        if let Err(e) = filter::validate(f) {
+            p.add(&format!("{at}.fallback_filters[{j}]"), format!("invalid MQTT filter `{f}`: {e}"), None);
+        }
+    }
+    if r.qos > 2 {
+        p.add(&format!("{at}.qos"), format!("{} is not an MQTT QoS", r.qos), Some("use 0, 1 or 2"));
+    }
+    let topic = TopicTemplate::parse(&r.topic).map_err(|e| {
+        p.add(&format!("{at}.topic"), e, Some("a Kafka topic name, or a template such as 'iot.{kind}' with {N} for MQTT topic level N, {device_id}, or a named group of device_id.regex"))
+    });
+    let dead_letter_topic = dead_letter_topic(at, r, topic.as_ref().ok(), dead_letter_suffix, p);
+    let regex = compile_device_regex(&r.device_id.regex, regexes).map_err(|e| p.add(&format!("{at}.device_id.regex"), e, Some("e.g. '^cmnd/(?P<device_id>[^/]+)'")));
+    let fallback_regex = match &r.device_id.fallback_regex {
+        Some(s) => compile_device_regex(s, regexes)
+            .map(Some)
+            .map_err(|e| p.add(&format!("{at}.device_id.fallback_regex"), e, Some("e.g. '^[^/]+/(?P<device_id>[^/]+)'"))),
+        None => Ok(None),
+    };
+    let key = key_rule(at, r, p);
+    if let (Ok(t), Ok(regex)) = (&topic, &regex) {
+        for g in t.groups() {
+            let known = |re: &Regex| re.capture_names().any(|n| n == Some(g));
+            if !known(regex) && !matches!(&fallback_regex, Ok(Some(f)) if known(f)) {
+                p.add(
+                    &format!("{at}.topic"),
+                    format!("placeholder `{{{g}}}` is not a named group of device_id.regex"),
+                    Some("add (?P<name>...) to device_id.regex, or use {N} for an MQTT topic level"),
+                );
+            }
+        }
+    }
+    if r.format == ValueFormat::Raw && r.payload != PayloadFormat::Json {
+        p.add(&format!("{at}.payload"), "only applies to `format: envelope`".into(), Some("remove `payload`, or use format: envelope"));
+    }
+    // The resolved dead-letter topic too: it also depends on kafka.dead_letter_suffix.
+    let fingerprint = format!("{}|{}", serde_json::to_string(r).unwrap_or_default(), dead_letter_topic.as_deref().unwrap_or(""));
+    let (Ok(topic), Ok(regex), Ok(fallback_regex), Ok(key), Some(dead_letter_topic)) = (topic, regex, fallback_regex, key, dead_letter_topic) else {
+        return None;
+    };
+    Some(Route {
+        name: Arc::from(r.name.as_str()),
+        filter: r.filter.clone(),
+        fallback_filters: r.fallback_filters.clone(),
+        qos: r.qos,
+        topic,
+        dead_letter_topic,
+        device_id: DeviceIdRule { regex, fallback_regex, default: r.device_id.default.clone() },
+        key,
+        format: r.format,
+        payload: r.payload,
+        fingerprint,
+    })
+}
+
+/// The route's dead-letter topic. It must not depend on the message: a templated topic's default is its
+/// literal prefix plus the suffix (`iot.{kind}` → `iot.dlq`). `None` if the topic itself is invalid (that
+/// problem is reported already) or the dead-letter topic is (reported here).
+fn dead_letter_topic(at: &str, r: &RawRoute, topic: Option<&TopicTemplate>, suffix: &str, p: &mut Problems<'_>) -> Option<String> {
+    let topic = topic?;
+    let name = match &r.dead_letter_topic {
+        Some(t) => t.clone(),
+        None if topic.is_static() => format!("{}{suffix}", r.topic),
+        None => format!("{}{suffix}", topic.prefix().trim_end_matches(['.', '_', '-'])),
+    };
+    match check_kafka_topic(&name) {
+        Ok(()) => Some(name),
+        Err(e) => {
+            p.add(&format!("{at}.dead_letter_topic"), format!("`{name}` {e}"), Some("set dead_letter_topic to a fixed, valid Kafka topic name"));
+            None
+        }
+    }
+}
+
+fn key_rule(at: &str, r: &RawRoute, p: &mut Problems<'_>) -> Result<KeyRule, ()> {
+    match r.key.as_str() {
+        "device_id" => Ok(KeyRule::DeviceId),
+        "none" => Ok(KeyRule::None),
+        path if path.starts_with('$') => jsonpath_rust::parser::parse_json_path(path)
+            .map(|q| KeyRule::JsonPath { source: path.to_string(), query: Box::new(q), missing: r.key_missing })
+            .map_err(|e| p.add(&format!("{at}.key"), format!("invalid JSONPath `{path}`: {e}"), Some("e.g. '$.serial' or '$.meta.device'"))),
+        other => {
+            p.add(&format!("{at}.key"), format!("`{other}` is not a key rule"), Some("use device_id, none, or a JSONPath starting with '$'"));
+            Err(())
+        }
+    }
+}
+
+fn compile_device_regex(s: &str, compiled: &mut HashMap<String, Regex>) -> Result<Regex, String> {
+    if let Some(regex) = compiled.get(s) {
+        return Ok(regex.clone());
+    }
+    let regex = Regex::new(s).map_err(|e| format!("invalid regex: {}", one_line(&e.to_string())))?;
+    if !regex.capture_names().any(|n| n == Some("device_id")) {
+        return Err(format!("regex `{s}` has no named group `device_id`"));
+    }
+    compiled.insert(s.to_string(), regex.clone());
+    Ok(regex)
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
