@@ -2,7 +2,7 @@
 # Benchmarks the release gateway beside the ceilings measured in the same run, on local Mosquitto and
 # Kafka (scripts/services.sh starts them if needed). See docs/BENCHMARKS.md.
 #
-#   scripts/bench.sh                    the whole matrix (about 15 minutes on 2 cores)
+#   scripts/bench.sh                    the whole matrix (8 to 9 minutes on 2 cores)
 #   scripts/bench.sh --quick            one burst and one paced run per QoS, 20,000 messages each
 #   scripts/bench.sh --qos 0 --rate 40000 --routes 1000 --messages 200000    one scenario
 #
