@@ -159,7 +159,7 @@ impl Engine {
             self.sequencer.push(Some(AckToken { connection: inbound.connection, pkid: inbound.pkid, qos: inbound.qos }))
         });
         let mut progress = Progress::producing();
-        let table = inbound.routes.clone();
+        let table = &inbound.routes;
         let mut matched = std::mem::take(&mut self.matched);
         table.matching_indices(&inbound.topic, &mut matched);
         if matched.is_empty() {
@@ -218,7 +218,12 @@ impl Engine {
         };
         let entry = RecordEntry { message: slot, route: index, dead_letter, truncated: false, attempt: 0 };
         let headers = kafka::owned_headers(record.headers.iter().map(|(k, v)| (*k, v.as_slice())));
-        let sent = self.send(entry, &record.topic, record.key.as_deref(), &record.value, headers, give_up).await;
+        let sent = if dead_letter {
+            // Keyed by device id, like every dead letter; cut to size if Kafka refuses the whole payload.
+            self.send_dead_letter(entry, &record.topic, device_id.as_bytes(), &record.value, headers, give_up).await
+        } else {
+            self.send(entry, &record.topic, record.key.as_deref(), &record.value, headers, give_up).await
+        };
         let refused = match sent {
             Ok(()) => return Ok(true),
             Err(SendFailed::GaveUp) => return Err(SendFailed::GaveUp),
@@ -237,15 +242,6 @@ impl Engine {
                 Ok(()) => Ok(true),
                 Err(SendFailed::GaveUp) => Err(SendFailed::GaveUp),
                 Err(SendFailed::Refused(e)) => self.refused(route, &route.dead_letter_topic, &device_id, e),
-            };
-        }
-        if dead_letter && kafka::is_too_large(&refused) {
-            let (cut, headers) = kafka::truncated(&record.value, kafka::owned_headers(record.headers.iter().map(|(k, v)| (*k, v.as_slice()))));
-            let entry = RecordEntry { truncated: true, ..entry };
-            return match self.send(entry, &record.topic, record.key.as_deref(), cut, headers, give_up).await {
-                Ok(()) => Ok(true),
-                Err(SendFailed::GaveUp) => Err(SendFailed::GaveUp),
-                Err(SendFailed::Refused(e)) => self.refused(route, &record.topic, &device_id, e),
             };
         }
         self.refused(route, &record.topic, &device_id, refused)

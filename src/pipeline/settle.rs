@@ -68,10 +68,9 @@ impl Engine {
             self.records.remove(tag);
             return;
         };
-        let table = message.inbound.routes.clone();
-        let route = table.route(entry.route);
         let Failure { error, record } = match report.result {
             Ok((partition, offset)) => {
+                let route = message.inbound.routes.route(entry.route);
                 self.metrics.record_delivered(entry.dead_letter, &route.name, partition, offset);
                 self.records.remove(tag);
                 self.settle_record_of(entry.message, true);
@@ -79,6 +78,9 @@ impl Engine {
             }
             Err(failure) => failure,
         };
+        // The rare path: the table is held apart from `self` while the record is dealt with.
+        let table = message.inbound.routes.clone();
+        let route = table.route(entry.route);
         let qos = message.inbound.qos;
         let (device_id, _) = route.device_id.extract(&message.inbound.topic);
         let device_id = device_id.to_string();
