@@ -75,7 +75,47 @@ pub struct Record {
 pub enum Outcome {
     Record { record: Record, device_id: String, device_id_source: DeviceIdSource },
     /// The message cannot go to the route's topic; `record` goes to the dead-letter topic instead.
-    DeadLetter { record: Record, device_id: String, reason: String },
+    DeadLetter { record: Record, device_id: String, reason: String, kind: DeadLetterReason },
+}
+
+/// Why a message went to a dead-letter topic, in a small fixed set (a metric label); the `dlq_reason`
+/// header has the details.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterReason {
+    /// The payload is not JSON (a route with `payload: json`).
+    InvalidJson,
+    /// The payload is not UTF-8 text (a route with `payload: text`).
+    NotUtf8,
+    /// The key's JSONPath selects nothing and the route says to dead-letter then.
+    KeyNotFound,
+    /// The topic template renders a name Kafka does not allow.
+    InvalidTopic,
+    /// Larger than `mqtt.max_packet_size_bytes`.
+    TooLarge,
+    /// Kafka refused the record for good (too large for the broker, unknown topic, not authorized, ...).
+    KafkaRefused,
+}
+
+impl DeadLetterReason {
+    pub const ALL: [DeadLetterReason; 6] = [
+        DeadLetterReason::InvalidJson,
+        DeadLetterReason::NotUtf8,
+        DeadLetterReason::KeyNotFound,
+        DeadLetterReason::InvalidTopic,
+        DeadLetterReason::TooLarge,
+        DeadLetterReason::KafkaRefused,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterReason::InvalidJson => "invalid_json",
+            DeadLetterReason::NotUtf8 => "not_utf8",
+            DeadLetterReason::KeyNotFound => "key_not_found",
+            DeadLetterReason::InvalidTopic => "invalid_topic",
+            DeadLetterReason::TooLarge => "too_large",
+            DeadLetterReason::KafkaRefused => "kafka_refused",
+        }
+    }
 }
 
 pub const HEADER_MQTT_TOPIC: &str = "mqtt_topic";
@@ -111,26 +151,26 @@ pub fn build(route: &Route, msg: &Message<'_>, payload: &Payload<'_>) -> Outcome
     let device_id = d.id;
     let timestamp = epoch_seconds(msg.received_at);
     let headers = context_headers(route, msg, device_id, payload.id(msg.topic), &timestamp);
-    let dead_letter = |reason: String, headers| dead_letter_outcome(route, msg, device_id, headers, reason);
+    let dead_letter = |kind, reason: String, headers| dead_letter_outcome(route, msg, device_id, headers, kind, reason);
 
     let group = |name: &str| d.captures.as_ref().and_then(|c| c.name(name)).map(|m| m.as_str());
     let topic = match route.topic.render(&Values { topic: msg.topic, device_id, group: &group }) {
         Ok(t) => t,
-        Err(reason) => return dead_letter(reason, headers),
+        Err(reason) => return dead_letter(DeadLetterReason::InvalidTopic, reason, headers),
     };
     let key = match route.key.select(device_id, if route.key.needs_payload() { payload.value() } else { None }) {
         Ok(k) => k,
-        Err(reason) => return dead_letter(reason, headers),
+        Err(reason) => return dead_letter(DeadLetterReason::KeyNotFound, reason, headers),
     };
     let value = match (route.format, route.payload) {
         (ValueFormat::Raw, _) => msg.payload.to_vec(),
         (ValueFormat::Envelope, PayloadFormat::Json) => match payload.raw() {
             Ok(raw) => envelope(msg.topic, device_id, raw.get().as_bytes(), &timestamp),
-            Err(reason) => return dead_letter(reason.clone(), headers),
+            Err(reason) => return dead_letter(DeadLetterReason::InvalidJson, reason.clone(), headers),
         },
         (ValueFormat::Envelope, PayloadFormat::Text) => match std::str::from_utf8(msg.payload) {
             Ok(text) => envelope(msg.topic, device_id, &json_string(text), &timestamp),
-            Err(e) => return dead_letter(format!("payload is not UTF-8 text: {e}"), headers),
+            Err(e) => return dead_letter(DeadLetterReason::NotUtf8, format!("payload is not UTF-8 text: {e}"), headers),
         },
         (ValueFormat::Envelope, PayloadFormat::Base64) => {
             let encoded = base64::engine::general_purpose::STANDARD.encode(msg.payload);
@@ -145,10 +185,10 @@ pub fn build(route: &Route, msg: &Message<'_>, payload: &Payload<'_>) -> Outcome
 }
 
 /// The dead letter `route` makes of `msg` for `reason`, decided outside the route's own rules.
-pub fn dead_letter(route: &Route, msg: &Message<'_>, reason: String) -> Outcome {
+pub fn dead_letter(route: &Route, msg: &Message<'_>, kind: DeadLetterReason, reason: String) -> Outcome {
     let (device_id, _) = route.device_id.extract(msg.topic);
     let headers = context_headers(route, msg, device_id, &message_id(msg.topic, msg.payload), &epoch_seconds(msg.received_at));
-    dead_letter_outcome(route, msg, device_id, headers, reason)
+    dead_letter_outcome(route, msg, device_id, headers, kind, reason)
 }
 
 /// The headers every record carries: where the message came from and when.
@@ -164,7 +204,14 @@ fn context_headers(route: &Route, msg: &Message<'_>, device_id: &str, id: &str, 
 }
 
 /// The message as published, to the route's dead-letter topic, keyed by device id, with the reason.
-fn dead_letter_outcome(route: &Route, msg: &Message<'_>, device_id: &str, mut headers: Vec<(&'static str, Vec<u8>)>, reason: String) -> Outcome {
+fn dead_letter_outcome(
+    route: &Route,
+    msg: &Message<'_>,
+    device_id: &str,
+    mut headers: Vec<(&'static str, Vec<u8>)>,
+    kind: DeadLetterReason,
+    reason: String,
+) -> Outcome {
     headers.push((HEADER_DLQ_REASON, reason.as_bytes().to_vec()));
     Outcome::DeadLetter {
         record: Record {
@@ -175,6 +222,7 @@ fn dead_letter_outcome(route: &Route, msg: &Message<'_>, device_id: &str, mut he
         },
         device_id: device_id.to_string(),
         reason,
+        kind,
     }
 }
 

@@ -74,6 +74,12 @@ impl IntakeSender {
         self.budget.used.load(Ordering::Relaxed)
     }
 
+    /// A reader of [`used_bytes`](Self::used_bytes) for the metrics, to keep after the sender is gone.
+    pub fn gauge(&self) -> impl Fn() -> i64 + Send + Sync + 'static {
+        let budget = self.budget.clone();
+        move || budget.used.load(Ordering::Relaxed) as i64
+    }
+
     /// Waits until the intake has drained to three quarters of its limit.
     pub async fn room(&self) {
         loop {

@@ -10,6 +10,7 @@ pub mod config;
 pub mod envelope;
 pub mod explain;
 pub mod filter;
+pub mod health;
 pub mod http;
 pub mod inflight;
 pub mod intake;

@@ -204,8 +204,11 @@ async fn attempt(state: &mut State, trigger: Trigger, debounce: Duration, routes
     }
     if !diff.is_empty() {
         state.generation += 1;
-        routes.send_replace(Arc::new(new.routes.clone()));
+        let mut table = new.routes.clone();
+        metrics.routes.bind(&mut table);
+        routes.send_replace(Arc::new(table));
         metrics.reloads.fetch_add(1, Relaxed);
+        metrics.routes_loaded(state.generation);
         tracing::info!(
             generation = state.generation,
             trigger = ?trigger,

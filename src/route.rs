@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::filter::{self, Subscription};
 use crate::matcher::Matcher;
+use crate::metrics::RouteStats;
 use crate::template::TopicTemplate;
 
 /// One route, checked: its filters are valid, its regexes compiled, its JSONPath parsed.
@@ -29,6 +30,9 @@ pub struct Route {
     /// The route as configured, serialized: two routes with the same fingerprint behave the same. Used
     /// to tell which routes a reload changed.
     pub fingerprint: String,
+    /// Its counters; bound to the gateway's registry when its table is put in effect (see
+    /// [`crate::metrics::RouteRegistry`]), unregistered until then.
+    pub stats: Arc<RouteStats>,
 }
 
 /// What a record's value is.
@@ -185,6 +189,13 @@ impl RouteTable {
         &self.routes
     }
 
+    /// Gives each route the counters `stats` picks for it.
+    pub fn bind_stats(&mut self, mut stats: impl FnMut(&Route) -> Arc<RouteStats>) {
+        for r in &mut self.routes {
+            r.stats = stats(r);
+        }
+    }
+
     /// The filters to subscribe, none overlapping another (see [`filter::plan`]).
     pub fn subscriptions(&self) -> &[Subscription] {
         &self.subscriptions
@@ -274,6 +285,7 @@ pub(crate) mod tests {
             format: ValueFormat::Envelope,
             payload: PayloadFormat::Json,
             fingerprint: format!("{name}|{filter}|{topic}"),
+            stats: Default::default(),
         }
     }
 

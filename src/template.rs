@@ -91,6 +91,11 @@ impl TopicTemplate {
         Ok(t)
     }
 
+    /// The template as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     pub fn is_static(&self) -> bool {
         self.parts.iter().all(|p| matches!(p, Part::Literal(_)))
     }

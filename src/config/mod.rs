@@ -59,6 +59,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub log: RawLog,
     pub reload: RawReload,
+    /// Where the HTTP server listens (`/metrics`, `/healthz`, `/readyz`); `None` when turned off.
+    pub http: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,6 +171,7 @@ impl Config {
         check("shutdown.grace_period_secs", self.shutdown_grace != new.shutdown_grace);
         check("log", self.log != new.log);
         check("reload", self.reload != new.reload);
+        check("http", self.http != new.http);
         let (pa, pb) = (&self.kafka.properties, &new.kafka.properties);
         for key in pa.keys().chain(pb.keys().filter(|k| !pa.contains_key(*k))) {
             if pa.get(key) != pb.get(key) {

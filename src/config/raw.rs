@@ -19,6 +19,7 @@ pub struct RawConfig {
     pub shutdown: RawShutdown,
     pub log: RawLog,
     pub reload: RawReload,
+    pub http: RawHttp,
 }
 
 impl Default for RawConfig {
@@ -30,6 +31,7 @@ impl Default for RawConfig {
             shutdown: RawShutdown::default(),
             log: RawLog::default(),
             reload: RawReload::default(),
+            http: RawHttp::default(),
         }
     }
 }
@@ -268,6 +270,21 @@ pub struct RawReload {
 impl Default for RawReload {
     fn default() -> Self {
         Self { watch: true, debounce_ms: 250, poll_interval_secs: 30 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHttp {
+    /// Serve `/metrics` (Prometheus), `/healthz` (liveness) and `/readyz` (readiness).
+    pub enabled: bool,
+    /// `address:port` to listen on. Env: `GATEWAY_HTTP__LISTEN`. Port 0 picks a free one (logged).
+    pub listen: String,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        Self { enabled: true, listen: crate::http::DEFAULT_LISTEN.into() }
     }
 }
 

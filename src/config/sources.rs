@@ -243,7 +243,7 @@ fn deserialize_sections(
     locate: &dyn Fn(&str) -> Origin,
     problems: &mut Vec<Problem>,
 ) -> Option<RawConfig> {
-    const SECTIONS: [&str; 6] = ["mqtt", "kafka", "routes", "shutdown", "log", "reload"];
+    const SECTIONS: [&str; 7] = ["mqtt", "kafka", "routes", "shutdown", "log", "reload", "http"];
     for key in merged.keys() {
         if !SECTIONS.contains(&key.as_str()) {
             problems.push(Problem {
@@ -270,6 +270,7 @@ fn deserialize_sections(
     section!("shutdown", shutdown);
     section!("log", log);
     section!("reload", reload);
+    section!("http", http);
     if let Some(routes) = merged.get("routes") {
         match routes {
             FValue::Array(_, items) => {

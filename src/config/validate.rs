@@ -48,6 +48,14 @@ pub(super) fn validate(path: &Path, raw: RawConfig, locate: &dyn Fn(&str) -> Ori
     if raw.reload.debounce_ms > 60_000 || raw.reload.poll_interval_secs > 86_400 {
         p.add("reload", "debounce_ms must be at most 60000 and poll_interval_secs at most 86400".into(), None);
     }
+    let http = match (raw.http.enabled, raw.http.listen.parse::<std::net::SocketAddr>()) {
+        (false, _) => None,
+        (true, Ok(addr)) => Some(addr),
+        (true, Err(e)) => {
+            p.add("http.listen", format!("`{}` is not an address:port ({e})", raw.http.listen), Some("e.g. 0.0.0.0:9180, or 127.0.0.1:9180; http.enabled: false turns the server off"));
+            None
+        }
+    };
     Some(Config {
         source: path.to_path_buf(),
         mqtt: mqtt?,
@@ -56,6 +64,7 @@ pub(super) fn validate(path: &Path, raw: RawConfig, locate: &dyn Fn(&str) -> Ori
         shutdown_grace: Duration::from_secs(raw.shutdown.grace_period_secs),
         log,
         reload: raw.reload.clone(),
+        http,
     })
 }
 
@@ -216,6 +225,7 @@ fn route(at: &str, r: &RawRoute, dead_letter_suffix: &str, regexes: &mut HashMap
         format: r.format,
         payload: r.payload,
         fingerprint,
+        stats: Default::default(),
     })
 }
 

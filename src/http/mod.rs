@@ -13,3 +13,7 @@ pub const METRICS_PATH: &str = "/metrics";
 pub const HEALTHZ_PATH: &str = "/healthz";
 /// Readiness: 200 only when MQTT is connected and subscribed and Kafka has a broker up.
 pub const READYZ_PATH: &str = "/readyz";
+
+mod server;
+
+pub use server::{start, Server};

@@ -7,7 +7,14 @@
 
 pub mod events;
 pub mod reports;
+pub mod stats;
 
+/// How often librdkafka reports its statistics (the brokers' states readiness needs) unless
+/// `statistics.interval.ms` is configured.
+pub const DEFAULT_STATISTICS_INTERVAL_MS: u32 = 2000;
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
@@ -19,12 +26,15 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaSettings;
+use crate::metrics::Metrics;
 use reports::Reports;
 
-/// Routes librdkafka's own log lines and errors into our log output, and its delivery reports to
-/// [`Reports`].
+/// Routes librdkafka's own log lines and errors into our log output, its delivery reports to
+/// [`Reports`], and the broker states of its statistics to readiness.
 pub struct GatewayContext {
     pub reports: Reports,
+    /// Where the gateway's readiness learns how many brokers are up; `None` for a producer of `check`.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl ClientContext for GatewayContext {
@@ -38,6 +48,15 @@ impl ClientContext for GatewayContext {
                 tracing::info!(target: "librdkafka", facility = fac, "{message}")
             }
             RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility = fac, "{message}"),
+        }
+    }
+
+    /// librdkafka's statistics (every `statistics.interval.ms`): only the brokers' states are read.
+    fn stats_raw(&self, statistics: &[u8]) {
+        let Some(metrics) = &self.metrics else { return };
+        match stats::brokers_up(statistics) {
+            Ok(up) => metrics.health.kafka_brokers_up.store(up, Relaxed),
+            Err(e) => tracing::debug!(error = %e, "cannot read librdkafka's statistics"),
         }
     }
 
@@ -60,6 +79,13 @@ pub type GatewayProducer = BaseProducer<GatewayContext>;
 
 /// Creates the producer. Fails on an invalid librdkafka property, naming it.
 pub fn producer(settings: &KafkaSettings) -> Result<GatewayProducer, KafkaError> {
+    producer_reporting(settings, None)
+}
+
+/// Creates the gateway's producer: as [`producer`], and its statistics tell `metrics` how many brokers
+/// are up (every `statistics.interval.ms`, [`DEFAULT_STATISTICS_INTERVAL_MS`] unless configured; 0 turns
+/// them off, and readiness then does not check Kafka).
+pub fn producer_reporting(settings: &KafkaSettings, metrics: Option<Arc<Metrics>>) -> Result<GatewayProducer, KafkaError> {
     let mut cc = ClientConfig::new();
     for (k, v) in &settings.properties {
         cc.set(k, v);
@@ -67,7 +93,20 @@ pub fn producer(settings: &KafkaSettings) -> Result<GatewayProducer, KafkaError>
     // librdkafka's `debug` property (e.g. `broker,msg`) is only useful with its debug lines let through.
     let debug = settings.properties.get("debug").is_some_and(|d| !d.is_empty());
     cc.set_log_level(if debug { RDKafkaLogLevel::Debug } else { RDKafkaLogLevel::Info });
-    cc.create_with_context(GatewayContext { reports: Reports::default() })
+    if let Some(m) = &metrics {
+        let interval = settings.properties.get("statistics.interval.ms").map(String::as_str);
+        match interval {
+            None => {
+                cc.set("statistics.interval.ms", DEFAULT_STATISTICS_INTERVAL_MS.to_string());
+            }
+            Some("0") => {
+                m.health.kafka_checked.store(false, Relaxed);
+                tracing::warn!("kafka statistics.interval.ms is 0: readiness cannot see whether a Kafka broker is up and does not check it");
+            }
+            Some(_) => {}
+        }
+    }
+    cc.create_with_context(GatewayContext { reports: Reports::default(), metrics })
 }
 
 /// Hands one record to librdkafka with `tag`. On failure the headers come back, for another try.

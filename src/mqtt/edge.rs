@@ -14,6 +14,7 @@ use super::subscriptions::Subscriptions;
 use super::{options, Inbound, Links, Stop};
 use crate::backoff::Backoff;
 use crate::config::MqttSettings;
+use crate::health::Loop;
 use crate::intake::IntakeSender;
 use crate::metrics::{DropReason, Metrics};
 use crate::route::RouteTable;
@@ -41,6 +42,16 @@ pub(super) struct Edge {
     subs: Subscriptions,
     pub(super) metrics: Arc<Metrics>,
     pub(super) stop: Stop,
+    /// Beats for `/healthz` while the loop waits (see [`crate::health`]).
+    pub(super) heartbeat: tokio::time::Interval,
+}
+
+/// The interval of the MQTT loop's heartbeat; its first tick is one period away.
+fn heartbeat() -> tokio::time::Interval {
+    let every = crate::health::HEARTBEAT_EVERY;
+    let mut i = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    i
 }
 
 impl Edge {
@@ -76,6 +87,7 @@ impl Edge {
             shared_connection,
             metrics,
             stop,
+            heartbeat: heartbeat(),
         }
     }
 
@@ -101,6 +113,7 @@ impl Edge {
         self.table = self.routes.borrow_and_update().clone();
         if self.metrics.mqtt_connected.load(Relaxed) {
             self.subs.apply(&self.client, &self.table);
+            self.subs.publish(&self.metrics.health);
         }
     }
 
@@ -116,6 +129,7 @@ impl Edge {
                 biased;
                 event = &mut poll => return Some(event),
                 _ = self.stop.disconnect.cancelled() => return None,
+                _ = self.heartbeat.tick() => self.metrics.health.beat(Loop::Mqtt),
                 _ = self.stop.receiving.cancelled(), if self.out.is_some() => self.out = None,
                 ack = self.acks.rx.recv(), if self.acks.open => match ack {
                     Some(a) => self.acks.out.send(&self.client, a, self.connection, &self.metrics),
@@ -129,6 +143,7 @@ impl Edge {
                         self.table = self.routes.borrow_and_update().clone();
                         if self.metrics.mqtt_connected.load(Relaxed) {
                             self.subs.apply(&self.client, &self.table);
+                            self.subs.publish(&self.metrics.health);
                         }
                     }
                     Err(_) => self.routes_open = false,
@@ -142,7 +157,10 @@ impl Edge {
         match event {
             Ok(Event::Incoming(Packet::Publish(p))) => self.on_publish(p),
             Ok(Event::Incoming(Packet::ConnAck(ack))) => self.on_connack(ack.session_present),
-            Ok(Event::Incoming(Packet::SubAck(ack))) => self.subs.on_suback(&self.client, &self.table, &ack, &self.metrics),
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                self.subs.on_suback(&self.client, &self.table, &ack, &self.metrics);
+                self.subs.publish(&self.metrics.health);
+            }
             Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => self.subs.on_subscribe_sent(pkid),
             // rumqttc wrote an ack we had queued in its channel.
             Ok(Event::Outgoing(Outgoing::PubAck(_) | Outgoing::PubRec(_))) => self.acks.out.written_by_rumqttc(),
@@ -195,6 +213,7 @@ impl Edge {
         self.subs.reset();
         self.table = self.routes.borrow_and_update().clone();
         self.subs.apply(&self.client, &self.table);
+        self.subs.publish(&self.metrics.health);
     }
 
     /// Whatever was acknowledged from here on belongs to a connection that is gone: a new number makes
@@ -225,6 +244,7 @@ impl Edge {
         self.acks.out.connection_lost();
         // SUBSCRIBEs not yet sent are void on a new connection; CONNACK applies the plan again.
         self.subs.connection_lost();
+        self.subs.publish(&self.metrics.health);
         self.eventloop.pending.retain(|r| !matches!(r, rumqttc::Request::Subscribe(_) | rumqttc::Request::Unsubscribe(_)));
         if let ConnectionError::MqttState(rumqttc::StateError::Deserialization(rumqttc::Error::PayloadSizeLimitExceeded(size))) = &e {
             self.oversize(*size);
@@ -237,6 +257,7 @@ impl Edge {
             tokio::select! {
                 _ = &mut pause => return ControlFlow::Continue(()),
                 _ = self.stop.disconnect.cancelled() => return ControlFlow::Break(()),
+                _ = self.heartbeat.tick() => self.metrics.health.beat(Loop::Mqtt),
                 ack = self.acks.rx.recv(), if self.acks.open => match ack {
                     Some(a) => self.acks.out.send(&self.client, a, self.connection, &self.metrics),
                     None => self.acks.open = false,

@@ -12,6 +12,7 @@ use std::time::Duration;
 use rumqttc::Packet;
 
 use super::edge::Edge;
+use crate::health::Loop;
 
 impl Edge {
     /// Waits, without reading the connection, until the intake has room (or shutdown).
@@ -33,6 +34,7 @@ impl Edge {
                 // Shutting down: nothing more is taken, so nothing to wait for.
                 _ = self.stop.receiving.cancelled() => break (ControlFlow::Continue(()), false),
                 _ = out.room() => break (ControlFlow::Continue(()), true),
+                _ = self.heartbeat.tick() => self.metrics.health.beat(Loop::Mqtt),
                 ack = self.acks.rx.recv(), if self.acks.open => match ack {
                     Some(a) => self.acks.out.send(&self.client, a, self.connection, &self.metrics),
                     None => self.acks.open = false,

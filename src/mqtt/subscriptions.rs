@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use rumqttc::{AsyncClient, SubAck, SubscribeFilter, SubscribeReasonCode};
 
 use super::qos;
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::route::RouteTable;
 
@@ -20,6 +21,8 @@ pub(super) struct Subscriptions {
     wanted: HashMap<String, u8>,
     /// Filters the broker refused on this connection (their routes' fallbacks stand in for them).
     refused: Vec<String>,
+    /// Refused filters with no fallback left: their routes receive nothing (the gateway is not ready).
+    unserved: Vec<String>,
     /// Subscribe QoS 2 routes at QoS 1. With a persistent session rumqttc 0.25 cannot resume an incoming
     /// QoS 2 exchange (it answers the broker's re-sent PUBREL with a protocol error and reconnects, over
     /// and over: rumqtt#664). QoS 2 adds nothing here anyway: the Kafka side is at-least-once.
@@ -36,6 +39,13 @@ impl Subscriptions {
         self.by_pkid.clear();
         self.wanted.clear();
         self.refused.clear();
+        self.unserved.clear();
+    }
+
+    /// Tells readiness how the subscriptions stand: requested and not acknowledged, and refused for good.
+    pub(super) fn publish(&self, health: &Health) {
+        let pending = self.requested.iter().chain(self.by_pkid.values()).map(Vec::len).sum();
+        health.set_subscriptions(pending, self.unserved.clone());
     }
 
     /// SUBSCRIBEs not yet sent are void on a new connection; CONNACK applies the plan again.
@@ -56,6 +66,7 @@ impl Subscriptions {
             }
         }
         desired.retain(|(f, _)| !self.refused.contains(f));
+        self.unserved.retain(|f| table.subscriptions().iter().any(|s| &s.filter == f));
         if self.cap_qos_at_1 {
             for (_, q) in desired.iter_mut() {
                 *q = (*q).min(1);
@@ -126,6 +137,7 @@ impl Subscriptions {
                         .filter(|(f, _)| !self.wanted.contains_key(f) && !self.refused.contains(f))
                         .collect();
                     if candidates.is_empty() {
+                        self.unserved.push(filter.clone());
                         tracing::error!(filter = %filter, "the broker refused the subscription and no fallback filter is left; messages for it will not arrive");
                     } else {
                         let names: Vec<&str> = candidates.iter().map(|(f, _)| f.as_str()).collect();

@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use super::settle::Retry;
 use crate::ack::{AckSequencer, AckToken};
 use crate::config::MqttSettings;
-use crate::envelope::{self, Message, Outcome, Payload, HEADER_DLQ_REASON};
+use crate::envelope::{self, DeadLetterReason, Message, Outcome, Payload, HEADER_DLQ_REASON};
+use crate::health::{Loop, HEARTBEAT_EVERY};
 use crate::inflight::{Progress, RecordEntry, Slab};
 use crate::intake::IntakeReceiver;
 use crate::kafka::reports;
@@ -105,7 +106,10 @@ impl Engine {
     pub(super) async fn run(&mut self, mut intake: IntakeReceiver, give_up: &CancellationToken) {
         let mut open = true;
         let mut more_events = self.events.serve();
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT_EVERY, HEARTBEAT_EVERY);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            self.metrics.unacked.store(self.messages.len() as u64, Relaxed);
             if !open && self.messages.is_empty() {
                 return;
             }
@@ -118,6 +122,7 @@ impl Engine {
             tokio::select! {
                 biased;
                 _ = give_up.cancelled() => return,
+                _ = heartbeat.tick() => self.metrics.health.beat(Loop::Engine),
                 _ = self.events.ready(), if !more_events => {
                     more_events = self.events.serve();
                     self.take_reports();
@@ -202,17 +207,17 @@ impl Engine {
         let outcome = if msg.payload.len() > self.max_payload {
             // Let in past the limit only to be dead-lettered (see mqtt::oversize).
             let reason = format!("payload of {} bytes is larger than mqtt.max_packet_size_bytes ({})", msg.payload.len(), self.max_payload);
-            envelope::dead_letter(route, msg, reason)
+            envelope::dead_letter(route, msg, DeadLetterReason::TooLarge, reason)
         } else {
             envelope::build(route, msg, payload)
         };
         let (record, device_id, dead_letter) = match outcome {
             Outcome::Record { record, device_id, device_id_source } => {
-                self.metrics.device_id(device_id_source);
+                self.metrics.device_id(route, device_id_source);
                 (record, device_id, false)
             }
-            Outcome::DeadLetter { record, device_id, reason } => {
-                self.metrics.dead_lettered(&route.name, msg.topic, &device_id, &record.topic, &reason);
+            Outcome::DeadLetter { record, device_id, reason, kind } => {
+                self.metrics.dead_lettered(route, kind, msg.topic, &device_id, &record.topic, &reason);
                 (record, device_id, true)
             }
         };
@@ -233,7 +238,7 @@ impl Engine {
         // invalid topic, ...): dead-letter the message as published, with the reason.
         if !dead_letter && kafka::is_permanent(&refused) {
             let reason = format!("Kafka refused the record: {refused}");
-            self.metrics.dead_lettered(&route.name, msg.topic, &device_id, &route.dead_letter_topic, &reason);
+            self.metrics.dead_lettered(route, DeadLetterReason::KafkaRefused, msg.topic, &device_id, &route.dead_letter_topic, &reason);
             let headers = kafka::owned_headers(
                 record.headers.iter().map(|(k, v)| (*k, v.as_slice())).chain([(HEADER_DLQ_REASON, reason.as_bytes())]),
             );
@@ -251,7 +256,7 @@ impl Engine {
     /// settles it (there is nothing more to try); any other refusal (a fatal producer) leaves the message
     /// unacknowledged.
     fn refused(&self, route: &Route, topic: &str, device_id: &str, e: KafkaError) -> Result<bool, SendFailed> {
-        self.metrics.record_failed(&route.name, topic, device_id, &e);
+        self.metrics.record_failed(route, topic, device_id, &e);
         if kafka::is_permanent(&e) {
             Ok(false)
         } else {
@@ -303,6 +308,8 @@ impl Engine {
                 Err((e, back)) if kafka::is_queue_full(&e) => {
                     headers = back;
                     let waited = started.get_or_insert_with(Instant::now).elapsed();
+                    // Waiting for room is the engine at work: it stays live for /healthz.
+                    self.metrics.health.beat(Loop::Engine);
                     if waited >= next_warning {
                         next_warning = waited + Duration::from_secs(10);
                         tracing::warn!(topic, waited_ms = waited.as_millis() as u64, "Kafka producer queue is full; waiting for room (backpressure)");

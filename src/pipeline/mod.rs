@@ -18,7 +18,7 @@
 mod engine;
 mod settle;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,9 +28,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ack::AckToken;
 use crate::config::Config;
+use crate::health::{Loop, HEARTBEAT_EVERY};
+use crate::http;
 use crate::intake;
 use crate::kafka::{self, GatewayProducer};
-use crate::metrics::{self, Metrics};
+use crate::metrics::{self, LiveGauges, Metrics};
 use crate::mqtt;
 use crate::reload;
 use engine::Engine;
@@ -49,7 +51,20 @@ pub struct Report {
 /// (bounded by `shutdown.grace_period_secs`), the producer is flushed, MQTT disconnects.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<Report> {
     let metrics = Arc::new(Metrics::default());
-    let producer = Arc::new(kafka::producer(&config.kafka).context("cannot create the Kafka producer")?);
+    // First, so that probes and scrapes answer while the brokers are still being reached.
+    let _http = match config.http {
+        Some(addr) => Some(http::start(addr, metrics.clone()).context("cannot start the HTTP server")?),
+        None => None,
+    };
+    {
+        // Readiness turns 503 the moment shutdown begins, before anything is drained.
+        let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            metrics.health.shutting_down.store(true, Relaxed);
+        });
+    }
+    let producer = Arc::new(kafka::producer_reporting(&config.kafka, Some(metrics.clone())).context("cannot create the Kafka producer")?);
     // A fatal producer error stops the gateway: nothing more is acknowledged, and a restart (by the
     // orchestrator) brings a fresh producer; unacknowledged QoS 1/2 messages come again from the broker.
     let fatal = CancellationToken::new();
@@ -82,9 +97,29 @@ async fn run_inner(
     fatal: CancellationToken,
 ) -> anyhow::Result<Report> {
     // The route table in effect: the reloader publishes new ones, the MQTT side reads them.
-    let (routes_tx, routes) = watch::channel(Arc::new(config.routes.clone()));
+    let mut table = config.routes.clone();
+    metrics.routes.bind(&mut table);
+    metrics.routes_loaded(1);
+    let (routes_tx, routes) = watch::channel(Arc::new(table));
     let started = Instant::now();
     let (intake_tx, intake_rx) = intake::intake(config.mqtt.buffer_bytes);
+    {
+        let queue = producer.clone();
+        metrics.set_live_gauges(LiveGauges {
+            producer_queue: Box::new(move || i64::from(kafka::in_flight(&queue))),
+            intake_bytes: Box::new(intake_tx.gauge()),
+        });
+    }
+    // The runtime's own heartbeat: if anything blocks this thread, it stops, and /healthz says so.
+    let heartbeat = {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            loop {
+                metrics.health.beat(Loop::Runtime);
+                tokio::time::sleep(HEARTBEAT_EVERY).await;
+            }
+        })
+    };
     // Unbounded, yet bounded by the window: an ack is due only for a message that holds a place in it.
     let (acks_tx, acks_rx) = mpsc::unbounded_channel::<AckToken>();
     let connection = Arc::new(AtomicU64::new(0));
@@ -134,6 +169,7 @@ async fn run_inner(
     let _ = mqtt_task.await;
     stats.abort();
     reloader.abort();
+    heartbeat.abort();
     let snapshot = metrics.snapshot();
     // The last line covers the whole run.
     metrics::log_stats(snapshot, metrics::Snapshot::default(), started.elapsed(), &metrics);

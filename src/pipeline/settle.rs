@@ -4,7 +4,7 @@
 
 use std::cmp::Reverse;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::message::{Header, Message as _, OwnedHeaders};
 use rdkafka::producer::Producer as _;
@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::engine::Engine;
 use crate::backoff::Backoff;
-use crate::envelope::HEADER_DLQ_REASON;
+use crate::envelope::{DeadLetterReason, HEADER_DLQ_REASON};
+use crate::health::Loop;
 use crate::kafka;
 use crate::kafka::reports::{self, Failure};
 
@@ -50,8 +51,10 @@ impl Engine {
     pub(super) fn take_reports(&mut self) {
         let mut reports = std::mem::take(&mut self.reports);
         self.producer.context().reports.take(&mut reports);
+        // One clock read per batch, for the latency of every record in it.
+        let now = if reports.is_empty() { UNIX_EPOCH } else { SystemTime::now() };
         for report in reports.drain(..) {
-            self.report(report);
+            self.report(report, now);
         }
         self.reports = reports;
         self.send_due_acks();
@@ -61,7 +64,7 @@ impl Engine {
     /// produced again otherwise. For QoS 1/2 this goes on until it succeeds (or the gateway stops): the
     /// message is not acknowledged before, so nothing is lost, and the stall shows in the logs. For QoS 0
     /// a second failure is counted and logged, and the record given up.
-    fn report(&mut self, report: reports::Report) {
+    fn report(&mut self, report: reports::Report, now: SystemTime) {
         let tag = report.tag as u32;
         let Some(&entry) = self.records.get(tag) else { return };
         let Some(message) = self.messages.get(entry.message) else {
@@ -71,7 +74,8 @@ impl Engine {
         let Failure { error, record } = match report.result {
             Ok((partition, offset)) => {
                 let route = message.inbound.routes.route(entry.route);
-                self.metrics.record_delivered(entry.dead_letter, &route.name, partition, offset);
+                let latency = now.duration_since(message.inbound.received_at).unwrap_or_default();
+                self.metrics.record_delivered(entry.dead_letter, route, partition, offset, latency);
                 self.records.remove(tag);
                 self.settle_record_of(entry.message, true);
                 return;
@@ -89,12 +93,12 @@ impl Engine {
         let mut record = record;
         let headers = record.detach_headers().unwrap_or_default();
         if kafka::is_fatal(&error) {
-            self.metrics.record_failed(&route.name, &topic, &device_id, &error);
+            self.metrics.record_failed(route, &topic, &device_id, &error);
             self.records.remove(tag);
             self.settle_record_of(entry.message, false);
         } else if kafka::is_permanent(&error) && !entry.dead_letter {
             let reason = format!("Kafka refused the record: {error}");
-            self.metrics.dead_lettered(&route.name, &topic, &device_id, &route.dead_letter_topic, &reason);
+            self.metrics.dead_lettered(route, DeadLetterReason::KafkaRefused, &topic, &device_id, &route.dead_letter_topic, &reason);
             let headers = headers.insert(Header { key: HEADER_DLQ_REASON, value: Some(reason.as_bytes()) });
             if let Some(e) = self.records.get_mut(tag) {
                 e.dead_letter = true;
@@ -111,11 +115,11 @@ impl Engine {
         } else if kafka::is_permanent(&error) || (qos == 0 && entry.attempt > 0) {
             // A dead letter Kafka will not take either, or a QoS 0 record failing twice: rejected,
             // counted and logged; settled, so the messages after it are not held up.
-            self.metrics.record_failed(&route.name, &topic, &device_id, &error);
+            self.metrics.record_failed(route, &topic, &device_id, &error);
             self.records.remove(tag);
             self.settle_record_of(entry.message, true);
         } else {
-            self.metrics.record_retry(&route.name, &topic, &device_id, &error);
+            self.metrics.record_retry(route, &topic, &device_id, &error);
             let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
             let mut delay = backoff.next_delay();
             for _ in 0..entry.attempt.min(16) {
@@ -144,10 +148,14 @@ impl Engine {
             let Some(&entry) = self.records.get(retry.record) else { continue };
             let sent = loop {
                 match kafka::send(&self.producer, &retry.topic, retry.key.as_deref(), &retry.value, retry.headers.clone(), retry.record as usize) {
-                    Err((e, _)) if kafka::is_queue_full(&e) => tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(10)) => {}
-                        _ = give_up.cancelled() => return Err(()),
-                    },
+                    Err((e, _)) if kafka::is_queue_full(&e) => {
+                        // Waiting for room is the engine at work: it stays live for /healthz.
+                        self.metrics.health.beat(Loop::Engine);
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                            _ = give_up.cancelled() => return Err(()),
+                        }
+                    }
                     other => break other.map_err(|(e, _)| e),
                 }
             };
@@ -165,7 +173,7 @@ impl Engine {
             let device_id = device_id.to_string();
             if !entry.dead_letter && kafka::is_permanent(&e) {
                 let reason = format!("Kafka refused the record: {e}");
-                self.metrics.dead_lettered(&route.name, &retry.topic, &device_id, &route.dead_letter_topic, &reason);
+                self.metrics.dead_lettered(route, DeadLetterReason::KafkaRefused, &retry.topic, &device_id, &route.dead_letter_topic, &reason);
                 let headers = retry.headers.insert(Header { key: HEADER_DLQ_REASON, value: Some(reason.as_bytes()) });
                 if let Some(r) = self.records.get_mut(retry.record) {
                 r.dead_letter = true;
@@ -173,7 +181,7 @@ impl Engine {
                 let payload = message.inbound.payload.to_vec();
                 self.schedule(retry.record, Duration::ZERO, route.dead_letter_topic.clone(), Some(device_id.into_bytes()), payload, headers);
             } else {
-                self.metrics.record_failed(&route.name, &retry.topic, &device_id, &e);
+                self.metrics.record_failed(route, &retry.topic, &device_id, &e);
                 self.records.remove(retry.record);
                 self.settle_record_of(entry.message, kafka::is_permanent(&e) || qos == 0);
             }

@@ -36,6 +36,11 @@ impl Gateway {
         if !envs.iter().any(|(k, _)| *k == "RUST_LOG") {
             cmd.env("RUST_LOG", "info");
         }
+        // Gateways of parallel tests must not fight over the default port: a free one, read back from
+        // the log by `http_addr`.
+        if !envs.iter().any(|(k, _)| *k == "GATEWAY_HTTP__LISTEN") {
+            cmd.env("GATEWAY_HTTP__LISTEN", "127.0.0.1:0");
+        }
         cmd.envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -75,6 +80,16 @@ impl Gateway {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Where the gateway's HTTP server listens, from its start-up log line.
+    pub fn http_addr(&self) -> String {
+        assert!(self.wait_for_log("HTTP server", Duration::from_secs(30)), "no HTTP server line in the log:\n{}", self.logs());
+        let logs = self.logs();
+        let line = logs.lines().find(|l| l.contains("HTTP server")).unwrap_or_default();
+        let addr = line.split_whitespace().find_map(|w| w.strip_prefix("listen=")).unwrap_or_default();
+        assert!(!addr.is_empty(), "no listen= in {line}");
+        addr.trim_matches('"').to_string()
     }
 
     /// Everything the gateway printed so far (stdout and stderr, by lines).

@@ -14,6 +14,8 @@
 #![allow(unused_imports)]
 
 mod gateway;
+pub mod http;
+pub mod prom;
 mod kafka;
 mod mosquitto;
 

@@ -181,7 +181,14 @@ impl Mosquitto {
         self.start_again();
     }
 
-    fn start_again(&mut self) {
+    /// Stops the broker (SIGKILL) and leaves it stopped; [`start_again`](Self::start_again) brings it back.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a stopped broker again on the same port with the same configuration.
+    pub fn start_again(&mut self) {
         let bin = mosquitto_binary("mosquitto");
         let conf_path = self.dir.path().join("mosquitto.conf");
         let log_path = self.dir.path().join("mosquitto.log");

@@ -1,30 +1,47 @@
 //! Counters, and the one function per notable event that both logs it and counts it, so that logs and
-//! numbers never disagree.
+//! numbers never disagree. The statistics log line ([`log_stats`]) and `/metrics` ([`exposition`]) read
+//! the same counters.
+//!
+//! Counting costs an atomic add on the message path, nothing more: per-route counters hang off the
+//! route itself ([`routes`]), and everything else is read only when someone looks.
+
+pub mod exposition;
+pub mod routes;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
-use crate::route::DeviceIdSource;
+use crate::envelope::DeadLetterReason;
+use crate::health::Health;
+use crate::route::{DeviceIdSource, Route};
+pub use routes::{RouteRegistry, RouteStats};
 
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub mqtt_connected: AtomicBool,
     pub mqtt_connects: AtomicU64,
+    pub mqtt_reconnects: AtomicU64,
     pub mqtt_connection_errors: AtomicU64,
-    pub messages_received: AtomicU64,
+    /// Messages received, by QoS.
+    pub messages_received: [AtomicU64; 3],
     pub messages_unrouted: AtomicU64,
     pub records_enqueued: AtomicU64,
-    pub records_delivered: AtomicU64,
-    pub records_failed: AtomicU64,
-    pub dead_letters_enqueued: AtomicU64,
-    pub dead_letters_delivered: AtomicU64,
     pub producer_queue_full: AtomicU64,
-    pub device_id_regex: AtomicU64,
-    pub device_id_fallback: AtomicU64,
-    pub device_id_default: AtomicU64,
     pub subscriptions_rejected: AtomicU64,
     pub reloads: AtomicU64,
+    /// The route set in effect: 1 at start, one more per reload that changed a route.
+    pub config_generation: AtomicU64,
+    /// When the route set in effect was loaded (Unix seconds).
+    pub config_loaded_at: AtomicU64,
+    /// Messages taken and not settled (the window `mqtt.max_unacked_messages` bounds).
+    pub unacked: AtomicU64,
+    /// Per-route counters.
+    pub routes: RouteRegistry,
+    /// What `/healthz` and `/readyz` answer from.
+    pub health: Health,
+    /// Gauges read from their owners at scrape time.
+    live: OnceLock<LiveGauges>,
     /// Messages dropped, by [`DropReason`].
     pub dropped: [AtomicU64; DropReason::ALL.len()],
     /// Times reading from MQTT paused because the intake was full, and for how long in total.
@@ -32,12 +49,25 @@ pub struct Metrics {
     pub intake_stalled_us: AtomicU64,
     pub acks_sent: AtomicU64,
     pub stale_acks_dropped: AtomicU64,
-    pub records_retried: AtomicU64,
     pub oversize_messages: AtomicU64,
     pub messages_not_acked: AtomicU64,
     pub reload_failures: AtomicU64,
     unrouted_warned: Mutex<Option<Instant>>,
     stall_logged: Mutex<Option<Instant>>,
+}
+
+/// Gauges whose owners know them best, read when scraped: nothing on the message path updates them.
+pub struct LiveGauges {
+    /// Records in librdkafka's queue, not yet acknowledged by Kafka.
+    pub producer_queue: Box<dyn Fn() -> i64 + Send + Sync>,
+    /// Bytes of messages in the intake (MQTT → pipeline).
+    pub intake_bytes: Box<dyn Fn() -> i64 + Send + Sync>,
+}
+
+impl std::fmt::Debug for LiveGauges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiveGauges")
+    }
 }
 
 /// Why a message was dropped. A drop is the last resort; each has a reason an operator can act on.
@@ -66,6 +96,7 @@ pub struct Snapshot {
     pub records_delivered: u64,
     pub records_failed: u64,
     pub dead_letters_delivered: u64,
+    pub dead_letters: u64,
     pub messages_dropped: u64,
     pub intake_stalls: u64,
     pub intake_stalled_us: u64,
@@ -82,40 +113,58 @@ pub struct Snapshot {
 
 impl Metrics {
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            messages_received: self.messages_received.load(Relaxed),
+        let mut s = Snapshot {
+            messages_received: self.messages_received.iter().map(|c| c.load(Relaxed)).sum(),
             messages_unrouted: self.messages_unrouted.load(Relaxed),
             records_enqueued: self.records_enqueued.load(Relaxed),
-            records_delivered: self.records_delivered.load(Relaxed),
-            records_failed: self.records_failed.load(Relaxed),
-            dead_letters_delivered: self.dead_letters_delivered.load(Relaxed),
             messages_dropped: self.dropped.iter().map(|d| d.load(Relaxed)).sum(),
             intake_stalls: self.intake_stalls.load(Relaxed),
             intake_stalled_us: self.intake_stalled_us.load(Relaxed),
             messages_not_acked: self.messages_not_acked.load(Relaxed),
-            records_retried: self.records_retried.load(Relaxed),
             acks_sent: self.acks_sent.load(Relaxed),
             oversize_messages: self.oversize_messages.load(Relaxed),
             reloads: self.reloads.load(Relaxed),
             reload_failures: self.reload_failures.load(Relaxed),
-            device_id_regex: self.device_id_regex.load(Relaxed),
-            device_id_fallback: self.device_id_fallback.load(Relaxed),
-            device_id_default: self.device_id_default.load(Relaxed),
+            ..Snapshot::default()
+        };
+        for r in self.routes.all() {
+            s.records_delivered += r.delivered.load(Relaxed);
+            s.records_failed += r.failed.load(Relaxed);
+            s.records_retried += r.retried.load(Relaxed);
+            s.dead_letters_delivered += r.dead_letters_delivered.load(Relaxed);
+            s.dead_letters += r.dead_letters.iter().map(|c| c.load(Relaxed)).sum::<u64>();
+            s.device_id_regex += r.device_id[0].load(Relaxed);
+            s.device_id_fallback += r.device_id[1].load(Relaxed);
+            s.device_id_default += r.device_id[2].load(Relaxed);
         }
+        s
     }
 
-    pub fn device_id(&self, source: DeviceIdSource) {
-        match source {
-            DeviceIdSource::Regex => &self.device_id_regex,
-            DeviceIdSource::Fallback => &self.device_id_fallback,
-            DeviceIdSource::Default => &self.device_id_default,
-        }
-        .fetch_add(1, Relaxed);
+    /// Sets the gauges read at scrape time (once; later calls are ignored).
+    pub fn set_live_gauges(&self, live: LiveGauges) {
+        let _ = self.live.set(live);
+    }
+
+    pub fn live_gauges(&self) -> Option<&LiveGauges> {
+        self.live.get()
+    }
+
+    /// A route set was put in effect: the first at start, then each reload that changed a route.
+    pub fn routes_loaded(&self, generation: u64) {
+        self.config_generation.store(generation, Relaxed);
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
+        self.config_loaded_at.store(now, Relaxed);
+    }
+
+    pub fn device_id(&self, route: &Route, source: DeviceIdSource) {
+        route.stats.device_id(source);
     }
 
     pub fn mqtt_connected(&self, broker: &str, session_present: bool) {
         self.mqtt_connected.store(true, Relaxed);
-        self.mqtt_connects.fetch_add(1, Relaxed);
+        if self.mqtt_connects.fetch_add(1, Relaxed) > 0 {
+            self.mqtt_reconnects.fetch_add(1, Relaxed);
+        }
         tracing::info!(broker, session_present, "connected to the MQTT broker");
     }
 
@@ -131,7 +180,7 @@ impl Metrics {
     }
 
     pub fn message_received(&self, topic: &str, qos: u8, bytes: usize) {
-        self.messages_received.fetch_add(1, Relaxed);
+        self.messages_received[usize::from(qos.min(2))].fetch_add(1, Relaxed);
         tracing::debug!(topic, qos, bytes, "message received");
     }
 
@@ -172,24 +221,27 @@ impl Metrics {
         self.intake_stalled_us.fetch_add(after.as_micros() as u64, Relaxed);
     }
 
-    pub fn dead_lettered(&self, route: &str, topic: &str, device_id: &str, dead_letter_topic: &str, reason: &str) {
-        self.dead_letters_enqueued.fetch_add(1, Relaxed);
-        tracing::warn!(route, topic, device_id, dead_letter_topic, reason, "message sent to the dead-letter topic");
+    pub fn dead_lettered(&self, route: &Route, kind: DeadLetterReason, topic: &str, device_id: &str, dead_letter_topic: &str, reason: &str) {
+        route.stats.dead_letter(kind);
+        let (route, kind) = (&*route.name, kind.as_str());
+        tracing::warn!(route, topic, device_id, dead_letter_topic, kind, reason, "message sent to the dead-letter topic");
     }
 
-    pub fn record_delivered(&self, dead_letter: bool, route: &str, partition: i32, offset: i64) {
+    /// A record Kafka acknowledged, `latency` after its message arrived.
+    pub fn record_delivered(&self, dead_letter: bool, route: &Route, partition: i32, offset: i64, latency: Duration) {
         if dead_letter {
-            self.dead_letters_delivered.fetch_add(1, Relaxed);
+            route.stats.dead_letters_delivered.fetch_add(1, Relaxed);
         } else {
-            self.records_delivered.fetch_add(1, Relaxed);
+            route.stats.delivered.fetch_add(1, Relaxed);
         }
-        tracing::trace!(route, partition, offset, "record delivered");
+        route.stats.latency.observe(latency);
+        tracing::trace!(route = &*route.name, partition, offset, "record delivered");
     }
 
     /// A record Kafka did not take that will be produced again.
-    pub fn record_retry(&self, route: &str, topic: &str, device_id: &str, error: &dyn std::error::Error) {
-        self.records_retried.fetch_add(1, Relaxed);
-        tracing::warn!(route, topic, device_id, error = %error, "record not delivered; producing it again");
+    pub fn record_retry(&self, route: &Route, topic: &str, device_id: &str, error: &dyn std::error::Error) {
+        route.stats.retried.fetch_add(1, Relaxed);
+        tracing::warn!(route = &*route.name, topic, device_id, error = %error, "record not delivered; producing it again");
     }
 
     /// A QoS 1/2 message the gateway gave up on without acknowledging it (the broker sends it again).
@@ -198,9 +250,9 @@ impl Metrics {
         tracing::error!(seq, "message not acknowledged: a record of it could not be delivered; the broker sends it again after a reconnect");
     }
 
-    pub fn record_failed(&self, route: &str, topic: &str, device_id: &str, error: &dyn std::error::Error) {
-        self.records_failed.fetch_add(1, Relaxed);
-        tracing::error!(route, topic, device_id, error = %error, "record could not be delivered to Kafka");
+    pub fn record_failed(&self, route: &Route, topic: &str, device_id: &str, error: &dyn std::error::Error) {
+        route.stats.failed.fetch_add(1, Relaxed);
+        tracing::error!(route = &*route.name, topic, device_id, error = %error, "record could not be delivered to Kafka");
     }
 }
 
@@ -227,6 +279,7 @@ pub fn log_stats(now: Snapshot, before: Snapshot, elapsed: Duration, metrics: &M
         messages_received = now.messages_received,
         messages_unrouted = now.messages_unrouted,
         records_delivered = now.records_delivered,
+        dead_letters = now.dead_letters,
         dead_letters_delivered = now.dead_letters_delivered,
         records_failed = now.records_failed,
         messages_dropped = now.messages_dropped,

@@ -1,0 +1,179 @@
+//! The HTTP edge against real Mosquitto and Kafka: `/metrics` parsed by a real OpenMetrics parser and
+//! counting what flowed, `/readyz` following both brokers down and up, `/healthz` unmoved by them, and
+//! readiness gone the moment shutdown begins.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::http::{get, Answer};
+use common::prom::{self, value, Sample};
+use common::{broker_env, kafka, mosquitto_pub, new_topic, publish_all, start_gateway, wait_until, write_config, Gateway, Kafka, Mosquitto, WAIT};
+
+fn route_config(topic: &str) -> String {
+    format!("routes:\n  - name: spec\n    filter: 'cmnd/#'\n    topic: {topic}\n    qos: 1\n")
+}
+
+fn scrape(addr: &str) -> Vec<Sample> {
+    let a = get(addr, "/metrics").expect("/metrics answers");
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(a.content_type.starts_with("application/openmetrics-text"), "{}", a.content_type);
+    prom::parse(&a.body)
+}
+
+fn status(addr: &str, path: &str) -> Option<u16> {
+    get(addr, path).map(|a| a.status)
+}
+
+/// Waits until `path` answers `want`; returns how long it took (panics with the last answer otherwise).
+fn wait_status(addr: &str, path: &str, want: u16, within: Duration, gw: &Gateway) -> Duration {
+    let started = Instant::now();
+    let mut last: Option<Answer> = None;
+    let ok = wait_until(within, Duration::from_millis(100), || {
+        last = get(addr, path);
+        last.as_ref().map(|a| a.status) == Some(want)
+    });
+    assert!(ok, "{path} did not answer {want} within {within:?}; last: {last:?}\ngateway log:\n{}", gw.logs());
+    started.elapsed()
+}
+
+#[test]
+fn metrics_count_what_flows_and_parse_as_openmetrics() {
+    let mosquitto = Mosquitto::start();
+    let topic = new_topic("http_metrics", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start_gateway(&write_config(dir.path(), &route_config(&topic)), &broker_env(&mosquitto));
+    let addr = gw.http_addr();
+    wait_status(&addr, "/readyz", 200, WAIT, &gw);
+
+    let before = scrape(&addr);
+    for name in [
+        "mqtt_kafka_gateway_build_info",
+        "mqtt_kafka_gateway_mqtt_connected",
+        "mqtt_kafka_gateway_kafka_brokers_up",
+        "mqtt_kafka_gateway_config_generation",
+        "mqtt_kafka_gateway_ready",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(before.iter().any(|s| s.name == name), "{name} missing from the scrape");
+    }
+    assert_eq!(value(&before, "mqtt_kafka_gateway_ready", &[]), 1.0);
+    assert_eq!(value(&before, "mqtt_kafka_gateway_mqtt_connected", &[]), 1.0);
+    assert!(value(&before, "mqtt_kafka_gateway_kafka_brokers_up", &[]) >= 1.0);
+    let received = |s: &[Sample]| value(s, "mqtt_kafka_gateway_messages_received_total", &[("qos", "1")]);
+    let delivered = |s: &[Sample]| value(s, "mqtt_kafka_gateway_records_delivered_total", &[("route", "spec"), ("topic", &topic)]);
+    let latency_count = |s: &[Sample]| value(s, "mqtt_kafka_gateway_delivery_latency_seconds_count", &[("route", "spec")]);
+
+    const N: usize = 40;
+    let messages = (0..N).map(|i| (format!("cmnd/dev-{}/state", i % 4), format!(r#"{{"n":{i}}}"#).into_bytes())).collect();
+    publish_all(mosquitto.port(), messages);
+    let records = kafka().consume(&topic, N, WAIT);
+    assert_eq!(records.len(), N);
+    // Counted when Kafka's acknowledgement is settled: give the scrape a moment to see the last ones.
+    let mut after = scrape(&addr);
+    wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        after = scrape(&addr);
+        delivered(&after) - delivered(&before) >= N as f64
+    });
+    // publish_all publishes at QoS 1, and the route subscribes at QoS 1.
+    assert_eq!(received(&after) - received(&before), N as f64);
+    assert_eq!(delivered(&after) - delivered(&before), N as f64);
+    assert_eq!(latency_count(&after) - latency_count(&before), N as f64);
+    let inf = value(&after, "mqtt_kafka_gateway_delivery_latency_seconds_bucket", &[("route", "spec"), ("le", "+Inf")]);
+    assert_eq!(inf, latency_count(&after), "+Inf bucket holds every observation");
+    assert_eq!(value(&after, "mqtt_kafka_gateway_device_id_total", &[("route", "spec"), ("source", "fallback")]), N as f64);
+    // No label carries an MQTT topic or a device id.
+    assert!(after.iter().all(|s| s.labels.values().all(|v| !v.contains("dev-"))), "unbounded label value");
+
+    // A payload that is not JSON: a dead letter with its reason.
+    let dead = |s: &[Sample]| value(s, "mqtt_kafka_gateway_dead_letters_total", &[("route", "spec"), ("reason", "invalid_json")]);
+    mosquitto_pub(mosquitto.port(), "cmnd/dev-9/state", b"not json", 1);
+    assert_eq!(kafka().consume(&format!("{topic}.dlq"), 1, WAIT).len(), 1);
+    let ok = wait_until(Duration::from_secs(10), Duration::from_millis(100), || dead(&scrape(&addr)) == 1.0);
+    assert!(ok, "dead_letters_total{{reason=invalid_json}} is {}", dead(&scrape(&addr)));
+    assert_eq!(delivered(&scrape(&addr)) - delivered(&before), N as f64, "a dead letter is not a delivered record");
+}
+
+#[test]
+fn readyz_follows_both_brokers_and_healthz_does_not() {
+    let mut mosquitto = Mosquitto::start();
+    let kafka = Kafka::start_dedicated();
+    let topic = "http_ready";
+    kafka.create_topic(topic, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let env = vec![("MQTT_BROKER", mosquitto.addr()), ("KAFKA_BOOTSTRAP_SERVERS", kafka.bootstrap())];
+    let gw = start_gateway(&write_config(dir.path(), &route_config(topic)), &env);
+    let addr = gw.http_addr();
+    wait_status(&addr, "/readyz", 200, WAIT, &gw);
+    assert_eq!(status(&addr, "/healthz"), Some(200));
+
+    // Kafka down: not ready within 10 s, and the body says why; still alive.
+    kafka.kill();
+    let took = wait_status(&addr, "/readyz", 503, Duration::from_secs(10), &gw);
+    let body = get(&addr, "/readyz").unwrap().body;
+    assert!(body.contains("kafka: no broker up"), "{body}");
+    assert_eq!(status(&addr, "/healthz"), Some(200), "a Kafka outage is not a reason to restart the gateway");
+    eprintln!("not ready {took:?} after Kafka went down");
+    kafka.restart();
+    wait_status(&addr, "/readyz", 200, Duration::from_secs(30), &gw);
+
+    // Mosquitto down: the same.
+    mosquitto.stop();
+    let took = wait_status(&addr, "/readyz", 503, Duration::from_secs(10), &gw);
+    let body = get(&addr, "/readyz").unwrap().body;
+    assert!(body.contains("mqtt: not connected"), "{body}");
+    assert_eq!(status(&addr, "/healthz"), Some(200), "an MQTT outage is not a reason to restart the gateway");
+    eprintln!("not ready {took:?} after Mosquitto went down");
+    mosquitto.start_again();
+    wait_status(&addr, "/readyz", 200, Duration::from_secs(30), &gw);
+    assert_eq!(status(&addr, "/healthz"), Some(200));
+    let s = scrape(&addr);
+    assert!(value(&s, "mqtt_kafka_gateway_mqtt_reconnects_total", &[]) >= 1.0);
+    assert_eq!(value(&s, "mqtt_kafka_gateway_ready", &[]), 1.0);
+}
+
+#[test]
+fn readyz_turns_503_at_once_when_shutdown_begins() {
+    let mosquitto = Mosquitto::start();
+    let kafka = Kafka::start_dedicated();
+    let topic = "http_shutdown";
+    kafka.create_topic(topic, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{}shutdown:\n  grace_period_secs: 20\n", route_config(topic));
+    let env = vec![("MQTT_BROKER", mosquitto.addr()), ("KAFKA_BOOTSTRAP_SERVERS", kafka.bootstrap())];
+    let mut gw = start_gateway(&write_config(dir.path(), &config), &env);
+    let addr = gw.http_addr();
+    wait_status(&addr, "/readyz", 200, WAIT, &gw);
+    // Kafka gone with a message held: the shutdown has something to wait for.
+    kafka.kill();
+    mosquitto_pub(mosquitto.port(), "cmnd/dev-1/state", br#"{"held":true}"#, 1);
+    let taken = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        value(&scrape(&addr), "mqtt_kafka_gateway_unacked_messages", &[]) == 1.0
+    });
+    assert!(taken, "the message was never taken:\n{}", gw.logs());
+    gw.sigterm();
+    assert!(gw.wait_for_log("shutdown requested", Duration::from_secs(5)), "{}", gw.logs());
+    let a = get(&addr, "/readyz").expect("the server still answers while draining");
+    assert_eq!(a.status, 503, "{}", a.body);
+    assert!(a.body.contains("\"shutting_down\":true"), "{}", a.body);
+    assert!(gw.is_running(), "still draining: the answer came during shutdown, not after it");
+    assert_eq!(status(&addr, "/healthz"), Some(200));
+    kafka.restart();
+    assert!(gw.wait_exit(Duration::from_secs(40)).is_some());
+}
+
+#[test]
+fn a_taken_port_fails_the_start_with_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mosquitto = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &route_config("http_taken"));
+    let mut env: Vec<(&str, String)> = broker_env(&mosquitto);
+    env.push(("GATEWAY_HTTP__LISTEN", addr.clone()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut gw = Gateway::start(&path, &env);
+    let status = gw.wait_exit(Duration::from_secs(20)).expect("exits");
+    assert!(!status.success());
+    assert!(gw.logs().contains(&format!("cannot listen on {addr} (http.listen)")), "{}", gw.logs());
+}
