@@ -190,3 +190,13 @@ fn a_missing_file_is_an_error_that_says_how_to_fix_it() {
     let text = err.to_string();
     assert!(text.contains("does/not/exist.yaml") && text.contains("--config"), "{text}");
 }
+
+#[test]
+fn the_http_server_listens_where_told_or_not_at_all() {
+    assert_eq!(load("", &[]).unwrap().http, Some("0.0.0.0:9180".parse().unwrap()));
+    let c = load("", &[("GATEWAY_HTTP__LISTEN", "127.0.0.1:0")]).unwrap();
+    assert_eq!(c.http, Some("127.0.0.1:0".parse().unwrap()));
+    assert_eq!(load("http:\n  enabled: false\n", &[]).unwrap().http, None);
+    let p = problems("http:\n  listen: localhost\n");
+    assert!(p.iter().any(|p| p.contains("http.listen") && p.contains("not an address:port")), "{p:?}");
+}
