@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 scripts/install-build-deps.sh
 scripts/install-mosquitto.sh
 scripts/install-kafka.sh >/dev/null
+scripts/install-test-tools.sh
 
 # A target dir outside the work tree keeps rdkafka's slow (cmake) build warm
 # across fresh clones of the repository.
