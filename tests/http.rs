@@ -92,6 +92,19 @@ fn metrics_count_what_flows_and_parse_as_openmetrics() {
     let ok = wait_until(Duration::from_secs(10), Duration::from_millis(100), || dead(&scrape(&addr)) == 1.0);
     assert!(ok, "dead_letters_total{{reason=invalid_json}} is {}", dead(&scrape(&addr)));
     assert_eq!(delivered(&scrape(&addr)) - delivered(&before), N as f64, "a dead letter is not a delivered record");
+
+    // Every metric the shipped dashboard and alert rules query is in this live scrape.
+    let live = scrape(&addr);
+    let exposed = |used: &str| live.iter().any(|s| s.name == used || s.name.strip_prefix(used).is_some_and(|rest| ["_bucket", "_sum", "_count"].contains(&rest)));
+    let re = regex::Regex::new(r"\bmqtt_kafka_gateway_[a-z_]+").unwrap();
+    let mut used = std::collections::BTreeSet::new();
+    for file in ["deploy/grafana/mqtt-kafka-gateway.json", "deploy/prometheus/alerts.yaml"] {
+        let text = std::fs::read_to_string(common::repo_root().join(file)).unwrap();
+        used.extend(re.find_iter(&text).map(|m| m.as_str().to_string()));
+    }
+    assert!(used.len() >= 10, "the dashboard and alerts use {} metrics?", used.len());
+    let missing: Vec<&String> = used.iter().filter(|u| !exposed(u)).collect();
+    assert!(missing.is_empty(), "queried by the dashboard or alerts but not in a live scrape: {missing:?}");
 }
 
 #[test]
