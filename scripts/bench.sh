@@ -40,8 +40,8 @@ done
 scripts/services.sh start >/dev/null
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mqtt-kafka-gateway/target}"
 cargo build -q --release --bin mqtt-kafka-gateway --example bench
-# GATEWAY_BIN: another build of the gateway, for a before/after on the same machine and brokers.
-gw_bin="${GATEWAY_BIN:-$CARGO_TARGET_DIR/release/mqtt-kafka-gateway}"
+# BENCH_GATEWAY_BIN: another build of the gateway, for a before/after on the same machine and brokers.
+gw_bin="${BENCH_GATEWAY_BIN:-$CARGO_TARGET_DIR/release/mqtt-kafka-gateway}"
 bench_bin="$CARGO_TARGET_DIR/release/examples/bench"
 
 work="$(mktemp -d)"
