@@ -159,6 +159,9 @@ async fn attempt(state: &mut State, trigger: Trigger, debounce: Duration, routes
     let text = match read_steady(&state.path, settle).await {
         Ok(Some(t)) => t,
         Ok(None) => {
+            if !state.path.exists() {
+                metrics.config_file_valid.store(false, Relaxed);
+            }
             if !state.file_missing && !state.path.exists() {
                 state.file_missing = true;
                 tracing::warn!(path = %state.path.display(), "the configuration file is gone; the current routes stay in effect until it is back");
@@ -167,6 +170,7 @@ async fn attempt(state: &mut State, trigger: Trigger, debounce: Duration, routes
         }
         Err(e) => {
             metrics.reload_failed();
+            metrics.config_file_valid.store(false, Relaxed);
             tracing::error!(path = %state.path.display(), error = %e, "cannot read the configuration file; the current routes stay in effect");
             return;
         }
@@ -174,6 +178,7 @@ async fn attempt(state: &mut State, trigger: Trigger, debounce: Duration, routes
     state.file_missing = false;
     let h = hash(&text);
     if Some(h) == state.applied_hash {
+        metrics.config_file_valid.store(true, Relaxed);
         if matches!(trigger, Trigger::Signal) {
             tracing::info!(generation = state.generation, "SIGHUP: the configuration file is unchanged");
         }
@@ -186,6 +191,7 @@ async fn attempt(state: &mut State, trigger: Trigger, debounce: Duration, routes
         Ok(c) => c,
         Err(e) => {
             state.failed_hash = Some(h);
+            metrics.config_file_valid.store(false, Relaxed);
             let total = metrics.reload_failed();
             tracing::error!(reload_failures = total, generation = state.generation, "the new configuration is invalid; the current routes stay in effect:\n{e}");
             return;
@@ -195,6 +201,7 @@ async fn attempt(state: &mut State, trigger: Trigger, debounce: Duration, routes
     let restart = state.current.restart_needed(&new);
     state.applied_hash = Some(h);
     state.failed_hash = None;
+    metrics.config_file_valid.store(true, Relaxed);
     if diff.is_empty() && restart.is_empty() {
         tracing::info!(generation = state.generation, "the configuration file changed, but nothing in effect did");
         return;

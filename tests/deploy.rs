@@ -28,6 +28,7 @@ pub const EXPOSED_METRICS: &[&str] = &[
     "mqtt_kafka_gateway_mqtt_connection_errors_total",
     "mqtt_kafka_gateway_subscriptions_rejected_total",
     "mqtt_kafka_gateway_config_reloads_total",
+    "mqtt_kafka_gateway_config_file_valid",
     "mqtt_kafka_gateway_intake_pauses_total",
     "mqtt_kafka_gateway_intake_paused_seconds_total",
     "mqtt_kafka_gateway_messages_not_acked_total",

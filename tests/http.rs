@@ -190,3 +190,38 @@ fn a_taken_port_fails_the_start_with_the_address() {
     assert!(!status.success());
     assert!(gw.logs().contains(&format!("cannot listen on {addr} (http.listen)")), "{}", gw.logs());
 }
+
+#[test]
+fn reload_metrics_follow_the_routes_file() {
+    let mosquitto = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &route_config("http_reload_a"));
+    let gw = start_gateway(&path, &broker_env(&mosquitto));
+    let addr = gw.http_addr();
+    let s = scrape(&addr);
+    assert_eq!(value(&s, "mqtt_kafka_gateway_config_generation", &[]), 1.0);
+    assert_eq!(value(&s, "mqtt_kafka_gateway_config_file_valid", &[]), 1.0);
+    let loaded_at = value(&s, "mqtt_kafka_gateway_config_last_reload_success_timestamp_seconds", &[]);
+    assert!(loaded_at > 1.6e9, "{loaded_at}");
+
+    std::fs::write(&path, "routes:\n  - name: broken\n    filter: 'cmnd/#'\n    topic: 'bad topic'\n").unwrap();
+    let failed = wait_until(WAIT, Duration::from_millis(100), || {
+        let s = scrape(&addr);
+        value(&s, "mqtt_kafka_gateway_config_reloads_total", &[("result", "failure")]) == 1.0
+            && value(&s, "mqtt_kafka_gateway_config_file_valid", &[]) == 0.0
+    });
+    assert!(failed, "an invalid edit is not counted:\n{}", gw.logs());
+    assert_eq!(value(&scrape(&addr), "mqtt_kafka_gateway_config_generation", &[]), 1.0, "the old routes stay");
+
+    std::fs::write(&path, route_config("http_reload_b")).unwrap();
+    let applied = wait_until(WAIT, Duration::from_millis(100), || {
+        let s = scrape(&addr);
+        value(&s, "mqtt_kafka_gateway_config_generation", &[]) == 2.0 && value(&s, "mqtt_kafka_gateway_config_file_valid", &[]) == 1.0
+    });
+    assert!(applied, "the fixed file was not applied:\n{}", gw.logs());
+    let s = scrape(&addr);
+    assert_eq!(value(&s, "mqtt_kafka_gateway_config_reloads_total", &[("result", "success")]), 1.0);
+    // The route kept its name but changed its topic: a new series, the old one stays.
+    assert!(s.iter().any(|x| x.name == "mqtt_kafka_gateway_records_delivered_total" && x.labels.get("topic").map(String::as_str) == Some("http_reload_b")));
+    assert!(s.iter().any(|x| x.name == "mqtt_kafka_gateway_records_delivered_total" && x.labels.get("topic").map(String::as_str) == Some("http_reload_a")));
+}

@@ -125,12 +125,21 @@ impl Collector for GatewayCollector {
                 ConstCounter::new(ld(&r.delivered)).encode(f.encode_family(&l)?)?;
             }
         }
+        // Series labelled by route alone sum the route's counters over every topic it has had (a
+        // reload may change a route's topic and keep its name): one series per label set.
+        let mut by_name: Vec<(Cow<'_, str>, Vec<&super::RouteStats>)> = Vec::new();
+        for (r, (route, _)) in routes.iter().zip(&labels) {
+            match by_name.iter_mut().find(|(n, _)| n == route) {
+                Some((_, group)) => group.push(r),
+                None => by_name.push((route.clone(), vec![r])),
+            }
+        }
         let per_route = |e: &mut DescriptorEncoder, n: &str, help: &str, get: &dyn Fn(&super::RouteStats) -> u64| -> fmt::Result {
             let n = name(n);
             let mut f = e.encode_descriptor(&n, help, None, MetricType::Counter)?;
-            for (r, (route, _)) in routes.iter().zip(&labels) {
+            for (route, group) in &by_name {
                 let l = [("route", route.as_ref())];
-                ConstCounter::new(get(r)).encode(f.encode_family(&l)?)?;
+                ConstCounter::new(group.iter().map(|r| get(r)).sum::<u64>()).encode(f.encode_family(&l)?)?;
             }
             Ok(())
         };
@@ -140,28 +149,40 @@ impl Collector for GatewayCollector {
         {
             let n = name("dead_letters");
             let mut f = e.encode_descriptor(&n, "Messages sent to the dead-letter topic, by route and reason.", None, MetricType::Counter)?;
-            for (r, (route, _)) in routes.iter().zip(&labels) {
+            for (route, group) in &by_name {
                 for reason in DeadLetterReason::ALL {
                     let l = [("route", route.as_ref()), ("reason", reason.as_str())];
-                    ConstCounter::new(ld(&r.dead_letters[reason as usize])).encode(f.encode_family(&l)?)?;
+                    let v = group.iter().map(|r| ld(&r.dead_letters[reason as usize])).sum::<u64>();
+                    ConstCounter::new(v).encode(f.encode_family(&l)?)?;
                 }
             }
         }
         {
             let n = name("device_id");
             let mut f = e.encode_descriptor(&n, "Device ids taken, by route and source (the regex, the fallback regex, or the default).", None, MetricType::Counter)?;
-            for (r, (route, _)) in routes.iter().zip(&labels) {
+            for (route, group) in &by_name {
                 for (i, source) in ["regex", "fallback", "default"].into_iter().enumerate() {
                     let l = [("route", route.as_ref()), ("source", source)];
-                    ConstCounter::new(ld(&r.device_id[i])).encode(f.encode_family(&l)?)?;
+                    let v = group.iter().map(|r| ld(&r.device_id[i])).sum::<u64>();
+                    ConstCounter::new(v).encode(f.encode_family(&l)?)?;
                 }
             }
         }
         {
             let n = name("delivery_latency");
             let mut f = e.encode_descriptor(&n, "From MQTT receipt to Kafka's acknowledgement, per record, by route.", Some(&Unit::Seconds), MetricType::Histogram)?;
-            for (r, (route, _)) in routes.iter().zip(&labels) {
-                let (sum, count, buckets) = r.latency.read();
+            for (route, group) in &by_name {
+                let (mut sum, mut count, mut buckets) = (0.0, 0, Vec::new());
+                for r in group {
+                    let (s, c, b) = r.latency.read();
+                    sum += s;
+                    count += c;
+                    if buckets.is_empty() {
+                        buckets = b;
+                    } else {
+                        buckets.iter_mut().zip(b).for_each(|(acc, (_, n))| acc.1 += n);
+                    }
+                }
                 let l = [("route", route.as_ref())];
                 f.encode_family(&l)?.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)?;
             }
@@ -180,6 +201,7 @@ impl Collector for GatewayCollector {
         gauge(e, "ready", "1 when /readyz answers 200.", None, i64::from(ready))?;
         let results = [("success", ld(&m.reloads)), ("failure", ld(&m.reload_failures))];
         counter_by(e, "config_reloads", "Reloads of the routes file, by result.", "result", &results)?;
+        gauge(e, "config_file_valid", "1 while the routes file on disk is the one in effect or was applied; 0 while it is invalid, unreadable or gone.", None, i64::from(m.config_file_valid.load(Relaxed)))?;
         gauge(e, "config_generation", "The route set in effect: 1 at start, one more per reload that changed a route.", None, ld(&m.config_generation) as i64)?;
         gauge(e, "config_last_reload_success_timestamp", "When the route set in effect was loaded (Unix time).", Some(&Unit::Seconds), ld(&m.config_loaded_at) as i64)?;
         Ok(())

@@ -34,6 +34,9 @@ pub struct Metrics {
     pub config_generation: AtomicU64,
     /// When the route set in effect was loaded (Unix seconds).
     pub config_loaded_at: AtomicU64,
+    /// The routes file as it is now was loaded (or is what is in effect); false while it is invalid,
+    /// unreadable or gone, however long that lasts.
+    pub config_file_valid: AtomicBool,
     /// Messages taken and not settled (the window `mqtt.max_unacked_messages` bounds).
     pub unacked: AtomicU64,
     /// Per-route counters.
@@ -151,6 +154,7 @@ impl Metrics {
 
     /// A route set was put in effect: the first at start, then each reload that changed a route.
     pub fn routes_loaded(&self, generation: u64) {
+        self.config_file_valid.store(true, Relaxed);
         self.config_generation.store(generation, Relaxed);
         let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
         self.config_loaded_at.store(now, Relaxed);
