@@ -3,12 +3,15 @@
 //! item by item, OK, FAIL with the precise problem and a hint, or SKIP with the reason:
 //!
 //! - MQTT (`mqtt.rs`): reachable, authenticated, each route's filter granted in its SUBACK;
+//! - Kafka (`kafka.rs`): reachable, authenticated, each route's topic and dead-letter topic existing or
+//!   auto-created, and with `--produce-test` a real record written to each;
 //! - `report.rs`: the items, their text, the exit code, and keeping secrets out of it.
 //!
 //! Every network step is bounded by the timeout. The MQTT connection uses a client id of its own and a
 //! clean session, so it never disturbs a running gateway. Exit codes: 0 when nothing failed, 1 when an
 //! item failed, 2 when the configuration is invalid.
 
+mod kafka;
 mod mqtt;
 mod report;
 
@@ -16,6 +19,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
+pub use kafka::CHECK_HEADER;
 pub use report::{Item, Report, Side, Status};
 
 use crate::config::{self, Config};
@@ -37,7 +41,8 @@ impl Default for Options {
 
 /// Checks both sides against `config`, MQTT first, and returns every item with secrets redacted.
 pub async fn run(config: &Config, options: &Options) -> Report {
-    let items = mqtt::check(&config.mqtt, &config.routes, options.timeout).await;
+    let mut items = mqtt::check(&config.mqtt, &config.routes, options.timeout).await;
+    items.extend(kafka::check(&config.kafka, &config.routes, options).await);
     let mut report = Report { items };
     report.redact(&secrets(config));
     report
