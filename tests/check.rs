@@ -310,3 +310,17 @@ fn an_invalid_config_exits_2_and_says_why_like_validate() {
     assert!(run.stderr.contains("routes.yaml:3:5: routes[0].filter: invalid MQTT filter"), "{}", run.text());
     assert!(run.stdout.is_empty(), "{}", run.text());
 }
+
+#[test]
+fn a_retained_message_over_the_packet_limit_does_not_fail_its_filter() {
+    let mosquitto = Mosquitto::start();
+    let topic = new_topic("check-retained", 1);
+    let dir = tempfile::tempdir().unwrap();
+    // 2 MiB retained, over the default mqtt.max_packet_size_bytes (1 MiB): it arrives with the subscription.
+    common::mosquitto_pub_with(mosquitto.port(), "big/1", &vec![b'x'; 2 << 20], 0, &["-r"]);
+    let cfg = config(dir.path(), &[route("a", "big/#", &topic), route("b", "small/#", &topic)]);
+    let run = check(&cfg, &[], &broker_env(&mosquitto));
+    assert_eq!(run.code, Some(0), "{}", run.text());
+    run.assert_status("mqtt", "route \"a\" filter \"big/#\"", "OK");
+    run.assert_status("mqtt", "route \"b\" filter \"small/#\"", "OK");
+}

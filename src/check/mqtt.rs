@@ -14,6 +14,9 @@ use crate::route::RouteTable;
 
 const SIDE: Side = Side::Mqtt;
 
+/// The largest packet MQTT 3.1.1 can express.
+const MQTT_MAX_PACKET: usize = 268_435_455;
+
 /// The broker's answer to one SUBSCRIBE.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Suback {
@@ -51,6 +54,10 @@ pub(super) async fn check(settings: &MqttSettings, routes: &RouteTable, timeout:
     // or disturb its persistent session.
     options.set_client_id(client_id.clone());
     options.set_clean_session(true);
+    // Retained messages arrive with each subscription; one larger than mqtt.max_packet_size_bytes would
+    // close the connection before the SUBACKs are read. The gateway copes with those (it takes them in
+    // on its next connection and dead-letters them), so here any size MQTT allows is read and dropped.
+    options.set_max_packet_size(MQTT_MAX_PACKET, settings.max_packet_size);
     let (client, mut eventloop) = AsyncClient::new(options, 16);
     let mut net = eventloop.network_options();
     net.set_connection_timeout(timeout.as_secs().max(1));
@@ -300,6 +307,13 @@ async fn subscribe(
             }
             // Retained messages and the like, which the subscription brings: not what is checked.
             Ok(Ok(_)) => {}
+            Ok(Err(ConnectionError::MqttState(rumqttc::StateError::Deserialization(rumqttc::Error::PayloadSizeLimitExceeded(size))))) => {
+                return Err((
+                    format!("a message of {size} bytes, over mqtt.max_packet_size_bytes, arrived (a retained one?) and closed the connection"),
+                    "raise mqtt.max_packet_size_bytes (env GATEWAY_MQTT__MAX_PACKET_SIZE_BYTES) to at least the broker's max_packet_size; the gateway would take it in on its next connection and dead-letter it".into(),
+                    "the connection was lost".into(),
+                ))
+            }
             Ok(Err(e)) => {
                 return Err((
                     format!("the connection was lost after the SUBSCRIBE: {e}"),
