@@ -324,3 +324,23 @@ fn a_retained_message_over_the_packet_limit_does_not_fail_its_filter() {
     run.assert_status("mqtt", "route \"a\" filter \"big/#\"", "OK");
     run.assert_status("mqtt", "route \"b\" filter \"small/#\"", "OK");
 }
+
+#[test]
+fn a_port_that_never_answers_connect_fails_mqtt_reachable_within_the_timeout() {
+    // Accepts TCP connections (the kernel's backlog) and never says a word.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = silent.local_addr().expect("addr");
+    let topic = new_topic("check-silent", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &[route("a", "cmnd/#", &topic)]);
+    let env = vec![("MQTT_BROKER", addr.to_string()), ("KAFKA_BOOTSTRAP_SERVERS", kafka().bootstrap())];
+
+    let run = check(&cfg, &["--timeout", "2"], &env);
+    assert_eq!(run.code, Some(1), "{}", run.text());
+    let line = run.line("mqtt", "reachable");
+    assert!(line.starts_with("FAIL") && line.contains("no CONNACK within 2s"), "{}", run.text());
+    run.assert_status("mqtt", "authenticated", "SKIP");
+    run.assert_status("kafka", "reachable", "OK");
+    assert!(run.took < Duration::from_secs(20), "took {:?}", run.took);
+    drop(silent);
+}
