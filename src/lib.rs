@@ -6,6 +6,7 @@
 
 pub mod ack;
 pub mod backoff;
+pub mod check;
 pub mod config;
 pub mod envelope;
 pub mod explain;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mqtt_kafka_gateway::{config, pipeline, telemetry};
+use mqtt_kafka_gateway::{check, config, pipeline, telemetry};
 use tokio_util::sync::CancellationToken;
 
 // Most of what the gateway allocates lives for one message: glibc's malloc spent a fifth of the
@@ -60,6 +60,20 @@ enum Command {
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
         qos: u8,
     },
+    /// Preflight: connect to both brokers with the real settings (same file, same environment overrides)
+    /// and report, item by item, whether MQTT is reachable, accepts the credentials and grants each
+    /// route's filter, and whether Kafka is reachable, accepts the credentials and has (or will
+    /// auto-create) each route's topic and dead-letter topic. Exit 0 when nothing failed, 1 when
+    /// something did, 2 for an invalid configuration.
+    Check {
+        /// The longest any one network step may take, in seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        timeout: u64,
+        /// Also write one small test record (header `gateway_check`) to each topic checked, and report
+        /// the partition and offset it got.
+        #[arg(long)]
+        produce_test: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -67,6 +81,10 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Validate { file } => validate(file.unwrap_or(cli.config)),
         Command::Explain { topic, payload, payload_file, qos } => explain(cli.config, topic, payload, payload_file, qos),
+        Command::Check { timeout, produce_test } => {
+            let options = check::Options { timeout: std::time::Duration::from_secs(timeout), produce_test };
+            check::command(&cli.config, &options)
+        }
         Command::Run => run(cli.config),
     }
 }

@@ -120,6 +120,34 @@ impl Mosquitto {
         Mosquitto::start_in(dir, &extra)
     }
 
+    /// A broker that accepts only `user` with `password` (a `password_file` made with
+    /// `mosquitto_passwd`); anonymous clients and wrong passwords get CONNACK "not authorised".
+    pub fn start_with_password(user: &str, password: &str) -> Mosquitto {
+        let dir = tempfile::Builder::new()
+            .prefix("mkg-mosquitto-")
+            .tempdir()
+            .expect("temp dir for mosquitto");
+        let password_file = dir.path().join("passwords");
+        let bin = mosquitto_binary("mosquitto_passwd");
+        let out = Command::new(&bin)
+            .arg("-c")
+            .arg("-b")
+            .arg(&password_file)
+            .args([user, password])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}; {INSTALL_HINT}", bin.display()));
+        assert!(
+            out.status.success(),
+            "mosquitto_passwd failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The last `allow_anonymous` wins over the one start_in writes.
+        let extra = format!("allow_anonymous false\npassword_file {}\n", password_file.display());
+        Mosquitto::start_in(dir, &extra)
+    }
+
     fn start_in(dir: tempfile::TempDir, extra_conf: &str) -> Mosquitto {
         let bin = mosquitto_binary("mosquitto");
         let log_path = dir.path().join("mosquitto.log");
