@@ -109,6 +109,19 @@ pub fn producer_reporting(settings: &KafkaSettings, metrics: Option<Arc<Metrics>
     cc.create_with_context(GatewayContext { reports: Reports::default(), metrics })
 }
 
+/// Why the producer could not be created, in words safe to log: librdkafka's own text for a bad
+/// property repeats its value, which may be a secret under a misspelled name (`sasl.pasword`), so the
+/// value is cut out of it.
+pub fn creation_error(e: &KafkaError) -> String {
+    match e {
+        KafkaError::ClientConfig(_, description, key, value) => {
+            let description = if value.is_empty() { description.clone() } else { description.replace(value.as_str(), "<value not shown>") };
+            format!("invalid Kafka property `{key}`: {description}")
+        }
+        other => other.to_string(),
+    }
+}
+
 /// Hands one record to librdkafka with `tag`. On failure the headers come back, for another try.
 pub fn send(
     producer: &GatewayProducer,
@@ -210,6 +223,18 @@ mod tests {
     use std::collections::BTreeMap;
 
     /// librdkafka's own fault injection: a fatal error raised on a producer must be noticed.
+    #[test]
+    fn a_bad_property_is_named_without_its_value() {
+        let settings = KafkaSettings {
+            bootstrap_servers: "127.0.0.1:9".into(),
+            properties: BTreeMap::from([("sasl.pasword".to_string(), "hunter2-secret".to_string())]),
+        };
+        let Err(e) = producer(&settings) else { panic!("an unknown property must be refused") };
+        let text = creation_error(&e);
+        assert!(text.contains("sasl.pasword"), "{text}");
+        assert!(!text.contains("hunter2-secret"), "{text}");
+    }
+
     #[tokio::test]
     async fn a_fatal_producer_error_is_noticed() {
         let settings = KafkaSettings {

@@ -64,7 +64,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             metrics.health.shutting_down.store(true, Relaxed);
         });
     }
-    let producer = Arc::new(kafka::producer_reporting(&config.kafka, Some(metrics.clone())).context("cannot create the Kafka producer")?);
+    let producer = kafka::producer_reporting(&config.kafka, Some(metrics.clone()))
+        .map_err(|e| anyhow::anyhow!("cannot create the Kafka producer: {}", kafka::creation_error(&e)))?;
+    let producer = Arc::new(producer);
     // A fatal producer error stops the gateway: nothing more is acknowledged, and a restart (by the
     // orchestrator) brings a fresh producer; unacknowledged QoS 1/2 messages come again from the broker.
     let fatal = CancellationToken::new();
