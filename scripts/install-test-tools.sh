@@ -71,7 +71,8 @@ if ! have_venv; then
     apt_install python3-venv
     python3 -m venv "$VENV"
   fi
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check prometheus_client
+  # Pinned: the parser the tests trust should not change under them.
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "prometheus_client==0.26.0"
   if ! have_venv; then
     echo "install-test-tools: prometheus_client is still missing from $VENV" >&2
     exit 1
