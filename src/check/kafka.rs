@@ -1,30 +1,30 @@
 //! The Kafka side of `check`: are the bootstrap servers reachable and do they accept the configured
 //! security (a metadata request with the gateway's own librdkafka properties), does every route's topic
 //! and dead-letter topic exist or will it be auto-created (topic metadata, and the broker's
-//! `auto.create.topics.enable` read with DescribeConfigs), and, with `--produce-test`, does a real record
-//! reach each of them. Topic templates are named per message and are skipped.
+//! `auto.create.topics.enable` read with DescribeConfigs); `--produce-test` then writes a real record
+//! to each ([`super::produce`]). Topic templates are named per message and are skipped.
 //!
 //! librdkafka's calls here block for at most the check's timeout each. They run on the check's own
 //! single-threaded runtime, after the MQTT side is done, so they hold up nothing else.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::Message;
 use rdkafka::metadata::Metadata;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext};
 
 use super::report::{Item, Side};
 use super::Options;
 use crate::config::KafkaSettings;
 use crate::route::RouteTable;
 
-const SIDE: Side = Side::Kafka;
+pub(super) const SIDE: Side = Side::Kafka;
 
 /// The header that marks a `--produce-test` record; its value is the check's client id.
 pub const CHECK_HEADER: &str = "gateway_check";
@@ -42,9 +42,9 @@ type Delivery = (usize, Result<(i32, i64), KafkaError>);
 /// Collects what librdkafka reports while the check waits: errors (the precise reason a metadata
 /// request timed out) and delivery reports of test records.
 #[derive(Default)]
-struct Probe {
+pub(super) struct Probe {
     errors: Mutex<Vec<ClientErr>>,
-    deliveries: Mutex<Vec<Delivery>>,
+    pub(super) deliveries: Mutex<Vec<Delivery>>,
 }
 
 impl ClientContext for Probe {
@@ -160,7 +160,7 @@ enum AutoCreate {
 
 /// The librdkafka properties of the check's clients: the gateway's own, under a client id of the
 /// check's, with connection set-up bounded by the timeout.
-fn base_config(properties: &BTreeMap<String, String>, timeout: Duration) -> ClientConfig {
+pub(super) fn base_config(properties: &BTreeMap<String, String>, timeout: Duration) -> ClientConfig {
     let mut cc = ClientConfig::new();
     for (k, v) in properties {
         cc.set(k, v);
@@ -203,7 +203,7 @@ pub(super) async fn check(settings: &KafkaSettings, routes: &RouteTable, options
             items.push(Item::fail(
                 SIDE,
                 "reachable",
-                format!("cannot create the Kafka client: {}", creation_error(&e)),
+                format!("cannot create the Kafka client: {}", crate::kafka::creation_error(&e)),
                 "a kafka.properties entry is unknown to librdkafka or has an invalid value (librdkafka's CONFIGURATION.md lists them)",
             ));
             items.push(Item::skip(SIDE, "authenticated", "not checked: no Kafka client"));
@@ -255,19 +255,9 @@ pub(super) async fn check(settings: &KafkaSettings, routes: &RouteTable, options
     drop(probe);
 
     if options.produce_test {
-        items.extend(produce_test(settings, &writable, timeout));
+        items.extend(super::produce::produce_test(settings, &writable, timeout));
     }
     items
-}
-
-/// Why librdkafka refused the properties. Its own text for a bad property ends with the value given,
-/// which may be a secret under a mistyped name (`sasl.pasword`): only the description is kept, which
-/// names the property.
-fn creation_error(e: &KafkaError) -> String {
-    match e {
-        KafkaError::ClientConfig(_, description, _, _) => description.clone(),
-        other => other.to_string(),
-    }
 }
 
 fn brokers(metadata: &Metadata) -> String {
@@ -430,71 +420,10 @@ fn topic_item(label: &str, name: &str, state: &TopicState, auto: Option<&AutoCre
     }
 }
 
-fn principal(properties: &BTreeMap<String, String>) -> String {
+pub(super) fn principal(properties: &BTreeMap<String, String>) -> String {
     match properties.get("sasl.username") {
         Some(user) => format!("user \"{user}\""),
         None => "this client's principal".into(),
-    }
-}
-
-/// One small record to each topic in `topics` with the gateway's own producer properties (bounded by
-/// the timeout), marked with the [`CHECK_HEADER`] header; an item per topic with the partition and
-/// offset it got, or the error.
-fn produce_test(settings: &KafkaSettings, topics: &[(String, String)], timeout: Duration) -> Vec<Item> {
-    if topics.is_empty() {
-        return Vec::new();
-    }
-    let what = |label: &str| format!("{label} test record");
-    let mut cc = base_config(&settings.properties, timeout);
-    // A record that cannot be delivered is reported within the timeout instead of retried for ever.
-    cc.set("message.timeout.ms", timeout.as_millis().max(1000).to_string());
-    let producer: BaseProducer<Probe> = match cc.create_with_context(Probe::default()) {
-        Ok(p) => p,
-        Err(e) => {
-            return topics
-                .iter()
-                .map(|(_, label)| Item::fail(SIDE, what(label), format!("cannot create the producer: {}", creation_error(&e)), "a kafka.properties entry is invalid for a producer"))
-                .collect()
-        }
-    };
-    let id = format!("{}-check-{}", settings.properties.get("client.id").map(String::as_str).unwrap_or("mqtt-kafka-gateway"), std::process::id());
-    let at = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default();
-    let value = serde_json::json!({ "check": "mqtt-kafka-gateway check --produce-test", "client_id": id, "timestamp": at }).to_string();
-    let mut outcomes: Vec<Option<Result<(i32, i64), String>>> = vec![None; topics.len()];
-    for (tag, (name, _)) in topics.iter().enumerate() {
-        let headers = OwnedHeaders::new().insert(Header { key: CHECK_HEADER, value: Some(id.as_bytes()) });
-        let record: BaseRecord<'_, (), str, usize> = BaseRecord::with_opaque_to(name, tag).payload(value.as_str()).headers(headers);
-        if let Err((e, _)) = producer.send(record) {
-            outcomes[tag] = Some(Err(format!("not queued: {e}")));
-        }
-    }
-    let deadline = Instant::now() + timeout + Duration::from_secs(1);
-    while outcomes.iter().any(Option::is_none) && Instant::now() < deadline {
-        producer.poll(Duration::from_millis(100));
-        for (tag, result) in producer.context().deliveries.lock().unwrap_or_else(PoisonError::into_inner).drain(..) {
-            if let Some(slot) = outcomes.get_mut(tag) {
-                *slot = Some(result.map_err(|e| delivery_error(&e)));
-            }
-        }
-    }
-    let items = topics
-        .iter()
-        .zip(outcomes)
-        .map(|((name, label), outcome)| match outcome {
-            Some(Ok((partition, offset))) => Item::ok(SIDE, what(label), format!("written to partition {partition} at offset {offset}")),
-            Some(Err(e)) => Item::fail(SIDE, what(label), e, format!("the Kafka ACLs must allow {} Write on topic \"{name}\" (and IdempotentWrite on the cluster for older brokers)", principal(&settings.properties))),
-            None => Item::fail(SIDE, what(label), format!("no delivery report within {}s", timeout.as_secs_f64()), "the brokers accepted the connection but did not acknowledge the record; check their health and the topic's min.insync.replicas"),
-        })
-        .collect();
-    // Dropping the producer purges what is left, waiting for it briefly.
-    drop(producer);
-    items
-}
-
-fn delivery_error(e: &KafkaError) -> String {
-    match e.rdkafka_error_code() {
-        Some(code) => format!("refused: {code} ({code:?})"),
-        None => format!("refused: {e}"),
     }
 }
 
@@ -590,7 +519,7 @@ mod tests {
         let Err(e) = probe_config(&props, Duration::from_secs(1)).create_with_context::<_, BaseProducer<Probe>>(Probe::default()) else {
             panic!("librdkafka accepted an unknown property");
         };
-        let text = creation_error(&e);
+        let text = crate::kafka::creation_error(&e);
         assert!(text.contains("sasl.pasword"), "{text}");
         assert!(!text.contains("Typo-Secret-42"), "{text}");
     }

@@ -13,6 +13,7 @@
 
 mod kafka;
 mod mqtt;
+mod produce;
 mod report;
 
 use std::path::Path;
