@@ -45,6 +45,15 @@ pub struct Health {
     pub kafka_checked: AtomicBool,
     pub shutting_down: AtomicBool,
     subscriptions: Mutex<Subscriptions>,
+    /// Why the last MQTT connection attempt failed (cleared on CONNACK), and the last Kafka client
+    /// error (cleared when a broker is up again): readiness names them.
+    last_errors: Mutex<LastErrors>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct LastErrors {
+    mqtt: Option<String>,
+    kafka: Option<String>,
 }
 
 /// The MQTT subscriptions of the current connection, as readiness sees them.
@@ -65,6 +74,7 @@ impl Default for Health {
             kafka_checked: AtomicBool::new(true),
             shutting_down: AtomicBool::new(false),
             subscriptions: Mutex::default(),
+            last_errors: Mutex::default(),
         }
     }
 }
@@ -153,8 +163,19 @@ impl Health {
         *self.subscriptions.lock().unwrap_or_else(|e| e.into_inner()) = Subscriptions { pending, refused };
     }
 
+    /// Why MQTT is not connected (`None` once it is).
+    pub fn set_mqtt_error(&self, what: Option<String>) {
+        self.last_errors.lock().unwrap_or_else(|e| e.into_inner()).mqtt = what;
+    }
+
+    /// The last Kafka client error worth naming (authentication, TLS); `None` clears it.
+    pub fn set_kafka_error(&self, what: Option<String>) {
+        self.last_errors.lock().unwrap_or_else(|e| e.into_inner()).kafka = what;
+    }
+
     pub fn readiness(&self, mqtt_connected: bool) -> Readiness {
         let subs = self.subscriptions.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let errors = self.last_errors.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let shutting_down = self.shutting_down.load(Relaxed);
         let checked = self.kafka_checked.load(Relaxed);
         let up = self.kafka_brokers_up.load(Relaxed);
@@ -163,7 +184,10 @@ impl Health {
             not_ready.push("shutting down".to_string());
         }
         if !mqtt_connected {
-            not_ready.push("mqtt: not connected".to_string());
+            not_ready.push(match &errors.mqtt {
+                Some(why) => format!("mqtt: not connected ({why})"),
+                None => "mqtt: not connected".to_string(),
+            });
         } else if subs.pending > 0 {
             not_ready.push(format!("mqtt: {} subscription(s) not acknowledged yet", subs.pending));
         }
@@ -173,7 +197,10 @@ impl Health {
         if checked && up < 0 {
             not_ready.push("kafka: broker state not known yet".to_string());
         } else if checked && up == 0 {
-            not_ready.push("kafka: no broker up".to_string());
+            not_ready.push(match &errors.kafka {
+                Some(why) => format!("kafka: no broker up ({why})"),
+                None => "kafka: no broker up".to_string(),
+            });
         }
         Readiness {
             ready: not_ready.is_empty(),

@@ -38,10 +38,10 @@ struct Target {
 /// Every item of the MQTT side, in order: reachable, authenticated, one per filter.
 pub(super) async fn check(settings: &MqttSettings, routes: &RouteTable, timeout: Duration) -> Vec<Item> {
     let targets = targets(settings, routes);
-    let addr = display_addr(&settings.host, settings.port);
+    let addr = settings.broker.ws_url().unwrap_or_else(|| display_addr(&settings.broker.host, settings.broker.port));
     let mut items = Vec::new();
 
-    if let Err((detail, hint)) = tcp_probe(&settings.host, settings.port, timeout).await {
+    if let Err((detail, hint)) = tcp_probe(&settings.broker.host, settings.broker.port, timeout).await {
         items.push(Item::fail(SIDE, "reachable", detail, hint));
         items.push(Item::skip(SIDE, "authenticated", "not checked: the broker is not reachable"));
         items.extend(targets.iter().map(|t| Item::skip(SIDE, &t.label, "not checked: the broker is not reachable")));
@@ -58,13 +58,29 @@ pub(super) async fn check(settings: &MqttSettings, routes: &RouteTable, timeout:
     // close the connection before the SUBACKs are read. The gateway copes with those (it takes them in
     // on its next connection and dead-letters them), so here any size MQTT allows is read and dropped.
     options.set_max_packet_size(MQTT_MAX_PACKET, settings.max_packet_size);
+    match crate::mqtt::tls::transport(settings) {
+        Ok(t) => {
+            options.set_transport(t);
+        }
+        Err(e) => {
+            items.push(Item::fail(SIDE, "reachable", format!("{addr}: the TLS files cannot be used: {e}"), "fix mqtt.tls (the files it names must be readable PEM)"));
+            items.push(Item::skip(SIDE, "authenticated", "not checked: no TLS configuration"));
+            items.extend(targets.iter().map(|t| Item::skip(SIDE, &t.label, "not checked: no TLS configuration")));
+            return items;
+        }
+    }
     let (client, mut eventloop) = AsyncClient::new(options, 16);
     let mut net = eventloop.network_options();
     net.set_connection_timeout(timeout.as_secs().max(1));
     eventloop.set_network_options(net);
 
-    let transport = if settings.tls { " (TLS)" } else { "" };
-    match connect(&mut eventloop, timeout).await {
+    let transport = match settings.broker.transport {
+        crate::config::Transport::Tcp => "",
+        crate::config::Transport::Tls => " (TLS)",
+        crate::config::Transport::Ws => " (WebSocket)",
+        crate::config::Transport::Wss => " (WebSocket, TLS)",
+    };
+    match connect(&mut eventloop, timeout, settings).await {
         Ok(()) => {
             items.push(Item::ok(SIDE, "reachable", format!("{addr}{transport}")));
             let who = match &settings.credentials {
@@ -189,7 +205,7 @@ enum Connect {
 }
 
 /// TLS (when configured) and the MQTT handshake, up to the CONNACK.
-async fn connect(eventloop: &mut EventLoop, timeout: Duration) -> Result<(), Connect> {
+async fn connect(eventloop: &mut EventLoop, timeout: Duration, settings: &MqttSettings) -> Result<(), Connect> {
     let secs = timeout.as_secs_f64();
     let no_connack_hint = "is this an MQTT listener? A TLS listener needs mqtts://host:port in mqtt.broker (env MQTT_BROKER), a plain one mqtt://; the broker's log says why it closed the connection";
     // rumqttc's own connection timeout is whole seconds: one more second of slack before ours.
@@ -197,14 +213,13 @@ async fn connect(eventloop: &mut EventLoop, timeout: Duration) -> Result<(), Con
         Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => Ok(()),
         Ok(Ok(other)) => Err(Connect::Failed(format!("expected a CONNACK, got {other:?}"), no_connack_hint.into())),
         Ok(Err(ConnectionError::ConnectionRefused(code))) => Err(Connect::Refused(code)),
-        Ok(Err(ConnectionError::Tls(e))) => Err(Connect::Failed(
-            format!("TLS handshake failed: {e}"),
-            "the broker's certificate must be signed by a CA in the system's trust store and name the host in mqtt.broker; is the port a TLS listener?".into(),
-        )),
         Ok(Err(ConnectionError::NetworkTimeout)) | Err(_) => {
             Err(Connect::Failed(format!("TCP connected, but no CONNACK within {secs}s"), no_connack_hint.into()))
         }
-        Ok(Err(e)) => Err(Connect::Failed(format!("TCP connected, but the MQTT handshake failed: {e}"), no_connack_hint.into())),
+        Ok(Err(e)) => {
+            let d = crate::mqtt::diagnose::diagnose(&e, settings);
+            Err(Connect::Failed(format!("TCP connected, but then {} ({e})", d.what), d.hint.into()))
+        }
     }
 }
 

@@ -1,17 +1,85 @@
-//! The MQTT broker address: `host:port`, `host`, `[v6]:port`, or a URL.
+//! The MQTT broker address: `host:port`, `host`, `[v6]:port`, or a URL whose scheme picks the transport.
 
-/// `host:port`, `host`, `[v6]:port`, or `mqtt://`, `tcp://`, `mqtts://`, `ssl://` URLs.
-pub fn parse_broker(s: &str) -> Result<(String, u16, bool), String> {
+/// How the gateway reaches the MQTT broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `mqtt://`, `tcp://` or no scheme.
+    Tcp,
+    /// `mqtts://`, `ssl://` or `tls://`.
+    Tls,
+    /// `ws://`: MQTT over a WebSocket.
+    Ws,
+    /// `wss://`: MQTT over a WebSocket over TLS.
+    Wss,
+}
+
+impl Transport {
+    /// The transport encrypts (and so reads `mqtt.tls`).
+    pub fn is_tls(self) -> bool {
+        matches!(self, Transport::Tls | Transport::Wss)
+    }
+
+    fn default_port(self) -> u16 {
+        match self {
+            Transport::Tcp => 1883,
+            Transport::Tls => 8883,
+            Transport::Ws => 80,
+            Transport::Wss => 443,
+        }
+    }
+}
+
+/// A parsed `mqtt.broker`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddr {
+    pub host: String,
+    pub port: u16,
+    pub transport: Transport,
+    /// The HTTP path of a WebSocket endpoint (`/mqtt` when the URL gives none); empty otherwise.
+    pub path: String,
+}
+
+impl BrokerAddr {
+    /// The WebSocket URL to open, for `ws://`/`wss://`.
+    pub fn ws_url(&self) -> Option<String> {
+        let scheme = match self.transport {
+            Transport::Ws => "ws",
+            Transport::Wss => "wss",
+            _ => return None,
+        };
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        Some(format!("{scheme}://{host}:{}{}", self.port, self.path))
+    }
+}
+
+/// `host:port`, `host`, `[v6]:port`, or `mqtt://`, `tcp://`, `mqtts://`, `ssl://`, `tls://`, `ws://` and
+/// `wss://` URLs (the WebSocket ones with an optional path, `/mqtt` by default).
+pub fn parse_broker(s: &str) -> Result<BrokerAddr, String> {
     let s = s.trim();
-    let (rest, tls) = match s.split_once("://") {
-        Some(("mqtt" | "tcp", rest)) => (rest, false),
-        Some(("mqtts" | "ssl" | "tls", rest)) => (rest, true),
-        Some((scheme, _)) => return Err(format!("unsupported scheme `{scheme}://` in `{s}`")),
-        None => (s, false),
+    let (rest, transport) = match s.split_once("://") {
+        Some((scheme, rest)) => match scheme.to_ascii_lowercase().as_str() {
+            "mqtt" | "tcp" => (rest, Transport::Tcp),
+            "mqtts" | "ssl" | "tls" => (rest, Transport::Tls),
+            "ws" => (rest, Transport::Ws),
+            "wss" => (rest, Transport::Wss),
+            _ => return Err(format!("unsupported scheme `{scheme}://` in `{s}`")),
+        },
+        None => (s, Transport::Tcp),
     };
-    let rest = rest.trim_end_matches('/');
-    let default_port = if tls { 8883 } else { 1883 };
-    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let path = match transport {
+        Transport::Ws | Transport::Wss if path.is_empty() || path == "/" => "/mqtt".to_string(),
+        Transport::Ws | Transport::Wss => path.to_string(),
+        _ if path.trim_end_matches('/').is_empty() => String::new(),
+        _ => return Err(format!("a path (`{path}`) is only meaningful for ws:// and wss:// in `{s}`")),
+    };
+    if authority.contains('@') {
+        return Err(format!("credentials in the URL are not read; use mqtt.username and mqtt.password (or password_file) instead of `{}`", redact_userinfo(s)));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
         let (host, after) = v6.split_once(']').ok_or_else(|| format!("unclosed '[' in `{s}`"))?;
         match after.strip_prefix(':') {
             Some(p) => (host, Some(p)),
@@ -19,17 +87,25 @@ pub fn parse_broker(s: &str) -> Result<(String, u16, bool), String> {
             None => return Err(format!("unexpected `{after}` after the address in `{s}`")),
         }
     } else {
-        match rest.rsplit_once(':') {
+        match authority.rsplit_once(':') {
             Some((h, p)) => (h, Some(p)),
-            None => (rest, None),
+            None => (authority, None),
         }
     };
-    if host.is_empty() || host.contains('/') {
+    if host.is_empty() {
         return Err(format!("no host in `{s}`"));
     }
     let port = match port {
         Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| format!("`{p}` is not a port number"))?,
-        None => default_port,
+        None => transport.default_port(),
     };
-    Ok((host.to_string(), port, tls))
+    Ok(BrokerAddr { host: host.to_string(), port, transport, path })
+}
+
+/// `scheme://user:pass@host` → `scheme://***@host`, so an error never repeats a password.
+fn redact_userinfo(s: &str) -> String {
+    match (s.split_once("://"), s.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://***{}", &s[at..]),
+        _ => "***".to_string(),
+    }
 }

@@ -19,22 +19,27 @@
 //! - `raw.rs`: the serde schema of the file, with its defaults;
 //! - `sources.rs`: the YAML provider and the environment layering, with located errors;
 //! - `validate.rs`: raw into checked types, one function per section;
-//! - `broker.rs`: the broker address.
+//! - `broker.rs`: the broker address;
+//! - `security.rs`: `mqtt.tls`, `kafka.sasl`, `kafka.tls` and secrets read from files.
 
 mod broker;
 mod raw;
+mod security;
 mod sources;
 mod validate;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod security_tests;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use broker::parse_broker;
+pub use broker::{parse_broker, BrokerAddr, Transport};
 pub use raw::*;
+pub use security::{is_secret_property, MqttTls, RawKafkaSasl, RawKafkaTls, RawMqttTls, RawOauthbearer, TlsVersion};
 pub use sources::{load, load_from_str, load_with_env, EnvSource, ProcessEnv};
 
 use crate::route::RouteTable;
@@ -65,9 +70,9 @@ pub struct Config {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MqttSettings {
-    pub host: String,
-    pub port: u16,
-    pub tls: bool,
+    pub broker: BrokerAddr,
+    /// The TLS settings, when the transport is `mqtts://` or `wss://`.
+    pub tls: Option<MqttTls>,
     pub client_id: String,
     pub credentials: Option<(String, Secret)>,
     pub keep_alive: Duration,
@@ -80,11 +85,20 @@ pub struct MqttSettings {
     pub max_unacked_messages: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct KafkaSettings {
     pub bootstrap_servers: String,
     /// librdkafka properties, the gateway's own choices first, then the user's `properties`.
     pub properties: BTreeMap<String, String>,
+}
+
+/// Secret properties (passwords, client secrets, keys) print as `***`.
+impl fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown: BTreeMap<&str, &str> =
+            self.properties.iter().map(|(k, v)| (k.as_str(), if is_secret_property(k) { "***" } else { v.as_str() })).collect();
+        f.debug_struct("KafkaSettings").field("bootstrap_servers", &self.bootstrap_servers).field("properties", &shown).finish()
+    }
 }
 
 
@@ -158,7 +172,8 @@ impl Config {
                 keys.push(key.to_string());
             }
         };
-        check("mqtt.broker", (&a.host, a.port, a.tls) != (&b.host, b.port, b.tls));
+        check("mqtt.broker", a.broker != b.broker);
+        check("mqtt.tls", a.tls != b.tls);
         check("mqtt.client_id", a.client_id != b.client_id);
         check("mqtt.username/password", a.credentials != b.credentials);
         check("mqtt.keep_alive_secs", a.keep_alive != b.keep_alive);

@@ -6,6 +6,7 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::security::{RawKafkaSasl, RawKafkaTls, RawMqttTls};
 use crate::route::{KeyMissing, PayloadFormat, ValueFormat};
 
 
@@ -47,6 +48,10 @@ pub struct RawMqtt {
     pub username: Option<StringLike>,
     /// Env: `MQTT_PASSWORD`. Never logged.
     pub password: Option<Secret>,
+    /// A file holding the password (one trailing newline trimmed). Env: `MQTT_PASSWORD_FILE`.
+    pub password_file: Option<String>,
+    /// TLS for `mqtts://` and `wss://` brokers: CA, client certificate, version floor.
+    pub tls: RawMqttTls,
     /// Keep-alive interval (spec: 60 s).
     pub keep_alive_secs: u64,
     /// Start without a session on the broker (spec: true). `false` makes the broker keep subscriptions
@@ -77,6 +82,8 @@ impl Default for RawMqtt {
             client_id: StringLike("mqtt-kafka-gateway".into()),
             username: None,
             password: None,
+            password_file: None,
+            tls: RawMqttTls::default(),
             keep_alive_secs: 60,
             clean_session: true,
             max_packet_size_bytes: 1024 * 1024,
@@ -111,6 +118,13 @@ pub struct RawKafka {
     pub queue_max_kbytes: u64,
     /// Appended to a route's topic to name its dead-letter topic when the route sets none.
     pub dead_letter_suffix: String,
+    /// `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL` (librdkafka `security.protocol`). Unset: SASL_SSL
+    /// when `sasl` is set, SSL when `tls` is, PLAINTEXT otherwise.
+    pub security_protocol: Option<String>,
+    /// SASL authentication: mechanism, username, password (or password_file).
+    pub sasl: RawKafkaSasl,
+    /// TLS for the SSL and SASL_SSL protocols: CA, client certificate and key.
+    pub tls: RawKafkaTls,
     /// Any librdkafka producer property, passed through as given and applied last
     /// (e.g. `security.protocol: SASL_SSL`). See librdkafka's CONFIGURATION.md.
     pub properties: BTreeMap<String, StringLike>,
@@ -127,6 +141,9 @@ impl Default for RawKafka {
             queue_max_messages: 100_000,
             queue_max_kbytes: 64 * 1024,
             dead_letter_suffix: ".dlq".into(),
+            security_protocol: None,
+            sasl: RawKafkaSasl::default(),
+            tls: RawKafkaTls::default(),
             properties: BTreeMap::new(),
         }
     }

@@ -217,22 +217,32 @@ fn merge_dicts(mut base: Dict, other: Dict) -> Dict {
     base
 }
 
-/// The spec's variables, taken as plain strings (a password of digits stays a string).
+/// The spec's variables and the short ones for credentials, taken as plain strings (a password of
+/// digits stays a string).
 fn spec_env(env: &dyn EnvSource) -> Serialized<Dict> {
-    const VARS: [(&str, &str, &str); 4] = [
-        ("MQTT_BROKER", "mqtt", "broker"),
-        ("KAFKA_BOOTSTRAP_SERVERS", "kafka", "bootstrap_servers"),
-        ("MQTT_USERNAME", "mqtt", "username"),
-        ("MQTT_PASSWORD", "mqtt", "password"),
+    const VARS: [(&str, &[&str]); 9] = [
+        ("MQTT_BROKER", &["mqtt", "broker"]),
+        ("KAFKA_BOOTSTRAP_SERVERS", &["kafka", "bootstrap_servers"]),
+        ("MQTT_USERNAME", &["mqtt", "username"]),
+        ("MQTT_PASSWORD", &["mqtt", "password"]),
+        ("MQTT_PASSWORD_FILE", &["mqtt", "password_file"]),
+        ("KAFKA_SASL_USERNAME", &["kafka", "sasl", "username"]),
+        ("KAFKA_SASL_PASSWORD", &["kafka", "sasl", "password"]),
+        ("KAFKA_SASL_PASSWORD_FILE", &["kafka", "sasl", "password_file"]),
+        ("KAFKA_TLS_KEY_PASSWORD", &["kafka", "tls", "key_password"]),
     ];
     let mut dict = Dict::new();
-    for (var, section, key) in VARS {
+    for (var, path) in VARS {
         if let Some(value) = env.get(var).filter(|v| !v.is_empty()) {
-            let mut inner = Dict::new();
-            inner.insert(key.to_string(), FValue::from(value));
-            let mut outer = Dict::new();
-            outer.insert(section.to_string(), FValue::from(inner));
-            dict = merge_dicts(dict, outer);
+            let mut nested = FValue::from(value);
+            for key in path.iter().rev() {
+                let mut d = Dict::new();
+                d.insert(key.to_string(), nested);
+                nested = FValue::from(d);
+            }
+            if let FValue::Dict(_, d) = nested {
+                dict = merge_dicts(dict, d);
+            }
         }
     }
     Serialized::defaults(dict)

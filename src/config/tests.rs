@@ -12,20 +12,31 @@ fn load(text: &str, pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
 
 #[test]
 fn broker_addresses_table() {
+    use Transport::*;
+    let ok = |host: &str, port: u16, transport: Transport, path: &str| Ok(BrokerAddr { host: host.into(), port, transport, path: path.into() });
     let cases = [
-        ("mosquitto:1883", Ok(("mosquitto".to_string(), 1883, false))),
-        ("localhost", Ok(("localhost".to_string(), 1883, false))),
-        ("mqtt://broker.example:1884", Ok(("broker.example".to_string(), 1884, false))),
-        ("tcp://broker", Ok(("broker".to_string(), 1883, false))),
-        ("mqtts://broker.example", Ok(("broker.example".to_string(), 8883, true))),
-        ("[::1]:1885", Ok(("::1".to_string(), 1885, false))),
+        ("mosquitto:1883", ok("mosquitto", 1883, Tcp, "")),
+        ("localhost", ok("localhost", 1883, Tcp, "")),
+        ("mqtt://broker.example:1884", ok("broker.example", 1884, Tcp, "")),
+        ("tcp://broker/", ok("broker", 1883, Tcp, "")),
+        ("mqtts://broker.example", ok("broker.example", 8883, Tls, "")),
+        ("SSL://broker.example:8884", ok("broker.example", 8884, Tls, "")),
+        ("[::1]:1885", ok("::1", 1885, Tcp, "")),
+        ("ws://broker:8080", ok("broker", 8080, Ws, "/mqtt")),
+        ("wss://broker.example/ws/mqtt", ok("broker.example", 443, Wss, "/ws/mqtt")),
+        ("ws://[::1]:9001/", ok("::1", 9001, Ws, "/mqtt")),
     ];
     for (input, want) in cases {
         assert_eq!(parse_broker(input), want, "{input}");
     }
-    for bad in ["", "http://x", "host:notaport", "host:0", "[::1", ":1883"] {
+    for bad in ["", "http://x", "host:notaport", "host:0", "[::1", ":1883", "mqtt://host/path", "ws://"] {
         assert!(parse_broker(bad).is_err(), "{bad:?} should be rejected");
     }
+    assert_eq!(parse_broker("wss://broker.example/mqtt").unwrap().ws_url().unwrap(), "wss://broker.example:443/mqtt");
+    assert_eq!(parse_broker("ws://[::1]:9001").unwrap().ws_url().unwrap(), "ws://[::1]:9001/mqtt");
+    // A password in the URL is refused without being repeated.
+    let e = parse_broker("mqtts://user:hunter2@broker:8883").unwrap_err();
+    assert!(!e.contains("hunter2") && e.contains("mqtt.password"), "{e}");
 }
 
 #[test]
@@ -72,11 +83,11 @@ fn spec_environment_variables_override_the_file() {
     assert_eq!(r.filter, "sensors/#");
     assert!(r.fallback_filters.is_empty(), "fallbacks of cmnd/# make no sense for sensors/#");
     assert_eq!(r.dead_letter_topic, "from_env.dlq");
-    assert_eq!(c.mqtt.host, "file");
+    assert_eq!(c.mqtt.broker.host, "file");
 
     let same = load("", &[("MQTT_TOPIC_PATTERN", "cmnd/#"), ("MQTT_BROKER", "mqtt://env-broker:1999"), ("KAFKA_BOOTSTRAP_SERVERS", "k1:9092,k2:9092")]).unwrap();
     assert_eq!(same.routes.routes()[0].fallback_filters, vec!["cmnd/+/+/+/+"], "same filter: fallbacks kept");
-    assert_eq!((same.mqtt.host.as_str(), same.mqtt.port), ("env-broker", 1999));
+    assert_eq!((same.mqtt.broker.host.as_str(), same.mqtt.broker.port), ("env-broker", 1999));
     assert_eq!(same.kafka.properties["bootstrap.servers"], "k1:9092,k2:9092");
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use regex::Regex;
 
 use super::broker::parse_broker;
+use super::security;
 use super::raw::{RawConfig, RawKafka, RawMqtt, RawRoute, Secret};
 use super::{Config, KafkaSettings, MqttSettings, Origin, Problem};
 use crate::filter;
@@ -18,13 +19,13 @@ use crate::template::TopicTemplate;
 use crate::topic_name::{check_kafka_topic, kafka_topic_char};
 
 /// The problems found so far, each located by the key it concerns.
-struct Problems<'a> {
+pub(super) struct Problems<'a> {
     list: &'a mut Vec<Problem>,
     locate: &'a dyn Fn(&str) -> Origin,
 }
 
 impl Problems<'_> {
-    fn add(&mut self, key: &str, message: String, hint: Option<&str>) {
+    pub(super) fn add(&mut self, key: &str, message: String, hint: Option<&str>) {
         self.list.push(Problem { path: key.into(), message, hint: hint.map(Into::into), origin: (self.locate)(key) });
     }
 }
@@ -69,7 +70,7 @@ pub(super) fn validate(path: &Path, raw: RawConfig, locate: &dyn Fn(&str) -> Ori
 }
 
 fn mqtt(m: &RawMqtt, p: &mut Problems<'_>) -> Option<MqttSettings> {
-    let broker = parse_broker(&m.broker).map_err(|e| p.add("mqtt.broker", e, Some("use host:port, or mqtt://host:port / mqtts://host:port")));
+    let broker = parse_broker(&m.broker).map_err(|e| p.add("mqtt.broker", e, Some("use host:port, or a URL: mqtt://host:1883, mqtts://host:8883, ws://host:80/mqtt, wss://host:443/mqtt")));
     if m.client_id.0.is_empty() || m.client_id.0.len() > 65_535 {
         p.add("mqtt.client_id", "must be a non-empty string".into(), None);
     }
@@ -91,16 +92,17 @@ fn mqtt(m: &RawMqtt, p: &mut Problems<'_>) -> Option<MqttSettings> {
     if m.connect_timeout_secs > 3600 || m.reconnect_max_delay_ms > 3_600_000 {
         p.add("mqtt.reconnect_max_delay_ms", "connect timeout and reconnect delays must stay within an hour".into(), None);
     }
-    if m.password.is_some() && m.username.is_none() {
+    let password = security::secret("mqtt.password", m.password.as_ref(), m.password_file.as_deref(), p);
+    if password.is_some() && m.username.is_none() {
         p.add("mqtt.password", "a password needs a username".into(), Some("set mqtt.username or MQTT_USERNAME"));
     }
-    let (host, port, tls) = broker.ok()?;
+    let broker = broker.ok();
+    let tls = security::mqtt_tls(&m.tls, broker.as_ref().is_some_and(|b| b.transport.is_tls()), p);
     Some(MqttSettings {
-        host,
-        port,
+        broker: broker?,
         tls,
         client_id: m.client_id.0.clone(),
-        credentials: m.username.as_ref().map(|u| (u.0.clone(), m.password.clone().unwrap_or_else(|| Secret::new("")))),
+        credentials: m.username.as_ref().map(|u| (u.0.clone(), password.unwrap_or_else(|| Secret::new("")))),
         keep_alive: Duration::from_secs(m.keep_alive_secs),
         clean_session: m.clean_session,
         max_packet_size: m.max_packet_size_bytes,
@@ -136,6 +138,8 @@ fn kafka_properties(k: &RawKafka, client_id: &str, p: &mut Problems<'_>) -> BTre
         ("queue.buffering.max.kbytes".into(), k.queue_max_kbytes.to_string()),
         ("client.id".into(), client_id.to_string()),
     ]);
+    properties.extend(security::kafka_properties(k.security_protocol.as_deref(), &k.sasl, &k.tls, p));
+    // kafka.properties stays the last word, over the first-class keys too.
     for (key, value) in &k.properties {
         properties.insert(key.clone(), value.0.clone());
     }

@@ -5,6 +5,7 @@
 //! with the same tag, served on the pipeline's thread when [`events::Events`] says so: no future or
 //! channel per record, no thread of ours in between.
 
+pub mod diagnose;
 pub mod events;
 pub mod reports;
 pub mod stats;
@@ -35,6 +36,8 @@ pub struct GatewayContext {
     pub reports: Reports,
     /// Where the gateway's readiness learns how many brokers are up; `None` for a producer of `check`.
     pub metrics: Option<Arc<Metrics>>,
+    /// `bootstrap.servers`, to name them in errors.
+    pub bootstrap_servers: String,
 }
 
 impl ClientContext for GatewayContext {
@@ -55,7 +58,12 @@ impl ClientContext for GatewayContext {
     fn stats_raw(&self, statistics: &[u8]) {
         let Some(metrics) = &self.metrics else { return };
         match stats::brokers_up(statistics) {
-            Ok(up) => metrics.health.kafka_brokers_up.store(up, Relaxed),
+            Ok(up) => {
+                metrics.health.kafka_brokers_up.store(up, Relaxed);
+                if up > 0 {
+                    metrics.health.set_kafka_error(None);
+                }
+            }
             Err(e) => tracing::debug!(error = %e, "cannot read librdkafka's statistics"),
         }
     }
@@ -63,7 +71,16 @@ impl ClientContext for GatewayContext {
     fn error(&self, error: KafkaError, reason: &str) {
         // Broker-down and similar transport errors are retried by librdkafka; they matter to an operator
         // but are not, by themselves, lost messages.
-        tracing::error!(target: "librdkafka", error = %error, reason, "Kafka client error");
+        match diagnose::diagnose(&error, reason) {
+            Some(d) => {
+                let servers = self.bootstrap_servers.as_str();
+                tracing::error!(target: "librdkafka", brokers = servers, what = d.what.as_str(), hint = d.hint, reason, "cannot connect to Kafka; librdkafka retries");
+                if let Some(m) = &self.metrics {
+                    m.health.set_kafka_error(Some(d.what));
+                }
+            }
+            None => tracing::error!(target: "librdkafka", error = %error, reason, "Kafka client error"),
+        }
     }
 }
 
@@ -106,7 +123,8 @@ pub fn producer_reporting(settings: &KafkaSettings, metrics: Option<Arc<Metrics>
             Some(_) => {}
         }
     }
-    cc.create_with_context(GatewayContext { reports: Reports::default(), metrics })
+    let bootstrap_servers = settings.properties.get("bootstrap.servers").cloned().unwrap_or_else(|| settings.bootstrap_servers.clone());
+    cc.create_with_context(GatewayContext { reports: Reports::default(), metrics, bootstrap_servers })
 }
 
 /// Why the producer could not be created, in words safe to log: librdkafka's own text for a bad

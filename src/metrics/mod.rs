@@ -172,14 +172,16 @@ impl Metrics {
         tracing::info!(broker, session_present, "connected to the MQTT broker");
     }
 
-    pub fn mqtt_connection_error(&self, broker: &str, error: &dyn std::error::Error, attempt: u32, retry_in: Duration) {
+    /// One ERROR line per failed attempt: the broker, what failed, a hint, and when the next attempt is.
+    pub fn mqtt_connection_error(&self, broker: &str, error: &dyn std::error::Error, diagnosis: &crate::mqtt::diagnose::Diagnosis, attempt: u32, retry_in: Duration) {
         let was_connected = self.mqtt_connected.swap(false, Relaxed);
         self.mqtt_connection_errors.fetch_add(1, Relaxed);
         let retry_in_ms = retry_in.as_millis() as u64;
+        let (what, hint) = (diagnosis.what.as_str(), diagnosis.hint);
         if was_connected {
-            tracing::error!(broker, error = %error, retry_in_ms, "lost the connection to the MQTT broker; reconnecting");
+            tracing::error!(broker, what, hint, error = %error, retry_in_ms, "lost the connection to the MQTT broker; reconnecting");
         } else {
-            tracing::error!(broker, error = %error, attempt, retry_in_ms, "cannot connect to the MQTT broker; retrying");
+            tracing::error!(broker, what, hint, error = %error, attempt, retry_in_ms, "cannot connect to the MQTT broker; retrying");
         }
     }
 

@@ -57,7 +57,7 @@ fn heartbeat() -> tokio::time::Interval {
 impl Edge {
     pub(super) fn new(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTable>>, links: Links, metrics: Arc<Metrics>, stop: Stop) -> Self {
         let Links { out, acks, connection: shared_connection } = links;
-        let broker = format!("{}:{}", settings.host, settings.port);
+        let broker = settings.broker.ws_url().unwrap_or_else(|| format!("{}:{}", settings.broker.host, settings.broker.port));
         let mut mqtt_options = options(&settings);
         // Acks are ours to send, after Kafka has the records (see crate::ack).
         mqtt_options.set_manual_acks(true);
@@ -123,6 +123,12 @@ impl Edge {
         // One poll future per event, kept alive while the other branches run: dropping rumqttc's poll
         // midway can abandon a connection attempt or a half-written ack (rumqtt#930). It goes first: in
         // a burst the event is ready and nothing else is polled (`between_events` serves the rest).
+        // Without a network the poll connects: with the TLS files as they are now.
+        if self.eventloop.network.is_none() {
+            if let Err(e) = self.refresh_transport() {
+                return Some(Err(ConnectionError::Io(std::io::Error::other(super::tls::FilesError(e)))));
+            }
+        }
         let mut poll = std::pin::pin!(self.eventloop.poll());
         loop {
             tokio::select! {
@@ -170,6 +176,13 @@ impl Edge {
         ControlFlow::Continue(())
     }
 
+    /// Reads the TLS files again for the next connection attempt (see `super::tls`).
+    fn refresh_transport(&mut self) -> Result<(), String> {
+        let transport = super::tls::transport(&self.settings)?;
+        self.eventloop.mqtt_options.set_transport(transport);
+        Ok(())
+    }
+
     fn on_publish(&mut self, p: Publish) {
         // Data arriving proves the connection alive. rumqttc counts only a PINGRESP as proof, and a
         // PINGRESP queued behind a backlog the broker held for us (after a pause, in a burst) can take
@@ -206,6 +219,7 @@ impl Edge {
 
     fn on_connack(&mut self, session_present: bool) {
         self.backoff.reset();
+        self.metrics.health.set_mqtt_error(None);
         self.new_connection_number();
         self.metrics.mqtt_connected(&self.broker, session_present);
         // rumqttc never resubscribes (rumqtt#250). Without a session the broker forgot our
@@ -250,7 +264,9 @@ impl Edge {
             self.oversize(*size);
         }
         let delay = self.backoff.next_delay();
-        self.metrics.mqtt_connection_error(&self.broker, &e, self.backoff.attempt(), delay);
+        let diagnosis = super::diagnose::diagnose(&e, &self.settings);
+        self.metrics.health.set_mqtt_error(Some(diagnosis.what.clone()));
+        self.metrics.mqtt_connection_error(&self.broker, &e, &diagnosis, self.backoff.attempt(), delay);
         let pause = tokio::time::sleep(delay);
         tokio::pin!(pause);
         loop {

@@ -7,19 +7,23 @@
 //! - `edge.rs`: the connection loop's state and its handlers, one per kind of event;
 //! - `subscriptions.rs`: which filters are subscribed, and the fallbacks for refused ones;
 //! - `acks.rs`: PUBACK/PUBREC in arrival order, batched between events;
-//! - `pause.rs`: not reading while the intake is full, with keep-alives written by hand.
+//! - `pause.rs`: not reading while the intake is full, with keep-alives written by hand;
+//! - `tls.rs`: the rustls configuration from `mqtt.tls`, read again before every connection attempt;
+//! - `diagnose.rs`: a failed connection attempt in an operator's words, with a hint.
 
 mod acks;
+pub mod diagnose;
 mod edge;
 mod pause;
 mod subscriptions;
+pub mod tls;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use rumqttc::{MqttOptions, QoS, Transport};
+use rumqttc::{MqttOptions, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -65,17 +69,18 @@ pub struct Links {
     pub connection: Arc<AtomicU64>,
 }
 
+/// rumqttc's options for `s`, but for the transport: [`tls::transport`] sets it, with the TLS files as
+/// they are at the time of the connection attempt.
 pub fn options(s: &MqttSettings) -> MqttOptions {
-    let mut o = MqttOptions::new(&s.client_id, &s.host, s.port);
+    // For WebSockets rumqttc takes the whole URL as the address (and ignores the port).
+    let addr = s.broker.ws_url().unwrap_or_else(|| s.broker.host.clone());
+    let mut o = MqttOptions::new(&s.client_id, addr, s.broker.port);
     o.set_keep_alive(s.keep_alive);
     o.set_clean_session(s.clean_session);
     // rumqttc's 10 KiB default drops the connection on any larger message.
     o.set_max_packet_size(s.max_packet_size, s.max_packet_size);
     if let Some((user, pass)) = &s.credentials {
         o.set_credentials(user, pass.expose());
-    }
-    if s.tls {
-        o.set_transport(Transport::tls_with_default_config());
     }
     o
 }

@@ -1,0 +1,108 @@
+//! TLS for the MQTT connection (`mqtts://`, `wss://`): a rustls client configuration built from
+//! `mqtt.tls`, the system's roots when no CA file is given, and the transport rumqttc is handed.
+//!
+//! The files are read at start (by the configuration's checks, so `validate` catches a bad one) and again
+//! before every connection attempt: a certificate renewed in place (cert-manager, a Secret update) is
+//! used from the next connection on, and a CA fixed after a failed handshake is picked up by the next
+//! retry, without a restart. A connection already up keeps the certificates it was made with.
+//!
+//! Server names are always verified (the host in `mqtt.broker` must be in the broker certificate's
+//! names); there is no opt-out: a test rig makes its own CA instead.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rumqttc::{TlsConfiguration, Transport as MqttTransport};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore};
+
+use crate::config::{MqttSettings, MqttTls, TlsVersion, Transport};
+
+/// The TLS files cannot be used: the connection attempt is not made (and is retried after the backoff).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct FilesError(pub String);
+
+/// The CA certificates of a PEM file.
+pub fn read_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = read_certs(path)?;
+    if certs.is_empty() {
+        return Err(format!("`{}` holds no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+/// A client certificate chain and its key.
+pub fn read_client_identity(cert: &Path, key: &Path) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    let certs = read_certs(cert)?;
+    if certs.is_empty() {
+        return Err(format!("`{}` holds no PEM certificate", cert.display()));
+    }
+    let text = std::fs::read(key).map_err(|e| format!("cannot read `{}`: {e}", key.display()))?;
+    if text.windows(9).any(|w| w == b"ENCRYPTED") {
+        return Err(format!("the key in `{}` is encrypted; the MQTT client needs it unencrypted (PKCS#8, PKCS#1 or SEC1)", key.display()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&text).map_err(|e| format!("no PEM private key in `{}` ({e})", key.display()))?;
+    Ok((certs, key))
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let iter = CertificateDer::pem_file_iter(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    iter.collect::<Result<Vec<_>, _>>().map_err(|e| format!("`{}` is not valid PEM: {e}", path.display()))
+}
+
+/// The rustls configuration for `tls`, from the files as they are now.
+pub fn client_config(tls: &MqttTls) -> Result<Arc<ClientConfig>, String> {
+    let mut roots = RootCertStore::empty();
+    match &tls.ca_file {
+        Some(path) => {
+            for cert in read_ca(path)? {
+                roots.add(cert).map_err(|e| format!("a certificate in `{}` is not a usable CA: {e}", path.display()))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for e in &found.errors {
+                tracing::warn!(error = %e, "a system CA certificate could not be loaded");
+            }
+            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err("no system CA certificates found; set mqtt.tls.ca_file (or install ca-certificates)".into());
+            }
+        }
+    }
+    let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {
+        TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::V1_3 => &[&rustls::version::TLS13],
+    };
+    let builder = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_protocol_versions(versions)
+        .map_err(|e| format!("TLS versions: {e}"))?
+        .with_root_certificates(roots);
+    let config = match &tls.client {
+        Some((cert, key)) => {
+            let (certs, key_der) = read_client_identity(cert, key)?;
+            builder.with_client_auth_cert(certs, key_der).map_err(|e| format!("the client certificate `{}` and key `{}` do not go together: {e}", cert.display(), key.display()))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+/// The transport to hand rumqttc, with TLS files read now.
+pub fn transport(s: &MqttSettings) -> Result<MqttTransport, String> {
+    let tls = || -> Result<TlsConfiguration, String> {
+        let config = match &s.tls {
+            Some(t) => client_config(t)?,
+            None => client_config(&MqttTls { ca_file: None, client: None, min_version: TlsVersion::V1_2 })?,
+        };
+        Ok(TlsConfiguration::Rustls(config))
+    };
+    Ok(match s.broker.transport {
+        Transport::Tcp => MqttTransport::Tcp,
+        Transport::Tls => MqttTransport::Tls(tls()?),
+        Transport::Ws => MqttTransport::Ws,
+        Transport::Wss => MqttTransport::Wss(tls()?),
+    })
+}
