@@ -21,7 +21,7 @@ mod mosquitto;
 
 pub use gateway::Gateway;
 pub use kafka::{kafka, unique_topic, Kafka, Record};
-pub use mosquitto::{mosquitto_pub, mosquitto_pub_with, Mosquitto, Subscriber};
+pub use mosquitto::{mosquitto_pub, mosquitto_pub_with, try_mosquitto_pub, Mosquitto, Subscriber};
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -44,14 +44,15 @@ pub fn free_port() -> u16 {
 
 /// `N` distinct loopback ports, all held open at once while they are picked.
 pub fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: Vec<TcpListener> = (0..N)
+    free_port_list(N).try_into().expect("N ports")
+}
+
+/// `n` distinct loopback ports, all held open at once while they are picked.
+pub fn free_port_list(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
         .collect();
-    let mut ports = [0u16; N];
-    for (slot, l) in ports.iter_mut().zip(&listeners) {
-        *slot = l.local_addr().expect("local_addr").port();
-    }
-    ports
+    listeners.iter().map(|l| l.local_addr().expect("local_addr").port()).collect()
 }
 
 /// True when 127.0.0.1:`port` accepts a TCP connection.
