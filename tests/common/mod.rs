@@ -5,6 +5,9 @@
 //!   all its tests; create a fresh topic per test with [`unique_topic`].
 //! * [`Gateway`]: the gateway binary as a child process, with its log captured.
 //! * [`mosquitto_pub`], [`Subscriber`]: the Mosquitto command-line clients.
+//! * [`Pki`]: a CA, server and client certificates made with `openssl` at test time.
+//! * [`MosquittoTls`]: one Mosquitto with plain, TLS, mTLS, ws and wss listeners.
+//! * [`SecureKafka`]: a dedicated Kafka with SASL_SSL and SSL (mTLS) listeners too.
 //!
 //! Mosquitto and Kafka are real servers installed by `scripts/install-mosquitto.sh`
 //! and `scripts/install-kafka.sh` (`scripts/test.sh` runs both); a missing one
@@ -17,11 +20,17 @@ mod gateway;
 pub mod http;
 pub mod prom;
 mod kafka;
+mod kafka_secure;
 mod mosquitto;
+mod mosquitto_tls;
+pub mod pki;
 
 pub use gateway::Gateway;
 pub use kafka::{kafka, unique_topic, Kafka, Record};
+pub use kafka_secure::{SecureKafka, PLAIN_USER, SCRAM_USER};
 pub use mosquitto::{mosquitto_pub, mosquitto_pub_with, try_mosquitto_pub, Mosquitto, Subscriber};
+pub use mosquitto_tls::{wss_mqtt_connect, ws_mqtt_connect, MosquittoTls, ServerCert, TlsOptions, WsHandshake};
+pub use pki::Pki;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
