@@ -10,6 +10,12 @@
 # formatted DATA_DIR is reused as it is. The broker listens on
 # PLAINTEXT://127.0.0.1:PORT and its controller on 127.0.0.1:CONTROLLER_PORT.
 # Extra JVM options may be given in KAFKA_JVM_OPTS.
+#
+# Optional, for extra listeners (SASL_SSL, SSL...) and their users:
+#   KAFKA_EXTRA_PROPERTIES  a file appended to server.properties; later keys win,
+#                           so it may redefine listeners, advertised.listeners...
+#   KAFKA_FORMAT_ARGS       extra arguments for formatting a new DATA_DIR, one per
+#                           line, e.g. --add-scram / SCRAM-SHA-512=[name=u,password=p]
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -73,6 +79,9 @@ num.network.threads=2
 num.io.threads=4
 num.recovery.threads.per.data.dir=1
 PROPS
+if [ -n "${KAFKA_EXTRA_PROPERTIES:-}" ]; then
+  cat "$KAFKA_EXTRA_PROPERTIES" >> "$data/server.properties"
+fi
 
 cat > "$data/log4j2.xml" <<XML
 <?xml version="1.0" encoding="UTF-8"?>
@@ -99,9 +108,13 @@ cp="$MKG_KAFKA_LIBS/*"
 log4j="-Dlog4j2.configurationFile=$data/log4j2.xml"
 
 if ! ls "$data"/kraft-logs/meta.properties >/dev/null 2>&1; then
+  format_args=()
+  if [ -n "${KAFKA_FORMAT_ARGS:-}" ]; then
+    mapfile -t format_args <<<"$KAFKA_FORMAT_ARGS"
+  fi
   cluster_id="$(java -cp "$cp" "$log4j" kafka.tools.StorageTool random-uuid 2>>"$data/logs/format.log")"
   java -cp "$cp" "$log4j" kafka.tools.StorageTool format --standalone \
-    -t "$cluster_id" -c "$data/server.properties" >>"$data/logs/format.log" 2>&1 || {
+    -t "$cluster_id" -c "$data/server.properties" "${format_args[@]}" >>"$data/logs/format.log" 2>&1 || {
       cat "$data/logs/format.log" >&2
       echo "kafka-server: formatting $data/kraft-logs failed" >&2
       exit 1

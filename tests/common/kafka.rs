@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 const INSTALL_HINT: &str =
     "run scripts/install-kafka.sh (or scripts/test.sh, which installs Mosquitto and Kafka)";
-const READY_TIMEOUT: Duration = Duration::from_secs(90);
+pub(super) const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A record read back from Kafka.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +68,8 @@ pub struct Kafka {
     ready_after: Duration,
     /// A broker of one test's own (see [`Kafka::start_dedicated`]): killed and removed on drop.
     dedicated: bool,
+    /// Environment of kafka-server.sh (e.g. KAFKA_EXTRA_PROPERTIES), kept for a restart.
+    env: Vec<(String, String)>,
 }
 
 static KAFKA: OnceLock<Result<Kafka, String>> = OnceLock::new();
@@ -134,6 +136,16 @@ impl Kafka {
     }
 
     fn launch(dedicated: bool) -> Kafka {
+        Kafka::launch_with(dedicated, free_ports::<2>(), Vec::new())
+    }
+
+    /// A dedicated broker on the given PLAINTEXT and controller `ports`, with `env` for
+    /// kafka-server.sh (KAFKA_EXTRA_PROPERTIES, KAFKA_FORMAT_ARGS, KAFKA_JVM_OPTS).
+    pub(super) fn start_dedicated_with(ports: [u16; 2], env: Vec<(String, String)>) -> Kafka {
+        Kafka::launch_with(true, ports, env)
+    }
+
+    fn launch_with(dedicated: bool, [port, controller_port]: [u16; 2], env: Vec<(String, String)>) -> Kafka {
         let server = script("kafka-server.sh");
         let check = Command::new(&server)
             .arg("--check")
@@ -151,9 +163,8 @@ impl Kafka {
             .tempdir()
             .expect("temp dir for kafka")
             .keep(); // removed by the watchdog
-        let [port, controller_port] = free_ports::<2>();
         let started = Instant::now();
-        let watchdog = Kafka::spawn_watchdog(&data_dir, port, controller_port, dedicated);
+        let watchdog = Kafka::spawn_watchdog(&data_dir, port, controller_port, dedicated, &env);
         let mut kafka = Kafka {
             port,
             controller_port,
@@ -161,6 +172,7 @@ impl Kafka {
             watchdog: Mutex::new(watchdog),
             ready_after: Duration::ZERO,
             dedicated,
+            env,
         };
         kafka.wait_ready(started);
         kafka.ready_after = started.elapsed();
@@ -173,7 +185,13 @@ impl Kafka {
         kafka
     }
 
-    fn spawn_watchdog(data_dir: &Path, port: u16, controller_port: u16, dedicated: bool) -> Child {
+    fn spawn_watchdog(
+        data_dir: &Path,
+        port: u16,
+        controller_port: u16,
+        dedicated: bool,
+        env: &[(String, String)],
+    ) -> Child {
         let server = script("kafka-server.sh");
         // A dedicated broker's data outlives a kill (for the restart); its Drop removes it.
         let keep = if dedicated || std::env::var_os("MKG_KEEP_KAFKA_DATA").is_some() { "1" } else { "" };
@@ -199,6 +217,7 @@ impl Kafka {
             .arg(controller_port.to_string())
             .arg(std::process::id().to_string())
             .arg(keep)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             // Never hold the test's stdout/stderr: whoever reads them would
             // wait for the watchdog to exit.
             .stdin(Stdio::null())
@@ -221,7 +240,7 @@ impl Kafka {
     pub fn restart(&self) {
         assert!(self.dedicated, "only a dedicated broker may be restarted");
         let started = Instant::now();
-        *self.watchdog.lock().unwrap() = Kafka::spawn_watchdog(&self.data_dir, self.port, self.controller_port, true);
+        *self.watchdog.lock().unwrap() = Kafka::spawn_watchdog(&self.data_dir, self.port, self.controller_port, true, &self.env);
         self.wait_ready(started);
     }
 
@@ -256,7 +275,8 @@ impl Kafka {
         );
     }
 
-    fn log_tail(&self) -> String {
+    /// The tails of the start-up output, the format log and the broker's log.
+    pub fn log_tail(&self) -> String {
         format!(
             "--- kafka.out ---\n{}\n--- logs/format.log ---\n{}\n--- logs/server.log ---\n{}",
             tail_file(&self.data_dir.join("kafka.out"), 20),

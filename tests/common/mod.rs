@@ -5,6 +5,9 @@
 //!   all its tests; create a fresh topic per test with [`unique_topic`].
 //! * [`Gateway`]: the gateway binary as a child process, with its log captured.
 //! * [`mosquitto_pub`], [`Subscriber`]: the Mosquitto command-line clients.
+//! * [`Pki`]: a CA, server and client certificates made with `openssl` at test time.
+//! * [`MosquittoTls`]: one Mosquitto with plain, TLS, mTLS, ws and wss listeners.
+//! * [`SecureKafka`]: a dedicated Kafka with SASL_SSL and SSL (mTLS) listeners too.
 //!
 //! Mosquitto and Kafka are real servers installed by `scripts/install-mosquitto.sh`
 //! and `scripts/install-kafka.sh` (`scripts/test.sh` runs both); a missing one
@@ -17,11 +20,17 @@ mod gateway;
 pub mod http;
 pub mod prom;
 mod kafka;
+mod kafka_secure;
 mod mosquitto;
+mod mosquitto_tls;
+pub mod pki;
 
 pub use gateway::Gateway;
 pub use kafka::{kafka, unique_topic, Kafka, Record};
-pub use mosquitto::{mosquitto_pub, mosquitto_pub_with, Mosquitto, Subscriber};
+pub use kafka_secure::{SecureKafka, PLAIN_USER, SCRAM_USER};
+pub use mosquitto::{mosquitto_pub, mosquitto_pub_with, try_mosquitto_pub, Mosquitto, Subscriber};
+pub use mosquitto_tls::{wss_mqtt_connect, ws_mqtt_connect, MosquittoTls, ServerCert, TlsOptions, WsHandshake};
+pub use pki::Pki;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -44,14 +53,15 @@ pub fn free_port() -> u16 {
 
 /// `N` distinct loopback ports, all held open at once while they are picked.
 pub fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: Vec<TcpListener> = (0..N)
+    free_port_list(N).try_into().expect("N ports")
+}
+
+/// `n` distinct loopback ports, all held open at once while they are picked.
+pub fn free_port_list(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
         .collect();
-    let mut ports = [0u16; N];
-    for (slot, l) in ports.iter_mut().zip(&listeners) {
-        *slot = l.local_addr().expect("local_addr").port();
-    }
-    ports
+    listeners.iter().map(|l| l.local_addr().expect("local_addr").port()).collect()
 }
 
 /// True when 127.0.0.1:`port` accepts a TCP connection.

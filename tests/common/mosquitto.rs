@@ -1,6 +1,6 @@
 //! A throw-away Mosquitto broker per test, and the Mosquitto CLI clients.
 
-use super::{find_executable, free_port, port_open, tail_file, wait_until};
+use super::{find_executable, free_port_list, port_open, tail_file, wait_until};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -56,6 +56,8 @@ fn current_user() -> String {
 pub struct Mosquitto {
     child: Child,
     port: u16,
+    /// Further listeners' ports (see [`Mosquitto::start_listening`]).
+    extra_ports: Vec<u16>,
     dir: tempfile::TempDir,
 }
 
@@ -149,6 +151,17 @@ impl Mosquitto {
     }
 
     fn start_in(dir: tempfile::TempDir, extra_conf: &str) -> Mosquitto {
+        Mosquitto::start_listening(dir, 0, |_| extra_conf.to_string())
+    }
+
+    /// Starts mosquitto in `dir` with its plain listener plus `n_extra` more free ports, which
+    /// `extra_conf` turns into the lines appended to mosquitto.conf (e.g. more `listener`s); waits
+    /// until every port listens. The ports are [`extra_ports`](Self::extra_ports).
+    pub(super) fn start_listening(
+        dir: tempfile::TempDir,
+        n_extra: usize,
+        extra_conf: impl Fn(&[u16]) -> String,
+    ) -> Mosquitto {
         let bin = mosquitto_binary("mosquitto");
         let log_path = dir.path().join("mosquitto.log");
         let conf_path = dir.path().join("mosquitto.conf");
@@ -156,7 +169,9 @@ impl Mosquitto {
         // binds it: try a few.
         let mut last_err = String::new();
         for _attempt in 0..3 {
-            let port = free_port();
+            let ports = free_port_list(1 + n_extra);
+            let (port, extra_ports) = (ports[0], ports[1..].to_vec());
+            let extra_conf = extra_conf(&extra_ports);
             let conf = format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\nuser {}\n\
                  log_dest stderr\nlog_type all\nconnection_messages true\n{extra_conf}\n",
@@ -171,22 +186,23 @@ impl Mosquitto {
                     exited = Some(status);
                     return true;
                 }
-                port_open(port)
+                ports.iter().all(|p| port_open(*p))
             });
             if up && exited.is_none() {
-                return Mosquitto { child, port, dir };
+                return Mosquitto { child, port, extra_ports, dir };
             }
             let _ = child.kill();
             let _ = child.wait();
             last_err = format!(
-                "mosquitto on port {port} {}; log:\n{}",
+                "mosquitto on ports {ports:?} {}; log:\n{}",
                 match exited {
                     Some(s) => format!("exited with {s}"),
                     None => "did not listen within 15s".to_string(),
                 },
                 tail_file(&log_path, 40)
             );
-            if !last_err.contains("Address already in use") {
+            // libwebsockets words a taken port differently.
+            if !last_err.contains("Address already in use") && !last_err.contains("Unable to create websockets listener") {
                 break;
             }
         }
@@ -221,11 +237,12 @@ impl Mosquitto {
         let conf_path = self.dir.path().join("mosquitto.conf");
         let log_path = self.dir.path().join("mosquitto.log");
         let port = self.port;
+        let ports: Vec<u16> = std::iter::once(port).chain(self.extra_ports.iter().copied()).collect();
         // The kernel may keep the port for a moment after the kill: retry the bind for a while.
         let started = wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
             let mut child = spawn_broker(&bin, &conf_path, &log_path);
             let up = wait_until(Duration::from_secs(3), Duration::from_millis(20), || {
-                matches!(child.try_wait(), Ok(Some(_))) || port_open(port)
+                matches!(child.try_wait(), Ok(Some(_))) || ports.iter().all(|p| port_open(*p))
             });
             if up && matches!(child.try_wait(), Ok(None)) {
                 self.child = child;
@@ -241,6 +258,11 @@ impl Mosquitto {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The ports of the listeners added by [`start_listening`](Self::start_listening), in order.
+    pub fn extra_ports(&self) -> &[u16] {
+        &self.extra_ports
     }
 
     pub fn host(&self) -> &'static str {
@@ -298,6 +320,14 @@ pub fn mosquitto_pub(port: u16, topic: &str, payload: &[u8], qos: u8) {
 /// [`mosquitto_pub`] with extra CLI arguments, e.g. `&["-r"]` (retain),
 /// `&["-V", "5", "-D", "publish", "user-property", "k", "v"]`, `&["-i", "id"]`.
 pub fn mosquitto_pub_with(port: u16, topic: &str, payload: &[u8], qos: u8, extra: &[&str]) {
+    if let Err(e) = try_mosquitto_pub(port, topic, payload, qos, extra) {
+        panic!("{e}");
+    }
+}
+
+/// Like [`mosquitto_pub_with`], but returns its failure (exit status and output) instead of
+/// panicking, e.g. for a TLS handshake that must fail. Killed after 20 s.
+pub fn try_mosquitto_pub(port: u16, topic: &str, payload: &[u8], qos: u8, extra: &[&str]) -> Result<(), String> {
     let bin = mosquitto_binary("mosquitto_pub");
     let mut cmd = Command::new(&bin);
     cmd.args([
@@ -330,14 +360,30 @@ pub fn mosquitto_pub_with(port: u16, topic: &str, payload: &[u8], qos: u8, extra
                 .expect("write payload to mosquitto_pub");
         }
     }
-    let out = child.wait_with_output().expect("wait for mosquitto_pub");
-    assert!(
-        out.status.success(),
-        "mosquitto_pub -p {port} -t {topic} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let read_all = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let (stdout, stderr) = (read_all(Box::new(stdout)), read_all(Box::new(stderr)));
+    let mut status = None;
+    wait_until(Duration::from_secs(20), Duration::from_millis(10), || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let output = format!("{}{}", stdout.join().unwrap_or_default(), stderr.join().unwrap_or_default());
+    match status {
+        Some(s) if s.success() => Ok(()),
+        Some(s) => Err(format!("mosquitto_pub -p {port} -t {topic} failed ({s}): {output}")),
+        None => Err(format!("mosquitto_pub -p {port} -t {topic} did not exit within 20s: {output}")),
+    }
 }
 
 /// A `mosquitto_sub -d` child whose output is collected line by line.
