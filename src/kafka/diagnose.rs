@@ -36,7 +36,7 @@ pub fn diagnose(error: &KafkaError, reason: &str) -> Option<Diagnosis> {
             "set kafka.tls.ca_file to the CA that signed the broker's certificate (unset, the system's roots are used)",
         );
     }
-    if r.contains("ssl handshake failed") || code == Some(RDKafkaErrorCode::SSL) {
+    if r.contains("ssl handshake failed") || r.contains("ssl routines") || r.contains("ssl alert") || code == Some(RDKafkaErrorCode::SSL) {
         if r.contains("wrong version number") || r.contains("packet length too long") || r.contains("record layer failure") {
             return d("tls: the listener does not speak TLS", "check kafka.security_protocol against the listener (PLAINTEXT or SASL_PLAINTEXT there)");
         }
@@ -76,6 +76,8 @@ mod tests {
         assert_eq!(what(SSL, expired).as_deref(), Some("tls: the broker's certificate has expired"));
         let mechanism = "sasl_ssl://h:1/bootstrap: Unsupported SASL mechanism: broker's supported mechanisms: PLAIN";
         assert_eq!(what(Authentication, mechanism).as_deref(), Some("sasl: the broker does not offer this mechanism"));
+        let no_client_cert = "ssl://127.0.0.1:38687/bootstrap: Receive failed: error:0A000412:SSL routines::sslv3 alert bad certificate: SSL alert number 42 (after 0ms in state APIVERSION_QUERY)";
+        assert_eq!(what(BrokerTransportFailure, no_client_cert).as_deref(), Some("tls: the broker rejected the client certificate"));
         assert_eq!(what(AllBrokersDown, "1/1 brokers are down"), None);
         assert_eq!(what(BrokerTransportFailure, "127.0.0.1:9092/bootstrap: Connect to ipv4#127.0.0.1:9092 failed: Connection refused"), None);
     }

@@ -38,10 +38,28 @@ pub struct GatewayContext {
     pub metrics: Option<Arc<Metrics>>,
     /// `bootstrap.servers`, to name them in errors.
     pub bootstrap_servers: String,
+    last_error: LastError,
+}
+
+/// The last error event's text and when it came, to log an immediate repeat at DEBUG only.
+#[derive(Default)]
+struct LastError(std::sync::Mutex<Option<(String, std::time::Instant)>>);
+
+impl LastError {
+    fn repeats(&self, reason: &str) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        let repeat = matches!(&*last, Some((r, at)) if r == reason && now.duration_since(*at) < Duration::from_secs(1));
+        *last = Some((reason.to_string(), now));
+        repeat
+    }
 }
 
 impl ClientContext for GatewayContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        // A failed connection (facility FAIL) also arrives as an error event, which `error` below logs
+        // once, explained: the log line would say it a second time.
+        let level = if fac == "FAIL" { RDKafkaLogLevel::Debug } else { level };
         match level {
             RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
                 tracing::error!(target: "librdkafka", facility = fac, "{message}")
@@ -69,6 +87,11 @@ impl ClientContext for GatewayContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        // librdkafka can raise one failure twice in a row; the second says nothing new.
+        if self.last_error.repeats(reason) {
+            tracing::debug!(target: "librdkafka", error = %error, reason, "Kafka client error (again)");
+            return;
+        }
         // Broker-down and similar transport errors are retried by librdkafka; they matter to an operator
         // but are not, by themselves, lost messages.
         match diagnose::diagnose(&error, reason) {
@@ -124,7 +147,7 @@ pub fn producer_reporting(settings: &KafkaSettings, metrics: Option<Arc<Metrics>
         }
     }
     let bootstrap_servers = settings.properties.get("bootstrap.servers").cloned().unwrap_or_else(|| settings.bootstrap_servers.clone());
-    cc.create_with_context(GatewayContext { reports: Reports::default(), metrics, bootstrap_servers })
+    cc.create_with_context(GatewayContext { reports: Reports::default(), metrics, bootstrap_servers, last_error: LastError::default() })
 }
 
 /// Why the producer could not be created, in words safe to log: librdkafka's own text for a bad
