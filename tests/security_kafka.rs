@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{http, mosquitto_pub, publish_all, unique_topic, wait_until, write_config, Gateway, Mosquitto, MosquittoTls, SecureKafka, WAIT};
+use common::{http, mosquitto_pub, publish_all, unique_topic, wait_until, write_config, Gateway, Mosquitto, MosquittoTls, SecureKafka, TokenEndpoint, WAIT};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mqtt-kafka-gateway");
 
@@ -144,12 +144,13 @@ fn tls_mqtt_with_sasl_ssl_kafka_and_no_secret_in_a_trace_log() {
         assert!(logs.lines().count() > 200, "{what}: expected a trace-level log, got:\n{logs}");
         assert!(logs.contains("librdkafka"), "{what}: librdkafka's debug lines are in the log");
         let path_str = path.to_str().unwrap();
-        for args in [vec!["validate", path_str], vec!["--config", path_str, "check", "--timeout", "15"]] {
+        let explain = vec!["--config", path_str, "explain", "--topic", "sec/device-1/state", "--payload", "{}"];
+        for args in [vec!["validate", path_str], explain, vec!["--config", path_str, "check", "--timeout", "15"]] {
             let (code, out) = run(&args, &env);
-            assert!(code.is_some(), "{args:?} ran");
+            // Each succeeds: check reached both brokers through TLS, SASL_SSL and the client certificates.
+            assert_eq!(code, Some(0), "{what}: {args:?}:\n{out}");
             logs.push_str(&out);
         }
-        assert!(logs.contains("OK"), "{what}: check ran and reported:\n{logs}");
         for secret in secrets {
             let hex: String = secret.bytes().map(|b| format!("{b:02x}")).collect();
             assert!(!logs.contains(secret), "{what}: `{secret}` appears in the log");
@@ -240,4 +241,43 @@ fn an_unknown_sasl_mechanism_is_a_configuration_error_that_names_it() {
     assert!(!status.success());
     let logs = gw.logs();
     assert!(logs.contains("GSSAPI") && !logs.contains("hunter2"), "{logs}");
+}
+
+#[test]
+fn oauthbearer_through_librdkafkas_oidc_client_and_a_local_token_endpoint() {
+    let k = SecureKafka::start();
+    let m = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = format!("oidc-secret-{:08x}", rand::random::<u32>());
+    let endpoint = TokenEndpoint::start("gateway-client", &secret);
+    let right = secret_file(dir.path(), "client-secret", &secret);
+    let oauth = |file: &Path| {
+        format!(
+            "  bootstrap_servers: {}\n  sasl:\n    mechanism: OAUTHBEARER\n    oauthbearer:\n      token_endpoint_url: {}\n      client_id: gateway-client\n      client_secret_file: {}\n      scope: kafka\n  tls:\n    ca_file: {}\n",
+            k.sasl_ssl_bootstrap(),
+            endpoint.url(),
+            file.display(),
+            k.ca_pem().display()
+        )
+    };
+    let topic = unique_topic("sec-oauth");
+    k.create_topic(&topic, 1);
+    let mqtt = format!("  broker: mqtt://{}\n", m.addr());
+    let path = config(dir.path(), &mqtt, &oauth(&right), &topic, 1);
+    let mut gw = Gateway::start(&path, &[]);
+    assert!(gw.wait_for_log("subscribed", WAIT), "never subscribed:\n{}", gw.logs());
+    mosquitto_pub(m.port(), "sec/device-1/state", br#"{"oauth":true}"#, 1);
+    let records = k.consume(&topic, 1, WAIT);
+    assert_eq!(records.len(), 1, "no record over OAUTHBEARER:\n{}", gw.logs());
+    assert!(endpoint.issued() >= 1, "the token came from the endpoint");
+    gw.kill();
+    assert!(!gw.logs().contains(&secret), "the client secret is never logged");
+
+    // A wrong client secret: the endpoint refuses, the gateway says so and keeps running.
+    let wrong = secret_file(dir.path(), "wrong-secret", "not-the-secret");
+    let path = config(dir.path(), &mqtt, &oauth(&wrong), &topic, 1);
+    let mut gw = Gateway::start(&path, &[]);
+    assert_kafka_fails_with(&mut gw, &k.sasl_ssl_bootstrap(), "sasl: cannot get an OAUTHBEARER token", "kafka.sasl.oauthbearer");
+    assert!(endpoint.refused() >= 1);
+    assert!(!gw.logs().contains("not-the-secret"), "{}", gw.logs());
 }

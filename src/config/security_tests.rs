@@ -112,3 +112,15 @@ fn mqtt_tls_needs_a_tls_broker_and_readable_pem() {
     let c = load("mqtt:\n  broker: mqtts://b\n", &[]).unwrap();
     assert_eq!(c.mqtt.tls, Some(MqttTls { ca_file: None, client: None, min_version: TlsVersion::V1_2 }));
 }
+
+#[test]
+fn the_oidc_client_secret_comes_from_the_prefixed_environment() {
+    let yaml = "kafka:\n  sasl:\n    mechanism: OAUTHBEARER\n    oauthbearer:\n      token_endpoint_url: https://idp/token\n      client_id: gw\n";
+    let c = load(yaml, &[("GATEWAY_KAFKA__SASL__OAUTHBEARER__CLIENT_SECRET", "0123")]).unwrap();
+    let p = &c.kafka.properties;
+    assert_eq!(p["sasl.oauthbearer.client.secret"], "0123");
+    assert_eq!(p["sasl.oauthbearer.method"], "oidc");
+    assert_eq!(p["sasl.oauthbearer.token.endpoint.url"], "https://idp/token");
+    assert_eq!(p["security.protocol"], "SASL_SSL");
+    assert!(!format!("{:?}", c.kafka).contains("0123"));
+}

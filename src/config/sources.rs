@@ -176,6 +176,16 @@ impl Provider for YamlDocument {
     }
 }
 
+/// Keys whose value is text whatever it looks like: parsed TOML-style, a password `0123` would become the
+/// number 123, and a librdkafka property `1.10` the number 1.1.
+fn keeps_text(parts: &[String]) -> bool {
+    const TEXT: [&str; 11] = [
+        "password", "client_secret", "key_password", "username", "client_id", "broker", "bootstrap_servers", "mechanism", "security_protocol", "scope", "token_endpoint_url",
+    ];
+    let last = parts.last().map(String::as_str).unwrap_or_default();
+    (parts.len() >= 3 && parts[0] == "kafka" && parts[1] == "properties") || TEXT.contains(&last) || last.ends_with("_file")
+}
+
 /// `GATEWAY_A__B=v` → `a.b = v`; under `kafka.properties`, `_` becomes `.`.
 fn prefixed_env(env: &dyn EnvSource) -> Serialized<Dict> {
     let mut dict = Dict::new();
@@ -190,7 +200,7 @@ fn prefixed_env(env: &dyn EnvSource) -> Serialized<Dict> {
             parts.truncate(2);
             parts.push(prop);
         }
-        let parsed: FValue = value.parse().unwrap_or_else(|_| FValue::from(value.clone()));
+        let parsed: FValue = if keeps_text(&parts) { FValue::from(value.clone()) } else { value.parse().unwrap_or_else(|_| FValue::from(value.clone())) };
         let nested = parts.iter().rev().fold(parsed, |acc, key| {
             let mut d = Dict::new();
             d.insert(key.clone(), acc);

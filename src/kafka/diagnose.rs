@@ -15,6 +15,12 @@ pub fn diagnose(error: &KafkaError, reason: &str) -> Option<Diagnosis> {
     if r.contains("unsupported sasl mechanism") || r.contains("no supported sasl mechanism") {
         return d("sasl: the broker does not offer this mechanism", "set kafka.sasl.mechanism to one the broker's listener enables (librdkafka's message lists them)");
     }
+    if r.contains("oidc") || r.contains("token endpoint") || r.contains("oauthbearer") {
+        return d(
+            "sasl: cannot get an OAUTHBEARER token",
+            "check kafka.sasl.oauthbearer (token_endpoint_url, client_id, client_secret / client_secret_file, scope) against the identity provider",
+        );
+    }
     if code == Some(RDKafkaErrorCode::Authentication) || r.contains("sasl authentication error") || r.contains("authentication failed") {
         return d(
             "sasl: authentication failed",

@@ -10,7 +10,9 @@
 //! default `ssl.endpoint.identification.algorithm=https` passes) from a PKCS12 keystore and trust
 //! the test CA ([`Pki::ca_pem`]) for client certificates. Users: [`SCRAM_USER`] (both SCRAM
 //! mechanisms, stored in the metadata log by `kafka-storage format --add-scram`) and
-//! [`PLAIN_USER`] (the PLAIN listener's JAAS `user_<name>`). No authorizer: any authenticated
+//! [`PLAIN_USER`] (the PLAIN listener's JAAS `user_<name>`). OAUTHBEARER is enabled with Kafka's
+//! default validator, which accepts unsigned JWTs (`alg: none`): enough to exercise librdkafka's OIDC
+//! client against [`super::oidc::TokenEndpoint`], not a test of signature checks. No authorizer: any authenticated
 //! client may produce. The secured listeners are set up through `scripts/kafka-server.sh`'s
 //! KAFKA_EXTRA_PROPERTIES and KAFKA_FORMAT_ARGS.
 
@@ -63,8 +65,9 @@ impl SecureKafka {
                  ssl.truststore.type=PEM\n\
                  ssl.truststore.location={ca}\n\
                  listener.name.ssl.ssl.client.auth=required\n\
-                 sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512\n\
-                 listener.name.sasl_ssl.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512\n\
+                 sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512,OAUTHBEARER\n\
+                 listener.name.sasl_ssl.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512,OAUTHBEARER\n\
+                 listener.name.sasl_ssl.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;\n\
                  listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule \
                  required user_{plain_user}=\"{plain_password}\";\n\
                  listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;\n\

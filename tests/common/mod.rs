@@ -24,6 +24,7 @@ mod kafka_secure;
 mod mosquitto;
 mod mosquitto_tls;
 pub mod pki;
+mod oidc;
 
 pub use gateway::Gateway;
 pub use kafka::{kafka, unique_topic, Kafka, Record};
@@ -31,6 +32,7 @@ pub use kafka_secure::{SecureKafka, PLAIN_USER, SCRAM_USER};
 pub use mosquitto::{mosquitto_pub, mosquitto_pub_with, try_mosquitto_pub, Mosquitto, Subscriber};
 pub use mosquitto_tls::{wss_mqtt_connect, ws_mqtt_connect, MosquittoTls, ServerCert, TlsOptions, WsHandshake};
 pub use pki::Pki;
+pub use oidc::TokenEndpoint;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
