@@ -282,7 +282,7 @@ fn security(properties: &BTreeMap<String, String>) -> String {
     }
 }
 
-const SERVERS_HINT: &str = "check kafka.bootstrap_servers (env KAFKA_BOOTSTRAP_SERVERS), that Kafka runs and listens there, and that security.protocol in kafka.properties matches the listener";
+const SERVERS_HINT: &str = "check kafka.bootstrap_servers (env KAFKA_BOOTSTRAP_SERVERS), that Kafka runs and listens there, and that kafka.security_protocol matches the listener";
 
 /// Why the first metadata request failed, from what librdkafka reported meanwhile: the reachable and
 /// authenticated items.
@@ -296,18 +296,18 @@ fn connect_failure(errors: &[ClientErr], fetch_error: &str, servers: &str, timeo
                 SIDE,
                 "authenticated",
                 format!("SASL authentication failed: {}", e.reason),
-                "check sasl.mechanism, sasl.username and sasl.password in kafka.properties (env GATEWAY_KAFKA__PROPERTIES__SASL_USERNAME, ..._SASL_PASSWORD) against the broker's users, and that the listener speaks SASL (security.protocol)",
+                "check kafka.sasl.mechanism, kafka.sasl.username and kafka.sasl.password / password_file (env KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD) against the broker's users, and that the listener speaks SASL (kafka.security_protocol)",
             ),
         );
     }
     let not_checked = |why: &str| Item::skip(SIDE, "authenticated", format!("not checked: {why}"));
-    if let Some(e) = has(&[RDKafkaErrorCode::SSL]).or_else(|| mentions("SSL handshake")) {
+    if let Some(e) = has(&[RDKafkaErrorCode::SSL]).or_else(|| mentions("SSL handshake")).or_else(|| mentions("SSL routines")) {
         return (
             Item::fail(
                 SIDE,
                 "reachable",
                 format!("{servers}: TLS handshake failed: {}", e.reason),
-                "check security.protocol and ssl.ca.location (or ssl.ca.pem) in kafka.properties: the broker's certificate must be trusted and name the host in kafka.bootstrap_servers",
+                "check kafka.security_protocol and kafka.tls: the broker's certificate must chain to kafka.tls.ca_file (or the system's CAs) and name the host in kafka.bootstrap_servers; a listener that requires a client certificate needs kafka.tls.cert_file and key_file",
             ),
             not_checked("no TLS connection"),
         );
