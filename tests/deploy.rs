@@ -362,7 +362,7 @@ fn configmap_routes_pass_the_gateways_validation_with_the_deployments_environmen
     assert!(o.status.success() && out.contains(": OK,"), "validate {key} from the ConfigMap:\n{out}");
 
     let with_env = load(&text, &env);
-    assert_eq!(with_env.mqtt.host, env["MQTT_BROKER"].split(':').next().unwrap());
+    assert_eq!(with_env.mqtt.broker.host, env["MQTT_BROKER"].split(':').next().unwrap());
     assert_eq!(with_env.kafka.bootstrap_servers, env["KAFKA_BOOTSTRAP_SERVERS"]);
 
     // KAFKA_TOPIC and MQTT_TOPIC_PATTERN override the first route: they must say what the file says,

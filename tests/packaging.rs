@@ -65,6 +65,6 @@ fn the_compose_configuration_is_valid_for_the_gateway() {
     .collect();
     let c = mqtt_kafka_gateway::config::load_from_str(std::path::Path::new("routes.yaml"), &repo("routes.yaml"), &env)
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!((c.mqtt.host.as_str(), c.mqtt.port), ("mosquitto", 1883));
+    assert_eq!((c.mqtt.broker.host.as_str(), c.mqtt.broker.port), ("mosquitto", 1883));
     assert_eq!(c.routes.routes()[0].fallback_filters, vec!["cmnd/+/+/+/+"]);
 }
