@@ -83,6 +83,8 @@ pub struct MqttSettings {
     pub reconnect_max: Duration,
     pub buffer_bytes: usize,
     pub max_unacked_messages: usize,
+    /// `mqtt.shared_group`: subscribe as `$share/<group>/<filter>`.
+    pub shared_group: Option<String>,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -183,6 +185,7 @@ impl Config {
         check("mqtt.reconnect_*_delay_ms", (a.reconnect_min, a.reconnect_max) != (b.reconnect_min, b.reconnect_max));
         check("mqtt.buffer_bytes", a.buffer_bytes != b.buffer_bytes);
         check("mqtt.max_unacked_messages", a.max_unacked_messages != b.max_unacked_messages);
+        check("mqtt.shared_group", a.shared_group != b.shared_group);
         check("shutdown.grace_period_secs", self.shutdown_grace != new.shutdown_grace);
         check("log", self.log != new.log);
         check("reload", self.reload != new.reload);

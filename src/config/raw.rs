@@ -73,6 +73,9 @@ pub struct RawMqtt {
     /// Messages received and not yet acknowledged (QoS 1/2) or delivered (QoS 0), at most: the window
     /// between MQTT and Kafka. Keep it at or above the broker's in-flight limit for the gateway.
     pub max_unacked_messages: usize,
+    /// Share the subscriptions among every gateway with this group name (`$share/<group>/<filter>`): the
+    /// broker gives each message to one of them. Per-device order across replicas is then not kept.
+    pub shared_group: Option<String>,
 }
 
 impl Default for RawMqtt {
@@ -92,6 +95,7 @@ impl Default for RawMqtt {
             reconnect_max_delay_ms: 30_000,
             buffer_bytes: 32 * 1024 * 1024,
             max_unacked_messages: 10_000,
+            shared_group: None,
         }
     }
 }

@@ -211,3 +211,11 @@ fn the_http_server_listens_where_told_or_not_at_all() {
     let p = problems("http:\n  listen: localhost\n");
     assert!(p.iter().any(|p| p.contains("http.listen") && p.contains("not an address:port")), "{p:?}");
 }
+
+#[test]
+fn a_shared_group_is_a_plain_name_and_stays_text_from_the_environment() {
+    let c = load("", &[("GATEWAY_MQTT__SHARED_GROUP", "007")]).unwrap();
+    assert_eq!(c.mqtt.shared_group.as_deref(), Some("007"));
+    let e = load("mqtt:\n  shared_group: a/b\n", &[]).unwrap_err();
+    assert!(e.to_string().contains("mqtt.shared_group"), "{e}");
+}

@@ -92,6 +92,11 @@ fn mqtt(m: &RawMqtt, p: &mut Problems<'_>) -> Option<MqttSettings> {
     if m.connect_timeout_secs > 3600 || m.reconnect_max_delay_ms > 3_600_000 {
         p.add("mqtt.reconnect_max_delay_ms", "connect timeout and reconnect delays must stay within an hour".into(), None);
     }
+    if let Some(g) = &m.shared_group {
+        if g.is_empty() || g.contains(['/', '+', '#']) {
+            p.add("mqtt.shared_group", format!("`{g}` is not a share name"), Some("a non-empty name without '/', '+' or '#'"));
+        }
+    }
     let password = security::secret("mqtt.password", m.password.as_ref(), m.password_file.as_deref(), p);
     if password.is_some() && m.username.is_none() {
         p.add("mqtt.password", "a password needs a username".into(), Some("set mqtt.username or MQTT_USERNAME"));
@@ -111,6 +116,7 @@ fn mqtt(m: &RawMqtt, p: &mut Problems<'_>) -> Option<MqttSettings> {
         reconnect_max: Duration::from_millis(m.reconnect_max_delay_ms),
         buffer_bytes: m.buffer_bytes,
         max_unacked_messages: m.max_unacked_messages,
+        shared_group: m.shared_group.clone(),
     })
 }
 

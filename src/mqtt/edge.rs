@@ -73,7 +73,7 @@ impl Edge {
         tracing::info!(broker = %broker, client_id = %settings.client_id, clean_session = settings.clean_session, "connecting to the MQTT broker");
         Self {
             backoff: Backoff::new(settings.reconnect_min, settings.reconnect_max),
-            subs: Subscriptions::new(!settings.clean_session),
+            subs: Subscriptions::new(!settings.clean_session, settings.shared_group.clone()),
             settings,
             broker,
             client,

@@ -2,6 +2,10 @@
 //! and the fallback filters that stand in for refused ones. rumqttc tells us the packet id of a
 //! SUBSCRIBE only when it goes out (`Outgoing::Subscribe`), in request order, so requests wait in a FIFO
 //! until then.
+//!
+//! With `mqtt.shared_group` every filter goes on the wire as `$share/<group>/<filter>`: the broker hands
+//! each message to one member of the group. Everything here keeps the plain filters; only SUBSCRIBE and
+//! UNSUBSCRIBE see the prefix (messages arrive with their own topic either way).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
@@ -27,11 +31,21 @@ pub(super) struct Subscriptions {
     /// QoS 2 exchange (it answers the broker's re-sent PUBREL with a protocol error and reconnects, over
     /// and over: rumqtt#664). QoS 2 adds nothing here anyway: the Kafka side is at-least-once.
     cap_qos_at_1: bool,
+    /// `mqtt.shared_group`.
+    shared_group: Option<String>,
 }
 
 impl Subscriptions {
-    pub(super) fn new(cap_qos_at_1: bool) -> Self {
-        Self { cap_qos_at_1, ..Self::default() }
+    pub(super) fn new(cap_qos_at_1: bool, shared_group: Option<String>) -> Self {
+        Self { cap_qos_at_1, shared_group, ..Self::default() }
+    }
+
+    /// The filter as the broker sees it.
+    fn on_wire(&self, filter: &str) -> String {
+        match &self.shared_group {
+            Some(group) => format!("$share/{group}/{filter}"),
+            None => filter.to_string(),
+        }
     }
 
     /// A new connection: nothing is subscribed or refused on it yet.
@@ -79,7 +93,7 @@ impl Subscriptions {
         let stale: Vec<String> = self.wanted.keys().filter(|f| !desired.iter().any(|(d, _)| d == *f)).cloned().collect();
         for filter in stale {
             self.wanted.remove(&filter);
-            match client.try_unsubscribe(filter.clone()) {
+            match client.try_unsubscribe(self.on_wire(&filter)) {
                 Ok(()) => tracing::info!(filter = %filter, "unsubscribed: no route needs it any more"),
                 Err(e) => tracing::error!(filter = %filter, error = %e, "could not queue the UNSUBSCRIBE request"),
             }
@@ -90,7 +104,7 @@ impl Subscriptions {
         if filters.is_empty() {
             return;
         }
-        let request: Vec<SubscribeFilter> = filters.iter().map(|(f, q)| SubscribeFilter::new(f.clone(), qos(*q))).collect();
+        let request: Vec<SubscribeFilter> = filters.iter().map(|(f, q)| SubscribeFilter::new(self.on_wire(f), qos(*q))).collect();
         // try_: never await the request channel from the polling task (it can deadlock when full).
         match client.try_subscribe_many(request) {
             Ok(()) => {
@@ -122,7 +136,7 @@ impl Subscriptions {
                     if granted < *wanted_qos {
                         tracing::warn!(filter = %filter, requested_qos = wanted_qos, granted_qos = granted, "subscribed, at a lower QoS than requested");
                     } else {
-                        tracing::info!(filter = %filter, qos = granted, "subscribed");
+                        tracing::info!(filter = %filter, qos = granted, shared_group = self.shared_group.as_deref(), "subscribed");
                     }
                 }
                 SubscribeReasonCode::Failure => {
