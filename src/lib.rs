@@ -22,6 +22,7 @@ pub mod mqtt;
 pub mod pipeline;
 pub mod reload;
 pub mod route;
+pub mod share;
 pub mod telemetry;
 pub mod template;
 pub mod topic_name;

@@ -1,6 +1,8 @@
 //! Several gateways sharing one stream through an MQTT shared subscription (`mqtt.shared_group` →
 //! `$share/<group>/<filter>`), against a real Mosquitto and Kafka: the load is split, every message is
-//! delivered, and a replica killed mid-stream gets its share again when it comes back with its client id.
+//! delivered, and a replica killed mid-stream gets its share again when it comes back with its client id;
+//! and ordered replicas (`replicas.count`), each writing the devices of its hash share: every message
+//! exactly once, every device in order.
 
 mod common;
 
@@ -11,6 +13,13 @@ use std::time::Duration;
 use common::{http, kafka, new_topic, prom, publish_all, wait_until, write_config, Gateway, Mosquitto, Record, WAIT};
 
 const REPLICAS: usize = 3;
+
+/// Mosquitto with room for the whole stream in each subscriber's queue: with its default
+/// `max_queued_messages 1000`, a subscriber that acknowledges after Kafka (slower than the publisher)
+/// would see the broker drop the excess.
+fn broker() -> Mosquitto {
+    Mosquitto::start_with("max_queued_messages 100000\n")
+}
 
 fn config(dir: &Path, mosquitto: &Mosquitto, topic: &str) -> std::path::PathBuf {
     write_config(
@@ -54,7 +63,7 @@ fn received(gw: &Gateway) -> f64 {
 
 #[test]
 fn replicas_in_a_shared_group_split_the_stream_and_deliver_every_message() {
-    let m = Mosquitto::start();
+    let m = broker();
     let topic = new_topic("shared", 3);
     let dir = tempfile::tempdir().unwrap();
     let path = config(dir.path(), &m, &topic);
@@ -75,7 +84,7 @@ fn replicas_in_a_shared_group_split_the_stream_and_deliver_every_message() {
 
 #[test]
 fn a_replica_killed_mid_stream_gets_its_share_again_when_it_returns() {
-    let m = Mosquitto::start();
+    let m = broker();
     let topic = new_topic("shared-kill", 3);
     let dir = tempfile::tempdir().unwrap();
     let path = config(dir.path(), &m, &topic);
@@ -98,4 +107,64 @@ fn a_replica_killed_mid_stream_gets_its_share_again_when_it_returns() {
     assert!(complete, "every message delivered after the return: {} of 3000", seen.len());
     let duplicates: usize = seen.values().map(|n| n - 1).sum();
     eprintln!("[scaling] {before_return} of 3000 delivered before the killed replica returned; {duplicates} duplicates after");
+}
+
+#[test]
+fn ordered_replicas_write_every_message_once_and_every_device_in_order() {
+    let m = broker();
+    let topic = new_topic("ordered", 3);
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "mqtt:\n  broker: {}\n\
+             kafka:\n  bootstrap_servers: {}\n\
+             replicas:\n  count: 3\n\
+             routes:\n  - name: ordered\n    filter: fleet/#\n    topic: {topic}\n    qos: 1\n    device_id:\n      regex: '^fleet/(?P<device_id>[^/]+)'\n",
+            m.addr(),
+            kafka().bootstrap()
+        ),
+    );
+    // The index as a number, and as a StatefulSet pod name.
+    let indexes = ["0", "mqtt-kafka-gateway-1", "2"];
+    let gateways: Vec<Gateway> = indexes
+        .iter()
+        .enumerate()
+        .map(|(i, index)| {
+            let id = format!("ordered-replica-{i}");
+            let gw = Gateway::start(&path, &[("GATEWAY_MQTT__CLIENT_ID", id.as_str()), ("GATEWAY_REPLICAS__INDEX", index)]);
+            assert!(gw.wait_for_log("subscribed", WAIT), "replica {i}:\n{}", gw.logs());
+            assert!(gw.logs().contains(&format!("replica={i} replicas=3")), "replica {i} knows its share:\n{}", gw.logs());
+            gw
+        })
+        .collect();
+
+    publish_all(m.port(), stream(0, 3000));
+    let records = kafka().consume(&topic, 3000, WAIT);
+    // Nothing more arrives: each message was written by exactly one replica.
+    let records = { let more = kafka().consume_for(&topic, Duration::from_secs(3)); if more.len() > records.len() { more } else { records } };
+    let seen = seqs(&records);
+    assert_eq!((records.len(), seen.len()), (3000, 3000), "every message exactly once");
+    // Per device, in partition order, the sequence only grows.
+    let mut by_partition = records.clone();
+    by_partition.sort_by_key(|r| (r.partition, r.offset));
+    let mut last: HashMap<String, u64> = HashMap::new();
+    let mut violations = 0;
+    for r in &by_partition {
+        let v: serde_json::Value = serde_json::from_str(r.value_str()).unwrap();
+        let seq = v["payload"]["seq"].as_u64().unwrap();
+        let device = v["device_id"].as_str().unwrap().to_string();
+        if last.get(&device).is_some_and(|prev| *prev > seq) {
+            violations += 1;
+        }
+        last.insert(device, seq);
+    }
+    assert_eq!(violations, 0, "per-device order");
+    // Each replica wrote about a third (30 devices hashed over 3) and left the rest.
+    let not_ours: Vec<f64> = gateways
+        .iter()
+        .map(|gw| prom::value(&prom::parse(&http::get(&gw.http_addr(), "/metrics").unwrap().body), "mqtt_kafka_gateway_records_not_ours_total", &[]))
+        .collect();
+    assert_eq!(not_ours.iter().sum::<f64>(), 6000.0, "each message skipped by the two replicas it is not for: {not_ours:?}");
+    assert!(not_ours.iter().all(|n| *n > 0.0 && *n < 3000.0), "{not_ours:?}");
 }

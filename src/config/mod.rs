@@ -66,6 +66,8 @@ pub struct Config {
     pub reload: RawReload,
     /// Where the HTTP server listens (`/metrics`, `/healthz`, `/readyz`); `None` when turned off.
     pub http: Option<std::net::SocketAddr>,
+    /// This replica's share of the devices when `replicas.count` > 1.
+    pub share: Option<crate::share::Share>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,6 +192,7 @@ impl Config {
         check("log", self.log != new.log);
         check("reload", self.reload != new.reload);
         check("http", self.http != new.http);
+        check("replicas", self.share != new.share);
         let (pa, pb) = (&self.kafka.properties, &new.kafka.properties);
         for key in pa.keys().chain(pb.keys().filter(|k| !pa.contains_key(*k))) {
             if pa.get(key) != pb.get(key) {

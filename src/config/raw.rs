@@ -21,6 +21,25 @@ pub struct RawConfig {
     pub log: RawLog,
     pub reload: RawReload,
     pub http: RawHttp,
+    pub replicas: RawReplicas,
+}
+
+/// Ordered scale-out (see `crate::share`): `count` replicas each keep the devices whose hash falls in
+/// their share.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawReplicas {
+    /// How many replicas split the devices; 1 (the default) means this one takes every device.
+    pub count: u32,
+    /// This replica's number, from 0 to count - 1; a name ending in `-<n>` (a StatefulSet pod name) is
+    /// read as n. Env: `GATEWAY_REPLICAS__INDEX`.
+    pub index: StringLike,
+}
+
+impl Default for RawReplicas {
+    fn default() -> Self {
+        Self { count: 1, index: StringLike("0".into()) }
+    }
 }
 
 impl Default for RawConfig {
@@ -33,6 +52,7 @@ impl Default for RawConfig {
             log: RawLog::default(),
             reload: RawReload::default(),
             http: RawHttp::default(),
+            replicas: RawReplicas::default(),
         }
     }
 }

@@ -263,7 +263,7 @@ fn deserialize_sections(
     locate: &dyn Fn(&str) -> Origin,
     problems: &mut Vec<Problem>,
 ) -> Option<RawConfig> {
-    const SECTIONS: [&str; 7] = ["mqtt", "kafka", "routes", "shutdown", "log", "reload", "http"];
+    const SECTIONS: [&str; 8] = ["mqtt", "kafka", "routes", "shutdown", "log", "reload", "http", "replicas"];
     for key in merged.keys() {
         if !SECTIONS.contains(&key.as_str()) {
             problems.push(Problem {
@@ -291,6 +291,7 @@ fn deserialize_sections(
     section!("log", log);
     section!("reload", reload);
     section!("http", http);
+    section!("replicas", replicas);
     if let Some(routes) = merged.get("routes") {
         match routes {
             FValue::Array(_, items) => {

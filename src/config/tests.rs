@@ -219,3 +219,19 @@ fn a_shared_group_is_a_plain_name_and_stays_text_from_the_environment() {
     let e = load("mqtt:\n  shared_group: a/b\n", &[]).unwrap_err();
     assert!(e.to_string().contains("mqtt.shared_group"), "{e}");
 }
+
+#[test]
+fn ordered_replicas_take_their_index_from_a_number_or_a_pod_name() {
+    let c = load("replicas:\n  count: 3\n", &[("GATEWAY_REPLICAS__INDEX", "mqtt-kafka-gateway-2")]).unwrap();
+    assert_eq!(c.share, Some(crate::share::Share { index: 2, count: 3 }));
+    assert_eq!(load("", &[]).unwrap().share, None, "one replica by default");
+    for (yaml, needle) in [
+        ("replicas:\n  count: 3\n  index: 3\n", "not below replicas.count"),
+        ("replicas:\n  count: 2\n  index: gateway\n", "not a replica number"),
+        ("replicas:\n  count: 0\n", "replicas.count"),
+        ("mqtt:\n  shared_group: g\nreplicas:\n  count: 2\n", "either replicas.count or mqtt.shared_group"),
+    ] {
+        let e = load(yaml, &[]).unwrap_err().to_string();
+        assert!(e.contains(needle), "{yaml}: {e}");
+    }
+}

@@ -57,6 +57,7 @@ pub(super) fn validate(path: &Path, raw: RawConfig, locate: &dyn Fn(&str) -> Ori
             None
         }
     };
+    let share = replicas(&raw, &mut p);
     Some(Config {
         source: path.to_path_buf(),
         mqtt: mqtt?,
@@ -66,7 +67,30 @@ pub(super) fn validate(path: &Path, raw: RawConfig, locate: &dyn Fn(&str) -> Ori
         log,
         reload: raw.reload.clone(),
         http,
+        share,
     })
+}
+
+/// `replicas`: this replica's share of the devices, or `None` for a single replica.
+fn replicas(raw: &RawConfig, p: &mut Problems<'_>) -> Option<crate::share::Share> {
+    let r = &raw.replicas;
+    if r.count == 0 || r.count > 1024 {
+        p.add("replicas.count", format!("{} is out of range", r.count), Some("use 1 (one replica takes every device) to 1024"));
+        return None;
+    }
+    let Some(index) = crate::share::Share::parse_index(&r.index.0) else {
+        p.add("replicas.index", format!("`{}` is not a replica number", r.index.0), Some("a number, or a pod name ending in -<n> (a StatefulSet's)"));
+        return None;
+    };
+    if index >= r.count {
+        p.add("replicas.index", format!("{index} is not below replicas.count ({})", r.count), Some("replicas are numbered from 0"));
+        return None;
+    }
+    if r.count > 1 && raw.mqtt.shared_group.is_some() {
+        p.add("replicas.count", "ordered replicas each need every message; a shared group splits them".into(), Some("use either replicas.count or mqtt.shared_group"));
+        return None;
+    }
+    (r.count > 1).then_some(crate::share::Share { index, count: r.count })
 }
 
 fn mqtt(m: &RawMqtt, p: &mut Problems<'_>) -> Option<MqttSettings> {

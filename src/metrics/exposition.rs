@@ -104,6 +104,7 @@ impl Collector for GatewayCollector {
         let dropped: Vec<(&str, u64)> = DropReason::ALL.iter().map(|r| (r.as_str(), ld(&m.dropped[*r as usize]))).collect();
         counter_by(e, "messages_dropped", "Messages taken off MQTT and dropped, by reason (a last resort).", "reason", &dropped)?;
         counter(e, "messages_not_acked", "QoS 1/2 messages given up on without an ack (the broker sends them again).", None, ld(&m.messages_not_acked))?;
+        counter(e, "records_not_ours", "Records left to another replica: their device is in its share (replicas.count).", None, ld(&m.records_not_ours))?;
         counter(e, "oversize_messages", "MQTT messages larger than mqtt.max_packet_size_bytes.", None, ld(&m.oversize_messages))?;
         gauge(e, "mqtt_connected", "1 while connected to the MQTT broker.", None, i64::from(m.mqtt_connected.load(Relaxed)))?;
         counter(e, "mqtt_reconnects", "Connections to the MQTT broker after the first.", None, ld(&m.mqtt_reconnects))?;

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub acks_sent: AtomicU64,
     pub stale_acks_dropped: AtomicU64,
     pub oversize_messages: AtomicU64,
+    /// Records skipped because their device belongs to another replica (`replicas.count` > 1).
+    pub records_not_ours: AtomicU64,
     pub messages_not_acked: AtomicU64,
     pub reload_failures: AtomicU64,
     unrouted_warned: Mutex<Option<Instant>>,

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::settle::Retry;
+use crate::share::Share;
 use crate::ack::{AckSequencer, AckToken};
 use crate::config::MqttSettings;
 use crate::envelope::{self, DeadLetterReason, Message, Outcome, Payload, HEADER_DLQ_REASON};
@@ -43,6 +44,8 @@ pub(super) enum SendFailed {
 
 /// The message path, one task: see the module doc.
 pub(super) struct Engine {
+    /// This replica's share of the devices (`replicas.count` > 1).
+    share: Option<Share>,
     pub(super) producer: Arc<GatewayProducer>,
     /// Says when librdkafka has delivery reports, and serves them.
     pub(super) events: kafka::events::Events,
@@ -77,8 +80,10 @@ impl Engine {
         acks: mpsc::UnboundedSender<AckToken>,
         connection: Arc<AtomicU64>,
         fatal: CancellationToken,
+        share: Option<Share>,
     ) -> Self {
         Self {
+            share,
             producer,
             events,
             metrics,
@@ -204,6 +209,13 @@ impl Engine {
         payload: &Payload<'_>,
         give_up: &CancellationToken,
     ) -> Result<bool, SendFailed> {
+        // Another replica's device: that replica writes it (and dead-letters it, if it must).
+        if let Some(share) = &self.share {
+            if !share.owns(&route.device_id.extract(msg.topic).0) {
+                self.metrics.records_not_ours.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(false);
+            }
+        }
         let outcome = if msg.payload.len() > self.max_payload {
             // Let in past the limit only to be dead-lettered (see mqtt::oversize).
             let reason = format!("payload of {} bytes is larger than mqtt.max_packet_size_bytes ({})", msg.payload.len(), self.max_payload);

@@ -88,6 +88,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     for r in config.routes.routes() {
         tracing::info!(route = %r.name, filter = %r.filter, qos = r.qos, topic = %r.topic, key = %r.key, dead_letter_topic = %r.dead_letter_topic, "route");
     }
+    if let Some(s) = config.share {
+        tracing::info!(replica = s.index, replicas = s.count, "ordered replicas: writing the devices of this replica's share, acknowledging the others");
+    }
     run_inner(config, producer, metrics, shutdown, fatal).await
 }
 
@@ -148,7 +151,7 @@ async fn run_inner(
     }
 
     let events = kafka::events::Events::new(producer.clone()).context("cannot watch the Kafka producer's events")?;
-    let mut engine = Engine::new(producer.clone(), events, metrics.clone(), &config.mqtt, acks_tx, connection, fatal.clone());
+    let mut engine = Engine::new(producer.clone(), events, metrics.clone(), &config.mqtt, acks_tx, connection, fatal.clone(), config.share);
     let shutting_down = shutdown.clone();
     engine.run(intake_rx, &give_up).await;
     tracing::info!(grace_period_secs = config.shutdown_grace.as_secs(), "shutting down: delivering the messages already taken");
