@@ -160,3 +160,25 @@ fn a_missing_client_certificate_and_a_wrong_password_are_named() {
     assert!(!gw.logs().contains("wrong-password"), "the password must never be logged:\n{}", gw.logs());
     gw.kill();
 }
+
+#[test]
+fn validate_finds_a_client_key_that_is_not_the_certificates() {
+    let pki = Pki::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "mqtt:\n  broker: mqtts://127.0.0.1:8883\n  tls:\n    ca_file: {}\n    cert_file: {}\n    key_file: {}\n",
+        pki.ca_pem().display(),
+        pki.client_rsa_cert().display(),
+        pki.client_ec_key_pkcs8().display()
+    );
+    let path = write_config(dir.path(), &yaml);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mqtt-kafka-gateway")).args(["validate", path.to_str().unwrap()]).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("mqtt.tls.key_file") && text.contains("is not the key of"), "{text}");
+    // The right pair passes.
+    let good = yaml.replace(&pki.client_ec_key_pkcs8().display().to_string(), &pki.client_rsa_key_pkcs8().display().to_string());
+    let path = write_config(dir.path(), &good);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mqtt-kafka-gateway")).args(["validate", path.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -146,8 +146,14 @@ pub(super) fn mqtt_tls(t: &RawMqttTls, tls: bool, p: &mut Problems<'_>) -> Optio
     let client = match (&t.cert_file, &t.key_file) {
         (Some(cert), Some(key)) => {
             let (cert, key) = (PathBuf::from(cert), PathBuf::from(key));
-            if let Err(e) = crate::mqtt::tls::read_client_identity(&cert, &key) {
-                p.add("mqtt.tls.cert_file", e, Some("a PEM certificate and its unencrypted PEM key (PKCS#8, PKCS#1 or SEC1)"));
+            match crate::mqtt::tls::read_client_identity(&cert, &key) {
+                Err(e) => p.add("mqtt.tls.cert_file", e, Some("a PEM certificate and its unencrypted PEM key (PKCS#8, PKCS#1 or SEC1)")),
+                // A key of another certificate: found now rather than at the first handshake.
+                Ok((certs, key_der)) => {
+                    if let Err(e) = crate::mqtt::tls::check_pair(certs, key_der) {
+                        p.add("mqtt.tls.key_file", format!("`{}` is not the key of `{}`: {e}", key.display(), cert.display()), Some("give the key the certificate was issued for"));
+                    }
+                }
             }
             Some((cert, key))
         }

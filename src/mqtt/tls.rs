@@ -52,6 +52,13 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     iter.collect::<Result<Vec<_>, _>>().map_err(|e| format!("`{}` is not valid PEM: {e}", path.display()))
 }
 
+/// Whether `key` is the private key of the first certificate of `certs`.
+pub fn check_pair(certs: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<(), String> {
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let signing_key = provider.key_provider.load_private_key(key).map_err(|e| e.to_string())?;
+    rustls::sign::CertifiedKey::new(certs, signing_key).keys_match().map_err(|e| e.to_string())
+}
+
 /// The rustls configuration for `tls`, from the files as they are now.
 pub fn client_config(tls: &MqttTls) -> Result<Arc<ClientConfig>, String> {
     let mut roots = RootCertStore::empty();
