@@ -186,11 +186,21 @@ fn keeps_text(parts: &[String]) -> bool {
     (parts.len() >= 3 && parts[0] == "kafka" && parts[1] == "properties") || TEXT.contains(&last) || last.ends_with("_file")
 }
 
+/// Kubernetes gives every pod `<SERVICE>_PORT`, `<SERVICE>_PORT_<n>_TCP...`, `<SERVICE>_SERVICE_HOST` and
+/// `<SERVICE>_SERVICE_PORT...` for each Service of its namespace: a Service named `gateway` would otherwise
+/// stop the start with an unknown key. No configuration key is named like them.
+fn is_service_link(rest: &str) -> bool {
+    rest == "PORT" || rest.starts_with("PORT_") || rest.starts_with("SERVICE_HOST") || rest.starts_with("SERVICE_PORT")
+}
+
 /// `GATEWAY_A__B=v` → `a.b = v`; under `kafka.properties`, `_` becomes `.`.
 fn prefixed_env(env: &dyn EnvSource) -> Serialized<Dict> {
     let mut dict = Dict::new();
     for (name, value) in env.all() {
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+        if is_service_link(rest) {
+            continue;
+        }
         let mut parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
         if parts.iter().any(String::is_empty) {
             continue;

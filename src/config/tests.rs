@@ -235,3 +235,17 @@ fn ordered_replicas_take_their_index_from_a_number_or_a_pod_name() {
         assert!(e.contains(needle), "{yaml}: {e}");
     }
 }
+
+#[test]
+fn kubernetes_service_links_of_a_service_named_gateway_are_not_config_keys() {
+    let links = [
+        ("GATEWAY_PORT", "tcp://10.0.0.7:80"),
+        ("GATEWAY_PORT_80_TCP", "tcp://10.0.0.7:80"),
+        ("GATEWAY_PORT_80_TCP_ADDR", "10.0.0.7"),
+        ("GATEWAY_SERVICE_HOST", "10.0.0.7"),
+        ("GATEWAY_SERVICE_PORT", "80"),
+    ];
+    assert!(load("", &links).is_ok());
+    // A misspelt key (one underscore) is still reported.
+    assert!(load("", &[("GATEWAY_MQTT_CLIENT_ID", "x")]).is_err());
+}
