@@ -9,7 +9,7 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Outgoing, Packet, QoS, SubscribeReasonCode};
 
 use super::report::{Item, Side};
-use crate::config::MqttSettings;
+use crate::config::{BrokerAddr, MqttSettings};
 use crate::route::RouteTable;
 
 const SIDE: Side = Side::Mqtt;
@@ -38,10 +38,10 @@ struct Target {
 /// Every item of the MQTT side, in order: reachable, authenticated, one per filter.
 pub(super) async fn check(settings: &MqttSettings, routes: &RouteTable, timeout: Duration) -> Vec<Item> {
     let targets = targets(settings, routes);
-    let addr = settings.broker.ws_url().unwrap_or_else(|| display_addr(&settings.broker.host, settings.broker.port));
+    let addr = settings.broker.to_string();
     let mut items = Vec::new();
 
-    if let Err((detail, hint)) = tcp_probe(&settings.broker.host, settings.broker.port, timeout).await {
+    if let Err((detail, hint)) = tcp_probe(&settings.broker, timeout).await {
         items.push(Item::fail(SIDE, "reachable", detail, hint));
         items.push(Item::skip(SIDE, "authenticated", "not checked: the broker is not reachable"));
         items.extend(targets.iter().map(|t| Item::skip(SIDE, &t.label, "not checked: the broker is not reachable")));
@@ -161,20 +161,12 @@ fn check_client_id(client_id: &str) -> String {
     format!("{client_id}-check-{}", std::process::id())
 }
 
-fn display_addr(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
-}
-
 const BROKER_HINT: &str = "check mqtt.broker (env MQTT_BROKER) and that the broker runs and listens there";
 
 /// A plain TCP connection first, so that "nothing listens there" is told apart from what goes wrong
 /// after it (TLS, the MQTT handshake, credentials).
-async fn tcp_probe(host: &str, port: u16, timeout: Duration) -> Result<(), (String, String)> {
-    let addr = display_addr(host, port);
+async fn tcp_probe(broker: &BrokerAddr, timeout: Duration) -> Result<(), (String, String)> {
+    let (host, port, addr) = (broker.host.as_str(), broker.port, broker.authority());
     let secs = timeout.as_secs_f64();
     let resolved = match tokio::time::timeout(timeout, tokio::net::lookup_host((host, port))).await {
         Ok(Ok(addrs)) => addrs.collect::<Vec<_>>(),
@@ -369,11 +361,5 @@ mod tests {
         let id = check_client_id("edge-1");
         assert!(id.starts_with("edge-1-check-"), "{id}");
         assert_ne!(id, "edge-1");
-    }
-
-    #[test]
-    fn ipv6_hosts_are_bracketed() {
-        assert_eq!(display_addr("::1", 1883), "[::1]:1883");
-        assert_eq!(display_addr("broker", 1883), "broker:1883");
     }
 }

@@ -40,6 +40,15 @@ pub struct BrokerAddr {
 }
 
 impl BrokerAddr {
+    /// `host:port`, with an IPv6 host in brackets.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
     /// The WebSocket URL to open, for `ws://`/`wss://`.
     pub fn ws_url(&self) -> Option<String> {
         let scheme = match self.transport {
@@ -47,8 +56,14 @@ impl BrokerAddr {
             Transport::Wss => "wss",
             _ => return None,
         };
-        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
-        Some(format!("{scheme}://{host}:{}{}", self.port, self.path))
+        Some(format!("{scheme}://{}{}", self.authority(), self.path))
+    }
+}
+
+/// How logs and reports name the broker: the WebSocket URL, or `host:port`.
+impl std::fmt::Display for BrokerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.ws_url().unwrap_or_else(|| self.authority()))
     }
 }
 

@@ -176,6 +176,14 @@ impl Provider for YamlDocument {
     }
 }
 
+/// `value` under the key path `path` (`["kafka", "sasl", "password"]`), as a dict to merge.
+fn nested<K: AsRef<str>>(path: &[K], value: FValue) -> Dict {
+    match path.iter().rev().fold(value, |acc, key| FValue::from(Dict::from([(key.as_ref().to_string(), acc)]))) {
+        FValue::Dict(_, d) => d,
+        _ => Dict::new(),
+    }
+}
+
 /// Keys whose value is text whatever it looks like: parsed TOML-style, a password `0123` would become the
 /// number 123, and a librdkafka property `1.10` the number 1.1.
 fn keeps_text(parts: &[String]) -> bool {
@@ -211,14 +219,7 @@ fn prefixed_env(env: &dyn EnvSource) -> Serialized<Dict> {
             parts.push(prop);
         }
         let parsed: FValue = if keeps_text(&parts) { FValue::from(value.clone()) } else { value.parse().unwrap_or_else(|_| FValue::from(value.clone())) };
-        let nested = parts.iter().rev().fold(parsed, |acc, key| {
-            let mut d = Dict::new();
-            d.insert(key.clone(), acc);
-            FValue::from(d)
-        });
-        if let FValue::Dict(_, d) = nested {
-            dict = merge_dicts(dict, d);
-        }
+        dict = merge_dicts(dict, nested(&parts, parsed));
     }
     Serialized::defaults(dict)
 }
@@ -254,15 +255,7 @@ fn spec_env(env: &dyn EnvSource) -> Serialized<Dict> {
     let mut dict = Dict::new();
     for (var, path) in VARS {
         if let Some(value) = env.get(var).filter(|v| !v.is_empty()) {
-            let mut nested = FValue::from(value);
-            for key in path.iter().rev() {
-                let mut d = Dict::new();
-                d.insert(key.to_string(), nested);
-                nested = FValue::from(d);
-            }
-            if let FValue::Dict(_, d) = nested {
-                dict = merge_dicts(dict, d);
-            }
+            dict = merge_dicts(dict, nested(path, FValue::from(value)));
         }
     }
     Serialized::defaults(dict)

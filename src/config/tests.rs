@@ -34,6 +34,9 @@ fn broker_addresses_table() {
     }
     assert_eq!(parse_broker("wss://broker.example/mqtt").unwrap().ws_url().unwrap(), "wss://broker.example:443/mqtt");
     assert_eq!(parse_broker("ws://[::1]:9001").unwrap().ws_url().unwrap(), "ws://[::1]:9001/mqtt");
+    assert_eq!(parse_broker("[::1]:1883").unwrap().to_string(), "[::1]:1883");
+    assert_eq!(parse_broker("mqtts://broker").unwrap().to_string(), "broker:8883");
+    assert_eq!(parse_broker("wss://broker/ws").unwrap().to_string(), "wss://broker:443/ws");
     // A password in the URL is refused without being repeated.
     let e = parse_broker("mqtts://user:hunter2@broker:8883").unwrap_err();
     assert!(!e.contains("hunter2") && e.contains("mqtt.password"), "{e}");

@@ -57,7 +57,7 @@ fn heartbeat() -> tokio::time::Interval {
 impl Edge {
     pub(super) fn new(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTable>>, links: Links, metrics: Arc<Metrics>, stop: Stop) -> Self {
         let Links { out, acks, connection: shared_connection } = links;
-        let broker = settings.broker.ws_url().unwrap_or_else(|| format!("{}:{}", settings.broker.host, settings.broker.port));
+        let broker = settings.broker.to_string();
         let mut mqtt_options = options(&settings);
         // Acks are ours to send, after Kafka has the records (see crate::ack).
         mqtt_options.set_manual_acks(true);
