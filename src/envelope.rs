@@ -1,6 +1,7 @@
 //! The Kafka record a message becomes: the spec's envelope, its key and headers, or a dead-letter record
 //! that says why the message could not be delivered as such. Pure: the receive time is passed in.
 
+use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::value::RawValue;
@@ -8,6 +9,7 @@ use serde_json::Value;
 
 use base64::Engine as _;
 
+use crate::mqtt::Properties;
 use crate::route::{DeviceIdSource, PayloadFormat, Route, ValueFormat};
 use crate::template::Values;
 
@@ -19,6 +21,8 @@ pub struct Message<'a> {
     pub qos: u8,
     pub retain: bool,
     pub received_at: SystemTime,
+    /// MQTT 5 properties, carried as headers.
+    pub properties: Option<&'a Properties>,
 }
 
 /// The payload, validated once per message however many routes it fans out to, and only if a route
@@ -67,7 +71,8 @@ pub struct Record {
     pub topic: String,
     pub key: Option<Vec<u8>>,
     pub value: Vec<u8>,
-    pub headers: Vec<(&'static str, Vec<u8>)>,
+    /// Header names are ours (static) or an MQTT 5 user property's.
+    pub headers: Vec<(Cow<'static, str>, Vec<u8>)>,
 }
 
 /// What a route makes of a message.
@@ -125,6 +130,26 @@ pub const HEADER_ROUTE: &str = "route";
 pub const HEADER_DLQ_REASON: &str = "dlq_reason";
 pub const HEADER_RECEIVED_AT: &str = "received_at";
 pub const HEADER_MESSAGE_ID: &str = "message_id";
+pub const HEADER_CONTENT_TYPE: &str = "mqtt_content_type";
+pub const HEADER_PAYLOAD_FORMAT: &str = "mqtt_payload_format";
+pub const HEADER_RESPONSE_TOPIC: &str = "mqtt_response_topic";
+pub const HEADER_CORRELATION_DATA: &str = "mqtt_correlation_data";
+/// Put before a user property's name when it is one of the gateway's own header names (see
+/// [`user_property_header`]).
+pub const USER_PROPERTY_CLASH_PREFIX: &str = "mqtt_user_";
+
+/// The Kafka header name of an MQTT 5 user property: its own name, unless that is a header the gateway
+/// writes itself (`device_id`, `route`, `message_id`, `received_at`, `dlq_reason`, `dlq_truncated_from`,
+/// or any name starting `mqtt_`): then `mqtt_user_<name>`, so that the gateway's header is never
+/// shadowed and the property is never lost.
+pub fn user_property_header(name: &str) -> Cow<'static, str> {
+    const OURS: [&str; 6] = [HEADER_DEVICE_ID, HEADER_ROUTE, HEADER_MESSAGE_ID, HEADER_RECEIVED_AT, HEADER_DLQ_REASON, "dlq_truncated_from"];
+    if name.starts_with("mqtt_") || OURS.contains(&name) {
+        Cow::Owned(format!("{USER_PROPERTY_CLASH_PREFIX}{name}"))
+    } else {
+        Cow::Owned(name.to_string())
+    }
+}
 
 /// A deterministic id for a message: 128 bits of XXH3 over the MQTT topic and the payload, in hex. A
 /// message the broker delivers again (after a gateway crash, before its ack) gets the same id, so a
@@ -162,6 +187,9 @@ pub fn build(route: &Route, msg: &Message<'_>, payload: &Payload<'_>) -> Outcome
         Ok(k) => k,
         Err(reason) => return dead_letter(DeadLetterReason::KeyNotFound, reason, headers),
     };
+    if let Some(reason) = msg.properties.and_then(|p| utf8_promise_broken(p, msg.payload)) {
+        return dead_letter(DeadLetterReason::NotUtf8, reason, headers);
+    }
     let value = match (route.format, route.payload) {
         (ValueFormat::Raw, _) => msg.payload.to_vec(),
         (ValueFormat::Envelope, PayloadFormat::Json) => match payload.raw() {
@@ -191,16 +219,50 @@ pub fn dead_letter(route: &Route, msg: &Message<'_>, kind: DeadLetterReason, rea
     dead_letter_outcome(route, msg, device_id, headers, kind, reason)
 }
 
-/// The headers every record carries: where the message came from and when.
-fn context_headers(route: &Route, msg: &Message<'_>, device_id: &str, id: &str, timestamp: &str) -> Vec<(&'static str, Vec<u8>)> {
-    vec![
-        (HEADER_MQTT_TOPIC, msg.topic.as_bytes().to_vec()),
-        (HEADER_MQTT_QOS, vec![b'0' + msg.qos.min(2)]),
-        (HEADER_DEVICE_ID, device_id.as_bytes().to_vec()),
-        (HEADER_ROUTE, route.name.as_bytes().to_vec()),
-        (HEADER_MESSAGE_ID, id.as_bytes().to_vec()),
-        (HEADER_RECEIVED_AT, timestamp.as_bytes().to_vec()),
-    ]
+/// The MQTT 5 Payload Format Indicator says UTF-8 and the payload is not: why, for the dead letter.
+fn utf8_promise_broken(p: &Properties, payload: &[u8]) -> Option<String> {
+    if p.payload_format != Some(1) {
+        return None;
+    }
+    std::str::from_utf8(payload).err().map(|e| format!("the payload format indicator says UTF-8, but the payload is not: {e}"))
+}
+
+/// The headers every record carries: where the message came from and when; then, on MQTT 5, the
+/// message's properties.
+fn context_headers(route: &Route, msg: &Message<'_>, device_id: &str, id: &str, timestamp: &str) -> Vec<(Cow<'static, str>, Vec<u8>)> {
+    let mut h = vec![
+        (Cow::Borrowed(HEADER_MQTT_TOPIC), msg.topic.as_bytes().to_vec()),
+        (Cow::Borrowed(HEADER_MQTT_QOS), vec![b'0' + msg.qos.min(2)]),
+        (Cow::Borrowed(HEADER_DEVICE_ID), device_id.as_bytes().to_vec()),
+        (Cow::Borrowed(HEADER_ROUTE), route.name.as_bytes().to_vec()),
+        (Cow::Borrowed(HEADER_MESSAGE_ID), id.as_bytes().to_vec()),
+        (Cow::Borrowed(HEADER_RECEIVED_AT), timestamp.as_bytes().to_vec()),
+    ];
+    if let Some(p) = msg.properties {
+        property_headers(p, &mut h);
+    }
+    h
+}
+
+/// An MQTT 5 message's properties as Kafka headers: content type, payload format (`utf-8` or `bytes`),
+/// response topic, correlation data (bytes as sent), then the user properties in order (a name may
+/// repeat; see [`user_property_header`] for names that clash with ours).
+fn property_headers(p: &Properties, h: &mut Vec<(Cow<'static, str>, Vec<u8>)>) {
+    if let Some(c) = &p.content_type {
+        h.push((Cow::Borrowed(HEADER_CONTENT_TYPE), c.as_bytes().to_vec()));
+    }
+    if let Some(f) = p.payload_format {
+        h.push((Cow::Borrowed(HEADER_PAYLOAD_FORMAT), if f == 1 { b"utf-8".to_vec() } else { b"bytes".to_vec() }));
+    }
+    if let Some(t) = &p.response_topic {
+        h.push((Cow::Borrowed(HEADER_RESPONSE_TOPIC), t.as_bytes().to_vec()));
+    }
+    if let Some(c) = &p.correlation_data {
+        h.push((Cow::Borrowed(HEADER_CORRELATION_DATA), c.to_vec()));
+    }
+    for (name, value) in &p.user {
+        h.push((user_property_header(name), value.as_bytes().to_vec()));
+    }
 }
 
 /// The message as published, to the route's dead-letter topic, keyed by device id, with the reason.
@@ -208,11 +270,11 @@ fn dead_letter_outcome(
     route: &Route,
     msg: &Message<'_>,
     device_id: &str,
-    mut headers: Vec<(&'static str, Vec<u8>)>,
+    mut headers: Vec<(Cow<'static, str>, Vec<u8>)>,
     kind: DeadLetterReason,
     reason: String,
 ) -> Outcome {
-    headers.push((HEADER_DLQ_REASON, reason.as_bytes().to_vec()));
+    headers.push((Cow::Borrowed(HEADER_DLQ_REASON), reason.as_bytes().to_vec()));
     Outcome::DeadLetter {
         record: Record {
             topic: route.dead_letter_topic.clone(),
@@ -272,7 +334,46 @@ mod tests {
             qos: 0,
             retain: false,
             received_at: UNIX_EPOCH + Duration::from_micros(1_684_678_444_928_538),
+            properties: None,
         }
+    }
+
+    #[test]
+    fn mqtt5_properties_become_headers_and_never_shadow_ours() {
+        let r = route("spec", "cmnd/#", "raw_iot_data");
+        let props = Properties {
+            user: vec![("site".into(), "north".into()), ("site".into(), "south".into()), ("device_id".into(), "spoof".into()), ("mqtt_topic".into(), "x".into())],
+            content_type: Some("application/json".into()),
+            payload_format: Some(1),
+            response_topic: Some("reply/here".into()),
+            correlation_data: Some(bytes::Bytes::from_static(&[0, 159, 1])),
+        };
+        let m = Message { properties: Some(&props), ..msg(SPEC_TOPIC, SPEC_PAYLOAD.as_bytes()) };
+        let Outcome::Record { record, .. } = build(&r, &m, &Payload::new(m.payload)) else { panic!("expected a record") };
+        let all = |k: &str| record.headers.iter().filter(|(n, _)| n == k).map(|(_, v)| v.clone()).collect::<Vec<_>>();
+        assert_eq!(all("site"), [b"north".to_vec(), b"south".to_vec()], "repeated names kept, in order");
+        assert_eq!(all("device_id"), [b"f2-e4fd45f654be".to_vec()], "ours is the only device_id");
+        assert_eq!(all("mqtt_user_device_id"), [b"spoof".to_vec()]);
+        assert_eq!(all("mqtt_topic"), [SPEC_TOPIC.as_bytes().to_vec()]);
+        assert_eq!(all("mqtt_user_mqtt_topic"), [b"x".to_vec()]);
+        assert_eq!(all(HEADER_CONTENT_TYPE), [b"application/json".to_vec()]);
+        assert_eq!(all(HEADER_PAYLOAD_FORMAT), [b"utf-8".to_vec()]);
+        assert_eq!(all(HEADER_RESPONSE_TOPIC), [b"reply/here".to_vec()]);
+        assert_eq!(all(HEADER_CORRELATION_DATA), [vec![0, 159, 1]], "bytes as sent");
+    }
+
+    #[test]
+    fn a_payload_that_breaks_its_utf8_promise_is_dead_lettered() {
+        let r = route("spec", "cmnd/#", "raw_iot_data");
+        let props = Properties { payload_format: Some(1), ..Properties::default() };
+        let m = Message { properties: Some(&props), ..msg(SPEC_TOPIC, &[0xff, 0xfe]) };
+        let Outcome::DeadLetter { kind, reason, record, .. } = build(&r, &m, &Payload::new(m.payload)) else { panic!("expected a dead letter") };
+        assert_eq!(kind, DeadLetterReason::NotUtf8);
+        assert!(reason.contains("payload format indicator"), "{reason}");
+        assert!(record.headers.iter().any(|(n, v)| n == HEADER_PAYLOAD_FORMAT && v == b"utf-8"));
+        let bytes = Properties { payload_format: Some(0), ..Properties::default() };
+        let m = Message { properties: Some(&bytes), ..msg(SPEC_TOPIC, br#"{"a":1}"#) };
+        assert!(matches!(build(&r, &m, &Payload::new(m.payload)), Outcome::Record { .. }));
     }
 
     #[test]
@@ -294,8 +395,8 @@ mod tests {
         assert_eq!(keys, ["original_topic", "device_id", "payload", "timestamp"]);
         let payload_keys: Vec<&str> = v["payload"].as_object().unwrap().keys().map(String::as_str).collect();
         assert_eq!(payload_keys, ["timestamp", "door-sensor-1", "door-sensor-2"], "key order kept");
-        assert!(record.headers.contains(&(HEADER_MQTT_TOPIC, SPEC_TOPIC.as_bytes().to_vec())));
-        assert!(record.headers.contains(&(HEADER_MQTT_QOS, b"0".to_vec())));
+        assert!(record.headers.contains(&(HEADER_MQTT_TOPIC.into(), SPEC_TOPIC.as_bytes().to_vec())));
+        assert!(record.headers.contains(&(HEADER_MQTT_QOS.into(), b"0".to_vec())));
     }
 
     #[test]
@@ -421,7 +522,7 @@ mod tests {
         let r = route("spec", "cmnd/#", "raw_iot_data");
         let m = msg("cmnd/a", b"{}");
         let Outcome::Record { record, .. } = build(&r, &m, &Payload::new(m.payload)) else { panic!() };
-        assert!(record.headers.contains(&(HEADER_MESSAGE_ID, a.into_bytes())));
+        assert!(record.headers.contains(&(HEADER_MESSAGE_ID.into(), a.into_bytes())));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::route::DeviceIdSource;
 pub fn explain(config: &Config, topic: &str, payload: &[u8], qos: u8, received_at: SystemTime) -> String {
     let mut out = String::new();
     let routes = config.routes.routes();
-    let msg = Message { topic, payload, qos, retain: false, received_at };
+    let msg = Message { topic, payload, qos, retain: false, received_at, properties: None };
     let parsed = Payload::new(payload);
     let matching: Vec<_> = config.routes.matching(topic).collect();
     let _ = writeln!(

@@ -30,6 +30,7 @@ struct Budget {
 }
 
 /// The MQTT edge's end.
+#[derive(Clone)]
 pub struct IntakeSender {
     tx: mpsc::UnboundedSender<Inbound>,
     budget: Arc<Budget>,
@@ -50,7 +51,16 @@ pub fn intake(limit_bytes: usize) -> (IntakeSender, IntakeReceiver) {
 }
 
 fn cost(m: &Inbound) -> usize {
-    m.payload.len() + m.topic.len() + MESSAGE_OVERHEAD_BYTES
+    m.payload.len() + m.topic.len() + MESSAGE_OVERHEAD_BYTES + m.properties.as_deref().map_or(0, properties_cost)
+}
+
+fn properties_cost(p: &crate::mqtt::Properties) -> usize {
+    let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    p.user.iter().map(|(k, v)| k.len() + v.len() + 48).sum::<usize>()
+        + text(&p.content_type)
+        + text(&p.response_topic)
+        + p.correlation_data.as_ref().map_or(0, |c| c.len())
+        + 128
 }
 
 impl IntakeSender {
@@ -131,6 +141,7 @@ mod tests {
             received_at: SystemTime::UNIX_EPOCH,
             connection: 1,
             routes: Arc::new(RouteTable::new(vec![])),
+            properties: None,
         }
     }
 

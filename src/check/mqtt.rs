@@ -209,7 +209,7 @@ async fn connect(eventloop: &mut EventLoop, timeout: Duration, settings: &MqttSe
             Err(Connect::Failed(format!("TCP connected, but no CONNACK within {secs}s"), no_connack_hint.into()))
         }
         Ok(Err(e)) => {
-            let d = crate::mqtt::diagnose::diagnose(&e, settings);
+            let d = crate::mqtt::diagnose::diagnose_v4(&e, settings);
             Err(Connect::Failed(format!("TCP connected, but then {} ({e})", d.what), d.hint.into()))
         }
     }

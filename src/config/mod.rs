@@ -87,6 +87,25 @@ pub struct MqttSettings {
     pub max_unacked_messages: usize,
     /// `mqtt.shared_group`: subscribe as `$share/<group>/<filter>`.
     pub shared_group: Option<String>,
+    pub protocol: Protocol,
+    /// MQTT 5: the session expiry interval sent in CONNECT (seconds; `u32::MAX` is "never").
+    pub session_expiry: u32,
+}
+
+/// The MQTT protocol version spoken to the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    V311,
+    V5,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::V311 => "3.1.1",
+            Protocol::V5 => "5",
+        }
+    }
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -188,6 +207,8 @@ impl Config {
         check("mqtt.buffer_bytes", a.buffer_bytes != b.buffer_bytes);
         check("mqtt.max_unacked_messages", a.max_unacked_messages != b.max_unacked_messages);
         check("mqtt.shared_group", a.shared_group != b.shared_group);
+        check("mqtt.protocol", a.protocol != b.protocol);
+        check("mqtt.session_expiry_secs", a.session_expiry != b.session_expiry);
         check("shutdown.grace_period_secs", self.shutdown_grace != new.shutdown_grace);
         check("log", self.log != new.log);
         check("reload", self.reload != new.reload);

@@ -96,6 +96,11 @@ pub struct RawMqtt {
     /// Share the subscriptions among every gateway with this group name (`$share/<group>/<filter>`): the
     /// broker gives each message to one of them. Per-device order across replicas is then not kept.
     pub shared_group: Option<String>,
+    /// The protocol version: `5` (or "5", "5.0") or "3.1.1". Env: `GATEWAY_MQTT__PROTOCOL`.
+    pub protocol: StringLike,
+    /// MQTT 5 only: how long the broker keeps the session after the connection ends. Unset: as long as
+    /// it will when `clean_session` is false (a 3.1.1 persistent session), 0 when it is true.
+    pub session_expiry_secs: Option<u32>,
 }
 
 impl Default for RawMqtt {
@@ -116,6 +121,8 @@ impl Default for RawMqtt {
             buffer_bytes: 32 * 1024 * 1024,
             max_unacked_messages: 10_000,
             shared_group: None,
+            protocol: StringLike("3.1.1".into()),
+            session_expiry_secs: None,
         }
     }
 }

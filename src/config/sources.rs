@@ -187,8 +187,9 @@ fn nested<K: AsRef<str>>(path: &[K], value: FValue) -> Dict {
 /// Keys whose value is text whatever it looks like: parsed TOML-style, a password `0123` would become the
 /// number 123, and a librdkafka property `1.10` the number 1.1.
 fn keeps_text(parts: &[String]) -> bool {
-    const TEXT: [&str; 12] = [
+    const TEXT: [&str; 13] = [
         "password", "client_secret", "key_password", "username", "client_id", "broker", "bootstrap_servers", "mechanism", "security_protocol", "scope", "token_endpoint_url", "shared_group",
+        "protocol",
     ];
     let last = parts.last().map(String::as_str).unwrap_or_default();
     (parts.len() >= 3 && parts[0] == "kafka" && parts[1] == "properties") || TEXT.contains(&last) || last.ends_with("_file")

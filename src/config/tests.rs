@@ -252,3 +252,34 @@ fn kubernetes_service_links_of_a_service_named_gateway_are_not_config_keys() {
     // A misspelt key (one underscore) is still reported.
     assert!(load("", &[("GATEWAY_MQTT_CLIENT_ID", "x")]).is_err());
 }
+
+#[test]
+fn the_protocol_is_a_number_or_a_string_from_file_and_environment() {
+    use crate::config::Protocol;
+    assert_eq!(load("", &[]).unwrap().mqtt.protocol, Protocol::V311, "3.1.1 by default");
+    assert_eq!(load("mqtt:\n  protocol: 5\n", &[]).unwrap().mqtt.protocol, Protocol::V5);
+    assert_eq!(load("mqtt:\n  protocol: \"5\"\n", &[]).unwrap().mqtt.protocol, Protocol::V5);
+    assert_eq!(load("mqtt:\n  protocol: 3.1.1\n", &[]).unwrap().mqtt.protocol, Protocol::V311);
+    for v in ["5", "5.0", "v5"] {
+        assert_eq!(load("", &[("GATEWAY_MQTT__PROTOCOL", v)]).unwrap().mqtt.protocol, Protocol::V5, "{v}");
+    }
+    assert_eq!(load("mqtt:\n  protocol: 5\n", &[("GATEWAY_MQTT__PROTOCOL", "3.1.1")]).unwrap().mqtt.protocol, Protocol::V311);
+    let e = load("mqtt:\n  protocol: 3.1\n", &[]).unwrap_err().to_string();
+    assert!(e.contains("mqtt.protocol") && e.contains("not an MQTT version") && e.contains("routes.yaml:2:"), "{e}");
+}
+
+#[test]
+fn session_expiry_follows_clean_session_and_needs_mqtt_5() {
+    let c = load("mqtt:\n  protocol: 5\n  clean_session: false\n", &[]).unwrap();
+    assert_eq!(c.mqtt.session_expiry, u32::MAX, "a persistent session does not expire, as on 3.1.1");
+    assert_eq!(load("mqtt:\n  protocol: 5\n", &[]).unwrap().mqtt.session_expiry, 0);
+    let c = load("mqtt:\n  protocol: 5\n  clean_session: false\n  session_expiry_secs: 3600\n", &[]).unwrap();
+    assert_eq!(c.mqtt.session_expiry, 3600);
+    for (yaml, needle) in [
+        ("mqtt:\n  clean_session: false\n  session_expiry_secs: 60\n", "needs MQTT 5"),
+        ("mqtt:\n  protocol: 5\n  session_expiry_secs: 60\n", "needs clean_session: false"),
+    ] {
+        let e = load(yaml, &[]).unwrap_err().to_string();
+        assert!(e.contains("mqtt.session_expiry_secs") && e.contains(needle), "{yaml}: {e}");
+    }
+}

@@ -12,7 +12,7 @@ use regex::Regex;
 use super::broker::parse_broker;
 use super::security;
 use super::raw::{RawConfig, RawKafka, RawMqtt, RawRoute, Secret};
-use super::{Config, KafkaSettings, MqttSettings, Origin, Problem};
+use super::{Config, KafkaSettings, MqttSettings, Origin, Problem, Protocol};
 use crate::filter;
 use crate::route::{DeviceIdRule, KeyRule, PayloadFormat, Route, RouteTable, ValueFormat};
 use crate::template::TopicTemplate;
@@ -121,6 +121,25 @@ fn mqtt(m: &RawMqtt, p: &mut Problems<'_>) -> Option<MqttSettings> {
             p.add("mqtt.shared_group", format!("`{g}` is not a share name"), Some("a non-empty name without '/', '+' or '#'"));
         }
     }
+    let protocol = match m.protocol.0.trim().to_ascii_lowercase().trim_start_matches('v') {
+        "5" | "5.0" => Some(Protocol::V5),
+        "3.1.1" | "4" => Some(Protocol::V311),
+        other => {
+            p.add("mqtt.protocol", format!("`{other}` is not an MQTT version"), Some("use 5 or \"3.1.1\""));
+            None
+        }
+    };
+    if m.session_expiry_secs.is_some() && protocol == Some(Protocol::V311) {
+        p.add("mqtt.session_expiry_secs", "needs MQTT 5".into(), Some("set mqtt.protocol: 5, or use clean_session: false for a 3.1.1 session that does not expire"));
+    }
+    if m.session_expiry_secs.is_some_and(|s| s > 0) && m.clean_session {
+        p.add(
+            "mqtt.session_expiry_secs",
+            "a session that outlives the connection needs clean_session: false".into(),
+            Some("set mqtt.clean_session: false (the broker then keeps the session for this long after a disconnect)"),
+        );
+    }
+    let session_expiry = m.session_expiry_secs.unwrap_or(if m.clean_session { 0 } else { u32::MAX });
     let password = security::secret("mqtt.password", m.password.as_ref(), m.password_file.as_deref(), p);
     if password.is_some() && m.username.is_none() {
         p.add("mqtt.password", "a password needs a username".into(), Some("set mqtt.username or MQTT_USERNAME"));
@@ -141,6 +160,8 @@ fn mqtt(m: &RawMqtt, p: &mut Problems<'_>) -> Option<MqttSettings> {
         buffer_bytes: m.buffer_bytes,
         max_unacked_messages: m.max_unacked_messages,
         shared_group: m.shared_group.clone(),
+        protocol: protocol?,
+        session_expiry,
     })
 }
 

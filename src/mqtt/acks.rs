@@ -3,19 +3,19 @@
 //!
 //! Two ways out, one order: through rumqttc's request channel (its `poll` writes and flushes each on its
 //! own: one system call per ack), or written straight to the connection between events, a batch with one
-//! flush ([`Edge::write_due_acks`]). A batch is written only when no ack queued earlier is still waiting
-//! in the channel, which is counted through the `Outgoing::PubAck/PubRec` events rumqttc reports.
+//! flush ([`Edge::write_due_acks`]; MQTT 3.1.1 only, see `super::client`). A batch is written only when
+//! no ack queued earlier is still waiting in the channel, which is counted through the acks rumqttc
+//! reports written.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Packet, PubAck, PubRec, Publish};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::time::{Interval, MissedTickBehavior};
 
+use super::client::Client;
 use super::edge::{AckReceiver, Edge};
-use super::qos;
 use crate::ack::AckToken;
 use crate::metrics::Metrics;
 
@@ -37,7 +37,7 @@ impl Acks {
     }
 
     /// At shutdown: everything due, through rumqttc's channel, ahead of the DISCONNECT.
-    pub(super) fn last_ones(&mut self, client: &AsyncClient, connection: u64, metrics: &Metrics) {
+    pub(super) fn last_ones(&mut self, client: &Client, connection: u64, metrics: &Metrics) {
         while let Ok(a) = self.rx.try_recv() {
             self.out.unsent.push_back(a);
         }
@@ -59,7 +59,7 @@ pub(super) struct AckOut {
 impl AckOut {
     /// Queues an ack in rumqttc's channel, behind any waiting for room. An ack for a message of an
     /// earlier connection is dropped: its packet id may now name another message.
-    pub(super) fn send(&mut self, client: &AsyncClient, a: AckToken, connection: u64, metrics: &Metrics) {
+    pub(super) fn send(&mut self, client: &Client, a: AckToken, connection: u64, metrics: &Metrics) {
         if a.connection != connection {
             metrics.stale_acks_dropped.fetch_add(1, Relaxed);
             return;
@@ -69,9 +69,7 @@ impl AckOut {
             self.unsent.push_back(a);
             return;
         }
-        let mut p = Publish::new("", qos(a.qos), Vec::<u8>::new());
-        p.pkid = a.pkid;
-        if client.try_ack(&p).is_err() {
+        if !client.try_ack(a.pkid, a.qos) {
             self.unsent.push_back(a);
         } else {
             self.in_channel += 1;
@@ -79,7 +77,7 @@ impl AckOut {
         }
     }
 
-    pub(super) fn retry_unsent(&mut self, client: &AsyncClient, connection: u64, metrics: &Metrics) {
+    pub(super) fn retry_unsent(&mut self, client: &Client, connection: u64, metrics: &Metrics) {
         let retry: Vec<AckToken> = self.unsent.drain(..).collect();
         for a in retry {
             self.send(client, a, connection, metrics);
@@ -118,27 +116,19 @@ impl Edge {
                 self.metrics.stale_acks_dropped.fetch_add(1, Relaxed);
                 continue;
             }
-            let network = match self.eventloop.network.as_mut() {
-                Some(n) if self.acks.out.clear() => n,
-                // Behind the acks already queued, in order.
-                _ => {
-                    self.acks.out.send(&self.client, a, self.connection, &self.metrics);
-                    continue;
-                }
-            };
-            let packet = if a.qos >= 2 { Packet::PubRec(PubRec::new(a.pkid)) } else { Packet::PubAck(PubAck::new(a.pkid)) };
+            if !(self.eventloop.writes_directly() && self.acks.out.clear()) {
+                // Behind the acks already queued, in order (and always so on MQTT 5).
+                self.acks.out.send(&self.client, a, self.connection, &self.metrics);
+                continue;
+            }
             // A broken connection is reported by the next poll; the messages not acknowledged come again.
-            if network.write(packet).await.is_err() {
+            if self.eventloop.write_ack(a.pkid, a.qos).await.is_err() {
                 break;
             }
             written += 1;
         }
-        if written > 0 {
-            if let Some(network) = self.eventloop.network.as_mut() {
-                if let Ok(Ok(())) = tokio::time::timeout(self.settings.connect_timeout, network.flush()).await {
-                    self.metrics.acks_sent.fetch_add(written, Relaxed);
-                }
-            }
+        if written > 0 && self.eventloop.flush(self.settings.connect_timeout).await {
+            self.metrics.acks_sent.fetch_add(written, Relaxed);
         }
     }
 }

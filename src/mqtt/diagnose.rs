@@ -5,7 +5,10 @@
 use std::error::Error as StdError;
 use std::io;
 
-use rumqttc::{ConnectReturnCode, ConnectionError};
+use rumqttc::v5 as r5;
+use rumqttc::ConnectReturnCode;
+
+use super::client::ConnectionError;
 use rustls::{AlertDescription, CertificateError};
 
 use crate::config::MqttSettings;
@@ -20,6 +23,15 @@ pub struct Diagnosis {
 }
 
 pub fn diagnose(e: &ConnectionError, s: &MqttSettings) -> Diagnosis {
+    match e {
+        ConnectionError::V4(e) => diagnose_v4(e, s),
+        ConnectionError::V5(e) => diagnose_v5(e, s),
+    }
+}
+
+/// A failed MQTT 3.1.1 attempt (also what `check` makes).
+pub fn diagnose_v4(e: &rumqttc::ConnectionError, s: &MqttSettings) -> Diagnosis {
+    use rumqttc::ConnectionError;
     let d = |what: &str, hint: &'static str| Diagnosis { what: what.to_string(), hint };
     if let ConnectionError::ConnectionRefused(code) = e {
         return match code {
@@ -35,27 +47,8 @@ pub fn diagnose(e: &ConnectionError, s: &MqttSettings) -> Diagnosis {
             _ => Diagnosis { what: format!("connect: refused ({code:?})"), hint: "see the broker's log for why it refused the connection" },
         };
     }
-    if let Some(f) = causes(e).find_map(|c| c.downcast_ref::<super::tls::FilesError>()) {
-        return Diagnosis { what: format!("tls: {f}"), hint: "fix the file named: the TLS files are read again before every attempt, no restart needed" };
-    }
-    if let Some(tls) = rustls_cause(e) {
-        return tls_diagnosis(tls, s);
-    }
-    if let Some(io) = io_cause(e) {
-        let transport_hint = if s.broker.transport.is_tls() {
-            "the broker closed the connection during the TLS handshake: is it a TLS listener, and does it require a client certificate (mqtt.tls.cert_file/key_file)? The broker's log says why"
-        } else {
-            "the broker closed the connection: if it is a TLS listener use mqtts:// (or wss://) in mqtt.broker; the broker's log says why"
-        };
-        return match io.kind() {
-            io::ErrorKind::ConnectionRefused => d("tcp: connection refused", "nothing listens there: check mqtt.broker (env MQTT_BROKER) and that the broker runs"),
-            io::ErrorKind::TimedOut => d("tcp: timed out", "no answer within mqtt.connect_timeout_secs: check the address, firewalls and network policies"),
-            io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe => {
-                Diagnosis { what: format!("connection closed by the broker ({})", io.kind()), hint: transport_hint }
-            }
-            _ if io.to_string().contains("failed to lookup address") => d("dns: the host name does not resolve", "check the host in mqtt.broker"),
-            _ => Diagnosis { what: format!("i/o: {io}"), hint: "check mqtt.broker and the network; the broker's log may say more" },
-        };
+    if let Some(found) = from_causes(e, s) {
+        return found;
     }
     match e {
         ConnectionError::NetworkTimeout => d("timed out waiting for the broker", "no CONNACK within mqtt.connect_timeout_secs: is this an MQTT listener, and the right transport (mqtt://, mqtts://, ws://, wss://)?"),
@@ -67,6 +60,59 @@ pub fn diagnose(e: &ConnectionError, s: &MqttSettings) -> Diagnosis {
         ConnectionError::Tls(_) => Diagnosis { what: format!("tls: {e}"), hint: "check mqtt.tls" },
         _ => Diagnosis { what: e.to_string(), hint: "the broker's log may say more" },
     }
+}
+
+fn diagnose_v5(e: &r5::ConnectionError, s: &MqttSettings) -> Diagnosis {
+    if let r5::ConnectionError::ConnectionRefused(code) = e {
+        let (what, hint) = super::v5::refused(code);
+        let what = if what == "connect: refused" { format!("connect: refused ({code:?})") } else { what.to_string() };
+        return Diagnosis { what, hint };
+    }
+    if let Some((what, hint)) = super::v5::server_disconnect(e) {
+        return Diagnosis { what, hint };
+    }
+    if let Some(found) = from_causes(e, s) {
+        return found;
+    }
+    let d = |what: &str, hint: &'static str| Diagnosis { what: what.to_string(), hint };
+    match e {
+        r5::ConnectionError::Timeout(_) => d("timed out waiting for the broker", "no CONNACK within mqtt.connect_timeout_secs: is this an MQTT listener, and the right transport (mqtt://, mqtts://, ws://, wss://)?"),
+        r5::ConnectionError::NotConnAck(_) => d("connect: the broker did not answer with a CONNACK", "is this an MQTT listener? does it speak MQTT 5 (else set mqtt.protocol: \"3.1.1\")?"),
+        r5::ConnectionError::Websocket(_) | r5::ConnectionError::WsConnect(_) | r5::ConnectionError::ResponseValidation(_) => {
+            Diagnosis { what: format!("websocket: {e}"), hint: "check the URL's path (often /mqtt) and that the listener speaks MQTT over WebSockets" }
+        }
+        r5::ConnectionError::InvalidUrl(_) => d("websocket: invalid URL", "check mqtt.broker"),
+        r5::ConnectionError::Tls(_) => Diagnosis { what: format!("tls: {e}"), hint: "check mqtt.tls" },
+        _ => Diagnosis { what: e.to_string(), hint: "the broker's log may say more" },
+    }
+}
+
+/// What the chain of causes says: the TLS files, a rustls error, an I/O error.
+fn from_causes(e: &(dyn StdError + 'static), s: &MqttSettings) -> Option<Diagnosis> {
+    let d = |what: &str, hint: &'static str| Diagnosis { what: what.to_string(), hint };
+    if let Some(f) = causes(e).find_map(|c| c.downcast_ref::<super::tls::FilesError>()) {
+        return Some(Diagnosis { what: format!("tls: {f}"), hint: "fix the file named: the TLS files are read again before every attempt, no restart needed" });
+    }
+    if let Some(tls) = rustls_cause(e) {
+        return Some(tls_diagnosis(tls, s));
+    }
+    if let Some(io) = io_cause(e) {
+        let transport_hint = if s.broker.transport.is_tls() {
+            "the broker closed the connection during the TLS handshake: is it a TLS listener, and does it require a client certificate (mqtt.tls.cert_file/key_file)? The broker's log says why"
+        } else {
+            "the broker closed the connection: if it is a TLS listener use mqtts:// (or wss://) in mqtt.broker; the broker's log says why"
+        };
+        return Some(match io.kind() {
+            io::ErrorKind::ConnectionRefused => d("tcp: connection refused", "nothing listens there: check mqtt.broker (env MQTT_BROKER) and that the broker runs"),
+            io::ErrorKind::TimedOut => d("tcp: timed out", "no answer within mqtt.connect_timeout_secs: check the address, firewalls and network policies"),
+            io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe => {
+                Diagnosis { what: format!("connection closed by the broker ({})", io.kind()), hint: transport_hint }
+            }
+            _ if io.to_string().contains("failed to lookup address") => d("dns: the host name does not resolve", "check the host in mqtt.broker"),
+            _ => Diagnosis { what: format!("i/o: {io}"), hint: "check mqtt.broker and the network; the broker's log may say more" },
+        });
+    }
+    None
 }
 
 fn tls_diagnosis(e: &rustls::Error, s: &MqttSettings) -> Diagnosis {
@@ -115,16 +161,16 @@ fn tls_diagnosis(e: &rustls::Error, s: &MqttSettings) -> Diagnosis {
 
 /// The rustls error somewhere in `e`'s chain. `io::Error` hides its payload from `source()` (it returns
 /// the payload's own source), so each one is opened by hand.
-fn rustls_cause(e: &ConnectionError) -> Option<&rustls::Error> {
+fn rustls_cause<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
     causes(e).find_map(|c| c.downcast_ref::<rustls::Error>())
 }
 
-fn io_cause(e: &ConnectionError) -> Option<&io::Error> {
+fn io_cause<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a io::Error> {
     causes(e).find_map(|c| c.downcast_ref::<io::Error>())
 }
 
 /// `e`, its sources, and the payloads of the `io::Error`s among them.
-fn causes<'a>(e: &'a ConnectionError) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+fn causes<'a>(e: &'a (dyn StdError + 'static)) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
     let mut next: Option<&'a (dyn StdError + 'static)> = Some(e);
     std::iter::from_fn(move || {
         let current = next?;

@@ -6,12 +6,12 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Outgoing, Packet, Publish, QoS};
 use tokio::sync::{mpsc, watch};
 
 use super::acks::Acks;
+use super::client::{self, Client, ConnectionError, Event, EventLoop, Received};
 use super::subscriptions::Subscriptions;
-use super::{options, Inbound, Links, Stop};
+use super::{Inbound, Links, Stop};
 use crate::backoff::Backoff;
 use crate::config::MqttSettings;
 use crate::health::Loop;
@@ -26,7 +26,7 @@ const OVERSIZE_CEILING: usize = 64 * 1024 * 1024;
 pub(super) struct Edge {
     pub(super) settings: MqttSettings,
     broker: String,
-    pub(super) client: AsyncClient,
+    pub(super) client: Client,
     pub(super) eventloop: EventLoop,
     routes: watch::Receiver<Arc<RouteTable>>,
     routes_open: bool,
@@ -44,6 +44,8 @@ pub(super) struct Edge {
     pub(super) stop: Stop,
     /// Beats for `/healthz` while the loop waits (see [`crate::health`]).
     pub(super) heartbeat: tokio::time::Interval,
+    /// When rumqttc last wrote a PINGREQ (a paused MQTT 5 edge lets it ping; see `super::pause`).
+    pub(super) last_ping: tokio::time::Instant,
 }
 
 /// The interval of the MQTT loop's heartbeat; its first tick is one period away.
@@ -58,19 +60,19 @@ impl Edge {
     pub(super) fn new(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTable>>, links: Links, metrics: Arc<Metrics>, stop: Stop) -> Self {
         let Links { out, acks, connection: shared_connection } = links;
         let broker = settings.broker.to_string();
-        let mut mqtt_options = options(&settings);
-        // Acks are ours to send, after Kafka has the records (see crate::ack).
-        mqtt_options.set_manual_acks(true);
         // Room for a burst of acks in rumqttc's request channel; an ack that does not fit waits in line.
-        let (client, mut eventloop) = AsyncClient::new(mqtt_options, 4096);
-        let mut net = eventloop.network_options();
-        net.set_connection_timeout(settings.connect_timeout.as_secs());
-        eventloop.set_network_options(net);
+        let (client, eventloop) = client::new(&settings, 4096);
         let table = routes.borrow_and_update().clone();
         if !settings.clean_session && table.routes().iter().any(|r| r.qos == 2) {
             tracing::warn!("QoS 2 routes are subscribed at QoS 1 with a persistent session (clean_session: false): rumqttc cannot resume QoS 2 exchanges; delivery to Kafka is at-least-once either way");
         }
-        tracing::info!(broker = %broker, client_id = %settings.client_id, clean_session = settings.clean_session, "connecting to the MQTT broker");
+        tracing::info!(
+            broker = %broker,
+            client_id = %settings.client_id,
+            protocol = settings.protocol.as_str(),
+            clean_session = settings.clean_session,
+            "connecting to the MQTT broker"
+        );
         Self {
             backoff: Backoff::new(settings.reconnect_min, settings.reconnect_max),
             subs: Subscriptions::new(!settings.clean_session, settings.shared_group.clone()),
@@ -88,6 +90,7 @@ impl Edge {
             metrics,
             stop,
             heartbeat: heartbeat(),
+            last_ping: tokio::time::Instant::now(),
         }
     }
 
@@ -124,9 +127,9 @@ impl Edge {
         // midway can abandon a connection attempt or a half-written ack (rumqtt#930). It goes first: in
         // a burst the event is ready and nothing else is polled (`between_events` serves the rest).
         // Without a network the poll connects: with the TLS files as they are now.
-        if self.eventloop.network.is_none() {
+        if self.eventloop.needs_connect() {
             if let Err(e) = self.refresh_transport() {
-                return Some(Err(ConnectionError::Io(std::io::Error::other(super::tls::FilesError(e)))));
+                return Some(Err(ConnectionError::io(self.settings.protocol, std::io::Error::other(super::tls::FilesError(e)))));
             }
         }
         let mut poll = std::pin::pin!(self.eventloop.poll());
@@ -161,16 +164,17 @@ impl Edge {
     /// One event, to its handler.
     pub(super) async fn handle(&mut self, event: Result<Event, ConnectionError>) -> ControlFlow<()> {
         match event {
-            Ok(Event::Incoming(Packet::Publish(p))) => self.on_publish(p),
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => self.on_connack(ack.session_present),
-            Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                self.subs.on_suback(&self.client, &self.table, &ack, &self.metrics);
+            Ok(Event::Publish(p)) => self.on_publish(p),
+            Ok(Event::ConnAck { session_present, notes }) => self.on_connack(session_present, &notes),
+            Ok(Event::SubAck { pkid, granted }) => {
+                self.subs.on_suback(&self.client, &self.table, pkid, &granted, &self.metrics);
                 self.subs.publish(&self.metrics.health);
             }
-            Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => self.subs.on_subscribe_sent(pkid),
+            Ok(Event::SubscribeSent(pkid)) => self.subs.on_subscribe_sent(pkid),
             // rumqttc wrote an ack we had queued in its channel.
-            Ok(Event::Outgoing(Outgoing::PubAck(_) | Outgoing::PubRec(_))) => self.acks.out.written_by_rumqttc(),
-            Ok(_) => {}
+            Ok(Event::AckWritten) => self.acks.out.written_by_rumqttc(),
+            Ok(Event::PingSent) => self.last_ping = tokio::time::Instant::now(),
+            Ok(Event::Other | Event::DisconnectSent) => {}
             Err(e) => return self.on_connection_error(e).await,
         }
         ControlFlow::Continue(())
@@ -179,36 +183,33 @@ impl Edge {
     /// Reads the TLS files again for the next connection attempt (see `super::tls`).
     fn refresh_transport(&mut self) -> Result<(), String> {
         let transport = super::tls::transport(&self.settings)?;
-        self.eventloop.mqtt_options.set_transport(transport);
+        self.eventloop.set_transport(transport);
         Ok(())
     }
 
-    fn on_publish(&mut self, p: Publish) {
-        // Data arriving proves the connection alive. rumqttc counts only a PINGRESP as proof, and a
-        // PINGRESP queued behind a backlog the broker held for us (after a pause, in a burst) can take
-        // longer than the keep-alive to read: rumqttc would drop a healthy connection.
-        self.eventloop.state.await_pingresp = false;
+    fn on_publish(&mut self, p: Received) {
+        self.eventloop.alive();
         self.forward(p);
     }
 
     /// Hands a received message to the pipeline with the route table in effect now.
-    fn forward(&mut self, p: Publish) {
+    fn forward(&mut self, p: Received) {
         let Some(tx) = self.out.as_ref() else {
             // Shutting down: not taken, not acknowledged (QoS 1/2 come again next session).
             self.metrics.message_dropped(DropReason::Shutdown, &p.topic);
             return;
         };
-        let qos = p.qos as u8;
-        self.metrics.message_received(&p.topic, qos, p.payload.len());
+        self.metrics.message_received(&p.topic, p.qos, p.payload.len());
         let inbound = Inbound {
             topic: p.topic,
             payload: p.payload,
-            qos,
+            qos: p.qos,
             retain: p.retain,
             pkid: p.pkid,
             received_at: SystemTime::now(),
             connection: self.connection,
             routes: self.table.clone(),
+            properties: p.properties,
         };
         if let Err(m) = tx.send(inbound) {
             // The pipeline is gone (it only stops at shutdown).
@@ -217,7 +218,11 @@ impl Edge {
         }
     }
 
-    fn on_connack(&mut self, session_present: bool) {
+    fn on_connack(&mut self, session_present: bool, notes: &[String]) {
+        self.last_ping = tokio::time::Instant::now();
+        for note in notes {
+            tracing::info!(broker = %self.broker, "{note}");
+        }
         self.backoff.reset();
         self.metrics.health.set_mqtt_error(None);
         self.new_connection_number();
@@ -241,17 +246,10 @@ impl Edge {
     /// The connection failed: keep what can be kept, then wait out the backoff (taking acks meanwhile,
     /// so the stage that sends them never blocks on us) before rumqttc's next poll reconnects.
     async fn on_connection_error(&mut self, e: ConnectionError) -> ControlFlow<()> {
-        // rumqttc reads packets in batches and may still hold events of the failed connection; it would
-        // hand them out after the reconnect, where a PUBLISH's packet id names another message. QoS 0
-        // messages have no packet id to go stale: they are taken. The others, never acknowledged, come
-        // again with a persistent session.
-        let held: Vec<Event> = self.eventloop.state.events.drain(..).collect();
-        for event in held {
-            if let Event::Incoming(Packet::Publish(p)) = event {
-                if p.qos == QoS::AtMostOnce {
-                    self.forward(p);
-                }
-            }
+        // rumqttc reads packets in batches and may still hold messages of the failed connection: the
+        // QoS 0 ones are taken, the others come again with a persistent session.
+        for p in self.eventloop.after_failure() {
+            self.forward(p);
         }
         self.new_connection_number();
         // rumqttc drops the acks still in its channel on a broken connection.
@@ -259,9 +257,8 @@ impl Edge {
         // SUBSCRIBEs not yet sent are void on a new connection; CONNACK applies the plan again.
         self.subs.connection_lost();
         self.subs.publish(&self.metrics.health);
-        self.eventloop.pending.retain(|r| !matches!(r, rumqttc::Request::Subscribe(_) | rumqttc::Request::Unsubscribe(_)));
-        if let ConnectionError::MqttState(rumqttc::StateError::Deserialization(rumqttc::Error::PayloadSizeLimitExceeded(size))) = &e {
-            self.oversize(*size);
+        if let Some(size) = e.oversize() {
+            self.oversize(size);
         }
         let delay = self.backoff.next_delay();
         let diagnosis = super::diagnose::diagnose(&e, &self.settings);
@@ -290,8 +287,8 @@ impl Edge {
     fn oversize(&mut self, size: usize) {
         let configured = self.settings.max_packet_size;
         self.metrics.oversize_messages.fetch_add(1, Relaxed);
-        if size <= OVERSIZE_CEILING && size > self.eventloop.mqtt_options.max_packet_size() {
-            self.eventloop.mqtt_options.set_max_packet_size(size + 1024, configured);
+        if size <= OVERSIZE_CEILING && size > self.eventloop.max_incoming() {
+            self.eventloop.set_max_incoming(size + 1024, configured);
             tracing::error!(
                 size,
                 limit = configured,
@@ -306,10 +303,10 @@ impl Edge {
     pub(super) async fn finish(mut self) {
         self.acks.last_ones(&self.client, self.connection, &self.metrics);
         // Say goodbye properly so the broker does not publish a will or keep us as a zombie session.
-        if self.metrics.mqtt_connected.load(Relaxed) && self.client.try_disconnect().is_ok() {
+        if self.metrics.mqtt_connected.load(Relaxed) && self.client.try_disconnect() {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
             while let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
-                if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
+                if matches!(ev, Event::DisconnectSent) {
                     break;
                 }
             }

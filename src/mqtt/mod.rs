@@ -6,24 +6,28 @@
 //!
 //! - `edge.rs`: the connection loop's state and its handlers, one per kind of event;
 //! - `subscriptions.rs`: which filters are subscribed, and the fallbacks for refused ones;
+//! - `client.rs`: rumqttc's 3.1.1 and 5 clients behind one face, so the rest is one code path;
+//! - `v5.rs`: what MQTT 5 adds (CONNECT options, message properties, reason codes);
 //! - `acks.rs`: PUBACK/PUBREC in arrival order, batched between events;
 //! - `pause.rs`: not reading while the intake is full, with keep-alives written by hand;
 //! - `tls.rs`: the rustls configuration from `mqtt.tls`, read again before every connection attempt;
 //! - `diagnose.rs`: a failed connection attempt in an operator's words, with a hint.
 
 mod acks;
+mod client;
 pub mod diagnose;
 mod edge;
 mod pause;
 mod subscriptions;
 pub mod tls;
+pub mod v5;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use rumqttc::{MqttOptions, QoS};
+use rumqttc::MqttOptions;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +52,26 @@ pub struct Inbound {
     /// The route table in effect when it arrived: a message is routed by one complete route set, even if
     /// a reload swaps the table while it waits in the buffer.
     pub routes: Arc<RouteTable>,
+    /// MQTT 5 properties that travel to Kafka as headers (`None` on 3.1.1, and when there are none).
+    pub properties: Option<Box<Properties>>,
+}
+
+/// The MQTT 5 properties of a message that the gateway carries to Kafka (see `envelope`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Properties {
+    /// User properties, in order; a name may repeat.
+    pub user: Vec<(String, String)>,
+    pub content_type: Option<String>,
+    /// Payload Format Indicator: 1 says the payload is UTF-8 text (checked), 0 says nothing.
+    pub payload_format: Option<u8>,
+    pub response_topic: Option<String>,
+    pub correlation_data: Option<Bytes>,
+}
+
+impl Properties {
+    pub fn is_empty(&self) -> bool {
+        self.user.is_empty() && self.content_type.is_none() && self.payload_format.is_none() && self.response_topic.is_none() && self.correlation_data.is_none()
+    }
 }
 
 /// Tokens the wiring uses to end the MQTT side in two steps.
@@ -69,7 +93,7 @@ pub struct Links {
     pub connection: Arc<AtomicU64>,
 }
 
-/// rumqttc's options for `s`, but for the transport: [`tls::transport`] sets it, with the TLS files as
+/// rumqttc's 3.1.1 options for `s`, but for the transport: [`tls::transport`] sets it, with the TLS files as
 /// they are at the time of the connection attempt.
 pub fn options(s: &MqttSettings) -> MqttOptions {
     // For WebSockets rumqttc takes the whole URL as the address (and ignores the port).
@@ -83,14 +107,6 @@ pub fn options(s: &MqttSettings) -> MqttOptions {
         o.set_credentials(user, pass.expose());
     }
     o
-}
-
-fn qos(n: u8) -> QoS {
-    match n {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    }
 }
 
 /// Runs the MQTT side until `stop.disconnect`: a short dispatcher over the handlers in `edge.rs`.

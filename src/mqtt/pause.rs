@@ -1,16 +1,18 @@
 //! Not reading while the intake is full. The socket fills, TCP pushes back, and the broker holds what
 //! follows, within the queue limits its operator set, instead of the gateway reading it only to drop it.
-//! The connection stays up: rumqttc pings only from inside `poll`, which would also read, so the
-//! PINGREQs are written here, at half the keep-alive so that a late one still lands within the broker's
-//! 1.5 x keep-alive. Acks are still taken (they go out when reading resumes): the stage that sends them
-//! must never block on us, or the pipeline that makes room in the intake would stop.
+//! The connection stays up: rumqttc pings only from inside `poll`, which would also read, so on MQTT
+//! 3.1.1 the PINGREQs are written here, at half the keep-alive so that a late one still lands within the
+//! broker's 1.5 x keep-alive. rumqttc's MQTT 5 client keeps its connection to itself: there the edge
+//! polls when rumqttc's ping is due and takes what that poll reads (a few batches of at most 10
+//! packets, past the intake's bound) until rumqttc has pinged. Acks are still taken (they go out when
+//! reading resumes): the stage that sends them must never block on us, or the pipeline that makes room
+//! in the intake would stop.
 
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use rumqttc::Packet;
-
+use super::client::Event;
 use super::edge::Edge;
 use crate::health::Loop;
 
@@ -24,7 +26,8 @@ impl Edge {
         let Some(out) = self.out.take() else { return ControlFlow::Continue(()) };
         let started = tokio::time::Instant::now();
         self.metrics.intake_stalled(out.used_bytes());
-        let every = (self.settings.keep_alive / 2).max(Duration::from_millis(500));
+        let direct = self.eventloop.writes_directly();
+        let every = (self.settings.keep_alive / if direct { 2 } else { 4 }).max(Duration::from_millis(500));
         let mut ping = tokio::time::interval_at(started + every, every);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (flow, keep) = loop {
@@ -39,12 +42,20 @@ impl Edge {
                     Some(a) => self.acks.out.send(&self.client, a, self.connection, &self.metrics),
                     None => self.acks.open = false,
                 },
-                _ = ping.tick() => {
-                    if !self.ping().await {
-                        // Let rumqttc's poll find the broken connection and reconnect.
-                        break (ControlFlow::Continue(()), true);
+                _ = ping.tick() => match self.eventloop.ping(self.settings.connect_timeout).await {
+                    Some(true) => tracing::debug!("PINGREQ sent while reading is paused"),
+                    // Let rumqttc's poll find the broken connection and reconnect.
+                    Some(false) => break (ControlFlow::Continue(()), true),
+                    None if self.last_ping.elapsed() >= self.settings.keep_alive => {
+                        self.out = Some(out.clone());
+                        let flow = self.let_rumqttc_ping().await;
+                        let pipeline_gone = self.out.take().is_none();
+                        if flow.is_break() || pipeline_gone || !self.metrics.mqtt_connected.load(Relaxed) {
+                            break (flow, !pipeline_gone);
+                        }
                     }
-                }
+                    None => {}
+                },
             }
         };
         if keep {
@@ -52,24 +63,30 @@ impl Edge {
         }
         // Our PINGREQs' answers, and rumqttc's own, wait behind the messages the broker queued while we
         // did not read: a pending PINGRESP is no sign of a dead connection here.
-        self.eventloop.state.await_pingresp = false;
+        self.eventloop.alive();
         self.metrics.intake_resumed(started.elapsed());
         flow
     }
 
-    /// Writes a PINGREQ straight to the connection. False if it could not be written.
-    async fn ping(&mut self) -> bool {
-        let Some(network) = self.eventloop.network.as_mut() else { return false };
-        let sent = async {
-            network.write(Packet::PingReq).await?;
-            network.flush().await
-        };
-        match tokio::time::timeout(self.settings.connect_timeout, sent).await {
-            Ok(Ok(())) => {
-                tracing::debug!("PINGREQ sent while reading is paused");
-                true
+    /// MQTT 5: polls until rumqttc has written its due PINGREQ, handling what the polls read (taken
+    /// past the intake's bound). Bounded in events and time; a broken connection is handled as ever.
+    async fn let_rumqttc_ping(&mut self) -> ControlFlow<()> {
+        const EVENTS_AT_MOST: usize = 64;
+        // Our earlier PINGREQs' answers wait behind the backlog: without this rumqttc would take the
+        // missing PINGRESP for a dead connection instead of pinging.
+        self.eventloop.alive();
+        let deadline = tokio::time::Instant::now() + self.settings.keep_alive;
+        for _ in 0..EVENTS_AT_MOST {
+            let Ok(event) = tokio::time::timeout_at(deadline, self.eventloop.poll()).await else { break };
+            let pinged = matches!(event, Ok(Event::PingSent));
+            if self.handle(event).await.is_break() {
+                return ControlFlow::Break(());
             }
-            _ => false,
+            if pinged {
+                tracing::debug!("rumqttc pinged while reading is paused");
+                break;
+            }
         }
+        ControlFlow::Continue(())
     }
 }

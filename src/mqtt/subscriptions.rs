@@ -10,9 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 
-use rumqttc::{AsyncClient, SubAck, SubscribeFilter, SubscribeReasonCode};
-
-use super::qos;
+use super::client::{Client, Granted};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::route::RouteTable;
@@ -70,7 +68,7 @@ impl Subscriptions {
 
     /// Brings the connection's subscriptions in line with `table`: subscribes what is missing (or at
     /// another QoS), unsubscribes what no route needs any more. The connection is kept.
-    pub(super) fn apply(&mut self, client: &AsyncClient, table: &RouteTable) {
+    pub(super) fn apply(&mut self, client: &Client, table: &RouteTable) {
         let mut desired: Vec<(String, u8)> = Vec::new();
         for s in table.subscriptions() {
             if self.refused.contains(&s.filter) {
@@ -100,13 +98,13 @@ impl Subscriptions {
         }
     }
 
-    fn subscribe(&mut self, client: &AsyncClient, filters: Vec<(String, u8)>) {
+    fn subscribe(&mut self, client: &Client, filters: Vec<(String, u8)>) {
         if filters.is_empty() {
             return;
         }
-        let request: Vec<SubscribeFilter> = filters.iter().map(|(f, q)| SubscribeFilter::new(self.on_wire(f), qos(*q))).collect();
+        let request: Vec<(String, u8)> = filters.iter().map(|(f, q)| (self.on_wire(f), *q)).collect();
         // try_: never await the request channel from the polling task (it can deadlock when full).
-        match client.try_subscribe_many(request) {
+        match client.try_subscribe(&request) {
             Ok(()) => {
                 for (f, q) in &filters {
                     self.wanted.insert(f.clone(), *q);
@@ -126,20 +124,20 @@ impl Subscriptions {
 
     /// The broker's answer to a SUBSCRIBE: a refused filter is replaced by the fallback filters of the
     /// routes it served.
-    pub(super) fn on_suback(&mut self, client: &AsyncClient, table: &RouteTable, ack: &SubAck, metrics: &Metrics) {
-        let Some(batch) = self.by_pkid.remove(&ack.pkid) else { return };
+    pub(super) fn on_suback(&mut self, client: &Client, table: &RouteTable, pkid: u16, granted: &[Granted], metrics: &Metrics) {
+        let Some(batch) = self.by_pkid.remove(&pkid) else { return };
         let mut fallbacks: Vec<(String, u8)> = Vec::new();
-        for ((filter, wanted_qos), code) in batch.iter().zip(ack.return_codes.iter()) {
+        for ((filter, wanted_qos), code) in batch.iter().zip(granted.iter()) {
             match code {
-                SubscribeReasonCode::Success(granted) => {
-                    let granted = *granted as u8;
+                Granted::Qos(granted) => {
+                    let granted = *granted;
                     if granted < *wanted_qos {
                         tracing::warn!(filter = %filter, requested_qos = wanted_qos, granted_qos = granted, "subscribed, at a lower QoS than requested");
                     } else {
                         tracing::info!(filter = %filter, qos = granted, shared_group = self.shared_group.as_deref(), "subscribed");
                     }
                 }
-                SubscribeReasonCode::Failure => {
+                Granted::Refused(reason) => {
                     metrics.subscriptions_rejected.fetch_add(1, Relaxed);
                     self.wanted.remove(filter);
                     self.refused.push(filter.clone());
@@ -152,10 +150,10 @@ impl Subscriptions {
                         .collect();
                     if candidates.is_empty() {
                         self.unserved.push(filter.clone());
-                        tracing::error!(filter = %filter, "the broker refused the subscription and no fallback filter is left; messages for it will not arrive");
+                        tracing::error!(filter = %filter, reason, "the broker refused the subscription and no fallback filter is left; messages for it will not arrive");
                     } else {
                         let names: Vec<&str> = candidates.iter().map(|(f, _)| f.as_str()).collect();
-                        tracing::warn!(filter = %filter, fallback_filters = ?names, "the broker refused the subscription; subscribing the fallback filters");
+                        tracing::warn!(filter = %filter, reason, fallback_filters = ?names, "the broker refused the subscription; subscribing the fallback filters");
                         fallbacks.extend(candidates);
                     }
                 }

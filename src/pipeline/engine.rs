@@ -175,7 +175,14 @@ impl Engine {
         if matched.is_empty() {
             self.metrics.message_unrouted(&inbound.topic);
         }
-        let msg = Message { topic: &inbound.topic, payload: &inbound.payload, qos: inbound.qos, retain: inbound.retain, received_at: inbound.received_at };
+        let msg = Message {
+            topic: &inbound.topic,
+            payload: &inbound.payload,
+            qos: inbound.qos,
+            retain: inbound.retain,
+            received_at: inbound.received_at,
+            properties: inbound.properties.as_deref(),
+        };
         let payload = Payload::new(&inbound.payload);
         let mut result = Ok(());
         for &index in &matched {
@@ -234,7 +241,7 @@ impl Engine {
             }
         };
         let entry = RecordEntry { message: slot, route: index, dead_letter, truncated: false, attempt: 0 };
-        let headers = kafka::owned_headers(record.headers.iter().map(|(k, v)| (*k, v.as_slice())));
+        let headers = kafka::owned_headers(record.headers.iter().map(|(k, v)| (k.as_ref(), v.as_slice())));
         let sent = if dead_letter {
             // Keyed by device id, like every dead letter; cut to size if Kafka refuses the whole payload.
             self.send_dead_letter(entry, &record.topic, device_id.as_bytes(), &record.value, headers, give_up).await
@@ -252,7 +259,7 @@ impl Engine {
             let reason = format!("Kafka refused the record: {refused}");
             self.metrics.dead_lettered(route, DeadLetterReason::KafkaRefused, msg.topic, &device_id, &route.dead_letter_topic, &reason);
             let headers = kafka::owned_headers(
-                record.headers.iter().map(|(k, v)| (*k, v.as_slice())).chain([(HEADER_DLQ_REASON, reason.as_bytes())]),
+                record.headers.iter().map(|(k, v)| (k.as_ref(), v.as_slice())).chain([(HEADER_DLQ_REASON, reason.as_bytes())]),
             );
             let entry = RecordEntry { dead_letter: true, ..entry };
             return match self.send_dead_letter(entry, &route.dead_letter_topic, device_id.as_bytes(), msg.payload, headers, give_up).await {

@@ -1,0 +1,380 @@
+//! The two protocol versions behind one face. rumqttc has a client for MQTT 3.1.1 and another for
+//! MQTT 5, with their own packet, event and error types; the edge speaks to this module only, so the
+//! connection loop, the acks, the subscriptions and the pipeline are one code path for both.
+//!
+//! What differs and cannot be hidden:
+//! - rumqttc's 3.1.1 event loop lets us write to its connection directly (acks in batches with one
+//!   flush, PINGREQs while reading is paused); its 5 event loop keeps the connection private, so acks go
+//!   through its request channel (one flush each) and a paused edge reads a little to let rumqttc ping
+//!   (see `super::pause`);
+//! - MQTT 5 messages carry properties ([`super::Properties`]), SUBACKs carry reasons, and a broker may
+//!   end a connection with a DISCONNECT that says why.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::v5 as r5;
+use rumqttc::v5::mqttbytes::v5 as p5;
+use rumqttc::{Outgoing, QoS, Transport};
+
+use super::v5 as props5;
+use super::Properties;
+use crate::config::{MqttSettings, Protocol};
+
+/// Makes requests of the event loop: acks, subscriptions, the goodbye.
+pub(super) enum Client {
+    V4(rumqttc::AsyncClient),
+    V5(r5::AsyncClient),
+}
+
+/// The connection, polled for [`Event`]s; it reconnects on the poll after an error.
+pub(super) enum EventLoop {
+    V4(Box<rumqttc::EventLoop>),
+    V5 {
+        inner: Box<r5::EventLoop>,
+        /// rumqttc's 5 event loop hides whether it has a connection: a CONNACK says yes, an error no.
+        connected: bool,
+    },
+}
+
+/// A message as the broker sent it.
+pub(super) struct Received {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: u8,
+    pub retain: bool,
+    pub pkid: u16,
+    pub properties: Option<Box<Properties>>,
+}
+
+/// What the broker made of one filter of a SUBSCRIBE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Granted {
+    Qos(u8),
+    /// Refused; the reason as MQTT 5 names it (3.1.1 has only "failure").
+    Refused(&'static str),
+}
+
+/// What happened on the connection, in the terms the edge needs.
+pub(super) enum Event {
+    Publish(Received),
+    ConnAck { session_present: bool, notes: Vec<String> },
+    SubAck { pkid: u16, granted: Vec<Granted> },
+    /// A SUBSCRIBE went out with this packet id.
+    SubscribeSent(u16),
+    /// rumqttc wrote an ack queued in its request channel.
+    AckWritten,
+    /// rumqttc wrote a PINGREQ.
+    PingSent,
+    /// rumqttc wrote the DISCONNECT.
+    DisconnectSent,
+    Other,
+}
+
+/// A failed connection, of either version.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error(transparent)]
+    V4(rumqttc::ConnectionError),
+    #[error(transparent)]
+    V5(r5::ConnectionError),
+}
+
+impl ConnectionError {
+    /// An error of the connection attempt made before rumqttc is asked to connect (the TLS files).
+    pub(super) fn io(protocol: Protocol, e: std::io::Error) -> Self {
+        match protocol {
+            Protocol::V311 => ConnectionError::V4(rumqttc::ConnectionError::Io(e)),
+            Protocol::V5 => ConnectionError::V5(r5::ConnectionError::Io(e)),
+        }
+    }
+
+    /// The size of an incoming message over the limit, when that closed the connection.
+    pub(super) fn oversize(&self) -> Option<usize> {
+        match self {
+            ConnectionError::V4(rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(rumqttc::Error::PayloadSizeLimitExceeded(size)))) => {
+                Some(*size)
+            }
+            ConnectionError::V5(r5::ConnectionError::MqttState(r5::StateError::Deserialization(rumqttc::v5::mqttbytes::Error::PayloadSizeLimitExceeded {
+                pkt_size,
+                ..
+            }))) => Some(*pkt_size),
+            _ => None,
+        }
+    }
+}
+
+pub(super) fn qos(n: u8) -> QoS {
+    match n {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+fn qos5(n: u8) -> rumqttc::v5::mqttbytes::QoS {
+    match n {
+        0 => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+        1 => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        _ => rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
+    }
+}
+
+/// The client and event loop for `s`, with manual acks and a request channel of `capacity`. The
+/// transport is set before each connection attempt ([`EventLoop::set_transport`]).
+pub(super) fn new(s: &MqttSettings, capacity: usize) -> (Client, EventLoop) {
+    match s.protocol {
+        Protocol::V311 => {
+            let mut o = super::options(s);
+            // Acks are ours to send, after Kafka has the records (see crate::ack).
+            o.set_manual_acks(true);
+            let (client, mut eventloop) = rumqttc::AsyncClient::new(o, capacity);
+            let mut net = eventloop.network_options();
+            net.set_connection_timeout(s.connect_timeout.as_secs());
+            eventloop.set_network_options(net);
+            (Client::V4(client), EventLoop::V4(Box::new(eventloop)))
+        }
+        Protocol::V5 => {
+            let mut o = props5::options(s);
+            o.set_manual_acks(true);
+            o.set_connection_timeout(s.connect_timeout.as_secs());
+            let (client, eventloop) = r5::AsyncClient::new(o, capacity);
+            (Client::V5(client), EventLoop::V5 { inner: Box::new(eventloop), connected: false })
+        }
+    }
+}
+
+impl Client {
+    /// Queues a PUBACK (QoS 1) or PUBREC (QoS 2) without waiting. False if the channel is full.
+    pub(super) fn try_ack(&self, pkid: u16, qos_level: u8) -> bool {
+        match self {
+            Client::V4(c) => {
+                let mut p = rumqttc::Publish::new("", qos(qos_level), Vec::<u8>::new());
+                p.pkid = pkid;
+                c.try_ack(&p).is_ok()
+            }
+            Client::V5(c) => {
+                let mut p = p5::Publish::new("", qos5(qos_level), Vec::<u8>::new(), None);
+                p.pkid = pkid;
+                c.try_ack(&p).is_ok()
+            }
+        }
+    }
+
+    /// Queues one SUBSCRIBE for `filters` (as they go on the wire).
+    pub(super) fn try_subscribe(&self, filters: &[(String, u8)]) -> Result<(), String> {
+        match self {
+            Client::V4(c) => c.try_subscribe_many(filters.iter().map(|(f, q)| rumqttc::SubscribeFilter::new(f.clone(), qos(*q)))).map_err(|e| e.to_string()),
+            Client::V5(c) => c.try_subscribe_many(filters.iter().map(|(f, q)| p5::Filter::new(f.clone(), qos5(*q)))).map_err(|e| e.to_string()),
+        }
+    }
+
+    pub(super) fn try_unsubscribe(&self, filter: String) -> Result<(), String> {
+        match self {
+            Client::V4(c) => c.try_unsubscribe(filter).map_err(|e| e.to_string()),
+            Client::V5(c) => c.try_unsubscribe(filter).map_err(|e| e.to_string()),
+        }
+    }
+
+    pub(super) fn try_disconnect(&self) -> bool {
+        match self {
+            Client::V4(c) => c.try_disconnect().is_ok(),
+            Client::V5(c) => c.try_disconnect().is_ok(),
+        }
+    }
+}
+
+impl EventLoop {
+    /// The next event. Cancel-safe as rumqttc's `poll` is: keep the future alive (rumqtt#930).
+    pub(super) async fn poll(&mut self) -> Result<Event, ConnectionError> {
+        match self {
+            EventLoop::V4(e) => match e.poll().await {
+                Ok(event) => Ok(event4(event)),
+                Err(err) => Err(ConnectionError::V4(err)),
+            },
+            EventLoop::V5 { inner, connected } => match inner.poll().await {
+                Ok(event) => {
+                    let event = event5(event);
+                    if matches!(event, Event::ConnAck { .. }) {
+                        *connected = true;
+                    }
+                    Ok(event)
+                }
+                Err(err) => {
+                    *connected = false;
+                    Err(ConnectionError::V5(err))
+                }
+            },
+        }
+    }
+
+    /// No connection: the next poll makes one.
+    pub(super) fn needs_connect(&self) -> bool {
+        match self {
+            EventLoop::V4(e) => e.network.is_none(),
+            EventLoop::V5 { connected, .. } => !*connected,
+        }
+    }
+
+    pub(super) fn set_transport(&mut self, t: Transport) {
+        match self {
+            EventLoop::V4(e) => {
+                e.mqtt_options.set_transport(t);
+            }
+            EventLoop::V5 { inner, .. } => {
+                inner.options.set_transport(t);
+            }
+        }
+    }
+
+    /// Data arrived, which proves the connection alive. rumqttc counts only a PINGRESP as proof, and a
+    /// PINGRESP queued behind a backlog the broker held for us (after a pause, in a burst) can take
+    /// longer than the keep-alive to read: rumqttc would drop a healthy connection.
+    pub(super) fn alive(&mut self) {
+        match self {
+            EventLoop::V4(e) => e.state.await_pingresp = false,
+            EventLoop::V5 { inner, .. } => inner.state.await_pingresp = false,
+        }
+    }
+
+    /// After a failure: the QoS 0 messages rumqttc had read but not handed out. It would hand them out
+    /// after the reconnect, where a QoS 1/2 message's packet id names another message; those are
+    /// dropped (never acknowledged, they come again with a persistent session). QoS 0 ones have no
+    /// packet id to go stale: they are returned, to be taken. Requests to (un)subscribe still pending
+    /// are dropped too: CONNACK applies the subscription plan again.
+    pub(super) fn after_failure(&mut self) -> Vec<Received> {
+        match self {
+            EventLoop::V4(e) => {
+                let held: Vec<rumqttc::Event> = e.state.events.drain(..).collect();
+                e.pending.retain(|r| !matches!(r, rumqttc::Request::Subscribe(_) | rumqttc::Request::Unsubscribe(_)));
+                held.into_iter()
+                    .filter_map(|ev| match event4(ev) {
+                        Event::Publish(p) if p.qos == 0 => Some(p),
+                        _ => None,
+                    })
+                    .collect()
+            }
+            EventLoop::V5 { inner, .. } => {
+                let held: VecDeque<r5::Event> = std::mem::take(&mut inner.state.events);
+                inner.pending.retain(|r| !matches!(r, r5::Request::Subscribe(_) | r5::Request::Unsubscribe(_)));
+                held.into_iter()
+                    .filter_map(|ev| match event5(ev) {
+                        Event::Publish(p) if p.qos == 0 => Some(p),
+                        _ => None,
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// The largest incoming packet the next connection accepts.
+    pub(super) fn max_incoming(&self) -> usize {
+        match self {
+            EventLoop::V4(e) => e.mqtt_options.max_packet_size(),
+            EventLoop::V5 { inner, .. } => inner.options.max_packet_size().map_or(usize::MAX, |m| m as usize),
+        }
+    }
+
+    /// Raises the incoming limit of the next connection (to take an over-size message in).
+    pub(super) fn set_max_incoming(&mut self, incoming: usize, outgoing: usize) {
+        match self {
+            EventLoop::V4(e) => {
+                e.mqtt_options.set_max_packet_size(incoming, outgoing);
+            }
+            EventLoop::V5 { inner, .. } => {
+                inner.options.set_max_packet_size(Some(u32::try_from(incoming).unwrap_or(u32::MAX)));
+            }
+        }
+    }
+
+    /// Whether acks and pings can be written straight to the connection (3.1.1, connected).
+    pub(super) fn writes_directly(&self) -> bool {
+        matches!(self, EventLoop::V4(e) if e.network.is_some())
+    }
+
+    /// Writes a PUBACK/PUBREC into the connection's buffer (3.1.1 only; see [`Self::writes_directly`]).
+    pub(super) async fn write_ack(&mut self, pkid: u16, qos_level: u8) -> Result<(), ()> {
+        let EventLoop::V4(e) = self else { return Err(()) };
+        let Some(network) = e.network.as_mut() else { return Err(()) };
+        let packet = if qos_level >= 2 { rumqttc::Packet::PubRec(rumqttc::PubRec::new(pkid)) } else { rumqttc::Packet::PubAck(rumqttc::PubAck::new(pkid)) };
+        network.write(packet).await.map_err(|_| ())
+    }
+
+    /// Flushes what [`Self::write_ack`] wrote, within `limit`. True if it went out.
+    pub(super) async fn flush(&mut self, limit: Duration) -> bool {
+        let EventLoop::V4(e) = self else { return false };
+        let Some(network) = e.network.as_mut() else { return false };
+        matches!(tokio::time::timeout(limit, network.flush()).await, Ok(Ok(())))
+    }
+
+    /// Writes a PINGREQ straight to the connection, within `limit`. `None` where that cannot be done
+    /// (MQTT 5: rumqttc pings from its poll only).
+    pub(super) async fn ping(&mut self, limit: Duration) -> Option<bool> {
+        let EventLoop::V4(e) = self else { return None };
+        let Some(network) = e.network.as_mut() else { return Some(false) };
+        let sent = async {
+            network.write(rumqttc::Packet::PingReq).await?;
+            network.flush().await
+        };
+        Some(matches!(tokio::time::timeout(limit, sent).await, Ok(Ok(()))))
+    }
+}
+
+fn event4(event: rumqttc::Event) -> Event {
+    use rumqttc::{Event as E, Packet};
+    match event {
+        E::Incoming(Packet::Publish(p)) => {
+            Event::Publish(Received { topic: p.topic, payload: p.payload, qos: p.qos as u8, retain: p.retain, pkid: p.pkid, properties: None })
+        }
+        E::Incoming(Packet::ConnAck(ack)) => Event::ConnAck { session_present: ack.session_present, notes: Vec::new() },
+        E::Incoming(Packet::SubAck(ack)) => Event::SubAck {
+            pkid: ack.pkid,
+            granted: ack
+                .return_codes
+                .iter()
+                .map(|c| match c {
+                    rumqttc::SubscribeReasonCode::Success(q) => Granted::Qos(*q as u8),
+                    rumqttc::SubscribeReasonCode::Failure => Granted::Refused("failure"),
+                })
+                .collect(),
+        },
+        E::Outgoing(o) => outgoing(o),
+        _ => Event::Other,
+    }
+}
+
+fn event5(event: r5::Event) -> Event {
+    use p5::Packet;
+    match event {
+        r5::Event::Incoming(Packet::Publish(p)) => {
+            // rumqttc hands the topic out as bytes; MQTT requires UTF-8, and a broker sends nothing else.
+            let topic = match String::from_utf8(p.topic.to_vec()) {
+                Ok(t) => t,
+                Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+            };
+            Event::Publish(Received {
+                topic,
+                qos: p.qos as u8,
+                retain: p.retain,
+                pkid: p.pkid,
+                properties: p.properties.and_then(props5::properties),
+                payload: p.payload,
+            })
+        }
+        r5::Event::Incoming(Packet::ConnAck(ack)) => Event::ConnAck { session_present: ack.session_present, notes: props5::connack_notes(ack.properties.as_ref()) },
+        r5::Event::Incoming(Packet::SubAck(ack)) => Event::SubAck { pkid: ack.pkid, granted: ack.return_codes.iter().map(props5::granted).collect() },
+        r5::Event::Outgoing(o) => outgoing(o),
+        _ => Event::Other,
+    }
+}
+
+fn outgoing(o: Outgoing) -> Event {
+    match o {
+        Outgoing::Subscribe(pkid) => Event::SubscribeSent(pkid),
+        Outgoing::PubAck(_) | Outgoing::PubRec(_) => Event::AckWritten,
+        Outgoing::PingReq => Event::PingSent,
+        Outgoing::Disconnect => Event::DisconnectSent,
+        _ => Event::Other,
+    }
+}
