@@ -41,6 +41,13 @@ impl Gateway {
         if !envs.iter().any(|(k, _)| *k == "GATEWAY_HTTP__LISTEN") {
             cmd.env("GATEWAY_HTTP__LISTEN", "127.0.0.1:0");
         }
+        // `TEST_MQTT_PROTOCOL=5` runs every gateway of the suite over MQTT 5 (see scripts/test.sh),
+        // unless the test chose a protocol itself.
+        if let Ok(protocol) = std::env::var("TEST_MQTT_PROTOCOL") {
+            if !envs.iter().any(|(k, _)| *k == "GATEWAY_MQTT__PROTOCOL") {
+                cmd.env("GATEWAY_MQTT__PROTOCOL", protocol);
+            }
+        }
         cmd.envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
