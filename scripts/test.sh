@@ -30,4 +30,11 @@ done
 
 status=0
 cargo test ${targets[@]+"${targets[@]}"} "$@" || status=$?
+# The whole suite also runs the end-to-end suites over MQTT 5, the gateway's other protocol (the tests
+# that pick a protocol themselves keep it). One suite on MQTT 5: TEST_MQTT_PROTOCOL=5 scripts/test.sh --test NAME
+if [ $# -eq 0 ]; then
+  echo "== the end-to-end suites again, over MQTT 5 =="
+  TEST_MQTT_PROTOCOL=5 cargo test --test gateway --test faults --test http --test reload --test scaling \
+    --test security_mqtt --test security_kafka || status=$?
+fi
 exit "$status"

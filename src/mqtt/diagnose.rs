@@ -71,7 +71,12 @@ fn diagnose_v5(e: &r5::ConnectionError, s: &MqttSettings) -> Diagnosis {
     if let Some((what, hint)) = super::v5::server_disconnect(e) {
         return Diagnosis { what, hint };
     }
-    if let Some(found) = from_causes(e, s) {
+    // rumqttc's MQTT 5 codec wraps the I/O error of a TLS handshake without naming it as the source.
+    let hidden_io = match e {
+        r5::ConnectionError::MqttState(r5::StateError::Deserialization(rumqttc::v5::mqttbytes::Error::Io(io))) => Some(io as &(dyn StdError + 'static)),
+        _ => None,
+    };
+    if let Some(found) = from_causes(e, s).or_else(|| hidden_io.and_then(|io| from_causes(io, s))) {
         return found;
     }
     let d = |what: &str, hint: &'static str| Diagnosis { what: what.to_string(), hint };
