@@ -99,16 +99,19 @@ pub enum DeadLetterReason {
     TooLarge,
     /// Kafka refused the record for good (too large for the broker, unknown topic, not authorized, ...).
     KafkaRefused,
+    /// The payload does not conform to the route's JSON Schema.
+    SchemaInvalid,
 }
 
 impl DeadLetterReason {
-    pub const ALL: [DeadLetterReason; 6] = [
+    pub const ALL: [DeadLetterReason; 7] = [
         DeadLetterReason::InvalidJson,
         DeadLetterReason::NotUtf8,
         DeadLetterReason::KeyNotFound,
         DeadLetterReason::InvalidTopic,
         DeadLetterReason::TooLarge,
         DeadLetterReason::KafkaRefused,
+        DeadLetterReason::SchemaInvalid,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -119,6 +122,7 @@ impl DeadLetterReason {
             DeadLetterReason::InvalidTopic => "invalid_topic",
             DeadLetterReason::TooLarge => "too_large",
             DeadLetterReason::KafkaRefused => "kafka_refused",
+            DeadLetterReason::SchemaInvalid => "schema_invalid",
         }
     }
 }
@@ -189,6 +193,18 @@ pub fn build(route: &Route, msg: &Message<'_>, payload: &Payload<'_>) -> Outcome
     };
     if let Some(reason) = msg.properties.and_then(|p| utf8_promise_broken(p, msg.payload)) {
         return dead_letter(DeadLetterReason::NotUtf8, reason, headers);
+    }
+    if let Some(schema) = &route.schema {
+        // A schema applies to JSON payloads only (checked at load).
+        match (payload.raw(), payload.value()) {
+            (Err(reason), _) => return dead_letter(DeadLetterReason::InvalidJson, reason.clone(), headers),
+            (Ok(_), Some(v)) => {
+                if let Some(reason) = schema.violations(v) {
+                    return dead_letter(DeadLetterReason::SchemaInvalid, reason, headers);
+                }
+            }
+            (Ok(_), None) => return dead_letter(DeadLetterReason::InvalidJson, "payload is not valid JSON".into(), headers),
+        }
     }
     let value = match (route.format, route.payload) {
         (ValueFormat::Raw, _) => msg.payload.to_vec(),

@@ -31,6 +31,16 @@ pub fn explain(config: &Config, topic: &str, payload: &[u8], qos: u8, received_a
     }
     for route in matching {
         let _ = writeln!(out);
+        if let Some(l) = &route.rate_limit {
+            let _ = writeln!(
+                out,
+                "route {}: rate limit {:.3} records/s, burst {} (over it records wait their turn; a QoS 0 one whose turn is more than {} ms away is dropped)",
+                route.name,
+                1.0 / l.interval.as_secs_f64(),
+                (l.tolerance.as_secs_f64() / l.interval.as_secs_f64()).round() as u64 + 1,
+                l.qos0_max_delay.as_millis()
+            );
+        }
         match envelope::build(route, &msg, &parsed) {
             Outcome::Record { record, device_id, device_id_source } => {
                 let _ = writeln!(out, "route {} (filter {}): record", route.name, route.filter);

@@ -8,7 +8,12 @@
 //! by hash with what is in effect, and checked in full. Only a complete, valid file is swapped in, as a
 //! whole new route table. A periodic re-read and SIGHUP are safety nets for filesystems whose events do
 //! not arrive (some network and overlay mounts).
+//!
+//! Routes' schema files (`routes[].schema`) are part of the configuration: their directories are watched
+//! too, their bytes are hashed with the file's text, and a schema edit alone is a reload like any other
+//! (a broken schema is refused and the routes in effect stay).
 
+use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
@@ -41,22 +46,50 @@ struct State {
     file_missing: bool,
 }
 
-fn hash(text: &str) -> u64 {
+/// Of the file's text and of the schema files `config` reads (a missing one hashes as missing).
+fn hash(text: &str, config: &Config) -> u64 {
     let mut h = DefaultHasher::new();
     text.hash(&mut h);
+    for file in schema_files(config) {
+        std::fs::read(&file).ok().hash(&mut h);
+    }
     h.finish()
+}
+
+fn schema_files(config: &Config) -> Vec<PathBuf> {
+    config.routes.routes().iter().filter_map(|r| r.schema.as_ref().map(|s| s.file.clone())).collect()
+}
+
+/// The directories to watch for `config`: the file's own and its schema files'.
+fn directories(path: &Path, config: &Config) -> Vec<PathBuf> {
+    let dir = |p: &Path| match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut dirs = vec![dir(path)];
+    for f in schema_files(config) {
+        let d = dir(&f);
+        if !dirs.contains(&d) {
+            dirs.push(d);
+        }
+    }
+    dirs
 }
 
 /// Watches `config.source` until `shutdown`, publishing each valid new route table on `routes`.
 pub async fn run(config: Config, routes: watch::Sender<Arc<RouteTable>>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     let settings = config.reload.clone();
     let path = config.source.clone();
-    let initial_hash = std::fs::read_to_string(&path).ok().map(|t| hash(&t));
+    let initial_hash = std::fs::read_to_string(&path).ok().map(|t| hash(&t, &config));
     let mut state = State { path: path.clone(), current: config, applied_hash: initial_hash, failed_hash: None, generation: 1, file_missing: false };
 
     let (events_tx, mut events) = mpsc::channel::<()>(1);
     // Kept alive for the whole loop: dropping the watcher stops the watch.
-    let _watcher = if settings.watch { watch_directory(&path, events_tx) } else { None };
+    let mut watcher = if settings.watch { new_watcher(events_tx) } else { None };
+    let mut watched = HashSet::new();
+    if let Some(w) = watcher.as_mut() {
+        watch_more(w, &mut watched, directories(&path, &state.current));
+    }
     let poll_every = (settings.poll_interval_secs > 0).then(|| Duration::from_secs(settings.poll_interval_secs));
     let debounce = Duration::from_millis(settings.debounce_ms);
     let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -85,6 +118,9 @@ pub async fn run(config: Config, routes: watch::Sender<Arc<RouteTable>>, metrics
             }
         }
         attempt(&mut state, trigger, debounce, &routes, &metrics).await;
+        if let Some(w) = watcher.as_mut() {
+            watch_more(w, &mut watched, directories(&path, &state.current));
+        }
     }
 }
 
@@ -102,11 +138,7 @@ async fn recv_signal(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> 
     }
 }
 
-fn watch_directory(path: &Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+fn new_watcher(tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
     let handler = move |res: notify::Result<notify::Event>| match res {
         // Lossy on purpose: one pending wake-up is enough, the file is re-read whole.
         Ok(ev) if !matches!(ev.kind, notify::EventKind::Access(_)) => {
@@ -115,19 +147,28 @@ fn watch_directory(path: &Path, tx: mpsc::Sender<()>) -> Option<notify::Recommen
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "file watch error; the periodic re-read still applies edits"),
     };
-    let mut watcher = match notify::recommended_watcher(handler) {
-        Ok(w) => w,
+    match notify::recommended_watcher(handler) {
+        Ok(w) => Some(w),
         Err(e) => {
             tracing::error!(error = %e, "cannot watch for configuration changes; edits apply on the periodic re-read or SIGHUP");
-            return None;
+            None
         }
-    };
-    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
-        tracing::error!(error = %e, dir = %dir.display(), "cannot watch the configuration directory; edits apply on the periodic re-read or SIGHUP");
-        return None;
     }
-    tracing::info!(dir = %dir.display(), "watching the configuration directory for changes");
-    Some(watcher)
+}
+
+/// Watches the directories of `dirs` not watched yet (a schema file may live beside the configuration
+/// or elsewhere). Directories no longer needed stay watched: a spare wake-up costs one comparison.
+fn watch_more(watcher: &mut notify::RecommendedWatcher, watched: &mut HashSet<PathBuf>, dirs: Vec<PathBuf>) {
+    for dir in dirs {
+        if watched.contains(&dir) {
+            continue;
+        }
+        match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            Ok(()) => tracing::info!(dir = %dir.display(), "watching the configuration directory for changes"),
+            Err(e) => tracing::error!(error = %e, dir = %dir.display(), "cannot watch the directory; edits there apply on the periodic re-read or SIGHUP"),
+        }
+        watched.insert(dir);
+    }
 }
 
 /// Reads the file whole and steady: two reads `settle` apart must agree, so a file still being written
@@ -176,7 +217,7 @@ async fn attempt(state: &mut State, trigger: Trigger, debounce: Duration, routes
         }
     };
     state.file_missing = false;
-    let h = hash(&text);
+    let h = hash(&text, &state.current);
     if Some(h) == state.applied_hash {
         metrics.config_file_valid.store(true, Relaxed);
         if matches!(trigger, Trigger::Signal) {
@@ -199,7 +240,8 @@ async fn attempt(state: &mut State, trigger: Trigger, debounce: Duration, routes
     };
     let diff = RouteDiff::between(&state.current.routes, &new.routes);
     let restart = state.current.restart_needed(&new);
-    state.applied_hash = Some(h);
+    // Hashed again over the schema files the new configuration reads.
+    state.applied_hash = Some(hash(&text, &new));
     state.failed_hash = None;
     metrics.config_file_valid.store(true, Relaxed);
     if diff.is_empty() && restart.is_empty() {

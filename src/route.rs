@@ -27,6 +27,10 @@ pub struct Route {
     pub key: KeyRule,
     pub format: ValueFormat,
     pub payload: PayloadFormat,
+    /// `schema`: the payload's contract, compiled.
+    pub schema: Option<Arc<crate::schema::RouteSchema>>,
+    /// `rate_limit`: enforced by the engine (see [`crate::throttle`]).
+    pub rate_limit: Option<crate::throttle::RateLimit>,
     /// The route as configured, serialized: two routes with the same fingerprint behave the same. Used
     /// to tell which routes a reload changed.
     pub fingerprint: String,
@@ -284,6 +288,8 @@ pub(crate) mod tests {
             key: KeyRule::DeviceId,
             format: ValueFormat::Envelope,
             payload: PayloadFormat::Json,
+            schema: None,
+            rate_limit: None,
             fingerprint: format!("{name}|{filter}|{topic}"),
             stats: Default::default(),
         }

@@ -215,6 +215,31 @@ pub struct RawRoute {
     /// `base64`.
     #[serde(default = "default_payload")]
     pub payload: PayloadFormat,
+    /// A JSON Schema file the payload must conform to (path relative to this file's directory); a
+    /// message that does not is dead-lettered with every violation in `dlq_reason`.
+    #[serde(default)]
+    pub schema: Option<String>,
+    /// At most this many records per second to Kafka for this route.
+    #[serde(default)]
+    pub rate_limit: Option<RawRateLimit>,
+}
+
+/// `routes[].rate_limit`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    /// The sustained rate (fractions allowed: 0.5 is one record every 2 s).
+    pub messages_per_sec: f64,
+    /// Records that may go at once after a quiet spell (default: one second's worth, at least 1).
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// A QoS 0 record that would wait longer than this for its turn is dropped (and counted) instead.
+    #[serde(default = "default_qos0_max_delay_ms")]
+    pub qos0_max_delay_ms: u64,
+}
+
+fn default_qos0_max_delay_ms() -> u64 {
+    1000
 }
 
 fn default_key_missing() -> KeyMissing {
@@ -248,6 +273,8 @@ impl RawRoute {
             key_missing: default_key_missing(),
             format: default_format(),
             payload: default_payload(),
+            schema: None,
+            rate_limit: None,
         }
     }
 }

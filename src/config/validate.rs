@@ -15,6 +15,8 @@ use super::raw::{RawConfig, RawKafka, RawMqtt, RawRoute, Secret};
 use super::{Config, KafkaSettings, MqttSettings, Origin, Problem, Protocol};
 use crate::filter;
 use crate::route::{DeviceIdRule, KeyRule, PayloadFormat, Route, RouteTable, ValueFormat};
+use crate::schema::RouteSchema;
+use crate::throttle::RateLimit;
 use crate::template::TopicTemplate;
 use crate::topic_name::{check_kafka_topic, kafka_topic_char};
 
@@ -34,7 +36,8 @@ pub(super) fn validate(path: &Path, raw: RawConfig, locate: &dyn Fn(&str) -> Ori
     let mut p = Problems { list: problems, locate };
     let mqtt = mqtt(&raw.mqtt, &mut p);
     let properties = kafka_properties(&raw.kafka, &raw.mqtt.client_id.0, &mut p);
-    let routes = routes(&raw.routes, &raw.kafka.dead_letter_suffix, &mut p);
+    let config_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let routes = routes(&raw.routes, &raw.kafka.dead_letter_suffix, &config_dir, &mut p);
     // The small sections, in the file's order.
     if raw.shutdown.grace_period_secs > 86_400 {
         p.add("shutdown.grace_period_secs", format!("{} is out of range", raw.shutdown.grace_period_secs), Some("use 0 to 86400"));
@@ -197,7 +200,7 @@ fn kafka_properties(k: &RawKafka, client_id: &str, p: &mut Problems<'_>) -> BTre
     properties
 }
 
-fn routes(raw: &[RawRoute], dead_letter_suffix: &str, p: &mut Problems<'_>) -> Vec<Route> {
+fn routes(raw: &[RawRoute], dead_letter_suffix: &str, config_dir: &Path, p: &mut Problems<'_>) -> Vec<Route> {
     if raw.is_empty() {
         p.add("routes", "no routes: the gateway would do nothing".into(), Some("add at least one route; the shipped routes.yaml has the spec's"));
     }
@@ -216,7 +219,7 @@ fn routes(raw: &[RawRoute], dead_letter_suffix: &str, p: &mut Problems<'_>) -> V
         } else {
             names.insert(&r.name, i);
         }
-        if let Some(route) = route(&at, r, dead_letter_suffix, &mut regexes, p) {
+        if let Some(route) = route(&at, r, dead_letter_suffix, config_dir, &mut regexes, p) {
             routes.push(route);
         }
     }
@@ -224,7 +227,7 @@ fn routes(raw: &[RawRoute], dead_letter_suffix: &str, p: &mut Problems<'_>) -> V
 }
 
 /// One route, checked; `None` if it has a problem (reported).
-fn route(at: &str, r: &RawRoute, dead_letter_suffix: &str, regexes: &mut HashMap<String, Regex>, p: &mut Problems<'_>) -> Option<Route> {
+fn route(at: &str, r: &RawRoute, dead_letter_suffix: &str, config_dir: &Path, regexes: &mut HashMap<String, Regex>, p: &mut Problems<'_>) -> Option<Route> {
     if let Err(e) = filter::validate(&r.filter) {
         p.add(&format!("{at}.filter"), format!("invalid MQTT filter `{}`: {e}", r.filter), None);
     }
@@ -263,9 +266,19 @@ fn route(at: &str, r: &RawRoute, dead_letter_suffix: &str, regexes: &mut HashMap
     if r.format == ValueFormat::Raw && r.payload != PayloadFormat::Json {
         p.add(&format!("{at}.payload"), "only applies to `format: envelope`".into(), Some("remove `payload`, or use format: envelope"));
     }
-    // The resolved dead-letter topic too: it also depends on kafka.dead_letter_suffix.
-    let fingerprint = format!("{}|{}", serde_json::to_string(r).unwrap_or_default(), dead_letter_topic.as_deref().unwrap_or(""));
-    let (Ok(topic), Ok(regex), Ok(fallback_regex), Ok(key), Some(dead_letter_topic)) = (topic, regex, fallback_regex, key, dead_letter_topic) else {
+    let schema = route_schema(at, r, config_dir, p);
+    let rate_limit = rate_limit(at, r, p);
+    // The resolved dead-letter topic too: it also depends on kafka.dead_letter_suffix; and the schema
+    // file's contents, so that editing the schema alone changes the route.
+    let fingerprint = format!(
+        "{}|{}|{:x}",
+        serde_json::to_string(r).unwrap_or_default(),
+        dead_letter_topic.as_deref().unwrap_or(""),
+        schema.as_ref().ok().and_then(Option::as_ref).map_or(0, |s| s.hash)
+    );
+    let (Ok(topic), Ok(regex), Ok(fallback_regex), Ok(key), Some(dead_letter_topic), Ok(schema), Ok(rate_limit)) =
+        (topic, regex, fallback_regex, key, dead_letter_topic, schema, rate_limit)
+    else {
         return None;
     };
     Some(Route {
@@ -279,9 +292,43 @@ fn route(at: &str, r: &RawRoute, dead_letter_suffix: &str, regexes: &mut HashMap
         key,
         format: r.format,
         payload: r.payload,
+        schema,
+        rate_limit,
         fingerprint,
         stats: Default::default(),
     })
+}
+
+/// The route's schema, read and compiled from its file.
+fn route_schema(at: &str, r: &RawRoute, config_dir: &Path, p: &mut Problems<'_>) -> Result<Option<Arc<RouteSchema>>, ()> {
+    let Some(configured) = &r.schema else { return Ok(None) };
+    if r.payload != PayloadFormat::Json {
+        p.add(&format!("{at}.schema"), "a schema applies to JSON payloads".into(), Some("remove `schema`, or use payload: json"));
+        return Err(());
+    }
+    RouteSchema::load(config_dir, configured).map(|s| Some(Arc::new(s))).map_err(|e| p.add(&format!("{at}.schema"), e.message, Some(e.hint)))
+}
+
+fn rate_limit(at: &str, r: &RawRoute, p: &mut Problems<'_>) -> Result<Option<RateLimit>, ()> {
+    let Some(l) = &r.rate_limit else { return Ok(None) };
+    let mut ok = true;
+    if !(l.messages_per_sec.is_finite() && l.messages_per_sec >= 0.001 && l.messages_per_sec <= 10_000_000.0) {
+        p.add(&format!("{at}.rate_limit.messages_per_sec"), format!("{} is out of range", l.messages_per_sec), Some("use 0.001 to 10000000"));
+        ok = false;
+    }
+    let burst = l.burst.unwrap_or_else(|| (l.messages_per_sec.ceil() as u32).max(1));
+    if burst == 0 || burst > 10_000_000 {
+        p.add(&format!("{at}.rate_limit.burst"), format!("{burst} is out of range"), Some("use 1 to 10000000"));
+        ok = false;
+    }
+    if l.qos0_max_delay_ms > 60_000 {
+        p.add(&format!("{at}.rate_limit.qos0_max_delay_ms"), format!("{} is out of range", l.qos0_max_delay_ms), Some("use 0 to 60000"));
+        ok = false;
+    }
+    if !ok {
+        return Err(());
+    }
+    Ok(Some(RateLimit::new(l.messages_per_sec, burst, Duration::from_millis(l.qos0_max_delay_ms))))
 }
 
 /// The route's dead-letter topic. It must not depend on the message: a templated topic's default is its

@@ -147,6 +147,15 @@ impl Collector for GatewayCollector {
         per_route(e, "records_failed", "Records given up on (Kafka refused even the dead letter, or a QoS 0 record failed twice).", &|r| ld(&r.failed))?;
         per_route(e, "records_retried", "Records produced again after a failed delivery.", &|r| ld(&r.retried))?;
         per_route(e, "dead_letters_delivered", "Dead letters Kafka acknowledged.", &|r| ld(&r.dead_letters_delivered))?;
+        per_route(e, "records_delayed", "Records held back by the route's rate limit until their turn.", &|r| ld(&r.delayed))?;
+        {
+            let n = name("records_dropped");
+            let mut f = e.encode_descriptor(&n, "QoS 0 records dropped, by route and reason (rate_limited: their turn under the route's rate limit was further away than qos0_max_delay_ms).", None, MetricType::Counter)?;
+            for (route, group) in &by_name {
+                let l = [("route", route.as_ref()), ("reason", "rate_limited")];
+                ConstCounter::new(group.iter().map(|r| ld(&r.rate_limited)).sum::<u64>()).encode(f.encode_family(&l)?)?;
+            }
+        }
         {
             let n = name("dead_letters");
             let mut f = e.encode_descriptor(&n, "Messages sent to the dead-letter topic, by route and reason.", None, MetricType::Counter)?;

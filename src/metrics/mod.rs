@@ -59,6 +59,7 @@ pub struct Metrics {
     pub reload_failures: AtomicU64,
     unrouted_warned: Mutex<Option<Instant>>,
     stall_logged: Mutex<Option<Instant>>,
+    rate_limit_warned: Mutex<Option<Instant>>,
 }
 
 /// Gauges whose owners know them best, read when scraped: nothing on the message path updates them.
@@ -227,6 +228,17 @@ impl Metrics {
 
     pub fn intake_resumed(&self, after: Duration) {
         self.intake_stalled_us.fetch_add(after.as_micros() as u64, Relaxed);
+    }
+
+    /// A QoS 0 record whose turn under its route's rate limit was too far away: dropped. Counted per
+    /// route; a WARN at most once a minute.
+    pub fn rate_limited(&self, route: &Route, topic: &str) {
+        let n = route.stats.rate_limited.fetch_add(1, Relaxed) + 1;
+        if once_a_minute(&self.rate_limit_warned) {
+            tracing::warn!(route = &*route.name, topic, dropped = n, "QoS 0 record dropped: over the route's rate limit for longer than rate_limit.qos0_max_delay_ms (warned at most once a minute)");
+        } else {
+            tracing::debug!(route = &*route.name, topic, "QoS 0 record dropped: over the route's rate limit");
+        }
     }
 
     pub fn dead_lettered(&self, route: &Route, kind: DeadLetterReason, topic: &str, device_id: &str, dead_letter_topic: &str, reason: &str) {

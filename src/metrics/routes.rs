@@ -59,6 +59,9 @@ pub struct RouteStats {
     /// Device ids taken, by [`DeviceIdSource`] (regex, fallback, default).
     pub device_id: [AtomicU64; 3],
     pub latency: Histogram,
+    /// Records held back by the route's rate limit, and QoS 0 records it dropped.
+    pub delayed: AtomicU64,
+    pub rate_limited: AtomicU64,
 }
 
 impl RouteStats {

@@ -3,7 +3,7 @@
 //! [`super::settle`].
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::settle::Retry;
+use super::throttled::{Admission, Held};
 use crate::share::Share;
 use crate::ack::{AckSequencer, AckToken};
 use crate::config::MqttSettings;
@@ -26,6 +27,7 @@ use crate::kafka::{self, GatewayProducer};
 use crate::metrics::Metrics;
 use crate::mqtt::Inbound;
 use crate::route::Route;
+use crate::throttle::Schedule;
 
 /// A message taken from MQTT and not settled yet.
 pub(super) struct InFlight {
@@ -63,6 +65,10 @@ pub(super) struct Engine {
     pub(super) fatal: CancellationToken,
     pub(super) retries: BinaryHeap<Reverse<Retry>>,
     pub(super) retry_seq: u64,
+    /// Records held back by their route's rate limit, and each limited route's schedule.
+    pub(super) held: BinaryHeap<Reverse<Held>>,
+    pub(super) held_seq: u64,
+    pub(super) schedules: HashMap<Arc<str>, Schedule>,
     /// Scratch buffers, kept to allocate nothing per message.
     pub(super) matched: Vec<u32>,
     pub(super) reports: Vec<reports::Report>,
@@ -97,6 +103,9 @@ impl Engine {
             fatal,
             retries: BinaryHeap::new(),
             retry_seq: 0,
+            held: BinaryHeap::new(),
+            held_seq: 0,
+            schedules: HashMap::new(),
             matched: Vec::new(),
             reports: Vec::new(),
         }
@@ -124,6 +133,7 @@ impl Engine {
             }
             let room = open && self.messages.len() < self.window;
             let next_retry = self.retries.peek().map(|r| r.0.due);
+            let next_held = self.next_held();
             tokio::select! {
                 biased;
                 _ = give_up.cancelled() => return,
@@ -134,6 +144,11 @@ impl Engine {
                 }
                 _ = tokio::time::sleep_until(next_retry.unwrap_or_else(tokio::time::Instant::now)), if next_retry.is_some() => {
                     if self.send_due_retries(give_up).await.is_err() {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep_until(next_held.unwrap_or_else(tokio::time::Instant::now)), if next_held.is_some() => {
+                    if self.release_due(give_up).await.is_err() {
                         return;
                     }
                 }
@@ -186,7 +201,7 @@ impl Engine {
         let payload = Payload::new(&inbound.payload);
         let mut result = Ok(());
         for &index in &matched {
-            match self.produce_route(slot, index, table.route(index), &msg, &payload, give_up).await {
+            match self.produce_route(slot, index, table.route(index), &msg, &payload, give_up, false).await {
                 Ok(true) => progress.add(),
                 Ok(false) => {}
                 Err(SendFailed::GaveUp) => {
@@ -207,7 +222,8 @@ impl Engine {
 
     /// Produces what `route` makes of the message: its record, or its dead letter. `Ok(false)` when
     /// nothing is left to wait for (Kafka refused even the dead letter: counted and logged).
-    async fn produce_route(
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn produce_route(
         &mut self,
         slot: u32,
         index: u32,
@@ -215,12 +231,21 @@ impl Engine {
         msg: &Message<'_>,
         payload: &Payload<'_>,
         give_up: &CancellationToken,
+        // Held by the rate limit and now due: its slot is reserved already.
+        released: bool,
     ) -> Result<bool, SendFailed> {
         // Another replica's device: that replica writes it (and dead-letters it, if it must).
         if let Some(share) = &self.share {
             if !share.owns(&route.device_id.extract(msg.topic).0) {
                 self.metrics.records_not_ours.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Ok(false);
+            }
+        }
+        if let (Some(limit), false) = (route.rate_limit, released) {
+            match self.admit(slot, index, route, limit, msg.qos, msg.topic) {
+                Admission::Now => {}
+                Admission::Held => return Ok(true),
+                Admission::Dropped => return Ok(false),
             }
         }
         let outcome = if msg.payload.len() > self.max_payload {

@@ -7,6 +7,10 @@
 //!     ──▶ AckSequencer ──AckToken (arrival order)──▶ mqtt::run ──▶ PUBACK / PUBREC
 //! ```
 //!
+//! - `engine.rs`: taking messages, building and producing their records;
+//! - `settle.rs`: delivery reports, retries, dead letters, acks in arrival order;
+//! - `throttled.rs`: records held back by their route's rate limit until their turn.
+//!
 //! One task, the [`Engine`], takes messages, produces their records and settles them as Kafka reports:
 //! no task, future or channel per record, and no lock but the one the reports arrive under.
 //!
@@ -17,6 +21,7 @@
 
 mod engine;
 mod settle;
+mod throttled;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;

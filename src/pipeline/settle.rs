@@ -210,7 +210,7 @@ impl Engine {
     /// Hands the acks now due to the MQTT side, in arrival order. After a fatal producer error nothing
     /// more is acknowledged: whatever is in Kafka or not, the broker delivers it again to the restarted
     /// gateway.
-    fn send_due_acks(&mut self) {
+    pub(super) fn send_due_acks(&mut self) {
         let due = self.sequencer.drain(self.connection.load(Relaxed));
         if self.fatal.is_cancelled() {
             return;
