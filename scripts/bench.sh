@@ -8,7 +8,8 @@
 #
 # Options: --qos 0|1, --rate N (messages/s; 0 = burst), --routes 1|1000, --messages N (burst size;
 # paced runs send 10 s worth unless --messages is given), --devices N (1000), --payload-bytes N (150),
-# --no-ceilings (gateway rows only). Every scenario prints one row per system; the summary at the end
+# --no-ceilings (gateway rows only), --schema (the measured route validates payloads against
+# examples/bench-schema.json), --rate-limit N (the measured route gets rate_limit N/s, burst N). Every scenario prints one row per system; the summary at the end
 # puts the gateway beside its ceilings as ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,7 @@ messages=""
 devices=1000
 payload=150
 ceilings=1
+route_extra=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) rate_list=(0 1000); routes_list=(1); messages=20000 ;;
@@ -32,6 +34,8 @@ while [ $# -gt 0 ]; do
     --devices) devices="$2"; shift ;;
     --payload-bytes) payload="$2"; shift ;;
     --no-ceilings) ceilings=0 ;;
+    --schema) route_extra="$route_extra, schema: '$PWD/examples/bench-schema.json'" ;;
+    --rate-limit) route_extra="$route_extra, rate_limit: { messages_per_sec: $2, burst: $2 }"; shift ;;
     *) echo "bench: unknown option $1 (see the top of $0)" >&2; exit 2 ;;
   esac
   shift
@@ -78,7 +82,7 @@ write_routes() { # qos routes topic
     for ((i = 1; i < routes; i++)); do
       printf "  - { name: other-%d, filter: 'other/%d/+/data', topic: other_%d }\n" "$i" "$i" "$i"
     done
-    printf "  - { name: bench, filter: 'bench/#', qos: %s, topic: %s }\n" "$qos" "$topic"
+    printf "  - { name: bench, filter: 'bench/#', qos: %s, topic: %s%s }\n" "$qos" "$topic" "$route_extra"
   } >"$work/routes.yaml"
 }
 
