@@ -68,7 +68,8 @@ impl RouteSchema {
         let base = std::fs::canonicalize(&file).unwrap_or_else(|_| file.clone());
         let validator = jsonschema::options()
             .should_validate_formats(true)
-            .with_base_uri(format!("file://{}", base.display()))
+            .with_base_uri(file_uri(&base))
+            .with_retriever(LocalFiles)
             .build(&value)
             .map_err(|e| {
                 let pointer = e.instance_path().as_str().to_string();
@@ -140,6 +141,55 @@ fn dotted(pointer: &str) -> String {
         }
     }
     out
+}
+
+/// Resolves `$ref`s to other schema files: local files only (never the network), JSON or YAML by
+/// extension, paths percent-decoded (a space in a directory name).
+struct LocalFiles;
+
+impl jsonschema::Retrieve for LocalFiles {
+    fn retrieve(&self, uri: &jsonschema::Uri<String>) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+        let Some(encoded) = uri.as_str().strip_prefix("file://") else {
+            return Err(format!("only local schema files are read, not {uri}").into());
+        };
+        let encoded = encoded.split(['#', '?']).next().unwrap_or_default();
+        let path = PathBuf::from(percent_decode(encoded));
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+        parse(&path, &text).map_err(|e| e.message.into())
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `file://` and the path, percent-encoded where a URI needs it (a space in a directory name).
+fn file_uri(path: &Path) -> String {
+    let mut uri = String::from("file://");
+    for b in path.to_string_lossy().bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            uri.push(b as char);
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri
 }
 
 fn cut(s: &str, max: usize) -> String {
@@ -228,6 +278,22 @@ mod tests {
         assert!(e.message.contains("wrong.json`:4") && e.message.contains("not a valid JSON Schema"), "{e:?}");
         let e = RouteSchema::load(dir.path(), "missing.json").unwrap_err();
         assert!(e.message.contains("cannot read") && e.hint.contains("relative"), "{e:?}");
+    }
+
+    #[test]
+    fn a_schema_in_a_directory_with_a_space_resolves_its_relative_refs() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("my schemas");
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(sub.join("common.json"), r#"{"$defs": {"id": {"type": "integer"}}}"#).unwrap();
+        let s = schema_in(&sub, "main.json", r#"{"properties": {"id": {"$ref": "common.json#/$defs/id"}}}"#).unwrap();
+        assert_eq!(s.violations(&json!({"id": 7})), None);
+        assert!(s.violations(&json!({"id": "seven"})).unwrap().contains("/id: "));
+        assert_eq!(file_uri(Path::new("/a b/ü.json")), "file:///a%20b/%C3%BC.json");
+        assert_eq!(percent_decode("/a%20b/%C3%BC.json"), "/a b/ü.json");
+        // Nothing from the network.
+        let e = schema_in(&sub, "remote.json", r#"{"$ref": "https://example.com/x.json"}"#).unwrap_err();
+        assert!(e.message.contains("only local schema files"), "{e:?}");
     }
 
     #[test]
