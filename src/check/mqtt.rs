@@ -1,15 +1,18 @@
 //! The MQTT side of `check`: is the broker reachable (TCP, then TLS and CONNACK), does it accept the
 //! credentials (the CONNACK return code), and does it grant each route's filter (the SUBACK code per
-//! filter). It connects with the gateway's own options (`crate::mqtt::options`) under a client id of its
-//! own and a clean session, so a running gateway's session is never taken over, and disconnects cleanly.
+//! filter). It connects as the gateway does (`crate::mqtt::client`, MQTT 3.1.1 or 5 as `mqtt.protocol`
+//! says, the same TLS) under a client id of its own and a clean session, so a running gateway's session
+//! is never taken over, and disconnects cleanly.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Outgoing, Packet, QoS, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as Code5;
+use rumqttc::ConnectReturnCode;
 
 use super::report::{Item, Side};
-use crate::config::{BrokerAddr, MqttSettings};
+use crate::config::{BrokerAddr, MqttSettings, Protocol};
+use crate::mqtt::client::{self, Client, ConnectionError, Event, EventLoop, Granted};
 use crate::route::RouteTable;
 
 const SIDE: Side = Side::Mqtt;
@@ -21,7 +24,8 @@ const MQTT_MAX_PACKET: usize = 268_435_455;
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Suback {
     Granted(u8),
-    Refused,
+    /// With the reason MQTT 5 gives ("failure" on 3.1.1).
+    Refused(&'static str),
 }
 
 /// A filter to check, and what to call it in the report.
@@ -49,19 +53,20 @@ pub(super) async fn check(settings: &MqttSettings, routes: &RouteTable, timeout:
     }
 
     let client_id = check_client_id(&settings.client_id);
-    let mut options = crate::mqtt::options(settings);
+    let mut own = settings.clone();
     // Never the gateway's own id or session: a check must not take over a running gateway's connection
     // or disturb its persistent session.
-    options.set_client_id(client_id.clone());
-    options.set_clean_session(true);
+    own.client_id = client_id.clone();
+    own.clean_session = true;
+    own.session_expiry = 0;
     // Retained messages arrive with each subscription; one larger than mqtt.max_packet_size_bytes would
     // close the connection before the SUBACKs are read. The gateway copes with those (it takes them in
     // on its next connection and dead-letters them), so here any size MQTT allows is read and dropped.
-    options.set_max_packet_size(MQTT_MAX_PACKET, settings.max_packet_size);
+    own.max_packet_size = MQTT_MAX_PACKET;
+    own.connect_timeout = timeout.max(Duration::from_secs(1));
+    let (client, mut eventloop) = client::new(&own, 16);
     match crate::mqtt::tls::transport(settings) {
-        Ok(t) => {
-            options.set_transport(t);
-        }
+        Ok(t) => eventloop.set_transport(t),
         Err(e) => {
             items.push(Item::fail(SIDE, "reachable", format!("{addr}: the TLS files cannot be used: {e}"), "fix mqtt.tls (the files it names must be readable PEM)"));
             items.push(Item::skip(SIDE, "authenticated", "not checked: no TLS configuration"));
@@ -69,10 +74,6 @@ pub(super) async fn check(settings: &MqttSettings, routes: &RouteTable, timeout:
             return items;
         }
     }
-    let (client, mut eventloop) = AsyncClient::new(options, 16);
-    let mut net = eventloop.network_options();
-    net.set_connection_timeout(timeout.as_secs().max(1));
-    eventloop.set_network_options(net);
 
     let transport = match settings.broker.transport {
         crate::config::Transport::Tcp => "",
@@ -87,11 +88,11 @@ pub(super) async fn check(settings: &MqttSettings, routes: &RouteTable, timeout:
                 Some((user, _)) => format!("as user \"{user}\""),
                 None => "anonymously (no mqtt.username set)".to_string(),
             };
-            items.push(Item::ok(SIDE, "authenticated", format!("{who}, client id \"{client_id}\", clean session")));
+            let protocol = settings.protocol.as_str();
+            items.push(Item::ok(SIDE, "authenticated", format!("{who}, client id \"{client_id}\", clean session, MQTT {protocol}")));
         }
-        Err(Connect::Refused(code)) => {
+        Err(Connect::Refused(detail, hint)) => {
             items.push(Item::ok(SIDE, "reachable", format!("{addr}{transport}")));
-            let (detail, hint) = refused(code, settings, &client_id);
             items.push(Item::fail(SIDE, "authenticated", detail, hint));
             items.extend(targets.iter().map(|t| Item::skip(SIDE, &t.label, "not checked: the broker refused the connection")));
             return items;
@@ -128,13 +129,13 @@ pub(super) async fn check(settings: &MqttSettings, routes: &RouteTable, timeout:
                 items.push(Item::ok(SIDE, &t.label, format!("granted QoS {q} (QoS {} requested: the broker lowers it)", t.qos)))
             }
             Suback::Granted(q) => items.push(Item::ok(SIDE, &t.label, format!("granted QoS {q}"))),
-            Suback::Refused => {
+            Suback::Refused(reason) => {
                 let mut hint = format!("the broker's ACL must let {who} subscribe to \"{}\"", t.filter);
                 let mut fallbacks = Vec::new();
                 for (f, q) in &t.fallbacks {
                     match subscribe(&client, &mut eventloop, &mut answers, f, *q, timeout).await {
                         Ok(Suback::Granted(g)) => fallbacks.push(format!("\"{f}\" granted QoS {g}")),
-                        Ok(Suback::Refused) => fallbacks.push(format!("\"{f}\" refused too")),
+                        Ok(Suback::Refused(_)) => fallbacks.push(format!("\"{f}\" refused too")),
                         Err((detail, _, why)) => {
                             fallbacks.push(format!("\"{f}\" not known: {detail}"));
                             lost = Some(why);
@@ -145,7 +146,11 @@ pub(super) async fn check(settings: &MqttSettings, routes: &RouteTable, timeout:
                 if !fallbacks.is_empty() {
                     hint.push_str(&format!("; the gateway would subscribe the fallback filters instead: {}", fallbacks.join(", ")));
                 }
-                items.push(Item::fail(SIDE, &t.label, "refused by the broker (SUBACK 0x80)", hint));
+                let detail = match settings.protocol {
+                    Protocol::V311 => "refused by the broker (SUBACK 0x80)".to_string(),
+                    Protocol::V5 => format!("refused by the broker (SUBACK: {reason})"),
+                };
+                items.push(Item::fail(SIDE, &t.label, detail, hint));
             }
         }
     }
@@ -190,8 +195,8 @@ async fn tcp_probe(broker: &BrokerAddr, timeout: Duration) -> Result<(), (String
 }
 
 enum Connect {
-    /// The broker answered CONNECT with a refusal.
-    Refused(ConnectReturnCode),
+    /// The broker answered CONNECT with a refusal: what it means, and a hint.
+    Refused(String, String),
     /// No CONNACK: what happened, and a hint.
     Failed(String, String),
 }
@@ -201,15 +206,23 @@ async fn connect(eventloop: &mut EventLoop, timeout: Duration, settings: &MqttSe
     let secs = timeout.as_secs_f64();
     let no_connack_hint = "is this an MQTT listener? A TLS listener needs mqtts://host:port in mqtt.broker (env MQTT_BROKER), a plain one mqtt://; the broker's log says why it closed the connection";
     // rumqttc's own connection timeout is whole seconds: one more second of slack before ours.
+    let client_id = check_client_id(&settings.client_id);
     match tokio::time::timeout(timeout + Duration::from_secs(1), eventloop.poll()).await {
-        Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => Ok(()),
-        Ok(Ok(other)) => Err(Connect::Failed(format!("expected a CONNACK, got {other:?}"), no_connack_hint.into())),
-        Ok(Err(ConnectionError::ConnectionRefused(code))) => Err(Connect::Refused(code)),
-        Ok(Err(ConnectionError::NetworkTimeout)) | Err(_) => {
+        Ok(Ok(Event::ConnAck { .. })) => Ok(()),
+        Ok(Ok(_)) => Err(Connect::Failed("expected a CONNACK, got another packet".into(), no_connack_hint.into())),
+        Ok(Err(ConnectionError::V4(rumqttc::ConnectionError::ConnectionRefused(code)))) => {
+            let (detail, hint) = refused(code, settings, &client_id);
+            Err(Connect::Refused(detail, hint))
+        }
+        Ok(Err(ConnectionError::V5(rumqttc::v5::ConnectionError::ConnectionRefused(code)))) => {
+            let (detail, hint) = refused5(code, settings, &client_id);
+            Err(Connect::Refused(detail, hint))
+        }
+        Ok(Err(ConnectionError::V4(rumqttc::ConnectionError::NetworkTimeout) | ConnectionError::V5(rumqttc::v5::ConnectionError::Timeout(_)))) | Err(_) => {
             Err(Connect::Failed(format!("TCP connected, but no CONNACK within {secs}s"), no_connack_hint.into()))
         }
         Ok(Err(e)) => {
-            let d = crate::mqtt::diagnose::diagnose_v4(&e, settings);
+            let d = crate::mqtt::diagnose::diagnose(&e, settings);
             Err(Connect::Failed(format!("TCP connected, but then {} ({e})", d.what), d.hint.into()))
         }
     }
@@ -249,6 +262,22 @@ fn refused(code: ConnectReturnCode, settings: &MqttSettings, client_id: &str) ->
     }
 }
 
+/// An MQTT 5 CONNACK refusal: the codes 3.1.1 also has are told as there, the others by their name.
+fn refused5(code: Code5, settings: &MqttSettings, client_id: &str) -> (String, String) {
+    let as_v4 = match code {
+        Code5::BadUserNamePassword => Some(ConnectReturnCode::BadUserNamePassword),
+        Code5::NotAuthorized => Some(ConnectReturnCode::NotAuthorized),
+        Code5::ClientIdentifierNotValid | Code5::BadClientId => Some(ConnectReturnCode::BadClientId),
+        Code5::ServerUnavailable | Code5::ServiceUnavailable => Some(ConnectReturnCode::ServiceUnavailable),
+        _ => None,
+    };
+    if let Some(c) = as_v4 {
+        return refused(c, settings, client_id);
+    }
+    let (what, hint) = crate::mqtt::v5::refused(&code);
+    (format!("{what} (CONNACK {code:?})"), hint.into())
+}
+
 /// The filters to check: exactly those the gateway subscribes (`filter::plan`: a route filter covered
 /// by another's is not subscribed; partly overlapping ones are merged), each named by the routes it
 /// serves, with the fallback filters the gateway would subscribe if the broker refused it.
@@ -274,18 +303,10 @@ fn targets(settings: &MqttSettings, routes: &RouteTable) -> Vec<Target> {
         .collect()
 }
 
-fn qos(n: u8) -> QoS {
-    match n {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    }
-}
-
 /// SUBSCRIBEs `filter` alone and waits for its SUBACK (answers are remembered per filter). On failure:
 /// what happened, a hint, and why the filters after it cannot be checked on this connection.
 async fn subscribe(
-    client: &AsyncClient,
+    client: &Client,
     eventloop: &mut EventLoop,
     answers: &mut HashMap<String, Suback>,
     filter: &str,
@@ -297,24 +318,26 @@ async fn subscribe(
     }
     let secs = timeout.as_secs_f64();
     // The request channel has room: this does not wait for the event loop.
-    if let Err(e) = client.try_subscribe(filter, qos(wanted)) {
+    if let Err(e) = client.try_subscribe(&[(filter.to_string(), wanted)]) {
         return Err((format!("could not send the SUBSCRIBE: {e}"), "a filter the client library refuses; `validate` checks filters".into(), "the SUBSCRIBE could not be sent".into()));
     }
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         match tokio::time::timeout_at(deadline, eventloop.poll()).await {
             // One SUBSCRIBE at a time: the next SUBACK answers it.
-            Ok(Ok(Event::Incoming(Packet::SubAck(ack)))) => {
-                let answer = match ack.return_codes.first() {
-                    Some(SubscribeReasonCode::Success(q)) => Suback::Granted(*q as u8),
-                    Some(SubscribeReasonCode::Failure) | None => Suback::Refused,
+            Ok(Ok(Event::SubAck { granted, .. })) => {
+                let answer = match granted.first() {
+                    Some(Granted::Qos(q)) => Suback::Granted(*q),
+                    Some(Granted::Refused(reason)) => Suback::Refused(reason),
+                    None => Suback::Refused("no reason code"),
                 };
                 answers.insert(filter.to_string(), answer.clone());
                 return Ok(answer);
             }
             // Retained messages and the like, which the subscription brings: not what is checked.
             Ok(Ok(_)) => {}
-            Ok(Err(ConnectionError::MqttState(rumqttc::StateError::Deserialization(rumqttc::Error::PayloadSizeLimitExceeded(size))))) => {
+            Ok(Err(e)) if e.oversize().is_some() => {
+                let size = e.oversize().unwrap_or_default();
                 return Err((
                     format!("a message of {size} bytes, over mqtt.max_packet_size_bytes, arrived (a retained one?) and closed the connection"),
                     "raise mqtt.max_packet_size_bytes (env GATEWAY_MQTT__MAX_PACKET_SIZE_BYTES) to at least the broker's max_packet_size; the gateway would take it in on its next connection and dead-letter it".into(),
@@ -340,13 +363,13 @@ async fn subscribe(
 }
 
 /// DISCONNECT, so the broker closes the session at once (it is a clean one: nothing stays behind).
-async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop, timeout: Duration) {
-    if client.try_disconnect().is_err() {
+async fn disconnect(client: &Client, eventloop: &mut EventLoop, timeout: Duration) {
+    if !client.try_disconnect() {
         return;
     }
     let deadline = tokio::time::Instant::now() + timeout;
     while let Ok(Ok(event)) = tokio::time::timeout_at(deadline, eventloop.poll()).await {
-        if matches!(event, Event::Outgoing(Outgoing::Disconnect)) {
+        if matches!(event, Event::DisconnectSent) {
             break;
         }
     }

@@ -23,13 +23,13 @@ use super::Properties;
 use crate::config::{MqttSettings, Protocol};
 
 /// Makes requests of the event loop: acks, subscriptions, the goodbye.
-pub(super) enum Client {
+pub(crate) enum Client {
     V4(rumqttc::AsyncClient),
     V5(r5::AsyncClient),
 }
 
 /// The connection, polled for [`Event`]s; it reconnects on the poll after an error.
-pub(super) enum EventLoop {
+pub(crate) enum EventLoop {
     V4(Box<rumqttc::EventLoop>),
     V5 {
         inner: Box<r5::EventLoop>,
@@ -39,7 +39,7 @@ pub(super) enum EventLoop {
 }
 
 /// A message as the broker sent it.
-pub(super) struct Received {
+pub(crate) struct Received {
     pub topic: String,
     pub payload: Bytes,
     pub qos: u8,
@@ -50,14 +50,14 @@ pub(super) struct Received {
 
 /// What the broker made of one filter of a SUBSCRIBE.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Granted {
+pub(crate) enum Granted {
     Qos(u8),
     /// Refused; the reason as MQTT 5 names it (3.1.1 has only "failure").
     Refused(&'static str),
 }
 
 /// What happened on the connection, in the terms the edge needs.
-pub(super) enum Event {
+pub(crate) enum Event {
     Publish(Received),
     ConnAck { session_present: bool, notes: Vec<String> },
     SubAck { pkid: u16, granted: Vec<Granted> },
@@ -83,7 +83,7 @@ pub enum ConnectionError {
 
 impl ConnectionError {
     /// An error of the connection attempt made before rumqttc is asked to connect (the TLS files).
-    pub(super) fn io(protocol: Protocol, e: std::io::Error) -> Self {
+    pub(crate) fn io(protocol: Protocol, e: std::io::Error) -> Self {
         match protocol {
             Protocol::V311 => ConnectionError::V4(rumqttc::ConnectionError::Io(e)),
             Protocol::V5 => ConnectionError::V5(r5::ConnectionError::Io(e)),
@@ -91,7 +91,7 @@ impl ConnectionError {
     }
 
     /// The size of an incoming message over the limit, when that closed the connection.
-    pub(super) fn oversize(&self) -> Option<usize> {
+    pub(crate) fn oversize(&self) -> Option<usize> {
         match self {
             ConnectionError::V4(rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(rumqttc::Error::PayloadSizeLimitExceeded(size)))) => {
                 Some(*size)
@@ -105,7 +105,7 @@ impl ConnectionError {
     }
 }
 
-pub(super) fn qos(n: u8) -> QoS {
+pub(crate) fn qos(n: u8) -> QoS {
     match n {
         0 => QoS::AtMostOnce,
         1 => QoS::AtLeastOnce,
@@ -123,7 +123,7 @@ fn qos5(n: u8) -> rumqttc::v5::mqttbytes::QoS {
 
 /// The client and event loop for `s`, with manual acks and a request channel of `capacity`. The
 /// transport is set before each connection attempt ([`EventLoop::set_transport`]).
-pub(super) fn new(s: &MqttSettings, capacity: usize) -> (Client, EventLoop) {
+pub(crate) fn new(s: &MqttSettings, capacity: usize) -> (Client, EventLoop) {
     match s.protocol {
         Protocol::V311 => {
             let mut o = super::options(s);
@@ -147,7 +147,7 @@ pub(super) fn new(s: &MqttSettings, capacity: usize) -> (Client, EventLoop) {
 
 impl Client {
     /// Queues a PUBACK (QoS 1) or PUBREC (QoS 2) without waiting. False if the channel is full.
-    pub(super) fn try_ack(&self, pkid: u16, qos_level: u8) -> bool {
+    pub(crate) fn try_ack(&self, pkid: u16, qos_level: u8) -> bool {
         match self {
             Client::V4(c) => {
                 let mut p = rumqttc::Publish::new("", qos(qos_level), Vec::<u8>::new());
@@ -163,21 +163,21 @@ impl Client {
     }
 
     /// Queues one SUBSCRIBE for `filters` (as they go on the wire).
-    pub(super) fn try_subscribe(&self, filters: &[(String, u8)]) -> Result<(), String> {
+    pub(crate) fn try_subscribe(&self, filters: &[(String, u8)]) -> Result<(), String> {
         match self {
             Client::V4(c) => c.try_subscribe_many(filters.iter().map(|(f, q)| rumqttc::SubscribeFilter::new(f.clone(), qos(*q)))).map_err(|e| e.to_string()),
             Client::V5(c) => c.try_subscribe_many(filters.iter().map(|(f, q)| p5::Filter::new(f.clone(), qos5(*q)))).map_err(|e| e.to_string()),
         }
     }
 
-    pub(super) fn try_unsubscribe(&self, filter: String) -> Result<(), String> {
+    pub(crate) fn try_unsubscribe(&self, filter: String) -> Result<(), String> {
         match self {
             Client::V4(c) => c.try_unsubscribe(filter).map_err(|e| e.to_string()),
             Client::V5(c) => c.try_unsubscribe(filter).map_err(|e| e.to_string()),
         }
     }
 
-    pub(super) fn try_disconnect(&self) -> bool {
+    pub(crate) fn try_disconnect(&self) -> bool {
         match self {
             Client::V4(c) => c.try_disconnect().is_ok(),
             Client::V5(c) => c.try_disconnect().is_ok(),
@@ -187,7 +187,7 @@ impl Client {
 
 impl EventLoop {
     /// The next event. Cancel-safe as rumqttc's `poll` is: keep the future alive (rumqtt#930).
-    pub(super) async fn poll(&mut self) -> Result<Event, ConnectionError> {
+    pub(crate) async fn poll(&mut self) -> Result<Event, ConnectionError> {
         match self {
             EventLoop::V4(e) => match e.poll().await {
                 Ok(event) => Ok(event4(event)),
@@ -210,14 +210,14 @@ impl EventLoop {
     }
 
     /// No connection: the next poll makes one.
-    pub(super) fn needs_connect(&self) -> bool {
+    pub(crate) fn needs_connect(&self) -> bool {
         match self {
             EventLoop::V4(e) => e.network.is_none(),
             EventLoop::V5 { connected, .. } => !*connected,
         }
     }
 
-    pub(super) fn set_transport(&mut self, t: Transport) {
+    pub(crate) fn set_transport(&mut self, t: Transport) {
         match self {
             EventLoop::V4(e) => {
                 e.mqtt_options.set_transport(t);
@@ -231,7 +231,7 @@ impl EventLoop {
     /// Data arrived, which proves the connection alive. rumqttc counts only a PINGRESP as proof, and a
     /// PINGRESP queued behind a backlog the broker held for us (after a pause, in a burst) can take
     /// longer than the keep-alive to read: rumqttc would drop a healthy connection.
-    pub(super) fn alive(&mut self) {
+    pub(crate) fn alive(&mut self) {
         match self {
             EventLoop::V4(e) => e.state.await_pingresp = false,
             EventLoop::V5 { inner, .. } => inner.state.await_pingresp = false,
@@ -243,7 +243,7 @@ impl EventLoop {
     /// dropped (never acknowledged, they come again with a persistent session). QoS 0 ones have no
     /// packet id to go stale: they are returned, to be taken. Requests to (un)subscribe still pending
     /// are dropped too: CONNACK applies the subscription plan again.
-    pub(super) fn after_failure(&mut self) -> Vec<Received> {
+    pub(crate) fn after_failure(&mut self) -> Vec<Received> {
         match self {
             EventLoop::V4(e) => {
                 let held: Vec<rumqttc::Event> = e.state.events.drain(..).collect();
@@ -269,7 +269,7 @@ impl EventLoop {
     }
 
     /// The largest incoming packet the next connection accepts.
-    pub(super) fn max_incoming(&self) -> usize {
+    pub(crate) fn max_incoming(&self) -> usize {
         match self {
             EventLoop::V4(e) => e.mqtt_options.max_packet_size(),
             EventLoop::V5 { inner, .. } => inner.options.max_packet_size().map_or(usize::MAX, |m| m as usize),
@@ -277,7 +277,7 @@ impl EventLoop {
     }
 
     /// Raises the incoming limit of the next connection (to take an over-size message in).
-    pub(super) fn set_max_incoming(&mut self, incoming: usize, outgoing: usize) {
+    pub(crate) fn set_max_incoming(&mut self, incoming: usize, outgoing: usize) {
         match self {
             EventLoop::V4(e) => {
                 e.mqtt_options.set_max_packet_size(incoming, outgoing);
@@ -289,7 +289,7 @@ impl EventLoop {
     }
 
     /// Whether acks and pings can be written straight to the connection (3.1.1, connected).
-    pub(super) fn writes_directly(&self) -> bool {
+    pub(crate) fn writes_directly(&self) -> bool {
         matches!(self, EventLoop::V4(e) if e.network.is_some())
     }
 

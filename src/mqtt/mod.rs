@@ -14,7 +14,7 @@
 //! - `diagnose.rs`: a failed connection attempt in an operator's words, with a hint.
 
 mod acks;
-mod client;
+pub(crate) mod client;
 pub mod diagnose;
 mod edge;
 mod pause;

@@ -102,7 +102,7 @@ pub(super) fn granted(code: &p5::SubscribeReasonCode) -> Granted {
 }
 
 /// A CONNACK's refusal in words, with what to check.
-pub(super) fn refused(code: &p5::ConnectReturnCode) -> (&'static str, &'static str) {
+pub(crate) fn refused(code: &p5::ConnectReturnCode) -> (&'static str, &'static str) {
     use p5::ConnectReturnCode as C;
     match code {
         C::BadUserNamePassword => (
