@@ -59,7 +59,8 @@ pub(crate) enum Granted {
 /// What happened on the connection, in the terms the edge needs.
 pub(crate) enum Event {
     Publish(Received),
-    ConnAck { session_present: bool, notes: Vec<String> },
+    /// `keep_alive`: the broker's Server Keep Alive (MQTT 5), which replaces ours.
+    ConnAck { session_present: bool, notes: Vec<String>, keep_alive: Option<Duration> },
     SubAck { pkid: u16, granted: Vec<Granted> },
     /// A SUBSCRIBE went out with this packet id.
     SubscribeSent(u16),
@@ -327,7 +328,7 @@ fn event4(event: rumqttc::Event) -> Event {
         E::Incoming(Packet::Publish(p)) => {
             Event::Publish(Received { topic: p.topic, payload: p.payload, qos: p.qos as u8, retain: p.retain, pkid: p.pkid, properties: None })
         }
-        E::Incoming(Packet::ConnAck(ack)) => Event::ConnAck { session_present: ack.session_present, notes: Vec::new() },
+        E::Incoming(Packet::ConnAck(ack)) => Event::ConnAck { session_present: ack.session_present, notes: Vec::new(), keep_alive: None },
         E::Incoming(Packet::SubAck(ack)) => Event::SubAck {
             pkid: ack.pkid,
             granted: ack
@@ -362,7 +363,12 @@ fn event5(event: r5::Event) -> Event {
                 payload: p.payload,
             })
         }
-        r5::Event::Incoming(Packet::ConnAck(ack)) => Event::ConnAck { session_present: ack.session_present, notes: props5::connack_notes(ack.properties.as_ref()) },
+        r5::Event::Incoming(Packet::ConnAck(ack)) => Event::ConnAck {
+            session_present: ack.session_present,
+            notes: props5::connack_notes(ack.properties.as_ref()),
+            // 0 turns keep-alives off; then ours stays, which costs a ping now and then.
+            keep_alive: ack.properties.as_ref().and_then(|p| p.server_keep_alive).filter(|&k| k > 0).map(|k| Duration::from_secs(k.into())),
+        },
         r5::Event::Incoming(Packet::SubAck(ack)) => Event::SubAck { pkid: ack.pkid, granted: ack.return_codes.iter().map(props5::granted).collect() },
         r5::Event::Outgoing(o) => outgoing(o),
         _ => Event::Other,

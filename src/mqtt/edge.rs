@@ -44,6 +44,8 @@ pub(super) struct Edge {
     pub(super) stop: Stop,
     /// Beats for `/healthz` while the loop waits (see [`crate::health`]).
     pub(super) heartbeat: tokio::time::Interval,
+    /// The keep-alive in effect: ours, or the broker's Server Keep Alive (MQTT 5).
+    pub(super) keep_alive: Duration,
     /// When rumqttc last wrote a PINGREQ (a paused MQTT 5 edge lets it ping; see `super::pause`).
     pub(super) last_ping: tokio::time::Instant,
 }
@@ -60,6 +62,7 @@ impl Edge {
     pub(super) fn new(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTable>>, links: Links, metrics: Arc<Metrics>, stop: Stop) -> Self {
         let Links { out, acks, connection: shared_connection } = links;
         let broker = settings.broker.to_string();
+        let keep_alive = settings.keep_alive;
         // Room for a burst of acks in rumqttc's request channel; an ack that does not fit waits in line.
         let (client, eventloop) = client::new(&settings, 4096);
         let table = routes.borrow_and_update().clone();
@@ -91,6 +94,7 @@ impl Edge {
             stop,
             heartbeat: heartbeat(),
             last_ping: tokio::time::Instant::now(),
+            keep_alive,
         }
     }
 
@@ -165,7 +169,10 @@ impl Edge {
     pub(super) async fn handle(&mut self, event: Result<Event, ConnectionError>) -> ControlFlow<()> {
         match event {
             Ok(Event::Publish(p)) => self.on_publish(p),
-            Ok(Event::ConnAck { session_present, notes }) => self.on_connack(session_present, &notes),
+            Ok(Event::ConnAck { session_present, notes, keep_alive }) => {
+                self.keep_alive = keep_alive.unwrap_or(self.settings.keep_alive);
+                self.on_connack(session_present, &notes);
+            }
             Ok(Event::SubAck { pkid, granted }) => {
                 self.subs.on_suback(&self.client, &self.table, pkid, &granted, &self.metrics);
                 self.subs.publish(&self.metrics.health);

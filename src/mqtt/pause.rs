@@ -27,7 +27,7 @@ impl Edge {
         let started = tokio::time::Instant::now();
         self.metrics.intake_stalled(out.used_bytes());
         let direct = self.eventloop.writes_directly();
-        let every = (self.settings.keep_alive / if direct { 2 } else { 4 }).max(Duration::from_millis(500));
+        let every = (self.keep_alive / if direct { 2 } else { 4 }).max(Duration::from_millis(500));
         let mut ping = tokio::time::interval_at(started + every, every);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (flow, keep) = loop {
@@ -46,7 +46,7 @@ impl Edge {
                     Some(true) => tracing::debug!("PINGREQ sent while reading is paused"),
                     // Let rumqttc's poll find the broken connection and reconnect.
                     Some(false) => break (ControlFlow::Continue(()), true),
-                    None if self.last_ping.elapsed() >= self.settings.keep_alive => {
+                    None if self.last_ping.elapsed() >= self.keep_alive => {
                         self.out = Some(out.clone());
                         let flow = self.let_rumqttc_ping().await;
                         let pipeline_gone = self.out.take().is_none();
@@ -75,7 +75,7 @@ impl Edge {
         // Our earlier PINGREQs' answers wait behind the backlog: without this rumqttc would take the
         // missing PINGRESP for a dead connection instead of pinging.
         self.eventloop.alive();
-        let deadline = tokio::time::Instant::now() + self.settings.keep_alive;
+        let deadline = tokio::time::Instant::now() + self.keep_alive;
         for _ in 0..EVENTS_AT_MOST {
             let Ok(event) = tokio::time::timeout_at(deadline, self.eventloop.poll()).await else { break };
             let pinged = matches!(event, Ok(Event::PingSent));
