@@ -95,7 +95,9 @@ fn validate(path: PathBuf) -> ExitCode {
             let routes = c.routes.routes();
             println!("{}: OK, {} route{}", path.display(), routes.len(), if routes.len() == 1 { "" } else { "s" });
             for r in routes {
-                println!("  {}: {} -> {} (QoS {}, key {})", r.name, r.filter, r.topic, r.qos, r.key);
+                let schema = r.schema.as_ref().map(|s| format!(", schema {}", s.configured)).unwrap_or_default();
+                let limit = r.rate_limit.map(|l| format!(", at most {:.3} records/s", 1.0 / l.interval.as_secs_f64())).unwrap_or_default();
+                println!("  {}: {} -> {} (QoS {}, key {}{schema}{limit})", r.name, r.filter, r.topic, r.qos, r.key);
             }
             ExitCode::SUCCESS
         }
