@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{http, kafka, mosquitto_pub, new_topic, prom, publish_all, wait_until, write_config, Gateway, Mosquitto, WAIT};
+use common::{kafka, mosquitto_pub, new_topic, prom, publish_all, wait_until, write_config, Gateway, Mosquitto, WAIT};
 
 /// Nested objects, arrays, a format and an enum.
 const SCHEMA_V1: &str = r#"{
@@ -34,13 +34,7 @@ const SCHEMA_V1: &str = r#"{
 }"#;
 
 fn start(config: &Path) -> Gateway {
-    let gw = Gateway::start(config, &[]);
-    assert!(gw.wait_for_log("subscribed", WAIT), "the gateway never subscribed:\n{}", gw.logs());
-    gw
-}
-
-fn scrape(gw: &Gateway) -> Vec<prom::Sample> {
-    prom::parse(&http::get(&gw.http_addr(), "/metrics").expect("/metrics").body)
+    common::start_gateway(config, &[])
 }
 
 /// A config with one route on `telemetry/#` to `topic`, its schema at `schemas/telemetry.json`.
@@ -58,6 +52,18 @@ fn schema_setup(dir: &Path, mosquitto: &Mosquitto, topic: &str) -> PathBuf {
     )
 }
 
+/// A broker, a route topic and its dead-letter topic, and a gateway on [`schema_setup`]'s config.
+fn schema_gateway(prefix: &str) -> (Mosquitto, String, String, tempfile::TempDir, Gateway) {
+    let mosquitto = Mosquitto::start();
+    let topic = new_topic(prefix, 1);
+    let dlq = format!("{topic}.dlq");
+    kafka().create_topic(&dlq, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = schema_setup(dir.path(), &mosquitto, &topic);
+    let gw = start(&cfg);
+    (mosquitto, topic, dlq, dir, gw)
+}
+
 fn replace(path: &Path, body: &str) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, body).unwrap();
@@ -66,13 +72,7 @@ fn replace(path: &Path, body: &str) {
 
 #[test]
 fn a_schema_passes_what_conforms_and_dead_letters_each_violation_by_pointer_and_keyword() {
-    let mosquitto = Mosquitto::start();
-    let topic = new_topic("contract", 1);
-    let dlq = format!("{topic}.dlq");
-    kafka().create_topic(&dlq, 1);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = schema_setup(dir.path(), &mosquitto, &topic);
-    let gw = start(&cfg);
+    let (mosquitto, topic, dlq, _dir, gw) = schema_gateway("contract");
 
     let good = r#"{"temp": 21.5, "mode": "auto", "at": "2026-12-01T10:00:00Z", "location": {"lat": 52.1, "lon": 4.3}, "sensors": [{"id": 1}, {"id": 2}]}"#;
     let bad = r#"{"temp": 300, "mode": "turbo", "at": "yesterday", "location": {"lat": "north"}, "sensors": [{"id": 1}, {"name": "x"}]}"#;
@@ -100,20 +100,14 @@ fn a_schema_passes_what_conforms_and_dead_letters_each_violation_by_pointer_and_
     ] {
         assert!(reason.contains(needle), "{needle:?} in the reason: {reason}");
     }
-    let samples = scrape(&gw);
+    let samples = gw.metrics();
     assert_eq!(prom::value(&samples, "mqtt_kafka_gateway_dead_letters_total", &[("route", "telemetry"), ("reason", "schema_invalid")]), 1.0);
     assert!(kafka().consume_for(&topic, Duration::from_secs(1)).len() == 1, "nothing else in the route's topic");
 }
 
 #[test]
 fn a_schema_edit_applies_live_and_a_broken_one_is_refused_while_the_old_stays() {
-    let mosquitto = Mosquitto::start();
-    let topic = new_topic("contract_live", 1);
-    let dlq = format!("{topic}.dlq");
-    kafka().create_topic(&dlq, 1);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = schema_setup(dir.path(), &mosquitto, &topic);
-    let gw = start(&cfg);
+    let (mosquitto, topic, dlq, dir, gw) = schema_gateway("contract_live");
     assert!(gw.logs().contains("schemas"), "the schema directory is watched:\n{}", gw.logs());
     let schema = dir.path().join("schemas/telemetry.json");
     let eco = r#"{"temp": 20, "mode": "eco", "at": "2026-12-01T10:00:00Z"}"#;
@@ -212,7 +206,7 @@ fn a_rate_limited_qos1_route_delivers_everything_at_its_rate_without_slowing_ano
     // The other route is not held behind the limited one's queue.
     let unlimited = kafka().consume(&fast, 20, WAIT);
     assert_eq!(unlimited.len(), 20, "{}", gw.logs());
-    let limited_then = prom::value(&scrape(&gw), "mqtt_kafka_gateway_records_delivered_total", &[("route", "limited")]);
+    let limited_then = prom::value(&gw.metrics(), "mqtt_kafka_gateway_records_delivered_total", &[("route", "limited")]);
     assert!(limited_then < 20.0, "the unlimited route finished first (limited had {limited_then} of 20)");
 
     let limited = kafka().consume(&slow, 20, WAIT);
@@ -228,7 +222,7 @@ fn a_rate_limited_qos1_route_delivers_everything_at_its_rate_without_slowing_ano
             .collect();
         assert!(seq.windows(2).all(|w| w[0] < w[1]), "{device} in order: {seq:?}");
     }
-    let samples = scrape(&gw);
+    let samples = gw.metrics();
     assert_eq!(prom::value(&samples, "mqtt_kafka_gateway_records_delayed_total", &[("route", "limited")]), 19.0);
     assert_eq!(prom::value(&samples, "mqtt_kafka_gateway_records_delayed_total", &[("route", "unlimited")]), 0.0);
     assert_eq!(prom::value(&samples, "mqtt_kafka_gateway_records_dropped_total", &[("route", "limited")]), 0.0, "QoS 1: nothing dropped");
@@ -248,7 +242,7 @@ fn a_rate_limited_qos0_route_counts_what_it_drops() {
     let messages: Vec<(String, Vec<u8>)> = (0..60).map(|i| ("flood/dev-9/x".to_string(), format!(r#"{{"n":{i}}}"#).into_bytes())).collect();
     publish_all(mosquitto.port(), messages);
     let counted = |gw: &Gateway| {
-        let s = scrape(gw);
+        let s = gw.metrics();
         let delivered = prom::value(&s, "mqtt_kafka_gateway_records_delivered_total", &[("route", "flood")]);
         let dropped = prom::value(&s, "mqtt_kafka_gateway_records_dropped_total", &[("route", "flood"), ("reason", "rate_limited")]);
         (delivered, dropped)

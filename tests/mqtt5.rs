@@ -9,19 +9,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{http, kafka, mosquitto_pub_with, new_topic, prom, wait_until, write_config, Gateway, Mosquitto, WAIT};
+use common::{kafka, mosquitto_pub_with, new_topic, prom, start_gateway as start, wait_until, write_config, Gateway, Mosquitto, WAIT};
 
 const SPEC_TOPIC: &str = "cmnd/f2-e4fd45f654be/access-control-mode/J1/door-sensors";
 
 fn v5() -> Vec<(&'static str, String)> {
     vec![("GATEWAY_MQTT__PROTOCOL", "5".to_string())]
-}
-
-fn start(config: &Path, env: &[(&'static str, String)]) -> Gateway {
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let gw = Gateway::start(config, &env);
-    assert!(gw.wait_for_log("subscribed", WAIT), "the gateway never subscribed:\n{}", gw.logs());
-    gw
 }
 
 /// One QoS `qos` route on `cmnd/#` to `topic`, dead letters to `dlq`.
@@ -37,8 +30,7 @@ fn config(dir: &Path, broker: &str, bootstrap: &str, topic: &str, dlq: &str, qos
 }
 
 fn received(gw: &Gateway) -> f64 {
-    let body = http::get(&gw.http_addr(), "/metrics").expect("/metrics").body;
-    prom::value(&prom::parse(&body), "mqtt_kafka_gateway_messages_received_total", &[])
+    prom::value(&gw.metrics(), "mqtt_kafka_gateway_messages_received_total", &[])
 }
 
 #[test]
@@ -90,26 +82,28 @@ fn properties_arrive_as_headers_and_a_broken_utf8_promise_is_dead_lettered() {
 }
 
 /// Mosquitto's default `max_inflight_messages` (20) caps an MQTT 3.1.1 subscriber's unacknowledged QoS
-/// 1 messages; over MQTT 5 the gateway's Receive Maximum (`mqtt.max_unacked_messages`) sets the cap.
-/// Kafka is unreachable here, so nothing is acknowledged and the received count is the cap.
+/// 1 messages; over MQTT 5 the gateway's Receive Maximum (`mqtt.max_unacked_messages`, 50 here) sets
+/// the cap. Kafka is unreachable here, so nothing is acknowledged and the received count is the cap: 50
+/// of 200 proves the gateway sent it (without one, Mosquitto holds an MQTT 5 client to its 20 as well).
 #[test]
 fn receive_maximum_replaces_the_brokers_in_flight_limit() {
     let mosquitto = Mosquitto::start();
     let unreachable = format!("127.0.0.1:{}", common::free_port());
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), &mosquitto.addr(), &unreachable, "never", "never_dlq", 1, "  max_unacked_messages: 500\n");
+    let cfg = config(dir.path(), &mosquitto.addr(), &unreachable, "never", "never_dlq", 1, "  max_unacked_messages: 50\n");
     let v311 = start(&cfg, &[("GATEWAY_MQTT__PROTOCOL", "3.1.1".into()), ("GATEWAY_MQTT__CLIENT_ID", "rm-311".into())]);
     let v5 = start(&cfg, &[("GATEWAY_MQTT__PROTOCOL", "5".into()), ("GATEWAY_MQTT__CLIENT_ID", "rm-5".into())]);
     let messages: Vec<(String, Vec<u8>)> = (0..200).map(|i| (format!("cmnd/dev-{}/x", i % 10), format!(r#"{{"n":{i}}}"#).into_bytes())).collect();
     common::publish_all(mosquitto.port(), messages);
     assert!(
-        wait_until(WAIT, Duration::from_millis(200), || received(&v5) >= 200.0),
+        wait_until(WAIT, Duration::from_millis(200), || received(&v5) >= 50.0),
         "MQTT 5 received {} of 200 unacknowledged:\n{}",
         received(&v5),
         v5.logs()
     );
-    // The 3.1.1 gateway stays at the broker's cap however long it waits.
+    // Both stay at their caps however long they wait.
     std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(received(&v5), 50.0, "MQTT 5: the gateway's Receive Maximum, not the broker's 20");
     let capped = received(&v311);
     assert!((1.0..=20.0).contains(&capped), "MQTT 3.1.1 received {capped}, expected Mosquitto's in-flight cap of 20");
 }

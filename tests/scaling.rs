@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{http, kafka, new_topic, prom, publish_all, wait_until, write_config, Gateway, Mosquitto, Record, WAIT};
+use common::{kafka, new_topic, prom, publish_all, wait_until, write_config, Gateway, Mosquitto, Record, WAIT};
 
 const REPLICAS: usize = 3;
 
@@ -57,8 +57,7 @@ fn seqs(records: &[Record]) -> HashMap<u64, usize> {
 }
 
 fn received(gw: &Gateway) -> f64 {
-    let body = http::get(&gw.http_addr(), "/metrics").expect("/metrics").body;
-    prom::value(&prom::parse(&body), "mqtt_kafka_gateway_messages_received_total", &[("qos", "1")])
+    prom::value(&gw.metrics(), "mqtt_kafka_gateway_messages_received_total", &[("qos", "1")])
 }
 
 #[test]
@@ -163,7 +162,7 @@ fn ordered_replicas_write_every_message_once_and_every_device_in_order() {
     // Each replica wrote about a third (30 devices hashed over 3) and left the rest.
     let not_ours: Vec<f64> = gateways
         .iter()
-        .map(|gw| prom::value(&prom::parse(&http::get(&gw.http_addr(), "/metrics").unwrap().body), "mqtt_kafka_gateway_records_not_ours_total", &[]))
+        .map(|gw| prom::value(&gw.metrics(), "mqtt_kafka_gateway_records_not_ours_total", &[]))
         .collect();
     assert_eq!(not_ours.iter().sum::<f64>(), 6000.0, "each message skipped by the two replicas it is not for: {not_ours:?}");
     assert!(not_ours.iter().all(|n| *n > 0.0 && *n < 3000.0), "{not_ours:?}");

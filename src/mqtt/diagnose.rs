@@ -71,12 +71,7 @@ fn diagnose_v5(e: &r5::ConnectionError, s: &MqttSettings) -> Diagnosis {
     if let Some((what, hint)) = super::v5::server_disconnect(e) {
         return Diagnosis { what, hint };
     }
-    // rumqttc's MQTT 5 codec wraps the I/O error of a TLS handshake without naming it as the source.
-    let hidden_io = match e {
-        r5::ConnectionError::MqttState(r5::StateError::Deserialization(rumqttc::v5::mqttbytes::Error::Io(io))) => Some(io as &(dyn StdError + 'static)),
-        _ => None,
-    };
-    if let Some(found) = from_causes(e, s).or_else(|| hidden_io.and_then(|io| from_causes(io, s))) {
+    if let Some(found) = from_causes(e, s) {
         return found;
     }
     let d = |what: &str, hint: &'static str| Diagnosis { what: what.to_string(), hint };
@@ -179,11 +174,20 @@ fn causes<'a>(e: &'a (dyn StdError + 'static)) -> impl Iterator<Item = &'a (dyn 
     let mut next: Option<&'a (dyn StdError + 'static)> = Some(e);
     std::iter::from_fn(move || {
         let current = next?;
-        next = match current.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
-            Some(inner) => Some(inner as &(dyn StdError + 'static)),
-            None => current.source(),
-        };
+        next = hidden_cause(current).or_else(|| current.source());
         Some(current)
     })
     .take(16)
+}
+
+/// A cause `source()` does not give: an `io::Error`'s payload (it returns the payload's own source), and
+/// the I/O error rumqttc's MQTT 5 codec wraps without naming it as the source (a TLS handshake's).
+fn hidden_cause<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a (dyn StdError + 'static)> {
+    if let Some(inner) = e.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
+        return Some(inner as &(dyn StdError + 'static));
+    }
+    match e.downcast_ref::<r5::StateError>() {
+        Some(r5::StateError::Deserialization(rumqttc::v5::mqttbytes::Error::Io(io))) => Some(io as &(dyn StdError + 'static)),
+        _ => None,
+    }
 }

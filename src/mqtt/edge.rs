@@ -169,10 +169,7 @@ impl Edge {
     pub(super) async fn handle(&mut self, event: Result<Event, ConnectionError>) -> ControlFlow<()> {
         match event {
             Ok(Event::Publish(p)) => self.on_publish(p),
-            Ok(Event::ConnAck { session_present, notes, keep_alive }) => {
-                self.keep_alive = keep_alive.unwrap_or(self.settings.keep_alive);
-                self.on_connack(session_present, &notes);
-            }
+            Ok(Event::ConnAck { session_present, notes, keep_alive }) => self.on_connack(session_present, &notes, keep_alive),
             Ok(Event::SubAck { pkid, granted }) => {
                 self.subs.on_suback(&self.client, &self.table, pkid, &granted, &self.metrics);
                 self.subs.publish(&self.metrics.health);
@@ -225,7 +222,8 @@ impl Edge {
         }
     }
 
-    fn on_connack(&mut self, session_present: bool, notes: &[String]) {
+    fn on_connack(&mut self, session_present: bool, notes: &[String], keep_alive: Option<Duration>) {
+        self.keep_alive = keep_alive.unwrap_or(self.settings.keep_alive);
         self.last_ping = tokio::time::Instant::now();
         for note in notes {
             tracing::info!(broker = %self.broker, "{note}");

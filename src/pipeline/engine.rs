@@ -37,6 +37,18 @@ pub(super) struct InFlight {
     pub(super) ack: Option<u64>,
 }
 
+/// The message `inbound` carries, as the envelope sees it.
+pub(super) fn message_of(inbound: &Inbound) -> Message<'_> {
+    Message {
+        topic: &inbound.topic,
+        payload: &inbound.payload,
+        qos: inbound.qos,
+        retain: inbound.retain,
+        received_at: inbound.received_at,
+        properties: inbound.properties.as_deref(),
+    }
+}
+
 /// Why producing a record stopped short.
 pub(super) enum SendFailed {
     /// The grace period is over.
@@ -190,14 +202,7 @@ impl Engine {
         if matched.is_empty() {
             self.metrics.message_unrouted(&inbound.topic);
         }
-        let msg = Message {
-            topic: &inbound.topic,
-            payload: &inbound.payload,
-            qos: inbound.qos,
-            retain: inbound.retain,
-            received_at: inbound.received_at,
-            properties: inbound.properties.as_deref(),
-        };
+        let msg = message_of(&inbound);
         let payload = Payload::new(&inbound.payload);
         let mut result = Ok(());
         for &index in &matched {

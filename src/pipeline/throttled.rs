@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use super::engine::{Engine, SendFailed};
-use crate::envelope::{Message, Payload};
+use super::engine::{message_of, Engine, SendFailed};
+use crate::envelope::Payload;
 use crate::route::Route;
 use crate::throttle::{RateLimit, Schedule};
 
@@ -74,14 +74,7 @@ impl Engine {
             let Some(Reverse(h)) = self.held.pop() else { break };
             let Some(message) = self.messages.get(h.slot) else { continue };
             let inbound = message.inbound.clone();
-            let msg = Message {
-                topic: &inbound.topic,
-                payload: &inbound.payload,
-                qos: inbound.qos,
-                retain: inbound.retain,
-                received_at: inbound.received_at,
-                properties: inbound.properties.as_deref(),
-            };
+            let msg = message_of(&inbound);
             let payload = Payload::new(&inbound.payload);
             // Its place in the message's progress was taken when it was held.
             match self.produce_route(h.slot, h.route, inbound.routes.route(h.route), &msg, &payload, give_up, true).await {

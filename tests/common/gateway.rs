@@ -99,6 +99,12 @@ impl Gateway {
         addr.trim_matches('"').to_string()
     }
 
+    /// A scrape of `/metrics`, parsed (see [`super::prom`]).
+    pub fn metrics(&self) -> Vec<super::prom::Sample> {
+        let body = super::http::get(&self.http_addr(), "/metrics").expect("GET /metrics").body;
+        super::prom::parse(&body)
+    }
+
     /// Everything the gateway printed so far (stdout and stderr, by lines).
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
