@@ -103,8 +103,12 @@ stop_gateway() {
   kill -TERM "$gw" 2>/dev/null || true
   wait "$gw" 2>/dev/null || true
   gw=""
-  # What the gateway said about the run: drops, pauses, failures.
-  grep -o 'messages_dropped=[0-9]* intake_pauses=[0-9]* intake_paused_ms=[0-9]*' "$work/gateway.log" | tail -n 1 | sed 's/^/  gateway /' || true
+  # What the gateway said about the run: its counters at exit (received, delivered, dead letters,
+  # failures, drops, pauses), and every warning or error it logged, so a loss is explained, not guessed.
+  grep 'statistics' "$work/gateway.log" | tail -n 1 |
+    grep -oE '(messages_received|records_delivered|dead_letters|records_failed|messages_dropped|intake_pauses|intake_paused_ms)=[0-9]*' |
+    tr '\n' ' ' | sed 's/^/  gateway /; s/ $/\n/' || true
+  grep -E ' (WARN|ERROR) ' "$work/gateway.log" | head -n 20 | sed 's/^/  gateway log: /' || true
 }
 
 record() { # scenario, then a RESULT line on stdin
