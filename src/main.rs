@@ -140,7 +140,11 @@ fn run(path: PathBuf) -> ExitCode {
         }
     };
     telemetry::init(&config.log.level, &config.log.format);
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        // Read coalescing sleeps here, once every task is idle (see mqtt::coalesce).
+        .on_thread_park(mqtt_kafka_gateway::mqtt::coalesce::before_park)
+        .build() {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");

@@ -85,6 +85,8 @@ pub struct MqttSettings {
     pub reconnect_max: Duration,
     pub buffer_bytes: usize,
     pub max_unacked_messages: usize,
+    /// See `mqtt.read_coalesce_us`.
+    pub read_coalesce: Duration,
     /// `mqtt.shared_group`: subscribe as `$share/<group>/<filter>`.
     pub shared_group: Option<String>,
     pub protocol: Protocol,
@@ -209,6 +211,7 @@ impl Config {
         check("mqtt.shared_group", a.shared_group != b.shared_group);
         check("mqtt.protocol", a.protocol != b.protocol);
         check("mqtt.session_expiry_secs", a.session_expiry != b.session_expiry);
+        check("mqtt.read_coalesce_us", a.read_coalesce != b.read_coalesce);
         check("shutdown.grace_period_secs", self.shutdown_grace != new.shutdown_grace);
         check("log", self.log != new.log);
         check("reload", self.reload != new.reload);

@@ -101,6 +101,11 @@ pub struct RawMqtt {
     /// MQTT 5 only: how long the broker keeps the session after the connection ends. Unset: as long as
     /// it will when `clean_session` is false (a 3.1.1 persistent session), 0 when it is true.
     pub session_expiry_secs: Option<u32>,
+    /// At a high QoS 0 rate, wait up to this many microseconds for messages to gather before reading the
+    /// connection again: fewer wake-ups per message, at most this much added latency. Only while a wait
+    /// gathers at least 4 messages at the rate just seen (4,000 msg/s at 1000 µs); never for QoS 1/2.
+    /// 0 turns it off.
+    pub read_coalesce_us: u64,
 }
 
 impl Default for RawMqtt {
@@ -123,6 +128,7 @@ impl Default for RawMqtt {
             shared_group: None,
             protocol: StringLike("3.1.1".into()),
             session_expiry_secs: None,
+            read_coalesce_us: 1000,
         }
     }
 }

@@ -283,3 +283,13 @@ fn session_expiry_follows_clean_session_and_needs_mqtt_5() {
         assert!(e.contains("mqtt.session_expiry_secs") && e.contains(needle), "{yaml}: {e}");
     }
 }
+
+#[test]
+fn read_coalescing_defaults_to_1_ms_is_set_by_file_or_env_and_bounded() {
+    assert_eq!(load("", &[]).unwrap().mqtt.read_coalesce, Duration::from_millis(1));
+    assert_eq!(load("mqtt:\n  read_coalesce_us: 250\n", &[]).unwrap().mqtt.read_coalesce, Duration::from_micros(250));
+    let off = load("mqtt:\n  read_coalesce_us: 250\n", &[("GATEWAY_MQTT__READ_COALESCE_US", "0")]).unwrap();
+    assert_eq!(off.mqtt.read_coalesce, Duration::ZERO);
+    let p = problems("mqtt:\n  read_coalesce_us: 100001\n");
+    assert!(p.iter().any(|p| p.contains("mqtt.read_coalesce_us") && p.contains("out of range")), "{p:?}");
+}

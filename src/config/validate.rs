@@ -113,6 +113,9 @@ fn mqtt(m: &RawMqtt, p: &mut Problems<'_>) -> Option<MqttSettings> {
     if m.buffer_bytes < 1024 || m.buffer_bytes > 1 << 40 {
         p.add("mqtt.buffer_bytes", format!("{} is out of range", m.buffer_bytes), Some("use 1024 bytes to 1 TiB; default 33554432 (32 MiB)"));
     }
+    if m.read_coalesce_us > 100_000 {
+        p.add("mqtt.read_coalesce_us", format!("{} is out of range", m.read_coalesce_us), Some("use 0 (off) to 100000 µs; default 1000"));
+    }
     if m.max_unacked_messages == 0 || m.max_unacked_messages > 10_000_000 {
         p.add("mqtt.max_unacked_messages", format!("{} is out of range", m.max_unacked_messages), Some("use 1 to 10000000"));
     }
@@ -162,6 +165,7 @@ fn mqtt(m: &RawMqtt, p: &mut Problems<'_>) -> Option<MqttSettings> {
         reconnect_max: Duration::from_millis(m.reconnect_max_delay_ms),
         buffer_bytes: m.buffer_bytes,
         max_unacked_messages: m.max_unacked_messages,
+        read_coalesce: Duration::from_micros(m.read_coalesce_us),
         shared_group: m.shared_group.clone(),
         protocol: protocol?,
         session_expiry,

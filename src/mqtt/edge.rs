@@ -1,6 +1,7 @@
 //! The connection loop's state, and one handler per kind of event: a publish, a CONNACK, a SUBACK, an
 //! ack rumqttc wrote, a broken connection. `super::run` calls them in turn.
 
+use std::future::Future;
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 
 use super::acks::Acks;
+use super::coalesce::Coalesce;
 use super::client::{self, Client, ConnectionError, Event, EventLoop, Received};
 use super::subscriptions::Subscriptions;
 use super::{Inbound, Links, Stop};
@@ -48,6 +50,8 @@ pub(super) struct Edge {
     pub(super) keep_alive: Duration,
     /// When rumqttc last wrote a PINGREQ (a paused MQTT 5 edge lets it ping; see `super::pause`).
     pub(super) last_ping: tokio::time::Instant,
+    /// Read coalescing at high QoS 0 rates (see `super::coalesce`).
+    pub(super) coalesce: Coalesce,
 }
 
 /// The interval of the MQTT loop's heartbeat; its first tick is one period away.
@@ -63,6 +67,7 @@ impl Edge {
         let Links { out, acks, connection: shared_connection } = links;
         let broker = settings.broker.to_string();
         let keep_alive = settings.keep_alive;
+        let settings_read_coalesce = settings.read_coalesce;
         // Room for a burst of acks in rumqttc's request channel; an ack that does not fit waits in line.
         let (client, eventloop) = client::new(&settings, 4096);
         let table = routes.borrow_and_update().clone();
@@ -95,6 +100,7 @@ impl Edge {
             heartbeat: heartbeat(),
             last_ping: tokio::time::Instant::now(),
             keep_alive,
+            coalesce: Coalesce::new(settings_read_coalesce),
         }
     }
 
@@ -137,10 +143,23 @@ impl Edge {
             }
         }
         let mut poll = std::pin::pin!(self.eventloop.poll());
+        // Nothing ready without waiting: the connection is read dry. At a high QoS 0 rate the runtime
+        // then sleeps a moment before it waits on the socket, so that messages gather.
+        match std::future::poll_fn(|cx| std::task::Poll::Ready(poll.as_mut().poll(cx))).await {
+            std::task::Poll::Ready(event) => {
+                self.coalesce.event_came();
+                return Some(event);
+            }
+            std::task::Poll::Pending if self.out.is_some() && self.metrics.mqtt_connected.load(Relaxed) => self.coalesce.connection_dry(),
+            std::task::Poll::Pending => {}
+        }
         loop {
             tokio::select! {
                 biased;
-                event = &mut poll => return Some(event),
+                event = &mut poll => {
+                    self.coalesce.event_came();
+                    return Some(event);
+                }
                 _ = self.stop.disconnect.cancelled() => return None,
                 _ = self.heartbeat.tick() => self.metrics.health.beat(Loop::Mqtt),
                 _ = self.stop.receiving.cancelled(), if self.out.is_some() => self.out = None,
@@ -204,6 +223,7 @@ impl Edge {
             return;
         };
         self.metrics.message_received(&p.topic, p.qos, p.payload.len());
+        self.coalesce.message(p.qos);
         let inbound = Inbound {
             topic: p.topic,
             payload: p.payload,
@@ -229,6 +249,7 @@ impl Edge {
             tracing::info!(broker = %self.broker, "{note}");
         }
         self.backoff.reset();
+        self.coalesce.reset();
         self.metrics.health.set_mqtt_error(None);
         self.new_connection_number();
         self.metrics.mqtt_connected(&self.broker, session_present);
@@ -257,6 +278,7 @@ impl Edge {
             self.forward(p);
         }
         self.new_connection_number();
+        self.coalesce.reset();
         // rumqttc drops the acks still in its channel on a broken connection.
         self.acks.out.connection_lost();
         // SUBSCRIBEs not yet sent are void on a new connection; CONNACK applies the plan again.

@@ -9,12 +9,14 @@
 //! - `client.rs`: rumqttc's 3.1.1 and 5 clients behind one face, so the rest is one code path;
 //! - `v5.rs`: what MQTT 5 adds (CONNECT options, message properties, reason codes);
 //! - `acks.rs`: PUBACK/PUBREC in arrival order, batched between events;
+//! - `coalesce.rs`: at high QoS 0 rates, a short sleep before reading again, so messages gather;
 //! - `pause.rs`: not reading while the intake is full, with keep-alives written by hand;
 //! - `tls.rs`: the rustls configuration from `mqtt.tls`, read again before every connection attempt;
 //! - `diagnose.rs`: a failed connection attempt in an operator's words, with a hint.
 
 mod acks;
 pub(crate) mod client;
+pub mod coalesce;
 pub mod diagnose;
 mod edge;
 mod pause;
