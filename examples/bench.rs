@@ -4,6 +4,8 @@
 //!     bench gateway  --pid PID --topic T ...   publish, read back from Kafka: the gateway
 //!     bench mqtt-ceiling ...                   publish to a bare discarding `mosquitto_sub`: the MQTT ceiling
 //!     bench kafka-ceiling --topic T ...        Kafka's own ProducerPerformance on the same broker
+//!     bench librdkafka --topic T ...           the gateway's Kafka client alone: its producer, settings and
+//!                                              records (envelope-sized, keyed, six headers), no MQTT
 //!     bench publish ...                        the generator alone, to no subscriber
 //!
 //! Common options: --mqtt 127.0.0.1:1883 --kafka 127.0.0.1:9092 --qos 0|1 --messages N --devices D
@@ -24,7 +26,9 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::ClientContext;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
 type Error = Box<dyn std::error::Error>;
@@ -381,6 +385,136 @@ fn kafka_ceiling(o: &Opts, load: &Load) -> Result<String, Error> {
     ))
 }
 
+/// Delivery reports of the librdkafka floor: send-to-ack latencies, and failures.
+struct Acks {
+    latencies_us: std::sync::Mutex<Vec<u64>>,
+    failed: AtomicU64,
+}
+
+impl ClientContext for Acks {}
+
+impl ProducerContext for Acks {
+    /// The send time, in µs since the epoch.
+    type DeliveryOpaque = Box<u64>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, sent_us: Self::DeliveryOpaque) {
+        match result {
+            Ok(_) => self.latencies_us.lock().map(|mut l| l.push(now_us().saturating_sub(*sent_us))).unwrap_or(()),
+            Err(_) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The floor of the gateway's Kafka side: librdkafka alone, as the gateway configures it (idempotent,
+/// `acks=all`, lz4, `linger.ms` 1, murmur2 partitioner), producing records the size of the gateway's
+/// envelopes, keyed by device, with the six headers the gateway writes, paced like the MQTT load, and a
+/// thread serving delivery reports as they come. This process does nothing else, so its CPU is what the
+/// Kafka half of any gateway built on librdkafka costs at this rate on this machine (the pacing thread's
+/// wake-ups included, as a gateway's MQTT reads would be).
+fn librdkafka(o: &Opts, load: &Load) -> Result<String, Error> {
+    let topic = o.get("topic", "bench_librdkafka");
+    let record_size = o.num("record-size", load.payload_bytes as u64 + 130)? as usize;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &load.kafka).create()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(admin.create_topics(&[NewTopic::new(&topic, 6, TopicReplication::Fixed(1))], &AdminOptions::new()))?;
+    let acks = Acks { latencies_us: std::sync::Mutex::new(Vec::with_capacity(load.n as usize)), failed: AtomicU64::new(0) };
+    let producer: Arc<BaseProducer<Acks>> = Arc::new(
+        ClientConfig::new()
+            .set("bootstrap.servers", &load.kafka)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("partitioner", "murmur2_random")
+            .set("compression.type", "lz4")
+            .set("linger.ms", o.get("linger-ms", "1"))
+            .set("batch.size", "1000000")
+            .set("message.timeout.ms", "0")
+            .set("queue.buffering.max.messages", "100000")
+            .set("queue.buffering.max.kbytes", "65536")
+            .create_with_context(acks)?,
+    );
+    let done = Arc::new(AtomicBool::new(false));
+    let reports = {
+        let (producer, done) = (producer.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                let _ = producer.poll(Duration::from_millis(100));
+            }
+        })
+    };
+    let value = "x".repeat(record_size);
+    let pid = std::process::id();
+    // Warm up: connections, metadata and the producer id, outside the measurement.
+    for i in 0..100u64 {
+        let key = format!("dev-{i}");
+        let _ = producer.send(BaseRecord::with_opaque_to(&topic, Box::new(now_us())).key(key.as_bytes()).payload(value.as_bytes()));
+    }
+    producer.flush(Duration::from_secs(30))?;
+    producer.context().latencies_us.lock().map(|mut l| l.clear()).unwrap_or(());
+    let cpu_before = cpu_ms(pid);
+    let started = Instant::now();
+    let due = |i: u64| started + Duration::from_secs_f64(i as f64 / load.rate.max(1) as f64);
+    // Paced: the records due within the next millisecond go out together, as a gateway's MQTT read
+    // takes what came since the last one: a wake-up per millisecond at most, not per record.
+    let mut horizon = started;
+    for i in 0..load.n {
+        if load.rate > 0 && due(i) >= horizon {
+            if let Some(wait) = due(i).checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            horizon = Instant::now().max(due(i)) + Duration::from_millis(1);
+        }
+        let device = format!("dev-{}", i % load.devices);
+        let mqtt_topic = format!("{}/{device}/data", load.prefix);
+        let id = format!("{:032x}", u128::from(i) * 0x9e37_79b9_7f4a_7c15);
+        let at = format!("{}.{:06}", now_us() / 1_000_000, now_us() % 1_000_000);
+        let headers = OwnedHeaders::new_with_capacity(6)
+            .insert(Header { key: "mqtt_topic", value: Some(mqtt_topic.as_bytes()) })
+            .insert(Header { key: "mqtt_qos", value: Some(b"0".as_slice()) })
+            .insert(Header { key: "device_id", value: Some(device.as_bytes()) })
+            .insert(Header { key: "route", value: Some(b"bench".as_slice()) })
+            .insert(Header { key: "message_id", value: Some(id.as_bytes()) })
+            .insert(Header { key: "received_at", value: Some(at.as_bytes()) });
+        let mut record = BaseRecord::with_opaque_to(&topic, Box::new(now_us())).key(device.as_bytes()).payload(value.as_bytes()).headers(headers);
+        // A full queue waits, as the gateway does.
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    let publish_s = started.elapsed().as_secs_f64();
+    let flushed = producer.flush(Duration::from_secs(30));
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_before.and_then(|b| cpu_ms(pid).map(|a| a.saturating_sub(b)));
+    done.store(true, Ordering::Relaxed);
+    let _ = reports.join();
+    let mut l = producer.context().latencies_us.lock().map(|l| l.clone()).unwrap_or_default();
+    l.sort_unstable();
+    let delivered = l.len() as u64;
+    let failed = producer.context().failed.load(Ordering::Relaxed);
+    if flushed.is_err() || failed > 0 {
+        return Err(format!("librdkafka: {delivered} of {} delivered, {failed} failed", load.n).into());
+    }
+    let rate = delivered as f64 / elapsed.max(0.001);
+    let ms = |p| percentile(&l, p) as f64 / 1000.0;
+    let cpu_us = cpu.map(|c| format!("{:.2}", c as f64 * 1000.0 / delivered.max(1) as f64)).unwrap_or_else(|| "-".into());
+    println!("librdkafka: {delivered} records of {record_size} B, {rate:.0} records/s, latency p50 {:.1} ms p99 {:.1} ms (send to ack), {cpu_us} us CPU/record; produced in {publish_s:.2} s", ms(0.5), ms(0.99));
+    Ok(format!(
+        "RESULT system=librdkafka sent={} delivered={delivered} lost={} order_violations=- msg_per_s={rate:.0} p50_ms={:.1} p99_ms={:.1} cpu_us_per_msg={cpu_us} peak_rss_kib=- publish_per_s={:.0}",
+        load.n,
+        load.n - delivered,
+        ms(0.5),
+        ms(0.99),
+        load.n as f64 / publish_s.max(0.001)
+    ))
+}
+
 /// The generator alone, to no subscriber: how fast the load can be offered at all.
 fn generator(load: &Load) -> Result<String, Error> {
     let (_, publish_s, cpu) = publish(load)?;
@@ -391,7 +525,7 @@ fn generator(load: &Load) -> Result<String, Error> {
 
 fn main() -> Result<(), Error> {
     let mut args = std::env::args().skip(1);
-    let mode = args.next().ok_or("usage: bench gateway|mqtt-ceiling|kafka-ceiling|publish [--option value ...]")?;
+    let mode = args.next().ok_or("usage: bench gateway|mqtt-ceiling|kafka-ceiling|librdkafka|publish [--option value ...]")?;
     let mut opts = HashMap::new();
     while let Some(k) = args.next() {
         let v = args.next().ok_or_else(|| format!("{k} needs a value"))?;
@@ -404,6 +538,7 @@ fn main() -> Result<(), Error> {
         "gateway" => gateway(&o, &load)?,
         "mqtt-ceiling" => mqtt_ceiling(&load)?,
         "kafka-ceiling" => kafka_ceiling(&o, &load)?,
+        "librdkafka" => librdkafka(&o, &load)?,
         "publish" => generator(&load)?,
         other => return Err(format!("unknown mode {other}").into()),
     };
