@@ -2,7 +2,7 @@
 # Benchmarks the release gateway beside the ceilings measured in the same run, on local Mosquitto and
 # Kafka (scripts/services.sh starts them if needed). See docs/BENCHMARKS.md.
 #
-#   scripts/bench.sh                    the whole matrix (8 to 9 minutes on 2 cores)
+#   scripts/bench.sh                    the whole matrix (about 15 minutes on 2 cores)
 #   scripts/bench.sh --quick            one burst and one paced run per QoS, 20,000 messages each
 #   scripts/bench.sh --qos 0 --rate 40000 --routes 1000 --messages 200000    one scenario
 #
@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 qos_list=(0 1)
-rate_list=(0 1000 10000 20000 40000)
+rate_list=(0 1000 5000 10000 20000 40000)
 routes_list=(1 1000)
 messages=""
 devices=1000
@@ -138,6 +138,7 @@ for qos in "${qos_list[@]}"; do
       "$bench_bin" mqtt-ceiling "${load[@]}" --prefix "sub$run_id" | record "$label routes=-"
       n=$((n + 1))
       "$bench_bin" kafka-ceiling "${load[@]}" --topic "bench_kafka_${run_id}_$n" --kafka-libs "$MKG_KAFKA_LIBS" | record "$label routes=-"
+      "$bench_bin" librdkafka "${load[@]}" --topic "bench_lrk_${run_id}_$n" | record "$label routes=-"
     fi
     for routes in "${routes_list[@]}"; do
       n=$((n + 1))
@@ -170,18 +171,23 @@ def ratio(a, b):
     return f"{a / b:.0%}" if a is not None and b else "-"
 
 head = ["QoS", "load", "system", "routes", "delivered", "lost", "order", "msg/s", "of MQTT ceiling",
-        "of Kafka ceiling", "p50 ms", "p99 ms", "CPU us/msg", "CPU vs bare sub", "peak RSS KiB"]
+        "of Kafka ceiling", "p50 ms", "p99 ms", "CPU us/msg", "CPU vs bare sub", "CPU vs bare sub + librdkafka",
+        "peak RSS KiB"]
 print("| " + " | ".join(head) + " |")
 print("|" + "---|" * len(head))
 for r in rows:
     same = [x for x in rows if x["qos"] == r["qos"] and x["load"] == r["load"]]
     mqtt = next((x for x in same if x["system"] == "mqtt-ceiling"), {})
     kafka = next((x for x in same if x["system"] == "kafka-ceiling"), {})
+    lrk = next((x for x in same if x["system"] == "librdkafka"), {})
+    floor = num(mqtt.get("cpu_us_per_msg")), num(lrk.get("cpu_us_per_msg"))
+    floor = floor[0] + floor[1] if None not in floor else None
     gateway = r["system"] == "gateway"
     cells = [r["qos"], r["load"], r["system"], r["routes"], r["delivered"], r["lost"], r["order_violations"],
              r["msg_per_s"], ratio(r["msg_per_s"], mqtt.get("msg_per_s")) if gateway else "",
              ratio(r["msg_per_s"], kafka.get("msg_per_s")) if gateway else "",
              r["p50_ms"], r["p99_ms"], r["cpu_us_per_msg"],
-             ratio(r["cpu_us_per_msg"], mqtt.get("cpu_us_per_msg")) if gateway else "", r["peak_rss_kib"]]
+             ratio(r["cpu_us_per_msg"], mqtt.get("cpu_us_per_msg")) if gateway else "",
+             ratio(r["cpu_us_per_msg"], floor) if gateway else "", r["peak_rss_kib"]]
     print("| " + " | ".join(cells) + " |")
 PY
