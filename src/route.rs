@@ -78,6 +78,9 @@ pub struct DeviceIdRule {
     pub fallback_regex: Option<Regex>,
     /// Used when neither regex matches.
     pub default: String,
+    /// The index of the `device_id` group in `regex` and `fallback_regex`: found once, not by name
+    /// (a hash lookup) per message.
+    groups: [Option<usize>; 2],
 }
 
 /// Which of the three ways the device id was found; counted, so operators see the extraction rate.
@@ -95,7 +98,17 @@ pub struct DeviceId<'t> {
     pub captures: Option<regex::Captures<'t>>,
 }
 
+/// The index of the group named `device_id` in `regex`.
+fn device_id_group(regex: &Regex) -> Option<usize> {
+    regex.capture_names().position(|n| n == Some("device_id"))
+}
+
 impl DeviceIdRule {
+    pub fn new(regex: Regex, fallback_regex: Option<Regex>, default: String) -> Self {
+        let groups = [device_id_group(&regex), fallback_regex.as_ref().and_then(device_id_group)];
+        Self { regex, fallback_regex, default, groups }
+    }
+
     pub fn extract<'t>(&'t self, topic: &'t str) -> (&'t str, DeviceIdSource) {
         let d = self.extract_with_captures(topic, false);
         (d.id, d.source)
@@ -103,10 +116,13 @@ impl DeviceIdRule {
 
     /// Like [`extract`](Self::extract); with `keep_captures`, also the other named groups.
     pub fn extract_with_captures<'t>(&'t self, topic: &'t str, keep_captures: bool) -> DeviceId<'t> {
-        let tries = [(&self.regex, DeviceIdSource::Regex)].into_iter().chain(self.fallback_regex.as_ref().map(|r| (r, DeviceIdSource::Fallback)));
-        for (regex, source) in tries {
+        let tries = [(&self.regex, DeviceIdSource::Regex, self.groups[0])]
+            .into_iter()
+            .chain(self.fallback_regex.as_ref().map(|r| (r, DeviceIdSource::Fallback, self.groups[1])));
+        for (regex, source, group) in tries {
+            let Some(group) = group else { continue };
             if let Some(caps) = regex.captures(topic) {
-                if let Some(id) = caps.name("device_id").map(|m| m.as_str()).filter(|s| !s.is_empty()) {
+                if let Some(id) = caps.get(group).map(|m| m.as_str()).filter(|s| !s.is_empty()) {
                     return DeviceId { id, source, captures: keep_captures.then_some(caps) };
                 }
             }
@@ -269,11 +285,11 @@ pub(crate) mod tests {
     use super::*;
 
     pub fn spec_device_rule() -> DeviceIdRule {
-        DeviceIdRule {
-            regex: Regex::new(r"(?:^|/)(?P<device_id>f2-[0-9a-fA-F]{12})(?:/|$)").unwrap(),
-            fallback_regex: Some(Regex::new(r"^[^/]+/(?P<device_id>[^/]+)").unwrap()),
-            default: "unknown".into(),
-        }
+        DeviceIdRule::new(
+            Regex::new(r"(?:^|/)(?P<device_id>f2-[0-9a-fA-F]{12})(?:/|$)").unwrap(),
+            Some(Regex::new(r"^[^/]+/(?P<device_id>[^/]+)").unwrap()),
+            "unknown".into(),
+        )
     }
 
     pub fn route(name: &str, filter: &str, topic: &str) -> Route {

@@ -292,7 +292,7 @@ fn route(at: &str, r: &RawRoute, dead_letter_suffix: &str, config_dir: &Path, re
         qos: r.qos,
         topic,
         dead_letter_topic,
-        device_id: DeviceIdRule { regex, fallback_regex, default: r.device_id.default.clone() },
+        device_id: DeviceIdRule::new(regex, fallback_regex, r.device_id.default.clone()),
         key,
         format: r.format,
         payload: r.payload,
