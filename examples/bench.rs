@@ -439,7 +439,7 @@ fn librdkafka(o: &Opts, load: &Load) -> Result<String, Error> {
         let (producer, done) = (producer.clone(), done.clone());
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
-                let _ = producer.poll(Duration::from_millis(100));
+                producer.poll(Duration::from_millis(100));
             }
         })
     };

@@ -545,7 +545,11 @@ mod tests {
     fn templated_topics_and_their_failures() {
         let mut r = route("r", "cmnd/#", "t");
         r.topic = crate::template::TopicTemplate::parse("iot.{kind}").unwrap();
-        r.device_id.regex = regex::Regex::new(r"^cmnd/(?P<device_id>[^/]+)/[^/]+/[^/]+/(?P<kind>[^/]+)").unwrap();
+        r.device_id = crate::route::DeviceIdRule::new(
+            regex::Regex::new(r"^cmnd/(?P<device_id>[^/]+)/[^/]+/[^/]+/(?P<kind>[^/]+)").unwrap(),
+            None,
+            "unknown".into(),
+        );
         r.dead_letter_topic = "iot.dlq".into();
         let m = msg(SPEC_TOPIC, SPEC_PAYLOAD.as_bytes());
         let Outcome::Record { record, .. } = build(&r, &m, &Payload::new(m.payload)) else { panic!("renders") };

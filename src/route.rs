@@ -73,11 +73,12 @@ pub enum KeyMissing {
 /// How a device id is read from an MQTT topic.
 #[derive(Debug, Clone)]
 pub struct DeviceIdRule {
-    /// Must contain a named group `device_id`.
-    pub regex: Regex,
-    pub fallback_regex: Option<Regex>,
+    /// Must contain a named group `device_id`. Private, like the rest: `groups` is derived from them
+    /// (see [`DeviceIdRule::new`]).
+    regex: Regex,
+    fallback_regex: Option<Regex>,
     /// Used when neither regex matches.
-    pub default: String,
+    default: String,
     /// The index of the `device_id` group in `regex` and `fallback_regex`: found once, not by name
     /// (a hash lookup) per message.
     groups: [Option<usize>; 2],
