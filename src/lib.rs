@@ -23,6 +23,7 @@ pub mod pipeline;
 pub mod reload;
 pub mod route;
 pub mod schema;
+pub mod stamp;
 pub mod share;
 pub mod telemetry;
 pub mod template;
