@@ -38,7 +38,13 @@ fn now_us() -> u64 {
 }
 
 fn clock_ticks_per_sec() -> u64 {
-    Command::new("getconf").arg("CLK_TCK").output().ok().and_then(|o| String::from_utf8(o.stdout).ok()).and_then(|s| s.trim().parse().ok()).unwrap_or(100)
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100)
 }
 
 /// CPU time (user + system) of a process so far, in milliseconds.
@@ -54,7 +60,12 @@ fn cpu_ms(pid: u32) -> Option<u64> {
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|n| n.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -109,14 +120,21 @@ impl Load {
 
     fn describe(&self) -> String {
         let pace = if self.rate > 0 { format!("paced at {}/s", self.rate) } else { "burst".into() };
-        format!("{} messages, {} devices, QoS {}, {} B payloads, {pace}", self.n, self.devices, self.qos as u8, self.payload_bytes)
+        format!(
+            "{} messages, {} devices, QoS {}, {} B payloads, {pace}",
+            self.n, self.devices, self.qos as u8, self.payload_bytes
+        )
     }
 }
 
 /// Publishes the load over one MQTT connection, in order, waiting for the broker's acks at QoS 1.
 /// Returns (first send time in µs since the epoch, seconds spent publishing, the generator's CPU ms).
 fn publish(load: &Load) -> Result<(u64, f64, u64), Error> {
-    let mut mo = MqttOptions::new(format!("bench-publisher-{}-{}", std::process::id(), now_us()), &load.mqtt_host, load.mqtt_port);
+    let mut mo = MqttOptions::new(
+        format!("bench-publisher-{}-{}", std::process::id(), now_us()),
+        &load.mqtt_host,
+        load.mqtt_port,
+    );
     mo.set_max_packet_size(1 << 20, 1 << 20);
     mo.set_inflight(1000);
     mo.set_keep_alive(Duration::from_secs(30));
@@ -188,10 +206,20 @@ impl Tally {
         *prev = seq;
     }
 
-    fn result(mut self, system: &str, load: &Load, span_s: f64, cpu_ms: Option<u64>, rss_kib: Option<u64>, publish_s: f64) -> String {
+    fn result(
+        mut self,
+        system: &str,
+        load: &Load,
+        span_s: f64,
+        cpu_ms: Option<u64>,
+        rss_kib: Option<u64>,
+        publish_s: f64,
+    ) -> String {
         self.latencies_us.sort_unstable();
         let ms = |p: f64| percentile(&self.latencies_us, p) as f64 / 1000.0;
-        let cpu_us = cpu_ms.map(|c| format!("{:.2}", c as f64 * 1000.0 / self.received.max(1) as f64)).unwrap_or_else(|| "-".into());
+        let cpu_us = cpu_ms
+            .map(|c| format!("{:.2}", c as f64 * 1000.0 / self.received.max(1) as f64))
+            .unwrap_or_else(|| "-".into());
         let rate = self.received as f64 / span_s.max(0.001);
         println!(
             "{system}: {} of {} ({} lost), {} order violations, {rate:.0} msg/s, latency p50 {:.1} ms p99 {:.1} ms, {cpu_us} us CPU/msg{}; published in {publish_s:.2} s ({:.0}/s)",
@@ -226,7 +254,8 @@ fn json_u64(v: &serde_json::Value, k: &str) -> u64 {
 fn gateway(o: &Opts, load: &Load) -> Result<String, Error> {
     let topic = o.get("topic", "bench");
     let pid: u32 = o.num("pid", 0)? as u32;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &load.kafka).create()?;
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", &load.kafka).create()?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(admin.create_topics(
         &[NewTopic::new(&topic, 6, TopicReplication::Fixed(1)).set("message.timestamp.type", "LogAppendTime")],
@@ -334,7 +363,14 @@ fn kafka_ceiling(o: &Opts, load: &Load) -> Result<String, Error> {
     let run = |n: u64, warmup: u64, topic: &str| -> Result<(String, u64), Error> {
         let mut child = Command::new("java")
             .args(["-Xmx512m", "-cp", &format!("{libs}/*"), "org.apache.kafka.tools.ProducerPerformance"])
-            .args(["--topic", topic, "--num-records", &(n + warmup).to_string(), "--record-size", &record_size.to_string()])
+            .args([
+                "--topic",
+                topic,
+                "--num-records",
+                &(n + warmup).to_string(),
+                "--record-size",
+                &record_size.to_string(),
+            ])
             .args(if warmup > 0 { vec!["--warmup-records".to_string(), warmup.to_string()] } else { vec![] })
             .args(["--throughput", &if load.rate > 0 { load.rate.to_string() } else { "-1".into() }])
             .arg("--command-property")
@@ -362,7 +398,12 @@ fn kafka_ceiling(o: &Opts, load: &Load) -> Result<String, Error> {
             })
         };
         // With a warm-up the last summary is the steady state's.
-        let summary = BufReader::new(stdout).lines().map_while(Result::ok).filter(|l| l.contains("records sent")).last().unwrap_or_default();
+        let summary = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| l.contains("records sent"))
+            .last()
+            .unwrap_or_default();
         child.wait()?;
         let _ = sampler.join();
         Ok((summary, cpu.load(Ordering::Relaxed)))
@@ -416,10 +457,12 @@ impl ProducerContext for Acks {
 fn librdkafka(o: &Opts, load: &Load) -> Result<String, Error> {
     let topic = o.get("topic", "bench_librdkafka");
     let record_size = o.num("record-size", load.payload_bytes as u64 + 130)? as usize;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &load.kafka).create()?;
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", &load.kafka).create()?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(admin.create_topics(&[NewTopic::new(&topic, 6, TopicReplication::Fixed(1))], &AdminOptions::new()))?;
-    let acks = Acks { latencies_us: std::sync::Mutex::new(Vec::with_capacity(load.n as usize)), failed: AtomicU64::new(0) };
+    let acks =
+        Acks { latencies_us: std::sync::Mutex::new(Vec::with_capacity(load.n as usize)), failed: AtomicU64::new(0) };
     let producer: Arc<BaseProducer<Acks>> = Arc::new(
         ClientConfig::new()
             .set("bootstrap.servers", &load.kafka)
@@ -448,7 +491,8 @@ fn librdkafka(o: &Opts, load: &Load) -> Result<String, Error> {
     // Warm up: connections, metadata and the producer id, outside the measurement.
     for i in 0..100u64 {
         let key = format!("dev-{i}");
-        let _ = producer.send(BaseRecord::with_opaque_to(&topic, Box::new(now_us())).key(key.as_bytes()).payload(value.as_bytes()));
+        let _ = producer
+            .send(BaseRecord::with_opaque_to(&topic, Box::new(now_us())).key(key.as_bytes()).payload(value.as_bytes()));
     }
     producer.flush(Duration::from_secs(30))?;
     producer.context().latencies_us.lock().map(|mut l| l.clear()).unwrap_or(());
@@ -476,7 +520,10 @@ fn librdkafka(o: &Opts, load: &Load) -> Result<String, Error> {
             .insert(Header { key: "route", value: Some(b"bench".as_slice()) })
             .insert(Header { key: "message_id", value: Some(id.as_bytes()) })
             .insert(Header { key: "received_at", value: Some(at.as_bytes()) });
-        let mut record = BaseRecord::with_opaque_to(&topic, Box::new(now_us())).key(device.as_bytes()).payload(value.as_bytes()).headers(headers);
+        let mut record = BaseRecord::with_opaque_to(&topic, Box::new(now_us()))
+            .key(device.as_bytes())
+            .payload(value.as_bytes())
+            .headers(headers);
         // A full queue waits, as the gateway does.
         loop {
             match producer.send(record) {
@@ -503,7 +550,8 @@ fn librdkafka(o: &Opts, load: &Load) -> Result<String, Error> {
     }
     let rate = delivered as f64 / elapsed.max(0.001);
     let ms = |p| percentile(&l, p) as f64 / 1000.0;
-    let cpu_us = cpu.map(|c| format!("{:.2}", c as f64 * 1000.0 / delivered.max(1) as f64)).unwrap_or_else(|| "-".into());
+    let cpu_us =
+        cpu.map(|c| format!("{:.2}", c as f64 * 1000.0 / delivered.max(1) as f64)).unwrap_or_else(|| "-".into());
     println!("librdkafka: {delivered} records of {record_size} B, {rate:.0} records/s, latency p50 {:.1} ms p99 {:.1} ms (send to ack), {cpu_us} us CPU/record; produced in {publish_s:.2} s", ms(0.5), ms(0.99));
     Ok(format!(
         "RESULT system=librdkafka sent={} delivered={delivered} lost={} order_violations=- msg_per_s={rate:.0} p50_ms={:.1} p99_ms={:.1} cpu_us_per_msg={cpu_us} peak_rss_kib=- publish_per_s={:.0}",
@@ -519,13 +567,18 @@ fn librdkafka(o: &Opts, load: &Load) -> Result<String, Error> {
 fn generator(load: &Load) -> Result<String, Error> {
     let (_, publish_s, cpu) = publish(load)?;
     let rate = load.n as f64 / publish_s.max(0.001);
-    println!("generator: {} messages in {publish_s:.2} s, {rate:.0}/s, {:.2} us CPU/msg", load.n, cpu as f64 * 1000.0 / load.n.max(1) as f64);
+    println!(
+        "generator: {} messages in {publish_s:.2} s, {rate:.0}/s, {:.2} us CPU/msg",
+        load.n,
+        cpu as f64 * 1000.0 / load.n.max(1) as f64
+    );
     Ok(format!("RESULT system=generator sent={} delivered=- lost=- order_violations=- msg_per_s={rate:.0} p50_ms=- p99_ms=- cpu_us_per_msg={:.2} peak_rss_kib=- publish_per_s={rate:.0}", load.n, cpu as f64 * 1000.0 / load.n.max(1) as f64))
 }
 
 fn main() -> Result<(), Error> {
     let mut args = std::env::args().skip(1);
-    let mode = args.next().ok_or("usage: bench gateway|mqtt-ceiling|kafka-ceiling|librdkafka|publish [--option value ...]")?;
+    let mode =
+        args.next().ok_or("usage: bench gateway|mqtt-ceiling|kafka-ceiling|librdkafka|publish [--option value ...]")?;
     let mut opts = HashMap::new();
     while let Some(k) = args.next() {
         let v = args.next().ok_or_else(|| format!("{k} needs a value"))?;

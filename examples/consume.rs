@@ -34,9 +34,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let value = m.payload().map(String::from_utf8_lossy).unwrap_or_default();
         let headers: Vec<String> = m
             .headers()
-            .map(|h| h.iter().map(|h| format!("{}={}", h.key, String::from_utf8_lossy(h.value.unwrap_or_default()))).collect())
+            .map(|h| {
+                h.iter()
+                    .map(|h| format!("{}={}", h.key, String::from_utf8_lossy(h.value.unwrap_or_default())))
+                    .collect()
+            })
             .unwrap_or_default();
-        println!("partition={} offset={} key={key} headers=[{}]\n  {value}", m.partition(), m.offset(), headers.join(", "));
+        println!(
+            "partition={} offset={} key={key} headers=[{}]\n  {value}",
+            m.partition(),
+            m.offset(),
+            headers.join(", ")
+        );
     }
     Ok(())
 }

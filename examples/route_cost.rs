@@ -52,7 +52,14 @@ fn main() {
     let checked = load(root, &format!(", schema: '{}'", schema.display()));
     let payload = format!(r#"{{"seq":12345,"sent_us":1764583200123456,"fill":"{}"}}"#, "x".repeat(90));
     let topic = "bench/dev-42/data";
-    let msg = Message { topic, payload: payload.as_bytes(), qos: 0, retain: false, received_at: SystemTime::now(), properties: None };
+    let msg = Message {
+        topic,
+        payload: payload.as_bytes(),
+        qos: 0,
+        retain: false,
+        received_at: SystemTime::now(),
+        properties: None,
+    };
     let bytes = payload.as_bytes();
     let build = |c: &Config| {
         let route = &c.routes.routes()[0];

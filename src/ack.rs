@@ -132,7 +132,11 @@ mod tests {
         s.complete(a);
         s.complete(b);
         let due = s.drain(2);
-        assert_eq!(due, vec![AckToken { connection: 2, pkid: 7, qos: 1 }], "packet id 7 of connection 1 is not ours to ack any more");
+        assert_eq!(
+            due,
+            vec![AckToken { connection: 2, pkid: 7, qos: 1 }],
+            "packet id 7 of connection 1 is not ours to ack any more"
+        );
         assert_eq!(s.stale_dropped(), 1);
     }
 

@@ -36,7 +36,12 @@ pub struct Payload<'a> {
 
 impl<'a> Payload<'a> {
     pub fn new(bytes: &'a [u8]) -> Self {
-        Self { bytes, raw: std::cell::OnceCell::new(), parsed: std::cell::OnceCell::new(), id: std::cell::OnceCell::new() }
+        Self {
+            bytes,
+            raw: std::cell::OnceCell::new(),
+            parsed: std::cell::OnceCell::new(),
+            id: std::cell::OnceCell::new(),
+        }
     }
 
     /// The payload as validated JSON text, or why it is not JSON.
@@ -59,9 +64,7 @@ impl<'a> Payload<'a> {
 
     /// The payload as a `serde_json::Value`, parsed on first use (only JSONPath keys need it).
     fn value(&self) -> Option<&Value> {
-        self.parsed
-            .get_or_init(|| self.raw().as_ref().ok().and_then(|r| serde_json::from_str(r.get()).ok()))
-            .as_ref()
+        self.parsed.get_or_init(|| self.raw().as_ref().ok().and_then(|r| serde_json::from_str(r.get()).ok())).as_ref()
     }
 }
 
@@ -78,9 +81,18 @@ pub struct Record {
 /// What a route makes of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Record { record: Record, device_id: String, device_id_source: DeviceIdSource },
+    Record {
+        record: Record,
+        device_id: String,
+        device_id_source: DeviceIdSource,
+    },
     /// The message cannot go to the route's topic; `record` goes to the dead-letter topic instead.
-    DeadLetter { record: Record, device_id: String, reason: String, kind: DeadLetterReason },
+    DeadLetter {
+        record: Record,
+        device_id: String,
+        reason: String,
+        kind: DeadLetterReason,
+    },
 }
 
 /// Why a message went to a dead-letter topic, in a small fixed set (a metric label); the `dlq_reason`
@@ -147,7 +159,14 @@ pub const USER_PROPERTY_CLASH_PREFIX: &str = "mqtt_user_";
 /// or any name starting `mqtt_`): then `mqtt_user_<name>`, so that the gateway's header is never
 /// shadowed and the property is never lost.
 pub fn user_property_header(name: &str) -> Cow<'static, str> {
-    const OURS: [&str; 6] = [HEADER_DEVICE_ID, HEADER_ROUTE, HEADER_MESSAGE_ID, HEADER_RECEIVED_AT, HEADER_DLQ_REASON, "dlq_truncated_from"];
+    const OURS: [&str; 6] = [
+        HEADER_DEVICE_ID,
+        HEADER_ROUTE,
+        HEADER_MESSAGE_ID,
+        HEADER_RECEIVED_AT,
+        HEADER_DLQ_REASON,
+        "dlq_truncated_from",
+    ];
     if name.starts_with("mqtt_") || OURS.contains(&name) {
         Cow::Owned(format!("{USER_PROPERTY_CLASH_PREFIX}{name}"))
     } else {
@@ -186,7 +205,9 @@ pub fn build(route: &Route, msg: &Message<'_>, payload: &Payload<'_>) -> Outcome
                     return dead_letter(DeadLetterReason::SchemaInvalid, reason, headers);
                 }
             }
-            (Ok(_), None) => return dead_letter(DeadLetterReason::InvalidJson, "payload is not valid JSON".into(), headers),
+            (Ok(_), None) => {
+                return dead_letter(DeadLetterReason::InvalidJson, "payload is not valid JSON".into(), headers)
+            }
         }
     }
     let value = match (route.format, route.payload) {
@@ -197,7 +218,9 @@ pub fn build(route: &Route, msg: &Message<'_>, payload: &Payload<'_>) -> Outcome
         },
         (ValueFormat::Envelope, PayloadFormat::Text) => match std::str::from_utf8(msg.payload) {
             Ok(text) => envelope(msg.topic, device_id, &json_string(text), &timestamp),
-            Err(e) => return dead_letter(DeadLetterReason::NotUtf8, format!("payload is not UTF-8 text: {e}"), headers),
+            Err(e) => {
+                return dead_letter(DeadLetterReason::NotUtf8, format!("payload is not UTF-8 text: {e}"), headers)
+            }
         },
         (ValueFormat::Envelope, PayloadFormat::Base64) => {
             let encoded = base64::engine::general_purpose::STANDARD.encode(msg.payload);
@@ -214,7 +237,8 @@ pub fn build(route: &Route, msg: &Message<'_>, payload: &Payload<'_>) -> Outcome
 /// The dead letter `route` makes of `msg` for `reason`, decided outside the route's own rules.
 pub fn dead_letter(route: &Route, msg: &Message<'_>, kind: DeadLetterReason, reason: String) -> Outcome {
     let (device_id, _) = route.device_id.extract(msg.topic);
-    let headers = context_headers(route, msg, device_id, &message_id(msg.topic, msg.payload), &epoch_seconds(msg.received_at));
+    let headers =
+        context_headers(route, msg, device_id, &message_id(msg.topic, msg.payload), &epoch_seconds(msg.received_at));
     dead_letter_outcome(route, msg, device_id, headers, kind, reason)
 }
 
@@ -223,12 +247,20 @@ fn utf8_promise_broken(p: &Properties, payload: &[u8]) -> Option<String> {
     if p.payload_format != Some(1) {
         return None;
     }
-    std::str::from_utf8(payload).err().map(|e| format!("the payload format indicator says UTF-8, but the payload is not: {e}"))
+    std::str::from_utf8(payload)
+        .err()
+        .map(|e| format!("the payload format indicator says UTF-8, but the payload is not: {e}"))
 }
 
 /// The headers every record carries: where the message came from and when; then, on MQTT 5, the
 /// message's properties.
-fn context_headers(route: &Route, msg: &Message<'_>, device_id: &str, id: &str, timestamp: &str) -> Vec<(Cow<'static, str>, Vec<u8>)> {
+fn context_headers(
+    route: &Route,
+    msg: &Message<'_>,
+    device_id: &str,
+    id: &str,
+    timestamp: &str,
+) -> Vec<(Cow<'static, str>, Vec<u8>)> {
     let mut h = vec![
         (Cow::Borrowed(HEADER_MQTT_TOPIC), msg.topic.as_bytes().to_vec()),
         (Cow::Borrowed(HEADER_MQTT_QOS), vec![b'0' + msg.qos.min(2)]),
@@ -341,14 +373,21 @@ mod tests {
     fn mqtt5_properties_become_headers_and_never_shadow_ours() {
         let r = route("spec", "cmnd/#", "raw_iot_data");
         let props = Properties {
-            user: vec![("site".into(), "north".into()), ("site".into(), "south".into()), ("device_id".into(), "spoof".into()), ("mqtt_topic".into(), "x".into())],
+            user: vec![
+                ("site".into(), "north".into()),
+                ("site".into(), "south".into()),
+                ("device_id".into(), "spoof".into()),
+                ("mqtt_topic".into(), "x".into()),
+            ],
             content_type: Some("application/json".into()),
             payload_format: Some(1),
             response_topic: Some("reply/here".into()),
             correlation_data: Some(bytes::Bytes::from_static(&[0, 159, 1])),
         };
         let m = Message { properties: Some(&props), ..msg(SPEC_TOPIC, SPEC_PAYLOAD.as_bytes()) };
-        let Outcome::Record { record, .. } = build(&r, &m, &Payload::new(m.payload)) else { panic!("expected a record") };
+        let Outcome::Record { record, .. } = build(&r, &m, &Payload::new(m.payload)) else {
+            panic!("expected a record")
+        };
         let all = |k: &str| record.headers.iter().filter(|(n, _)| n == k).map(|(_, v)| v.clone()).collect::<Vec<_>>();
         assert_eq!(all("site"), [b"north".to_vec(), b"south".to_vec()], "repeated names kept, in order");
         assert_eq!(all("device_id"), [b"f2-e4fd45f654be".to_vec()], "ours is the only device_id");
@@ -366,7 +405,9 @@ mod tests {
         let r = route("spec", "cmnd/#", "raw_iot_data");
         let props = Properties { payload_format: Some(1), ..Properties::default() };
         let m = Message { properties: Some(&props), ..msg(SPEC_TOPIC, &[0xff, 0xfe]) };
-        let Outcome::DeadLetter { kind, reason, record, .. } = build(&r, &m, &Payload::new(m.payload)) else { panic!("expected a dead letter") };
+        let Outcome::DeadLetter { kind, reason, record, .. } = build(&r, &m, &Payload::new(m.payload)) else {
+            panic!("expected a dead letter")
+        };
         assert_eq!(kind, DeadLetterReason::NotUtf8);
         assert!(reason.contains("payload format indicator"), "{reason}");
         assert!(record.headers.iter().any(|(n, v)| n == HEADER_PAYLOAD_FORMAT && v == b"utf-8"));
@@ -437,7 +478,9 @@ mod tests {
         let r = route("spec", "cmnd/#", "raw_iot_data");
         let bytes = [0xff, 0x00, 0xfe, b'{'];
         let m = msg("cmnd/dev/x", &bytes);
-        assert!(matches!(build(&r, &m, &Payload::new(&bytes)), Outcome::DeadLetter { record, .. } if record.value == bytes));
+        assert!(
+            matches!(build(&r, &m, &Payload::new(&bytes)), Outcome::DeadLetter { record, .. } if record.value == bytes)
+        );
     }
 
     #[test]
@@ -473,9 +516,13 @@ mod tests {
         r.format = crate::route::ValueFormat::Raw;
         let bytes = [0xde, 0xad, 0xbe, 0xef];
         let m = msg("cmnd/f2-e4fd45f654be/bin", &bytes);
-        let Outcome::Record { record, .. } = build(&r, &m, &Payload::new(&bytes)) else { panic!("raw takes any bytes") };
+        let Outcome::Record { record, .. } = build(&r, &m, &Payload::new(&bytes)) else {
+            panic!("raw takes any bytes")
+        };
         assert_eq!(record.value, bytes);
-        let header = |k: &str| record.headers.iter().find(|(n, _)| *n == k).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+        let header = |k: &str| {
+            record.headers.iter().find(|(n, _)| *n == k).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        };
         assert_eq!(header(HEADER_MQTT_TOPIC).as_deref(), Some("cmnd/f2-e4fd45f654be/bin"));
         assert_eq!(header(HEADER_DEVICE_ID).as_deref(), Some("f2-e4fd45f654be"));
         assert_eq!(header(HEADER_RECEIVED_AT).as_deref(), Some("1684678444.928538"));
@@ -495,7 +542,9 @@ mod tests {
         let Outcome::Record { record, .. } = build(&r, &m, &Payload::new(m.payload)) else { panic!("renders") };
         assert_eq!(record.topic, "iot.door-sensors");
         let m = msg("cmnd/dev/a/b/bad kind", b"{}");
-        let Outcome::DeadLetter { record, reason, .. } = build(&r, &m, &Payload::new(m.payload)) else { panic!("invalid name") };
+        let Outcome::DeadLetter { record, reason, .. } = build(&r, &m, &Payload::new(m.payload)) else {
+            panic!("invalid name")
+        };
         assert_eq!(record.topic, "iot.dlq");
         assert!(reason.contains("iot.bad kind"), "{reason}");
     }
@@ -509,9 +558,13 @@ mod tests {
             missing: crate::route::KeyMissing::DeadLetter,
         };
         let m = msg("cmnd/dev/x", br#"{"other":1}"#);
-        assert!(matches!(build(&r, &m, &Payload::new(m.payload)), Outcome::DeadLetter { reason, .. } if reason.contains("$.serial")));
+        assert!(
+            matches!(build(&r, &m, &Payload::new(m.payload)), Outcome::DeadLetter { reason, .. } if reason.contains("$.serial"))
+        );
         let m = msg("cmnd/dev/x", br#"{"serial":"SN-9"}"#);
-        assert!(matches!(build(&r, &m, &Payload::new(m.payload)), Outcome::Record { record, .. } if record.key.as_deref() == Some(&b"SN-9"[..])));
+        assert!(
+            matches!(build(&r, &m, &Payload::new(m.payload)), Outcome::Record { record, .. } if record.key.as_deref() == Some(&b"SN-9"[..]))
+        );
     }
 
     #[test]
@@ -539,8 +592,7 @@ mod tests {
         leaf.prop_recursive(4, 64, 8, |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
-                prop::collection::vec((".*", inner), 0..8)
-                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+                prop::collection::vec((".*", inner), 0..8).prop_map(|kv| Value::Object(kv.into_iter().collect())),
             ]
         })
     }

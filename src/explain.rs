@@ -78,7 +78,11 @@ fn printable(bytes: &[u8]) -> String {
         Ok(s) => s.to_string(),
         Err(_) => {
             use base64::Engine as _;
-            format!("({} bytes, not UTF-8; base64 {})", bytes.len(), base64::engine::general_purpose::STANDARD.encode(bytes))
+            format!(
+                "({} bytes, not UTF-8; base64 {})",
+                bytes.len(),
+                base64::engine::general_purpose::STANDARD.encode(bytes)
+            )
         }
     }
 }

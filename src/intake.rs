@@ -46,7 +46,8 @@ pub struct IntakeReceiver {
 pub fn intake(limit_bytes: usize) -> (IntakeSender, IntakeReceiver) {
     let (tx, rx) = mpsc::unbounded_channel();
     let limit = limit_bytes.max(1);
-    let budget = Arc::new(Budget { used: AtomicUsize::new(0), limit, resume_below: limit - limit / 4, room: Notify::new() });
+    let budget =
+        Arc::new(Budget { used: AtomicUsize::new(0), limit, resume_below: limit - limit / 4, room: Notify::new() });
     (IntakeSender { tx, budget: budget.clone() }, IntakeReceiver { rx, budget })
 }
 
@@ -158,14 +159,18 @@ mod tests {
         assert!(tokio::time::timeout(Duration::from_millis(50), tx.room()).await.is_err(), "no room while full");
         rx.recv().await.unwrap();
         assert!(tx.is_full(), "still at the limit after one of three");
-        assert!(tokio::time::timeout(Duration::from_millis(50), tx.room()).await.is_err(), "no room until it drains to three quarters");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), tx.room()).await.is_err(),
+            "no room until it drains to three quarters"
+        );
         let waiter = tokio::spawn(async move {
             tx.room().await;
             tx
         });
         tokio::task::yield_now().await;
         rx.recv().await.unwrap();
-        let tx = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woken when room came back").unwrap();
+        let tx =
+            tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woken when room came back").unwrap();
         assert!(!tx.is_full());
         assert_eq!(tx.used_bytes(), each);
     }

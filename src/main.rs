@@ -80,7 +80,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::Validate { file } => validate(file.unwrap_or(cli.config)),
-        Command::Explain { topic, payload, payload_file, qos } => explain(cli.config, topic, payload, payload_file, qos),
+        Command::Explain { topic, payload, payload_file, qos } => {
+            explain(cli.config, topic, payload, payload_file, qos)
+        }
         Command::Check { timeout, produce_test } => {
             let options = check::Options { timeout: std::time::Duration::from_secs(timeout), produce_test };
             check::command(&cli.config, &options)
@@ -96,7 +98,10 @@ fn validate(path: PathBuf) -> ExitCode {
             println!("{}: OK, {} route{}", path.display(), routes.len(), if routes.len() == 1 { "" } else { "s" });
             for r in routes {
                 let schema = r.schema.as_ref().map(|s| format!(", schema {}", s.configured)).unwrap_or_default();
-                let limit = r.rate_limit.map(|l| format!(", at most {:.3} records/s", 1.0 / l.interval.as_secs_f64())).unwrap_or_default();
+                let limit = r
+                    .rate_limit
+                    .map(|l| format!(", at most {:.3} records/s", 1.0 / l.interval.as_secs_f64()))
+                    .unwrap_or_default();
                 println!("  {}: {} -> {} (QoS {}, key {}{schema}{limit})", r.name, r.filter, r.topic, r.qos, r.key);
             }
             ExitCode::SUCCESS
@@ -144,7 +149,8 @@ fn run(path: PathBuf) -> ExitCode {
         .enable_all()
         // Read coalescing sleeps here, once every task is idle (see mqtt::coalesce).
         .on_thread_park(mqtt_kafka_gateway::mqtt::coalesce::before_park)
-        .build() {
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");

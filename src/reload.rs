@@ -77,11 +77,23 @@ fn directories(path: &Path, config: &Config) -> Vec<PathBuf> {
 }
 
 /// Watches `config.source` until `shutdown`, publishing each valid new route table on `routes`.
-pub async fn run(config: Config, routes: watch::Sender<Arc<RouteTable>>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+pub async fn run(
+    config: Config,
+    routes: watch::Sender<Arc<RouteTable>>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     let settings = config.reload.clone();
     let path = config.source.clone();
     let initial_hash = std::fs::read_to_string(&path).ok().map(|t| hash(&t, &config));
-    let mut state = State { path: path.clone(), current: config, applied_hash: initial_hash, failed_hash: None, generation: 1, file_missing: false };
+    let mut state = State {
+        path: path.clone(),
+        current: config,
+        applied_hash: initial_hash,
+        failed_hash: None,
+        generation: 1,
+        file_missing: false,
+    };
 
     let (events_tx, mut events) = mpsc::channel::<()>(1);
     // Kept alive for the whole loop: dropping the watcher stops the watch.
@@ -165,7 +177,9 @@ fn watch_more(watcher: &mut notify::RecommendedWatcher, watched: &mut HashSet<Pa
         }
         match watcher.watch(&dir, RecursiveMode::NonRecursive) {
             Ok(()) => tracing::info!(dir = %dir.display(), "watching the configuration directory for changes"),
-            Err(e) => tracing::error!(error = %e, dir = %dir.display(), "cannot watch the directory; edits there apply on the periodic re-read or SIGHUP"),
+            Err(e) => {
+                tracing::error!(error = %e, dir = %dir.display(), "cannot watch the directory; edits there apply on the periodic re-read or SIGHUP")
+            }
         }
         watched.insert(dir);
     }
@@ -195,7 +209,13 @@ async fn read_steady(path: &Path, settle: Duration) -> Result<Option<String>, st
     Ok(None)
 }
 
-async fn attempt(state: &mut State, trigger: Trigger, debounce: Duration, routes: &watch::Sender<Arc<RouteTable>>, metrics: &Metrics) {
+async fn attempt(
+    state: &mut State,
+    trigger: Trigger,
+    debounce: Duration,
+    routes: &watch::Sender<Arc<RouteTable>>,
+    metrics: &Metrics,
+) {
     let settle = (debounce / 2).clamp(Duration::from_millis(20), Duration::from_millis(200));
     let text = match read_steady(&state.path, settle).await {
         Ok(Some(t)) => t,
@@ -234,7 +254,11 @@ async fn attempt(state: &mut State, trigger: Trigger, debounce: Duration, routes
             state.failed_hash = Some(h);
             metrics.config_file_valid.store(false, Relaxed);
             let total = metrics.reload_failed();
-            tracing::error!(reload_failures = total, generation = state.generation, "the new configuration is invalid; the current routes stay in effect:\n{e}");
+            tracing::error!(
+                reload_failures = total,
+                generation = state.generation,
+                "the new configuration is invalid; the current routes stay in effect:\n{e}"
+            );
             return;
         }
     };

@@ -272,7 +272,12 @@ impl RouteDiff {
                 Some(_) => {}
             }
         }
-        d.removed = old.routes.iter().filter(|o| !new.routes.iter().any(|r| r.name == o.name)).map(|o| o.name.to_string()).collect();
+        d.removed = old
+            .routes
+            .iter()
+            .filter(|o| !new.routes.iter().any(|r| r.name == o.name))
+            .map(|o| o.name.to_string())
+            .collect();
         d
     }
 
@@ -335,7 +340,11 @@ pub(crate) mod tests {
     }
 
     fn jsonpath_with(path: &str, missing: KeyMissing) -> KeyRule {
-        KeyRule::JsonPath { source: path.into(), query: Box::new(jsonpath_rust::parser::parse_json_path(path).unwrap()), missing }
+        KeyRule::JsonPath {
+            source: path.into(),
+            query: Box::new(jsonpath_rust::parser::parse_json_path(path).unwrap()),
+            missing,
+        }
     }
 
     #[test]
@@ -364,7 +373,10 @@ pub(crate) mod tests {
         assert_eq!(get(KeyMissing::DeviceId), Ok(Some(b"dev-1".to_vec())));
         assert_eq!(get(KeyMissing::None), Ok(None));
         assert!(get(KeyMissing::DeadLetter).unwrap_err().contains("$.absent"));
-        assert_eq!(jsonpath_with("$.serial", KeyMissing::DeadLetter).select("d", None).unwrap_err(), "key path `$.serial` selects nothing in the payload");
+        assert_eq!(
+            jsonpath_with("$.serial", KeyMissing::DeadLetter).select("d", None).unwrap_err(),
+            "key path `$.serial` selects nothing in the payload"
+        );
     }
 
     #[test]

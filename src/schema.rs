@@ -73,10 +73,17 @@ impl RouteSchema {
             .build(&value)
             .map_err(|e| {
                 let pointer = e.instance_path().as_str().to_string();
-                let line = YamlIndex::build(&text).locate(&dotted(&pointer)).map(|p| format!(":{}", p.line)).unwrap_or_default();
+                let line = YamlIndex::build(&text)
+                    .locate(&dotted(&pointer))
+                    .map(|p| format!(":{}", p.line))
+                    .unwrap_or_default();
                 let at = if pointer.is_empty() { String::new() } else { format!(" at {pointer}") };
                 SchemaError {
-                    message: format!("`{}`{line}: not a valid JSON Schema{at}: {}", file.display(), cut(&e.to_string(), ONE_MAX_CHARS)),
+                    message: format!(
+                        "`{}`{line}: not a valid JSON Schema{at}: {}",
+                        file.display(),
+                        cut(&e.to_string(), ONE_MAX_CHARS)
+                    ),
                     hint: "fix the keyword at that line (drafts 2020-12 and 7 are understood, by the file's $schema)",
                 }
             })?;
@@ -92,7 +99,12 @@ impl RouteSchema {
         let mut left = 0;
         for e in errors {
             let pointer = e.instance_path().as_str();
-            let one = format!("{}: {} ({})", if pointer.is_empty() { "/" } else { pointer }, cut(&e.to_string(), ONE_MAX_CHARS), e.kind().keyword());
+            let one = format!(
+                "{}: {} ({})",
+                if pointer.is_empty() { "/" } else { pointer },
+                cut(&e.to_string(), ONE_MAX_CHARS),
+                e.kind().keyword()
+            );
             if left == 0 && reason.len() + one.len() + 2 <= REASON_MAX_CHARS {
                 if listed > 0 {
                     reason.push_str("; ");
@@ -114,7 +126,11 @@ fn parse(file: &Path, text: &str) -> Result<Value, SchemaError> {
     let yaml = matches!(file.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
     if yaml {
         yaml_serde::from_str(text).map_err(|e| SchemaError {
-            message: format!("`{}`{}: not valid YAML: {e}", file.display(), e.location().map(|l| format!(":{}:{}", l.line(), l.column())).unwrap_or_default()),
+            message: format!(
+                "`{}`{}: not valid YAML: {e}",
+                file.display(),
+                e.location().map(|l| format!(":{}:{}", l.line(), l.column())).unwrap_or_default()
+            ),
             hint: "a schema file is JSON (or YAML, by a .yaml/.yml extension)",
         })
     } else {
@@ -233,9 +249,26 @@ mod tests {
     fn valid_payloads_pass_and_every_violation_is_named_by_pointer_and_keyword() {
         let dir = tempfile::tempdir().unwrap();
         let s = schema_in(dir.path(), "telemetry.json", TELEMETRY).unwrap();
-        assert_eq!(s.violations(&json!({"temp": 21.5, "mode": "auto", "at": "2026-12-01T10:00:00Z", "sensors": [{"id": 1}]})), None);
-        let reason = s.violations(&json!({"temp": "hot", "mode": "turbo", "at": "yesterday", "sensors": [{"id": 1}, {"name": "x"}]})).unwrap();
-        for needle in ["schema telemetry.json: ", "/temp: ", "(type)", "/mode: ", "(enum)", "/at: ", "(format)", "/sensors/1: ", "(required)"] {
+        assert_eq!(
+            s.violations(&json!({"temp": 21.5, "mode": "auto", "at": "2026-12-01T10:00:00Z", "sensors": [{"id": 1}]})),
+            None
+        );
+        let reason = s
+            .violations(
+                &json!({"temp": "hot", "mode": "turbo", "at": "yesterday", "sensors": [{"id": 1}, {"name": "x"}]}),
+            )
+            .unwrap();
+        for needle in [
+            "schema telemetry.json: ",
+            "/temp: ",
+            "(type)",
+            "/mode: ",
+            "(enum)",
+            "/at: ",
+            "(format)",
+            "/sensors/1: ",
+            "(required)",
+        ] {
             assert!(reason.contains(needle), "{needle} in {reason}");
         }
         let root = s.violations(&json!([1])).unwrap();
@@ -274,7 +307,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let e = schema_in(dir.path(), "bad.json", "{\n  \"type\": \"object\",\n  \"properties\": {\n}").unwrap_err();
         assert!(e.message.contains("bad.json`:4:") && e.message.contains("not valid JSON"), "{e:?}");
-        let e = schema_in(dir.path(), "wrong.json", "{\n  \"type\": \"object\",\n  \"properties\": {\n    \"temp\": {\"type\": \"strin\"}\n  }\n}").unwrap_err();
+        let e = schema_in(
+            dir.path(),
+            "wrong.json",
+            "{\n  \"type\": \"object\",\n  \"properties\": {\n    \"temp\": {\"type\": \"strin\"}\n  }\n}",
+        )
+        .unwrap_err();
         assert!(e.message.contains("wrong.json`:4") && e.message.contains("not a valid JSON Schema"), "{e:?}");
         let e = RouteSchema::load(dir.path(), "missing.json").unwrap_err();
         assert!(e.message.contains("cannot read") && e.hint.contains("relative"), "{e:?}");

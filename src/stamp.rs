@@ -86,7 +86,12 @@ mod tests {
 
     #[test]
     fn the_message_id_is_the_hash_in_32_hex_digits() {
-        for (topic, payload) in [("cmnd/a", b"{}".as_slice()), ("", b"".as_slice()), ("x/y/z", &[0xff; 300][..]), ("past/the/stack/buffer", &[7; 1000][..])] {
+        for (topic, payload) in [
+            ("cmnd/a", b"{}".as_slice()),
+            ("", b"".as_slice()),
+            ("x/y/z", &[0xff; 300][..]),
+            ("past/the/stack/buffer", &[7; 1000][..]),
+        ] {
             let mut h = xxhash_rust::xxh3::Xxh3::new();
             h.update(topic.as_bytes());
             h.update(&[0]);

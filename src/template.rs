@@ -67,7 +67,11 @@ impl TopicTemplate {
                             Part::Level(n.parse().map_err(|_| format!("level `{n}` is too large"))?)
                         }
                         n if n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => Part::Group(n.to_string()),
-                        n => return Err(format!("`{{{n}}}` is not a placeholder: use {{N}}, {{device_id}} or {{group_name}}")),
+                        n => {
+                            return Err(format!(
+                                "`{{{n}}}` is not a placeholder: use {{N}}, {{device_id}} or {{group_name}}"
+                            ))
+                        }
                     });
                 }
                 '}' => return Err(format!("unmatched '}}' in `{source}`")),
@@ -80,7 +84,9 @@ impl TopicTemplate {
         for p in &parts {
             if let Part::Literal(l) = p {
                 if let Some(bad) = l.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
-                    return Err(format!("`{source}` contains {bad:?}; Kafka topic names use letters, digits, '.', '_' and '-'"));
+                    return Err(format!(
+                        "`{source}` contains {bad:?}; Kafka topic names use letters, digits, '.', '_' and '-'"
+                    ));
                 }
             }
         }

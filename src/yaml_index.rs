@@ -50,8 +50,16 @@ impl YamlIndex {
 
 enum Frame {
     /// A mapping: `key` is the pending key once read, `expect_key` says what the next node is.
-    Map { path: String, key: Option<String>, expect_key: bool, first_key: bool },
-    Seq { path: String, index: usize },
+    Map {
+        path: String,
+        key: Option<String>,
+        expect_key: bool,
+        first_key: bool,
+    },
+    Seq {
+        path: String,
+        index: usize,
+    },
 }
 
 #[derive(Default)]

@@ -8,7 +8,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{broker_env, free_port, kafka, new_topic, start_gateway, unique_topic, wait_until, write_config, Mosquitto};
+use common::{
+    broker_env, free_port, kafka, new_topic, start_gateway, unique_topic, wait_until, write_config, Mosquitto,
+};
 
 /// What one `check` run printed and how it ended.
 struct Run {
@@ -20,7 +22,13 @@ struct Run {
 
 impl Run {
     fn text(&self) -> String {
-        format!("exit {:?} after {:.1}s\n--- stdout ---\n{}--- stderr ---\n{}", self.code, self.took.as_secs_f64(), self.stdout, self.stderr)
+        format!(
+            "exit {:?} after {:.1}s\n--- stdout ---\n{}--- stderr ---\n{}",
+            self.code,
+            self.took.as_secs_f64(),
+            self.stdout,
+            self.stderr
+        )
     }
 
     /// The item line whose side is `side` and whose text starts with `what`.
@@ -53,7 +61,17 @@ fn check(config: &Path, args: &[&str], env: &[(&str, String)]) -> Run {
     cmd.arg("check").arg("--config").arg(config).args(args);
     // The machine's own variables must not leak into what is checked.
     for (k, _) in std::env::vars() {
-        if k.starts_with("GATEWAY_") || ["MQTT_BROKER", "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC", "MQTT_TOPIC_PATTERN", "MQTT_USERNAME", "MQTT_PASSWORD"].contains(&k.as_str()) {
+        if k.starts_with("GATEWAY_")
+            || [
+                "MQTT_BROKER",
+                "KAFKA_BOOTSTRAP_SERVERS",
+                "KAFKA_TOPIC",
+                "MQTT_TOPIC_PATTERN",
+                "MQTT_USERNAME",
+                "MQTT_PASSWORD",
+            ]
+            .contains(&k.as_str())
+        {
             cmd.env_remove(k);
         }
     }
@@ -63,7 +81,10 @@ fn check(config: &Path, args: &[&str], env: &[(&str, String)]) -> Run {
             cmd.env("GATEWAY_MQTT__PROTOCOL", protocol);
         }
     }
-    cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str()))).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let started = Instant::now();
     let mut child = cmd.spawn().expect("run the gateway binary");
     let mut pipes = (child.stdout.take().expect("stdout"), child.stderr.take().expect("stderr"));
@@ -106,7 +127,10 @@ fn check_passes_against_healthy_brokers_and_the_test_record_arrives() {
     let topic = new_topic("check-ok", 3);
     let template_prefix = unique_topic("check-tpl");
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), &[route("a", "cmnd/#", &topic), route("t", "tele/+/+", &format!("{template_prefix}.{{2}}"))]);
+    let cfg = config(
+        dir.path(),
+        &[route("a", "cmnd/#", &topic), route("t", "tele/+/+", &format!("{template_prefix}.{{2}}"))],
+    );
     let env = broker_env(&mosquitto);
 
     let run = check(&cfg, &["--timeout", "10"], &env);
@@ -117,12 +141,20 @@ fn check_passes_against_healthy_brokers_and_the_test_record_arrives() {
     run.assert_status("mqtt", "route \"t\" filter \"tele/+/+\"", "OK");
     run.assert_status("kafka", "reachable", "OK");
     run.assert_status("kafka", "authenticated", "OK");
-    assert!(run.line("kafka", &format!("topic \"{topic}\" (route \"a\")")).ends_with("exists, 3 partitions"), "{}", run.text());
+    assert!(
+        run.line("kafka", &format!("topic \"{topic}\" (route \"a\")")).ends_with("exists, 3 partitions"),
+        "{}",
+        run.text()
+    );
     // Nobody created the dead-letter topic: the test broker auto-creates topics, and the check says so.
     let dlq = run.line("kafka", &format!("topic \"{topic}.dlq\" (dead letters of route \"a\")"));
     assert!(dlq.starts_with("OK") && dlq.contains("missing, will be auto-created"), "{}", run.text());
     // Asking did not create it.
-    assert_eq!(kafka().wait_partitions(&format!("{topic}.dlq"), Duration::from_secs(1)), 0, "the check created the dead-letter topic");
+    assert_eq!(
+        kafka().wait_partitions(&format!("{topic}.dlq"), Duration::from_secs(1)),
+        0,
+        "the check created the dead-letter topic"
+    );
     // The template is skipped, not failed; its dead-letter topic is checked.
     let tpl = run.line("kafka", &format!("topic \"{template_prefix}.{{2}}\" (route \"t\")"));
     assert!(tpl.starts_with("SKIP") && tpl.contains("template"), "{}", run.text());
@@ -160,7 +192,10 @@ fn check_does_not_disturb_a_running_gateway_with_the_same_settings() {
     // A persistent session under a fixed client id: the one a second client with the same id would take over.
     let cfg = write_config(
         dir.path(),
-        &format!("mqtt:\n  client_id: live-gw\n  clean_session: false\nreload:\n  watch: false\nroutes:\n{}", route("a", "cmnd/#", &topic)),
+        &format!(
+            "mqtt:\n  client_id: live-gw\n  clean_session: false\nreload:\n  watch: false\nroutes:\n{}",
+            route("a", "cmnd/#", &topic)
+        ),
     );
     let env = broker_env(&mosquitto);
     let gateway = start_gateway(&cfg, &env);
@@ -172,7 +207,10 @@ fn check_does_not_disturb_a_running_gateway_with_the_same_settings() {
     assert!(run.line("mqtt", "authenticated").contains(pid_id), "{}", run.text());
     // The broker saw the check come and go cleanly, and the gateway never lost its connection.
     assert!(
-        wait_until(Duration::from_secs(5), Duration::from_millis(50), || mosquitto.log().contains("Client live-gw-check-") && mosquitto.log().contains("disconnected.")),
+        wait_until(Duration::from_secs(5), Duration::from_millis(50), || mosquitto
+            .log()
+            .contains("Client live-gw-check-")
+            && mosquitto.log().contains("disconnected.")),
         "{}",
         mosquitto.log()
     );
@@ -192,7 +230,11 @@ fn nothing_listening_on_the_mqtt_port_fails_mqtt_reachable_only() {
     let run = check(&cfg, &["--timeout", "5"], &env);
     assert_eq!(run.code, Some(1), "{}", run.text());
     let line = run.line("mqtt", "reachable");
-    assert!(line.starts_with("FAIL") && line.contains(&format!("127.0.0.1:{port}: connection refused")), "{}", run.text());
+    assert!(
+        line.starts_with("FAIL") && line.contains(&format!("127.0.0.1:{port}: connection refused")),
+        "{}",
+        run.text()
+    );
     assert!(run.stdout.contains("hint: check mqtt.broker (env MQTT_BROKER)"), "{}", run.text());
     // What depends on the connection is not checked, and not called failed.
     run.assert_status("mqtt", "authenticated", "SKIP");
@@ -228,13 +270,21 @@ fn a_wrong_mqtt_password_fails_authenticated_and_is_never_printed() {
     let line = run.line("mqtt", "authenticated");
     // Mosquitto answers a wrong password with "not authorized" (5); other brokers say "bad user name or password" (4).
     assert!(line.starts_with("FAIL") && (line.contains("CONNACK 5") || line.contains("CONNACK 4")), "{}", run.text());
-    assert!(run.stdout.contains("MQTT_PASSWORD") && run.stdout.contains("mqtt.username"), "the hint names the settings:\n{}", run.text());
+    assert!(
+        run.stdout.contains("MQTT_PASSWORD") && run.stdout.contains("mqtt.username"),
+        "the hint names the settings:\n{}",
+        run.text()
+    );
     run.assert_status("mqtt", "route \"a\" filter \"cmnd/#\"", "SKIP");
     run.assert_status("kafka", "reachable", "OK");
     run.assert_status("kafka", &format!("topic \"{topic}\""), "OK");
     assert_eq!(run.stdout.matches("FAIL ").count(), 1, "{}", run.text());
     for secret in [wrong, right] {
-        assert!(!run.stdout.contains(secret) && !run.stderr.contains(secret), "a password was printed:\n{}", run.text());
+        assert!(
+            !run.stdout.contains(secret) && !run.stderr.contains(secret),
+            "a password was printed:\n{}",
+            run.text()
+        );
     }
 }
 
@@ -248,7 +298,9 @@ fn a_filter_the_broker_refuses_fails_naming_route_and_filter() {
         &[
             route("a", "cmnd/#", &topic),
             route("t", "tele/#", &topic),
-            format!("  - name: c\n    filter: 'alarm/+/x'\n    fallback_filters: ['alarm/+/y']\n    topic: '{topic}'\n"),
+            format!(
+                "  - name: c\n    filter: 'alarm/+/x'\n    fallback_filters: ['alarm/+/y']\n    topic: '{topic}'\n"
+            ),
         ],
     );
     let run = check(&cfg, &[], &broker_env(&mosquitto));
@@ -260,8 +312,17 @@ fn a_filter_the_broker_refuses_fails_naming_route_and_filter() {
         Ok("5") => "SUBACK: not authorized",
         _ => "SUBACK 0x80",
     };
-    assert_eq!(line, format!("FAIL  mqtt  route \"a\" filter \"cmnd/#\": refused by the broker ({refusal})"), "{}", run.text());
-    assert!(run.stdout.contains("hint: the broker's ACL must let anonymous clients subscribe to \"cmnd/#\""), "{}", run.text());
+    assert_eq!(
+        line,
+        format!("FAIL  mqtt  route \"a\" filter \"cmnd/#\": refused by the broker ({refusal})"),
+        "{}",
+        run.text()
+    );
+    assert!(
+        run.stdout.contains("hint: the broker's ACL must let anonymous clients subscribe to \"cmnd/#\""),
+        "{}",
+        run.text()
+    );
     run.assert_status("mqtt", "route \"t\" filter \"tele/#\"", "OK");
     run.assert_status("mqtt", "route \"c\" filter \"alarm/+/x\"", "OK");
     run.assert_status("kafka", "reachable", "OK");
@@ -274,7 +335,10 @@ fn a_refused_filter_says_what_its_fallback_filters_would_get() {
     let mosquitto = Mosquitto::start_rejecting_subscription("cmnd/#", "cmnd/+/+/+/+");
     let topic = new_topic("check-fallback", 1);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), &[format!("  - name: a\n    filter: 'cmnd/#'\n    fallback_filters: ['cmnd/+/+/+/+']\n    topic: '{topic}'\n")]);
+    let cfg = config(
+        dir.path(),
+        &[format!("  - name: a\n    filter: 'cmnd/#'\n    fallback_filters: ['cmnd/+/+/+/+']\n    topic: '{topic}'\n")],
+    );
     let run = check(&cfg, &[], &broker_env(&mosquitto));
     assert_eq!(run.code, Some(1), "{}", run.text());
     run.assert_status("mqtt", "route \"a\" filter \"cmnd/#\"", "FAIL");
@@ -297,7 +361,11 @@ fn an_unreachable_kafka_fails_kafka_reachable_within_the_timeout() {
     let run = check(&cfg, &["--timeout", "3"], &env);
     assert_eq!(run.code, Some(1), "{}", run.text());
     let line = run.line("kafka", "reachable");
-    assert!(line.starts_with("FAIL") && line.contains(&format!("127.0.0.1:{port}")) && line.contains("Connection refused"), "{}", run.text());
+    assert!(
+        line.starts_with("FAIL") && line.contains(&format!("127.0.0.1:{port}")) && line.contains("Connection refused"),
+        "{}",
+        run.text()
+    );
     assert!(run.stdout.contains("hint: check kafka.bootstrap_servers (env KAFKA_BOOTSTRAP_SERVERS)"), "{}", run.text());
     run.assert_status("kafka", "authenticated", "SKIP");
     run.assert_status("kafka", &format!("topic \"{topic}\""), "SKIP");

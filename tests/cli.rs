@@ -42,19 +42,55 @@ fn validate_accepts_the_shipped_file_and_the_examples() {
 fn validate_names_file_line_and_key_for_each_error_class() {
     let dir = tempfile::tempdir().unwrap();
     let cases: &[(&str, String, &[&str])] = &[
-        ("YAML syntax", "routes:\n  - name: a\n    filter: [cmnd\n".into(), &["routes.yaml:", "YAML syntax error", "line 3"]),
+        (
+            "YAML syntax",
+            "routes:\n  - name: a\n    filter: [cmnd\n".into(),
+            &["routes.yaml:", "YAML syntax error", "line 3"],
+        ),
         ("unknown key", format!("{HEAD}    qos_level: 1\n"), &["routes.yaml:5:5: routes[0].qos_level: unknown field"]),
         ("unknown section", format!("{HEAD}kafak: {{}}\n"), &["routes.yaml:5:1: kafak: unknown key"]),
-        ("wrong type", format!("mqtt:\n  keep_alive_secs: soon\n{HEAD}"), &["routes.yaml:2:3: mqtt.keep_alive_secs: invalid type"]),
-        ("missing key", "routes:\n  - name: a\n    filter: 'cmnd/#'\n".into(), &["routes.yaml:2:5: routes[0]: missing field `topic`"]),
-        ("bad regex", format!("{HEAD}    device_id:\n      regex: '(?P<device_id>x'\n"), &["routes.yaml:6:7: routes[0].device_id.regex: invalid regex"]),
-        ("regex without group", format!("{HEAD}    device_id:\n      regex: 'f2-.*'\n"), &["routes.yaml:6:7: routes[0].device_id.regex", "no named group `device_id`"]),
+        (
+            "wrong type",
+            format!("mqtt:\n  keep_alive_secs: soon\n{HEAD}"),
+            &["routes.yaml:2:3: mqtt.keep_alive_secs: invalid type"],
+        ),
+        (
+            "missing key",
+            "routes:\n  - name: a\n    filter: 'cmnd/#'\n".into(),
+            &["routes.yaml:2:5: routes[0]: missing field `topic`"],
+        ),
+        (
+            "bad regex",
+            format!("{HEAD}    device_id:\n      regex: '(?P<device_id>x'\n"),
+            &["routes.yaml:6:7: routes[0].device_id.regex: invalid regex"],
+        ),
+        (
+            "regex without group",
+            format!("{HEAD}    device_id:\n      regex: 'f2-.*'\n"),
+            &["routes.yaml:6:7: routes[0].device_id.regex", "no named group `device_id`"],
+        ),
         ("bad JSONPath", format!("{HEAD}    key: '$[?'\n"), &["routes.yaml:5:5: routes[0].key: invalid JSONPath"]),
-        ("bad filter", "routes:\n  - name: a\n    filter: 'cmnd/#/x'\n    topic: raw\n".into(), &["routes.yaml:3:5: routes[0].filter: invalid MQTT filter"]),
-        ("bad template", "routes:\n  - name: a\n    filter: 'cmnd/#'\n    topic: 'iot.{kind'\n".into(), &["routes.yaml:4:5: routes[0].topic: unclosed"]),
-        ("unknown template group", "routes:\n  - name: a\n    filter: 'cmnd/#'\n    topic: 'iot.{kind}'\n".into(), &["routes.yaml:4:5: routes[0].topic: placeholder `{kind}`"]),
+        (
+            "bad filter",
+            "routes:\n  - name: a\n    filter: 'cmnd/#/x'\n    topic: raw\n".into(),
+            &["routes.yaml:3:5: routes[0].filter: invalid MQTT filter"],
+        ),
+        (
+            "bad template",
+            "routes:\n  - name: a\n    filter: 'cmnd/#'\n    topic: 'iot.{kind'\n".into(),
+            &["routes.yaml:4:5: routes[0].topic: unclosed"],
+        ),
+        (
+            "unknown template group",
+            "routes:\n  - name: a\n    filter: 'cmnd/#'\n    topic: 'iot.{kind}'\n".into(),
+            &["routes.yaml:4:5: routes[0].topic: placeholder `{kind}`"],
+        ),
         ("bad QoS", format!("{HEAD}    qos: 3\n"), &["routes.yaml:5:5: routes[0].qos: 3 is not an MQTT QoS"]),
-        ("duplicate name", format!("{HEAD}  - name: a\n    filter: 'x/#'\n    topic: raw2\n"), &["routes.yaml:5:5: routes[1].name", "already the name"]),
+        (
+            "duplicate name",
+            format!("{HEAD}  - name: a\n    filter: 'x/#'\n    topic: raw2\n"),
+            &["routes.yaml:5:5: routes[1].name", "already the name"],
+        ),
     ];
     for (class, body, expect) in cases {
         write(dir.path(), body);
@@ -93,7 +129,12 @@ fn explain_shows_the_exact_record() {
     assert!(t.contains("kafka topic  raw_iot_data"), "{t}");
     assert!(t.contains("key          f2-e4fd45f654be"), "{t}");
     assert!(t.contains(&format!("mqtt_topic={topic}")), "{t}");
-    assert!(t.contains(&format!(r#""original_topic":"{topic}","device_id":"f2-e4fd45f654be","payload":{payload},"timestamp":"#)), "{t}");
+    assert!(
+        t.contains(&format!(
+            r#""original_topic":"{topic}","device_id":"f2-e4fd45f654be","payload":{payload},"timestamp":"#
+        )),
+        "{t}"
+    );
 }
 
 #[test]
@@ -108,7 +149,18 @@ fn explain_says_why_a_message_is_dead_lettered_or_unrouted() {
     let o = gateway(&["explain", "--topic", "tele/x", "--payload", "{}"], root);
     assert!(text(&o).contains("matches 0 of 1 route; the message would be counted as unrouted"), "{}", text(&o));
 
-    let o = gateway(&["explain", "--config", "examples/routes.yaml", "--topic", "cmnd/f2-e4fd45f654be/access-control-mode/J1/door-sensors", "--payload", "{}"], root);
+    let o = gateway(
+        &[
+            "explain",
+            "--config",
+            "examples/routes.yaml",
+            "--topic",
+            "cmnd/f2-e4fd45f654be/access-control-mode/J1/door-sensors",
+            "--payload",
+            "{}",
+        ],
+        root,
+    );
     let t = text(&o);
     assert!(t.contains("kafka topic  iot.door-sensors"), "the example's templated route: {t}");
 }

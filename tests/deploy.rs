@@ -147,7 +147,10 @@ fn container_port(container: &Value, port: &Value) -> u64 {
     }
     let name = str_of(port, "port");
     let ports = container["ports"].as_sequence().expect("container ports");
-    let p = ports.iter().find(|p| p["name"].as_str() == Some(name)).unwrap_or_else(|| panic!("no container port named {name}"));
+    let p = ports
+        .iter()
+        .find(|p| p["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("no container port named {name}"));
     p["containerPort"].as_u64().expect("containerPort")
 }
 
@@ -178,7 +181,8 @@ fn load(text: &str, env: &BTreeMap<String, String>) -> mqtt_kafka_gateway::confi
 
 /// Kubernetes quantities such as `256Mi`, `1G`, `128974848`, in bytes.
 fn bytes(quantity: &str) -> u64 {
-    let units = [("Ki", 1u64 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30), ("k", 1000), ("M", 1_000_000), ("G", 1_000_000_000)];
+    let units =
+        [("Ki", 1u64 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30), ("k", 1000), ("M", 1_000_000), ("G", 1_000_000_000)];
     for (suffix, factor) in units {
         if let Some(n) = quantity.strip_suffix(suffix) {
             return n.parse::<u64>().unwrap_or_else(|e| panic!("{quantity}: {e}")) * factor;
@@ -323,7 +327,13 @@ fn routes_configmap_is_mounted_as_a_directory_holding_the_config_file() {
     let mount_path = Path::new(str_of(&mount["mountPath"], "mountPath"));
 
     let config = config_arg(container);
-    assert_eq!(config.parent(), Some(mount_path), "--config {} is not directly in the mount {}", config.display(), mount_path.display());
+    assert_eq!(
+        config.parent(),
+        Some(mount_path),
+        "--config {} is not directly in the mount {}",
+        config.display(),
+        mount_path.display()
+    );
     let key = config.file_name().unwrap().to_str().unwrap();
     assert!(configmap["data"][key].is_string(), "--config names {key}, which is not a key of the ConfigMap");
 }
@@ -409,13 +419,13 @@ fn one_pod_at_a_time_with_the_spec_resources_and_a_grace_period_beyond_the_gatew
     let limit = bytes(str_of(&resources["limits"]["memory"], "memory limit"));
     let queue_kbytes: u64 = config.kafka.properties["queue.buffering.max.kbytes"].parse().unwrap();
     let buffered = config.mqtt.buffer_bytes as u64 + queue_kbytes * 1024;
-    assert!(buffered <= limit / 2, "buffer_bytes + queue_max_kbytes = {buffered} bytes, over half the {limit}-byte limit");
+    assert!(
+        buffered <= limit / 2,
+        "buffer_bytes + queue_max_kbytes = {buffered} bytes, over half the {limit}-byte limit"
+    );
 
     let pdb = object("PodDisruptionBudget");
-    assert!(
-        pdb["spec"]["minAvailable"].as_u64() != Some(1),
-        "minAvailable 1 with one replica blocks every node drain"
-    );
+    assert!(pdb["spec"]["minAvailable"].as_u64() != Some(1), "minAvailable 1 with one replica blocks every node drain");
 }
 
 #[test]
@@ -461,7 +471,8 @@ fn the_service_links_of_a_service_named_gateway_do_not_stop_the_gateway() {
     ];
     let env: BTreeMap<String, String> = links.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let text = routes_text(&object("ConfigMap"), "routes.yaml");
-    let with_links = mqtt_kafka_gateway::config::load_from_str(Path::new("routes.yaml"), &text, &env).expect("service links are not configuration");
+    let with_links = mqtt_kafka_gateway::config::load_from_str(Path::new("routes.yaml"), &text, &env)
+        .expect("service links are not configuration");
     let without = mqtt_kafka_gateway::config::load_from_str(Path::new("routes.yaml"), &text, &BTreeMap::new()).unwrap();
     assert_eq!(format!("{:?}", with_links.mqtt), format!("{:?}", without.mqtt));
 }
@@ -592,7 +603,10 @@ fn dashboard_queries_are_valid_promql() {
         for t in p["targets"].as_array().into_iter().flatten() {
             let expr = t["expr"].as_str().unwrap().replace("$__rate_interval", "5m").replace("$instance", ".*");
             assert!(!expr.contains('$'), "an unknown variable in {expr}");
-            rules.push_str(&format!("      - record: dashboard:query_{n}\n        expr: {}\n", serde_json::to_string(&expr).unwrap()));
+            rules.push_str(&format!(
+                "      - record: dashboard:query_{n}\n        expr: {}\n",
+                serde_json::to_string(&expr).unwrap()
+            ));
             n += 1;
         }
     }
@@ -609,7 +623,8 @@ fn dashboard_queries_are_valid_promql() {
 
 #[test]
 fn dashboard_shows_what_an_operator_needs() {
-    let used: BTreeSet<String> = metric_names_in(&read(DASHBOARD)).iter().map(|n| metric_family(n).to_string()).collect();
+    let used: BTreeSet<String> =
+        metric_names_in(&read(DASHBOARD)).iter().map(|n| metric_family(n).to_string()).collect();
     for want in [
         "mqtt_kafka_gateway_messages_received_total",
         "mqtt_kafka_gateway_records_delivered_total",
@@ -648,11 +663,24 @@ fn metric_name_helpers_find_and_reduce_names() {
     let found = metric_names_in("rate(mqtt_kafka_gateway_x_total[5m]) mqtt_kafka_gateway_delivery_latency_seconds_bucket{le=\"1\"} mqtt-kafka-gateway");
     assert_eq!(
         found,
-        BTreeSet::from(["mqtt_kafka_gateway_x_total".to_string(), "mqtt_kafka_gateway_delivery_latency_seconds_bucket".to_string()])
+        BTreeSet::from([
+            "mqtt_kafka_gateway_x_total".to_string(),
+            "mqtt_kafka_gateway_delivery_latency_seconds_bucket".to_string()
+        ])
     );
-    assert_eq!(metric_family("mqtt_kafka_gateway_delivery_latency_seconds_bucket"), "mqtt_kafka_gateway_delivery_latency_seconds");
-    assert_eq!(metric_family("mqtt_kafka_gateway_delivery_latency_seconds_count"), "mqtt_kafka_gateway_delivery_latency_seconds");
-    assert_eq!(metric_family("mqtt_kafka_gateway_ready_count"), "mqtt_kafka_gateway_ready_count", "only histograms lose a suffix");
+    assert_eq!(
+        metric_family("mqtt_kafka_gateway_delivery_latency_seconds_bucket"),
+        "mqtt_kafka_gateway_delivery_latency_seconds"
+    );
+    assert_eq!(
+        metric_family("mqtt_kafka_gateway_delivery_latency_seconds_count"),
+        "mqtt_kafka_gateway_delivery_latency_seconds"
+    );
+    assert_eq!(
+        metric_family("mqtt_kafka_gateway_ready_count"),
+        "mqtt_kafka_gateway_ready_count",
+        "only histograms lose a suffix"
+    );
     assert!(!EXPOSED_METRICS.contains(&metric_family("mqtt_kafka_gateway_x_total")));
 }
 
@@ -668,7 +696,8 @@ fn compose_publishes_the_http_port_and_checks_readiness_with_a_tool_the_image_ha
     assert!(ports.contains(&format!("{DEFAULT_PORT}:{DEFAULT_PORT}").as_str()), "{ports:?}");
 
     let hc = &gw["healthcheck"];
-    let test: Vec<&str> = hc["test"].as_sequence().expect("healthcheck.test as a list").iter().map(|a| str_of(a, "test")).collect();
+    let test: Vec<&str> =
+        hc["test"].as_sequence().expect("healthcheck.test as a list").iter().map(|a| str_of(a, "test")).collect();
     assert_eq!(test[0], "CMD", "exec form, no shell needed: {test:?}");
     let url = format!("http://127.0.0.1:{DEFAULT_PORT}{READYZ_PATH}");
     assert!(test.contains(&url.as_str()), "{test:?} asks {url}");
@@ -678,11 +707,8 @@ fn compose_publishes_the_http_port_and_checks_readiness_with_a_tool_the_image_ha
     // The tool is installed in the image's last stage.
     let dockerfile = read("Dockerfile");
     let runtime = dockerfile.rsplit("\nFROM ").next().unwrap();
-    let installs: Vec<&str> = runtime
-        .lines()
-        .filter(|l| l.contains("apt-get install"))
-        .flat_map(|l| l.split_whitespace())
-        .collect();
+    let installs: Vec<&str> =
+        runtime.lines().filter(|l| l.contains("apt-get install")).flat_map(|l| l.split_whitespace()).collect();
     assert!(installs.contains(&test[1]), "the runtime image does not install {}", test[1]);
     assert!(runtime.contains(&format!("EXPOSE {DEFAULT_PORT}")), "EXPOSE {DEFAULT_PORT}");
 }

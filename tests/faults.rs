@@ -64,7 +64,8 @@ fn rig_with(prefix: &str, partitions: i32, qos: u8, mosquitto: Mosquitto, mqtt_e
 }
 
 fn start(config: &Path, mosquitto: &Mosquitto, kafka: &Kafka) -> Gateway {
-    let gw = Gateway::start(config, &[("MQTT_BROKER", &mosquitto.addr()), ("KAFKA_BOOTSTRAP_SERVERS", &kafka.bootstrap())]);
+    let gw =
+        Gateway::start(config, &[("MQTT_BROKER", &mosquitto.addr()), ("KAFKA_BOOTSTRAP_SERVERS", &kafka.bootstrap())]);
     assert!(gw.wait_for_log("subscribed", WAIT), "{}", gw.logs());
     gw
 }
@@ -115,7 +116,10 @@ fn tally(kafka: &Kafka, topic: &str, n: usize, timeout: Duration) -> Tally {
 }
 
 fn report(name: &str, n: usize, t: &Tally) {
-    eprintln!("FAULT RESULT {name}: sent={n} lost={} duplicates={} order_violations={}", t.lost, t.duplicates, t.order_violations);
+    eprintln!(
+        "FAULT RESULT {name}: sent={n} lost={} duplicates={} order_violations={}",
+        t.lost, t.duplicates, t.order_violations
+    );
 }
 
 #[test]
@@ -143,7 +147,11 @@ fn kafka_killed_for_15_seconds_loses_nothing_and_keeps_order() {
     assert_eq!(t.lost, 0, "lost messages; gateway log tail:\n{}", tail(&gw));
     assert_eq!(t.order_violations, 0, "per-device order broken");
     assert!(gw.logs().contains("statistics"), "the gateway stayed up");
-    assert!(!gw.logs().contains("lost the connection to the MQTT broker"), "keep-alives were served throughout:\n{}", tail(&gw));
+    assert!(
+        !gw.logs().contains("lost the connection to the MQTT broker"),
+        "keep-alives were served throughout:\n{}",
+        tail(&gw)
+    );
 }
 
 #[test]
@@ -195,7 +203,12 @@ fn mosquitto_restarted_mid_stream_loses_nothing() {
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|n| n.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -217,8 +230,9 @@ fn kafka_down_longer_than_the_buffers_hold_keeps_memory_bounded_and_recovers() {
 
     kafka.kill();
     let filler = "x".repeat(PAYLOAD);
-    let messages: Vec<(String, Vec<u8>)> =
-        (0..N).map(|i| (format!("fault/dev-{}/seq", i % 10), format!(r#"{{"seq":{i},"fill":"{filler}"}}"#).into_bytes())).collect();
+    let messages: Vec<(String, Vec<u8>)> = (0..N)
+        .map(|i| (format!("fault/dev-{}/seq", i % 10), format!(r#"{{"seq":{i},"fill":"{filler}"}}"#).into_bytes()))
+        .collect();
     let port = mosquitto.port();
     let publisher = std::thread::spawn(move || common::publish_all(port, messages));
     let mut peak = baseline;
@@ -238,7 +252,11 @@ fn kafka_down_longer_than_the_buffers_hold_keeps_memory_bounded_and_recovers() {
     let bound = baseline + 4096 + 2 * 2000 * (PAYLOAD as u64 + 200) / 1024 + 32 * 1024;
     eprintln!("FAULT RESULT kafka_down_memory: sent={N} lost={} duplicates={} rss_baseline_kib={baseline} rss_peak_kib={peak} bound_kib={bound}", t.lost, t.duplicates);
     assert!(peak <= bound, "RSS peaked at {peak} KiB, above {bound} KiB");
-    assert!(!gw.logs().contains("lost the connection to the MQTT broker"), "keep-alives were served throughout:\n{}", tail(&gw));
+    assert!(
+        !gw.logs().contains("lost the connection to the MQTT broker"),
+        "keep-alives were served throughout:\n{}",
+        tail(&gw)
+    );
     assert_eq!(t.lost, 0, "it recovers by itself when Kafka returns:\n{}", tail(&gw));
 }
 
@@ -247,7 +265,8 @@ fn poison_inputs_are_contained_and_the_stream_around_them_is_unaffected() {
     let _serial = serial();
     // Kafka's producer limit (librdkafka message.max.bytes) below the MQTT limit, so one payload
     // passes MQTT and is refused by Kafka.
-    let Rig { kafka, mosquitto, topic, cfg, _dir } = rig("fault_poison", 1, "", "kafka:\n  properties:\n    message.max.bytes: 200000\n");
+    let Rig { kafka, mosquitto, topic, cfg, _dir } =
+        rig("fault_poison", 1, "", "kafka:\n  properties:\n    message.max.bytes: 200000\n");
     kafka.create_topic(&format!("{topic}.dlq"), 1);
     let gw = start(&cfg, &mosquitto, &kafka);
 
@@ -275,11 +294,17 @@ fn poison_inputs_are_contained_and_the_stream_around_them_is_unaffected() {
     let reasons: Vec<&str> = dead.iter().map(|r| r.header_str("dlq_reason").unwrap_or("")).collect();
     assert!(reasons.iter().any(|r| r.contains("not valid JSON")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("empty")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("Kafka refused") && r.to_lowercase().contains("too large")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("Kafka refused") && r.to_lowercase().contains("too large")),
+        "{reasons:?}"
+    );
     let main = kafka.consume(&topic, 7 + 2, WAIT);
     let payloads: Vec<String> = main.iter().map(|r| json(r)["payload"].to_string()).collect();
     for i in 0..poison.len() {
-        assert!(payloads.contains(&format!(r#"{{"seq":{i}}}"#)), "message {i} around the poison is in Kafka: {payloads:?}");
+        assert!(
+            payloads.contains(&format!(r#"{{"seq":{i}}}"#)),
+            "message {i} around the poison is in Kafka: {payloads:?}"
+        );
     }
     assert!(main.iter().any(|r| json(r)["original_topic"] == "fault/ünïcødé/温度"));
     assert!(main.iter().any(|r| json(r)["original_topic"] == deep_topic.as_str()));
@@ -303,13 +328,28 @@ fn poison_inputs_are_contained_and_the_stream_around_them_is_unaffected() {
         dead = kafka.consume_for(&format!("{topic}.dlq"), Duration::from_millis(500));
         dead.iter().any(|r| r.header_str("mqtt_topic") == Some("fault/p/huge"))
     });
-    let huge = dead.iter().find(|r| r.header_str("mqtt_topic") == Some("fault/p/huge")).unwrap_or_else(|| panic!("the over-size message is dead-lettered:\n{}", tail(&gw)));
-    assert!(huge.header_str("dlq_reason").unwrap().contains("larger than mqtt.max_packet_size_bytes"), "{:?}", huge.header_str("dlq_reason"));
+    let huge = dead
+        .iter()
+        .find(|r| r.header_str("mqtt_topic") == Some("fault/p/huge"))
+        .unwrap_or_else(|| panic!("the over-size message is dead-lettered:\n{}", tail(&gw)));
+    assert!(
+        huge.header_str("dlq_reason").unwrap().contains("larger than mqtt.max_packet_size_bytes"),
+        "{:?}",
+        huge.header_str("dlq_reason")
+    );
     assert_eq!(huge.header_str("dlq_truncated_from"), Some("2097152"));
     assert_eq!(huge.value.len(), 64 * 1024);
-    assert!(gw.logs().contains("mqtt.max_packet_size_bytes"), "the oversize message is named in the log:\n{}", tail(&gw));
+    assert!(
+        gw.logs().contains("mqtt.max_packet_size_bytes"),
+        "the oversize message is named in the log:\n{}",
+        tail(&gw)
+    );
     assert!(!gw.logs().contains("panicked"), "{}", tail(&gw));
-    eprintln!("FAULT RESULT poison: {} dead letters (the over-size MQTT message among them), {} records", dead.len(), after.len());
+    eprintln!(
+        "FAULT RESULT poison: {} dead letters (the over-size MQTT message among them), {} records",
+        dead.len(),
+        after.len()
+    );
 }
 
 #[test]
@@ -320,11 +360,18 @@ fn sigterm_during_a_kafka_outage_exits_after_the_grace_period_and_loses_nothing(
     let mut gw = start(&cfg, &mosquitto, &kafka);
     kafka.kill();
     common::publish_all(mosquitto.port(), stream(N, 5));
-    assert!(common::wait_until(WAIT, Duration::from_millis(50), || gw.count_in_log("message received") > 0 || gw.logs().contains("statistics")), "{}", tail(&gw));
+    assert!(
+        common::wait_until(WAIT, Duration::from_millis(50), || gw.count_in_log("message received") > 0
+            || gw.logs().contains("statistics")),
+        "{}",
+        tail(&gw)
+    );
     std::thread::sleep(Duration::from_secs(1));
     let asked = Instant::now();
     gw.sigterm();
-    let status = gw.wait_exit(Duration::from_secs(30)).unwrap_or_else(|| panic!("no exit within 30 s of SIGTERM:\n{}", tail(&gw)));
+    let status = gw
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("no exit within 30 s of SIGTERM:\n{}", tail(&gw)));
     let took = asked.elapsed();
     assert_eq!(status.code(), Some(1), "undelivered messages make the exit code 1:\n{}", tail(&gw));
     assert!(gw.logs().contains("grace period over"), "{}", tail(&gw));
@@ -333,7 +380,12 @@ fn sigterm_during_a_kafka_outage_exits_after_the_grace_period_and_loses_nothing(
     kafka.restart();
     let gw = start(&cfg, &mosquitto, &kafka);
     let t = tally(&kafka, &topic, N, Duration::from_secs(120));
-    eprintln!("FAULT RESULT sigterm_during_outage: sent={N} lost={} duplicates={} exit_after={:.1}s (grace 3 s)", t.lost, t.duplicates, took.as_secs_f64());
+    eprintln!(
+        "FAULT RESULT sigterm_during_outage: sent={N} lost={} duplicates={} exit_after={:.1}s (grace 3 s)",
+        t.lost,
+        t.duplicates,
+        took.as_secs_f64()
+    );
     assert_eq!(t.lost, 0, "{}", tail(&gw));
 }
 
@@ -356,7 +408,8 @@ fn stat(gw: &Gateway, name: &str) -> Option<u64> {
 fn a_qos0_burst_the_broker_can_hold_is_delivered_whole() {
     let _serial = serial();
     const N: usize = 20_000;
-    let Rig { kafka, mosquitto, topic, cfg, _dir } = rig_with("fault_burst0", 6, 0, mosquitto(), SLOW_PIPELINE, SLOW_PRODUCER);
+    let Rig { kafka, mosquitto, topic, cfg, _dir } =
+        rig_with("fault_burst0", 6, 0, mosquitto(), SLOW_PIPELINE, SLOW_PRODUCER);
     let mut gw = start(&cfg, &mosquitto, &kafka);
     // Published at QoS 1, so the broker has every one of them; delivered to the QoS 0 subscription at 0.
     common::publish_all(mosquitto.port(), stream(N, 100));
@@ -364,7 +417,10 @@ fn a_qos0_burst_the_broker_can_hold_is_delivered_whole() {
     gw.sigterm();
     assert!(gw.wait_exit(WAIT).is_some(), "{}", tail(&gw));
     let pauses = stat(&gw, "intake_pauses").unwrap_or(0);
-    eprintln!("FAULT RESULT qos0_burst: sent={N} lost={} duplicates={} order_violations={} intake_pauses={pauses}", t.lost, t.duplicates, t.order_violations);
+    eprintln!(
+        "FAULT RESULT qos0_burst: sent={N} lost={} duplicates={} order_violations={} intake_pauses={pauses}",
+        t.lost, t.duplicates, t.order_violations
+    );
     assert!(pauses > 0, "the burst outran the pipeline, so reading had to pause:\n{}", tail(&gw));
     assert_eq!(stat(&gw, "messages_dropped"), Some(0), "{}", tail(&gw));
     assert_eq!(t.lost, 0, "{}", tail(&gw));
@@ -382,13 +438,24 @@ fn a_qos0_stall_longer_than_the_keep_alive_keeps_the_connection_and_loses_nothin
     let gw = start(&cfg, &mosquitto, &kafka);
     kafka.kill();
     common::publish_all(mosquitto.port(), stream(N, 50));
-    assert!(common::wait_until(WAIT, Duration::from_millis(100), || gw.logs().contains("intake full")), "reading never paused:\n{}", tail(&gw));
+    assert!(
+        common::wait_until(WAIT, Duration::from_millis(100), || gw.logs().contains("intake full")),
+        "reading never paused:\n{}",
+        tail(&gw)
+    );
     // 20 s: four times the 5 s keep-alive, more than twice the broker's 1.5 x keep-alive limit.
     std::thread::sleep(Duration::from_secs(20));
     kafka.restart();
     let t = tally(&kafka, &topic, N, Duration::from_secs(180));
-    eprintln!("FAULT RESULT qos0_stall: sent={N} lost={} duplicates={} order_violations={} stall=20s keep_alive=5s", t.lost, t.duplicates, t.order_violations);
-    assert!(!gw.logs().contains("lost the connection to the MQTT broker"), "keep-alives were served through the stall:\n{}", tail(&gw));
+    eprintln!(
+        "FAULT RESULT qos0_stall: sent={N} lost={} duplicates={} order_violations={} stall=20s keep_alive=5s",
+        t.lost, t.duplicates, t.order_violations
+    );
+    assert!(
+        !gw.logs().contains("lost the connection to the MQTT broker"),
+        "keep-alives were served through the stall:\n{}",
+        tail(&gw)
+    );
     assert!(!mosquitto.log().contains("exceeded timeout"), "the broker saw the keep-alive:\n{}", mosquitto.log());
     assert_eq!(t.lost, 0, "{}", tail(&gw));
     assert_eq!(t.order_violations, 0);
@@ -401,15 +468,22 @@ fn a_qos0_stall_longer_than_the_keep_alive_keeps_the_connection_and_loses_nothin
 fn a_qos0_stall_on_a_default_broker_loses_only_what_the_broker_drops() {
     let _serial = serial();
     const N: usize = 20_000;
-    let Rig { kafka, mosquitto, topic, cfg, _dir } = rig_with("fault_stall0d", 3, 0, Mosquitto::start(), SLOW_PIPELINE, "");
+    let Rig { kafka, mosquitto, topic, cfg, _dir } =
+        rig_with("fault_stall0d", 3, 0, Mosquitto::start(), SLOW_PIPELINE, "");
     let mut gw = start(&cfg, &mosquitto, &kafka);
     kafka.kill();
     // 1 KiB each, 20 MiB in all: more than the socket buffers between broker and gateway hold, so the
     // broker's own queue limit decides.
     let filler = "x".repeat(1024);
-    let messages = (0..N).map(|i| (format!("fault/dev-{}/seq", i % 50), format!(r#"{{"seq":{i},"fill":"{filler}"}}"#).into_bytes())).collect();
+    let messages = (0..N)
+        .map(|i| (format!("fault/dev-{}/seq", i % 50), format!(r#"{{"seq":{i},"fill":"{filler}"}}"#).into_bytes()))
+        .collect();
     common::publish_all(mosquitto.port(), messages);
-    assert!(common::wait_until(WAIT, Duration::from_millis(100), || gw.logs().contains("intake full")), "reading never paused:\n{}", tail(&gw));
+    assert!(
+        common::wait_until(WAIT, Duration::from_millis(100), || gw.logs().contains("intake full")),
+        "reading never paused:\n{}",
+        tail(&gw)
+    );
     std::thread::sleep(Duration::from_secs(5));
     kafka.restart();
     // Whatever the broker still held arrives; then the gateway stops and says what it received.

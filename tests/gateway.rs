@@ -174,13 +174,21 @@ fn a_thousand_messages_from_ten_devices_keep_per_device_order() {
         .collect();
     publish_all(mosquitto.port(), messages);
     let records = kafka().consume(&topic, 1000, Duration::from_secs(60));
-    assert_eq!(records.len(), 1000, "mosquitto log tail:\n{}", common::tail_file(&mosquitto.temp_dir().join("mosquitto.log"), 20));
+    assert_eq!(
+        records.len(),
+        1000,
+        "mosquitto log tail:\n{}",
+        common::tail_file(&mosquitto.temp_dir().join("mosquitto.log"), 20)
+    );
 
     let mut by_device: HashMap<String, Vec<(i32, i64)>> = HashMap::new();
     for r in &records {
         let v = json(r);
         assert_eq!(r.key_str(), v["device_id"].as_str());
-        by_device.entry(v["device_id"].as_str().unwrap().to_string()).or_default().push((r.partition, v["payload"]["seq"].as_i64().unwrap()));
+        by_device
+            .entry(v["device_id"].as_str().unwrap().to_string())
+            .or_default()
+            .push((r.partition, v["payload"]["seq"].as_i64().unwrap()));
     }
     assert_eq!(by_device.len(), 10);
     for (device, mut seen) in by_device {
@@ -268,7 +276,8 @@ fn sigterm_exits_zero_with_every_accepted_message_in_kafka() {
     // A stream still flowing when SIGTERM arrives.
     let port = mosquitto.port();
     let publisher = std::thread::spawn(move || {
-        let messages = (0..3000).map(|i| (format!("tele/dev-{}/seq", i % 5), format!(r#"{{"seq":{i}}}"#).into_bytes())).collect();
+        let messages =
+            (0..3000).map(|i| (format!("tele/dev-{}/seq", i % 5), format!(r#"{{"seq":{i}}}"#).into_bytes())).collect();
         publish_all(port, messages);
     });
     let started = kafka().consume(&topic, 200, WAIT);
@@ -282,7 +291,12 @@ fn sigterm_exits_zero_with_every_accepted_message_in_kafka() {
     let logs = gw.logs();
     let stats = logs.lines().rev().find(|l| l.contains("statistics")).expect("final statistics line");
     let field = |name: &str| -> u64 {
-        stats.split(&format!("{name}=")).nth(1).and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{name} in {stats}"))
+        stats
+            .split(&format!("{name}="))
+            .nth(1)
+            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {stats}"))
     };
     let received = field("messages_received");
     assert_eq!(field("records_failed"), 0);
@@ -297,7 +311,10 @@ fn sigterm_exits_zero_with_every_accepted_message_in_kafka() {
 #[test]
 fn a_bad_config_exits_non_zero_naming_key_and_line() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "routes:\n  - name: a\n    filter: 'cmnd/#/x'\n    topic: t\n    device_id:\n      regex: '(?P<id>x'\n");
+    let config = write_config(
+        dir.path(),
+        "routes:\n  - name: a\n    filter: 'cmnd/#/x'\n    topic: t\n    device_id:\n      regex: '(?P<id>x'\n",
+    );
     let mut gw = Gateway::start(&config, &[]);
     let status = gw.wait_exit(WAIT).expect("exits");
     assert_eq!(status.code(), Some(2));
@@ -314,12 +331,14 @@ fn a_bad_config_exits_non_zero_naming_key_and_line() {
 fn mqtt_username_and_password_come_from_the_environment() {
     let probe = Mosquitto::start();
     let passwords = probe.temp_dir().join("passwords");
-    let status = std::process::Command::new(common::find_executable("mosquitto_passwd").expect("mosquitto_passwd; run scripts/install-mosquitto.sh"))
-        .args(["-b", "-c"])
-        .arg(&passwords)
-        .args(["gateway", "s3cret-1234"])
-        .status()
-        .expect("mosquitto_passwd");
+    let status = std::process::Command::new(
+        common::find_executable("mosquitto_passwd").expect("mosquitto_passwd; run scripts/install-mosquitto.sh"),
+    )
+    .args(["-b", "-c"])
+    .arg(&passwords)
+    .args(["gateway", "s3cret-1234"])
+    .status()
+    .expect("mosquitto_passwd");
     assert!(status.success());
     let mosquitto = Mosquitto::start_with(&format!("allow_anonymous false\npassword_file {}\n", passwords.display()));
     let topic = new_topic("auth", 1);
@@ -337,7 +356,13 @@ fn mqtt_username_and_password_come_from_the_environment() {
     env.push(("MQTT_PASSWORD", "s3cret-1234".into()));
     let gw = start(&shipped, &env);
     assert!(!gw.logs().contains("s3cret"), "the password is never logged");
-    common::mosquitto_pub_with(mosquitto.port(), SPEC_TOPIC, SPEC_PAYLOAD.as_bytes(), 0, &["-u", "gateway", "-P", "s3cret-1234"]);
+    common::mosquitto_pub_with(
+        mosquitto.port(),
+        SPEC_TOPIC,
+        SPEC_PAYLOAD.as_bytes(),
+        0,
+        &["-u", "gateway", "-P", "s3cret-1234"],
+    );
     assert_eq!(kafka().consume(&topic, 1, WAIT).len(), 1, "{}", gw.logs());
 }
 
@@ -378,7 +403,10 @@ fn qos_2_messages_arrive_exactly_once_each() {
     let mosquitto = Mosquitto::start();
     let topic = new_topic("qos2", 1);
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &format!("routes:\n  - name: q2\n    filter: 'q2/#'\n    qos: 2\n    topic: {topic}\n"));
+    let config = write_config(
+        dir.path(),
+        &format!("routes:\n  - name: q2\n    filter: 'q2/#'\n    qos: 2\n    topic: {topic}\n"),
+    );
     let gw = start(&config, &broker_env(&mosquitto));
     // One mosquitto_pub, one line per message, QoS 2 end to end (PUBREC from the gateway after Kafka).
     let lines: String = (0..200).map(|i| format!("{{\"seq\":{i}}}\n")).collect();

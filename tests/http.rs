@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use common::http::{get, Answer};
 use common::prom::{self, value, Sample};
-use common::{broker_env, kafka, mosquitto_pub, new_topic, publish_all, start_gateway, wait_until, write_config, Gateway, Kafka, Mosquitto, WAIT};
+use common::{
+    broker_env, kafka, mosquitto_pub, new_topic, publish_all, start_gateway, wait_until, write_config, Gateway, Kafka,
+    Mosquitto, WAIT,
+};
 
 fn route_config(topic: &str) -> String {
     format!("routes:\n  - name: spec\n    filter: 'cmnd/#'\n    topic: {topic}\n    qos: 1\n")
@@ -61,11 +64,14 @@ fn metrics_count_what_flows_and_parse_as_openmetrics() {
     assert_eq!(value(&before, "mqtt_kafka_gateway_mqtt_connected", &[]), 1.0);
     assert!(value(&before, "mqtt_kafka_gateway_kafka_brokers_up", &[]) >= 1.0);
     let received = |s: &[Sample]| value(s, "mqtt_kafka_gateway_messages_received_total", &[("qos", "1")]);
-    let delivered = |s: &[Sample]| value(s, "mqtt_kafka_gateway_records_delivered_total", &[("route", "spec"), ("topic", &topic)]);
-    let latency_count = |s: &[Sample]| value(s, "mqtt_kafka_gateway_delivery_latency_seconds_count", &[("route", "spec")]);
+    let delivered =
+        |s: &[Sample]| value(s, "mqtt_kafka_gateway_records_delivered_total", &[("route", "spec"), ("topic", &topic)]);
+    let latency_count =
+        |s: &[Sample]| value(s, "mqtt_kafka_gateway_delivery_latency_seconds_count", &[("route", "spec")]);
 
     const N: usize = 40;
-    let messages = (0..N).map(|i| (format!("cmnd/dev-{}/state", i % 4), format!(r#"{{"n":{i}}}"#).into_bytes())).collect();
+    let messages =
+        (0..N).map(|i| (format!("cmnd/dev-{}/state", i % 4), format!(r#"{{"n":{i}}}"#).into_bytes())).collect();
     publish_all(mosquitto.port(), messages);
     let records = kafka().consume(&topic, N, WAIT);
     assert_eq!(records.len(), N);
@@ -81,12 +87,17 @@ fn metrics_count_what_flows_and_parse_as_openmetrics() {
     assert_eq!(latency_count(&after) - latency_count(&before), N as f64);
     let inf = value(&after, "mqtt_kafka_gateway_delivery_latency_seconds_bucket", &[("route", "spec"), ("le", "+Inf")]);
     assert_eq!(inf, latency_count(&after), "+Inf bucket holds every observation");
-    assert_eq!(value(&after, "mqtt_kafka_gateway_device_id_total", &[("route", "spec"), ("source", "fallback")]), N as f64);
+    assert_eq!(
+        value(&after, "mqtt_kafka_gateway_device_id_total", &[("route", "spec"), ("source", "fallback")]),
+        N as f64
+    );
     // No label carries an MQTT topic or a device id.
     assert!(after.iter().all(|s| s.labels.values().all(|v| !v.contains("dev-"))), "unbounded label value");
 
     // A payload that is not JSON: a dead letter with its reason.
-    let dead = |s: &[Sample]| value(s, "mqtt_kafka_gateway_dead_letters_total", &[("route", "spec"), ("reason", "invalid_json")]);
+    let dead = |s: &[Sample]| {
+        value(s, "mqtt_kafka_gateway_dead_letters_total", &[("route", "spec"), ("reason", "invalid_json")])
+    };
     mosquitto_pub(mosquitto.port(), "cmnd/dev-9/state", b"not json", 1);
     assert_eq!(kafka().consume(&format!("{topic}.dlq"), 1, WAIT).len(), 1);
     let ok = wait_until(Duration::from_secs(10), Duration::from_millis(100), || dead(&scrape(&addr)) == 1.0);
@@ -95,7 +106,12 @@ fn metrics_count_what_flows_and_parse_as_openmetrics() {
 
     // Every metric the shipped dashboard and alert rules query is in this live scrape.
     let live = scrape(&addr);
-    let exposed = |used: &str| live.iter().any(|s| s.name == used || s.name.strip_prefix(used).is_some_and(|rest| ["_bucket", "_sum", "_count"].contains(&rest)));
+    let exposed = |used: &str| {
+        live.iter().any(|s| {
+            s.name == used
+                || s.name.strip_prefix(used).is_some_and(|rest| ["_bucket", "_sum", "_count"].contains(&rest))
+        })
+    };
     let re = regex::Regex::new(r"\bmqtt_kafka_gateway_[a-z_]+").unwrap();
     let mut used = std::collections::BTreeSet::new();
     for file in ["deploy/grafana/mqtt-kafka-gateway.json", "deploy/prometheus/alerts.yaml"] {
@@ -216,12 +232,15 @@ fn reload_metrics_follow_the_routes_file() {
     std::fs::write(&path, route_config("http_reload_b")).unwrap();
     let applied = wait_until(WAIT, Duration::from_millis(100), || {
         let s = scrape(&addr);
-        value(&s, "mqtt_kafka_gateway_config_generation", &[]) == 2.0 && value(&s, "mqtt_kafka_gateway_config_file_valid", &[]) == 1.0
+        value(&s, "mqtt_kafka_gateway_config_generation", &[]) == 2.0
+            && value(&s, "mqtt_kafka_gateway_config_file_valid", &[]) == 1.0
     });
     assert!(applied, "the fixed file was not applied:\n{}", gw.logs());
     let s = scrape(&addr);
     assert_eq!(value(&s, "mqtt_kafka_gateway_config_reloads_total", &[("result", "success")]), 1.0);
     // The route kept its name but changed its topic: a new series, the old one stays.
-    assert!(s.iter().any(|x| x.name == "mqtt_kafka_gateway_records_delivered_total" && x.labels.get("topic").map(String::as_str) == Some("http_reload_b")));
-    assert!(s.iter().any(|x| x.name == "mqtt_kafka_gateway_records_delivered_total" && x.labels.get("topic").map(String::as_str) == Some("http_reload_a")));
+    assert!(s.iter().any(|x| x.name == "mqtt_kafka_gateway_records_delivered_total"
+        && x.labels.get("topic").map(String::as_str) == Some("http_reload_b")));
+    assert!(s.iter().any(|x| x.name == "mqtt_kafka_gateway_records_delivered_total"
+        && x.labels.get("topic").map(String::as_str) == Some("http_reload_a")));
 }

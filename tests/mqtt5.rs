@@ -9,7 +9,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{kafka, mosquitto_pub_with, new_topic, prom, start_gateway as start, wait_until, write_config, Gateway, Mosquitto, WAIT};
+use common::{
+    kafka, mosquitto_pub_with, new_topic, prom, start_gateway as start, wait_until, write_config, Gateway, Mosquitto,
+    WAIT,
+};
 
 const SPEC_TOPIC: &str = "cmnd/f2-e4fd45f654be/access-control-mode/J1/door-sensors";
 
@@ -43,20 +46,51 @@ fn properties_arrive_as_headers_and_a_broken_utf8_promise_is_dead_lettered() {
     assert!(gw.logs().contains("protocol=\"5\""), "{}", gw.logs());
 
     let props: &[&str] = &[
-        "-V", "5",
-        "-D", "publish", "user-property", "site", "north",
-        "-D", "publish", "user-property", "site", "south",
-        "-D", "publish", "user-property", "device_id", "spoofed",
-        "-D", "publish", "content-type", "application/json",
-        "-D", "publish", "payload-format-indicator", "1",
-        "-D", "publish", "response-topic", "replies/f2",
-        "-D", "publish", "correlation-data", "req-42",
+        "-V",
+        "5",
+        "-D",
+        "publish",
+        "user-property",
+        "site",
+        "north",
+        "-D",
+        "publish",
+        "user-property",
+        "site",
+        "south",
+        "-D",
+        "publish",
+        "user-property",
+        "device_id",
+        "spoofed",
+        "-D",
+        "publish",
+        "content-type",
+        "application/json",
+        "-D",
+        "publish",
+        "payload-format-indicator",
+        "1",
+        "-D",
+        "publish",
+        "response-topic",
+        "replies/f2",
+        "-D",
+        "publish",
+        "correlation-data",
+        "req-42",
     ];
     mosquitto_pub_with(mosquitto.port(), SPEC_TOPIC, br#"{"door":"open"}"#, 1, props);
     let records = kafka().consume(&topic, 1, WAIT);
     assert_eq!(records.len(), 1, "{}", gw.logs());
     let r = &records[0];
-    let all = |name: &str| r.headers.iter().filter(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned()).collect::<Vec<_>>();
+    let all = |name: &str| {
+        r.headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(all("site"), ["north", "south"], "user properties in order, repeats kept");
     assert_eq!(all("device_id"), ["f2-e4fd45f654be"], "the gateway's device_id is never shadowed");
     assert_eq!(all("mqtt_user_device_id"), ["spoofed"], "a clashing user property is renamed, not lost");
@@ -67,7 +101,13 @@ fn properties_arrive_as_headers_and_a_broken_utf8_promise_is_dead_lettered() {
     assert_eq!(r.header_str("mqtt_qos"), Some("1"));
 
     // The publisher says UTF-8; the payload is not.
-    mosquitto_pub_with(mosquitto.port(), SPEC_TOPIC, &[0xff, 0xfe, 0x00], 1, &["-V", "5", "-D", "publish", "payload-format-indicator", "1"]);
+    mosquitto_pub_with(
+        mosquitto.port(),
+        SPEC_TOPIC,
+        &[0xff, 0xfe, 0x00],
+        1,
+        &["-V", "5", "-D", "publish", "payload-format-indicator", "1"],
+    );
     let dead = kafka().consume(&dlq, 1, WAIT);
     assert_eq!(dead.len(), 1, "{}", gw.logs());
     let reason = dead[0].header_str("dlq_reason").unwrap_or_default();
@@ -90,10 +130,12 @@ fn receive_maximum_replaces_the_brokers_in_flight_limit() {
     let mosquitto = Mosquitto::start();
     let unreachable = format!("127.0.0.1:{}", common::free_port());
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), &mosquitto.addr(), &unreachable, "never", "never_dlq", 1, "  max_unacked_messages: 50\n");
+    let cfg =
+        config(dir.path(), &mosquitto.addr(), &unreachable, "never", "never_dlq", 1, "  max_unacked_messages: 50\n");
     let v311 = start(&cfg, &[("GATEWAY_MQTT__PROTOCOL", "3.1.1".into()), ("GATEWAY_MQTT__CLIENT_ID", "rm-311".into())]);
     let v5 = start(&cfg, &[("GATEWAY_MQTT__PROTOCOL", "5".into()), ("GATEWAY_MQTT__CLIENT_ID", "rm-5".into())]);
-    let messages: Vec<(String, Vec<u8>)> = (0..200).map(|i| (format!("cmnd/dev-{}/x", i % 10), format!(r#"{{"n":{i}}}"#).into_bytes())).collect();
+    let messages: Vec<(String, Vec<u8>)> =
+        (0..200).map(|i| (format!("cmnd/dev-{}/x", i % 10), format!(r#"{{"n":{i}}}"#).into_bytes())).collect();
     common::publish_all(mosquitto.port(), messages);
     assert!(
         wait_until(WAIT, Duration::from_millis(200), || received(&v5) >= 50.0),
@@ -126,7 +168,13 @@ fn a_persistent_session_lasts_as_long_as_its_expiry() {
     );
     let publish = |from: usize| {
         for i in from..from + 5 {
-            mosquitto_pub_with(mosquitto.port(), &format!("cmnd/dev-1/n{i}"), format!(r#"{{"n":{i}}}"#).as_bytes(), 1, &[]);
+            mosquitto_pub_with(
+                mosquitto.port(),
+                &format!("cmnd/dev-1/n{i}"),
+                format!(r#"{{"n":{i}}}"#).as_bytes(),
+                1,
+                &[],
+            );
         }
     };
     let mut gw = start(&cfg, &v5());

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{broker_env, json, kafka, mosquitto_pub, new_topic, start_gateway, write_config, Gateway, Mosquitto, WAIT};
+use common::{
+    broker_env, json, kafka, mosquitto_pub, new_topic, start_gateway, write_config, Gateway, Mosquitto, WAIT,
+};
 
 /// The issue's bound for an edit to take effect.
 const APPLY_WITHIN: Duration = Duration::from_secs(3);
@@ -34,7 +36,11 @@ fn reloads(gw: &Gateway) -> usize {
 
 /// Waits until the gateway logged `n` reloads, and says how long it took from `since`.
 fn wait_reloads(gw: &Gateway, n: usize, since: Instant) -> Duration {
-    assert!(common::wait_until(WAIT, Duration::from_millis(20), || reloads(gw) >= n), "reload {n} never happened:\n{}", gw.logs());
+    assert!(
+        common::wait_until(WAIT, Duration::from_millis(20), || reloads(gw) >= n),
+        "reload {n} never happened:\n{}",
+        gw.logs()
+    );
     since.elapsed()
 }
 
@@ -96,7 +102,11 @@ fn a_route_added_by_a_rename_save_applies_and_removing_it_unsubscribes() {
     mosquitto_pub(s.mosquitto.port(), "b/2", b"{}", 0);
     // `a` still flows, and only then is it safe to say `b/2` is not coming.
     assert_flows(&s.mosquitto, "a/2", &s.ta, 1, &gw);
-    assert_eq!(kafka().consume_for(&s.tb, Duration::from_secs(2)).len(), 1, "b/2 must not arrive after its route is removed");
+    assert_eq!(
+        kafka().consume_for(&s.tb, Duration::from_secs(2)).len(),
+        1,
+        "b/2 must not arrive after its route is removed"
+    );
     assert!(!gw.logs().contains("matches no route"), "unsubscribed before the broker sent more: {}", gw.logs());
 }
 
@@ -183,7 +193,8 @@ fn each_kind_of_bad_edit_keeps_the_old_routes_and_is_reported() {
         save_by_rename(&s.path, body);
         let failures = n + 1;
         assert!(
-            common::wait_until(WAIT, Duration::from_millis(20), || gw.count_in_log("the new configuration is invalid") >= failures),
+            common::wait_until(WAIT, Duration::from_millis(20), || gw.count_in_log("the new configuration is invalid")
+                >= failures),
             "{kind}: not reported:\n{}",
             gw.logs()
         );
@@ -240,7 +251,10 @@ fn switching_route_sets_under_load_loses_nothing_and_never_mixes_sets() {
     let set = |first: usize| -> String {
         let mut y = String::from("log:\n  stats_interval_secs: 0\nreload:\n  debounce_ms: 100\nroutes:\n");
         for (i, name) in ["one", "two"].iter().enumerate() {
-            y.push_str(&format!("  - name: {name}\n    filter: 'load/#'\n    qos: 1\n    topic: {}\n", topics[first + i]));
+            y.push_str(&format!(
+                "  - name: {name}\n    filter: 'load/#'\n    qos: 1\n    topic: {}\n",
+                topics[first + i]
+            ));
         }
         y
     };
@@ -252,7 +266,9 @@ fn switching_route_sets_under_load_loses_nothing_and_never_mixes_sets() {
     let publisher = std::thread::spawn(move || {
         // One steady stream of about 1,000 messages a second over one connection, so the switches land
         // while messages are in flight.
-        let messages = (0..MESSAGES).map(|i| (format!("load/dev-{}/seq", i % 10), format!(r#"{{"seq":{i}}}"#).into_bytes())).collect();
+        let messages = (0..MESSAGES)
+            .map(|i| (format!("load/dev-{}/seq", i % 10), format!(r#"{{"seq":{i}}}"#).into_bytes()))
+            .collect();
         common::publish_paced(port, messages, 10, Duration::from_millis(10));
     });
     for i in 0..SWITCHES {
@@ -260,7 +276,12 @@ fn switching_route_sets_under_load_loses_nothing_and_never_mixes_sets() {
         save_by_rename(&path, &set(if i % 2 == 0 { 2 } else { 0 }));
     }
     publisher.join().expect("publisher");
-    assert!(common::wait_until(WAIT, Duration::from_millis(50), || reloads(&gw) >= SWITCHES), "{} reloads:\n{}", reloads(&gw), gw.logs());
+    assert!(
+        common::wait_until(WAIT, Duration::from_millis(50), || reloads(&gw) >= SWITCHES),
+        "{} reloads:\n{}",
+        reloads(&gw),
+        gw.logs()
+    );
 
     // Every message is routed twice (two routes), by one set: 2 × MESSAGES records in all.
     let mut seen: Vec<HashMap<i64, usize>> = vec![HashMap::new(); 4];
@@ -292,6 +313,11 @@ fn switching_route_sets_under_load_loses_nothing_and_never_mixes_sets() {
         "reload under load: {MESSAGES} messages, {} reloads: {in_a} routed by set A, {in_b} by set B, {lost} lost, {mixed} routed by a mixed set, {duplicated} duplicated",
         reloads(&gw)
     );
-    assert_eq!((lost, mixed, duplicated), (0, 0, 0), "{}", gw.logs().lines().filter(|l| !l.contains("DEBUG")).take(200).collect::<Vec<_>>().join("\n"));
+    assert_eq!(
+        (lost, mixed, duplicated),
+        (0, 0, 0),
+        "{}",
+        gw.logs().lines().filter(|l| !l.contains("DEBUG")).take(200).collect::<Vec<_>>().join("\n")
+    );
     assert!(in_a > 0 && in_b > 0, "both sets carried traffic");
 }

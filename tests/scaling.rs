@@ -44,7 +44,9 @@ fn replica(config: &Path, i: usize) -> Gateway {
 
 /// `n` messages from 30 devices, each with a global sequence number.
 fn stream(from: usize, n: usize) -> Vec<(String, Vec<u8>)> {
-    (from..from + n).map(|seq| (format!("fleet/device-{}/state", seq % 30), format!(r#"{{"seq":{seq}}}"#).into_bytes())).collect()
+    (from..from + n)
+        .map(|seq| (format!("fleet/device-{}/state", seq % 30), format!(r#"{{"seq":{seq}}}"#).into_bytes()))
+        .collect()
 }
 
 fn seqs(records: &[Record]) -> HashMap<u64, usize> {
@@ -101,11 +103,15 @@ fn a_replica_killed_mid_stream_gets_its_share_again_when_it_returns() {
 
     // It comes back with the same client id (a StatefulSet pod does): the broker hands over the queue.
     gateways[1] = replica(&path, 1);
-    let complete = wait_until(WAIT, Duration::from_millis(500), || seqs(&kafka().consume_for(&topic, Duration::from_secs(2))).len() == 3000);
+    let complete = wait_until(WAIT, Duration::from_millis(500), || {
+        seqs(&kafka().consume_for(&topic, Duration::from_secs(2))).len() == 3000
+    });
     let seen = seqs(&kafka().consume_for(&topic, Duration::from_secs(3)));
     assert!(complete, "every message delivered after the return: {} of 3000", seen.len());
     let duplicates: usize = seen.values().map(|n| n - 1).sum();
-    eprintln!("[scaling] {before_return} of 3000 delivered before the killed replica returned; {duplicates} duplicates after");
+    eprintln!(
+        "[scaling] {before_return} of 3000 delivered before the killed replica returned; {duplicates} duplicates after"
+    );
 }
 
 #[test]
@@ -131,9 +137,14 @@ fn ordered_replicas_write_every_message_once_and_every_device_in_order() {
         .enumerate()
         .map(|(i, index)| {
             let id = format!("ordered-replica-{i}");
-            let gw = Gateway::start(&path, &[("GATEWAY_MQTT__CLIENT_ID", id.as_str()), ("GATEWAY_REPLICAS__INDEX", index)]);
+            let gw =
+                Gateway::start(&path, &[("GATEWAY_MQTT__CLIENT_ID", id.as_str()), ("GATEWAY_REPLICAS__INDEX", index)]);
             assert!(gw.wait_for_log("subscribed", WAIT), "replica {i}:\n{}", gw.logs());
-            assert!(gw.logs().contains(&format!("replica={i} replicas=3")), "replica {i} knows its share:\n{}", gw.logs());
+            assert!(
+                gw.logs().contains(&format!("replica={i} replicas=3")),
+                "replica {i} knows its share:\n{}",
+                gw.logs()
+            );
             gw
         })
         .collect();
@@ -141,7 +152,14 @@ fn ordered_replicas_write_every_message_once_and_every_device_in_order() {
     publish_all(m.port(), stream(0, 3000));
     let records = kafka().consume(&topic, 3000, WAIT);
     // Nothing more arrives: each message was written by exactly one replica.
-    let records = { let more = kafka().consume_for(&topic, Duration::from_secs(3)); if more.len() > records.len() { more } else { records } };
+    let records = {
+        let more = kafka().consume_for(&topic, Duration::from_secs(3));
+        if more.len() > records.len() {
+            more
+        } else {
+            records
+        }
+    };
     let seen = seqs(&records);
     assert_eq!((records.len(), seen.len()), (3000, 3000), "every message exactly once");
     // Per device, in partition order, the sequence only grows.
@@ -164,6 +182,10 @@ fn ordered_replicas_write_every_message_once_and_every_device_in_order() {
         .iter()
         .map(|gw| prom::value(&gw.metrics(), "mqtt_kafka_gateway_records_not_ours_total", &[]))
         .collect();
-    assert_eq!(not_ours.iter().sum::<f64>(), 6000.0, "each message skipped by the two replicas it is not for: {not_ours:?}");
+    assert_eq!(
+        not_ours.iter().sum::<f64>(),
+        6000.0,
+        "each message skipped by the two replicas it is not for: {not_ours:?}"
+    );
     assert!(not_ours.iter().all(|n| *n > 0.0 && *n < 3000.0), "{not_ours:?}");
 }

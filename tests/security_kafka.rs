@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{http, mosquitto_pub, publish_all, unique_topic, wait_until, write_config, Gateway, Mosquitto, MosquittoTls, SecureKafka, TokenEndpoint, WAIT};
+use common::{
+    http, mosquitto_pub, publish_all, unique_topic, wait_until, write_config, Gateway, Mosquitto, MosquittoTls,
+    SecureKafka, TokenEndpoint, WAIT,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mqtt-kafka-gateway");
 
@@ -63,13 +66,29 @@ fn records_flow_over_sasl_ssl_and_ssl_with_client_certificates() {
         )
     };
     let cases: Vec<(&str, String, Vec<(&str, String)>)> = vec![
-        ("SASL_SSL SCRAM-SHA-512, password_file", sasl("SCRAM-SHA-512", scram_user, format!("    password_file: {}\n", scram_file.display())), vec![]),
-        ("SASL_SSL SCRAM-SHA-256, KAFKA_SASL_PASSWORD", sasl("SCRAM-SHA-256", scram_user, String::new()), vec![("KAFKA_SASL_PASSWORD", scram_password.to_string())]),
-        ("SASL_SSL PLAIN, password inline", sasl("PLAIN", plain_user, format!("    password: {plain_password}\n")), vec![]),
+        (
+            "SASL_SSL SCRAM-SHA-512, password_file",
+            sasl("SCRAM-SHA-512", scram_user, format!("    password_file: {}\n", scram_file.display())),
+            vec![],
+        ),
+        (
+            "SASL_SSL SCRAM-SHA-256, KAFKA_SASL_PASSWORD",
+            sasl("SCRAM-SHA-256", scram_user, String::new()),
+            vec![("KAFKA_SASL_PASSWORD", scram_password.to_string())],
+        ),
+        (
+            "SASL_SSL PLAIN, password inline",
+            sasl("PLAIN", plain_user, format!("    password: {plain_password}\n")),
+            vec![],
+        ),
         ("SSL, EC client certificate", ssl(pki.client_ec_cert(), pki.client_ec_key_pkcs8(), ""), vec![]),
         (
             "SSL, encrypted RSA key and key_password_file",
-            ssl(pki.client_rsa_cert(), pki.client_key_encrypted(), &format!("    key_password_file: {}\n", key_password_file.display())),
+            ssl(
+                pki.client_rsa_cert(),
+                pki.client_key_encrypted(),
+                &format!("    key_password_file: {}\n", key_password_file.display()),
+            ),
             vec![],
         ),
     ];
@@ -118,7 +137,15 @@ fn tls_mqtt_with_sasl_ssl_kafka_and_no_secret_in_a_trace_log() {
     );
     // Mosquitto here allows anonymous clients, so it takes any credentials: they are still sent.
     let transports = [
-        ("mutual TLS", format!("mqtts://127.0.0.1:{}", m.mtls_port()), format!("    cert_file: {}\n    key_file: {}\n", pki.client_ec_cert().display(), pki.client_ec_key_pkcs8().display())),
+        (
+            "mutual TLS",
+            format!("mqtts://127.0.0.1:{}", m.mtls_port()),
+            format!(
+                "    cert_file: {}\n    key_file: {}\n",
+                pki.client_ec_cert().display(),
+                pki.client_ec_key_pkcs8().display()
+            ),
+        ),
         ("wss", format!("wss://127.0.0.1:{}/mqtt", m.wss_port()), String::new()),
     ];
     let secrets = [mqtt_password.as_str(), scram_password, passphrase];
@@ -165,9 +192,14 @@ fn assert_kafka_fails_with(gw: &mut Gateway, servers: &str, what: &str, hint_par
     assert!(gw.wait_for_log(what, WAIT), "expected `{what}`:\n{}", gw.logs());
     let logs = gw.logs();
     let line = logs.lines().find(|l| l.contains(what)).unwrap_or_default().to_string();
-    assert!(line.contains("ERROR") && line.contains(servers) && line.contains(hint_part), "one line with the brokers, what and the hint: {line}");
+    assert!(
+        line.contains("ERROR") && line.contains(servers) && line.contains(hint_part),
+        "one line with the brokers, what and the hint: {line}"
+    );
     let addr = gw.http_addr();
-    let named = wait_until(WAIT, Duration::from_millis(200), || http::get(&addr, "/readyz").is_some_and(|a| a.status == 503 && a.body.contains(what)));
+    let named = wait_until(WAIT, Duration::from_millis(200), || {
+        http::get(&addr, "/readyz").is_some_and(|a| a.status == 503 && a.body.contains(what))
+    });
     assert!(named, "/readyz names `{what}`: {:?}", http::get(&addr, "/readyz").map(|a| a.body));
     assert!(gw.is_running(), "the gateway keeps running:\n{}", gw.logs());
 }
@@ -194,7 +226,8 @@ fn kafka_failures_are_named_and_a_restart_with_the_fixed_secret_delivers_what_wa
     let mut gw = Gateway::start(&path, &[]);
     assert_kafka_fails_with(&mut gw, &k.sasl_ssl_bootstrap(), "sasl: authentication failed", "kafka.sasl.username");
     assert!(gw.wait_for_log("subscribed", WAIT), "MQTT is up meanwhile:\n{}", gw.logs());
-    let held: Vec<(String, Vec<u8>)> = (0..5).map(|i| ("sec/device-1/state".to_string(), format!(r#"{{"i":{i}}}"#).into_bytes())).collect();
+    let held: Vec<(String, Vec<u8>)> =
+        (0..5).map(|i| ("sec/device-1/state".to_string(), format!(r#"{{"i":{i}}}"#).into_bytes())).collect();
     publish_all(m.port(), held);
     std::thread::sleep(Duration::from_secs(2));
     assert!(gw.is_running() && !gw.logs().contains("not-the-password"), "{}", gw.logs());
@@ -212,20 +245,34 @@ fn kafka_failures_are_named_and_a_restart_with_the_fixed_secret_delivers_what_wa
     let untrusted = sasl_block.replace(&k.ca_pem().display().to_string(), &pki.wrong_ca_pem().display().to_string());
     let path = config(dir.path(), &format!("  broker: mqtt://{}\n", m.addr()), &untrusted, &topic, 0);
     let mut gw = Gateway::start(&path, &[]);
-    assert_kafka_fails_with(&mut gw, &k.sasl_ssl_bootstrap(), "tls: the broker's certificate is not trusted", "kafka.tls.ca_file");
+    assert_kafka_fails_with(
+        &mut gw,
+        &k.sasl_ssl_bootstrap(),
+        "tls: the broker's certificate is not trusted",
+        "kafka.tls.ca_file",
+    );
     drop(gw);
 
     // The SSL listener wants a client certificate; none is given.
-    let no_cert = format!("  bootstrap_servers: {}\n  tls:\n    ca_file: {}\n", k.ssl_bootstrap(), k.ca_pem().display());
+    let no_cert =
+        format!("  bootstrap_servers: {}\n  tls:\n    ca_file: {}\n", k.ssl_bootstrap(), k.ca_pem().display());
     let path = config(dir.path(), &format!("  broker: mqtt://{}\n", m.addr()), &no_cert, &topic, 0);
     let mut gw = Gateway::start(&path, &[]);
-    assert_kafka_fails_with(&mut gw, &k.ssl_bootstrap(), "tls: the broker rejected the client certificate", "kafka.tls.cert_file");
+    assert_kafka_fails_with(
+        &mut gw,
+        &k.ssl_bootstrap(),
+        "tls: the broker rejected the client certificate",
+        "kafka.tls.cert_file",
+    );
 }
 
 #[test]
 fn an_unknown_sasl_mechanism_is_a_configuration_error_that_names_it() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), "kafka:\n  sasl:\n    mechanism: SCRAM-SHA-1\n    username: u\n    password: hunter2\n");
+    let path = write_config(
+        dir.path(),
+        "kafka:\n  sasl:\n    mechanism: SCRAM-SHA-1\n    username: u\n    password: hunter2\n",
+    );
     let (code, out) = run(&["validate", path.to_str().unwrap()], &[]);
     assert_ne!(code, Some(0), "{out}");
     assert!(out.contains("unknown SASL mechanism `SCRAM-SHA-1`") && out.contains("SCRAM-SHA-512"), "{out}");
@@ -277,7 +324,12 @@ fn oauthbearer_through_librdkafkas_oidc_client_and_a_local_token_endpoint() {
     let wrong = secret_file(dir.path(), "wrong-secret", "not-the-secret");
     let path = config(dir.path(), &mqtt, &oauth(&wrong), &topic, 1);
     let mut gw = Gateway::start(&path, &[]);
-    assert_kafka_fails_with(&mut gw, &k.sasl_ssl_bootstrap(), "sasl: cannot get an OAUTHBEARER token", "kafka.sasl.oauthbearer");
+    assert_kafka_fails_with(
+        &mut gw,
+        &k.sasl_ssl_bootstrap(),
+        "sasl: cannot get an OAUTHBEARER token",
+        "kafka.sasl.oauthbearer",
+    );
     assert!(endpoint.refused() >= 1);
     assert!(!gw.logs().contains("not-the-secret"), "{}", gw.logs());
 }

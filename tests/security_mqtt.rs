@@ -10,7 +10,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{http, kafka, mosquitto_pub, new_topic, wait_until, write_config, Gateway, Mosquitto, MosquittoTls, Pki, ServerCert, TlsOptions, WAIT};
+use common::{
+    http, kafka, mosquitto_pub, new_topic, wait_until, write_config, Gateway, Mosquitto, MosquittoTls, Pki, ServerCert,
+    TlsOptions, WAIT,
+};
 
 /// A config with one route `sec/#` → `topic`, `mqtt_extra` under `mqtt:` (indented two spaces), and
 /// quick reconnects.
@@ -90,7 +93,10 @@ fn assert_fails_with(config: &Path, broker: &str, what: &str, hint_part: &str) -
     assert!(gw.wait_for_log(what, WAIT), "expected `{what}` in the log:\n{}", gw.logs());
     let logs = gw.logs();
     let line = logs.lines().find(|l| l.contains(what)).unwrap_or_default().to_string();
-    assert!(line.contains("ERROR") && line.contains(broker) && line.contains(hint_part), "one line with the broker, what and the hint: {line}");
+    assert!(
+        line.contains("ERROR") && line.contains(broker) && line.contains(hint_part),
+        "one line with the broker, what and the hint: {line}"
+    );
     let addr = gw.http_addr();
     let ready = http::get(&addr, "/readyz").expect("/readyz answers");
     assert_eq!(ready.status, 503, "{}", ready.body);
@@ -118,7 +124,9 @@ fn an_untrusted_certificate_is_named_and_fixing_the_ca_file_recovers_without_a_r
     assert!(gw.wait_for_log("subscribed", WAIT), "no recovery after the CA file was fixed:\n{}", gw.logs());
     mosquitto_pub(m.port(), "sec/device-1/state", br#"{"fixed":true}"#, 1);
     assert_eq!(kafka().consume(&topic, 1, WAIT).len(), 1, "{}", gw.logs());
-    let ready = wait_until(WAIT, Duration::from_millis(200), || http::get(&gw.http_addr(), "/readyz").is_some_and(|a| a.status == 200));
+    let ready = wait_until(WAIT, Duration::from_millis(200), || {
+        http::get(&gw.http_addr(), "/readyz").is_some_and(|a| a.status == 200)
+    });
     assert!(ready, "/readyz back to 200 once connected");
 }
 
@@ -147,7 +155,8 @@ fn a_missing_client_certificate_and_a_wrong_password_are_named() {
     let topic = new_topic("sec-auth", 1);
     let broker = format!("127.0.0.1:{}", m.mtls_port());
     let path = config(dir.path(), &format!("mqtts://{broker}"), &tls_block(&pki.ca_pem(), None, None), &topic);
-    let mut gw = assert_fails_with(&path, &broker, "tls: the broker requires a client certificate", "mqtt.tls.cert_file");
+    let mut gw =
+        assert_fails_with(&path, &broker, "tls: the broker requires a client certificate", "mqtt.tls.cert_file");
     gw.kill();
 
     // A password from a file, and a wrong one: Mosquitto answers "not authorised" (CONNACK 5).
@@ -172,13 +181,20 @@ fn validate_finds_a_client_key_that_is_not_the_certificates() {
         pki.client_ec_key_pkcs8().display()
     );
     let path = write_config(dir.path(), &yaml);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mqtt-kafka-gateway")).args(["validate", path.to_str().unwrap()]).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mqtt-kafka-gateway"))
+        .args(["validate", path.to_str().unwrap()])
+        .output()
+        .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("mqtt.tls.key_file") && text.contains("is not the key of"), "{text}");
     // The right pair passes.
-    let good = yaml.replace(&pki.client_ec_key_pkcs8().display().to_string(), &pki.client_rsa_key_pkcs8().display().to_string());
+    let good = yaml
+        .replace(&pki.client_ec_key_pkcs8().display().to_string(), &pki.client_rsa_key_pkcs8().display().to_string());
     let path = write_config(dir.path(), &good);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mqtt-kafka-gateway")).args(["validate", path.to_str().unwrap()]).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mqtt-kafka-gateway"))
+        .args(["validate", path.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

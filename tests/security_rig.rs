@@ -34,11 +34,16 @@ fn openssl_verify(ca: &Path, cert: &Path, purpose: &str, extra: &[&str]) -> Resu
         .output()
         .expect("run openssl verify");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    if out.status.success() { Ok(()) } else { Err(text) }
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(text)
+    }
 }
 
 fn cert_text(cert: &Path) -> String {
-    let out = Command::new("openssl").args(["x509", "-noout", "-text", "-in", path(cert)]).output().expect("openssl x509");
+    let out =
+        Command::new("openssl").args(["x509", "-noout", "-text", "-in", path(cert)]).output().expect("openssl x509");
     assert!(out.status.success());
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -112,7 +117,11 @@ fn tls_handshake(port: u16, ca: &Path, version: &str) -> Result<(), String> {
     }
     let out = child.wait_with_output().expect("openssl s_client output");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    if exited && out.status.success() { Ok(()) } else { Err(format!("{}: {text}", out.status)) }
+    if exited && out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{}: {text}", out.status))
+    }
 }
 
 /// A subscriber on the plain listener that has its SUBACK, to see what TLS clients publish.
@@ -152,7 +161,13 @@ fn mosquitto_mtls_listener_wants_a_client_certificate_from_the_test_ca() {
     let sub = plain_subscriber(&broker, "mtls/#");
     let ca = path(&pki.ca_pem()).to_string();
     let with = |cert: &Path, key: &Path, topic: &str| {
-        try_mosquitto_pub(broker.mtls_port(), topic, topic.as_bytes(), 1, &["--cafile", &ca, "--cert", path(cert), "--key", path(key)])
+        try_mosquitto_pub(
+            broker.mtls_port(),
+            topic,
+            topic.as_bytes(),
+            1,
+            &["--cafile", &ca, "--cert", path(cert), "--key", path(key)],
+        )
     };
     with(&pki.client_rsa_cert(), &pki.client_rsa_key_pkcs8(), "mtls/rsa-pkcs8").unwrap();
     with(&pki.client_rsa_cert(), &pki.client_rsa_key_pkcs1(), "mtls/rsa-pkcs1").unwrap();
@@ -348,8 +363,7 @@ fn kafka_sasl_ssl_and_ssl_listeners_take_the_right_credentials() {
         eprintln!("[security_rig] {name}: delivered in {:.1}s", started.elapsed().as_secs_f64());
         expected.push(value);
     }
-    let got: Vec<String> =
-        k.consume(&topic, expected.len(), STEP).iter().map(|r| r.value_str().to_string()).collect();
+    let got: Vec<String> = k.consume(&topic, expected.len(), STEP).iter().map(|r| r.value_str().to_string()).collect();
     assert_eq!(got, expected);
 
     // Refusals: each must fail within its bound, and nothing of it may reach the topic.
@@ -358,18 +372,26 @@ fn kafka_sasl_ssl_and_ssl_listeners_take_the_right_credentials() {
         ("wrong SCRAM password", k.sasl_client_config("SCRAM-SHA-512", scram_user, "wrong"), "Authentication failed"),
         ("wrong PLAIN password", k.sasl_client_config("PLAIN", plain_user, "wrong"), "Authentication failed"),
         ("SCRAM user over PLAIN", k.sasl_client_config("PLAIN", scram_user, scram_password), "Authentication failed"),
-        ("SSL without client cert", {
-            let mut c = ClientConfig::new();
-            c.set("bootstrap.servers", k.ssl_bootstrap())
-                .set("security.protocol", "SSL")
-                .set("ssl.ca.location", path(&k.ca_pem()));
-            c
-        }, "alert bad certificate"),
-        ("SASL_SSL trusting the wrong CA", {
-            let mut c = k.sasl_client_config("SCRAM-SHA-512", scram_user, scram_password);
-            c.set("ssl.ca.location", path(&pki.wrong_ca_pem()));
-            c
-        }, "certificate verify failed"),
+        (
+            "SSL without client cert",
+            {
+                let mut c = ClientConfig::new();
+                c.set("bootstrap.servers", k.ssl_bootstrap())
+                    .set("security.protocol", "SSL")
+                    .set("ssl.ca.location", path(&k.ca_pem()));
+                c
+            },
+            "alert bad certificate",
+        ),
+        (
+            "SASL_SSL trusting the wrong CA",
+            {
+                let mut c = k.sasl_client_config("SCRAM-SHA-512", scram_user, scram_password);
+                c.set("ssl.ca.location", path(&pki.wrong_ca_pem()));
+                c
+            },
+            "certificate verify failed",
+        ),
     ];
     // In parallel: each waits out its whole message timeout.
     std::thread::scope(|scope| {

@@ -53,7 +53,10 @@ impl ClientContext for Probe {
 
     fn error(&self, error: KafkaError, reason: &str) {
         let reason = if reason.is_empty() { error.to_string() } else { reason.to_string() };
-        self.errors.lock().unwrap_or_else(PoisonError::into_inner).push(ClientErr { code: error.rdkafka_error_code(), reason });
+        self.errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(ClientErr { code: error.rdkafka_error_code(), reason });
     }
 }
 
@@ -79,8 +82,14 @@ impl Probe {
 #[derive(Debug, Clone)]
 enum Entry {
     /// A topic template: named per message.
-    Template { route: String, source: String },
-    Topic { name: String, uses: Vec<Use> },
+    Template {
+        route: String,
+        source: String,
+    },
+    Topic {
+        name: String,
+        uses: Vec<Use>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,8 +103,14 @@ impl Entry {
         match self {
             Entry::Template { route, source } => format!("topic \"{source}\" (route \"{route}\")"),
             Entry::Topic { name, uses } => {
-                let records: Vec<String> = uses.iter().filter_map(|u| if let Use::Records(r) = u { Some(format!("\"{r}\"")) } else { None }).collect();
-                let dead: Vec<String> = uses.iter().filter_map(|u| if let Use::DeadLetters(r) = u { Some(format!("\"{r}\"")) } else { None }).collect();
+                let records: Vec<String> = uses
+                    .iter()
+                    .filter_map(|u| if let Use::Records(r) = u { Some(format!("\"{r}\"")) } else { None })
+                    .collect();
+                let dead: Vec<String> = uses
+                    .iter()
+                    .filter_map(|u| if let Use::DeadLetters(r) = u { Some(format!("\"{r}\"")) } else { None })
+                    .collect();
                 let plural = |v: &[String]| if v.len() == 1 { "route" } else { "routes" };
                 let mut parts = Vec::new();
                 if !records.is_empty() {
@@ -197,7 +212,9 @@ pub(super) async fn check(settings: &KafkaSettings, routes: &RouteTable, options
         items.extend(entries.iter().map(|e| Item::skip(SIDE, e.label(), format!("not checked: {why}"))));
     };
 
-    let probe: BaseProducer<Probe> = match probe_config(&settings.properties, timeout).create_with_context(Probe::default()) {
+    let probe: BaseProducer<Probe> = match probe_config(&settings.properties, timeout)
+        .create_with_context(Probe::default())
+    {
         Ok(p) => p,
         Err(e) => {
             items.push(Item::fail(
@@ -222,8 +239,13 @@ pub(super) async fn check(settings: &KafkaSettings, routes: &RouteTable, options
                 Ok(_) => "the cluster reported no brokers".to_string(),
                 Err(e) => e.to_string(),
             };
-            let (reachable, authenticated) = connect_failure(&probe.context().errors(), &fetch_error, &servers, timeout);
-            let why = if reachable.status == super::Status::Ok { "Kafka refused the client" } else { "Kafka is not reachable" };
+            let (reachable, authenticated) =
+                connect_failure(&probe.context().errors(), &fetch_error, &servers, timeout);
+            let why = if reachable.status == super::Status::Ok {
+                "Kafka refused the client"
+            } else {
+                "Kafka is not reachable"
+            };
             items.push(reachable);
             items.push(authenticated);
             skip_all(&mut items, why);
@@ -239,7 +261,11 @@ pub(super) async fn check(settings: &KafkaSettings, routes: &RouteTable, options
     for entry in &entries {
         let label = entry.label();
         let Entry::Topic { name, .. } = entry else {
-            items.push(Item::skip(SIDE, label, "a template, named per message: cannot be checked by name (its dead-letter topic is)"));
+            items.push(Item::skip(
+                SIDE,
+                label,
+                "a template, named per message: cannot be checked by name (its dead-letter topic is)",
+            ));
             continue;
         };
         let state = topic_state(&probe, name, timeout);
@@ -261,17 +287,23 @@ pub(super) async fn check(settings: &KafkaSettings, routes: &RouteTable, options
 }
 
 fn brokers(metadata: &Metadata) -> String {
-    let list: Vec<String> = metadata.brokers().iter().map(|b| format!("{}:{} id {}", b.host(), b.port(), b.id())).collect();
+    let list: Vec<String> =
+        metadata.brokers().iter().map(|b| format!("{}:{} id {}", b.host(), b.port(), b.id())).collect();
     let n = list.len();
     format!("{n} broker{}: {}", if n == 1 { "" } else { "s" }, list.join(", "))
 }
 
 /// How the client authenticated, in words (never a secret).
 fn security(properties: &BTreeMap<String, String>) -> String {
-    let protocol = properties.get("security.protocol").map(|p| p.to_ascii_lowercase()).unwrap_or_else(|| "plaintext".into());
+    let protocol =
+        properties.get("security.protocol").map(|p| p.to_ascii_lowercase()).unwrap_or_else(|| "plaintext".into());
     match protocol.as_str() {
         "sasl_plaintext" | "sasl_ssl" => {
-            let mechanism = properties.get("sasl.mechanisms").or_else(|| properties.get("sasl.mechanism")).map(String::as_str).unwrap_or("GSSAPI");
+            let mechanism = properties
+                .get("sasl.mechanisms")
+                .or_else(|| properties.get("sasl.mechanism"))
+                .map(String::as_str)
+                .unwrap_or("GSSAPI");
             match properties.get("sasl.username") {
                 Some(user) => format!("SASL {mechanism} as \"{user}\" (security.protocol {protocol})"),
                 None => format!("SASL {mechanism} (security.protocol {protocol})"),
@@ -289,7 +321,9 @@ const SERVERS_HINT: &str = "check kafka.bootstrap_servers (env KAFKA_BOOTSTRAP_S
 fn connect_failure(errors: &[ClientErr], fetch_error: &str, servers: &str, timeout: Duration) -> (Item, Item) {
     let has = |codes: &[RDKafkaErrorCode]| errors.iter().find(|e| e.code.is_some_and(|c| codes.contains(&c)));
     let mentions = |needle: &str| errors.iter().find(|e| e.reason.contains(needle));
-    if let Some(e) = has(&[RDKafkaErrorCode::Authentication, RDKafkaErrorCode::SaslAuthenticationFailed]).or_else(|| mentions("SASL authentication")) {
+    if let Some(e) = has(&[RDKafkaErrorCode::Authentication, RDKafkaErrorCode::SaslAuthenticationFailed])
+        .or_else(|| mentions("SASL authentication"))
+    {
         return (
             Item::ok(SIDE, "reachable", format!("{servers} (connected; authentication failed)")),
             Item::fail(
@@ -301,7 +335,9 @@ fn connect_failure(errors: &[ClientErr], fetch_error: &str, servers: &str, timeo
         );
     }
     let not_checked = |why: &str| Item::skip(SIDE, "authenticated", format!("not checked: {why}"));
-    if let Some(e) = has(&[RDKafkaErrorCode::SSL]).or_else(|| mentions("SSL handshake")).or_else(|| mentions("SSL routines")) {
+    if let Some(e) =
+        has(&[RDKafkaErrorCode::SSL]).or_else(|| mentions("SSL handshake")).or_else(|| mentions("SSL routines"))
+    {
         return (
             Item::fail(
                 SIDE,
@@ -313,7 +349,10 @@ fn connect_failure(errors: &[ClientErr], fetch_error: &str, servers: &str, timeo
         );
     }
     if let Some(e) = has(&[RDKafkaErrorCode::Resolve]) {
-        return (Item::fail(SIDE, "reachable", format!("{servers}: cannot resolve: {}", e.reason), SERVERS_HINT), not_checked("Kafka is not reachable"));
+        return (
+            Item::fail(SIDE, "reachable", format!("{servers}: cannot resolve: {}", e.reason), SERVERS_HINT),
+            not_checked("Kafka is not reachable"),
+        );
     }
     // The transport error names the broker and the cause; "all brokers are down" only repeats it.
     let transport = errors.iter().find(|e| e.code != Some(RDKafkaErrorCode::AllBrokersDown)).or_else(|| errors.first());
@@ -354,7 +393,8 @@ async fn read_auto_create(settings: &KafkaSettings, broker_id: i32, timeout: Dur
     };
     let opts = AdminOptions::new().request_timeout(Some(timeout));
     let resource = ResourceSpecifier::Broker(broker_id);
-    let described = tokio::time::timeout(timeout + Duration::from_secs(1), admin.describe_configs([&resource], &opts)).await;
+    let described =
+        tokio::time::timeout(timeout + Duration::from_secs(1), admin.describe_configs([&resource], &opts)).await;
     let config = match described {
         Err(_) => return AutoCreate::Unknown(format!("no DescribeConfigs answer within {}s", timeout.as_secs_f64())),
         Ok(Err(e)) => return AutoCreate::Unknown(format!("DescribeConfigs failed: {e}")),
@@ -374,8 +414,16 @@ async fn read_auto_create(settings: &KafkaSettings, broker_id: i32, timeout: Dur
 }
 
 /// One topic's item from its metadata and, for a missing one, whether it will be auto-created.
-fn topic_item(label: &str, name: &str, state: &TopicState, auto: Option<&AutoCreate>, servers: &str, properties: &BTreeMap<String, String>) -> Item {
-    let create = format!("create it, e.g. kafka-topics.sh --bootstrap-server {servers} --create --topic {name} --partitions 3");
+fn topic_item(
+    label: &str,
+    name: &str,
+    state: &TopicState,
+    auto: Option<&AutoCreate>,
+    servers: &str,
+    properties: &BTreeMap<String, String>,
+) -> Item {
+    let create =
+        format!("create it, e.g. kafka-topics.sh --bootstrap-server {servers} --create --topic {name} --partitions 3");
     match state {
         TopicState::Exists { partitions, leaderless: 0 } => {
             Item::ok(SIDE, label, format!("exists, {partitions} partition{}", if *partitions == 1 { "" } else { "s" }))
@@ -460,7 +508,9 @@ mod tests {
     #[test]
     fn a_missing_topic_is_ok_only_when_it_will_be_auto_created() {
         let props = BTreeMap::new();
-        let item = |auto: Option<AutoCreate>| topic_item("topic \"t\"", "t", &TopicState::Missing, auto.as_ref(), "k:9092", &props);
+        let item = |auto: Option<AutoCreate>| {
+            topic_item("topic \"t\"", "t", &TopicState::Missing, auto.as_ref(), "k:9092", &props)
+        };
         let enabled = item(Some(AutoCreate::Enabled(Some("3".into()))));
         assert_eq!(enabled.status, crate::check::Status::Ok, "{enabled}");
         assert!(enabled.detail.contains("will be auto-created"), "{enabled}");
@@ -489,7 +539,10 @@ mod tests {
         let t = Duration::from_secs(5);
         let err = |code, reason: &str| ClientErr { code: Some(code), reason: reason.into() };
         let (reach, auth) = connect_failure(
-            &[err(RDKafkaErrorCode::Authentication, "SASL authentication error: Authentication failed: Invalid username or password")],
+            &[err(
+                RDKafkaErrorCode::Authentication,
+                "SASL authentication error: Authentication failed: Invalid username or password",
+            )],
             "timed out",
             "k:9092",
             t,
@@ -497,12 +550,20 @@ mod tests {
         assert_eq!((reach.status, auth.status), (crate::check::Status::Ok, crate::check::Status::Fail));
         assert!(auth.hint.as_deref().unwrap_or_default().contains("sasl.password"), "{auth}");
 
-        let (reach, auth) = connect_failure(&[err(RDKafkaErrorCode::SSL, "SSL handshake failed: certificate verify failed")], "timed out", "k:9092", t);
+        let (reach, auth) = connect_failure(
+            &[err(RDKafkaErrorCode::SSL, "SSL handshake failed: certificate verify failed")],
+            "timed out",
+            "k:9092",
+            t,
+        );
         assert_eq!((reach.status, auth.status), (crate::check::Status::Fail, crate::check::Status::Skip));
         assert!(reach.detail.contains("TLS handshake failed"), "{reach}");
 
         let (reach, _) = connect_failure(
-            &[err(RDKafkaErrorCode::AllBrokersDown, "1/1 brokers are down"), err(RDKafkaErrorCode::BrokerTransportFailure, "Connect to ipv4#127.0.0.1:1 failed: Connection refused")],
+            &[
+                err(RDKafkaErrorCode::AllBrokersDown, "1/1 brokers are down"),
+                err(RDKafkaErrorCode::BrokerTransportFailure, "Connect to ipv4#127.0.0.1:1 failed: Connection refused"),
+            ],
             "timed out",
             "127.0.0.1:1",
             t,
@@ -516,7 +577,9 @@ mod tests {
     #[test]
     fn a_bad_property_is_named_without_its_value() {
         let props = BTreeMap::from([("sasl.pasword".to_string(), "Typo-Secret-42".to_string())]);
-        let Err(e) = probe_config(&props, Duration::from_secs(1)).create_with_context::<_, BaseProducer<Probe>>(Probe::default()) else {
+        let Err(e) = probe_config(&props, Duration::from_secs(1))
+            .create_with_context::<_, BaseProducer<Probe>>(Probe::default())
+        else {
             panic!("librdkafka accepted an unknown property");
         };
         let text = crate::kafka::creation_error(&e);

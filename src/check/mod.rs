@@ -98,7 +98,14 @@ mod tests {
 
     #[test]
     fn secret_properties_are_recognised() {
-        for key in ["sasl.password", "ssl.key.password", "sasl.oauthbearer.client.secret", "ssl.key.pem", "sasl.jaas.config", "SASL.PASSWORD"] {
+        for key in [
+            "sasl.password",
+            "ssl.key.password",
+            "sasl.oauthbearer.client.secret",
+            "ssl.key.pem",
+            "sasl.jaas.config",
+            "SASL.PASSWORD",
+        ] {
             assert!(is_secret_property(key), "{key}");
         }
         for key in ["sasl.username", "bootstrap.servers", "security.protocol", "ssl.ca.location"] {

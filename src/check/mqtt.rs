@@ -68,7 +68,12 @@ pub(super) async fn check(settings: &MqttSettings, routes: &RouteTable, timeout:
     match crate::mqtt::tls::transport(settings) {
         Ok(t) => eventloop.set_transport(t),
         Err(e) => {
-            items.push(Item::fail(SIDE, "reachable", format!("{addr}: the TLS files cannot be used: {e}"), "fix mqtt.tls (the files it names must be readable PEM)"));
+            items.push(Item::fail(
+                SIDE,
+                "reachable",
+                format!("{addr}: the TLS files cannot be used: {e}"),
+                "fix mqtt.tls (the files it names must be readable PEM)",
+            ));
             items.push(Item::skip(SIDE, "authenticated", "not checked: no TLS configuration"));
             items.extend(targets.iter().map(|t| Item::skip(SIDE, &t.label, "not checked: no TLS configuration")));
             return items;
@@ -89,12 +94,18 @@ pub(super) async fn check(settings: &MqttSettings, routes: &RouteTable, timeout:
                 None => "anonymously (no mqtt.username set)".to_string(),
             };
             let protocol = settings.protocol.as_str();
-            items.push(Item::ok(SIDE, "authenticated", format!("{who}, client id \"{client_id}\", clean session, MQTT {protocol}")));
+            items.push(Item::ok(
+                SIDE,
+                "authenticated",
+                format!("{who}, client id \"{client_id}\", clean session, MQTT {protocol}"),
+            ));
         }
         Err(Connect::Refused(detail, hint)) => {
             items.push(Item::ok(SIDE, "reachable", format!("{addr}{transport}")));
             items.push(Item::fail(SIDE, "authenticated", detail, hint));
-            items.extend(targets.iter().map(|t| Item::skip(SIDE, &t.label, "not checked: the broker refused the connection")));
+            items.extend(
+                targets.iter().map(|t| Item::skip(SIDE, &t.label, "not checked: the broker refused the connection")),
+            );
             return items;
         }
         Err(Connect::Failed(detail, hint)) => {
@@ -125,9 +136,11 @@ pub(super) async fn check(settings: &MqttSettings, routes: &RouteTable, timeout:
             }
         };
         match answer {
-            Suback::Granted(q) if q < t.qos => {
-                items.push(Item::ok(SIDE, &t.label, format!("granted QoS {q} (QoS {} requested: the broker lowers it)", t.qos)))
-            }
+            Suback::Granted(q) if q < t.qos => items.push(Item::ok(
+                SIDE,
+                &t.label,
+                format!("granted QoS {q} (QoS {} requested: the broker lowers it)", t.qos),
+            )),
             Suback::Granted(q) => items.push(Item::ok(SIDE, &t.label, format!("granted QoS {q}"))),
             Suback::Refused(reason) => {
                 let mut hint = format!("the broker's ACL must let {who} subscribe to \"{}\"", t.filter);
@@ -144,7 +157,10 @@ pub(super) async fn check(settings: &MqttSettings, routes: &RouteTable, timeout:
                     }
                 }
                 if !fallbacks.is_empty() {
-                    hint.push_str(&format!("; the gateway would subscribe the fallback filters instead: {}", fallbacks.join(", ")));
+                    hint.push_str(&format!(
+                        "; the gateway would subscribe the fallback filters instead: {}",
+                        fallbacks.join(", ")
+                    ));
                 }
                 let detail = match settings.protocol {
                     Protocol::V311 => "refused by the broker (SUBACK 0x80)".to_string(),
@@ -218,7 +234,11 @@ async fn connect(eventloop: &mut EventLoop, timeout: Duration, settings: &MqttSe
             let (detail, hint) = refused5(code, settings, &client_id);
             Err(Connect::Refused(detail, hint))
         }
-        Ok(Err(ConnectionError::V4(rumqttc::ConnectionError::NetworkTimeout) | ConnectionError::V5(rumqttc::v5::ConnectionError::Timeout(_)))) | Err(_) => {
+        Ok(Err(
+            ConnectionError::V4(rumqttc::ConnectionError::NetworkTimeout)
+            | ConnectionError::V5(rumqttc::v5::ConnectionError::Timeout(_)),
+        ))
+        | Err(_) => {
             Err(Connect::Failed(format!("TCP connected, but no CONNACK within {secs}s"), no_connack_hint.into()))
         }
         Ok(Err(e)) => {
@@ -295,10 +315,27 @@ fn targets(settings: &MqttSettings, routes: &RouteTable) -> Vec<Target> {
             let covered: Vec<&str> = served.iter().filter(|r| r.filter != s.filter).map(|r| &*r.name).collect();
             let label = match (own.is_empty(), covered.is_empty()) {
                 (false, true) => format!("{} {} filter \"{}\"", plural(&own), quote(&own), s.filter),
-                (false, false) => format!("{} {} filter \"{}\" (also serving {} {}, whose filters it covers)", plural(&own), quote(&own), s.filter, plural(&covered), quote(&covered)),
-                (true, _) => format!("filter \"{}\" (subscribed for the overlapping filters of {} {})", s.filter, plural(&covered), quote(&covered)),
+                (false, false) => format!(
+                    "{} {} filter \"{}\" (also serving {} {}, whose filters it covers)",
+                    plural(&own),
+                    quote(&own),
+                    s.filter,
+                    plural(&covered),
+                    quote(&covered)
+                ),
+                (true, _) => format!(
+                    "filter \"{}\" (subscribed for the overlapping filters of {} {})",
+                    s.filter,
+                    plural(&covered),
+                    quote(&covered)
+                ),
             };
-            Target { filter: s.filter.clone(), qos: cap(s.qos), label, fallbacks: routes.fallbacks_for(s).into_iter().map(|(f, q)| (f, cap(q))).collect() }
+            Target {
+                filter: s.filter.clone(),
+                qos: cap(s.qos),
+                label,
+                fallbacks: routes.fallbacks_for(s).into_iter().map(|(f, q)| (f, cap(q))).collect(),
+            }
         })
         .collect()
 }
@@ -319,7 +356,11 @@ async fn subscribe(
     let secs = timeout.as_secs_f64();
     // The request channel has room: this does not wait for the event loop.
     if let Err(e) = client.try_subscribe(&[(filter.to_string(), wanted)]) {
-        return Err((format!("could not send the SUBSCRIBE: {e}"), "a filter the client library refuses; `validate` checks filters".into(), "the SUBSCRIBE could not be sent".into()));
+        return Err((
+            format!("could not send the SUBSCRIBE: {e}"),
+            "a filter the client library refuses; `validate` checks filters".into(),
+            "the SUBSCRIBE could not be sent".into(),
+        ));
     }
     let deadline = tokio::time::Instant::now() + timeout;
     loop {

@@ -29,17 +29,31 @@ pub(super) fn produce_test(settings: &KafkaSettings, topics: &[(String, String)]
         Err(e) => {
             return topics
                 .iter()
-                .map(|(_, label)| Item::fail(SIDE, what(label), format!("cannot create the producer: {}", crate::kafka::creation_error(&e)), "a kafka.properties entry is invalid for a producer"))
+                .map(|(_, label)| {
+                    Item::fail(
+                        SIDE,
+                        what(label),
+                        format!("cannot create the producer: {}", crate::kafka::creation_error(&e)),
+                        "a kafka.properties entry is invalid for a producer",
+                    )
+                })
                 .collect()
         }
     };
-    let id = format!("{}-check-{}", settings.properties.get("client.id").map(String::as_str).unwrap_or("mqtt-kafka-gateway"), std::process::id());
+    let id = format!(
+        "{}-check-{}",
+        settings.properties.get("client.id").map(String::as_str).unwrap_or("mqtt-kafka-gateway"),
+        std::process::id()
+    );
     let at = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default();
-    let value = serde_json::json!({ "check": "mqtt-kafka-gateway check --produce-test", "client_id": id, "timestamp": at }).to_string();
+    let value =
+        serde_json::json!({ "check": "mqtt-kafka-gateway check --produce-test", "client_id": id, "timestamp": at })
+            .to_string();
     let mut outcomes: Vec<Option<Result<(i32, i64), String>>> = vec![None; topics.len()];
     for (tag, (name, _)) in topics.iter().enumerate() {
         let headers = OwnedHeaders::new().insert(Header { key: CHECK_HEADER, value: Some(id.as_bytes()) });
-        let record: BaseRecord<'_, (), str, usize> = BaseRecord::with_opaque_to(name, tag).payload(value.as_str()).headers(headers);
+        let record: BaseRecord<'_, (), str, usize> =
+            BaseRecord::with_opaque_to(name, tag).payload(value.as_str()).headers(headers);
         if let Err((e, _)) = producer.send(record) {
             outcomes[tag] = Some(Err(format!("not queued: {e}")));
         }

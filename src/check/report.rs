@@ -144,7 +144,10 @@ mod tests {
         let ok = Item::ok(Side::Mqtt, "reachable", "127.0.0.1:1883");
         assert_eq!(ok.to_string(), "OK    mqtt  reachable: 127.0.0.1:1883");
         let fail = Item::fail(Side::Kafka, "reachable", "connection refused", "check kafka.bootstrap_servers");
-        assert_eq!(fail.to_string(), "FAIL  kafka reachable: connection refused\n      hint: check kafka.bootstrap_servers");
+        assert_eq!(
+            fail.to_string(),
+            "FAIL  kafka reachable: connection refused\n      hint: check kafka.bootstrap_servers"
+        );
         let skip = Item::skip(Side::Kafka, "topic \"iot.{kind}\"", "a template");
         assert_eq!(skip.to_string(), "SKIP  kafka topic \"iot.{kind}\": a template");
     }
@@ -161,7 +164,8 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted_everywhere_but_short_ones_are_left() {
-        let mut r = Report { items: vec![Item::fail(Side::Kafka, "x hunter22", "said hunter22", "not hunter22 again")] };
+        let mut r =
+            Report { items: vec![Item::fail(Side::Kafka, "x hunter22", "said hunter22", "not hunter22 again")] };
         r.redact(&["hunter22", "ab"]);
         let text = r.to_string();
         assert!(!text.contains("hunter22"), "{text}");

@@ -25,12 +25,12 @@
 mod broker;
 mod raw;
 mod security;
-mod sources;
-mod validate;
-#[cfg(test)]
-mod tests;
 #[cfg(test)]
 mod security_tests;
+mod sources;
+#[cfg(test)]
+mod tests;
+mod validate;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -52,7 +52,6 @@ pub const ENV_PREFIX: &str = "GATEWAY_";
 // ---------------------------------------------------------------------------------------------------
 // Validated configuration.
 // ---------------------------------------------------------------------------------------------------
-
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -120,17 +119,21 @@ pub struct KafkaSettings {
 /// Secret properties (passwords, client secrets, keys) print as `***`.
 impl fmt::Debug for KafkaSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let shown: BTreeMap<&str, &str> =
-            self.properties.iter().map(|(k, v)| (k.as_str(), if is_secret_property(k) { "***" } else { v.as_str() })).collect();
-        f.debug_struct("KafkaSettings").field("bootstrap_servers", &self.bootstrap_servers).field("properties", &shown).finish()
+        let shown: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| (k.as_str(), if is_secret_property(k) { "***" } else { v.as_str() }))
+            .collect();
+        f.debug_struct("KafkaSettings")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("properties", &shown)
+            .finish()
     }
 }
-
 
 // ---------------------------------------------------------------------------------------------------
 // Problems.
 // ---------------------------------------------------------------------------------------------------
-
 
 /// One thing wrong with the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,7 +187,6 @@ impl fmt::Display for ConfigError {
         Ok(())
     }
 }
-
 
 impl Config {
     /// The keys that differ between `self` and `new` and only take effect after a restart (everything

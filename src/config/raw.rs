@@ -9,7 +9,6 @@ use serde::{Deserialize, Deserializer, Serialize};
 use super::security::{RawKafkaSasl, RawKafkaTls, RawMqttTls};
 use crate::route::{KeyMissing, PayloadFormat, ValueFormat};
 
-
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawConfig {

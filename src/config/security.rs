@@ -96,7 +96,12 @@ pub struct MqttTls {
 /// Librdkafka property names whose values are secrets: never shown.
 pub fn is_secret_property(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    k.contains("password") || k.contains("secret") || k == "sasl.jaas.config" || k == "ssl.key.pem" || k == "ssl_key.pem" || k == "sasl.oauthbearer.config"
+    k.contains("password")
+        || k.contains("secret")
+        || k == "sasl.jaas.config"
+        || k == "ssl.key.pem"
+        || k == "ssl_key.pem"
+        || k == "sasl.oauthbearer.config"
 }
 
 /// A secret given inline or through a file. `Ok(None)` when neither is set.
@@ -113,7 +118,11 @@ pub(super) fn secret(key: &str, inline: Option<&Secret>, file: Option<&str>, p: 
                 Some(Secret::new(text))
             }
             Err(e) => {
-                p.add(&format!("{key}_file"), format!("cannot read `{path}`: {e}"), Some("mount the Secret there, readable by the gateway's user"));
+                p.add(
+                    &format!("{key}_file"),
+                    format!("cannot read `{path}`: {e}"),
+                    Some("mount the Secret there, readable by the gateway's user"),
+                );
                 None
             }
         },
@@ -125,7 +134,11 @@ pub(super) fn mqtt_tls(t: &RawMqttTls, tls: bool, p: &mut Problems<'_>) -> Optio
     let given = t.ca_file.is_some() || t.cert_file.is_some() || t.key_file.is_some() || t.min_version.is_some();
     if !tls {
         if given {
-            p.add("mqtt.tls", "TLS settings are given but mqtt.broker is not a TLS address".into(), Some("use mqtts://host:8883 (or wss://host/mqtt) in mqtt.broker, or remove mqtt.tls"));
+            p.add(
+                "mqtt.tls",
+                "TLS settings are given but mqtt.broker is not a TLS address".into(),
+                Some("use mqtts://host:8883 (or wss://host/mqtt) in mqtt.broker, or remove mqtt.tls"),
+            );
         }
         return None;
     }
@@ -133,7 +146,11 @@ pub(super) fn mqtt_tls(t: &RawMqttTls, tls: bool, p: &mut Problems<'_>) -> Optio
         None | Some("1.2") => TlsVersion::V1_2,
         Some("1.3") => TlsVersion::V1_3,
         Some(other) => {
-            p.add("mqtt.tls.min_version", format!("`{other}` is not a TLS version the gateway speaks"), Some("use \"1.2\" or \"1.3\" (older versions are not supported)"));
+            p.add(
+                "mqtt.tls.min_version",
+                format!("`{other}` is not a TLS version the gateway speaks"),
+                Some("use \"1.2\" or \"1.3\" (older versions are not supported)"),
+            );
             TlsVersion::V1_2
         }
     };
@@ -147,11 +164,19 @@ pub(super) fn mqtt_tls(t: &RawMqttTls, tls: bool, p: &mut Problems<'_>) -> Optio
         (Some(cert), Some(key)) => {
             let (cert, key) = (PathBuf::from(cert), PathBuf::from(key));
             match crate::mqtt::tls::read_client_identity(&cert, &key) {
-                Err(e) => p.add("mqtt.tls.cert_file", e, Some("a PEM certificate and its unencrypted PEM key (PKCS#8, PKCS#1 or SEC1)")),
+                Err(e) => p.add(
+                    "mqtt.tls.cert_file",
+                    e,
+                    Some("a PEM certificate and its unencrypted PEM key (PKCS#8, PKCS#1 or SEC1)"),
+                ),
                 // A key of another certificate: found now rather than at the first handshake.
                 Ok((certs, key_der)) => {
                     if let Err(e) = crate::mqtt::tls::check_pair(certs, key_der) {
-                        p.add("mqtt.tls.key_file", format!("`{}` is not the key of `{}`: {e}", key.display(), cert.display()), Some("give the key the certificate was issued for"));
+                        p.add(
+                            "mqtt.tls.key_file",
+                            format!("`{}` is not the key of `{}`: {e}", key.display(), cert.display()),
+                            Some("give the key the certificate was issued for"),
+                        );
                     }
                 }
             }
@@ -167,9 +192,18 @@ pub(super) fn mqtt_tls(t: &RawMqttTls, tls: bool, p: &mut Problems<'_>) -> Optio
 }
 
 /// The librdkafka properties for `kafka.security_protocol`, `kafka.sasl` and `kafka.tls`.
-pub(super) fn kafka_properties(protocol: Option<&str>, sasl: &RawKafkaSasl, tls: &RawKafkaTls, p: &mut Problems<'_>) -> BTreeMap<String, String> {
+pub(super) fn kafka_properties(
+    protocol: Option<&str>,
+    sasl: &RawKafkaSasl,
+    tls: &RawKafkaTls,
+    p: &mut Problems<'_>,
+) -> BTreeMap<String, String> {
     let mut props = BTreeMap::new();
-    let sasl_given = sasl.mechanism.is_some() || sasl.username.is_some() || sasl.password.is_some() || sasl.password_file.is_some() || sasl.oauthbearer.is_some();
+    let sasl_given = sasl.mechanism.is_some()
+        || sasl.username.is_some()
+        || sasl.password.is_some()
+        || sasl.password_file.is_some()
+        || sasl.oauthbearer.is_some();
     let tls_given = tls.ca_file.is_some() || tls.cert_file.is_some() || tls.key_file.is_some();
     // SASL without a protocol named means SASL_SSL: managed Kafka services speak it, and inferring
     // SASL_PLAINTEXT would send the password in the clear.
@@ -181,16 +215,28 @@ pub(super) fn kafka_properties(protocol: Option<&str>, sasl: &RawKafkaSasl, tls:
     };
     if let Some(protocol) = protocol {
         if !["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"].contains(&protocol.as_str()) {
-            p.add("kafka.security_protocol", format!("unknown protocol `{protocol}`"), Some("use PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"));
+            p.add(
+                "kafka.security_protocol",
+                format!("unknown protocol `{protocol}`"),
+                Some("use PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
+            );
         } else if sasl_given && !protocol.starts_with("SASL_") {
-            p.add("kafka.security_protocol", format!("kafka.sasl is set but the protocol is {protocol}"), Some("use SASL_SSL (or SASL_PLAINTEXT on a trusted network)"));
+            p.add(
+                "kafka.security_protocol",
+                format!("kafka.sasl is set but the protocol is {protocol}"),
+                Some("use SASL_SSL (or SASL_PLAINTEXT on a trusted network)"),
+            );
         }
         props.insert("security.protocol".into(), protocol);
     }
     if sasl_given {
         sasl_properties(sasl, &mut props, p);
     }
-    let file = |key: &str, path: &Option<String>, props: &mut BTreeMap<String, String>, p: &mut Problems<'_>, property: &str| {
+    let file = |key: &str,
+                path: &Option<String>,
+                props: &mut BTreeMap<String, String>,
+                p: &mut Problems<'_>,
+                property: &str| {
         if let Some(path) = path {
             if let Err(e) = std::fs::metadata(path) {
                 p.add(key, format!("cannot read `{path}`: {e}"), None);
@@ -204,7 +250,8 @@ pub(super) fn kafka_properties(protocol: Option<&str>, sasl: &RawKafkaSasl, tls:
     if tls.cert_file.is_some() != tls.key_file.is_some() {
         p.add("kafka.tls", "cert_file and key_file go together".into(), Some("set both for mutual TLS, or neither"));
     }
-    if let Some(pass) = secret("kafka.tls.key_password", tls.key_password.as_ref(), tls.key_password_file.as_deref(), p) {
+    if let Some(pass) = secret("kafka.tls.key_password", tls.key_password.as_ref(), tls.key_password_file.as_deref(), p)
+    {
         props.insert("ssl.key.password".into(), pass.expose().to_string());
     }
     props
@@ -221,14 +268,22 @@ fn sasl_properties(sasl: &RawKafkaSasl, props: &mut BTreeMap<String, String>, p:
                 Some(u) if !u.0.is_empty() => {
                     props.insert("sasl.username".into(), u.0.clone());
                 }
-                _ => p.add("kafka.sasl.username", format!("{mechanism} needs a username"), Some("set kafka.sasl.username (env KAFKA_SASL_USERNAME)")),
+                _ => p.add(
+                    "kafka.sasl.username",
+                    format!("{mechanism} needs a username"),
+                    Some("set kafka.sasl.username (env KAFKA_SASL_USERNAME)"),
+                ),
             }
             match secret("kafka.sasl.password", sasl.password.as_ref(), sasl.password_file.as_deref(), p) {
                 Some(pass) => {
                     props.insert("sasl.password".into(), pass.expose().to_string());
                 }
                 None if sasl.password_file.is_none() => {
-                    p.add("kafka.sasl.password", format!("{mechanism} needs a password"), Some("set kafka.sasl.password_file (or env KAFKA_SASL_PASSWORD)"));
+                    p.add(
+                        "kafka.sasl.password",
+                        format!("{mechanism} needs a password"),
+                        Some("set kafka.sasl.password_file (or env KAFKA_SASL_PASSWORD)"),
+                    );
                 }
                 None => {}
             }
@@ -241,17 +296,30 @@ fn sasl_properties(sasl: &RawKafkaSasl, props: &mut BTreeMap<String, String>, p:
                 if let Some(scope) = &o.scope {
                     props.insert("sasl.oauthbearer.scope".into(), scope.clone());
                 }
-                if let Some(s) = secret("kafka.sasl.oauthbearer.client_secret", o.client_secret.as_ref(), o.client_secret_file.as_deref(), p) {
+                if let Some(s) = secret(
+                    "kafka.sasl.oauthbearer.client_secret",
+                    o.client_secret.as_ref(),
+                    o.client_secret_file.as_deref(),
+                    p,
+                ) {
                     props.insert("sasl.oauthbearer.client.secret".into(), s.expose().to_string());
                 }
                 if o.token_endpoint_url.is_empty() || o.client_id.is_empty() {
                     p.add("kafka.sasl.oauthbearer", "token_endpoint_url and client_id are required".into(), None);
                 }
             }
-            None => p.add("kafka.sasl.oauthbearer", "OAUTHBEARER needs token_endpoint_url, client_id and client_secret".into(), None),
+            None => p.add(
+                "kafka.sasl.oauthbearer",
+                "OAUTHBEARER needs token_endpoint_url, client_id and client_secret".into(),
+                None,
+            ),
         },
         "" => {}
-        other => p.add("kafka.sasl.mechanism", format!("unknown SASL mechanism `{other}`"), Some("use PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER (GSSAPI through kafka.properties)")),
+        other => p.add(
+            "kafka.sasl.mechanism",
+            format!("unknown SASL mechanism `{other}`"),
+            Some("use PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER (GSSAPI through kafka.properties)"),
+        ),
     }
     if !mechanism.is_empty() {
         props.insert("sasl.mechanism".into(), mechanism);

@@ -99,13 +99,20 @@ fn mqtt_tls_needs_a_tls_broker_and_readable_pem() {
     let text = problems(load("mqtt:\n  broker: mqtt://b:1883\n  tls:\n    ca_file: /x.pem\n", &[]).unwrap_err());
     assert!(text.contains("not a TLS address"), "{text}");
     let not_pem = file("hello");
-    let text = problems(load(&format!("mqtt:\n  broker: mqtts://b\n  tls:\n    ca_file: {}\n", not_pem.path().display()), &[]).unwrap_err());
+    let text = problems(
+        load(&format!("mqtt:\n  broker: mqtts://b\n  tls:\n    ca_file: {}\n", not_pem.path().display()), &[])
+            .unwrap_err(),
+    );
     assert!(text.contains("mqtt.tls.ca_file") && text.contains("no PEM certificate"), "{text}");
     let text = problems(load("mqtt:\n  broker: wss://b/mqtt\n  tls:\n    min_version: \"1.1\"\n", &[]).unwrap_err());
     assert!(text.contains("mqtt.tls.min_version"), "{text}");
     let encrypted = file("-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n");
     let cert = file("-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n");
-    let yaml = format!("mqtt:\n  broker: mqtts://b\n  tls:\n    cert_file: {}\n    key_file: {}\n", cert.path().display(), encrypted.path().display());
+    let yaml = format!(
+        "mqtt:\n  broker: mqtts://b\n  tls:\n    cert_file: {}\n    key_file: {}\n",
+        cert.path().display(),
+        encrypted.path().display()
+    );
     let text = problems(load(&yaml, &[]).unwrap_err());
     assert!(text.contains("encrypted"), "{text}");
     // No mqtt.tls: the system's roots, TLS 1.2 and up.

@@ -16,7 +16,6 @@ use super::validate::validate;
 use super::{Config, ConfigError, Origin, Problem, DEFAULT_CONFIG_PATH, ENV_PREFIX};
 use crate::yaml_index::{Position, YamlIndex};
 
-
 /// Where the configuration's environment comes from; tests pass a map instead of the process environment.
 pub trait EnvSource {
     fn get(&self, name: &str) -> Option<String>;
@@ -140,13 +139,18 @@ pub fn load_from_str(path: &Path, text: &str, env: &dyn EnvSource) -> Result<Con
             }
         }
     }
-    let config = validate(path, raw, &|key: &str| {
-        if env_route_overrides && (key == "routes[0].topic" || key == "routes[0].filter") {
-            Origin::Environment
-        } else {
-            locate(key)
-        }
-    }, &mut problems);
+    let config = validate(
+        path,
+        raw,
+        &|key: &str| {
+            if env_route_overrides && (key == "routes[0].topic" || key == "routes[0].filter") {
+                Origin::Environment
+            } else {
+                locate(key)
+            }
+        },
+        &mut problems,
+    );
     match config {
         Some(c) if problems.is_empty() => Ok(c),
         _ => Err(fail(problems)),
@@ -188,11 +192,24 @@ fn nested<K: AsRef<str>>(path: &[K], value: FValue) -> Dict {
 /// number 123, and a librdkafka property `1.10` the number 1.1.
 fn keeps_text(parts: &[String]) -> bool {
     const TEXT: [&str; 13] = [
-        "password", "client_secret", "key_password", "username", "client_id", "broker", "bootstrap_servers", "mechanism", "security_protocol", "scope", "token_endpoint_url", "shared_group",
+        "password",
+        "client_secret",
+        "key_password",
+        "username",
+        "client_id",
+        "broker",
+        "bootstrap_servers",
+        "mechanism",
+        "security_protocol",
+        "scope",
+        "token_endpoint_url",
+        "shared_group",
         "protocol",
     ];
     let last = parts.last().map(String::as_str).unwrap_or_default();
-    (parts.len() >= 3 && parts[0] == "kafka" && parts[1] == "properties") || TEXT.contains(&last) || last.ends_with("_file")
+    (parts.len() >= 3 && parts[0] == "kafka" && parts[1] == "properties")
+        || TEXT.contains(&last)
+        || last.ends_with("_file")
 }
 
 /// Kubernetes gives every pod `<SERVICE>_PORT`, `<SERVICE>_PORT_<n>_TCP...`, `<SERVICE>_SERVICE_HOST` and
@@ -219,7 +236,11 @@ fn prefixed_env(env: &dyn EnvSource) -> Serialized<Dict> {
             parts.truncate(2);
             parts.push(prop);
         }
-        let parsed: FValue = if keeps_text(&parts) { FValue::from(value.clone()) } else { value.parse().unwrap_or_else(|_| FValue::from(value.clone())) };
+        let parsed: FValue = if keeps_text(&parts) {
+            FValue::from(value.clone())
+        } else {
+            value.parse().unwrap_or_else(|_| FValue::from(value.clone()))
+        };
         dict = merge_dicts(dict, nested(&parts, parsed));
     }
     Serialized::defaults(dict)

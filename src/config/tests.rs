@@ -13,7 +13,9 @@ fn load(text: &str, pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
 #[test]
 fn broker_addresses_table() {
     use Transport::*;
-    let ok = |host: &str, port: u16, transport: Transport, path: &str| Ok(BrokerAddr { host: host.into(), port, transport, path: path.into() });
+    let ok = |host: &str, port: u16, transport: Transport, path: &str| {
+        Ok(BrokerAddr { host: host.into(), port, transport, path: path.into() })
+    };
     let cases = [
         ("mosquitto:1883", ok("mosquitto", 1883, Tcp, "")),
         ("localhost", ok("localhost", 1883, Tcp, "")),
@@ -75,10 +77,7 @@ fn the_shipped_routes_yaml_is_the_spec_route() {
 fn spec_environment_variables_override_the_file() {
     let c = load(
         "mqtt: {broker: 'file:1883'}\nkafka: {bootstrap_servers: 'file:9092'}\n",
-        &[
-            ("KAFKA_TOPIC", "from_env"),
-            ("MQTT_TOPIC_PATTERN", "sensors/#"),
-        ],
+        &[("KAFKA_TOPIC", "from_env"), ("MQTT_TOPIC_PATTERN", "sensors/#")],
     )
     .unwrap();
     let r = &c.routes.routes()[0];
@@ -88,7 +87,15 @@ fn spec_environment_variables_override_the_file() {
     assert_eq!(r.dead_letter_topic, "from_env.dlq");
     assert_eq!(c.mqtt.broker.host, "file");
 
-    let same = load("", &[("MQTT_TOPIC_PATTERN", "cmnd/#"), ("MQTT_BROKER", "mqtt://env-broker:1999"), ("KAFKA_BOOTSTRAP_SERVERS", "k1:9092,k2:9092")]).unwrap();
+    let same = load(
+        "",
+        &[
+            ("MQTT_TOPIC_PATTERN", "cmnd/#"),
+            ("MQTT_BROKER", "mqtt://env-broker:1999"),
+            ("KAFKA_BOOTSTRAP_SERVERS", "k1:9092,k2:9092"),
+        ],
+    )
+    .unwrap();
     assert_eq!(same.routes.routes()[0].fallback_filters, vec!["cmnd/+/+/+/+"], "same filter: fallbacks kept");
     assert_eq!((same.mqtt.broker.host.as_str(), same.mqtt.broker.port), ("env-broker", 1999));
     assert_eq!(same.kafka.properties["bootstrap.servers"], "k1:9092,k2:9092");
@@ -155,7 +162,10 @@ fn wrong_types_and_missing_keys_are_reported() {
     let p = problems("mqtt:\n  keep_alive_secs: soon\nroutes:\n  - name: a\n    filter: a/#\n");
     assert_eq!(p.len(), 2, "{p:?}");
     assert!(p[0].contains("mqtt.keep_alive_secs") && p[0].contains("routes.yaml:2:"), "{p:?}");
-    assert!(p[1].contains("routes[0]") && p[1].contains("missing field `topic`") && p[1].contains("routes.yaml:4:"), "{p:?}");
+    assert!(
+        p[1].contains("routes[0]") && p[1].contains("missing field `topic`") && p[1].contains("routes.yaml:4:"),
+        "{p:?}"
+    );
 }
 
 #[test]
@@ -263,7 +273,10 @@ fn the_protocol_is_a_number_or_a_string_from_file_and_environment() {
     for v in ["5", "5.0", "v5"] {
         assert_eq!(load("", &[("GATEWAY_MQTT__PROTOCOL", v)]).unwrap().mqtt.protocol, Protocol::V5, "{v}");
     }
-    assert_eq!(load("mqtt:\n  protocol: 5\n", &[("GATEWAY_MQTT__PROTOCOL", "3.1.1")]).unwrap().mqtt.protocol, Protocol::V311);
+    assert_eq!(
+        load("mqtt:\n  protocol: 5\n", &[("GATEWAY_MQTT__PROTOCOL", "3.1.1")]).unwrap().mqtt.protocol,
+        Protocol::V311
+    );
     let e = load("mqtt:\n  protocol: 3.1\n", &[]).unwrap_err().to_string();
     assert!(e.contains("mqtt.protocol") && e.contains("not an MQTT version") && e.contains("routes.yaml:2:"), "{e}");
 }

@@ -10,14 +10,14 @@ use std::time::Duration;
 use regex::Regex;
 
 use super::broker::parse_broker;
-use super::security;
 use super::raw::{RawConfig, RawKafka, RawMqtt, RawRoute, Secret};
+use super::security;
 use super::{Config, KafkaSettings, MqttSettings, Origin, Problem, Protocol};
 use crate::filter;
 use crate::route::{DeviceIdRule, KeyRule, PayloadFormat, Route, RouteTable, ValueFormat};
 use crate::schema::RouteSchema;
-use crate::throttle::RateLimit;
 use crate::template::TopicTemplate;
+use crate::throttle::RateLimit;
 use crate::topic_name::{check_kafka_topic, kafka_topic_char};
 
 /// The problems found so far, each located by the key it concerns.
@@ -32,7 +32,12 @@ impl Problems<'_> {
     }
 }
 
-pub(super) fn validate(path: &Path, raw: RawConfig, locate: &dyn Fn(&str) -> Origin, problems: &mut Vec<Problem>) -> Option<Config> {
+pub(super) fn validate(
+    path: &Path,
+    raw: RawConfig,
+    locate: &dyn Fn(&str) -> Origin,
+    problems: &mut Vec<Problem>,
+) -> Option<Config> {
     let mut p = Problems { list: problems, locate };
     let mqtt = mqtt(&raw.mqtt, &mut p);
     let properties = kafka_properties(&raw.kafka, &raw.mqtt.client_id.0, &mut p);
@@ -40,14 +45,22 @@ pub(super) fn validate(path: &Path, raw: RawConfig, locate: &dyn Fn(&str) -> Ori
     let routes = routes(&raw.routes, &raw.kafka.dead_letter_suffix, &config_dir, &mut p);
     // The small sections, in the file's order.
     if raw.shutdown.grace_period_secs > 86_400 {
-        p.add("shutdown.grace_period_secs", format!("{} is out of range", raw.shutdown.grace_period_secs), Some("use 0 to 86400"));
+        p.add(
+            "shutdown.grace_period_secs",
+            format!("{} is out of range", raw.shutdown.grace_period_secs),
+            Some("use 0 to 86400"),
+        );
     }
     let log = raw.log.clone();
     if !["text", "json"].contains(&log.format.as_str()) {
         p.add("log.format", format!("unknown format `{}`", log.format), Some("use text or json"));
     }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log.level) {
-        p.add("log.level", format!("invalid filter `{}`: {e}", log.level), Some("e.g. info, or info,mqtt_kafka_gateway=debug"));
+        p.add(
+            "log.level",
+            format!("invalid filter `{}`: {e}", log.level),
+            Some("e.g. info, or info,mqtt_kafka_gateway=debug"),
+        );
     }
     if raw.reload.debounce_ms > 60_000 || raw.reload.poll_interval_secs > 86_400 {
         p.add("reload", "debounce_ms must be at most 60000 and poll_interval_secs at most 86400".into(), None);
@@ -56,7 +69,11 @@ pub(super) fn validate(path: &Path, raw: RawConfig, locate: &dyn Fn(&str) -> Ori
         (false, _) => None,
         (true, Ok(addr)) => Some(addr),
         (true, Err(e)) => {
-            p.add("http.listen", format!("`{}` is not an address:port ({e})", raw.http.listen), Some("e.g. 0.0.0.0:9180, or 127.0.0.1:9180; http.enabled: false turns the server off"));
+            p.add(
+                "http.listen",
+                format!("`{}` is not an address:port ({e})", raw.http.listen),
+                Some("e.g. 0.0.0.0:9180, or 127.0.0.1:9180; http.enabled: false turns the server off"),
+            );
             None
         }
     };
@@ -78,53 +95,105 @@ pub(super) fn validate(path: &Path, raw: RawConfig, locate: &dyn Fn(&str) -> Ori
 fn replicas(raw: &RawConfig, p: &mut Problems<'_>) -> Option<crate::share::Share> {
     let r = &raw.replicas;
     if r.count == 0 || r.count > 1024 {
-        p.add("replicas.count", format!("{} is out of range", r.count), Some("use 1 (one replica takes every device) to 1024"));
+        p.add(
+            "replicas.count",
+            format!("{} is out of range", r.count),
+            Some("use 1 (one replica takes every device) to 1024"),
+        );
         return None;
     }
     let Some(index) = crate::share::Share::parse_index(&r.index.0) else {
-        p.add("replicas.index", format!("`{}` is not a replica number", r.index.0), Some("a number, or a pod name ending in -<n> (a StatefulSet's)"));
+        p.add(
+            "replicas.index",
+            format!("`{}` is not a replica number", r.index.0),
+            Some("a number, or a pod name ending in -<n> (a StatefulSet's)"),
+        );
         return None;
     };
     if index >= r.count {
-        p.add("replicas.index", format!("{index} is not below replicas.count ({})", r.count), Some("replicas are numbered from 0"));
+        p.add(
+            "replicas.index",
+            format!("{index} is not below replicas.count ({})", r.count),
+            Some("replicas are numbered from 0"),
+        );
         return None;
     }
     if r.count > 1 && raw.mqtt.shared_group.is_some() {
-        p.add("replicas.count", "ordered replicas each need every message; a shared group splits them".into(), Some("use either replicas.count or mqtt.shared_group"));
+        p.add(
+            "replicas.count",
+            "ordered replicas each need every message; a shared group splits them".into(),
+            Some("use either replicas.count or mqtt.shared_group"),
+        );
         return None;
     }
     (r.count > 1).then_some(crate::share::Share { index, count: r.count })
 }
 
 fn mqtt(m: &RawMqtt, p: &mut Problems<'_>) -> Option<MqttSettings> {
-    let broker = parse_broker(&m.broker).map_err(|e| p.add("mqtt.broker", e, Some("use host:port, or a URL: mqtt://host:1883, mqtts://host:8883, ws://host:80/mqtt, wss://host:443/mqtt")));
+    let broker = parse_broker(&m.broker).map_err(|e| {
+        p.add(
+            "mqtt.broker",
+            e,
+            Some(
+                "use host:port, or a URL: mqtt://host:1883, mqtts://host:8883, ws://host:80/mqtt, wss://host:443/mqtt",
+            ),
+        )
+    });
     if m.client_id.0.is_empty() || m.client_id.0.len() > 65_535 {
         p.add("mqtt.client_id", "must be a non-empty string".into(), None);
     }
     if m.keep_alive_secs < 5 || m.keep_alive_secs > 65_535 {
-        p.add("mqtt.keep_alive_secs", format!("{} is out of range", m.keep_alive_secs), Some("use 5 to 65535 seconds (spec: 60)"));
+        p.add(
+            "mqtt.keep_alive_secs",
+            format!("{} is out of range", m.keep_alive_secs),
+            Some("use 5 to 65535 seconds (spec: 60)"),
+        );
     }
     if m.max_packet_size_bytes < 1024 || m.max_packet_size_bytes > 268_435_455 {
-        p.add("mqtt.max_packet_size_bytes", format!("{} is out of range", m.max_packet_size_bytes), Some("use 1024 to 268435455 (MQTT's limit); default 1048576"));
+        p.add(
+            "mqtt.max_packet_size_bytes",
+            format!("{} is out of range", m.max_packet_size_bytes),
+            Some("use 1024 to 268435455 (MQTT's limit); default 1048576"),
+        );
     }
     if m.reconnect_min_delay_ms == 0 || m.reconnect_min_delay_ms > m.reconnect_max_delay_ms {
         p.add("mqtt.reconnect_min_delay_ms", "must be positive and not above reconnect_max_delay_ms".into(), None);
     }
     if m.buffer_bytes < 1024 || m.buffer_bytes > 1 << 40 {
-        p.add("mqtt.buffer_bytes", format!("{} is out of range", m.buffer_bytes), Some("use 1024 bytes to 1 TiB; default 33554432 (32 MiB)"));
+        p.add(
+            "mqtt.buffer_bytes",
+            format!("{} is out of range", m.buffer_bytes),
+            Some("use 1024 bytes to 1 TiB; default 33554432 (32 MiB)"),
+        );
     }
     if m.read_coalesce_us > 100_000 {
-        p.add("mqtt.read_coalesce_us", format!("{} is out of range", m.read_coalesce_us), Some("use 0 (off) to 100000 µs; default 1000"));
+        p.add(
+            "mqtt.read_coalesce_us",
+            format!("{} is out of range", m.read_coalesce_us),
+            Some("use 0 (off) to 100000 µs; default 1000"),
+        );
     }
     if m.max_unacked_messages == 0 || m.max_unacked_messages > 10_000_000 {
-        p.add("mqtt.max_unacked_messages", format!("{} is out of range", m.max_unacked_messages), Some("use 1 to 10000000"));
+        p.add(
+            "mqtt.max_unacked_messages",
+            format!("{} is out of range", m.max_unacked_messages),
+            Some("use 1 to 10000000"),
+        );
     }
     if m.connect_timeout_secs > 3600 || m.reconnect_max_delay_ms > 3_600_000 {
-        p.add("mqtt.reconnect_max_delay_ms", "connect timeout and reconnect delays must stay within an hour".into(), None);
+        p.add(
+            "mqtt.reconnect_max_delay_ms",
+            "connect timeout and reconnect delays must stay within an hour".into(),
+            None,
+        );
     }
     if let Some(g) = &m.shared_group {
         if g.is_empty() || g.contains(['/', '+', '#']) {
-            p.add("mqtt.shared_group", format!("`{g}` is not a share name"), Some("a non-empty name without '/', '+' or '#'"));
+            p.add(
+                "mqtt.shared_group",
+                format!("`{g}` is not a share name"),
+                Some("a non-empty name without '/', '+' or '#'"),
+            );
         }
     }
     let protocol = match m.protocol.0.trim().to_ascii_lowercase().trim_start_matches('v') {
@@ -136,7 +205,11 @@ fn mqtt(m: &RawMqtt, p: &mut Problems<'_>) -> Option<MqttSettings> {
         }
     };
     if m.session_expiry_secs.is_some() && protocol == Some(Protocol::V311) {
-        p.add("mqtt.session_expiry_secs", "needs MQTT 5".into(), Some("set mqtt.protocol: 5, or use clean_session: false for a 3.1.1 session that does not expire"));
+        p.add(
+            "mqtt.session_expiry_secs",
+            "needs MQTT 5".into(),
+            Some("set mqtt.protocol: 5, or use clean_session: false for a 3.1.1 session that does not expire"),
+        );
     }
     if m.session_expiry_secs.is_some_and(|s| s > 0) && m.clean_session {
         p.add(
@@ -178,7 +251,11 @@ fn kafka_properties(k: &RawKafka, client_id: &str, p: &mut Problems<'_>) -> BTre
         p.add("kafka.bootstrap_servers", "must not be empty".into(), Some("e.g. localhost:9092"));
     }
     if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&k.compression.as_str()) {
-        p.add("kafka.compression", format!("unknown codec `{}`", k.compression), Some("use none, gzip, snappy, lz4 or zstd"));
+        p.add(
+            "kafka.compression",
+            format!("unknown codec `{}`", k.compression),
+            Some("use none, gzip, snappy, lz4 or zstd"),
+        );
     }
     if !k.dead_letter_suffix.chars().all(kafka_topic_char) {
         p.add("kafka.dead_letter_suffix", "may only contain letters, digits, '.', '_' and '-'".into(), None);
@@ -206,7 +283,11 @@ fn kafka_properties(k: &RawKafka, client_id: &str, p: &mut Problems<'_>) -> BTre
 
 fn routes(raw: &[RawRoute], dead_letter_suffix: &str, config_dir: &Path, p: &mut Problems<'_>) -> Vec<Route> {
     if raw.is_empty() {
-        p.add("routes", "no routes: the gateway would do nothing".into(), Some("add at least one route; the shipped routes.yaml has the spec's"));
+        p.add(
+            "routes",
+            "no routes: the gateway would do nothing".into(),
+            Some("add at least one route; the shipped routes.yaml has the spec's"),
+        );
     }
     // Routes that share a pattern share its compiled program: a thousand routes with the default device
     // regexes would otherwise hold a thousand copies (about 80 KiB each).
@@ -219,7 +300,11 @@ fn routes(raw: &[RawRoute], dead_letter_suffix: &str, config_dir: &Path, p: &mut
             p.add(&format!("{at}.name"), "must not be empty".into(), None);
         }
         if let Some(j) = names.get(r.name.as_str()) {
-            p.add(&format!("{at}.name"), format!("`{}` is already the name of routes[{j}]", r.name), Some("route names must be unique"));
+            p.add(
+                &format!("{at}.name"),
+                format!("`{}` is already the name of routes[{j}]", r.name),
+                Some("route names must be unique"),
+            );
         } else {
             names.insert(&r.name, i);
         }
@@ -231,7 +316,14 @@ fn routes(raw: &[RawRoute], dead_letter_suffix: &str, config_dir: &Path, p: &mut
 }
 
 /// One route, checked; `None` if it has a problem (reported).
-fn route(at: &str, r: &RawRoute, dead_letter_suffix: &str, config_dir: &Path, regexes: &mut HashMap<String, Regex>, p: &mut Problems<'_>) -> Option<Route> {
+fn route(
+    at: &str,
+    r: &RawRoute,
+    dead_letter_suffix: &str,
+    config_dir: &Path,
+    regexes: &mut HashMap<String, Regex>,
+    p: &mut Problems<'_>,
+) -> Option<Route> {
     if let Err(e) = filter::validate(&r.filter) {
         p.add(&format!("{at}.filter"), format!("invalid MQTT filter `{}`: {e}", r.filter), None);
     }
@@ -247,11 +339,12 @@ fn route(at: &str, r: &RawRoute, dead_letter_suffix: &str, config_dir: &Path, re
         p.add(&format!("{at}.topic"), e, Some("a Kafka topic name, or a template such as 'iot.{kind}' with {N} for MQTT topic level N, {device_id}, or a named group of device_id.regex"))
     });
     let dead_letter_topic = dead_letter_topic(at, r, topic.as_ref().ok(), dead_letter_suffix, p);
-    let regex = compile_device_regex(&r.device_id.regex, regexes).map_err(|e| p.add(&format!("{at}.device_id.regex"), e, Some("e.g. '^cmnd/(?P<device_id>[^/]+)'")));
+    let regex = compile_device_regex(&r.device_id.regex, regexes)
+        .map_err(|e| p.add(&format!("{at}.device_id.regex"), e, Some("e.g. '^cmnd/(?P<device_id>[^/]+)'")));
     let fallback_regex = match &r.device_id.fallback_regex {
-        Some(s) => compile_device_regex(s, regexes)
-            .map(Some)
-            .map_err(|e| p.add(&format!("{at}.device_id.fallback_regex"), e, Some("e.g. '^[^/]+/(?P<device_id>[^/]+)'"))),
+        Some(s) => compile_device_regex(s, regexes).map(Some).map_err(|e| {
+            p.add(&format!("{at}.device_id.fallback_regex"), e, Some("e.g. '^[^/]+/(?P<device_id>[^/]+)'"))
+        }),
         None => Ok(None),
     };
     let key = key_rule(at, r, p);
@@ -268,7 +361,11 @@ fn route(at: &str, r: &RawRoute, dead_letter_suffix: &str, config_dir: &Path, re
         }
     }
     if r.format == ValueFormat::Raw && r.payload != PayloadFormat::Json {
-        p.add(&format!("{at}.payload"), "only applies to `format: envelope`".into(), Some("remove `payload`, or use format: envelope"));
+        p.add(
+            &format!("{at}.payload"),
+            "only applies to `format: envelope`".into(),
+            Some("remove `payload`, or use format: envelope"),
+        );
     }
     let schema = route_schema(at, r, config_dir, p);
     let rate_limit = rate_limit(at, r, p);
@@ -304,20 +401,35 @@ fn route(at: &str, r: &RawRoute, dead_letter_suffix: &str, config_dir: &Path, re
 }
 
 /// The route's schema, read and compiled from its file.
-fn route_schema(at: &str, r: &RawRoute, config_dir: &Path, p: &mut Problems<'_>) -> Result<Option<Arc<RouteSchema>>, ()> {
+fn route_schema(
+    at: &str,
+    r: &RawRoute,
+    config_dir: &Path,
+    p: &mut Problems<'_>,
+) -> Result<Option<Arc<RouteSchema>>, ()> {
     let Some(configured) = &r.schema else { return Ok(None) };
     if r.payload != PayloadFormat::Json {
-        p.add(&format!("{at}.schema"), "a schema applies to JSON payloads".into(), Some("remove `schema`, or use payload: json"));
+        p.add(
+            &format!("{at}.schema"),
+            "a schema applies to JSON payloads".into(),
+            Some("remove `schema`, or use payload: json"),
+        );
         return Err(());
     }
-    RouteSchema::load(config_dir, configured).map(|s| Some(Arc::new(s))).map_err(|e| p.add(&format!("{at}.schema"), e.message, Some(e.hint)))
+    RouteSchema::load(config_dir, configured)
+        .map(|s| Some(Arc::new(s)))
+        .map_err(|e| p.add(&format!("{at}.schema"), e.message, Some(e.hint)))
 }
 
 fn rate_limit(at: &str, r: &RawRoute, p: &mut Problems<'_>) -> Result<Option<RateLimit>, ()> {
     let Some(l) = &r.rate_limit else { return Ok(None) };
     let mut ok = true;
     if !(l.messages_per_sec.is_finite() && l.messages_per_sec >= 0.001 && l.messages_per_sec <= 10_000_000.0) {
-        p.add(&format!("{at}.rate_limit.messages_per_sec"), format!("{} is out of range", l.messages_per_sec), Some("use 0.001 to 10000000"));
+        p.add(
+            &format!("{at}.rate_limit.messages_per_sec"),
+            format!("{} is out of range", l.messages_per_sec),
+            Some("use 0.001 to 10000000"),
+        );
         ok = false;
     }
     let burst = l.burst.unwrap_or_else(|| (l.messages_per_sec.ceil() as u32).max(1));
@@ -326,7 +438,11 @@ fn rate_limit(at: &str, r: &RawRoute, p: &mut Problems<'_>) -> Result<Option<Rat
         ok = false;
     }
     if l.qos0_max_delay_ms > 60_000 {
-        p.add(&format!("{at}.rate_limit.qos0_max_delay_ms"), format!("{} is out of range", l.qos0_max_delay_ms), Some("use 0 to 60000"));
+        p.add(
+            &format!("{at}.rate_limit.qos0_max_delay_ms"),
+            format!("{} is out of range", l.qos0_max_delay_ms),
+            Some("use 0 to 60000"),
+        );
         ok = false;
     }
     if !ok {
@@ -338,7 +454,13 @@ fn rate_limit(at: &str, r: &RawRoute, p: &mut Problems<'_>) -> Result<Option<Rat
 /// The route's dead-letter topic. It must not depend on the message: a templated topic's default is its
 /// literal prefix plus the suffix (`iot.{kind}` → `iot.dlq`). `None` if the topic itself is invalid (that
 /// problem is reported already) or the dead-letter topic is (reported here).
-fn dead_letter_topic(at: &str, r: &RawRoute, topic: Option<&TopicTemplate>, suffix: &str, p: &mut Problems<'_>) -> Option<String> {
+fn dead_letter_topic(
+    at: &str,
+    r: &RawRoute,
+    topic: Option<&TopicTemplate>,
+    suffix: &str,
+    p: &mut Problems<'_>,
+) -> Option<String> {
     let topic = topic?;
     let name = match &r.dead_letter_topic {
         Some(t) => t.clone(),
@@ -348,7 +470,11 @@ fn dead_letter_topic(at: &str, r: &RawRoute, topic: Option<&TopicTemplate>, suff
     match check_kafka_topic(&name) {
         Ok(()) => Some(name),
         Err(e) => {
-            p.add(&format!("{at}.dead_letter_topic"), format!("`{name}` {e}"), Some("set dead_letter_topic to a fixed, valid Kafka topic name"));
+            p.add(
+                &format!("{at}.dead_letter_topic"),
+                format!("`{name}` {e}"),
+                Some("set dead_letter_topic to a fixed, valid Kafka topic name"),
+            );
             None
         }
     }
@@ -360,9 +486,19 @@ fn key_rule(at: &str, r: &RawRoute, p: &mut Problems<'_>) -> Result<KeyRule, ()>
         "none" => Ok(KeyRule::None),
         path if path.starts_with('$') => jsonpath_rust::parser::parse_json_path(path)
             .map(|q| KeyRule::JsonPath { source: path.to_string(), query: Box::new(q), missing: r.key_missing })
-            .map_err(|e| p.add(&format!("{at}.key"), format!("invalid JSONPath `{path}`: {e}"), Some("e.g. '$.serial' or '$.meta.device'"))),
+            .map_err(|e| {
+                p.add(
+                    &format!("{at}.key"),
+                    format!("invalid JSONPath `{path}`: {e}"),
+                    Some("e.g. '$.serial' or '$.meta.device'"),
+                )
+            }),
         other => {
-            p.add(&format!("{at}.key"), format!("`{other}` is not a key rule"), Some("use device_id, none, or a JSONPath starting with '$'"));
+            p.add(
+                &format!("{at}.key"),
+                format!("`{other}` is not a key rule"),
+                Some("use device_id, none, or a JSONPath starting with '$'"),
+            );
             Err(())
         }
     }

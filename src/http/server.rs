@@ -47,7 +47,8 @@ struct AppState {
 /// Binds `addr` now (so a taken port fails the start, with the address in the error) and serves on a
 /// thread of its own until the returned [`Server`] is dropped.
 pub fn start(addr: SocketAddr, metrics: Arc<Metrics>) -> io::Result<Server> {
-    let listener = std::net::TcpListener::bind(addr).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr} (http.listen): {e}")))?;
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr} (http.listen): {e}")))?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

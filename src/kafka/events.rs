@@ -41,7 +41,14 @@ impl Events {
         const BYTE: &[u8] = b"!";
         // SAFETY: `queue` is valid, the fd stays open until `drop` disables the event first, and the
         // payload is a static byte.
-        unsafe { rd::rd_kafka_queue_io_event_enable(queue, std::os::fd::AsRawFd::as_raw_fd(&tx), BYTE.as_ptr().cast(), BYTE.len()) };
+        unsafe {
+            rd::rd_kafka_queue_io_event_enable(
+                queue,
+                std::os::fd::AsRawFd::as_raw_fd(&tx),
+                BYTE.as_ptr().cast(),
+                BYTE.len(),
+            )
+        };
         Ok(Self { producer, queue, rx, _tx: tx })
     }
 

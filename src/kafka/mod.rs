@@ -125,7 +125,10 @@ pub fn producer(settings: &KafkaSettings) -> Result<GatewayProducer, KafkaError>
 /// Creates the gateway's producer: as [`producer`], and its statistics tell `metrics` how many brokers
 /// are up (every `statistics.interval.ms`, [`DEFAULT_STATISTICS_INTERVAL_MS`] unless configured; 0 turns
 /// them off, and readiness then does not check Kafka).
-pub fn producer_reporting(settings: &KafkaSettings, metrics: Option<Arc<Metrics>>) -> Result<GatewayProducer, KafkaError> {
+pub fn producer_reporting(
+    settings: &KafkaSettings,
+    metrics: Option<Arc<Metrics>>,
+) -> Result<GatewayProducer, KafkaError> {
     let mut cc = ClientConfig::new();
     for (k, v) in &settings.properties {
         cc.set(k, v);
@@ -146,8 +149,14 @@ pub fn producer_reporting(settings: &KafkaSettings, metrics: Option<Arc<Metrics>
             Some(_) => {}
         }
     }
-    let bootstrap_servers = settings.properties.get("bootstrap.servers").cloned().unwrap_or_else(|| settings.bootstrap_servers.clone());
-    cc.create_with_context(GatewayContext { reports: Reports::default(), metrics, bootstrap_servers, last_error: LastError::default() })
+    let bootstrap_servers =
+        settings.properties.get("bootstrap.servers").cloned().unwrap_or_else(|| settings.bootstrap_servers.clone());
+    cc.create_with_context(GatewayContext {
+        reports: Reports::default(),
+        metrics,
+        bootstrap_servers,
+        last_error: LastError::default(),
+    })
 }
 
 /// Why the producer could not be created, in words safe to log: librdkafka's own text for a bad
@@ -156,7 +165,11 @@ pub fn producer_reporting(settings: &KafkaSettings, metrics: Option<Arc<Metrics>
 pub fn creation_error(e: &KafkaError) -> String {
     match e {
         KafkaError::ClientConfig(_, description, key, value) => {
-            let description = if value.is_empty() { description.clone() } else { description.replace(value.as_str(), "<value not shown>") };
+            let description = if value.is_empty() {
+                description.clone()
+            } else {
+                description.replace(value.as_str(), "<value not shown>")
+            };
             format!("invalid Kafka property `{key}`: {description}")
         }
         other => other.to_string(),

@@ -95,32 +95,99 @@ impl Collector for GatewayCollector {
         let ld = |a: &std::sync::atomic::AtomicU64| a.load(Relaxed);
 
         let build = name("build");
-        e.encode_descriptor(&build, "The gateway's version.", None, MetricType::Info)?.encode_info(&[("version", env!("CARGO_PKG_VERSION"))])?;
+        e.encode_descriptor(&build, "The gateway's version.", None, MetricType::Info)?
+            .encode_info(&[("version", env!("CARGO_PKG_VERSION"))])?;
 
         // MQTT side.
         let received: Vec<(&str, u64)> = ["0", "1", "2"].into_iter().zip(m.messages_received.iter().map(ld)).collect();
         counter_by(e, "messages_received", "MQTT messages received, by QoS.", "qos", &received)?;
-        counter(e, "messages_unrouted", "MQTT messages no route matched (dropped: nothing wants them).", None, ld(&m.messages_unrouted))?;
-        let dropped: Vec<(&str, u64)> = DropReason::ALL.iter().map(|r| (r.as_str(), ld(&m.dropped[*r as usize]))).collect();
-        counter_by(e, "messages_dropped", "Messages taken off MQTT and dropped, by reason (a last resort).", "reason", &dropped)?;
-        counter(e, "messages_not_acked", "QoS 1/2 messages given up on without an ack (the broker sends them again).", None, ld(&m.messages_not_acked))?;
-        counter(e, "records_not_ours", "Records left to another replica: their device is in its share (replicas.count).", None, ld(&m.records_not_ours))?;
-        counter(e, "oversize_messages", "MQTT messages larger than mqtt.max_packet_size_bytes.", None, ld(&m.oversize_messages))?;
-        gauge(e, "mqtt_connected", "1 while connected to the MQTT broker.", None, i64::from(m.mqtt_connected.load(Relaxed)))?;
+        counter(
+            e,
+            "messages_unrouted",
+            "MQTT messages no route matched (dropped: nothing wants them).",
+            None,
+            ld(&m.messages_unrouted),
+        )?;
+        let dropped: Vec<(&str, u64)> =
+            DropReason::ALL.iter().map(|r| (r.as_str(), ld(&m.dropped[*r as usize]))).collect();
+        counter_by(
+            e,
+            "messages_dropped",
+            "Messages taken off MQTT and dropped, by reason (a last resort).",
+            "reason",
+            &dropped,
+        )?;
+        counter(
+            e,
+            "messages_not_acked",
+            "QoS 1/2 messages given up on without an ack (the broker sends them again).",
+            None,
+            ld(&m.messages_not_acked),
+        )?;
+        counter(
+            e,
+            "records_not_ours",
+            "Records left to another replica: their device is in its share (replicas.count).",
+            None,
+            ld(&m.records_not_ours),
+        )?;
+        counter(
+            e,
+            "oversize_messages",
+            "MQTT messages larger than mqtt.max_packet_size_bytes.",
+            None,
+            ld(&m.oversize_messages),
+        )?;
+        gauge(
+            e,
+            "mqtt_connected",
+            "1 while connected to the MQTT broker.",
+            None,
+            i64::from(m.mqtt_connected.load(Relaxed)),
+        )?;
         counter(e, "mqtt_reconnects", "Connections to the MQTT broker after the first.", None, ld(&m.mqtt_reconnects))?;
         counter(e, "mqtt_connection_errors", "Failed or lost MQTT connections.", None, ld(&m.mqtt_connection_errors))?;
-        counter(e, "subscriptions_rejected", "Subscriptions the MQTT broker refused.", None, ld(&m.subscriptions_rejected))?;
-        counter(e, "acks_sent", "PUBACKs/PUBRECs sent after Kafka took every record of a message.", None, ld(&m.acks_sent))?;
-        counter(e, "intake_pauses", "Times reading from MQTT paused because the intake was full.", None, ld(&m.intake_stalls))?;
+        counter(
+            e,
+            "subscriptions_rejected",
+            "Subscriptions the MQTT broker refused.",
+            None,
+            ld(&m.subscriptions_rejected),
+        )?;
+        counter(
+            e,
+            "acks_sent",
+            "PUBACKs/PUBRECs sent after Kafka took every record of a message.",
+            None,
+            ld(&m.acks_sent),
+        )?;
+        counter(
+            e,
+            "intake_pauses",
+            "Times reading from MQTT paused because the intake was full.",
+            None,
+            ld(&m.intake_stalls),
+        )?;
         let paused = ConstCounter::new(ld(&m.intake_stalled_us) as f64 / 1e6);
-        paused.encode(e.encode_descriptor(&name("intake_paused"), "Time reading from MQTT was paused.", Some(&Unit::Seconds), MetricType::Counter)?)?;
+        paused.encode(e.encode_descriptor(
+            &name("intake_paused"),
+            "Time reading from MQTT was paused.",
+            Some(&Unit::Seconds),
+            MetricType::Counter,
+        )?)?;
 
         // Kafka side, per route.
         let routes = m.routes.all();
-        let labels: Vec<(Cow<'_, str>, Cow<'_, str>)> = routes.iter().map(|r| (escape(&r.route), escape(&r.topic))).collect();
+        let labels: Vec<(Cow<'_, str>, Cow<'_, str>)> =
+            routes.iter().map(|r| (escape(&r.route), escape(&r.topic))).collect();
         {
             let n = name("records_delivered");
-            let mut f = e.encode_descriptor(&n, "Records Kafka acknowledged, by route and configured topic.", None, MetricType::Counter)?;
+            let mut f = e.encode_descriptor(
+                &n,
+                "Records Kafka acknowledged, by route and configured topic.",
+                None,
+                MetricType::Counter,
+            )?;
             for (r, (route, topic)) in routes.iter().zip(&labels) {
                 let l = [("route", route.as_ref()), ("topic", topic.as_ref())];
                 ConstCounter::new(ld(&r.delivered)).encode(f.encode_family(&l)?)?;
@@ -135,30 +202,44 @@ impl Collector for GatewayCollector {
                 None => by_name.push((route.clone(), vec![r])),
             }
         }
-        let per_route = |e: &mut DescriptorEncoder, n: &str, help: &str, get: &dyn Fn(&super::RouteStats) -> u64| -> fmt::Result {
-            let n = name(n);
-            let mut f = e.encode_descriptor(&n, help, None, MetricType::Counter)?;
-            for (route, group) in &by_name {
-                let l = [("route", route.as_ref())];
-                ConstCounter::new(group.iter().map(|r| get(r)).sum::<u64>()).encode(f.encode_family(&l)?)?;
-            }
-            Ok(())
-        };
-        per_route(e, "records_failed", "Records given up on (Kafka refused even the dead letter, or a QoS 0 record failed twice).", &|r| ld(&r.failed))?;
+        let per_route =
+            |e: &mut DescriptorEncoder, n: &str, help: &str, get: &dyn Fn(&super::RouteStats) -> u64| -> fmt::Result {
+                let n = name(n);
+                let mut f = e.encode_descriptor(&n, help, None, MetricType::Counter)?;
+                for (route, group) in &by_name {
+                    let l = [("route", route.as_ref())];
+                    ConstCounter::new(group.iter().map(|r| get(r)).sum::<u64>()).encode(f.encode_family(&l)?)?;
+                }
+                Ok(())
+            };
+        per_route(
+            e,
+            "records_failed",
+            "Records given up on (Kafka refused even the dead letter, or a QoS 0 record failed twice).",
+            &|r| ld(&r.failed),
+        )?;
         per_route(e, "records_retried", "Records produced again after a failed delivery.", &|r| ld(&r.retried))?;
         per_route(e, "dead_letters_delivered", "Dead letters Kafka acknowledged.", &|r| ld(&r.dead_letters_delivered))?;
-        per_route(e, "records_delayed", "Records held back by the route's rate limit until their turn.", &|r| ld(&r.delayed))?;
+        per_route(e, "records_delayed", "Records held back by the route's rate limit until their turn.", &|r| {
+            ld(&r.delayed)
+        })?;
         {
             let n = name("records_dropped");
             let mut f = e.encode_descriptor(&n, "QoS 0 records dropped, by route and reason (rate_limited: their turn under the route's rate limit was further away than qos0_max_delay_ms).", None, MetricType::Counter)?;
             for (route, group) in &by_name {
                 let l = [("route", route.as_ref()), ("reason", "rate_limited")];
-                ConstCounter::new(group.iter().map(|r| ld(&r.rate_limited)).sum::<u64>()).encode(f.encode_family(&l)?)?;
+                ConstCounter::new(group.iter().map(|r| ld(&r.rate_limited)).sum::<u64>())
+                    .encode(f.encode_family(&l)?)?;
             }
         }
         {
             let n = name("dead_letters");
-            let mut f = e.encode_descriptor(&n, "Messages sent to the dead-letter topic, by route and reason.", None, MetricType::Counter)?;
+            let mut f = e.encode_descriptor(
+                &n,
+                "Messages sent to the dead-letter topic, by route and reason.",
+                None,
+                MetricType::Counter,
+            )?;
             for (route, group) in &by_name {
                 for reason in DeadLetterReason::ALL {
                     let l = [("route", route.as_ref()), ("reason", reason.as_str())];
@@ -169,7 +250,12 @@ impl Collector for GatewayCollector {
         }
         {
             let n = name("device_id");
-            let mut f = e.encode_descriptor(&n, "Device ids taken, by route and source (the regex, the fallback regex, or the default).", None, MetricType::Counter)?;
+            let mut f = e.encode_descriptor(
+                &n,
+                "Device ids taken, by route and source (the regex, the fallback regex, or the default).",
+                None,
+                MetricType::Counter,
+            )?;
             for (route, group) in &by_name {
                 for (i, source) in ["regex", "fallback", "default"].into_iter().enumerate() {
                     let l = [("route", route.as_ref()), ("source", source)];
@@ -180,7 +266,12 @@ impl Collector for GatewayCollector {
         }
         {
             let n = name("delivery_latency");
-            let mut f = e.encode_descriptor(&n, "From MQTT receipt to Kafka's acknowledgement, per record, by route.", Some(&Unit::Seconds), MetricType::Histogram)?;
+            let mut f = e.encode_descriptor(
+                &n,
+                "From MQTT receipt to Kafka's acknowledgement, per record, by route.",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
             for (route, group) in &by_name {
                 let (mut sum, mut count, mut buckets) = (0.0, 0, Vec::new());
                 for r in group {
@@ -194,15 +285,34 @@ impl Collector for GatewayCollector {
                     }
                 }
                 let l = [("route", route.as_ref())];
-                f.encode_family(&l)?.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)?;
+                f.encode_family(&l)?
+                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)?;
             }
         }
-        counter(e, "records_enqueued", "Records handed to the Kafka producer (with retries and dead letters).", None, ld(&m.records_enqueued))?;
+        counter(
+            e,
+            "records_enqueued",
+            "Records handed to the Kafka producer (with retries and dead letters).",
+            None,
+            ld(&m.records_enqueued),
+        )?;
         let up = m.health.kafka_brokers_up.load(Relaxed).max(0);
         gauge(e, "kafka_brokers_up", "Kafka brokers with their connection up (librdkafka statistics).", None, up)?;
         if let Some(live) = m.live_gauges() {
-            gauge(e, "producer_queue_messages", "Records in the Kafka producer's queue, not yet acknowledged.", None, (live.producer_queue)())?;
-            gauge(e, "intake", "Bytes of messages read from MQTT and not yet taken by the pipeline.", Some(&Unit::Bytes), (live.intake_bytes)())?;
+            gauge(
+                e,
+                "producer_queue_messages",
+                "Records in the Kafka producer's queue, not yet acknowledged.",
+                None,
+                (live.producer_queue)(),
+            )?;
+            gauge(
+                e,
+                "intake",
+                "Bytes of messages read from MQTT and not yet taken by the pipeline.",
+                Some(&Unit::Bytes),
+                (live.intake_bytes)(),
+            )?;
         }
         gauge(e, "unacked_messages", "Messages taken from MQTT and not settled yet.", None, ld(&m.unacked) as i64)?;
 
@@ -212,8 +322,20 @@ impl Collector for GatewayCollector {
         let results = [("success", ld(&m.reloads)), ("failure", ld(&m.reload_failures))];
         counter_by(e, "config_reloads", "Reloads of the routes file, by result.", "result", &results)?;
         gauge(e, "config_file_valid", "1 while the routes file on disk is the one in effect or was applied; 0 while it is invalid, unreadable or gone.", None, i64::from(m.config_file_valid.load(Relaxed)))?;
-        gauge(e, "config_generation", "The route set in effect: 1 at start, one more per reload that changed a route.", None, ld(&m.config_generation) as i64)?;
-        gauge(e, "config_last_reload_success_timestamp", "When the route set in effect was loaded (Unix time).", Some(&Unit::Seconds), ld(&m.config_loaded_at) as i64)?;
+        gauge(
+            e,
+            "config_generation",
+            "The route set in effect: 1 at start, one more per reload that changed a route.",
+            None,
+            ld(&m.config_generation) as i64,
+        )?;
+        gauge(
+            e,
+            "config_last_reload_success_timestamp",
+            "When the route set in effect was loaded (Unix time).",
+            Some(&Unit::Seconds),
+            ld(&m.config_loaded_at) as i64,
+        )?;
         Ok(())
     }
 }
@@ -234,14 +356,26 @@ impl Collector for ProcessCollector {
         let field = |n: usize| f.get(n - 3).and_then(|v| v.parse::<f64>().ok());
         if let (Some(utime), Some(stime)) = (field(14), field(15)) {
             let c = ConstCounter::new((utime + stime) / TICKS_PER_SEC);
-            c.encode(e.encode_descriptor("process_cpu", "User and system CPU time spent.", Some(&Unit::Seconds), MetricType::Counter)?)?;
+            c.encode(e.encode_descriptor(
+                "process_cpu",
+                "User and system CPU time spent.",
+                Some(&Unit::Seconds),
+                MetricType::Counter,
+            )?)?;
         }
         let rss_kib = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
         });
         if let Some(kib) = rss_kib {
             let g = ConstGauge::new(kib * 1024);
-            g.encode(e.encode_descriptor("process_resident_memory", "Resident memory size.", Some(&Unit::Bytes), MetricType::Gauge)?)?;
+            g.encode(e.encode_descriptor(
+                "process_resident_memory",
+                "Resident memory size.",
+                Some(&Unit::Bytes),
+                MetricType::Gauge,
+            )?)?;
         }
         if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
             let g = ConstGauge::new(fds.count() as i64);

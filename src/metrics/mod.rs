@@ -176,7 +176,14 @@ impl Metrics {
     }
 
     /// One ERROR line per failed attempt: the broker, what failed, a hint, and when the next attempt is.
-    pub fn mqtt_connection_error(&self, broker: &str, error: &dyn std::error::Error, diagnosis: &crate::mqtt::diagnose::Diagnosis, attempt: u32, retry_in: Duration) {
+    pub fn mqtt_connection_error(
+        &self,
+        broker: &str,
+        error: &dyn std::error::Error,
+        diagnosis: &crate::mqtt::diagnose::Diagnosis,
+        attempt: u32,
+        retry_in: Duration,
+    ) {
         let was_connected = self.mqtt_connected.swap(false, Relaxed);
         self.mqtt_connection_errors.fetch_add(1, Relaxed);
         let retry_in_ms = retry_in.as_millis() as u64;
@@ -198,7 +205,11 @@ impl Metrics {
     pub fn message_unrouted(&self, topic: &str) {
         let n = self.messages_unrouted.fetch_add(1, Relaxed) + 1;
         if once_a_minute(&self.unrouted_warned) {
-            tracing::warn!(topic, total_unrouted = n, "message matches no route; dropped (warned at most once a minute)");
+            tracing::warn!(
+                topic,
+                total_unrouted = n,
+                "message matches no route; dropped (warned at most once a minute)"
+            );
         } else {
             tracing::debug!(topic, "message matches no route; dropped");
         }
@@ -213,7 +224,9 @@ impl Metrics {
     pub fn message_dropped(&self, reason: DropReason, topic: &str) {
         self.dropped[reason as usize].fetch_add(1, Relaxed);
         match reason {
-            DropReason::Shutdown => tracing::debug!(topic, reason = reason.as_str(), "message arrived after shutdown began; not taken"),
+            DropReason::Shutdown => {
+                tracing::debug!(topic, reason = reason.as_str(), "message arrived after shutdown began; not taken")
+            }
         }
     }
 
@@ -241,10 +254,26 @@ impl Metrics {
         }
     }
 
-    pub fn dead_lettered(&self, route: &Route, kind: DeadLetterReason, topic: &str, device_id: &str, dead_letter_topic: &str, reason: &str) {
+    pub fn dead_lettered(
+        &self,
+        route: &Route,
+        kind: DeadLetterReason,
+        topic: &str,
+        device_id: &str,
+        dead_letter_topic: &str,
+        reason: &str,
+    ) {
         route.stats.dead_letter(kind);
         let (route, kind) = (&*route.name, kind.as_str());
-        tracing::warn!(route, topic, device_id, dead_letter_topic, kind, reason, "message sent to the dead-letter topic");
+        tracing::warn!(
+            route,
+            topic,
+            device_id,
+            dead_letter_topic,
+            kind,
+            reason,
+            "message sent to the dead-letter topic"
+        );
     }
 
     /// A record Kafka acknowledged, `latency` after its message arrived.

@@ -13,7 +13,8 @@ use crate::envelope::DeadLetterReason;
 use crate::route::{DeviceIdSource, RouteTable};
 
 /// Upper bounds of the delivery latency buckets, in seconds (MQTT receive → Kafka ack).
-pub const LATENCY_BUCKETS: [f64; 15] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+pub const LATENCY_BUCKETS: [f64; 15] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
 /// A histogram of durations in fixed buckets, updated with atomics only.
 #[derive(Debug, Default)]

@@ -43,7 +43,10 @@ impl Acks {
         }
         self.out.retry_unsent(client, connection, metrics);
         if !self.out.unsent.is_empty() {
-            tracing::warn!(acks = self.out.unsent.len(), "acks that did not fit before disconnecting; the broker delivers those messages again");
+            tracing::warn!(
+                acks = self.out.unsent.len(),
+                "acks that did not fit before disconnecting; the broker delivers those messages again"
+            );
         }
     }
 }

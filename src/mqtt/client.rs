@@ -60,8 +60,15 @@ pub(crate) enum Granted {
 pub(crate) enum Event {
     Publish(Received),
     /// `keep_alive`: the broker's Server Keep Alive (MQTT 5), which replaces ours.
-    ConnAck { session_present: bool, notes: Vec<String>, keep_alive: Option<Duration> },
-    SubAck { pkid: u16, granted: Vec<Granted> },
+    ConnAck {
+        session_present: bool,
+        notes: Vec<String>,
+        keep_alive: Option<Duration>,
+    },
+    SubAck {
+        pkid: u16,
+        granted: Vec<Granted>,
+    },
     /// A SUBSCRIBE went out with this packet id.
     SubscribeSent(u16),
     /// rumqttc wrote an ack queued in its request channel.
@@ -94,13 +101,12 @@ impl ConnectionError {
     /// The size of an incoming message over the limit, when that closed the connection.
     pub(crate) fn oversize(&self) -> Option<usize> {
         match self {
-            ConnectionError::V4(rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(rumqttc::Error::PayloadSizeLimitExceeded(size)))) => {
-                Some(*size)
-            }
-            ConnectionError::V5(r5::ConnectionError::MqttState(r5::StateError::Deserialization(rumqttc::v5::mqttbytes::Error::PayloadSizeLimitExceeded {
-                pkt_size,
-                ..
-            }))) => Some(*pkt_size),
+            ConnectionError::V4(rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+                rumqttc::Error::PayloadSizeLimitExceeded(size),
+            ))) => Some(*size),
+            ConnectionError::V5(r5::ConnectionError::MqttState(r5::StateError::Deserialization(
+                rumqttc::v5::mqttbytes::Error::PayloadSizeLimitExceeded { pkt_size, .. },
+            ))) => Some(*pkt_size),
             _ => None,
         }
     }
@@ -166,8 +172,12 @@ impl Client {
     /// Queues one SUBSCRIBE for `filters` (as they go on the wire).
     pub(crate) fn try_subscribe(&self, filters: &[(String, u8)]) -> Result<(), String> {
         match self {
-            Client::V4(c) => c.try_subscribe_many(filters.iter().map(|(f, q)| rumqttc::SubscribeFilter::new(f.clone(), qos(*q)))).map_err(|e| e.to_string()),
-            Client::V5(c) => c.try_subscribe_many(filters.iter().map(|(f, q)| p5::Filter::new(f.clone(), qos5(*q)))).map_err(|e| e.to_string()),
+            Client::V4(c) => c
+                .try_subscribe_many(filters.iter().map(|(f, q)| rumqttc::SubscribeFilter::new(f.clone(), qos(*q))))
+                .map_err(|e| e.to_string()),
+            Client::V5(c) => c
+                .try_subscribe_many(filters.iter().map(|(f, q)| p5::Filter::new(f.clone(), qos5(*q))))
+                .map_err(|e| e.to_string()),
         }
     }
 
@@ -298,7 +308,11 @@ impl EventLoop {
     pub(super) async fn write_ack(&mut self, pkid: u16, qos_level: u8) -> Result<(), ()> {
         let EventLoop::V4(e) = self else { return Err(()) };
         let Some(network) = e.network.as_mut() else { return Err(()) };
-        let packet = if qos_level >= 2 { rumqttc::Packet::PubRec(rumqttc::PubRec::new(pkid)) } else { rumqttc::Packet::PubAck(rumqttc::PubAck::new(pkid)) };
+        let packet = if qos_level >= 2 {
+            rumqttc::Packet::PubRec(rumqttc::PubRec::new(pkid))
+        } else {
+            rumqttc::Packet::PubAck(rumqttc::PubAck::new(pkid))
+        };
         network.write(packet).await.map_err(|_| ())
     }
 
@@ -325,10 +339,17 @@ impl EventLoop {
 fn event4(event: rumqttc::Event) -> Event {
     use rumqttc::{Event as E, Packet};
     match event {
-        E::Incoming(Packet::Publish(p)) => {
-            Event::Publish(Received { topic: p.topic, payload: p.payload, qos: p.qos as u8, retain: p.retain, pkid: p.pkid, properties: None })
+        E::Incoming(Packet::Publish(p)) => Event::Publish(Received {
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos as u8,
+            retain: p.retain,
+            pkid: p.pkid,
+            properties: None,
+        }),
+        E::Incoming(Packet::ConnAck(ack)) => {
+            Event::ConnAck { session_present: ack.session_present, notes: Vec::new(), keep_alive: None }
         }
-        E::Incoming(Packet::ConnAck(ack)) => Event::ConnAck { session_present: ack.session_present, notes: Vec::new(), keep_alive: None },
         E::Incoming(Packet::SubAck(ack)) => Event::SubAck {
             pkid: ack.pkid,
             granted: ack
@@ -367,9 +388,16 @@ fn event5(event: r5::Event) -> Event {
             session_present: ack.session_present,
             notes: props5::connack_notes(ack.properties.as_ref()),
             // 0 turns keep-alives off; then ours stays, which costs a ping now and then.
-            keep_alive: ack.properties.as_ref().and_then(|p| p.server_keep_alive).filter(|&k| k > 0).map(|k| Duration::from_secs(k.into())),
+            keep_alive: ack
+                .properties
+                .as_ref()
+                .and_then(|p| p.server_keep_alive)
+                .filter(|&k| k > 0)
+                .map(|k| Duration::from_secs(k.into())),
         },
-        r5::Event::Incoming(Packet::SubAck(ack)) => Event::SubAck { pkid: ack.pkid, granted: ack.return_codes.iter().map(props5::granted).collect() },
+        r5::Event::Incoming(Packet::SubAck(ack)) => {
+            Event::SubAck { pkid: ack.pkid, granted: ack.return_codes.iter().map(props5::granted).collect() }
+        }
         r5::Event::Outgoing(o) => outgoing(o),
         _ => Event::Other,
     }

@@ -91,7 +91,10 @@ fn diagnose_v5(e: &r5::ConnectionError, s: &MqttSettings) -> Diagnosis {
 fn from_causes(e: &(dyn StdError + 'static), s: &MqttSettings) -> Option<Diagnosis> {
     let d = |what: &str, hint: &'static str| Diagnosis { what: what.to_string(), hint };
     if let Some(f) = causes(e).find_map(|c| c.downcast_ref::<super::tls::FilesError>()) {
-        return Some(Diagnosis { what: format!("tls: {f}"), hint: "fix the file named: the TLS files are read again before every attempt, no restart needed" });
+        return Some(Diagnosis {
+            what: format!("tls: {f}"),
+            hint: "fix the file named: the TLS files are read again before every attempt, no restart needed",
+        });
     }
     if let Some(tls) = rustls_cause(e) {
         return Some(tls_diagnosis(tls, s));
@@ -103,13 +106,27 @@ fn from_causes(e: &(dyn StdError + 'static), s: &MqttSettings) -> Option<Diagnos
             "the broker closed the connection: if it is a TLS listener use mqtts:// (or wss://) in mqtt.broker; the broker's log says why"
         };
         return Some(match io.kind() {
-            io::ErrorKind::ConnectionRefused => d("tcp: connection refused", "nothing listens there: check mqtt.broker (env MQTT_BROKER) and that the broker runs"),
-            io::ErrorKind::TimedOut => d("tcp: timed out", "no answer within mqtt.connect_timeout_secs: check the address, firewalls and network policies"),
-            io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe => {
+            io::ErrorKind::ConnectionRefused => d(
+                "tcp: connection refused",
+                "nothing listens there: check mqtt.broker (env MQTT_BROKER) and that the broker runs",
+            ),
+            io::ErrorKind::TimedOut => d(
+                "tcp: timed out",
+                "no answer within mqtt.connect_timeout_secs: check the address, firewalls and network policies",
+            ),
+            io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => {
                 Diagnosis { what: format!("connection closed by the broker ({})", io.kind()), hint: transport_hint }
             }
-            _ if io.to_string().contains("failed to lookup address") => d("dns: the host name does not resolve", "check the host in mqtt.broker"),
-            _ => Diagnosis { what: format!("i/o: {io}"), hint: "check mqtt.broker and the network; the broker's log may say more" },
+            _ if io.to_string().contains("failed to lookup address") => {
+                d("dns: the host name does not resolve", "check the host in mqtt.broker")
+            }
+            _ => Diagnosis {
+                what: format!("i/o: {io}"),
+                hint: "check mqtt.broker and the network; the broker's log may say more",
+            },
         });
     }
     None
@@ -187,7 +204,9 @@ fn hidden_cause<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a (dyn StdError
         return Some(inner as &(dyn StdError + 'static));
     }
     match e.downcast_ref::<r5::StateError>() {
-        Some(r5::StateError::Deserialization(rumqttc::v5::mqttbytes::Error::Io(io))) => Some(io as &(dyn StdError + 'static)),
+        Some(r5::StateError::Deserialization(rumqttc::v5::mqttbytes::Error::Io(io))) => {
+            Some(io as &(dyn StdError + 'static))
+        }
         _ => None,
     }
 }

@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 
 use super::acks::Acks;
-use super::coalesce::Coalesce;
 use super::client::{self, Client, ConnectionError, Event, EventLoop, Received};
+use super::coalesce::Coalesce;
 use super::subscriptions::Subscriptions;
 use super::{Inbound, Links, Stop};
 use crate::backoff::Backoff;
@@ -63,7 +63,13 @@ fn heartbeat() -> tokio::time::Interval {
 }
 
 impl Edge {
-    pub(super) fn new(settings: MqttSettings, mut routes: watch::Receiver<Arc<RouteTable>>, links: Links, metrics: Arc<Metrics>, stop: Stop) -> Self {
+    pub(super) fn new(
+        settings: MqttSettings,
+        mut routes: watch::Receiver<Arc<RouteTable>>,
+        links: Links,
+        metrics: Arc<Metrics>,
+        stop: Stop,
+    ) -> Self {
         let Links { out, acks, connection: shared_connection } = links;
         let broker = settings.broker.to_string();
         let keep_alive = settings.keep_alive;
@@ -139,7 +145,10 @@ impl Edge {
         // Without a network the poll connects: with the TLS files as they are now.
         if self.eventloop.needs_connect() {
             if let Err(e) = self.refresh_transport() {
-                return Some(Err(ConnectionError::io(self.settings.protocol, std::io::Error::other(super::tls::FilesError(e)))));
+                return Some(Err(ConnectionError::io(
+                    self.settings.protocol,
+                    std::io::Error::other(super::tls::FilesError(e)),
+                )));
             }
         }
         let mut poll = std::pin::pin!(self.eventloop.poll());
@@ -150,7 +159,9 @@ impl Edge {
                 self.coalesce.event_came();
                 return Some(event);
             }
-            std::task::Poll::Pending if self.out.is_some() && self.metrics.mqtt_connected.load(Relaxed) => self.coalesce.connection_dry(),
+            std::task::Poll::Pending if self.out.is_some() && self.metrics.mqtt_connected.load(Relaxed) => {
+                self.coalesce.connection_dry()
+            }
             std::task::Poll::Pending => {}
         }
         loop {
@@ -188,7 +199,9 @@ impl Edge {
     pub(super) async fn handle(&mut self, event: Result<Event, ConnectionError>) -> ControlFlow<()> {
         match event {
             Ok(Event::Publish(p)) => self.on_publish(p),
-            Ok(Event::ConnAck { session_present, notes, keep_alive }) => self.on_connack(session_present, &notes, keep_alive),
+            Ok(Event::ConnAck { session_present, notes, keep_alive }) => {
+                self.on_connack(session_present, &notes, keep_alive)
+            }
             Ok(Event::SubAck { pkid, granted }) => {
                 self.subs.on_suback(&self.client, &self.table, pkid, &granted, &self.metrics);
                 self.subs.publish(&self.metrics.health);

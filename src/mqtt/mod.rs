@@ -72,7 +72,11 @@ pub struct Properties {
 
 impl Properties {
     pub fn is_empty(&self) -> bool {
-        self.user.is_empty() && self.content_type.is_none() && self.payload_format.is_none() && self.response_topic.is_none() && self.correlation_data.is_none()
+        self.user.is_empty()
+            && self.content_type.is_none()
+            && self.payload_format.is_none()
+            && self.response_topic.is_none()
+            && self.correlation_data.is_none()
     }
 }
 
@@ -112,7 +116,13 @@ pub fn options(s: &MqttSettings) -> MqttOptions {
 }
 
 /// Runs the MQTT side until `stop.disconnect`: a short dispatcher over the handlers in `edge.rs`.
-pub async fn run(settings: MqttSettings, routes: watch::Receiver<Arc<RouteTable>>, links: Links, metrics: Arc<Metrics>, stop: Stop) {
+pub async fn run(
+    settings: MqttSettings,
+    routes: watch::Receiver<Arc<RouteTable>>,
+    links: Links,
+    metrics: Arc<Metrics>,
+    stop: Stop,
+) {
     let mut edge = Edge::new(settings, routes, links, metrics, stop);
     loop {
         // The intake is full: stop reading, so the broker holds what follows, until it has room.

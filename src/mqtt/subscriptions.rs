@@ -86,9 +86,11 @@ impl Subscriptions {
         }
         // New subscriptions first: the broker handles a connection's packets in order, so a filter that
         // replaces another is active before the old one goes, and no message falls between them.
-        let missing: Vec<(String, u8)> = desired.iter().filter(|(f, q)| self.wanted.get(f) != Some(q)).cloned().collect();
+        let missing: Vec<(String, u8)> =
+            desired.iter().filter(|(f, q)| self.wanted.get(f) != Some(q)).cloned().collect();
         self.subscribe(client, missing);
-        let stale: Vec<String> = self.wanted.keys().filter(|f| !desired.iter().any(|(d, _)| d == *f)).cloned().collect();
+        let stale: Vec<String> =
+            self.wanted.keys().filter(|f| !desired.iter().any(|(d, _)| d == *f)).cloned().collect();
         for filter in stale {
             self.wanted.remove(&filter);
             match client.try_unsubscribe(self.on_wire(&filter)) {
@@ -124,7 +126,14 @@ impl Subscriptions {
 
     /// The broker's answer to a SUBSCRIBE: a refused filter is replaced by the fallback filters of the
     /// routes it served.
-    pub(super) fn on_suback(&mut self, client: &Client, table: &RouteTable, pkid: u16, granted: &[Granted], metrics: &Metrics) {
+    pub(super) fn on_suback(
+        &mut self,
+        client: &Client,
+        table: &RouteTable,
+        pkid: u16,
+        granted: &[Granted],
+        metrics: &Metrics,
+    ) {
         let Some(batch) = self.by_pkid.remove(&pkid) else { return };
         let mut fallbacks: Vec<(String, u8)> = Vec::new();
         for ((filter, wanted_qos), code) in batch.iter().zip(granted.iter()) {

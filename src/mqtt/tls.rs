@@ -34,16 +34,23 @@ pub fn read_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 }
 
 /// A client certificate chain and its key.
-pub fn read_client_identity(cert: &Path, key: &Path) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+pub fn read_client_identity(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
     let certs = read_certs(cert)?;
     if certs.is_empty() {
         return Err(format!("`{}` holds no PEM certificate", cert.display()));
     }
     let text = std::fs::read(key).map_err(|e| format!("cannot read `{}`: {e}", key.display()))?;
     if text.windows(9).any(|w| w == b"ENCRYPTED") {
-        return Err(format!("the key in `{}` is encrypted; the MQTT client needs it unencrypted (PKCS#8, PKCS#1 or SEC1)", key.display()));
+        return Err(format!(
+            "the key in `{}` is encrypted; the MQTT client needs it unencrypted (PKCS#8, PKCS#1 or SEC1)",
+            key.display()
+        ));
     }
-    let key = PrivateKeyDer::from_pem_slice(&text).map_err(|e| format!("no PEM private key in `{}` ({e})", key.display()))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(&text).map_err(|e| format!("no PEM private key in `{}` ({e})", key.display()))?;
     Ok((certs, key))
 }
 
@@ -65,7 +72,9 @@ pub fn client_config(tls: &MqttTls) -> Result<Arc<ClientConfig>, String> {
     match &tls.ca_file {
         Some(path) => {
             for cert in read_ca(path)? {
-                roots.add(cert).map_err(|e| format!("a certificate in `{}` is not a usable CA: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("a certificate in `{}` is not a usable CA: {e}", path.display()))?;
             }
         }
         None => {
@@ -90,7 +99,13 @@ pub fn client_config(tls: &MqttTls) -> Result<Arc<ClientConfig>, String> {
     let config = match &tls.client {
         Some((cert, key)) => {
             let (certs, key_der) = read_client_identity(cert, key)?;
-            builder.with_client_auth_cert(certs, key_der).map_err(|e| format!("the client certificate `{}` and key `{}` do not go together: {e}", cert.display(), key.display()))?
+            builder.with_client_auth_cert(certs, key_der).map_err(|e| {
+                format!(
+                    "the client certificate `{}` and key `{}` do not go together: {e}",
+                    cert.display(),
+                    key.display()
+                )
+            })?
         }
         None => builder.with_no_client_auth(),
     };

@@ -132,16 +132,38 @@ pub(super) fn disconnected(code: &p5::DisconnectReasonCode, reason: Option<&str>
             "the broker ended the connection: another client connected with this client id",
             "give every gateway replica its own mqtt.client_id",
         ),
-        C::KeepAliveTimeout => ("the broker ended the connection: keep-alive timeout", "check the network between the gateway and the broker"),
+        C::KeepAliveTimeout => (
+            "the broker ended the connection: keep-alive timeout",
+            "check the network between the gateway and the broker",
+        ),
         C::ServerShuttingDown => ("the broker is shutting down", "the gateway reconnects when it is back"),
-        C::NotAuthorized => ("the broker ended the connection: not authorised", "check the broker's ACLs for this client"),
-        C::ReceiveMaximumExceeded => ("the broker ended the connection: receive maximum exceeded", "a broker bug or misconfiguration; see its log"),
-        C::PacketTooLarge => ("the broker ended the connection: packet too large", "check the broker's max_packet_size"),
+        C::NotAuthorized => {
+            ("the broker ended the connection: not authorised", "check the broker's ACLs for this client")
+        }
+        C::ReceiveMaximumExceeded => (
+            "the broker ended the connection: receive maximum exceeded",
+            "a broker bug or misconfiguration; see its log",
+        ),
+        C::PacketTooLarge => {
+            ("the broker ended the connection: packet too large", "check the broker's max_packet_size")
+        }
         C::TopicAliasInvalid => ("the broker ended the connection: topic alias invalid", "see the broker's log"),
-        C::MessageRateTooHigh | C::QuotaExceeded => ("the broker ended the connection: rate or quota exceeded", "see the broker's limits for this client"),
+        C::MessageRateTooHigh | C::QuotaExceeded => {
+            ("the broker ended the connection: rate or quota exceeded", "see the broker's limits for this client")
+        }
         C::AdministrativeAction => ("the broker's operator ended the connection", "see the broker's log"),
-        C::UseAnotherServer | C::ServerMoved => ("the broker redirects to another server", "point mqtt.broker at the broker it names (see its log)"),
-        other => return (format!("the broker ended the connection ({other:?}){}", reason.map(|r| format!(": {r}")).unwrap_or_default()), "see the broker's log"),
+        C::UseAnotherServer | C::ServerMoved => {
+            ("the broker redirects to another server", "point mqtt.broker at the broker it names (see its log)")
+        }
+        other => {
+            return (
+                format!(
+                    "the broker ended the connection ({other:?}){}",
+                    reason.map(|r| format!(": {r}")).unwrap_or_default()
+                ),
+                "see the broker's log",
+            )
+        }
     };
     (format!("{what}{}", reason.map(|r| format!(" ({r})")).unwrap_or_default()), hint)
 }
@@ -149,7 +171,9 @@ pub(super) fn disconnected(code: &p5::DisconnectReasonCode, reason: Option<&str>
 /// The error a connection failed with, when it is a DISCONNECT from the broker.
 pub(super) fn server_disconnect(e: &r5::ConnectionError) -> Option<(String, &'static str)> {
     match e {
-        r5::ConnectionError::MqttState(r5::StateError::ServerDisconnect { reason_code, reason_string }) => Some(disconnected(reason_code, reason_string.as_deref())),
+        r5::ConnectionError::MqttState(r5::StateError::ServerDisconnect { reason_code, reason_string }) => {
+            Some(disconnected(reason_code, reason_string.as_deref()))
+        }
         _ => None,
     }
 }
@@ -168,14 +192,19 @@ mod tests {
     #[test]
     fn properties_without_anything_to_carry_are_none() {
         assert!(properties(p5::PublishProperties::default()).is_none());
-        let p = properties(p5::PublishProperties { content_type: Some("application/json".into()), ..Default::default() }).unwrap();
+        let p =
+            properties(p5::PublishProperties { content_type: Some("application/json".into()), ..Default::default() })
+                .unwrap();
         assert_eq!(p.content_type.as_deref(), Some("application/json"));
     }
 
     #[test]
     fn a_refused_subscription_names_its_reason() {
         assert_eq!(granted(&p5::SubscribeReasonCode::NotAuthorized), Granted::Refused("not authorized"));
-        assert_eq!(granted(&p5::SubscribeReasonCode::Success(rumqttc::v5::mqttbytes::QoS::AtLeastOnce)), Granted::Qos(1));
+        assert_eq!(
+            granted(&p5::SubscribeReasonCode::Success(rumqttc::v5::mqttbytes::QoS::AtLeastOnce)),
+            Granted::Qos(1)
+        );
     }
 
     #[test]

@@ -15,7 +15,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::settle::Retry;
 use super::throttled::{Admission, Held};
-use crate::share::Share;
 use crate::ack::{AckSequencer, AckToken};
 use crate::config::MqttSettings;
 use crate::envelope::{self, DeadLetterReason, Message, Outcome, Payload, HEADER_DLQ_REASON};
@@ -27,6 +26,7 @@ use crate::kafka::{self, GatewayProducer};
 use crate::metrics::Metrics;
 use crate::mqtt::Inbound;
 use crate::route::Route;
+use crate::share::Share;
 use crate::throttle::Schedule;
 
 /// A message taken from MQTT and not settled yet.
@@ -255,7 +255,11 @@ impl Engine {
         }
         let outcome = if msg.payload.len() > self.max_payload {
             // Let in past the limit only to be dead-lettered (see mqtt::oversize).
-            let reason = format!("payload of {} bytes is larger than mqtt.max_packet_size_bytes ({})", msg.payload.len(), self.max_payload);
+            let reason = format!(
+                "payload of {} bytes is larger than mqtt.max_packet_size_bytes ({})",
+                msg.payload.len(),
+                self.max_payload
+            );
             envelope::dead_letter(route, msg, DeadLetterReason::TooLarge, reason)
         } else {
             envelope::build(route, msg, payload)
@@ -287,12 +291,26 @@ impl Engine {
         // invalid topic, ...): dead-letter the message as published, with the reason.
         if !dead_letter && kafka::is_permanent(&refused) {
             let reason = format!("Kafka refused the record: {refused}");
-            self.metrics.dead_lettered(route, DeadLetterReason::KafkaRefused, msg.topic, &device_id, &route.dead_letter_topic, &reason);
+            self.metrics.dead_lettered(
+                route,
+                DeadLetterReason::KafkaRefused,
+                msg.topic,
+                &device_id,
+                &route.dead_letter_topic,
+                &reason,
+            );
             let headers = kafka::owned_headers(
-                record.headers.iter().map(|(k, v)| (k.as_ref(), v.as_slice())).chain([(HEADER_DLQ_REASON, reason.as_bytes())]),
+                record
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_ref(), v.as_slice()))
+                    .chain([(HEADER_DLQ_REASON, reason.as_bytes())]),
             );
             let entry = RecordEntry { dead_letter: true, ..entry };
-            return match self.send_dead_letter(entry, &route.dead_letter_topic, device_id.as_bytes(), msg.payload, headers, give_up).await {
+            return match self
+                .send_dead_letter(entry, &route.dead_letter_topic, device_id.as_bytes(), msg.payload, headers, give_up)
+                .await
+            {
                 Ok(()) => Ok(true),
                 Err(SendFailed::GaveUp) => Err(SendFailed::GaveUp),
                 Err(SendFailed::Refused(e)) => self.refused(route, &route.dead_letter_topic, &device_id, e),
@@ -361,7 +379,11 @@ impl Engine {
                     self.metrics.health.beat(Loop::Engine);
                     if waited >= next_warning {
                         next_warning = waited + Duration::from_secs(10);
-                        tracing::warn!(topic, waited_ms = waited.as_millis() as u64, "Kafka producer queue is full; waiting for room (backpressure)");
+                        tracing::warn!(
+                            topic,
+                            waited_ms = waited.as_millis() as u64,
+                            "Kafka producer queue is full; waiting for room (backpressure)"
+                        );
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(10)) => {}

@@ -94,7 +94,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tracing::info!(route = %r.name, filter = %r.filter, qos = r.qos, topic = %r.topic, key = %r.key, dead_letter_topic = %r.dead_letter_topic, "route");
     }
     if let Some(s) = config.share {
-        tracing::info!(replica = s.index, replicas = s.count, "ordered replicas: writing the devices of this replica's share, acknowledging the others");
+        tracing::info!(
+            replica = s.index,
+            replicas = s.count,
+            "ordered replicas: writing the devices of this replica's share, acknowledging the others"
+        );
     }
     run_inner(config, producer, metrics, shutdown, fatal).await
 }
@@ -136,7 +140,8 @@ async fn run_inner(
     let stop = mqtt::Stop { receiving: shutdown.child_token(), disconnect: CancellationToken::new() };
     let links = mqtt::Links { out: intake_tx, acks: acks_rx, connection: connection.clone() };
     let mqtt_task = tokio::spawn(mqtt::run(config.mqtt.clone(), routes.clone(), links, metrics.clone(), stop.clone()));
-    let stats = tokio::spawn(stats(metrics.clone(), Duration::from_secs(config.log.stats_interval_secs), shutdown.clone()));
+    let stats =
+        tokio::spawn(stats(metrics.clone(), Duration::from_secs(config.log.stats_interval_secs), shutdown.clone()));
     let reloader = tokio::spawn(reload::run(config.clone(), routes_tx, metrics.clone(), shutdown.clone()));
     // The grace period runs from the signal, whatever the pipeline is waiting for (a full window, a
     // full producer queue, Kafka).
@@ -156,23 +161,41 @@ async fn run_inner(
     }
 
     let events = kafka::events::Events::new(producer.clone()).context("cannot watch the Kafka producer's events")?;
-    let mut engine = Engine::new(producer.clone(), events, metrics.clone(), &config.mqtt, acks_tx, connection, fatal.clone(), config.share);
+    let mut engine = Engine::new(
+        producer.clone(),
+        events,
+        metrics.clone(),
+        &config.mqtt,
+        acks_tx,
+        connection,
+        fatal.clone(),
+        config.share,
+    );
     let shutting_down = shutdown.clone();
     engine.run(intake_rx, &give_up).await;
-    tracing::info!(grace_period_secs = config.shutdown_grace.as_secs(), "shutting down: delivering the messages already taken");
+    tracing::info!(
+        grace_period_secs = config.shutdown_grace.as_secs(),
+        "shutting down: delivering the messages already taken"
+    );
     if give_up.is_cancelled() && shutting_down.is_cancelled() {
         tracing::error!("grace period over before every message was settled");
     }
     let unsettled = engine.unsettled() as u64;
     drop(engine);
 
-    let left = if give_up.is_cancelled() { Duration::from_millis(100) } else { config.shutdown_grace.min(Duration::from_secs(5)) };
+    let left = if give_up.is_cancelled() {
+        Duration::from_millis(100)
+    } else {
+        config.shutdown_grace.min(Duration::from_secs(5))
+    };
     let flush_producer = producer.clone();
     let flushed = tokio::task::spawn_blocking(move || kafka::flush(&flush_producer, left)).await;
     let undelivered = kafka::in_flight(&producer).max(0) as u64 + unsettled;
     match flushed {
         Ok(Ok(())) => tracing::info!("Kafka producer flushed"),
-        Ok(Err(e)) => tracing::error!(error = %e, undelivered, "Kafka producer not flushed within the grace period; records are lost"),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, undelivered, "Kafka producer not flushed within the grace period; records are lost")
+        }
         Err(e) => tracing::error!(error = %e, "flush task failed"),
     }
     stop.disconnect.cancel();

@@ -98,12 +98,26 @@ impl Engine {
             self.settle_record_of(entry.message, false);
         } else if kafka::is_permanent(&error) && !entry.dead_letter {
             let reason = format!("Kafka refused the record: {error}");
-            self.metrics.dead_lettered(route, DeadLetterReason::KafkaRefused, &topic, &device_id, &route.dead_letter_topic, &reason);
+            self.metrics.dead_lettered(
+                route,
+                DeadLetterReason::KafkaRefused,
+                &topic,
+                &device_id,
+                &route.dead_letter_topic,
+                &reason,
+            );
             let headers = headers.insert(Header { key: HEADER_DLQ_REASON, value: Some(reason.as_bytes()) });
             if let Some(e) = self.records.get_mut(tag) {
                 e.dead_letter = true;
             }
-            self.schedule(tag, Duration::ZERO, route.dead_letter_topic.clone(), Some(device_id.into_bytes()), payload.to_vec(), headers);
+            self.schedule(
+                tag,
+                Duration::ZERO,
+                route.dead_letter_topic.clone(),
+                Some(device_id.into_bytes()),
+                payload.to_vec(),
+                headers,
+            );
         } else if kafka::is_permanent(&error) && kafka::is_too_large(&error) && !entry.truncated {
             // The dead letter itself was too large: keep its head.
             let (cut, headers) = kafka::truncated(&payload, headers);
@@ -134,7 +148,15 @@ impl Engine {
         }
     }
 
-    fn schedule(&mut self, record: u32, after: Duration, topic: String, key: Option<Vec<u8>>, value: Vec<u8>, headers: OwnedHeaders) {
+    fn schedule(
+        &mut self,
+        record: u32,
+        after: Duration,
+        topic: String,
+        key: Option<Vec<u8>>,
+        value: Vec<u8>,
+        headers: OwnedHeaders,
+    ) {
         self.retry_seq += 1;
         let due = tokio::time::Instant::now() + after;
         self.retries.push(Reverse(Retry { due, seq: self.retry_seq, record, topic, key, value, headers }));
@@ -147,7 +169,14 @@ impl Engine {
             let Some(Reverse(retry)) = self.retries.pop() else { break };
             let Some(&entry) = self.records.get(retry.record) else { continue };
             let sent = loop {
-                match kafka::send(&self.producer, &retry.topic, retry.key.as_deref(), &retry.value, retry.headers.clone(), retry.record as usize) {
+                match kafka::send(
+                    &self.producer,
+                    &retry.topic,
+                    retry.key.as_deref(),
+                    &retry.value,
+                    retry.headers.clone(),
+                    retry.record as usize,
+                ) {
                     Err((e, _)) if kafka::is_queue_full(&e) => {
                         // Waiting for room is the engine at work: it stays live for /healthz.
                         self.metrics.health.beat(Loop::Engine);
@@ -173,13 +202,27 @@ impl Engine {
             let device_id = device_id.to_string();
             if !entry.dead_letter && kafka::is_permanent(&e) {
                 let reason = format!("Kafka refused the record: {e}");
-                self.metrics.dead_lettered(route, DeadLetterReason::KafkaRefused, &retry.topic, &device_id, &route.dead_letter_topic, &reason);
+                self.metrics.dead_lettered(
+                    route,
+                    DeadLetterReason::KafkaRefused,
+                    &retry.topic,
+                    &device_id,
+                    &route.dead_letter_topic,
+                    &reason,
+                );
                 let headers = retry.headers.insert(Header { key: HEADER_DLQ_REASON, value: Some(reason.as_bytes()) });
                 if let Some(r) = self.records.get_mut(retry.record) {
-                r.dead_letter = true;
-            }
+                    r.dead_letter = true;
+                }
                 let payload = message.inbound.payload.to_vec();
-                self.schedule(retry.record, Duration::ZERO, route.dead_letter_topic.clone(), Some(device_id.into_bytes()), payload, headers);
+                self.schedule(
+                    retry.record,
+                    Duration::ZERO,
+                    route.dead_letter_topic.clone(),
+                    Some(device_id.into_bytes()),
+                    payload,
+                    headers,
+                );
             } else {
                 self.metrics.record_failed(route, &retry.topic, &device_id, &e);
                 self.records.remove(retry.record);

@@ -38,7 +38,15 @@ pub(super) enum Admission {
 
 impl Engine {
     /// Reserves the slot of a record of `route` (message `slot`, route `index` of its table).
-    pub(super) fn admit(&mut self, slot: u32, index: u32, route: &Route, limit: RateLimit, qos: u8, topic: &str) -> Admission {
+    pub(super) fn admit(
+        &mut self,
+        slot: u32,
+        index: u32,
+        route: &Route,
+        limit: RateLimit,
+        qos: u8,
+        topic: &str,
+    ) -> Admission {
         let now = Instant::now();
         // One schedule per route name, kept across reloads while the limit stays the same.
         let schedule = self.schedules.entry(route.name.clone()).or_insert_with(|| Schedule::new(limit, now));
@@ -77,7 +85,10 @@ impl Engine {
             let msg = message_of(&inbound);
             let payload = Payload::new(&inbound.payload);
             // Its place in the message's progress was taken when it was held.
-            match self.produce_route(h.slot, h.route, inbound.routes.route(h.route), &msg, &payload, give_up, true).await {
+            match self
+                .produce_route(h.slot, h.route, inbound.routes.route(h.route), &msg, &payload, give_up, true)
+                .await
+            {
                 Ok(true) => {}
                 Ok(false) => self.settle_record_of(h.slot, true),
                 Err(SendFailed::GaveUp) => return Err(()),

@@ -26,10 +26,7 @@ impl Gateway {
     }
 
     /// Starts the gateway binary with exactly `args`.
-    pub fn start_with_args<S: AsRef<std::ffi::OsStr>>(
-        args: &[S],
-        envs: &[(&str, &str)],
-    ) -> Gateway {
+    pub fn start_with_args<S: AsRef<std::ffi::OsStr>>(args: &[S], envs: &[(&str, &str)]) -> Gateway {
         let bin = env!("CARGO_BIN_EXE_mqtt-kafka-gateway");
         let mut cmd = Command::new(bin);
         cmd.args(args);
@@ -48,13 +45,8 @@ impl Gateway {
                 cmd.env("GATEWAY_MQTT__PROTOCOL", protocol);
             }
         }
-        cmd.envs(envs.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"));
+        cmd.envs(envs.iter().copied()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {bin}: {e}"));
         let logs = Arc::new(Mutex::new(String::new()));
         let mut readers = Vec::new();
         let pipes: [Box<dyn Read + Send>; 2] = [
@@ -77,12 +69,7 @@ impl Gateway {
                 }
             }));
         }
-        Gateway {
-            child,
-            logs,
-            readers,
-            status: None,
-        }
+        Gateway { child, logs, readers, status: None }
     }
 
     pub fn pid(&self) -> u32 {
@@ -91,7 +78,11 @@ impl Gateway {
 
     /// Where the gateway's HTTP server listens, from its start-up log line.
     pub fn http_addr(&self) -> String {
-        assert!(self.wait_for_log("HTTP server", Duration::from_secs(30)), "no HTTP server line in the log:\n{}", self.logs());
+        assert!(
+            self.wait_for_log("HTTP server", Duration::from_secs(30)),
+            "no HTTP server line in the log:\n{}",
+            self.logs()
+        );
         let logs = self.logs();
         let line = logs.lines().find(|l| l.contains("HTTP server")).unwrap_or_default();
         let addr = line.split_whitespace().find_map(|w| w.strip_prefix("listen=")).unwrap_or_default();
@@ -112,9 +103,7 @@ impl Gateway {
 
     /// Waits until the output contains `needle`; false after `timeout`.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
-        wait_until(timeout, Duration::from_millis(20), || {
-            self.logs.lock().unwrap().contains(needle)
-        })
+        wait_until(timeout, Duration::from_millis(20), || self.logs.lock().unwrap().contains(needle))
     }
 
     /// How many times `needle` occurs in the output so far.

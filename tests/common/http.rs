@@ -25,7 +25,9 @@ pub fn get(addr: &str, path: &str) -> Option<Answer> {
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
     let content_type = head
         .lines()
-        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-type")).map(|(_, v)| v.trim().to_string()))
+        .find_map(|l| {
+            l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-type")).map(|(_, v)| v.trim().to_string())
+        })
         .unwrap_or_default();
     Some(Answer { status, content_type, body: body.to_string() })
 }

@@ -19,8 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-const INSTALL_HINT: &str =
-    "run scripts/install-kafka.sh (or scripts/test.sh, which installs Mosquitto and Kafka)";
+const INSTALL_HINT: &str = "run scripts/install-kafka.sh (or scripts/test.sh, which installs Mosquitto and Kafka)";
 pub(super) const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A record read back from Kafka.
@@ -36,9 +35,7 @@ pub struct Record {
 
 impl Record {
     pub fn key_str(&self) -> Option<&str> {
-        self.key
-            .as_deref()
-            .map(|k| std::str::from_utf8(k).expect("key is not UTF-8"))
+        self.key.as_deref().map(|k| std::str::from_utf8(k).expect("key is not UTF-8"))
     }
 
     pub fn value_str(&self) -> &str {
@@ -47,15 +44,11 @@ impl Record {
 
     /// The value of the first header named `name`.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_slice())
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
     }
 
     pub fn header_str(&self, name: &str) -> Option<&str> {
-        self.header(name)
-            .map(|v| std::str::from_utf8(v).expect("header is not UTF-8"))
+        self.header(name).map(|v| std::str::from_utf8(v).expect("header is not UTF-8"))
     }
 }
 
@@ -113,13 +106,7 @@ pub fn unique_topic(prefix: &str) -> String {
     let r: u64 = rand::random();
     let clean: String = prefix
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '-'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' })
         .collect();
     format!("{clean}-{:x}-{n}-{:08x}", std::process::id(), r as u32)
 }
@@ -152,17 +139,10 @@ impl Kafka {
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}; {INSTALL_HINT}", server.display()));
         if !check.status.success() {
-            panic!(
-                "Kafka is not installed: {}",
-                String::from_utf8_lossy(&check.stderr).trim()
-            );
+            panic!("Kafka is not installed: {}", String::from_utf8_lossy(&check.stderr).trim());
         }
 
-        let data_dir = tempfile::Builder::new()
-            .prefix("mkg-kafka-")
-            .tempdir()
-            .expect("temp dir for kafka")
-            .keep(); // removed by the watchdog
+        let data_dir = tempfile::Builder::new().prefix("mkg-kafka-").tempdir().expect("temp dir for kafka").keep(); // removed by the watchdog
         let started = Instant::now();
         let watchdog = Kafka::spawn_watchdog(&data_dir, port, controller_port, dedicated, &env);
         let mut kafka = Kafka {
@@ -240,7 +220,8 @@ impl Kafka {
     pub fn restart(&self) {
         assert!(self.dedicated, "only a dedicated broker may be restarted");
         let started = Instant::now();
-        *self.watchdog.lock().unwrap() = Kafka::spawn_watchdog(&self.data_dir, self.port, self.controller_port, true, &self.env);
+        *self.watchdog.lock().unwrap() =
+            Kafka::spawn_watchdog(&self.data_dir, self.port, self.controller_port, true, &self.env);
         self.wait_ready(started);
     }
 
@@ -255,10 +236,7 @@ impl Kafka {
         let mut last_err = String::from("no attempt");
         while started.elapsed() < READY_TIMEOUT {
             if let Ok(Some(status)) = self.watchdog.lock().unwrap().try_wait() {
-                panic!(
-                    "Kafka exited during start-up ({status}):\n{}",
-                    self.log_tail()
-                );
+                panic!("Kafka exited during start-up ({status}):\n{}", self.log_tail());
             }
             match consumer.fetch_metadata(None, Duration::from_secs(2)) {
                 Ok(md) if !md.brokers().is_empty() => return,
@@ -326,12 +304,8 @@ impl Kafka {
         let topic = name.to_string();
         // Own thread and runtime: callers may be inside a tokio runtime.
         let result = std::thread::spawn(move || {
-            let admin: AdminClient<DefaultClientContext> =
-                cfg.create().expect("create rdkafka admin client");
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
+            let admin: AdminClient<DefaultClientContext> = cfg.create().expect("create rdkafka admin client");
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
             let new_topic = NewTopic::new(&topic, partitions, TopicReplication::Fixed(1));
             let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
             rt.block_on(admin.create_topics([&new_topic], &opts))
@@ -350,10 +324,7 @@ impl Kafka {
             Err(e) => panic!("creating topic {name} failed: {e}"),
         }
         let n = self.wait_partitions(name, Duration::from_secs(30));
-        assert!(
-            n >= partitions as usize,
-            "topic {name} has {n} partitions with a leader, expected {partitions}"
-        );
+        assert!(n >= partitions as usize, "topic {name} has {n} partitions with a leader, expected {partitions}");
     }
 
     /// Waits until `topic` exists and all its partitions have a leader;
@@ -403,11 +374,7 @@ impl Kafka {
         // Partitions are assigned explicitly and nothing is committed; librdkafka
         // still wants a group.id for assign().
         static READERS: AtomicU64 = AtomicU64::new(0);
-        let group = format!(
-            "mkg-test-reader-{}-{}",
-            std::process::id(),
-            READERS.fetch_add(1, Ordering::Relaxed)
-        );
+        let group = format!("mkg-test-reader-{}-{}", std::process::id(), READERS.fetch_add(1, Ordering::Relaxed));
         let consumer: BaseConsumer = self
             .client_config()
             .set("group.id", group)
@@ -425,8 +392,7 @@ impl Kafka {
         }
         let mut tpl = TopicPartitionList::new();
         for p in partitions {
-            tpl.add_partition_offset(topic, p, Offset::Beginning)
-                .expect("add partition to assignment");
+            tpl.add_partition_offset(topic, p, Offset::Beginning).expect("add partition to assignment");
         }
         consumer.assign(&tpl).expect("assign partitions");
         while expected.is_none_or(|n| out.len() < n) {
@@ -441,9 +407,7 @@ impl Kafka {
                     headers: m
                         .headers()
                         .map(|hs| {
-                            hs.iter()
-                                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                                .collect()
+                            hs.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect()
                         })
                         .unwrap_or_default(),
                     partition: m.partition(),

@@ -18,21 +18,21 @@
 
 mod gateway;
 pub mod http;
-pub mod prom;
 mod kafka;
 mod kafka_secure;
 mod mosquitto;
 mod mosquitto_tls;
-pub mod pki;
 mod oidc;
+pub mod pki;
+pub mod prom;
 
 pub use gateway::Gateway;
 pub use kafka::{kafka, unique_topic, Kafka, Record};
 pub use kafka_secure::{SecureKafka, PLAIN_USER, SCRAM_USER};
 pub use mosquitto::{mosquitto_pub, mosquitto_pub_with, try_mosquitto_pub, Mosquitto, Subscriber};
-pub use mosquitto_tls::{wss_mqtt_connect, ws_mqtt_connect, MosquittoTls, ServerCert, TlsOptions, WsHandshake};
-pub use pki::Pki;
+pub use mosquitto_tls::{ws_mqtt_connect, wss_mqtt_connect, MosquittoTls, ServerCert, TlsOptions, WsHandshake};
 pub use oidc::TokenEndpoint;
+pub use pki::Pki;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -60,9 +60,8 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
 
 /// `n` distinct loopback ports, all held open at once while they are picked.
 pub fn free_port_list(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
+    let listeners: Vec<TcpListener> =
+        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")).collect();
     listeners.iter().map(|l| l.local_addr().expect("local_addr").port()).collect()
 }
 
@@ -102,29 +101,14 @@ pub fn tail_file(path: &Path, n: usize) -> String {
 /// Finds an executable by name on PATH, then in the sbin/bin directories
 /// (mosquitto lives in /usr/sbin, which is not on every PATH).
 pub fn find_executable(name: &str) -> Option<PathBuf> {
-    let path_dirs = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    let extra = [
-        "/usr/sbin",
-        "/usr/local/sbin",
-        "/usr/bin",
-        "/usr/local/bin",
-        "/sbin",
-        "/bin",
-    ];
-    path_dirs
-        .into_iter()
-        .chain(extra.iter().map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| is_executable(p))
+    let path_dirs = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default();
+    let extra = ["/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin", "/sbin", "/bin"];
+    path_dirs.into_iter().chain(extra.iter().map(PathBuf::from)).map(|d| d.join(name)).find(|p| is_executable(p))
 }
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 /// Sends `signal` (e.g. "TERM", "KILL") to `pid` with kill(1).
@@ -154,7 +138,10 @@ pub fn publish_all(port: u16, messages: Vec<(String, Vec<u8>)>) {
 
 /// Like [`publish_all`], pausing for `pause` after every `every` messages (a steady stream).
 pub fn publish_paced(port: u16, messages: Vec<(String, Vec<u8>)>, every: usize, pause: Duration) {
-    let id = format!("test-publisher-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    let id = format!(
+        "test-publisher-{}",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    );
     let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
     opts.set_max_packet_size(4 << 20, 4 << 20);
     let (client, mut connection) = rumqttc::Client::new(opts, 128);
@@ -208,6 +195,6 @@ pub fn start_gateway(config: &Path, env: &[(&'static str, String)]) -> Gateway {
 }
 
 pub fn json(record: &Record) -> serde_json::Value {
-    serde_json::from_str(record.value_str()).unwrap_or_else(|e| panic!("record is not JSON ({e}): {}", record.value_str()))
+    serde_json::from_str(record.value_str())
+        .unwrap_or_else(|e| panic!("record is not JSON ({e}): {}", record.value_str()))
 }
-

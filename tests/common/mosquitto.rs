@@ -8,12 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const INSTALL_HINT: &str =
-    "run scripts/install-mosquitto.sh (or scripts/test.sh, which installs Mosquitto and Kafka)";
+const INSTALL_HINT: &str = "run scripts/install-mosquitto.sh (or scripts/test.sh, which installs Mosquitto and Kafka)";
 
 fn mosquitto_binary(name: &str) -> PathBuf {
-    find_executable(name)
-        .unwrap_or_else(|| panic!("`{name}` not found on PATH or in /usr/sbin; {INSTALL_HINT}"))
+    find_executable(name).unwrap_or_else(|| panic!("`{name}` not found on PATH or in /usr/sbin; {INSTALL_HINT}"))
 }
 
 /// Path of Mosquitto's dynamic-security plugin.
@@ -69,10 +67,7 @@ impl Mosquitto {
 
     /// Like [`Mosquitto::start`] with extra lines appended to mosquitto.conf.
     pub fn start_with(extra_conf: &str) -> Mosquitto {
-        let dir = tempfile::Builder::new()
-            .prefix("mkg-mosquitto-")
-            .tempdir()
-            .expect("temp dir for mosquitto");
+        let dir = tempfile::Builder::new().prefix("mkg-mosquitto-").tempdir().expect("temp dir for mosquitto");
         Mosquitto::start_in(dir, extra_conf)
     }
 
@@ -83,10 +78,7 @@ impl Mosquitto {
     /// subscriptions match the filter as a topic, so `denied` also refuses
     /// narrower filters it covers unless they match `allowed`.
     pub fn start_rejecting_subscription(denied: &str, allowed: &str) -> Mosquitto {
-        let dir = tempfile::Builder::new()
-            .prefix("mkg-mosquitto-")
-            .tempdir()
-            .expect("temp dir for mosquitto");
+        let dir = tempfile::Builder::new().prefix("mkg-mosquitto-").tempdir().expect("temp dir for mosquitto");
         let json_path = dir.path().join("dynsec.json");
         let dynsec = serde_json::json!({
             "defaultACLAccess": {
@@ -112,23 +104,15 @@ impl Mosquitto {
             } ],
             "anonymousGroup": "anonymous"
         });
-        std::fs::write(&json_path, serde_json::to_vec_pretty(&dynsec).unwrap())
-            .expect("write dynsec.json");
-        let extra = format!(
-            "plugin {}\nplugin_opt_config_file {}\n",
-            dynsec_plugin().display(),
-            json_path.display()
-        );
+        std::fs::write(&json_path, serde_json::to_vec_pretty(&dynsec).unwrap()).expect("write dynsec.json");
+        let extra = format!("plugin {}\nplugin_opt_config_file {}\n", dynsec_plugin().display(), json_path.display());
         Mosquitto::start_in(dir, &extra)
     }
 
     /// A broker that accepts only `user` with `password` (a `password_file` made with
     /// `mosquitto_passwd`); anonymous clients and wrong passwords get CONNACK "not authorised".
     pub fn start_with_password(user: &str, password: &str) -> Mosquitto {
-        let dir = tempfile::Builder::new()
-            .prefix("mkg-mosquitto-")
-            .tempdir()
-            .expect("temp dir for mosquitto");
+        let dir = tempfile::Builder::new().prefix("mkg-mosquitto-").tempdir().expect("temp dir for mosquitto");
         let password_file = dir.path().join("passwords");
         let bin = mosquitto_binary("mosquitto_passwd");
         let out = Command::new(&bin)
@@ -202,7 +186,9 @@ impl Mosquitto {
                 tail_file(&log_path, 40)
             );
             // libwebsockets words a taken port differently.
-            if !last_err.contains("Address already in use") && !last_err.contains("Unable to create websockets listener") {
+            if !last_err.contains("Address already in use")
+                && !last_err.contains("Unable to create websockets listener")
+            {
                 break;
             }
         }
@@ -330,17 +316,7 @@ pub fn mosquitto_pub_with(port: u16, topic: &str, payload: &[u8], qos: u8, extra
 pub fn try_mosquitto_pub(port: u16, topic: &str, payload: &[u8], qos: u8, extra: &[&str]) -> Result<(), String> {
     let bin = mosquitto_binary("mosquitto_pub");
     let mut cmd = Command::new(&bin);
-    cmd.args([
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-t",
-        topic,
-        "-q",
-        &qos.to_string(),
-    ])
-    .args(extra);
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", topic, "-q", &qos.to_string()]).args(extra);
     if payload.is_empty() {
         cmd.arg("-n"); // `-s` with empty stdin would not send a zero-length message
     } else {
@@ -355,9 +331,7 @@ pub fn try_mosquitto_pub(port: u16, topic: &str, payload: &[u8], qos: u8, extra:
     {
         let mut stdin = child.stdin.take().expect("mosquitto_pub stdin");
         if !payload.is_empty() {
-            stdin
-                .write_all(payload)
-                .expect("write payload to mosquitto_pub");
+            stdin.write_all(payload).expect("write payload to mosquitto_pub");
         }
     }
     let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
@@ -407,15 +381,7 @@ impl Subscriber {
             }
             None => Command::new(&bin),
         };
-        cmd.args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-d",
-            "-F",
-            "MSG\\t%t\\t%p",
-        ]);
+        cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-d", "-F", "MSG\\t%t\\t%p"]);
         for f in filters {
             cmd.args(["-t", f]);
         }
@@ -436,9 +402,7 @@ impl Subscriber {
                 let mut reader = BufReader::new(pipe);
                 let mut buf = Vec::new();
                 while reader.read_until(b'\n', &mut buf).unwrap_or(0) > 0 {
-                    let line = String::from_utf8_lossy(&buf)
-                        .trim_end_matches(['\r', '\n'])
-                        .to_string();
+                    let line = String::from_utf8_lossy(&buf).trim_end_matches(['\r', '\n']).to_string();
                     lines.lock().unwrap().push(line);
                     buf.clear();
                 }
@@ -460,11 +424,7 @@ impl Subscriber {
             codes = self.lines.lock().unwrap().iter().find_map(|l| {
                 let rest = l.strip_prefix("Subscribed (mid: ")?;
                 let (_, list) = rest.split_once("): ")?;
-                Some(
-                    list.split(',')
-                        .filter_map(|c| c.trim().parse::<u8>().ok())
-                        .collect(),
-                )
+                Some(list.split(',').filter_map(|c| c.trim().parse::<u8>().ok()).collect())
             });
             codes.is_some()
         });
@@ -487,9 +447,7 @@ impl Subscriber {
 
     /// Waits until at least `n` messages arrived; returns them (maybe fewer).
     pub fn wait_messages(&self, n: usize, timeout: Duration) -> Vec<(String, String)> {
-        wait_until(timeout, Duration::from_millis(10), || {
-            self.messages().len() >= n
-        });
+        wait_until(timeout, Duration::from_millis(10), || self.messages().len() >= n);
         self.messages()
     }
 

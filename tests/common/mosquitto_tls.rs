@@ -63,10 +63,7 @@ impl MosquittoTls {
     }
 
     pub fn start_with(pki: &Pki, opts: TlsOptions) -> MosquittoTls {
-        let dir = tempfile::Builder::new()
-            .prefix("mkg-mosquitto-tls-")
-            .tempdir()
-            .expect("temp dir for mosquitto");
+        let dir = tempfile::Builder::new().prefix("mkg-mosquitto-tls-").tempdir().expect("temp dir for mosquitto");
         let (cert, key) = match opts.server_cert {
             ServerCert::Good => (pki.server_cert(), pki.server_key()),
             ServerCert::Expired => (pki.expired_server_cert(), pki.expired_server_key()),
@@ -84,8 +81,7 @@ impl MosquittoTls {
             key.display(),
             opts.tls_version.map(|v| format!("tls_version {v}\n")).unwrap_or_default()
         );
-        let (ca_line, identity) =
-            (format!("cafile {}\n", ca.display()), opts.use_identity_as_username);
+        let (ca_line, identity) = (format!("cafile {}\n", ca.display()), opts.use_identity_as_username);
         let broker = Mosquitto::start_listening(dir, 4, move |p| {
             format!(
                 "listener {} 127.0.0.1\n{tls}\n\
@@ -195,7 +191,9 @@ fn ws_mqtt_handshake(stream: &mut (impl Read + Write), port: u16) -> Result<WsHa
         match stream.read(&mut b) {
             Ok(1) => head.push(b[0]),
             Ok(_) => return Err(format!("connection closed after {:?}", String::from_utf8_lossy(&head))),
-            Err(e) => return Err(format!("reading the upgrade response: {e}; got {:?}", String::from_utf8_lossy(&head))),
+            Err(e) => {
+                return Err(format!("reading the upgrade response: {e}; got {:?}", String::from_utf8_lossy(&head)))
+            }
         }
         if head.len() > 16 * 1024 {
             return Err("upgrade response too long".into());

@@ -62,7 +62,9 @@ impl TokenEndpoint {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run python3 for the token endpoint: {e}; install it with `apt-get install python3`"));
+            .unwrap_or_else(|e| {
+                panic!("cannot run python3 for the token endpoint: {e}; install it with `apt-get install python3`")
+            });
         let events = Arc::new(Mutex::new(Vec::new()));
         let out = child.stdout.take().expect("token endpoint stdout");
         let sink = Arc::clone(&events);

@@ -94,8 +94,16 @@ impl Pki {
         pki.openssl(&["rsa", "-in", "client-rsa.key", "-traditional", "-out", "client-rsa.pkcs1.key"]);
         let pass = format!("pass:{KEY_PASSPHRASE}");
         pki.openssl(&[
-            "pkcs8", "-topk8", "-in", "client-rsa.key", "-v2", "aes-256-cbc", "-passout", &pass,
-            "-out", "client-rsa.encrypted.key",
+            "pkcs8",
+            "-topk8",
+            "-in",
+            "client-rsa.key",
+            "-v2",
+            "aes-256-cbc",
+            "-passout",
+            &pass,
+            "-out",
+            "client-rsa.encrypted.key",
         ]);
         pki.ec_key("client-ec.key");
         pki.sign("ca", "client-ec", "client-ec", "client", None);
@@ -104,8 +112,20 @@ impl Pki {
         // Kafka's keystore: the server key and chain in PKCS12 (Java 17 reads OpenSSL 3's
         // AES-256/PBKDF2 defaults).
         pki.openssl(&[
-            "pkcs12", "-export", "-in", "server.pem", "-inkey", "server.key", "-certfile", "ca.pem",
-            "-name", "server", "-passout", &pass, "-out", "server.p12",
+            "pkcs12",
+            "-export",
+            "-in",
+            "server.pem",
+            "-inkey",
+            "server.key",
+            "-certfile",
+            "ca.pem",
+            "-name",
+            "server",
+            "-passout",
+            &pass,
+            "-out",
+            "server.p12",
         ]);
 
         for (file, marker) in [
@@ -132,8 +152,7 @@ impl Pki {
 
     /// Runs `openssl args...` in the PKI dir and panics with its output if it fails.
     fn openssl(&self, args: &[&str]) {
-        let bin = find_executable("openssl")
-            .unwrap_or_else(|| panic!("`openssl` not found on PATH; {INSTALL_HINT}"));
+        let bin = find_executable("openssl").unwrap_or_else(|| panic!("`openssl` not found on PATH; {INSTALL_HINT}"));
         let out = Command::new(&bin)
             .args(args)
             .current_dir(self.dir.path())
@@ -163,9 +182,22 @@ impl Pki {
     fn make_ca(&self, name: &str, cn: &str) {
         self.ec_key(&format!("{name}.key"));
         self.openssl(&[
-            "req", "-x509", "-new", "-key", &format!("{name}.key"), "-config", "openssl.cnf",
-            "-extensions", "v3_ca", "-subj", &format!("/CN={cn}"), "-days", "3650", "-sha256",
-            "-out", &format!("{name}.pem"),
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            &format!("{name}.key"),
+            "-config",
+            "openssl.cnf",
+            "-extensions",
+            "v3_ca",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-days",
+            "3650",
+            "-sha256",
+            "-out",
+            &format!("{name}.pem"),
         ]);
         std::fs::create_dir(self.path(&format!("{name}.issued"))).expect("dir for issued certificates");
         std::fs::write(self.path(&format!("{name}.index")), "").expect("write the CA index");
@@ -177,13 +209,35 @@ impl Pki {
     fn sign(&self, ca: &str, name: &str, cn: &str, section: &str, dates: Option<(&str, &str)>) {
         let csr = format!("{name}.csr");
         self.openssl(&[
-            "req", "-new", "-key", &format!("{name}.key"), "-config", "openssl.cnf",
-            "-subj", &format!("/CN={cn}"), "-out", &csr,
+            "req",
+            "-new",
+            "-key",
+            &format!("{name}.key"),
+            "-config",
+            "openssl.cnf",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-out",
+            &csr,
         ]);
         let mut args = vec![
-            "ca", "-batch", "-notext", "-config", &format!("{ca}.cnf"), "-cert", &format!("{ca}.pem"),
-            "-keyfile", &format!("{ca}.key"), "-in", &csr, "-out", &format!("{name}.pem"),
-            "-extfile", "openssl.cnf", "-extensions", section,
+            "ca",
+            "-batch",
+            "-notext",
+            "-config",
+            &format!("{ca}.cnf"),
+            "-cert",
+            &format!("{ca}.pem"),
+            "-keyfile",
+            &format!("{ca}.key"),
+            "-in",
+            &csr,
+            "-out",
+            &format!("{name}.pem"),
+            "-extfile",
+            "openssl.cnf",
+            "-extensions",
+            section,
         ]
         .into_iter()
         .map(String::from)
