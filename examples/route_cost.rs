@@ -3,6 +3,11 @@
 //! load's payload (examples/bench-schema.json) for a route without and with the schema, and times a rate
 //! limit's per-record work (the schedule lookup by route name, a clock read and the reservation). Best
 //! of 5 rounds of 200,000 each, in nanoseconds per message.
+//!
+//! `route_cost --per-record N [--template] [--replicas]` instead does the engine's per-record work N
+//! times and nothing else, for `valgrind --tool=callgrind` to count (docs/BENCHMARKS.md): the message's
+//! facts, the device, the replica check and the record, for the spec's route (`--template`: a topic
+//! template naming a regex group; `--replicas`: three ordered replicas).
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -11,8 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use mqtt_kafka_gateway::config::{self, Config};
-use mqtt_kafka_gateway::envelope::{self, Message, Payload};
-use mqtt_kafka_gateway::throttle::{RateLimit, Schedule};
+use mqtt_kafka_gateway::core::envelope::{self, Facts};
+use mqtt_kafka_gateway::core::message::Message;
+use mqtt_kafka_gateway::core::routing::rate_limit::{RateLimit, Schedule};
 
 const ROUNDS: usize = 5;
 const N: usize = 200_000;
@@ -46,25 +52,23 @@ fn best(mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--per-record") {
+        let n = args.get(i + 1).and_then(|n| n.parse().ok()).unwrap_or(100_000);
+        return per_record(n, args.iter().any(|a| a == "--template"), args.iter().any(|a| a == "--replicas"));
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let schema = root.join("examples/bench-schema.json");
     let plain = load(root, "");
     let checked = load(root, &format!(", schema: '{}'", schema.display()));
     let payload = format!(r#"{{"seq":12345,"sent_us":1764583200123456,"fill":"{}"}}"#, "x".repeat(90));
     let topic = "bench/dev-42/data";
-    let msg = Message {
-        topic,
-        payload: payload.as_bytes(),
-        qos: 0,
-        retain: false,
-        received_at: SystemTime::now(),
-        properties: None,
-    };
-    let bytes = payload.as_bytes();
+    let msg = Message::new(topic, payload.clone().into_bytes(), 0, SystemTime::now());
     let build = |c: &Config| {
         let route = &c.routes.routes()[0];
         best(|| {
-            black_box(envelope::build(route, &msg, &Payload::new(black_box(bytes))));
+            let facts = Facts::new(black_box(&msg));
+            black_box(envelope::build(route, &facts, &route.device(&msg.topic)));
         })
     };
     let without = build(&plain);
@@ -81,4 +85,36 @@ fn main() {
     println!("record without schema   {without:8.0} ns/message");
     println!("record with schema      {with:8.0} ns/message  (+{:.0} ns)", with - without);
     println!("rate limit reservation  {limited:8.0} ns/message");
+}
+
+/// The engine's work per record, `n` times: facts, device, replica, record (see the module doc).
+fn per_record(n: usize, template: bool, replicas: bool) {
+    let dir = std::env::temp_dir();
+    let topic_line = if template {
+        "topic: 'iot.{kind}', device_id: { regex: '^cmnd/(?P<device_id>[^/]+)/[^/]+/[^/]+/(?P<kind>[^/]+)' }"
+    } else {
+        "topic: raw_iot_data"
+    };
+    let replicas_line = if replicas { "replicas: { count: 3, index: 1 }\n" } else { "" };
+    let text = format!("{replicas_line}routes:\n  - {{ name: spec, filter: 'cmnd/#', {topic_line} }}\n");
+    let config = config::load_from_str(&dir.join("routes.yaml"), &text, &NoEnv).unwrap_or_else(|e| panic!("{e}"));
+    let route = &config.routes.routes()[0];
+    let payload = r#"{"timestamp": "2023-05-26 18:34:04.928538", "door-sensor-1": false, "door-sensor-2": true}"#;
+    let msg = Message::new(
+        "cmnd/f2-e4fd45f654be/access-control-mode/J1/door-sensors",
+        payload.as_bytes().to_vec(),
+        0,
+        SystemTime::now(),
+    );
+    let mut kept = 0usize;
+    for _ in 0..n {
+        let facts = Facts::new(black_box(&msg));
+        let device = route.device(&msg.topic);
+        if config.replicas.is_some_and(|r| !r.owns(device.id)) {
+            continue;
+        }
+        kept += 1;
+        black_box(envelope::build(route, &facts, &device));
+    }
+    println!("{kept} of {n} records built");
 }

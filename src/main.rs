@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mqtt_kafka_gateway::{check, config, pipeline, telemetry};
+use mqtt_kafka_gateway::commands::{check, exit, explain};
+use mqtt_kafka_gateway::ops::telemetry;
+use mqtt_kafka_gateway::{config, pipeline};
 use tokio_util::sync::CancellationToken;
 
 // Most of what the gateway allocates lives for one message: glibc's malloc spent a fifth of the
@@ -38,8 +40,8 @@ struct Cli {
 enum Command {
     /// Run the gateway (the default when no command is given).
     Run,
-    /// Check a routes file as the gateway would, list every problem, and exit non-zero if there is one.
-    /// Applies the same environment overrides as `run`.
+    /// Check a routes file as the gateway would, list every problem, and exit 2 if there is one (as
+    /// every command does for an invalid configuration). Applies the same environment overrides as `run`.
     Validate {
         /// The file to check (default: --config).
         file: Option<PathBuf>,
@@ -104,11 +106,11 @@ fn validate(path: PathBuf) -> ExitCode {
                     .unwrap_or_default();
                 println!("  {}: {} -> {} (QoS {}, key {}{schema}{limit})", r.name, r.filter, r.topic, r.qos, r.key);
             }
-            ExitCode::SUCCESS
+            exit::code(exit::OK)
         }
         Err(e) => {
             eprint!("{e}");
-            ExitCode::FAILURE
+            exit::code(exit::INVALID)
         }
     }
 }
@@ -118,7 +120,7 @@ fn explain(path: PathBuf, topic: String, payload: Option<String>, payload_file: 
         Ok(c) => c,
         Err(e) => {
             eprint!("{e}");
-            return ExitCode::from(2);
+            return exit::code(exit::INVALID);
         }
     };
     let payload = match (payload, payload_file) {
@@ -127,13 +129,13 @@ fn explain(path: PathBuf, topic: String, payload: Option<String>, payload_file: 
             Ok(b) => b,
             Err(e) => {
                 eprintln!("cannot read {}: {e}", f.display());
-                return ExitCode::from(2);
+                return exit::code(exit::INVALID);
             }
         },
         (None, None) => Vec::new(),
     };
-    print!("{}", mqtt_kafka_gateway::explain::explain(&config, &topic, &payload, qos, std::time::SystemTime::now()));
-    ExitCode::SUCCESS
+    print!("{}", explain::explain(&config, &topic, &payload, qos, std::time::SystemTime::now()));
+    exit::code(exit::OK)
 }
 
 fn run(path: PathBuf) -> ExitCode {
@@ -141,7 +143,7 @@ fn run(path: PathBuf) -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprint!("error: invalid configuration\n{e}");
-            return ExitCode::from(2);
+            return exit::code(exit::INVALID);
         }
     };
     telemetry::init(&config.log.level, &config.log.format);
@@ -154,7 +156,7 @@ fn run(path: PathBuf) -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
-            return ExitCode::FAILURE;
+            return exit::code(exit::FAILED);
         }
     };
     runtime.block_on(async move {
@@ -163,19 +165,19 @@ fn run(path: PathBuf) -> ExitCode {
         match pipeline::run(config, shutdown).await {
             Ok(report) if report.fatal => {
                 tracing::error!(undelivered = report.undelivered, "stopped after a fatal Kafka producer error");
-                ExitCode::FAILURE
+                exit::code(exit::FAILED)
             }
             Ok(report) if report.undelivered == 0 => {
                 tracing::info!("stopped; every message taken was delivered");
-                ExitCode::SUCCESS
+                exit::code(exit::OK)
             }
             Ok(report) => {
                 tracing::error!(undelivered = report.undelivered, "stopped with records not delivered");
-                ExitCode::FAILURE
+                exit::code(exit::FAILED)
             }
             Err(e) => {
                 tracing::error!(error = format!("{e:#}"), "gateway failed");
-                ExitCode::FAILURE
+                exit::code(exit::FAILED)
             }
         }
     })

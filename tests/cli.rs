@@ -95,13 +95,13 @@ fn validate_names_file_line_and_key_for_each_error_class() {
     for (class, body, expect) in cases {
         write(dir.path(), body);
         let o = gateway(&["validate", "routes.yaml"], dir.path());
-        assert_eq!(o.status.code(), Some(1), "{class}: {}", text(&o));
+        assert_eq!(o.status.code(), Some(2), "{class}: {}", text(&o));
         for e in *expect {
             assert!(text(&o).contains(e), "{class}: expected {e:?} in:\n{}", text(&o));
         }
     }
     let o = gateway(&["validate", "nowhere.yaml"], dir.path());
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("nowhere.yaml") && text(&o).contains("cannot read"), "{}", text(&o));
 }
 

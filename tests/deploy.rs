@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use mqtt_kafka_gateway::http::{DEFAULT_PORT, HEALTHZ_PATH, METRICS_PATH, READYZ_PATH};
+use mqtt_kafka_gateway::config::DEFAULT_HTTP_PORT as DEFAULT_PORT;
+use mqtt_kafka_gateway::ops::http::{HEALTHZ_PATH, METRICS_PATH, READYZ_PATH};
 use yaml_serde::Value;
 
 /// Every metric the gateway exposes, by its exposed sample name (histograms by their base name, which

@@ -20,10 +20,16 @@
 //! - `sources.rs`: the YAML provider and the environment layering, with located errors;
 //! - `validate.rs`: raw into checked types, one function per section;
 //! - `broker.rs`: the broker address;
-//! - `security.rs`: `mqtt.tls`, `kafka.sasl`, `kafka.tls` and secrets read from files.
+//! - `security.rs`: `mqtt.tls`, `kafka.sasl`, `kafka.tls` and secrets read from files;
+//! - `pem.rs`: the PEM files TLS reads (CA, client certificate and key);
+//! - `reload.rs`: the live reload of the routes: directory watch, debounce, validate, swap.
+//!
+//! Imports the core (the validated routes are its types) and `ops` (a reload is counted); no edge.
 
 mod broker;
+pub mod pem;
 mod raw;
+pub mod reload;
 mod security;
 #[cfg(test)]
 mod security_tests;
@@ -42,10 +48,14 @@ pub use raw::*;
 pub use security::{is_secret_property, MqttTls, RawKafkaSasl, RawKafkaTls, RawMqttTls, RawOauthbearer, TlsVersion};
 pub use sources::{load, load_from_str, load_with_env, EnvSource, ProcessEnv};
 
-use crate::route::RouteTable;
-use crate::yaml_index::Position;
+use crate::core::routing::RouteTable;
+use crate::core::yaml_index::Position;
 
 pub const DEFAULT_CONFIG_PATH: &str = "routes.yaml";
+/// Where the HTTP server listens unless `http.listen` says otherwise.
+pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:9180";
+/// The port of [`DEFAULT_HTTP_LISTEN`].
+pub const DEFAULT_HTTP_PORT: u16 = 9180;
 /// Prefix of the environment variables that override any scalar key.
 pub const ENV_PREFIX: &str = "GATEWAY_";
 
@@ -66,7 +76,7 @@ pub struct Config {
     /// Where the HTTP server listens (`/metrics`, `/healthz`, `/readyz`); `None` when turned off.
     pub http: Option<std::net::SocketAddr>,
     /// This replica's share of the devices when `replicas.count` > 1.
-    pub share: Option<crate::share::Share>,
+    pub replicas: Option<crate::core::routing::replicas::Replicas>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -218,7 +228,7 @@ impl Config {
         check("log", self.log != new.log);
         check("reload", self.reload != new.reload);
         check("http", self.http != new.http);
-        check("replicas", self.share != new.share);
+        check("replicas", self.replicas != new.replicas);
         let (pa, pb) = (&self.kafka.properties, &new.kafka.properties);
         for key in pa.keys().chain(pb.keys().filter(|k| !pa.contains_key(*k))) {
             if pa.get(key) != pb.get(key) {

@@ -7,7 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::security::{RawKafkaSasl, RawKafkaTls, RawMqttTls};
-use crate::route::{KeyMissing, PayloadFormat, ValueFormat};
+use crate::core::routing::{KeyMissing, PayloadFormat, ValueFormat};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -23,7 +23,7 @@ pub struct RawConfig {
     pub replicas: RawReplicas,
 }
 
-/// Ordered scale-out (see `crate::share`): `count` replicas each keep the devices whose hash falls in
+/// Ordered scale-out (see `crate::core::routing::replicas`): `count` replicas each keep the devices whose hash falls in
 /// their share.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -364,7 +364,7 @@ pub struct RawHttp {
 
 impl Default for RawHttp {
     fn default() -> Self {
-        Self { enabled: true, listen: crate::http::DEFAULT_LISTEN.into() }
+        Self { enabled: true, listen: super::DEFAULT_HTTP_LISTEN.into() }
     }
 }
 

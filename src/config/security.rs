@@ -156,14 +156,14 @@ pub(super) fn mqtt_tls(t: &RawMqttTls, tls: bool, p: &mut Problems<'_>) -> Optio
     };
     let ca_file = t.ca_file.as_deref().map(PathBuf::from);
     if let Some(ca) = &ca_file {
-        if let Err(e) = crate::mqtt::tls::read_ca(ca) {
+        if let Err(e) = super::pem::read_ca(ca) {
             p.add("mqtt.tls.ca_file", e, Some("a PEM file with one or more CA certificates"));
         }
     }
     let client = match (&t.cert_file, &t.key_file) {
         (Some(cert), Some(key)) => {
             let (cert, key) = (PathBuf::from(cert), PathBuf::from(key));
-            match crate::mqtt::tls::read_client_identity(&cert, &key) {
+            match super::pem::read_client_identity(&cert, &key) {
                 Err(e) => p.add(
                     "mqtt.tls.cert_file",
                     e,
@@ -171,7 +171,7 @@ pub(super) fn mqtt_tls(t: &RawMqttTls, tls: bool, p: &mut Problems<'_>) -> Optio
                 ),
                 // A key of another certificate: found now rather than at the first handshake.
                 Ok((certs, key_der)) => {
-                    if let Err(e) = crate::mqtt::tls::check_pair(certs, key_der) {
+                    if let Err(e) = super::pem::check_pair(certs, key_der) {
                         p.add(
                             "mqtt.tls.key_file",
                             format!("`{}` is not the key of `{}`: {e}", key.display(), cert.display()),

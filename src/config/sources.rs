@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::raw::RawConfig;
 use super::validate::validate;
 use super::{Config, ConfigError, Origin, Problem, DEFAULT_CONFIG_PATH, ENV_PREFIX};
-use crate::yaml_index::{Position, YamlIndex};
+use crate::core::yaml_index::{Position, YamlIndex};
 
 /// Where the configuration's environment comes from; tests pass a map instead of the process environment.
 pub trait EnvSource {

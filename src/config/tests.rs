@@ -236,8 +236,8 @@ fn a_shared_group_is_a_plain_name_and_stays_text_from_the_environment() {
 #[test]
 fn ordered_replicas_take_their_index_from_a_number_or_a_pod_name() {
     let c = load("replicas:\n  count: 3\n", &[("GATEWAY_REPLICAS__INDEX", "mqtt-kafka-gateway-2")]).unwrap();
-    assert_eq!(c.share, Some(crate::share::Share { index: 2, count: 3 }));
-    assert_eq!(load("", &[]).unwrap().share, None, "one replica by default");
+    assert_eq!(c.replicas, Some(crate::core::routing::replicas::Replicas { index: 2, count: 3 }));
+    assert_eq!(load("", &[]).unwrap().replicas, None, "one replica by default");
     for (yaml, needle) in [
         ("replicas:\n  count: 3\n  index: 3\n", "not below replicas.count"),
         ("replicas:\n  count: 2\n  index: gateway\n", "not a replica number"),

@@ -13,12 +13,12 @@ use super::broker::parse_broker;
 use super::raw::{RawConfig, RawKafka, RawMqtt, RawRoute, Secret};
 use super::security;
 use super::{Config, KafkaSettings, MqttSettings, Origin, Problem, Protocol};
-use crate::filter;
-use crate::route::{DeviceIdRule, KeyRule, PayloadFormat, Route, RouteTable, ValueFormat};
-use crate::schema::RouteSchema;
-use crate::template::TopicTemplate;
-use crate::throttle::RateLimit;
-use crate::topic_name::{check_kafka_topic, kafka_topic_char};
+use crate::core::routing::filter;
+use crate::core::routing::rate_limit::RateLimit;
+use crate::core::routing::schema::RouteSchema;
+use crate::core::routing::template::TopicTemplate;
+use crate::core::routing::topic_name::{check_kafka_topic, kafka_topic_char};
+use crate::core::routing::{DeviceIdRule, KeyRule, PayloadFormat, Route, RouteTable, ValueFormat};
 
 /// The problems found so far, each located by the key it concerns.
 pub(super) struct Problems<'a> {
@@ -77,7 +77,7 @@ pub(super) fn validate(
             None
         }
     };
-    let share = replicas(&raw, &mut p);
+    let replicas = replicas(&raw, &mut p);
     Some(Config {
         source: path.to_path_buf(),
         mqtt: mqtt?,
@@ -87,12 +87,12 @@ pub(super) fn validate(
         log,
         reload: raw.reload.clone(),
         http,
-        share,
+        replicas,
     })
 }
 
 /// `replicas`: this replica's share of the devices, or `None` for a single replica.
-fn replicas(raw: &RawConfig, p: &mut Problems<'_>) -> Option<crate::share::Share> {
+fn replicas(raw: &RawConfig, p: &mut Problems<'_>) -> Option<crate::core::routing::replicas::Replicas> {
     let r = &raw.replicas;
     if r.count == 0 || r.count > 1024 {
         p.add(
@@ -102,7 +102,7 @@ fn replicas(raw: &RawConfig, p: &mut Problems<'_>) -> Option<crate::share::Share
         );
         return None;
     }
-    let Some(index) = crate::share::Share::parse_index(&r.index.0) else {
+    let Some(index) = crate::core::routing::replicas::Replicas::parse_index(&r.index.0) else {
         p.add(
             "replicas.index",
             format!("`{}` is not a replica number", r.index.0),
@@ -126,7 +126,7 @@ fn replicas(raw: &RawConfig, p: &mut Problems<'_>) -> Option<crate::share::Share
         );
         return None;
     }
-    (r.count > 1).then_some(crate::share::Share { index, count: r.count })
+    (r.count > 1).then_some(crate::core::routing::replicas::Replicas { index, count: r.count })
 }
 
 fn mqtt(m: &RawMqtt, p: &mut Problems<'_>) -> Option<MqttSettings> {

@@ -4,7 +4,7 @@
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
-use crate::mqtt::diagnose::Diagnosis;
+use crate::ops::diagnosis::Diagnosis;
 
 /// What an error event from librdkafka means, when it is one an operator must fix (credentials,
 /// certificates, protocol); `None` for the rest (a broker down, a timeout), which explain themselves.

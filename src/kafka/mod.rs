@@ -1,7 +1,7 @@
 //! The Kafka edge: the producer, its logs routed into `tracing`, its delivery reports collected in
 //! batches (see [`reports`]), and how its errors are sorted (retry, dead-letter, fatal).
 //!
-//! Records are sent with a tag (a `usize` the pipeline chooses) and come back as [`reports::Report`]s
+//! Records are sent with a tag (a `usize` the pipeline chooses) and come back as [`reports::DeliveryReport`]s
 //! with the same tag, served on the pipeline's thread when [`events::Events`] says so: no future or
 //! channel per record, no thread of ours in between.
 
@@ -27,7 +27,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaSettings;
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 use reports::Reports;
 
 /// Routes librdkafka's own log lines and errors into our log output, its delivery reports to
@@ -192,10 +192,6 @@ pub fn send(
     producer.send(record).map_err(|(e, r)| (e, r.headers.unwrap_or_default()))
 }
 
-pub fn is_queue_full(e: &KafkaError) -> bool {
-    matches!(e, KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull))
-}
-
 pub fn owned_headers<'a>(headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> OwnedHeaders {
     let mut owned = OwnedHeaders::new_with_capacity(8);
     for (key, value) in headers {
@@ -215,33 +211,43 @@ pub fn truncated(payload: &[u8], headers: OwnedHeaders) -> (&[u8], OwnedHeaders)
     (&payload[..payload.len().min(TRUNCATED_DEAD_LETTER_BYTES)], headers)
 }
 
-/// The producer is dead (see [`watch_fatal`]): nothing it refuses now says anything about the record.
-pub fn is_fatal(e: &KafkaError) -> bool {
-    e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal)
+/// What a Kafka error says about the record it concerns: the one sorting of errors that the pipeline's
+/// failure policy decides from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// librdkafka's queue is full (`queue.buffering.max.*`): wait for room, then hand it over again.
+    QueueFull,
+    /// The producer is dead (see [`watch_fatal`]): nothing it refuses now says anything about the record.
+    Fatal,
+    /// Larger than the broker or the producer takes (`message.max.bytes`).
+    TooLarge,
+    /// Producing the same record again cannot fix it (unknown or invalid topic, not authorized, invalid
+    /// record, policy violation).
+    Permanent,
+    /// Anything else (brokers down, leader changes, timeouts): worth producing again.
+    Transient,
 }
 
-pub fn is_too_large(e: &KafkaError) -> bool {
-    matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize))
-}
-
-/// Errors that producing the same record again cannot fix: the record goes to the dead-letter topic.
-/// Everything else (brokers down, leader changes, timeouts) is worth retrying.
-pub fn is_permanent(e: &KafkaError) -> bool {
+/// Sorts `e` (see [`ErrorKind`]).
+pub fn classify(e: &KafkaError) -> ErrorKind {
     use RDKafkaErrorCode::*;
-    matches!(
-        e.rdkafka_error_code(),
+    if matches!(e, KafkaError::MessageProduction(QueueFull)) {
+        return ErrorKind::QueueFull;
+    }
+    match e.rdkafka_error_code() {
+        Some(Fatal) => ErrorKind::Fatal,
+        Some(MessageSizeTooLarge | InvalidMessageSize) => ErrorKind::TooLarge,
         Some(
-            MessageSizeTooLarge
-                | InvalidMessageSize
-                | InvalidMessage
-                | InvalidRecord
-                | InvalidTopic
-                | UnknownTopic
-                | TopicAuthorizationFailed
-                | ClusterAuthorizationFailed
-                | PolicyViolation
-        )
-    )
+            InvalidMessage
+            | InvalidRecord
+            | InvalidTopic
+            | UnknownTopic
+            | TopicAuthorizationFailed
+            | ClusterAuthorizationFailed
+            | PolicyViolation,
+        ) => ErrorKind::Permanent,
+        _ => ErrorKind::Transient,
+    }
 }
 
 /// Raises `fatal` once the producer reports a fatal error: the idempotent producer can no longer keep

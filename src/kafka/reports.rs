@@ -10,8 +10,8 @@ use rdkafka::producer::DeliveryResult;
 
 /// What became of one record.
 #[derive(Debug)]
-pub struct Report {
-    /// The tag the record was sent with (see `crate::inflight::Tag`).
+pub struct DeliveryReport {
+    /// The tag the record was sent with: the pipeline chooses it (its index of the record in flight).
     pub tag: usize,
     /// Partition and offset, or why not.
     pub result: Result<(i32, i64), Failure>,
@@ -28,7 +28,7 @@ pub struct Failure {
 /// must be `Sync`, and an uncontended lock costs next to nothing per batch.
 #[derive(Default)]
 pub struct Reports {
-    list: Mutex<Vec<Report>>,
+    list: Mutex<Vec<DeliveryReport>>,
 }
 
 impl Reports {
@@ -38,11 +38,11 @@ impl Reports {
             Ok(message) => Ok((message.partition(), message.offset())),
             Err((error, message)) => Err(Failure { error: error.clone(), record: message.detach() }),
         };
-        self.list.lock().unwrap_or_else(|e| e.into_inner()).push(Report { tag, result });
+        self.list.lock().unwrap_or_else(|e| e.into_inner()).push(DeliveryReport { tag, result });
     }
 
     /// Takes every report so far into `into` (emptied first), keeping the allocation.
-    pub fn take(&self, into: &mut Vec<Report>) {
+    pub fn take(&self, into: &mut Vec<DeliveryReport>) {
         into.clear();
         let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
         std::mem::swap(&mut *list, into);

@@ -16,8 +16,8 @@ use tokio::time::{Interval, MissedTickBehavior};
 
 use super::client::Client;
 use super::edge::{AckReceiver, Edge};
-use crate::ack::AckToken;
-use crate::metrics::Metrics;
+use crate::core::message::AckToken;
+use crate::ops::metrics::Metrics;
 
 /// The acks coming in from the pipeline and those on their way out.
 pub(super) struct Acks {
@@ -34,6 +34,15 @@ impl Acks {
         let mut retry = tokio::time::interval(Duration::from_millis(5));
         retry.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Self { rx, open: true, out: AckOut::default(), retry }
+    }
+
+    /// An ack from the pipeline (`None`: the pipeline has dropped its end), on its way out. Every wait of
+    /// the edge's takes acks through here, so the pipeline never blocks on the edge.
+    pub(super) fn take(&mut self, ack: Option<AckToken>, client: &Client, connection: u64, metrics: &Metrics) {
+        match ack {
+            Some(a) => self.out.send(client, a, connection, metrics),
+            None => self.open = false,
+        }
     }
 
     /// At shutdown: everything due, through rumqttc's channel, ahead of the DISCONNECT.

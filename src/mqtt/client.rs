@@ -7,7 +7,7 @@
 //!   flush, PINGREQs while reading is paused); its 5 event loop keeps the connection private, so acks go
 //!   through its request channel (one flush each) and a paused edge reads a little to let rumqttc ping
 //!   (see `super::pause`);
-//! - MQTT 5 messages carry properties ([`super::Properties`]), SUBACKs carry reasons, and a broker may
+//! - MQTT 5 messages carry properties ([`Properties`]), SUBACKs carry reasons, and a broker may
 //!   end a connection with a DISCONNECT that says why.
 
 use std::collections::VecDeque;
@@ -19,8 +19,8 @@ use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::{Outgoing, QoS, Transport};
 
 use super::v5 as props5;
-use super::Properties;
 use crate::config::{MqttSettings, Protocol};
+use crate::core::message::{Message, Properties};
 
 /// Makes requests of the event loop: acks, subscriptions, the goodbye.
 pub(crate) enum Client {
@@ -38,16 +38,6 @@ pub(crate) enum EventLoop {
     },
 }
 
-/// A message as the broker sent it.
-pub(crate) struct Received {
-    pub topic: String,
-    pub payload: Bytes,
-    pub qos: u8,
-    pub retain: bool,
-    pub pkid: u16,
-    pub properties: Option<Box<Properties>>,
-}
-
 /// What the broker made of one filter of a SUBSCRIBE.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Granted {
@@ -58,7 +48,11 @@ pub(crate) enum Granted {
 
 /// What happened on the connection, in the terms the edge needs.
 pub(crate) enum Event {
-    Publish(Received),
+    /// A message, received now, with its packet id (0 at QoS 0).
+    Publish {
+        message: Message,
+        pkid: u16,
+    },
     /// `keep_alive`: the broker's Server Keep Alive (MQTT 5), which replaces ours.
     ConnAck {
         session_present: bool,
@@ -134,7 +128,7 @@ pub(crate) fn new(s: &MqttSettings, capacity: usize) -> (Client, EventLoop) {
     match s.protocol {
         Protocol::V311 => {
             let mut o = super::options(s);
-            // Acks are ours to send, after Kafka has the records (see crate::ack).
+            // Acks are ours to send, after Kafka has the records (see crate::pipeline::sequencer).
             o.set_manual_acks(true);
             let (client, mut eventloop) = rumqttc::AsyncClient::new(o, capacity);
             let mut net = eventloop.network_options();
@@ -254,14 +248,14 @@ impl EventLoop {
     /// dropped (never acknowledged, they come again with a persistent session). QoS 0 ones have no
     /// packet id to go stale: they are returned, to be taken. Requests to (un)subscribe still pending
     /// are dropped too: CONNACK applies the subscription plan again.
-    pub(crate) fn after_failure(&mut self) -> Vec<Received> {
+    pub(crate) fn after_failure(&mut self) -> Vec<Message> {
         match self {
             EventLoop::V4(e) => {
                 let held: Vec<rumqttc::Event> = e.state.events.drain(..).collect();
                 e.pending.retain(|r| !matches!(r, rumqttc::Request::Subscribe(_) | rumqttc::Request::Unsubscribe(_)));
                 held.into_iter()
                     .filter_map(|ev| match event4(ev) {
-                        Event::Publish(p) if p.qos == 0 => Some(p),
+                        Event::Publish { message, .. } if message.qos == 0 => Some(message),
                         _ => None,
                     })
                     .collect()
@@ -271,7 +265,7 @@ impl EventLoop {
                 inner.pending.retain(|r| !matches!(r, r5::Request::Subscribe(_) | r5::Request::Unsubscribe(_)));
                 held.into_iter()
                     .filter_map(|ev| match event5(ev) {
-                        Event::Publish(p) if p.qos == 0 => Some(p),
+                        Event::Publish { message, .. } if message.qos == 0 => Some(message),
                         _ => None,
                     })
                     .collect()
@@ -336,17 +330,18 @@ impl EventLoop {
     }
 }
 
+/// A message received now; its ack token is the edge's to add (it knows the connection).
+fn received(topic: String, payload: Bytes, qos: u8, retain: bool, properties: Option<Box<Properties>>) -> Message {
+    Message { topic, payload, qos, retain, received_at: std::time::SystemTime::now(), properties, ack: None }
+}
+
 fn event4(event: rumqttc::Event) -> Event {
     use rumqttc::{Event as E, Packet};
     match event {
-        E::Incoming(Packet::Publish(p)) => Event::Publish(Received {
-            topic: p.topic,
-            payload: p.payload,
-            qos: p.qos as u8,
-            retain: p.retain,
-            pkid: p.pkid,
-            properties: None,
-        }),
+        E::Incoming(Packet::Publish(p)) => {
+            let message = received(p.topic, p.payload, p.qos as u8, p.retain, None);
+            Event::Publish { message, pkid: p.pkid }
+        }
         E::Incoming(Packet::ConnAck(ack)) => {
             Event::ConnAck { session_present: ack.session_present, notes: Vec::new(), keep_alive: None }
         }
@@ -375,14 +370,9 @@ fn event5(event: r5::Event) -> Event {
                 Ok(t) => t,
                 Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
             };
-            Event::Publish(Received {
-                topic,
-                qos: p.qos as u8,
-                retain: p.retain,
-                pkid: p.pkid,
-                properties: p.properties.and_then(props5::properties),
-                payload: p.payload,
-            })
+            let properties = p.properties.and_then(props5::properties);
+            let message = received(topic, p.payload, p.qos as u8, p.retain, properties);
+            Event::Publish { message, pkid: p.pkid }
         }
         r5::Event::Incoming(Packet::ConnAck(ack)) => Event::ConnAck {
             session_present: ack.session_present,

@@ -13,14 +13,7 @@ use rustls::{AlertDescription, CertificateError};
 
 use crate::config::MqttSettings;
 
-/// A failed attempt, explained.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Diagnosis {
-    /// Short and stable, for readiness and logs: `tls: certificate expired`.
-    pub what: String,
-    /// What to check.
-    pub hint: &'static str,
-}
+pub use crate::ops::diagnosis::Diagnosis;
 
 pub fn diagnose(e: &ConnectionError, s: &MqttSettings) -> Diagnosis {
     match e {

@@ -5,21 +5,22 @@ use std::future::Future;
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
 use super::acks::Acks;
-use super::client::{self, Client, ConnectionError, Event, EventLoop, Received};
+use super::client::{self, Client, ConnectionError, Event, EventLoop};
 use super::coalesce::Coalesce;
 use super::subscriptions::Subscriptions;
-use super::{Inbound, Links, Stop};
-use crate::backoff::Backoff;
+use super::{Links, Stop};
 use crate::config::MqttSettings;
-use crate::health::Loop;
-use crate::intake::IntakeSender;
-use crate::metrics::{DropReason, Metrics};
-use crate::route::RouteTable;
+use crate::core::backoff::Backoff;
+use crate::core::message::{AckToken, Message};
+use crate::core::routing::RouteTable;
+use crate::mqtt::intake::IntakeSender;
+use crate::ops::health::Loop;
+use crate::ops::metrics::{DropReason, Metrics};
 
 /// The largest packet the gateway will raise its limit to in order to take an over-size message in and
 /// dead-letter it (MQTT's own limit is 256 MiB).
@@ -30,10 +31,10 @@ pub(super) struct Edge {
     broker: String,
     pub(super) client: Client,
     pub(super) eventloop: EventLoop,
-    routes: watch::Receiver<Arc<RouteTable>>,
-    routes_open: bool,
-    /// The route table in effect, kept here so that a message costs no lock to find it.
-    table: Arc<RouteTable>,
+    routes: RouteWatch,
+    /// A CONNACK came and no failure since: the edge's own state (the metric of the same name only
+    /// reports it).
+    pub(super) connected: bool,
     /// Where messages go; `None` once shutdown began.
     pub(super) out: Option<IntakeSender>,
     pub(super) acks: Acks,
@@ -44,7 +45,7 @@ pub(super) struct Edge {
     subs: Subscriptions,
     pub(super) metrics: Arc<Metrics>,
     pub(super) stop: Stop,
-    /// Beats for `/healthz` while the loop waits (see [`crate::health`]).
+    /// Beats for `/healthz` while the loop waits (see [`crate::ops::health`]).
     pub(super) heartbeat: tokio::time::Interval,
     /// The keep-alive in effect: ours, or the broker's Server Keep Alive (MQTT 5).
     pub(super) keep_alive: Duration,
@@ -56,7 +57,7 @@ pub(super) struct Edge {
 
 /// The interval of the MQTT loop's heartbeat; its first tick is one period away.
 fn heartbeat() -> tokio::time::Interval {
-    let every = crate::health::HEARTBEAT_EVERY;
+    let every = crate::ops::health::HEARTBEAT_EVERY;
     let mut i = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     i
@@ -65,7 +66,7 @@ fn heartbeat() -> tokio::time::Interval {
 impl Edge {
     pub(super) fn new(
         settings: MqttSettings,
-        mut routes: watch::Receiver<Arc<RouteTable>>,
+        routes: watch::Receiver<Arc<RouteTable>>,
         links: Links,
         metrics: Arc<Metrics>,
         stop: Stop,
@@ -76,8 +77,8 @@ impl Edge {
         let settings_read_coalesce = settings.read_coalesce;
         // Room for a burst of acks in rumqttc's request channel; an ack that does not fit waits in line.
         let (client, eventloop) = client::new(&settings, 4096);
-        let table = routes.borrow_and_update().clone();
-        if !settings.clean_session && table.routes().iter().any(|r| r.qos == 2) {
+        let routes = RouteWatch::new(routes);
+        if !settings.clean_session && routes.table.routes().iter().any(|r| r.qos == 2) {
             tracing::warn!("QoS 2 routes are subscribed at QoS 1 with a persistent session (clean_session: false): rumqttc cannot resume QoS 2 exchanges; delivery to Kafka is at-least-once either way");
         }
         tracing::info!(
@@ -95,8 +96,7 @@ impl Edge {
             client,
             eventloop,
             routes,
-            routes_open: true,
-            table,
+            connected: false,
             out: Some(out),
             acks: Acks::new(acks),
             connection: 0,
@@ -122,18 +122,11 @@ impl Edge {
             self.out = None;
         }
         self.write_due_acks().await;
-        if self.routes_open && self.routes.has_changed().unwrap_or(false) {
-            self.routes_changed();
+        if self.routes.open && self.routes.rx.has_changed().unwrap_or(false) {
+            self.routes.take_new();
+            self.subs.follow(&self.client, &self.routes.table, self.connected, &self.metrics.health);
         }
         ControlFlow::Continue(())
-    }
-
-    fn routes_changed(&mut self) {
-        self.table = self.routes.borrow_and_update().clone();
-        if self.metrics.mqtt_connected.load(Relaxed) {
-            self.subs.apply(&self.client, &self.table);
-            self.subs.publish(&self.metrics.health);
-        }
     }
 
     /// The next event from rumqttc, serving acks, route changes and shutdown while the connection is
@@ -159,9 +152,7 @@ impl Edge {
                 self.coalesce.event_came();
                 return Some(event);
             }
-            std::task::Poll::Pending if self.out.is_some() && self.metrics.mqtt_connected.load(Relaxed) => {
-                self.coalesce.connection_dry()
-            }
+            std::task::Poll::Pending if self.out.is_some() && self.connected => self.coalesce.connection_dry(),
             std::task::Poll::Pending => {}
         }
         loop {
@@ -174,22 +165,18 @@ impl Edge {
                 _ = self.stop.disconnect.cancelled() => return None,
                 _ = self.heartbeat.tick() => self.metrics.health.beat(Loop::Mqtt),
                 _ = self.stop.receiving.cancelled(), if self.out.is_some() => self.out = None,
-                ack = self.acks.rx.recv(), if self.acks.open => match ack {
-                    Some(a) => self.acks.out.send(&self.client, a, self.connection, &self.metrics),
-                    None => self.acks.open = false,
-                },
+                ack = self.acks.rx.recv(), if self.acks.open => {
+                    self.acks.take(ack, &self.client, self.connection, &self.metrics);
+                }
                 _ = self.acks.retry.tick(), if !self.acks.out.unsent.is_empty() => {
                     self.acks.out.retry_unsent(&self.client, self.connection, &self.metrics);
                 }
-                changed = self.routes.changed(), if self.routes_open => match changed {
+                changed = self.routes.rx.changed(), if self.routes.open => match changed {
                     Ok(()) => {
-                        self.table = self.routes.borrow_and_update().clone();
-                        if self.metrics.mqtt_connected.load(Relaxed) {
-                            self.subs.apply(&self.client, &self.table);
-                            self.subs.publish(&self.metrics.health);
-                        }
+                        self.routes.take_new();
+                        self.subs.follow(&self.client, &self.routes.table, self.connected, &self.metrics.health);
                     }
-                    Err(_) => self.routes_open = false,
+                    Err(_) => self.routes.open = false,
                 },
             }
         }
@@ -198,12 +185,12 @@ impl Edge {
     /// One event, to its handler.
     pub(super) async fn handle(&mut self, event: Result<Event, ConnectionError>) -> ControlFlow<()> {
         match event {
-            Ok(Event::Publish(p)) => self.on_publish(p),
+            Ok(Event::Publish { message, pkid }) => self.on_publish(message, pkid),
             Ok(Event::ConnAck { session_present, notes, keep_alive }) => {
                 self.on_connack(session_present, &notes, keep_alive)
             }
             Ok(Event::SubAck { pkid, granted }) => {
-                self.subs.on_suback(&self.client, &self.table, pkid, &granted, &self.metrics);
+                self.subs.on_suback(&self.client, &self.routes.table, pkid, &granted, &self.metrics);
                 self.subs.publish(&self.metrics.health);
             }
             Ok(Event::SubscribeSent(pkid)) => self.subs.on_subscribe_sent(pkid),
@@ -223,32 +210,24 @@ impl Edge {
         Ok(())
     }
 
-    fn on_publish(&mut self, p: Received) {
+    fn on_publish(&mut self, mut message: Message, pkid: u16) {
         self.eventloop.alive();
-        self.forward(p);
+        if message.qos > 0 {
+            message.ack = Some(AckToken { connection: self.connection, pkid, qos: message.qos });
+        }
+        self.forward(message);
     }
 
     /// Hands a received message to the pipeline with the route table in effect now.
-    fn forward(&mut self, p: Received) {
+    fn forward(&mut self, m: Message) {
         let Some(tx) = self.out.as_ref() else {
             // Shutting down: not taken, not acknowledged (QoS 1/2 come again next session).
-            self.metrics.message_dropped(DropReason::Shutdown, &p.topic);
+            self.metrics.message_dropped(DropReason::Shutdown, &m.topic);
             return;
         };
-        self.metrics.message_received(&p.topic, p.qos, p.payload.len());
-        self.coalesce.message(p.qos);
-        let inbound = Inbound {
-            topic: p.topic,
-            payload: p.payload,
-            qos: p.qos,
-            retain: p.retain,
-            pkid: p.pkid,
-            received_at: SystemTime::now(),
-            connection: self.connection,
-            routes: self.table.clone(),
-            properties: p.properties,
-        };
-        if let Err(m) = tx.send(inbound) {
+        self.metrics.message_received(&m.topic, m.qos, m.payload.len());
+        self.coalesce.message(m.qos);
+        if let Err(m) = tx.send(m, self.routes.table.clone()) {
             // The pipeline is gone (it only stops at shutdown).
             self.metrics.message_dropped(DropReason::Shutdown, &m.topic);
             self.out = None;
@@ -265,12 +244,13 @@ impl Edge {
         self.coalesce.reset();
         self.metrics.health.set_mqtt_error(None);
         self.new_connection_number();
+        self.connected = true;
         self.metrics.mqtt_connected(&self.broker, session_present);
         // rumqttc never resubscribes (rumqtt#250). Without a session the broker forgot our
         // subscriptions; with one, subscribing again is harmless and picks up route changes.
         self.subs.reset();
-        self.table = self.routes.borrow_and_update().clone();
-        self.subs.apply(&self.client, &self.table);
+        self.routes.take_new();
+        self.subs.apply(&self.client, &self.routes.table);
         self.subs.publish(&self.metrics.health);
     }
 
@@ -303,7 +283,8 @@ impl Edge {
         let delay = self.backoff.next_delay();
         let diagnosis = super::diagnose::diagnose(&e, &self.settings);
         self.metrics.health.set_mqtt_error(Some(diagnosis.what.clone()));
-        self.metrics.mqtt_connection_error(&self.broker, &e, &diagnosis, self.backoff.attempt(), delay);
+        let was_connected = std::mem::replace(&mut self.connected, false);
+        self.metrics.mqtt_connection_error(&self.broker, &e, &diagnosis, self.backoff.attempt(), delay, was_connected);
         let pause = tokio::time::sleep(delay);
         tokio::pin!(pause);
         loop {
@@ -311,10 +292,9 @@ impl Edge {
                 _ = &mut pause => return ControlFlow::Continue(()),
                 _ = self.stop.disconnect.cancelled() => return ControlFlow::Break(()),
                 _ = self.heartbeat.tick() => self.metrics.health.beat(Loop::Mqtt),
-                ack = self.acks.rx.recv(), if self.acks.open => match ack {
-                    Some(a) => self.acks.out.send(&self.client, a, self.connection, &self.metrics),
-                    None => self.acks.open = false,
-                },
+                ack = self.acks.rx.recv(), if self.acks.open => {
+                    self.acks.take(ack, &self.client, self.connection, &self.metrics);
+                }
             }
         }
     }
@@ -343,7 +323,7 @@ impl Edge {
     pub(super) async fn finish(mut self) {
         self.acks.last_ones(&self.client, self.connection, &self.metrics);
         // Say goodbye properly so the broker does not publish a will or keep us as a zombie session.
-        if self.metrics.mqtt_connected.load(Relaxed) && self.client.try_disconnect() {
+        if self.connected && self.client.try_disconnect() {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
             while let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
                 if matches!(ev, Event::DisconnectSent) {
@@ -351,10 +331,32 @@ impl Edge {
                 }
             }
         }
-        self.metrics.mqtt_connected.store(false, Relaxed);
+        self.connected = false;
+        self.metrics.mqtt_disconnected();
         tracing::info!(broker = %self.broker, "disconnected from the MQTT broker");
     }
 }
 
 /// The acks channel from the pipeline, for `Acks::new`.
-pub(super) type AckReceiver = mpsc::UnboundedReceiver<crate::ack::AckToken>;
+pub(super) type AckReceiver = mpsc::UnboundedReceiver<AckToken>;
+
+/// The route table in effect, kept here so that a message costs no lock to find it, and the channel new
+/// ones come on.
+struct RouteWatch {
+    rx: watch::Receiver<Arc<RouteTable>>,
+    /// False once the reloader is gone.
+    open: bool,
+    table: Arc<RouteTable>,
+}
+
+impl RouteWatch {
+    fn new(mut rx: watch::Receiver<Arc<RouteTable>>) -> Self {
+        let table = rx.borrow_and_update().clone();
+        Self { rx, open: true, table }
+    }
+
+    /// Takes the newest table.
+    fn take_new(&mut self) {
+        self.table = self.rx.borrow_and_update().clone();
+    }
+}

@@ -19,6 +19,7 @@ pub(crate) mod client;
 pub mod coalesce;
 pub mod diagnose;
 mod edge;
+pub mod intake;
 mod pause;
 mod subscriptions;
 pub mod tls;
@@ -26,59 +27,17 @@ pub mod v5;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::SystemTime;
 
-use bytes::Bytes;
 use rumqttc::MqttOptions;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::ack::AckToken;
 use crate::config::MqttSettings;
-use crate::intake::IntakeSender;
-use crate::metrics::Metrics;
-use crate::route::RouteTable;
+use crate::core::message::AckToken;
+use crate::core::routing::RouteTable;
+use crate::ops::metrics::Metrics;
 use edge::Edge;
-
-/// A message as it leaves the MQTT edge.
-#[derive(Debug, Clone)]
-pub struct Inbound {
-    pub topic: String,
-    pub payload: Bytes,
-    pub qos: u8,
-    pub retain: bool,
-    pub pkid: u16,
-    pub received_at: SystemTime,
-    /// Which connection it arrived on (packet ids are only meaningful within one).
-    pub connection: u64,
-    /// The route table in effect when it arrived: a message is routed by one complete route set, even if
-    /// a reload swaps the table while it waits in the buffer.
-    pub routes: Arc<RouteTable>,
-    /// MQTT 5 properties that travel to Kafka as headers (`None` on 3.1.1, and when there are none).
-    pub properties: Option<Box<Properties>>,
-}
-
-/// The MQTT 5 properties of a message that the gateway carries to Kafka (see `envelope`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Properties {
-    /// User properties, in order; a name may repeat.
-    pub user: Vec<(String, String)>,
-    pub content_type: Option<String>,
-    /// Payload Format Indicator: 1 says the payload is UTF-8 text (checked), 0 says nothing.
-    pub payload_format: Option<u8>,
-    pub response_topic: Option<String>,
-    pub correlation_data: Option<Bytes>,
-}
-
-impl Properties {
-    pub fn is_empty(&self) -> bool {
-        self.user.is_empty()
-            && self.content_type.is_none()
-            && self.payload_format.is_none()
-            && self.response_topic.is_none()
-            && self.correlation_data.is_none()
-    }
-}
+use intake::IntakeSender;
 
 /// Tokens the wiring uses to end the MQTT side in two steps.
 #[derive(Clone)]
@@ -91,7 +50,7 @@ pub struct Stop {
 
 /// The channels between the MQTT edge and the rest of the gateway.
 pub struct Links {
-    /// Messages out to the pipeline, bounded by bytes (see crate::intake).
+    /// Messages out to the pipeline, bounded by bytes (see crate::mqtt::intake).
     pub out: IntakeSender,
     /// Acks in, from the ack sequencer, in arrival order.
     pub acks: mpsc::UnboundedReceiver<AckToken>,

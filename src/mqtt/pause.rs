@@ -9,18 +9,17 @@
 //! in the intake would stop.
 
 use std::ops::ControlFlow;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use super::client::Event;
 use super::edge::Edge;
-use crate::health::Loop;
+use crate::ops::health::Loop;
 
 impl Edge {
     /// Waits, without reading the connection, until the intake has room (or shutdown).
     pub(super) async fn pause_while_full(&mut self) -> ControlFlow<()> {
         let full = self.out.as_ref().is_some_and(|o| o.is_full());
-        if !full || !self.metrics.mqtt_connected.load(Relaxed) {
+        if !full || !self.connected {
             return ControlFlow::Continue(());
         }
         let Some(out) = self.out.take() else { return ControlFlow::Continue(()) };
@@ -38,10 +37,9 @@ impl Edge {
                 _ = self.stop.receiving.cancelled() => break (ControlFlow::Continue(()), false),
                 _ = out.room() => break (ControlFlow::Continue(()), true),
                 _ = self.heartbeat.tick() => self.metrics.health.beat(Loop::Mqtt),
-                ack = self.acks.rx.recv(), if self.acks.open => match ack {
-                    Some(a) => self.acks.out.send(&self.client, a, self.connection, &self.metrics),
-                    None => self.acks.open = false,
-                },
+                ack = self.acks.rx.recv(), if self.acks.open => {
+                    self.acks.take(ack, &self.client, self.connection, &self.metrics);
+                }
                 _ = ping.tick() => match self.eventloop.ping(self.settings.connect_timeout).await {
                     Some(true) => tracing::debug!("PINGREQ sent while reading is paused"),
                     // Let rumqttc's poll find the broken connection and reconnect.
@@ -50,7 +48,7 @@ impl Edge {
                         self.out = Some(out.clone());
                         let flow = self.let_rumqttc_ping().await;
                         let pipeline_gone = self.out.take().is_none();
-                        if flow.is_break() || pipeline_gone || !self.metrics.mqtt_connected.load(Relaxed) {
+                        if flow.is_break() || pipeline_gone || !self.connected {
                             break (flow, !pipeline_gone);
                         }
                     }

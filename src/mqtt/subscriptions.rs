@@ -11,9 +11,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::client::{Client, Granted};
-use crate::health::Health;
-use crate::metrics::Metrics;
-use crate::route::RouteTable;
+use crate::core::routing::RouteTable;
+use crate::ops::health::Health;
+use crate::ops::metrics::Metrics;
 
 #[derive(Default)]
 pub(super) struct Subscriptions {
@@ -64,6 +64,15 @@ impl Subscriptions {
     pub(super) fn connection_lost(&mut self) {
         self.requested.clear();
         self.by_pkid.clear();
+    }
+
+    /// The routes changed: subscribe what the new table needs, if there is a connection to do it on
+    /// (otherwise CONNACK applies the plan).
+    pub(super) fn follow(&mut self, client: &Client, table: &RouteTable, connected: bool, health: &Health) {
+        if connected {
+            self.apply(client, table);
+            self.publish(health);
+        }
     }
 
     /// Brings the connection's subscriptions in line with `table`: subscribes what is missing (or at

@@ -14,8 +14,8 @@ use rumqttc::v5 as r5;
 use rumqttc::v5::mqttbytes::v5 as p5;
 
 use super::client::Granted;
-use super::Properties;
 use crate::config::MqttSettings;
+use crate::core::message::Properties;
 
 /// The largest packet the gateway accepts, to dead-letter what is above `mqtt.max_packet_size_bytes`.
 pub(super) const PACKET_CEILING: usize = 64 * 1024 * 1024;

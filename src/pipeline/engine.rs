@@ -1,125 +1,132 @@
-//! The engine: one task that takes messages from the intake, builds their records route by route and
-//! hands them to librdkafka under a tag (see [`crate::inflight`]). What Kafka reports back is settled in
-//! [`super::settle`].
+//! The engine: one task that takes messages from the intake, builds their records route by route, hands
+//! them to librdkafka under a tag (their index in [`inflight`](super::inflight)), and settles them as
+//! Kafka reports back: a delivered record counts towards its message, a failed one goes where the
+//! [`policy`](super::policy) says, and a message whose records are all settled gets its ack, in arrival
+//! order.
+//!
+//! Per message, the path reads one way: [`Engine::take`] works out the message's facts once (id, receive
+//! time, payload), then per matching route the device once ([`Route::device`]), the replica, the rate
+//! limit, the record ([`envelope::build`]) and the send. Metrics observe from the side.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::error::KafkaError;
-use rdkafka::message::OwnedHeaders;
+use rdkafka::message::{Header, Message as _, OwnedHeaders};
+use rdkafka::producer::Producer as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::settle::Retry;
-use super::throttled::{Admission, Held};
-use crate::ack::{AckSequencer, AckToken};
+use super::held::{Admission, Held};
+use super::inflight::{Progress, RecordEntry, Slab};
+use super::policy::{self, Attempt, Verdict};
+use super::retries::{Parts, Retries};
+use super::sequencer::Acks;
 use crate::config::MqttSettings;
-use crate::envelope::{self, DeadLetterReason, Message, Outcome, Payload, HEADER_DLQ_REASON};
-use crate::health::{Loop, HEARTBEAT_EVERY};
-use crate::inflight::{Progress, RecordEntry, Slab};
-use crate::intake::IntakeReceiver;
-use crate::kafka::reports;
-use crate::kafka::{self, GatewayProducer};
-use crate::metrics::Metrics;
-use crate::mqtt::Inbound;
-use crate::route::Route;
-use crate::share::Share;
-use crate::throttle::Schedule;
+use crate::core::envelope::{self, DeadLetterReason, Facts, Outcome, HEADER_DLQ_REASON};
+use crate::core::message::{AckToken, Message};
+use crate::core::routing::replicas::Replicas;
+use crate::core::routing::{Route, RouteTable};
+use crate::kafka::{self, reports, GatewayProducer};
+use crate::mqtt::intake::IntakeReceiver;
+use crate::ops::health::{Loop, HEARTBEAT_EVERY};
+use crate::ops::metrics::Metrics;
 
 /// A message taken from MQTT and not settled yet.
-pub(super) struct InFlight {
-    pub(super) inbound: Inbound,
-    pub(super) progress: Progress,
+struct Unsettled {
+    message: Message,
+    /// The route table in effect when it arrived.
+    routes: Arc<RouteTable>,
+    progress: Progress,
     /// Its place in the ack order; `None` for QoS 0 (nothing to acknowledge, so nothing to wait for).
-    pub(super) ack: Option<u64>,
+    ack: Option<u64>,
 }
 
-/// The message `inbound` carries, as the envelope sees it.
-pub(super) fn message_of(inbound: &Inbound) -> Message<'_> {
-    Message {
-        topic: &inbound.topic,
-        payload: &inbound.payload,
-        qos: inbound.qos,
-        retain: inbound.retain,
-        received_at: inbound.received_at,
-        properties: inbound.properties.as_deref(),
-    }
-}
+/// The grace period is over: the engine stops where it is.
+#[derive(Debug)]
+pub(super) struct GaveUp;
 
-/// Why producing a record stopped short.
-pub(super) enum SendFailed {
-    /// The grace period is over.
+/// Why handing a record to librdkafka stopped short.
+enum SendError {
     GaveUp,
-    Refused(KafkaError),
+    /// Refused at once; the headers come back for what follows.
+    Refused(KafkaError, OwnedHeaders),
+}
+
+/// What one route made of a message.
+enum Produced {
+    /// A record is on its way (or held by the rate limit): one more to wait for.
+    Record,
+    /// Nothing to wait for: another replica's device, or a QoS 0 record over the rate limit.
+    Nothing,
+}
+
+/// A record refused when first handed over, dealt with once its message is in place.
+struct Refused {
+    tag: u32,
+    error: KafkaError,
+    parts: Parts,
 }
 
 /// The message path, one task: see the module doc.
 pub(super) struct Engine {
-    /// This replica's share of the devices (`replicas.count` > 1).
-    share: Option<Share>,
-    pub(super) producer: Arc<GatewayProducer>,
+    producer: Arc<GatewayProducer>,
     /// Says when librdkafka has delivery reports, and serves them.
-    pub(super) events: kafka::events::Events,
-    pub(super) metrics: Arc<Metrics>,
-    pub(super) max_payload: usize,
+    events: kafka::events::Events,
+    metrics: Arc<Metrics>,
+    /// This replica's share of the devices (`replicas.count` > 1).
+    replicas: Option<Replicas>,
+    max_payload: usize,
     /// `mqtt.max_unacked_messages`: messages taken and not settled, at most.
-    pub(super) window: usize,
-    pub(super) messages: Slab<InFlight>,
+    window: usize,
+    messages: Slab<Unsettled>,
     /// Records Kafka has not reported on; a record's index here is its delivery tag.
-    pub(super) records: Slab<RecordEntry>,
-    pub(super) sequencer: AckSequencer,
-    pub(super) acks: mpsc::UnboundedSender<AckToken>,
-    /// The number of the current MQTT connection (acks of older ones are dropped).
-    pub(super) connection: Arc<AtomicU64>,
-    pub(super) fatal: CancellationToken,
-    pub(super) retries: BinaryHeap<Reverse<Retry>>,
-    pub(super) retry_seq: u64,
-    /// Records held back by their route's rate limit, and each limited route's schedule.
-    pub(super) held: BinaryHeap<Reverse<Held>>,
-    pub(super) held_seq: u64,
-    pub(super) schedules: HashMap<Arc<str>, Schedule>,
+    records: Slab<RecordEntry>,
+    acks: Acks,
+    retries: Retries,
+    held: Held,
     /// Scratch buffers, kept to allocate nothing per message.
-    pub(super) matched: Vec<u32>,
-    pub(super) reports: Vec<reports::Report>,
+    matched: Vec<u32>,
+    reports: Vec<reports::DeliveryReport>,
+    refused: Vec<Refused>,
 }
 
 /// Messages taken from the intake in one go before the engine looks at reports and timers again.
 const BATCH: usize = 256;
 
+/// How long a record waits for room in librdkafka's queue before it is handed over again.
+const ROOM_POLL: Duration = Duration::from_millis(10);
+
+/// What the engine is connected to.
+pub(super) struct Links {
+    pub(super) producer: Arc<GatewayProducer>,
+    pub(super) events: kafka::events::Events,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) acks: mpsc::UnboundedSender<AckToken>,
+    /// The MQTT edge's current connection number.
+    pub(super) connection: Arc<AtomicU64>,
+    pub(super) fatal: CancellationToken,
+}
+
 impl Engine {
-    pub(super) fn new(
-        producer: Arc<GatewayProducer>,
-        events: kafka::events::Events,
-        metrics: Arc<Metrics>,
-        mqtt: &MqttSettings,
-        acks: mpsc::UnboundedSender<AckToken>,
-        connection: Arc<AtomicU64>,
-        fatal: CancellationToken,
-        share: Option<Share>,
-    ) -> Self {
+    pub(super) fn new(links: Links, mqtt: &MqttSettings, replicas: Option<Replicas>) -> Self {
+        let Links { producer, events, metrics, acks, connection, fatal } = links;
         Self {
-            share,
             producer,
             events,
             metrics,
+            replicas,
             max_payload: mqtt.max_packet_size,
             window: mqtt.max_unacked_messages,
             messages: Slab::default(),
             records: Slab::default(),
-            sequencer: AckSequencer::default(),
-            acks,
-            connection,
-            fatal,
-            retries: BinaryHeap::new(),
-            retry_seq: 0,
-            held: BinaryHeap::new(),
-            held_seq: 0,
-            schedules: HashMap::new(),
+            acks: Acks::new(acks, connection, fatal),
+            retries: Retries::default(),
+            held: Held::default(),
             matched: Vec::new(),
             reports: Vec::new(),
+            refused: Vec::new(),
         }
     }
 
@@ -144,225 +151,178 @@ impl Engine {
                 self.take_reports();
             }
             let room = open && self.messages.len() < self.window;
-            let next_retry = self.retries.peek().map(|r| r.0.due);
-            let next_held = self.next_held();
-            tokio::select! {
+            let next_retry = self.retries.next_due();
+            let next_held = self.held.next_due();
+            let done = tokio::select! {
                 biased;
                 _ = give_up.cancelled() => return,
-                _ = heartbeat.tick() => self.metrics.health.beat(Loop::Engine),
+                _ = heartbeat.tick() => Ok(self.metrics.health.beat(Loop::Engine)),
                 _ = self.events.ready(), if !more_events => {
                     more_events = self.events.serve();
-                    self.take_reports();
+                    Ok(self.take_reports())
                 }
                 _ = tokio::time::sleep_until(next_retry.unwrap_or_else(tokio::time::Instant::now)), if next_retry.is_some() => {
-                    if self.send_due_retries(give_up).await.is_err() {
-                        return;
-                    }
+                    self.send_due_retries(give_up).await
                 }
                 _ = tokio::time::sleep_until(next_held.unwrap_or_else(tokio::time::Instant::now)), if next_held.is_some() => {
-                    if self.release_due(give_up).await.is_err() {
-                        return;
-                    }
+                    self.release_due(give_up).await
                 }
                 m = intake.recv(), if room => match m {
-                    None => open = false,
-                    Some(m) => {
-                        if self.take(m, give_up).await.is_err() {
-                            return;
-                        }
-                        // More while they are there: one wake-up for a burst, not one per message.
-                        for _ in 1..BATCH {
-                            if self.messages.len() >= self.window {
-                                break;
-                            }
-                            let Some(m) = intake.try_recv() else { break };
-                            if self.take(m, give_up).await.is_err() {
-                                return;
-                            }
-                        }
+                    None => {
+                        open = false;
+                        Ok(())
                     }
+                    Some((message, routes)) => self.take_batch(message, routes, &mut intake, give_up).await,
                 },
                 // Events left over from the last round: served at the top of the loop, after the above
                 // had their turn.
-                _ = std::future::ready(()), if more_events => {}
+                _ = std::future::ready(()), if more_events => Ok(()),
+            };
+            if done.is_err() {
+                return;
             }
         }
     }
 
-    /// Builds and produces the records of one message, for every matching route (fan-out, file order).
-    async fn take(&mut self, inbound: Inbound, give_up: &CancellationToken) -> Result<(), ()> {
-        let slot = self.messages.vacant_key();
-        let ack = (inbound.qos > 0).then(|| {
-            self.sequencer.push(Some(AckToken { connection: inbound.connection, pkid: inbound.pkid, qos: inbound.qos }))
-        });
-        let mut progress = Progress::producing();
-        let table = &inbound.routes;
-        let mut matched = std::mem::take(&mut self.matched);
-        table.matching_indices(&inbound.topic, &mut matched);
-        if matched.is_empty() {
-            self.metrics.message_unrouted(&inbound.topic);
+    /// Takes `message` and those waiting behind it: one wake-up for a burst, not one per message.
+    async fn take_batch(
+        &mut self,
+        message: Message,
+        routes: Arc<RouteTable>,
+        intake: &mut IntakeReceiver,
+        give_up: &CancellationToken,
+    ) -> Result<(), GaveUp> {
+        self.take(message, routes, give_up).await?;
+        for _ in 1..BATCH {
+            if self.messages.len() >= self.window {
+                break;
+            }
+            let Some((message, routes)) = intake.try_recv() else { break };
+            self.take(message, routes, give_up).await?;
         }
-        let msg = message_of(&inbound);
-        let payload = Payload::new(&inbound.payload);
+        Ok(())
+    }
+
+    /// Builds and produces the records of one message, for every matching route (fan-out, file order).
+    async fn take(
+        &mut self,
+        message: Message,
+        routes: Arc<RouteTable>,
+        give_up: &CancellationToken,
+    ) -> Result<(), GaveUp> {
+        let slot = self.messages.vacant_key();
+        let ack = message.ack.is_some().then(|| self.acks.arrived(message.ack));
+        let mut progress = Progress::producing();
+        let mut matched = std::mem::take(&mut self.matched);
+        routes.matching_indices(&message.topic, &mut matched);
+        if matched.is_empty() {
+            self.metrics.message_unrouted(&message.topic);
+        }
+        let facts = Facts::new(&message);
         let mut result = Ok(());
         for &index in &matched {
-            match self.produce_route(slot, index, table.route(index), &msg, &payload, give_up, false).await {
-                Ok(true) => progress.add(),
-                Ok(false) => {}
-                Err(SendFailed::GaveUp) => {
-                    result = Err(());
+            match self.produce_route(slot, index, routes.route(index), &facts, give_up, false).await {
+                Ok(Produced::Record) => progress.add(),
+                Ok(Produced::Nothing) => {}
+                Err(gave_up) => {
+                    result = Err(gave_up);
                     break;
                 }
-                Err(SendFailed::Refused(_)) => progress.ackable = false,
             }
         }
+        drop(facts);
         self.matched = matched;
         // Reports are taken only by `run`, never while a message is being produced: the slot is free
         // until here, and no report can name it before.
-        let inserted = self.messages.insert(InFlight { inbound, progress, ack });
+        let inserted = self.messages.insert(Unsettled { message, routes, progress, ack });
         debug_assert_eq!(inserted, slot);
+        self.handle_refused();
         self.settle_record_of(slot, true);
         result
     }
 
-    /// Produces what `route` makes of the message: its record, or its dead letter. `Ok(false)` when
-    /// nothing is left to wait for (Kafka refused even the dead letter: counted and logged).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn produce_route(
+    /// Produces what `route` (index `index` of the message's table) makes of the message in message slot
+    /// `slot`: its record, or its dead letter. `released`: held by the rate limit and now due (its place
+    /// in the message's progress is taken already).
+    async fn produce_route(
         &mut self,
         slot: u32,
         index: u32,
         route: &Route,
-        msg: &Message<'_>,
-        payload: &Payload<'_>,
+        facts: &Facts<'_>,
         give_up: &CancellationToken,
-        // Held by the rate limit and now due: its slot is reserved already.
         released: bool,
-    ) -> Result<bool, SendFailed> {
+    ) -> Result<Produced, GaveUp> {
+        let msg = facts.message;
+        let device = route.device(&msg.topic);
         // Another replica's device: that replica writes it (and dead-letters it, if it must).
-        if let Some(share) = &self.share {
-            if !share.owns(&route.device_id.extract(msg.topic).0) {
-                self.metrics.records_not_ours.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return Ok(false);
-            }
+        if self.replicas.is_some_and(|r| !r.owns(device.id)) {
+            self.metrics.records_for_other_replicas.fetch_add(1, Relaxed);
+            return Ok(Produced::Nothing);
         }
         if let (Some(limit), false) = (route.rate_limit, released) {
-            match self.admit(slot, index, route, limit, msg.qos, msg.topic) {
+            match self.held.admit(slot, index, &route.name, limit, msg.qos, Instant::now()) {
                 Admission::Now => {}
-                Admission::Held => return Ok(true),
-                Admission::Dropped => return Ok(false),
+                Admission::Held => {
+                    route.stats.delayed.fetch_add(1, Relaxed);
+                    return Ok(Produced::Record);
+                }
+                Admission::Dropped => {
+                    self.metrics.rate_limited(route, &msg.topic);
+                    return Ok(Produced::Nothing);
+                }
             }
         }
         let outcome = if msg.payload.len() > self.max_payload {
-            // Let in past the limit only to be dead-lettered (see mqtt::oversize).
+            // Let in past the limit only to be dead-lettered (see `mqtt::edge`'s oversize).
             let reason = format!(
                 "payload of {} bytes is larger than mqtt.max_packet_size_bytes ({})",
                 msg.payload.len(),
                 self.max_payload
             );
-            envelope::dead_letter(route, msg, DeadLetterReason::TooLarge, reason)
+            envelope::dead_letter(route, facts, device.id, DeadLetterReason::TooLarge, reason)
         } else {
-            envelope::build(route, msg, payload)
+            envelope::build(route, facts, &device)
         };
-        let (record, device_id, dead_letter) = match outcome {
-            Outcome::Record { record, device_id, device_id_source } => {
-                self.metrics.device_id(route, device_id_source);
-                (record, device_id, false)
+        let (record, dead_letter) = match outcome {
+            Outcome::Record(record) => {
+                self.metrics.device_id(route, device.source);
+                (record, false)
             }
-            Outcome::DeadLetter { record, device_id, reason, kind } => {
-                self.metrics.dead_lettered(route, kind, msg.topic, &device_id, &record.topic, &reason);
-                (record, device_id, true)
+            Outcome::DeadLetter { record, reason, kind } => {
+                self.metrics.dead_lettered(route, kind, &msg.topic, device.id, &record.topic, &reason);
+                (record, true)
             }
         };
         let entry = RecordEntry { message: slot, route: index, dead_letter, truncated: false, attempt: 0 };
+        let tag = self.records.insert(entry);
         let headers = kafka::owned_headers(record.headers.iter().map(|(k, v)| (k.as_ref(), v.as_slice())));
-        let sent = if dead_letter {
-            // Keyed by device id, like every dead letter; cut to size if Kafka refuses the whole payload.
-            self.send_dead_letter(entry, &record.topic, device_id.as_bytes(), &record.value, headers, give_up).await
-        } else {
-            self.send(entry, &record.topic, record.key.as_deref(), &record.value, headers, give_up).await
-        };
-        let refused = match sent {
-            Ok(()) => return Ok(true),
-            Err(SendFailed::GaveUp) => return Err(SendFailed::GaveUp),
-            Err(SendFailed::Refused(e)) => e,
-        };
-        // Refused before it was queued because of the record itself (too large for `message.max.bytes`,
-        // invalid topic, ...): dead-letter the message as published, with the reason.
-        if !dead_letter && kafka::is_permanent(&refused) {
-            let reason = format!("Kafka refused the record: {refused}");
-            self.metrics.dead_lettered(
-                route,
-                DeadLetterReason::KafkaRefused,
-                msg.topic,
-                &device_id,
-                &route.dead_letter_topic,
-                &reason,
-            );
-            let headers = kafka::owned_headers(
-                record
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.as_ref(), v.as_slice()))
-                    .chain([(HEADER_DLQ_REASON, reason.as_bytes())]),
-            );
-            let entry = RecordEntry { dead_letter: true, ..entry };
-            return match self
-                .send_dead_letter(entry, &route.dead_letter_topic, device_id.as_bytes(), msg.payload, headers, give_up)
-                .await
-            {
-                Ok(()) => Ok(true),
-                Err(SendFailed::GaveUp) => Err(SendFailed::GaveUp),
-                Err(SendFailed::Refused(e)) => self.refused(route, &route.dead_letter_topic, &device_id, e),
-            };
-        }
-        self.refused(route, &record.topic, &device_id, refused)
-    }
-
-    /// A record refused before it was queued: counted and logged. A permanent refusal of a dead letter
-    /// settles it (there is nothing more to try); any other refusal (a fatal producer) leaves the message
-    /// unacknowledged.
-    fn refused(&self, route: &Route, topic: &str, device_id: &str, e: KafkaError) -> Result<bool, SendFailed> {
-        self.metrics.record_failed(route, topic, device_id, &e);
-        if kafka::is_permanent(&e) {
-            Ok(false)
-        } else {
-            Err(SendFailed::Refused(e))
-        }
-    }
-
-    /// Sends a dead letter carrying `payload`; if Kafka refuses it as too large (the payload itself is
-    /// what was too large), the head of it (see `kafka::truncated`).
-    async fn send_dead_letter(
-        &mut self,
-        entry: RecordEntry,
-        topic: &str,
-        key: &[u8],
-        payload: &[u8],
-        headers: OwnedHeaders,
-        give_up: &CancellationToken,
-    ) -> Result<(), SendFailed> {
-        match self.send(entry, topic, Some(key), payload, headers.clone(), give_up).await {
-            Err(SendFailed::Refused(e)) if kafka::is_too_large(&e) => {
-                let (cut, headers) = kafka::truncated(payload, headers);
-                self.send(RecordEntry { truncated: true, ..entry }, topic, Some(key), cut, headers, give_up).await
+        match self.send(tag, &record.topic, record.key.as_deref(), &record.value, headers, give_up).await {
+            Ok(()) => {}
+            Err(SendError::GaveUp) => {
+                self.records.remove(tag);
+                return Err(GaveUp);
             }
-            other => other,
+            Err(SendError::Refused(error, headers)) => {
+                let parts = Parts { topic: record.topic, key: record.key, value: record.value, headers };
+                self.refused.push(Refused { tag, error, parts });
+            }
         }
+        Ok(Produced::Record)
     }
 
-    /// Hands a record to librdkafka under a fresh tag. While its queue is full, waits (the intake fills
-    /// meanwhile, and the MQTT edge stops reading: that is the backpressure).
+    /// Hands a record to librdkafka under `tag`. While its queue is full, waits: the intake fills
+    /// meanwhile, and the MQTT edge stops reading; that is the backpressure. The one wait-for-room loop,
+    /// for first sends and retries alike.
     async fn send(
         &mut self,
-        entry: RecordEntry,
+        tag: u32,
         topic: &str,
         key: Option<&[u8]>,
         value: &[u8],
         mut headers: OwnedHeaders,
         give_up: &CancellationToken,
-    ) -> Result<(), SendFailed> {
-        let tag = self.records.insert(entry);
+    ) -> Result<(), SendError> {
         // Read the clock only once the queue is full, not for every record.
         let mut started = None;
         let mut next_warning = Duration::ZERO;
@@ -372,32 +332,175 @@ impl Engine {
                     self.metrics.records_enqueued.fetch_add(1, Relaxed);
                     return Ok(());
                 }
-                Err((e, back)) if kafka::is_queue_full(&e) => {
+                Err((e, back)) if kafka::classify(&e) == kafka::ErrorKind::QueueFull => {
                     headers = back;
                     let waited = started.get_or_insert_with(Instant::now).elapsed();
                     // Waiting for room is the engine at work: it stays live for /healthz.
                     self.metrics.health.beat(Loop::Engine);
                     if waited >= next_warning {
                         next_warning = waited + Duration::from_secs(10);
-                        tracing::warn!(
-                            topic,
-                            waited_ms = waited.as_millis() as u64,
-                            "Kafka producer queue is full; waiting for room (backpressure)"
-                        );
+                        self.metrics.producer_queue_full(topic, waited);
                     }
                     tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(10)) => {}
-                        _ = give_up.cancelled() => {
-                            self.records.remove(tag);
-                            return Err(SendFailed::GaveUp);
-                        }
+                        _ = tokio::time::sleep(ROOM_POLL) => {}
+                        _ = give_up.cancelled() => return Err(SendError::GaveUp),
                     }
                 }
-                Err((e, _)) => {
-                    self.records.remove(tag);
-                    return Err(SendFailed::Refused(e));
+                Err((e, back)) => return Err(SendError::Refused(e, back)),
+            }
+        }
+    }
+
+    /// Records refused when first handed over, now that their message is in place.
+    fn handle_refused(&mut self) {
+        for Refused { tag, error, parts } in std::mem::take(&mut self.refused) {
+            self.failed(tag, error, parts);
+        }
+    }
+
+    /// Settles what the delivery reports so far say.
+    fn take_reports(&mut self) {
+        let mut reports = std::mem::take(&mut self.reports);
+        self.producer.context().reports.take(&mut reports);
+        // One clock read per batch, for the latency of every record in it.
+        let now = if reports.is_empty() { UNIX_EPOCH } else { SystemTime::now() };
+        for report in reports.drain(..) {
+            self.report(report, now);
+        }
+        self.reports = reports;
+        self.acks.send_due();
+    }
+
+    /// One record's fate, as Kafka reports it.
+    fn report(&mut self, report: reports::DeliveryReport, now: SystemTime) {
+        let tag = report.tag as u32;
+        let Some(&entry) = self.records.get(tag) else { return };
+        match report.result {
+            Ok((partition, offset)) => {
+                self.records.remove(tag);
+                let Some(m) = self.messages.get(entry.message) else { return };
+                let route = m.routes.route(entry.route);
+                let latency = now.duration_since(m.message.received_at).unwrap_or_default();
+                self.metrics.record_delivered(entry.dead_letter, route, partition, offset, latency);
+                self.settle_record_of(entry.message, true);
+            }
+            Err(reports::Failure { error, mut record }) => {
+                let headers = record.detach_headers().unwrap_or_default();
+                let parts = Parts {
+                    topic: record.topic().to_string(),
+                    key: record.key().map(<[u8]>::to_vec),
+                    value: record.payload().unwrap_or_default().to_vec(),
+                    headers,
+                };
+                self.failed(tag, error, parts);
+            }
+        }
+    }
+
+    /// Produces the records whose retry is due, under their old tags.
+    async fn send_due_retries(&mut self, give_up: &CancellationToken) -> Result<(), GaveUp> {
+        let now = tokio::time::Instant::now();
+        while let Some(retry) = self.retries.pop_due(now) {
+            if self.records.get(retry.tag).is_none() {
+                continue;
+            }
+            let Parts { topic, key, value, headers } = retry.parts;
+            match self.send(retry.tag, &topic, key.as_deref(), &value, headers, give_up).await {
+                Ok(()) => {}
+                Err(SendError::GaveUp) => return Err(GaveUp),
+                Err(SendError::Refused(error, headers)) => {
+                    self.failed(retry.tag, error, Parts { topic, key, value, headers })
                 }
             }
+        }
+        self.acks.send_due();
+        Ok(())
+    }
+
+    /// Builds and produces the held records now due.
+    async fn release_due(&mut self, give_up: &CancellationToken) -> Result<(), GaveUp> {
+        let now = tokio::time::Instant::now();
+        while let Some((slot, index)) = self.held.pop_due(now) {
+            let Some(m) = self.messages.get(slot) else { continue };
+            let (message, routes) = (m.message.clone(), m.routes.clone());
+            let facts = Facts::new(&message);
+            // Its place in the message's progress was taken when it was held.
+            match self.produce_route(slot, index, routes.route(index), &facts, give_up, true).await? {
+                Produced::Record => {}
+                Produced::Nothing => self.settle_record_of(slot, true),
+            }
+            self.handle_refused();
+        }
+        self.acks.send_due();
+        Ok(())
+    }
+
+    /// A record Kafka did not take, whichever way it said so: refused when first handed over, reported
+    /// failed, or refused when produced again. The one failure policy decides ([`policy::decide`]).
+    fn failed(&mut self, tag: u32, error: KafkaError, parts: Parts) {
+        let Some(&entry) = self.records.get(tag) else { return };
+        let Some(m) = self.messages.get(entry.message) else {
+            self.records.remove(tag);
+            return;
+        };
+        // The rare path: what it needs of the message is copied out, so that `self` is free.
+        let routes = m.routes.clone();
+        let route = routes.route(entry.route);
+        let qos = m.message.qos;
+        let device_id = route.device_id.extract(&m.message.topic).0.to_string();
+        let attempt = Attempt { dead_letter: entry.dead_letter, truncated: entry.truncated, retries: entry.attempt };
+        match policy::decide(kafka::classify(&error), attempt, qos) {
+            Verdict::WaitForRoom => self.retries.schedule(tag, ROOM_POLL, parts),
+            Verdict::Retry { after } => {
+                self.metrics.record_retry(route, &parts.topic, &device_id, &error);
+                self.update(tag, |e| e.attempt += 1);
+                self.retries.schedule(tag, after, parts);
+            }
+            Verdict::DeadLetter => {
+                let reason = format!("Kafka refused the record: {error}");
+                let topic = &route.dead_letter_topic;
+                let kind = DeadLetterReason::KafkaRefused;
+                self.metrics.dead_lettered(route, kind, &parts.topic, &device_id, topic, &reason);
+                let headers = parts.headers.insert(Header { key: HEADER_DLQ_REASON, value: Some(reason.as_bytes()) });
+                let payload = m.message.payload.to_vec();
+                self.update(tag, |e| e.dead_letter = true);
+                let dead_letter =
+                    Parts { topic: topic.clone(), key: Some(device_id.into_bytes()), value: payload, headers };
+                self.retries.schedule(tag, Duration::ZERO, dead_letter);
+            }
+            Verdict::CutDeadLetter => {
+                let (cut, headers) = kafka::truncated(&parts.value, parts.headers);
+                let cut = Parts { topic: parts.topic, key: parts.key, value: cut.to_vec(), headers };
+                self.update(tag, |e| e.truncated = true);
+                self.retries.schedule(tag, Duration::ZERO, cut);
+            }
+            verdict @ (Verdict::Reject | Verdict::Fatal) => {
+                self.metrics.record_failed(route, &parts.topic, &device_id, &error);
+                self.records.remove(tag);
+                self.settle_record_of(entry.message, verdict == Verdict::Reject);
+            }
+        }
+    }
+
+    fn update(&mut self, tag: u32, f: impl FnOnce(&mut RecordEntry)) {
+        if let Some(e) = self.records.get_mut(tag) {
+            f(e);
+        }
+    }
+
+    /// One record of message `slot` (or its production hold) is settled; `ok` is false if it makes the
+    /// message unacknowledgeable.
+    fn settle_record_of(&mut self, slot: u32, ok: bool) {
+        let Some(m) = self.messages.get_mut(slot) else { return };
+        if !m.progress.settle_one(ok) {
+            return;
+        }
+        let Some(done) = self.messages.remove(slot) else { return };
+        if let Some(seq) = done.ack {
+            if !done.progress.ackable {
+                self.metrics.message_not_acked(seq);
+            }
+            self.acks.settled(seq, done.progress.ackable);
         }
     }
 }

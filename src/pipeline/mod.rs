@@ -1,27 +1,35 @@
 //! The wiring: the whole path of a message, top to bottom.
 //!
 //! ```text
-//! mqtt::run ──Inbound──▶ intake ──▶ Engine::take: route (RouteTable in effect when it arrived)
-//!     ──▶ envelope::build per route ──▶ kafka::send (tagged) ─ ─ ▶ librdkafka
-//! librdkafka ──delivery reports, in batches──▶ Engine::report: settle (retry, dead-letter)
-//!     ──▶ AckSequencer ──AckToken (arrival order)──▶ mqtt::run ──▶ PUBACK / PUBREC
+//! mqtt::run ──Message──▶ intake ──▶ Engine::take: facts once, then per matching route (the table in
+//!     effect when it arrived): device, replica, rate limit, envelope::build ──▶ kafka::send (tagged)
+//! librdkafka ──delivery reports, in batches──▶ Engine: delivered, or the failure policy (retry,
+//!     dead-letter, cut, reject) ──▶ Acks (arrival order) ──AckToken──▶ mqtt::run ──▶ PUBACK / PUBREC
 //! ```
 //!
-//! - `engine.rs`: taking messages, building and producing their records;
-//! - `settle.rs`: delivery reports, retries, dead letters, acks in arrival order;
-//! - `throttled.rs`: records held back by their route's rate limit until their turn.
+//! - `engine.rs`: the engine task: taking messages, producing their records, settling what Kafka reports;
+//! - `policy.rs`: the one failure policy, for every point where a record can fail;
+//! - `retries.rs`: records to produce again, each when due;
+//! - `held.rs`: records held back by their route's rate limit until their turn;
+//! - `inflight.rs`: messages and records in flight, indexed by delivery tag;
+//! - `sequencer.rs`: acks in arrival order, after Kafka, on the current connection only.
 //!
-//! One task, the [`Engine`], takes messages, produces their records and settles them as Kafka reports:
-//! no task, future or channel per record, and no lock but the one the reports arrive under.
+//! One task, the engine, takes messages, produces their records and settles them as Kafka reports: no
+//! task, future or channel per record, and no lock but the one the reports arrive under.
 //!
 //! Every queue is bounded: MQTT → pipeline by `mqtt.buffer_bytes` (the intake), messages between receipt
 //! and settlement by `mqtt.max_unacked_messages`, the producer by `kafka.queue_max_*`. When one fills, the
 //! stage before it waits; at the MQTT edge the gateway stops reading the connection, so the broker holds
 //! the rest (QoS 1/2 unacknowledged, QoS 0 in its queue) instead of the gateway dropping anything.
+//!
+//! This is the one module that imports both edges; neither edge imports it.
 
 mod engine;
-mod settle;
-mod throttled;
+mod held;
+mod inflight;
+mod policy;
+mod retries;
+mod sequencer;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -31,20 +39,20 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::ack::AckToken;
+use crate::config::reload;
 use crate::config::Config;
-use crate::health::{Loop, HEARTBEAT_EVERY};
-use crate::http;
-use crate::intake;
+use crate::core::message::AckToken;
 use crate::kafka::{self, GatewayProducer};
-use crate::metrics::{self, LiveGauges, Metrics};
 use crate::mqtt;
-use crate::reload;
+use crate::mqtt::intake;
+use crate::ops::health::{Loop, HEARTBEAT_EVERY};
+use crate::ops::http;
+use crate::ops::metrics::{self, LiveGauges, Metrics};
 use engine::Engine;
 
 /// What a finished run reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Report {
+pub struct RunSummary {
     /// Records still in the producer, plus messages not settled, when the grace period ran out.
     pub undelivered: u64,
     /// The run ended because of a fatal producer error.
@@ -54,7 +62,7 @@ pub struct Report {
 
 /// Runs the gateway until `shutdown` is cancelled, then drains: messages already taken are delivered
 /// (bounded by `shutdown.grace_period_secs`), the producer is flushed, MQTT disconnects.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<Report> {
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<RunSummary> {
     let metrics = Arc::new(Metrics::default());
     // First, so that probes and scrapes answer while the brokers are still being reached.
     let _http = match config.http {
@@ -93,7 +101,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     for r in config.routes.routes() {
         tracing::info!(route = %r.name, filter = %r.filter, qos = r.qos, topic = %r.topic, key = %r.key, dead_letter_topic = %r.dead_letter_topic, "route");
     }
-    if let Some(s) = config.share {
+    if let Some(s) = config.replicas {
         tracing::info!(
             replica = s.index,
             replicas = s.count,
@@ -109,7 +117,7 @@ async fn run_inner(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     fatal: CancellationToken,
-) -> anyhow::Result<Report> {
+) -> anyhow::Result<RunSummary> {
     // The route table in effect: the reloader publishes new ones, the MQTT side reads them.
     let mut table = config.routes.clone();
     metrics.routes.bind(&mut table);
@@ -161,16 +169,15 @@ async fn run_inner(
     }
 
     let events = kafka::events::Events::new(producer.clone()).context("cannot watch the Kafka producer's events")?;
-    let mut engine = Engine::new(
-        producer.clone(),
+    let links = engine::Links {
+        producer: producer.clone(),
         events,
-        metrics.clone(),
-        &config.mqtt,
-        acks_tx,
+        metrics: metrics.clone(),
+        acks: acks_tx,
         connection,
-        fatal.clone(),
-        config.share,
-    );
+        fatal: fatal.clone(),
+    };
+    let mut engine = Engine::new(links, &config.mqtt, config.replicas);
     let shutting_down = shutdown.clone();
     engine.run(intake_rx, &give_up).await;
     tracing::info!(
@@ -206,7 +213,7 @@ async fn run_inner(
     let snapshot = metrics.snapshot();
     // The last line covers the whole run.
     metrics::log_stats(snapshot, metrics::Snapshot::default(), started.elapsed(), &metrics);
-    Ok(Report { undelivered, snapshot, fatal: fatal.is_cancelled() })
+    Ok(RunSummary { undelivered, snapshot, fatal: fatal.is_cancelled() })
 }
 
 /// Logs the statistics line every `every` (the spec's "metrics available via logs").

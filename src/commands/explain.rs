@@ -5,15 +5,16 @@ use std::fmt::Write as _;
 use std::time::SystemTime;
 
 use crate::config::Config;
-use crate::envelope::{self, Message, Outcome, Payload, Record};
-use crate::route::DeviceIdSource;
+use crate::core::envelope::{self, Facts, Outcome, Record};
+use crate::core::message::Message;
+use crate::core::routing::DeviceIdSource;
 
 /// A readable account of how `topic` + `payload` would be routed by `config`.
 pub fn explain(config: &Config, topic: &str, payload: &[u8], qos: u8, received_at: SystemTime) -> String {
     let mut out = String::new();
     let routes = config.routes.routes();
-    let msg = Message { topic, payload, qos, retain: false, received_at, properties: None };
-    let parsed = Payload::new(payload);
+    let msg = Message::new(topic, payload.to_vec(), qos, received_at);
+    let facts = Facts::new(&msg);
     let matching: Vec<_> = config.routes.matching(topic).collect();
     let _ = writeln!(
         out,
@@ -24,7 +25,9 @@ pub fn explain(config: &Config, topic: &str, payload: &[u8], qos: u8, received_a
         if routes.len() == 1 { "" } else { "s" },
         if matching.is_empty() { "; the message would be counted as unrouted and dropped" } else { "" }
     );
-    if let Some(s) = config.routes.subscriptions().iter().find(|s| crate::filter::matches(topic, &s.filter)) {
+    if let Some(s) =
+        config.routes.subscriptions().iter().find(|s| crate::core::routing::filter::matches(topic, &s.filter))
+    {
         let _ = writeln!(out, "subscribed through {} (QoS {})", s.filter, s.qos);
     } else if !matching.is_empty() {
         let _ = writeln!(out, "note: only a fallback filter subscribes this topic");
@@ -41,10 +44,12 @@ pub fn explain(config: &Config, topic: &str, payload: &[u8], qos: u8, received_a
                 l.qos0_max_delay.as_millis()
             );
         }
-        match envelope::build(route, &msg, &parsed) {
-            Outcome::Record { record, device_id, device_id_source } => {
+        let device = route.device(topic);
+        match envelope::build(route, &facts, &device) {
+            Outcome::Record(record) => {
                 let _ = writeln!(out, "route {} (filter {}): record", route.name, route.filter);
-                let source = match device_id_source {
+                let device_id = device.id;
+                let source = match device.source {
                     DeviceIdSource::Regex => "device_id.regex",
                     DeviceIdSource::Fallback => "device_id.fallback_regex",
                     DeviceIdSource::Default => "device_id.default",

@@ -7,12 +7,12 @@
 
 /// This replica's share of the devices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Share {
+pub struct Replicas {
     pub index: u32,
     pub count: u32,
 }
 
-impl Share {
+impl Replicas {
     /// `index` as given: a number, or a name ending in `-<n>` (a StatefulSet pod name).
     pub fn parse_index(s: &str) -> Option<u32> {
         let s = s.trim();
@@ -26,7 +26,7 @@ impl Share {
     }
 
     pub fn owns(&self, device_id: &str) -> bool {
-        Share::owner(self.count, device_id) == self.index
+        Replicas::owner(self.count, device_id) == self.index
     }
 }
 
@@ -36,15 +36,15 @@ mod tests {
 
     #[test]
     fn indexes_come_from_numbers_and_pod_names() {
-        assert_eq!(Share::parse_index("2"), Some(2));
-        assert_eq!(Share::parse_index("mqtt-kafka-gateway-11"), Some(11));
-        assert_eq!(Share::parse_index("gateway"), None);
+        assert_eq!(Replicas::parse_index("2"), Some(2));
+        assert_eq!(Replicas::parse_index("mqtt-kafka-gateway-11"), Some(11));
+        assert_eq!(Replicas::parse_index("gateway"), None);
     }
 
     #[test]
     fn every_device_has_exactly_one_owner_and_the_split_is_even() {
         let count = 3;
-        let shares: Vec<Share> = (0..count).map(|index| Share { index, count }).collect();
+        let shares: Vec<Replicas> = (0..count).map(|index| Replicas { index, count }).collect();
         let mut per = [0usize; 3];
         for d in 0..3000 {
             let id = format!("device-{d}");
@@ -54,6 +54,6 @@ mod tests {
         }
         assert!(per.iter().all(|n| (850..=1150).contains(n)), "{per:?}");
         // Stable: the same id, the same owner, in every build.
-        assert_eq!(Share::owner(3, "f2-e4fd45f654be"), Share::owner(3, "f2-e4fd45f654be"));
+        assert_eq!(Replicas::owner(3, "f2-e4fd45f654be"), Replicas::owner(3, "f2-e4fd45f654be"));
     }
 }

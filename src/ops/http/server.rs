@@ -16,7 +16,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::oneshot;
 
 use super::{HEALTHZ_PATH, METRICS_PATH, READYZ_PATH};
-use crate::metrics::{exposition, Metrics};
+use crate::ops::metrics::{exposition, Metrics};
 
 /// The running server; dropping it stops it.
 pub struct Server {

@@ -18,6 +18,8 @@ mod report;
 
 use std::path::Path;
 use std::process::ExitCode;
+
+use crate::commands::exit;
 use std::time::Duration;
 
 pub use kafka::CHECK_HEADER;
@@ -77,19 +79,19 @@ pub fn command(path: &Path, options: &Options) -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprint!("{e}");
-            return ExitCode::from(2);
+            return exit::code(exit::INVALID);
         }
     };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return exit::code(exit::FAILED);
         }
     };
     let report = runtime.block_on(run(&config, options));
     print!("{report}");
-    ExitCode::from(report.exit_code())
+    exit::code(report.exit_code())
 }
 
 #[cfg(test)]

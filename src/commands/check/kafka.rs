@@ -22,7 +22,7 @@ use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext}
 use super::report::{Item, Side};
 use super::Options;
 use crate::config::KafkaSettings;
-use crate::route::RouteTable;
+use crate::core::routing::RouteTable;
 
 pub(super) const SIDE: Side = Side::Kafka;
 
@@ -512,14 +512,14 @@ mod tests {
             topic_item("topic \"t\"", "t", &TopicState::Missing, auto.as_ref(), "k:9092", &props)
         };
         let enabled = item(Some(AutoCreate::Enabled(Some("3".into()))));
-        assert_eq!(enabled.status, crate::check::Status::Ok, "{enabled}");
+        assert_eq!(enabled.status, crate::commands::check::Status::Ok, "{enabled}");
         assert!(enabled.detail.contains("will be auto-created"), "{enabled}");
         let disabled = item(Some(AutoCreate::Disabled));
-        assert_eq!(disabled.status, crate::check::Status::Fail);
+        assert_eq!(disabled.status, crate::commands::check::Status::Fail);
         assert!(disabled.detail.contains("does not auto-create"), "{disabled}");
         assert!(disabled.hint.as_deref().unwrap_or_default().contains("--create --topic t"), "{disabled}");
         for other in [Some(AutoCreate::ClientDisabled), Some(AutoCreate::Unknown("denied".into())), None] {
-            assert_eq!(item(other).status, crate::check::Status::Fail);
+            assert_eq!(item(other).status, crate::commands::check::Status::Fail);
         }
     }
 
@@ -528,9 +528,12 @@ mod tests {
         let props = BTreeMap::from([("sasl.username".to_string(), "gw".to_string())]);
         let item = |state: TopicState| topic_item("topic \"t\"", "t", &state, None, "k:9092", &props);
         assert_eq!(item(TopicState::Exists { partitions: 3, leaderless: 0 }).detail, "exists, 3 partitions");
-        assert_eq!(item(TopicState::Exists { partitions: 3, leaderless: 1 }).status, crate::check::Status::Fail);
+        assert_eq!(
+            item(TopicState::Exists { partitions: 3, leaderless: 1 }).status,
+            crate::commands::check::Status::Fail
+        );
         let denied = item(TopicState::Unauthorized);
-        assert_eq!(denied.status, crate::check::Status::Fail);
+        assert_eq!(denied.status, crate::commands::check::Status::Fail);
         assert!(denied.hint.as_deref().unwrap_or_default().contains("user \"gw\" Describe and Write"), "{denied}");
     }
 
@@ -547,7 +550,10 @@ mod tests {
             "k:9092",
             t,
         );
-        assert_eq!((reach.status, auth.status), (crate::check::Status::Ok, crate::check::Status::Fail));
+        assert_eq!(
+            (reach.status, auth.status),
+            (crate::commands::check::Status::Ok, crate::commands::check::Status::Fail)
+        );
         assert!(auth.hint.as_deref().unwrap_or_default().contains("sasl.password"), "{auth}");
 
         let (reach, auth) = connect_failure(
@@ -556,7 +562,10 @@ mod tests {
             "k:9092",
             t,
         );
-        assert_eq!((reach.status, auth.status), (crate::check::Status::Fail, crate::check::Status::Skip));
+        assert_eq!(
+            (reach.status, auth.status),
+            (crate::commands::check::Status::Fail, crate::commands::check::Status::Skip)
+        );
         assert!(reach.detail.contains("TLS handshake failed"), "{reach}");
 
         let (reach, _) = connect_failure(

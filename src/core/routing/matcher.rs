@@ -1,6 +1,6 @@
 //! Which routes a topic matches, without trying every route: the routes' filters (and fallback filters)
 //! in a trie of topic levels, so that matching costs a walk down the topic's own levels however many
-//! routes there are. Same rules as [`crate::filter::matches`] (MQTT 3.1.1 section 4.7), which the tests
+//! routes there are. Same rules as [`crate::core::routing::filter::matches`] (MQTT 3.1.1 section 4.7), which the tests
 //! hold it to.
 
 use std::collections::HashMap;
@@ -80,7 +80,7 @@ fn walk(node: &Node, rest: Option<&str>, no_wildcards: bool, out: &mut Vec<u32>)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::filter;
+    use crate::core::routing::filter;
     use proptest::prelude::*;
 
     fn matcher(filters: &[&str]) -> Matcher {

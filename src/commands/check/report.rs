@@ -90,9 +90,9 @@ impl Report {
     /// 0 when nothing failed, 1 otherwise. (2, an invalid configuration, is decided before any check.)
     pub fn exit_code(&self) -> u8 {
         if self.count(Status::Fail) == 0 {
-            0
+            crate::commands::exit::OK
         } else {
-            1
+            crate::commands::exit::FAILED
         }
     }
 

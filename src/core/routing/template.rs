@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use crate::topic_name::check_kafka_topic;
+use crate::core::routing::topic_name::check_kafka_topic;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {

@@ -2,53 +2,45 @@
 //! that says why the message could not be delivered as such. Pure: the receive time is passed in.
 
 use std::borrow::Cow;
-use std::time::SystemTime;
+use std::cell::OnceCell;
 
 use serde_json::value::RawValue;
 use serde_json::Value;
 
 use base64::Engine as _;
 
-use crate::mqtt::Properties;
-use crate::route::{DeviceIdSource, PayloadFormat, Route, ValueFormat};
-use crate::template::Values;
+use crate::core::message::{Message, Properties};
+use crate::core::routing::template::Values;
+use crate::core::routing::{DeviceId, PayloadFormat, Route, ValueFormat};
 
-/// An MQTT message as received.
-#[derive(Debug, Clone, Copy)]
-pub struct Message<'a> {
-    pub topic: &'a str,
-    pub payload: &'a [u8],
-    pub qos: u8,
-    pub retain: bool,
-    pub received_at: SystemTime,
-    /// MQTT 5 properties, carried as headers.
-    pub properties: Option<&'a Properties>,
+/// What is worked out once per message, however many routes it fans out to: its id, its receive time as
+/// text, and its payload as JSON, validated on first use and parsed only if a key path or a schema needs
+/// it (an unrouted message, or one for raw and text routes only, is never parsed).
+pub struct Facts<'a> {
+    pub message: &'a Message,
+    raw: OnceCell<Result<&'a RawValue, String>>,
+    parsed: OnceCell<Option<Value>>,
+    id: OnceCell<String>,
+    received_at: OnceCell<String>,
 }
 
-/// The payload, validated once per message however many routes it fans out to, and only if a route
-/// needs it as JSON (an unrouted message, or one for raw and text routes only, is never parsed).
-pub struct Payload<'a> {
-    bytes: &'a [u8],
-    raw: std::cell::OnceCell<Result<&'a RawValue, String>>,
-    parsed: std::cell::OnceCell<Option<Value>>,
-    id: std::cell::OnceCell<String>,
-}
-
-impl<'a> Payload<'a> {
-    pub fn new(bytes: &'a [u8]) -> Self {
+impl<'a> Facts<'a> {
+    pub fn new(message: &'a Message) -> Self {
         Self {
-            bytes,
-            raw: std::cell::OnceCell::new(),
-            parsed: std::cell::OnceCell::new(),
-            id: std::cell::OnceCell::new(),
+            message,
+            raw: OnceCell::new(),
+            parsed: OnceCell::new(),
+            id: OnceCell::new(),
+            received_at: OnceCell::new(),
         }
     }
 
     /// The payload as validated JSON text, or why it is not JSON.
     fn raw(&self) -> &Result<&'a RawValue, String> {
+        let bytes: &'a [u8] = &self.message.payload;
         self.raw.get_or_init(|| {
-            serde_json::from_slice::<&RawValue>(self.bytes).map_err(|e| {
-                if self.bytes.is_empty() {
+            serde_json::from_slice::<&RawValue>(bytes).map_err(|e| {
+                if bytes.is_empty() {
                     "payload is empty, not JSON".to_string()
                 } else {
                     format!("payload is not valid JSON: {e}")
@@ -57,12 +49,17 @@ impl<'a> Payload<'a> {
         })
     }
 
-    /// The message id of this payload on `topic` (see [`message_id`]), computed once.
-    fn id(&self, topic: &str) -> &str {
-        self.id.get_or_init(|| message_id(topic, self.bytes))
+    /// The message id (see [`message_id`]).
+    pub fn id(&self) -> &str {
+        self.id.get_or_init(|| message_id(&self.message.topic, &self.message.payload))
     }
 
-    /// The payload as a `serde_json::Value`, parsed on first use (only JSONPath keys need it).
+    /// The receive time in epoch seconds with microseconds (see [`epoch_seconds`]).
+    pub fn received_at(&self) -> &str {
+        self.received_at.get_or_init(|| epoch_seconds(self.message.received_at))
+    }
+
+    /// The payload as a `serde_json::Value`, parsed on first use (only JSONPath keys and schemas need it).
     fn value(&self) -> Option<&Value> {
         self.parsed.get_or_init(|| self.raw().as_ref().ok().and_then(|r| serde_json::from_str(r.get()).ok())).as_ref()
     }
@@ -81,15 +78,10 @@ pub struct Record {
 /// What a route makes of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Record {
-        record: Record,
-        device_id: String,
-        device_id_source: DeviceIdSource,
-    },
+    Record(Record),
     /// The message cannot go to the route's topic; `record` goes to the dead-letter topic instead.
     DeadLetter {
         record: Record,
-        device_id: String,
         reason: String,
         kind: DeadLetterReason,
     },
@@ -174,31 +166,32 @@ pub fn user_property_header(name: &str) -> Cow<'static, str> {
     }
 }
 
-pub use crate::stamp::{epoch_seconds, message_id};
+pub use crate::core::stamp::{epoch_seconds, message_id};
 
-/// Builds what `route` makes of `msg`.
-pub fn build(route: &Route, msg: &Message<'_>, payload: &Payload<'_>) -> Outcome {
-    let d = route.device_id.extract_with_captures(msg.topic, route.topic.groups().next().is_some());
-    let device_id = d.id;
-    let timestamp = epoch_seconds(msg.received_at);
-    let headers = context_headers(route, msg, device_id, payload.id(msg.topic), &timestamp);
+/// Builds what `route` makes of a message, for the device `device` (found by the route's own rule, see
+/// [`Route::device`]).
+pub fn build(route: &Route, facts: &Facts<'_>, device: &DeviceId<'_>) -> Outcome {
+    let msg = facts.message;
+    let device_id = device.id;
+    let timestamp = facts.received_at();
+    let headers = context_headers(route, facts, device_id);
     let dead_letter = |kind, reason: String, headers| dead_letter_outcome(route, msg, device_id, headers, kind, reason);
 
-    let group = |name: &str| d.captures.as_ref().and_then(|c| c.name(name)).map(|m| m.as_str());
-    let topic = match route.topic.render(&Values { topic: msg.topic, device_id, group: &group }) {
+    let group = |name: &str| device.captures.as_ref().and_then(|c| c.name(name)).map(|m| m.as_str());
+    let topic = match route.topic.render(&Values { topic: &msg.topic, device_id, group: &group }) {
         Ok(t) => t,
         Err(reason) => return dead_letter(DeadLetterReason::InvalidTopic, reason, headers),
     };
-    let key = match route.key.select(device_id, if route.key.needs_payload() { payload.value() } else { None }) {
+    let key = match route.key.select(device_id, if route.key.needs_payload() { facts.value() } else { None }) {
         Ok(k) => k,
         Err(reason) => return dead_letter(DeadLetterReason::KeyNotFound, reason, headers),
     };
-    if let Some(reason) = msg.properties.and_then(|p| utf8_promise_broken(p, msg.payload)) {
+    if let Some(reason) = msg.properties.as_deref().and_then(|p| utf8_promise_broken(p, &msg.payload)) {
         return dead_letter(DeadLetterReason::NotUtf8, reason, headers);
     }
     if let Some(schema) = &route.schema {
         // A schema applies to JSON payloads only (checked at load).
-        match (payload.raw(), payload.value()) {
+        match (facts.raw(), facts.value()) {
             (Err(reason), _) => return dead_letter(DeadLetterReason::InvalidJson, reason.clone(), headers),
             (Ok(_), Some(v)) => {
                 if let Some(reason) = schema.violations(v) {
@@ -212,34 +205,40 @@ pub fn build(route: &Route, msg: &Message<'_>, payload: &Payload<'_>) -> Outcome
     }
     let value = match (route.format, route.payload) {
         (ValueFormat::Raw, _) => msg.payload.to_vec(),
-        (ValueFormat::Envelope, PayloadFormat::Json) => match payload.raw() {
-            Ok(raw) => envelope(msg.topic, device_id, raw.get().as_bytes(), &timestamp),
+        (ValueFormat::Envelope, PayloadFormat::Json) => match facts.raw() {
+            Ok(raw) => envelope(&msg.topic, device_id, raw.get().as_bytes(), timestamp),
             Err(reason) => return dead_letter(DeadLetterReason::InvalidJson, reason.clone(), headers),
         },
-        (ValueFormat::Envelope, PayloadFormat::Text) => match std::str::from_utf8(msg.payload) {
-            Ok(text) => envelope(msg.topic, device_id, &json_string(text), &timestamp),
+        (ValueFormat::Envelope, PayloadFormat::Text) => match std::str::from_utf8(&msg.payload) {
+            Ok(text) => envelope(&msg.topic, device_id, &json_string(text), timestamp),
             Err(e) => {
                 return dead_letter(DeadLetterReason::NotUtf8, format!("payload is not UTF-8 text: {e}"), headers)
             }
         },
         (ValueFormat::Envelope, PayloadFormat::Base64) => {
-            let encoded = base64::engine::general_purpose::STANDARD.encode(msg.payload);
-            envelope(msg.topic, device_id, &json_string(&encoded), &timestamp)
+            let encoded = base64::engine::general_purpose::STANDARD.encode(&msg.payload);
+            envelope(&msg.topic, device_id, &json_string(&encoded), timestamp)
         }
     };
-    Outcome::Record {
-        record: Record { topic, key, value, headers },
-        device_id: device_id.to_string(),
-        device_id_source: d.source,
-    }
+    Outcome::Record(Record { topic, key, value, headers })
 }
 
-/// The dead letter `route` makes of `msg` for `reason`, decided outside the route's own rules.
-pub fn dead_letter(route: &Route, msg: &Message<'_>, kind: DeadLetterReason, reason: String) -> Outcome {
-    let (device_id, _) = route.device_id.extract(msg.topic);
-    let headers =
-        context_headers(route, msg, device_id, &message_id(msg.topic, msg.payload), &epoch_seconds(msg.received_at));
-    dead_letter_outcome(route, msg, device_id, headers, kind, reason)
+/// What `route` makes of `message`, all in one: its facts, its device, its record. For `explain` and
+/// tests; the pipeline works the facts out once per message and the device once per route.
+pub fn build_one(route: &Route, message: &Message) -> Outcome {
+    build(route, &Facts::new(message), &route.device(&message.topic))
+}
+
+/// The dead letter `route` makes of the message for `reason`, decided outside the route's own rules.
+pub fn dead_letter(
+    route: &Route,
+    facts: &Facts<'_>,
+    device_id: &str,
+    kind: DeadLetterReason,
+    reason: String,
+) -> Outcome {
+    let headers = context_headers(route, facts, device_id);
+    dead_letter_outcome(route, facts.message, device_id, headers, kind, reason)
 }
 
 /// The MQTT 5 Payload Format Indicator says UTF-8 and the payload is not: why, for the dead letter.
@@ -254,22 +253,17 @@ fn utf8_promise_broken(p: &Properties, payload: &[u8]) -> Option<String> {
 
 /// The headers every record carries: where the message came from and when; then, on MQTT 5, the
 /// message's properties.
-fn context_headers(
-    route: &Route,
-    msg: &Message<'_>,
-    device_id: &str,
-    id: &str,
-    timestamp: &str,
-) -> Vec<(Cow<'static, str>, Vec<u8>)> {
+fn context_headers(route: &Route, facts: &Facts<'_>, device_id: &str) -> Vec<(Cow<'static, str>, Vec<u8>)> {
+    let msg = facts.message;
     let mut h = vec![
         (Cow::Borrowed(HEADER_MQTT_TOPIC), msg.topic.as_bytes().to_vec()),
         (Cow::Borrowed(HEADER_MQTT_QOS), vec![b'0' + msg.qos.min(2)]),
         (Cow::Borrowed(HEADER_DEVICE_ID), device_id.as_bytes().to_vec()),
         (Cow::Borrowed(HEADER_ROUTE), route.name.as_bytes().to_vec()),
-        (Cow::Borrowed(HEADER_MESSAGE_ID), id.as_bytes().to_vec()),
-        (Cow::Borrowed(HEADER_RECEIVED_AT), timestamp.as_bytes().to_vec()),
+        (Cow::Borrowed(HEADER_MESSAGE_ID), facts.id().as_bytes().to_vec()),
+        (Cow::Borrowed(HEADER_RECEIVED_AT), facts.received_at().as_bytes().to_vec()),
     ];
-    if let Some(p) = msg.properties {
+    if let Some(p) = msg.properties.as_deref() {
         property_headers(p, &mut h);
     }
     h
@@ -299,7 +293,7 @@ fn property_headers(p: &Properties, h: &mut Vec<(Cow<'static, str>, Vec<u8>)>) {
 /// The message as published, to the route's dead-letter topic, keyed by device id, with the reason.
 fn dead_letter_outcome(
     route: &Route,
-    msg: &Message<'_>,
+    msg: &Message,
     device_id: &str,
     mut headers: Vec<(Cow<'static, str>, Vec<u8>)>,
     kind: DeadLetterReason,
@@ -313,7 +307,6 @@ fn dead_letter_outcome(
             value: msg.payload.to_vec(),
             headers,
         },
-        device_id: device_id.to_string(),
         reason,
         kind,
     }
@@ -350,7 +343,7 @@ fn write_json_string(out: &mut Vec<u8>, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::tests::route;
+    use crate::core::routing::tests::route;
     use proptest::prelude::*;
     use std::time::{Duration, UNIX_EPOCH};
 
@@ -358,15 +351,8 @@ mod tests {
     const SPEC_PAYLOAD: &str =
         r#"{"timestamp": "2023-05-26 18:34:04.928538", "door-sensor-1": false, "door-sensor-2": true}"#;
 
-    fn msg<'a>(topic: &'a str, payload: &'a [u8]) -> Message<'a> {
-        Message {
-            topic,
-            payload,
-            qos: 0,
-            retain: false,
-            received_at: UNIX_EPOCH + Duration::from_micros(1_684_678_444_928_538),
-            properties: None,
-        }
+    fn msg(topic: &str, payload: &[u8]) -> Message {
+        Message::new(topic, payload.to_vec(), 0, UNIX_EPOCH + Duration::from_micros(1_684_678_444_928_538))
     }
 
     #[test]
@@ -384,10 +370,8 @@ mod tests {
             response_topic: Some("reply/here".into()),
             correlation_data: Some(bytes::Bytes::from_static(&[0, 159, 1])),
         };
-        let m = Message { properties: Some(&props), ..msg(SPEC_TOPIC, SPEC_PAYLOAD.as_bytes()) };
-        let Outcome::Record { record, .. } = build(&r, &m, &Payload::new(m.payload)) else {
-            panic!("expected a record")
-        };
+        let m = Message { properties: Some(Box::new(props.clone())), ..msg(SPEC_TOPIC, SPEC_PAYLOAD.as_bytes()) };
+        let Outcome::Record(record) = build_one(&r, &m) else { panic!("expected a record") };
         let all = |k: &str| record.headers.iter().filter(|(n, _)| n == k).map(|(_, v)| v.clone()).collect::<Vec<_>>();
         assert_eq!(all("site"), [b"north".to_vec(), b"south".to_vec()], "repeated names kept, in order");
         assert_eq!(all("device_id"), [b"f2-e4fd45f654be".to_vec()], "ours is the only device_id");
@@ -404,26 +388,24 @@ mod tests {
     fn a_payload_that_breaks_its_utf8_promise_is_dead_lettered() {
         let r = route("spec", "cmnd/#", "raw_iot_data");
         let props = Properties { payload_format: Some(1), ..Properties::default() };
-        let m = Message { properties: Some(&props), ..msg(SPEC_TOPIC, &[0xff, 0xfe]) };
-        let Outcome::DeadLetter { kind, reason, record, .. } = build(&r, &m, &Payload::new(m.payload)) else {
+        let m = Message { properties: Some(Box::new(props.clone())), ..msg(SPEC_TOPIC, &[0xff, 0xfe]) };
+        let Outcome::DeadLetter { kind, reason, record, .. } = build_one(&r, &m) else {
             panic!("expected a dead letter")
         };
         assert_eq!(kind, DeadLetterReason::NotUtf8);
         assert!(reason.contains("payload format indicator"), "{reason}");
         assert!(record.headers.iter().any(|(n, v)| n == HEADER_PAYLOAD_FORMAT && v == b"utf-8"));
         let bytes = Properties { payload_format: Some(0), ..Properties::default() };
-        let m = Message { properties: Some(&bytes), ..msg(SPEC_TOPIC, br#"{"a":1}"#) };
-        assert!(matches!(build(&r, &m, &Payload::new(m.payload)), Outcome::Record { .. }));
+        let m = Message { properties: Some(Box::new(bytes.clone())), ..msg(SPEC_TOPIC, br#"{"a":1}"#) };
+        assert!(matches!(build_one(&r, &m), Outcome::Record(_)));
     }
 
     #[test]
     fn the_spec_example_becomes_the_spec_record() {
         let r = route("spec", "cmnd/#", "raw_iot_data");
         let m = msg(SPEC_TOPIC, SPEC_PAYLOAD.as_bytes());
-        let Outcome::Record { record, device_id, .. } = build(&r, &m, &Payload::new(m.payload)) else {
-            panic!("expected a record")
-        };
-        assert_eq!(device_id, "f2-e4fd45f654be");
+        let Outcome::Record(record) = build_one(&r, &m) else { panic!("expected a record") };
+        assert_eq!(r.device(&m.topic).id, "f2-e4fd45f654be");
         assert_eq!(record.topic, "raw_iot_data");
         assert_eq!(record.key.as_deref(), Some(&b"f2-e4fd45f654be"[..]));
         let expected = format!(
@@ -455,8 +437,8 @@ mod tests {
         ];
         for (topic, payload, want) in cases {
             let m = msg(topic, payload.as_bytes());
-            match (build(&r, &m, &Payload::new(m.payload)), want) {
-                (Outcome::Record { record, .. }, Some(want)) => {
+            match (build_one(&r, &m), want) {
+                (Outcome::Record(record), Some(want)) => {
                     let v: Value = serde_json::from_slice(&record.value).unwrap();
                     assert_eq!(v["original_topic"], *topic);
                     let text = String::from_utf8(record.value).unwrap();
@@ -478,14 +460,12 @@ mod tests {
         let r = route("spec", "cmnd/#", "raw_iot_data");
         let bytes = [0xff, 0x00, 0xfe, b'{'];
         let m = msg("cmnd/dev/x", &bytes);
-        assert!(
-            matches!(build(&r, &m, &Payload::new(&bytes)), Outcome::DeadLetter { record, .. } if record.value == bytes)
-        );
+        assert!(matches!(build_one(&r, &m), Outcome::DeadLetter { record, .. } if record.value == bytes));
     }
 
     #[test]
     fn value_formats_table() {
-        use crate::route::{PayloadFormat as P, ValueFormat as F};
+        use crate::core::routing::{PayloadFormat as P, ValueFormat as F};
         let cases: &[(F, P, &[u8], Result<&str, &str>)] = &[
             (F::Envelope, P::Text, b"21.5 C", Ok(r#""payload":"21.5 C","#)),
             (F::Envelope, P::Text, b"say \"hi\"", Ok(r#""payload":"say \"hi\"","#)),
@@ -498,8 +478,8 @@ mod tests {
             r.format = *format;
             r.payload = *payload_format;
             let m = msg("cmnd/dev/x", payload);
-            match (build(&r, &m, &Payload::new(payload)), want) {
-                (Outcome::Record { record, .. }, Ok(want)) => {
+            match (build_one(&r, &m), want) {
+                (Outcome::Record(record), Ok(want)) => {
                     let text = String::from_utf8(record.value).unwrap();
                     assert!(text.contains(want), "{text} should contain {want}");
                     serde_json::from_str::<Value>(&text).expect("the envelope is JSON");
@@ -513,12 +493,10 @@ mod tests {
     #[test]
     fn raw_format_keeps_the_payload_and_moves_the_context_to_headers() {
         let mut r = route("r", "cmnd/#", "t");
-        r.format = crate::route::ValueFormat::Raw;
+        r.format = crate::core::routing::ValueFormat::Raw;
         let bytes = [0xde, 0xad, 0xbe, 0xef];
         let m = msg("cmnd/f2-e4fd45f654be/bin", &bytes);
-        let Outcome::Record { record, .. } = build(&r, &m, &Payload::new(&bytes)) else {
-            panic!("raw takes any bytes")
-        };
+        let Outcome::Record(record) = build_one(&r, &m) else { panic!("raw takes any bytes") };
         assert_eq!(record.value, bytes);
         let header = |k: &str| {
             record.headers.iter().find(|(n, _)| *n == k).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
@@ -531,20 +509,18 @@ mod tests {
     #[test]
     fn templated_topics_and_their_failures() {
         let mut r = route("r", "cmnd/#", "t");
-        r.topic = crate::template::TopicTemplate::parse("iot.{kind}").unwrap();
-        r.device_id = crate::route::DeviceIdRule::new(
+        r.topic = crate::core::routing::template::TopicTemplate::parse("iot.{kind}").unwrap();
+        r.device_id = crate::core::routing::DeviceIdRule::new(
             regex::Regex::new(r"^cmnd/(?P<device_id>[^/]+)/[^/]+/[^/]+/(?P<kind>[^/]+)").unwrap(),
             None,
             "unknown".into(),
         );
         r.dead_letter_topic = "iot.dlq".into();
         let m = msg(SPEC_TOPIC, SPEC_PAYLOAD.as_bytes());
-        let Outcome::Record { record, .. } = build(&r, &m, &Payload::new(m.payload)) else { panic!("renders") };
+        let Outcome::Record(record) = build_one(&r, &m) else { panic!("renders") };
         assert_eq!(record.topic, "iot.door-sensors");
         let m = msg("cmnd/dev/a/b/bad kind", b"{}");
-        let Outcome::DeadLetter { record, reason, .. } = build(&r, &m, &Payload::new(m.payload)) else {
-            panic!("invalid name")
-        };
+        let Outcome::DeadLetter { record, reason, .. } = build_one(&r, &m) else { panic!("invalid name") };
         assert_eq!(record.topic, "iot.dlq");
         assert!(reason.contains("iot.bad kind"), "{reason}");
     }
@@ -552,19 +528,15 @@ mod tests {
     #[test]
     fn a_missing_key_can_dead_letter() {
         let mut r = route("r", "cmnd/#", "t");
-        r.key = crate::route::KeyRule::JsonPath {
+        r.key = crate::core::routing::KeyRule::JsonPath {
             source: "$.serial".into(),
             query: Box::new(jsonpath_rust::parser::parse_json_path("$.serial").unwrap()),
-            missing: crate::route::KeyMissing::DeadLetter,
+            missing: crate::core::routing::KeyMissing::DeadLetter,
         };
         let m = msg("cmnd/dev/x", br#"{"other":1}"#);
-        assert!(
-            matches!(build(&r, &m, &Payload::new(m.payload)), Outcome::DeadLetter { reason, .. } if reason.contains("$.serial"))
-        );
+        assert!(matches!(build_one(&r, &m), Outcome::DeadLetter { reason, .. } if reason.contains("$.serial")));
         let m = msg("cmnd/dev/x", br#"{"serial":"SN-9"}"#);
-        assert!(
-            matches!(build(&r, &m, &Payload::new(m.payload)), Outcome::Record { record, .. } if record.key.as_deref() == Some(&b"SN-9"[..]))
-        );
+        assert!(matches!(build_one(&r, &m), Outcome::Record(record) if record.key.as_deref() == Some(&b"SN-9"[..])));
     }
 
     #[test]
@@ -577,7 +549,7 @@ mod tests {
         assert_ne!(message_id("ab", b"c"), message_id("a", b"bc"), "topic and payload are separated");
         let r = route("spec", "cmnd/#", "raw_iot_data");
         let m = msg("cmnd/a", b"{}");
-        let Outcome::Record { record, .. } = build(&r, &m, &Payload::new(m.payload)) else { panic!() };
+        let Outcome::Record(record) = build_one(&r, &m) else { panic!() };
         assert!(record.headers.contains(&(HEADER_MESSAGE_ID.into(), a.into_bytes())));
     }
 
@@ -603,7 +575,7 @@ mod tests {
             let text = if pretty { serde_json::to_string_pretty(&value).unwrap() } else { value.to_string() };
             let r = route("spec", "cmnd/#", "raw_iot_data");
             let m = msg("cmnd/f2-e4fd45f654be/x", text.as_bytes());
-            let Outcome::Record { record, .. } = build(&r, &m, &Payload::new(m.payload)) else {
+            let Outcome::Record(record) = build_one(&r, &m) else {
                 panic!("valid JSON must not be dead-lettered")
             };
             #[derive(serde::Deserialize)]

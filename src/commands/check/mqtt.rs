@@ -12,8 +12,8 @@ use rumqttc::ConnectReturnCode;
 
 use super::report::{Item, Side};
 use crate::config::{BrokerAddr, MqttSettings, Protocol};
+use crate::core::routing::RouteTable;
 use crate::mqtt::client::{self, Client, ConnectionError, Event, EventLoop, Granted};
-use crate::route::RouteTable;
 
 const SIDE: Side = Side::Mqtt;
 

@@ -1,6 +1,6 @@
 //! Log output: `tracing` with `RUST_LOG` (or `log.level`) as the filter and `LOG_FORMAT=json` (or
 //! `log.format: json`) for one JSON object per line. rumqttc logs through the `log` crate and librdkafka
-//! through [`crate::kafka::LogContext`]; both end up here.
+//! through the Kafka edge's client context (`kafka::GatewayContext`); both end up here.
 
 use std::io::IsTerminal;
 

@@ -12,9 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::envelope::DeadLetterReason;
-use crate::health::Health;
-use crate::route::{DeviceIdSource, Route};
+use crate::core::envelope::DeadLetterReason;
+use crate::core::routing::{DeviceIdSource, Route};
+use crate::ops::diagnosis::Diagnosis;
+use crate::ops::health::Health;
 pub use routes::{RouteRegistry, RouteStats};
 
 #[derive(Debug, Default)]
@@ -27,6 +28,7 @@ pub struct Metrics {
     pub messages_received: [AtomicU64; 3],
     pub messages_unrouted: AtomicU64,
     pub records_enqueued: AtomicU64,
+    /// Times a record found librdkafka's queue full and waited (counted with each warning).
     pub producer_queue_full: AtomicU64,
     pub subscriptions_rejected: AtomicU64,
     pub reloads: AtomicU64,
@@ -54,7 +56,7 @@ pub struct Metrics {
     pub stale_acks_dropped: AtomicU64,
     pub oversize_messages: AtomicU64,
     /// Records skipped because their device belongs to another replica (`replicas.count` > 1).
-    pub records_not_ours: AtomicU64,
+    pub records_for_other_replicas: AtomicU64,
     pub messages_not_acked: AtomicU64,
     pub reload_failures: AtomicU64,
     unrouted_warned: Mutex<Option<Instant>>,
@@ -176,15 +178,20 @@ impl Metrics {
     }
 
     /// One ERROR line per failed attempt: the broker, what failed, a hint, and when the next attempt is.
+    pub fn mqtt_disconnected(&self) {
+        self.mqtt_connected.store(false, Relaxed);
+    }
+
     pub fn mqtt_connection_error(
         &self,
         broker: &str,
         error: &dyn std::error::Error,
-        diagnosis: &crate::mqtt::diagnose::Diagnosis,
+        diagnosis: &Diagnosis,
         attempt: u32,
         retry_in: Duration,
+        was_connected: bool,
     ) {
-        let was_connected = self.mqtt_connected.swap(false, Relaxed);
+        self.mqtt_connected.store(false, Relaxed);
         self.mqtt_connection_errors.fetch_add(1, Relaxed);
         let retry_in_ms = retry_in.as_millis() as u64;
         let (what, hint) = (diagnosis.what.as_str(), diagnosis.hint);
@@ -237,6 +244,14 @@ impl Metrics {
         if once_a_minute(&self.stall_logged) {
             tracing::info!(buffered_bytes, pauses = n, "intake full: pausing reads from MQTT so the broker holds the rest (Kafka is slower than MQTT; logged at most once a minute)");
         }
+    }
+
+    /// librdkafka's queue has been full for `waited` while a record for `topic` waits for room (the
+    /// backpressure reaching Kafka's side). Logged on the first wait and every 10 s of it.
+    pub fn producer_queue_full(&self, topic: &str, waited: Duration) {
+        self.producer_queue_full.fetch_add(1, Relaxed);
+        let waited_ms = waited.as_millis() as u64;
+        tracing::warn!(topic, waited_ms, "Kafka producer queue is full; waiting for room (backpressure)");
     }
 
     pub fn intake_resumed(&self, after: Duration) {

@@ -1,16 +1,13 @@
-//! Counters kept per route, and the registry that keeps them across reloads.
-//!
-//! Each [`Route`](crate::route::Route) carries an `Arc` of its [`RouteStats`], bound when its table is
-//! put in effect, so counting a record costs an atomic add and no lookup. A route that a reload keeps
-//! (same name, same topic) keeps its counters; Prometheus counters never go back.
+//! A route's counters: plain atomics that hang off the route, so that counting a record costs an atomic
+//! add and no lookup. What they mean to an operator, and how they are kept across reloads and exposed,
+//! is `ops::metrics`'s business; the route only carries them.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::envelope::DeadLetterReason;
-use crate::route::{DeviceIdSource, RouteTable};
+use crate::core::envelope::DeadLetterReason;
+use crate::core::routing::DeviceIdSource;
 
 /// Upper bounds of the delivery latency buckets, in seconds (MQTT receive → Kafka ack).
 pub const LATENCY_BUCKETS: [f64; 15] =
@@ -77,45 +74,6 @@ impl RouteStats {
 
     pub fn dead_letter(&self, reason: DeadLetterReason) {
         self.dead_letters[reason as usize].fetch_add(1, Relaxed);
-    }
-}
-
-/// Every route's counters since start, in the order routes first appeared.
-#[derive(Debug, Default)]
-pub struct RouteRegistry {
-    inner: Mutex<Registry>,
-}
-
-#[derive(Debug, Default)]
-struct Registry {
-    index: HashMap<(Arc<str>, String), usize>,
-    all: Vec<Arc<RouteStats>>,
-}
-
-impl RouteRegistry {
-    /// Gives every route of `table` its counters: the ones it had if a route of that name and topic was
-    /// seen before, new ones otherwise.
-    pub fn bind(&self, table: &mut RouteTable) {
-        let mut reg = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        table.bind_stats(|route| {
-            let key = (route.name.clone(), route.topic.source().to_string());
-            let i = match reg.index.get(&key) {
-                Some(&i) => i,
-                None => {
-                    let stats = RouteStats { route: key.0.clone(), topic: key.1.clone(), ..RouteStats::default() };
-                    reg.all.push(Arc::new(stats));
-                    let i = reg.all.len() - 1;
-                    reg.index.insert(key, i);
-                    i
-                }
-            };
-            reg.all[i].clone()
-        });
-    }
-
-    /// Every route's counters, for a scrape or the statistics line.
-    pub fn all(&self) -> Vec<Arc<RouteStats>> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).all.clone()
     }
 }
 

@@ -1,5 +1,17 @@
-//! Validated routes and the pure decisions made per message: which routes match a topic, which device
-//! id a topic carries, and which Kafka key a record gets. No I/O here.
+//! The routing core: validated routes and the pure decisions made per message. Which routes match a
+//! topic ([`matcher`], by MQTT's rules in [`filter`]), which device id a topic carries, which Kafka key
+//! and topic a record gets ([`template`], [`topic_name`]), whether the payload keeps the route's
+//! contract ([`schema`]) and its rate ([`rate_limit`]), and which replica writes a device
+//! ([`replicas`]). Each route carries its counters ([`stats`]). No I/O here.
+
+pub mod filter;
+pub mod matcher;
+pub mod rate_limit;
+pub mod replicas;
+pub mod schema;
+pub mod stats;
+pub mod template;
+pub mod topic_name;
 
 use std::fmt;
 use std::sync::Arc;
@@ -8,10 +20,10 @@ use jsonpath_rust::parser::model::JpQuery;
 use regex::Regex;
 use serde_json::Value;
 
-use crate::filter::{self, Subscription};
-use crate::matcher::Matcher;
-use crate::metrics::RouteStats;
-use crate::template::TopicTemplate;
+use filter::Subscription;
+use matcher::Matcher;
+use stats::RouteStats;
+use template::TopicTemplate;
 
 /// One route, checked: its filters are valid, its regexes compiled, its JSONPath parsed.
 #[derive(Debug, Clone)]
@@ -28,15 +40,24 @@ pub struct Route {
     pub format: ValueFormat,
     pub payload: PayloadFormat,
     /// `schema`: the payload's contract, compiled.
-    pub schema: Option<Arc<crate::schema::RouteSchema>>,
-    /// `rate_limit`: enforced by the engine (see [`crate::throttle`]).
-    pub rate_limit: Option<crate::throttle::RateLimit>,
+    pub schema: Option<Arc<crate::core::routing::schema::RouteSchema>>,
+    /// `rate_limit`: enforced by the engine (see [`crate::core::routing::rate_limit`]).
+    pub rate_limit: Option<crate::core::routing::rate_limit::RateLimit>,
     /// The route as configured, serialized: two routes with the same fingerprint behave the same. Used
     /// to tell which routes a reload changed.
     pub fingerprint: String,
     /// Its counters; bound to the gateway's registry when its table is put in effect (see
-    /// [`crate::metrics::RouteRegistry`]), unregistered until then.
+    /// [`crate::ops::metrics::RouteRegistry`]), unregistered until then.
     pub stats: Arc<RouteStats>,
+}
+
+impl Route {
+    /// The device id `topic` carries by this route's rule, with the regex's other groups when the topic
+    /// template names them: found once per record, then used for the replica, the key, the topic and
+    /// the headers.
+    pub fn device<'t>(&'t self, topic: &'t str) -> DeviceId<'t> {
+        self.device_id.extract_with_captures(topic, self.topic.groups().next().is_some())
+    }
 }
 
 /// What a record's value is.

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::yaml_index::YamlIndex;
+use crate::core::yaml_index::YamlIndex;
 
 /// The longest `dlq_reason` a schema violation gives (then `… and N more`).
 pub const REASON_MAX_CHARS: usize = 1024;

@@ -7,15 +7,13 @@
 //! belongs to an earlier connection is dropped instead of acknowledging a stranger.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
-/// What is needed to acknowledge one message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AckToken {
-    /// The connection the message arrived on.
-    pub connection: u64,
-    pub pkid: u16,
-    pub qos: u8,
-}
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::message::AckToken;
 
 #[derive(Debug)]
 struct Entry {
@@ -78,18 +76,70 @@ impl AckSequencer {
         due
     }
 
+    #[cfg(test)]
     /// Messages received and not yet acknowledged (or, for QoS 0, not yet delivered).
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
+    #[cfg(test)]
     /// Acks dropped because their connection was gone.
     pub fn stale_dropped(&self) -> u64 {
         self.stale_dropped
+    }
+}
+
+/// The pipeline's end of acknowledging: the sequencer, the channel to the MQTT edge, and what decides
+/// whether an ack may go out at all.
+pub(super) struct Acks {
+    sequencer: AckSequencer,
+    tx: mpsc::UnboundedSender<AckToken>,
+    /// The number of the MQTT edge's current connection (acks of older ones are dropped).
+    connection: Arc<AtomicU64>,
+    /// Raised on a fatal producer error: nothing more is acknowledged.
+    fatal: CancellationToken,
+}
+
+impl Acks {
+    pub(super) fn new(
+        tx: mpsc::UnboundedSender<AckToken>,
+        connection: Arc<AtomicU64>,
+        fatal: CancellationToken,
+    ) -> Self {
+        Self { sequencer: AckSequencer::default(), tx, connection, fatal }
+    }
+
+    /// A message taken, in arrival order; its place in the ack order.
+    pub(super) fn arrived(&mut self, token: Option<AckToken>) -> u64 {
+        self.sequencer.push(token)
+    }
+
+    /// Message `seq` is settled: to be acknowledged in its turn if `ackable`, passed over otherwise (the
+    /// broker delivers it again after the next reconnect).
+    pub(super) fn settled(&mut self, seq: u64, ackable: bool) {
+        if ackable {
+            self.sequencer.complete(seq);
+        } else {
+            self.sequencer.abandon(seq);
+        }
+    }
+
+    /// Hands the acks now due to the MQTT side, in arrival order. After a fatal producer error nothing
+    /// more is acknowledged: whatever is in Kafka or not, the broker delivers it again to the restarted
+    /// gateway.
+    pub(super) fn send_due(&mut self) {
+        let due = self.sequencer.drain(self.connection.load(Relaxed));
+        if self.fatal.is_cancelled() {
+            return;
+        }
+        for ack in due {
+            let _ = self.tx.send(ack);
+        }
     }
 }
 

@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config};
-use crate::metrics::Metrics;
-use crate::route::{RouteDiff, RouteTable};
+use crate::core::routing::{RouteDiff, RouteTable};
+use crate::ops::metrics::Metrics;
 
 /// Why a reload was attempted, for the log.
 #[derive(Debug, Clone, Copy)]

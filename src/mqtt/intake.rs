@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, Notify};
 
-use crate::mqtt::Inbound;
+use crate::core::message::Message;
+use crate::core::routing::RouteTable;
 
 /// Bytes counted for one message besides its payload and topic: the message's own struct, the queue
 /// slot and the buffers rumqttc parsed it from, roughly.
@@ -32,13 +33,13 @@ struct Budget {
 /// The MQTT edge's end.
 #[derive(Clone)]
 pub struct IntakeSender {
-    tx: mpsc::UnboundedSender<Inbound>,
+    tx: mpsc::UnboundedSender<Entry>,
     budget: Arc<Budget>,
 }
 
 /// The pipeline's end.
 pub struct IntakeReceiver {
-    rx: mpsc::UnboundedReceiver<Inbound>,
+    rx: mpsc::UnboundedReceiver<Entry>,
     budget: Arc<Budget>,
 }
 
@@ -51,27 +52,23 @@ pub fn intake(limit_bytes: usize) -> (IntakeSender, IntakeReceiver) {
     (IntakeSender { tx, budget: budget.clone() }, IntakeReceiver { rx, budget })
 }
 
-fn cost(m: &Inbound) -> usize {
-    m.payload.len() + m.topic.len() + MESSAGE_OVERHEAD_BYTES + m.properties.as_deref().map_or(0, properties_cost)
-}
+/// A message and the route table in effect when it arrived: a message is routed by one complete route
+/// set, even if a reload swaps the table while it waits here.
+type Entry = (Message, Arc<RouteTable>);
 
-fn properties_cost(p: &crate::mqtt::Properties) -> usize {
-    let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
-    p.user.iter().map(|(k, v)| k.len() + v.len() + 48).sum::<usize>()
-        + text(&p.content_type)
-        + text(&p.response_topic)
-        + p.correlation_data.as_ref().map_or(0, |c| c.len())
-        + 128
+fn cost(m: &Message) -> usize {
+    m.payload.len() + m.topic.len() + MESSAGE_OVERHEAD_BYTES + m.properties.as_deref().map_or(0, |p| p.cost())
 }
 
 impl IntakeSender {
-    /// Queues `m`, whatever the fill level. Gives it back if the pipeline is gone.
-    pub fn send(&self, m: Inbound) -> Result<(), Inbound> {
+    /// Queues `m`, to be routed by `routes`, whatever the fill level. Gives it back if the pipeline is
+    /// gone.
+    pub fn send(&self, m: Message, routes: Arc<RouteTable>) -> Result<(), Message> {
         let c = cost(&m);
         self.budget.used.fetch_add(c, Ordering::Relaxed);
-        self.tx.send(m).map_err(|e| {
+        self.tx.send((m, routes)).map_err(|e| {
             self.budget.used.fetch_sub(c, Ordering::Relaxed);
-            e.0
+            e.0 .0
         })
     }
 
@@ -106,18 +103,18 @@ impl IntakeSender {
 
 impl IntakeReceiver {
     /// The next message, or `None` once the sender is gone and everything was taken.
-    pub async fn recv(&mut self) -> Option<Inbound> {
+    pub async fn recv(&mut self) -> Option<(Message, Arc<RouteTable>)> {
         let m = self.rx.recv().await?;
         Some(self.taken(m))
     }
 
     /// The next message if one is waiting.
-    pub fn try_recv(&mut self) -> Option<Inbound> {
+    pub fn try_recv(&mut self) -> Option<(Message, Arc<RouteTable>)> {
         self.rx.try_recv().ok().map(|m| self.taken(m))
     }
 
-    fn taken(&self, m: Inbound) -> Inbound {
-        let c = cost(&m);
+    fn taken(&self, m: Entry) -> Entry {
+        let c = cost(&m.0);
         let before = self.budget.used.fetch_sub(c, Ordering::Relaxed);
         if before >= self.budget.resume_below && before - c < self.budget.resume_below {
             self.budget.room.notify_waiters();
@@ -129,32 +126,25 @@ impl IntakeReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::RouteTable;
     use std::time::{Duration, SystemTime};
 
-    fn msg(payload_len: usize) -> Inbound {
-        Inbound {
-            topic: "t".into(),
-            payload: bytes::Bytes::from(vec![b'x'; payload_len]),
-            qos: 0,
-            retain: false,
-            pkid: 0,
-            received_at: SystemTime::UNIX_EPOCH,
-            connection: 1,
-            routes: Arc::new(RouteTable::new(vec![])),
-            properties: None,
-        }
+    fn msg(payload_len: usize) -> Message {
+        Message::new("t", vec![b'x'; payload_len], 0, SystemTime::UNIX_EPOCH)
+    }
+
+    fn table() -> Arc<RouteTable> {
+        Arc::new(RouteTable::new(vec![]))
     }
 
     #[tokio::test]
     async fn a_message_is_taken_even_past_the_limit_and_room_comes_back_as_it_drains() {
         let each = 1000 + 1 + MESSAGE_OVERHEAD_BYTES;
         let (tx, mut rx) = intake(2 * each);
-        tx.send(msg(1000)).unwrap();
+        tx.send(msg(1000), table()).unwrap();
         assert!(!tx.is_full());
-        tx.send(msg(1000)).unwrap();
+        tx.send(msg(1000), table()).unwrap();
         assert!(tx.is_full(), "at the limit");
-        tx.send(msg(1000)).unwrap();
+        tx.send(msg(1000), table()).unwrap();
         assert_eq!(tx.used_bytes(), 3 * each, "never refused: the message is already off the wire");
         assert!(tokio::time::timeout(Duration::from_millis(50), tx.room()).await.is_err(), "no room while full");
         rx.recv().await.unwrap();
@@ -179,12 +169,12 @@ mod tests {
     async fn messages_keep_their_order_and_the_receiver_ends_after_the_sender() {
         let (tx, mut rx) = intake(10);
         for n in 0..5 {
-            tx.send(msg(n)).unwrap();
+            tx.send(msg(n), table()).unwrap();
         }
         drop(tx);
         let mut lens = Vec::new();
         while let Some(m) = rx.recv().await {
-            lens.push(m.payload.len());
+            lens.push(m.0.payload.len());
         }
         assert_eq!(lens, [0, 1, 2, 3, 4]);
     }
@@ -193,7 +183,7 @@ mod tests {
     async fn a_send_without_a_receiver_gives_the_message_back_and_counts_nothing() {
         let (tx, rx) = intake(10);
         drop(rx);
-        assert!(tx.send(msg(3)).is_err());
+        assert!(tx.send(msg(3), table()).is_err());
         assert_eq!(tx.used_bytes(), 0);
     }
 }

@@ -3,10 +3,6 @@
 //! The server runs on a thread and runtime of its own, so a scrape never competes with the message
 //! path, and it stays up while Kafka or MQTT are down.
 
-/// Where the HTTP server listens unless `http.listen` says otherwise.
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:9180";
-/// The port of [`DEFAULT_LISTEN`].
-pub const DEFAULT_PORT: u16 = 9180;
 /// Prometheus metrics (OpenMetrics text).
 pub const METRICS_PATH: &str = "/metrics";
 /// Liveness: 200 while the gateway's own loops are responsive, whatever the brokers do.

@@ -17,7 +17,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::{DropReason, Metrics};
-use crate::envelope::DeadLetterReason;
+use crate::core::envelope::DeadLetterReason;
 
 /// The content type of what [`encode`] writes.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -129,7 +129,7 @@ impl Collector for GatewayCollector {
             "records_not_ours",
             "Records left to another replica: their device is in its share (replicas.count).",
             None,
-            ld(&m.records_not_ours),
+            ld(&m.records_for_other_replicas),
         )?;
         counter(
             e,
@@ -388,13 +388,13 @@ impl Collector for ProcessCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::{DeviceIdSource, RouteTable};
+    use crate::core::routing::{DeviceIdSource, RouteTable};
     use std::time::Duration;
 
     #[test]
     fn a_scrape_has_every_family_and_escapes_route_names() {
         let metrics = Arc::new(Metrics::default());
-        let mut table = RouteTable::new(vec![crate::route::tests::route("we\"ird\\name", "cmnd/#", "raw")]);
+        let mut table = RouteTable::new(vec![crate::core::routing::tests::route("we\"ird\\name", "cmnd/#", "raw")]);
         metrics.routes.bind(&mut table);
         let route = &table.routes()[0];
         route.stats.delivered.fetch_add(3, Relaxed);
