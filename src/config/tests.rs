@@ -130,7 +130,7 @@ fn kafka_properties_pass_through_and_win() {
 }
 
 fn problems(text: &str) -> Vec<String> {
-    load(text, &[]).err().expect("config should be rejected").problems.iter().map(|p| p.to_string()).collect()
+    load(text, &[]).expect_err("config should be rejected").problems.iter().map(|p| p.to_string()).collect()
 }
 
 #[test]

@@ -466,7 +466,8 @@ mod tests {
     #[test]
     fn value_formats_table() {
         use crate::core::routing::{PayloadFormat as P, ValueFormat as F};
-        let cases: &[(F, P, &[u8], Result<&str, &str>)] = &[
+        type Case<'a> = (F, P, &'a [u8], Result<&'a str, &'a str>);
+        let cases: &[Case] = &[
             (F::Envelope, P::Text, b"21.5 C", Ok(r#""payload":"21.5 C","#)),
             (F::Envelope, P::Text, b"say \"hi\"", Ok(r#""payload":"say \"hi\"","#)),
             (F::Envelope, P::Text, &[0xff, 0xfe], Err("not UTF-8")),

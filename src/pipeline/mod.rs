@@ -177,7 +177,7 @@ async fn run_inner(
         connection,
         fatal: fatal.clone(),
     };
-    let mut engine = Engine::new(links, &config.mqtt, config.replicas);
+    let mut engine = Engine::new(links, config.mqtt.max_packet_size, config.mqtt.max_unacked_messages, config.replicas);
     let shutting_down = shutdown.clone();
     engine.run(intake_rx, &give_up).await;
     tracing::info!(
