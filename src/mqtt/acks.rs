@@ -134,7 +134,7 @@ impl Edge {
                 continue;
             }
             // A broken connection is reported by the next poll; the messages not acknowledged come again.
-            if self.eventloop.write_ack(a.pkid, a.qos).await.is_err() {
+            if !self.eventloop.write_ack(a.pkid, a.qos).await {
                 break;
             }
             written += 1;

@@ -299,15 +299,17 @@ impl EventLoop {
     }
 
     /// Writes a PUBACK/PUBREC into the connection's buffer (3.1.1 only; see [`Self::writes_directly`]).
-    pub(super) async fn write_ack(&mut self, pkid: u16, qos_level: u8) -> Result<(), ()> {
-        let EventLoop::V4(e) = self else { return Err(()) };
-        let Some(network) = e.network.as_mut() else { return Err(()) };
+    /// False when it could not be written: no connection to write to, or a broken one (the next poll
+    /// reports it).
+    pub(super) async fn write_ack(&mut self, pkid: u16, qos_level: u8) -> bool {
+        let EventLoop::V4(e) = self else { return false };
+        let Some(network) = e.network.as_mut() else { return false };
         let packet = if qos_level >= 2 {
             rumqttc::Packet::PubRec(rumqttc::PubRec::new(pkid))
         } else {
             rumqttc::Packet::PubAck(rumqttc::PubAck::new(pkid))
         };
-        network.write(packet).await.map_err(|_| ())
+        network.write(packet).await.is_ok()
     }
 
     /// Flushes what [`Self::write_ack`] wrote, within `limit`. True if it went out.
