@@ -9,7 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    broker_env, free_port, kafka, new_topic, start_gateway, unique_topic, wait_until, write_config, Mosquitto,
+    broker_env, free_port, kafka, new_topic, start_gateway, unique_topic, wait_until, write_config, Config, Mosquitto,
+    Route,
 };
 
 /// What one `check` run printed and how it ended.
@@ -113,12 +114,12 @@ fn check(config: &Path, args: &[&str], env: &[(&str, String)]) -> Run {
 }
 
 /// One route on `filter` to `topic`, without fallback filters.
-fn route(name: &str, filter: &str, topic: &str) -> String {
-    format!("  - name: {name}\n    filter: '{filter}'\n    fallback_filters: []\n    topic: '{topic}'\n")
+fn route(name: &str, filter: &str, topic: &str) -> Route {
+    Route::new(name, filter, topic).fallback_filters(&[])
 }
 
-fn config(dir: &Path, routes: &[String]) -> std::path::PathBuf {
-    write_config(dir, &format!("reload:\n  watch: false\nroutes:\n{}", routes.concat()))
+fn config(dir: &Path, routes: &[Route]) -> std::path::PathBuf {
+    Config::new().reload_watch(false).routes(routes.iter().cloned()).write(dir)
 }
 
 #[test]
@@ -190,13 +191,12 @@ fn check_does_not_disturb_a_running_gateway_with_the_same_settings() {
     let topic = new_topic("check-live", 1);
     let dir = tempfile::tempdir().unwrap();
     // A persistent session under a fixed client id: the one a second client with the same id would take over.
-    let cfg = write_config(
-        dir.path(),
-        &format!(
-            "mqtt:\n  client_id: live-gw\n  clean_session: false\nreload:\n  watch: false\nroutes:\n{}",
-            route("a", "cmnd/#", &topic)
-        ),
-    );
+    let cfg = Config::new()
+        .client_id("live-gw")
+        .clean_session(false)
+        .reload_watch(false)
+        .route(route("a", "cmnd/#", &topic))
+        .write(dir.path());
     let env = broker_env(&mosquitto);
     let gateway = start_gateway(&cfg, &env);
     assert_eq!(gateway.count_in_log("connected to the MQTT broker"), 1, "{}", gateway.logs());
@@ -298,9 +298,7 @@ fn a_filter_the_broker_refuses_fails_naming_route_and_filter() {
         &[
             route("a", "cmnd/#", &topic),
             route("t", "tele/#", &topic),
-            format!(
-                "  - name: c\n    filter: 'alarm/+/x'\n    fallback_filters: ['alarm/+/y']\n    topic: '{topic}'\n"
-            ),
+            Route::new("c", "alarm/+/x", &topic).fallback_filters(&["alarm/+/y"]),
         ],
     );
     let run = check(&cfg, &[], &broker_env(&mosquitto));
@@ -335,10 +333,7 @@ fn a_refused_filter_says_what_its_fallback_filters_would_get() {
     let mosquitto = Mosquitto::start_rejecting_subscription("cmnd/#", "cmnd/+/+/+/+");
     let topic = new_topic("check-fallback", 1);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
-        dir.path(),
-        &[format!("  - name: a\n    filter: 'cmnd/#'\n    fallback_filters: ['cmnd/+/+/+/+']\n    topic: '{topic}'\n")],
-    );
+    let cfg = config(dir.path(), &[Route::new("a", "cmnd/#", &topic).fallback_filters(&["cmnd/+/+/+/+"])]);
     let run = check(&cfg, &[], &broker_env(&mosquitto));
     assert_eq!(run.code, Some(1), "{}", run.text());
     run.assert_status("mqtt", "route \"a\" filter \"cmnd/#\"", "FAIL");

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{kafka, mosquitto_pub, new_topic, prom, publish_all, wait_until, write_config, Gateway, Mosquitto, WAIT};
+use common::{kafka, mosquitto_pub, new_topic, prom, publish_all, wait_until, Config, Gateway, Mosquitto, Route, WAIT};
 
 /// Nested objects, arrays, a format and an enum.
 const SCHEMA_V1: &str = r#"{
@@ -41,15 +41,17 @@ fn start(config: &Path) -> Gateway {
 fn schema_setup(dir: &Path, mosquitto: &Mosquitto, topic: &str) -> PathBuf {
     std::fs::create_dir_all(dir.join("schemas")).unwrap();
     std::fs::write(dir.join("schemas/telemetry.json"), SCHEMA_V1).unwrap();
-    write_config(
-        dir,
-        &format!(
-            "mqtt:\n  broker: {}\nkafka:\n  bootstrap_servers: {}\nlog:\n  stats_interval_secs: 0\n\
-             routes:\n  - name: telemetry\n    filter: 'telemetry/#'\n    topic: {topic}\n    dead_letter_topic: {topic}.dlq\n    qos: 1\n    schema: schemas/telemetry.json\n    device_id:\n      regex: '^telemetry/(?P<device_id>[^/]+)'\n",
-            mosquitto.addr(),
-            kafka().bootstrap()
-        ),
-    )
+    let route = Route::new("telemetry", "telemetry/#", topic)
+        .dead_letter_topic(&format!("{topic}.dlq"))
+        .qos(1)
+        .extra("    schema: schemas/telemetry.json\n")
+        .device_id_regex("^telemetry/(?P<device_id>[^/]+)");
+    brokers(mosquitto).route(route).write(dir)
+}
+
+/// The test's own Mosquitto, the shared Kafka, and no statistics line.
+fn brokers(mosquitto: &Mosquitto) -> Config {
+    Config::new().broker(mosquitto.addr()).bootstrap_servers(kafka().bootstrap()).stats_interval_secs(0)
 }
 
 /// A broker, a route topic and its dead-letter topic, and a gateway on [`schema_setup`]'s config.
@@ -181,10 +183,12 @@ fn validate_checks_schema_files_and_explain_shows_the_violations() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("schemas")).unwrap();
     std::fs::write(dir.path().join("schemas/telemetry.json"), SCHEMA_V1).unwrap();
-    let cfg = write_config(
-        dir.path(),
-        "routes:\n  - name: telemetry\n    filter: 'telemetry/#'\n    topic: t\n    schema: schemas/telemetry.json\n    rate_limit:\n      messages_per_sec: 50\n",
-    );
+    let cfg = Config::new()
+        .route(
+            Route::new("telemetry", "telemetry/#", "t")
+                .extra("    schema: schemas/telemetry.json\n    rate_limit:\n      messages_per_sec: 50\n"),
+        )
+        .write(dir.path());
     let path = cfg.to_str().unwrap();
     let (code, out) = cli(&["validate", "--config", path]);
     assert_eq!(code, 0, "{out}");
@@ -228,30 +232,20 @@ fn validate_checks_schema_files_and_explain_shows_the_violations() {
     assert!(out.contains("cannot read") && out.contains("relative to the configuration file"), "{out}");
 }
 
-fn rate_config(dir: &Path, mosquitto: &Mosquitto, routes: &str) -> PathBuf {
-    write_config(
-        dir,
-        &format!(
-            "mqtt:\n  broker: {}\nkafka:\n  bootstrap_servers: {}\nlog:\n  stats_interval_secs: 0\nroutes:\n{routes}",
-            mosquitto.addr(),
-            kafka().bootstrap()
-        ),
-    )
-}
-
 #[test]
 fn a_rate_limited_qos1_route_delivers_everything_at_its_rate_without_slowing_another_route() {
     let mosquitto = Mosquitto::start();
     let (slow, fast) = (new_topic("limited", 1), new_topic("unlimited", 1));
     let dir = tempfile::tempdir().unwrap();
-    let cfg = rate_config(
-        dir.path(),
-        &mosquitto,
-        &format!(
-            "  - name: limited\n    filter: 'slow/#'\n    topic: {slow}\n    qos: 1\n    rate_limit:\n      messages_per_sec: 4\n      burst: 1\n    device_id:\n      regex: '^slow/(?P<device_id>[^/]+)'\n\
-             \x20 - name: unlimited\n    filter: 'fast/#'\n    topic: {fast}\n    qos: 1\n    device_id:\n      regex: '^fast/(?P<device_id>[^/]+)'\n"
-        ),
-    );
+    let cfg = brokers(&mosquitto)
+        .route(
+            Route::new("limited", "slow/#", &slow)
+                .qos(1)
+                .extra("    rate_limit:\n      messages_per_sec: 4\n      burst: 1\n")
+                .device_id_regex("^slow/(?P<device_id>[^/]+)"),
+        )
+        .route(Route::new("unlimited", "fast/#", &fast).qos(1).device_id_regex("^fast/(?P<device_id>[^/]+)"))
+        .write(dir.path());
     let gw = start(&cfg);
     let started = Instant::now();
     let mut messages: Vec<(String, Vec<u8>)> =
@@ -296,11 +290,13 @@ fn a_rate_limited_qos0_route_counts_what_it_drops() {
     let mosquitto = Mosquitto::start();
     let topic = new_topic("limited_qos0", 1);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = rate_config(
-        dir.path(),
-        &mosquitto,
-        &format!("  - name: flood\n    filter: 'flood/#'\n    topic: {topic}\n    qos: 0\n    rate_limit:\n      messages_per_sec: 5\n      burst: 2\n      qos0_max_delay_ms: 400\n"),
-    );
+    let cfg = brokers(&mosquitto)
+        .route(
+            Route::new("flood", "flood/#", &topic)
+                .qos(0)
+                .extra("    rate_limit:\n      messages_per_sec: 5\n      burst: 2\n      qos0_max_delay_ms: 400\n"),
+        )
+        .write(dir.path());
     let gw = start(&cfg);
     let messages: Vec<(String, Vec<u8>)> =
         (0..60).map(|i| ("flood/dev-9/x".to_string(), format!(r#"{{"n":{i}}}"#).into_bytes())).collect();

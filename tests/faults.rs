@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{json, mosquitto_pub, publish_paced, unique_topic, write_config, Gateway, Kafka, Mosquitto, Record, WAIT};
+use common::{
+    json, mosquitto_pub, publish_paced, unique_topic, Config, Gateway, Kafka, Mosquitto, Record, Route, WAIT,
+};
 
 /// One fault test at a time: each runs two JVM-heavy brokers and a stream on a 2-core machine.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -28,17 +30,14 @@ fn mosquitto() -> Mosquitto {
     ))
 }
 
-/// A persistent-session gateway config for `fault/#` → `topic` at route QoS `qos`; `mqtt_extra` goes in
-/// the `mqtt` section, `extra` after it.
-fn config(dir: &Path, topic: &str, qos: u8, mqtt_extra: &str, extra: &str) -> PathBuf {
-    write_config(
-        dir,
-        &format!(
-            "mqtt:\n  client_id: {}\n  clean_session: false\n  reconnect_min_delay_ms: 100\n  reconnect_max_delay_ms: 1000\n{mqtt_extra}{extra}\
-             log:\n  stats_interval_secs: 5\nroutes:\n  - name: stream\n    filter: 'fault/#'\n    qos: {qos}\n    topic: {topic}\n",
-            unique_topic("gw")
-        ),
-    )
+/// A persistent-session gateway config for `fault/#` → `topic` at route QoS `qos`.
+fn config(topic: &str, qos: u8) -> Config {
+    Config::new()
+        .client_id(unique_topic("gw"))
+        .clean_session(false)
+        .reconnect_delays_ms(100, 1000)
+        .stats_interval_secs(5)
+        .route(Route::new("stream", "fault/#", topic).qos(qos))
 }
 
 /// What each fault test starts with: its own Kafka (it may kill it), a Mosquitto, a topic and a config.
@@ -50,16 +49,23 @@ struct Rig {
     _dir: tempfile::TempDir,
 }
 
-fn rig(prefix: &str, partitions: i32, mqtt_extra: &str, extra: &str) -> Rig {
-    rig_with(prefix, partitions, 1, mosquitto(), mqtt_extra, extra)
+/// `configure` adds the test's own settings to [`config`]'s.
+fn rig(prefix: &str, partitions: i32, configure: impl FnOnce(Config) -> Config) -> Rig {
+    rig_with(prefix, partitions, 1, mosquitto(), configure)
 }
 
-fn rig_with(prefix: &str, partitions: i32, qos: u8, mosquitto: Mosquitto, mqtt_extra: &str, extra: &str) -> Rig {
+fn rig_with(
+    prefix: &str,
+    partitions: i32,
+    qos: u8,
+    mosquitto: Mosquitto,
+    configure: impl FnOnce(Config) -> Config,
+) -> Rig {
     let kafka = Kafka::start_dedicated();
     let topic = unique_topic(prefix);
     kafka.create_topic(&topic, partitions);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), &topic, qos, mqtt_extra, extra);
+    let cfg = configure(config(&topic, qos)).write(dir.path());
     Rig { kafka, mosquitto, topic, cfg, _dir: dir }
 }
 
@@ -128,7 +134,7 @@ fn kafka_killed_for_15_seconds_loses_nothing_and_keeps_order() {
     const N: usize = 20_000;
     // A short keep-alive: if waiting for Kafka ever stalled the MQTT event loop, the broker would drop
     // the connection within 7.5 s of the outage.
-    let Rig { kafka, mosquitto, topic, cfg, _dir } = rig("fault_kafka", 6, "  keep_alive_secs: 5\n", "");
+    let Rig { kafka, mosquitto, topic, cfg, _dir } = rig("fault_kafka", 6, |c| c.mqtt("  keep_alive_secs: 5\n"));
     let gw = start(&cfg, &mosquitto, &kafka);
 
     let port = mosquitto.port();
@@ -158,7 +164,7 @@ fn kafka_killed_for_15_seconds_loses_nothing_and_keeps_order() {
 fn the_gateway_killed_mid_stream_and_restarted_loses_nothing() {
     let _serial = serial();
     const N: usize = 10_000;
-    let Rig { kafka, mosquitto, topic, cfg, _dir } = rig("fault_gw", 6, "", "");
+    let Rig { kafka, mosquitto, topic, cfg, _dir } = rig("fault_gw", 6, |c| c);
     let mut gw = start(&cfg, &mosquitto, &kafka);
 
     let port = mosquitto.port();
@@ -179,7 +185,7 @@ fn the_gateway_killed_mid_stream_and_restarted_loses_nothing() {
 fn mosquitto_restarted_mid_stream_loses_nothing() {
     let _serial = serial();
     const N: usize = 10_000;
-    let Rig { kafka, mut mosquitto, topic, cfg, _dir } = rig("fault_mqtt", 6, "", "");
+    let Rig { kafka, mut mosquitto, topic, cfg, _dir } = rig("fault_mqtt", 6, |c| c);
     let gw = start(&cfg, &mosquitto, &kafka);
 
     // First half in one burst: the broker still holds part of it for the gateway when it restarts.
@@ -218,12 +224,10 @@ fn kafka_down_longer_than_the_buffers_hold_keeps_memory_bounded_and_recovers() {
     const N: usize = 20_000;
     const PAYLOAD: usize = 1024;
     // Buffers far smaller than the stream: 20 MB of messages against a 4 MiB producer queue.
-    let Rig { kafka, mosquitto, topic, cfg, _dir } = rig(
-        "fault_mem",
-        3,
-        "  buffer_bytes: 262144\n  max_unacked_messages: 2000\n  keep_alive_secs: 5\n",
-        "kafka:\n  queue_max_messages: 2000\n  queue_max_kbytes: 4096\n",
-    );
+    let Rig { kafka, mosquitto, topic, cfg, _dir } = rig("fault_mem", 3, |c| {
+        c.mqtt("  buffer_bytes: 262144\n  max_unacked_messages: 2000\n  keep_alive_secs: 5\n")
+            .kafka("  queue_max_messages: 2000\n  queue_max_kbytes: 4096\n")
+    });
     let gw = start(&cfg, &mosquitto, &kafka);
     assert_eq!(kafka.consume(&topic, 0, Duration::from_millis(100)).len(), 0);
     let baseline = rss_kib(gw.pid());
@@ -266,7 +270,7 @@ fn poison_inputs_are_contained_and_the_stream_around_them_is_unaffected() {
     // Kafka's producer limit (librdkafka message.max.bytes) below the MQTT limit, so one payload
     // passes MQTT and is refused by Kafka.
     let Rig { kafka, mosquitto, topic, cfg, _dir } =
-        rig("fault_poison", 1, "", "kafka:\n  properties:\n    message.max.bytes: 200000\n");
+        rig("fault_poison", 1, |c| c.kafka("  properties:\n    message.max.bytes: 200000\n"));
     kafka.create_topic(&format!("{topic}.dlq"), 1);
     let gw = start(&cfg, &mosquitto, &kafka);
 
@@ -356,7 +360,8 @@ fn poison_inputs_are_contained_and_the_stream_around_them_is_unaffected() {
 fn sigterm_during_a_kafka_outage_exits_after_the_grace_period_and_loses_nothing() {
     let _serial = serial();
     const N: usize = 500;
-    let Rig { kafka, mosquitto, topic, cfg, _dir } = rig("fault_term", 3, "", "shutdown:\n  grace_period_secs: 3\n");
+    let Rig { kafka, mosquitto, topic, cfg, _dir } =
+        rig("fault_term", 3, |c| c.extra("shutdown:\n  grace_period_secs: 3\n"));
     let mut gw = start(&cfg, &mosquitto, &kafka);
     kafka.kill();
     common::publish_all(mosquitto.port(), stream(N, 5));
@@ -390,9 +395,10 @@ fn sigterm_during_a_kafka_outage_exits_after_the_grace_period_and_loses_nothing(
 }
 
 /// A pipeline made slow on purpose: a 16 KiB intake (about 80 of these messages), a window of 200
-/// messages and a 50 ms linger, so that a burst fills the intake and reading must pause.
+/// messages (these are `mqtt` settings) and a 50 ms linger (a `kafka` one), so that a burst fills the
+/// intake and reading must pause.
 const SLOW_PIPELINE: &str = "  keep_alive_secs: 5\n  buffer_bytes: 16384\n  max_unacked_messages: 200\n";
-const SLOW_PRODUCER: &str = "kafka:\n  linger_ms: 50\n";
+const SLOW_PRODUCER: &str = "  linger_ms: 50\n";
 
 /// The counter `name` of the gateway's last statistics line.
 fn stat(gw: &Gateway, name: &str) -> Option<u64> {
@@ -409,7 +415,7 @@ fn a_qos0_burst_the_broker_can_hold_is_delivered_whole() {
     let _serial = serial();
     const N: usize = 20_000;
     let Rig { kafka, mosquitto, topic, cfg, _dir } =
-        rig_with("fault_burst0", 6, 0, mosquitto(), SLOW_PIPELINE, SLOW_PRODUCER);
+        rig_with("fault_burst0", 6, 0, mosquitto(), |c| c.mqtt(SLOW_PIPELINE).kafka(SLOW_PRODUCER));
     let mut gw = start(&cfg, &mosquitto, &kafka);
     // Published at QoS 1, so the broker has every one of them; delivered to the QoS 0 subscription at 0.
     common::publish_all(mosquitto.port(), stream(N, 100));
@@ -434,7 +440,8 @@ fn a_qos0_burst_the_broker_can_hold_is_delivered_whole() {
 fn a_qos0_stall_longer_than_the_keep_alive_keeps_the_connection_and_loses_nothing() {
     let _serial = serial();
     const N: usize = 5_000;
-    let Rig { kafka, mosquitto, topic, cfg, _dir } = rig_with("fault_stall0", 3, 0, mosquitto(), SLOW_PIPELINE, "");
+    let Rig { kafka, mosquitto, topic, cfg, _dir } =
+        rig_with("fault_stall0", 3, 0, mosquitto(), |c| c.mqtt(SLOW_PIPELINE));
     let gw = start(&cfg, &mosquitto, &kafka);
     kafka.kill();
     common::publish_all(mosquitto.port(), stream(N, 50));
@@ -469,7 +476,7 @@ fn a_qos0_stall_on_a_default_broker_loses_only_what_the_broker_drops() {
     let _serial = serial();
     const N: usize = 20_000;
     let Rig { kafka, mosquitto, topic, cfg, _dir } =
-        rig_with("fault_stall0d", 3, 0, Mosquitto::start(), SLOW_PIPELINE, "");
+        rig_with("fault_stall0d", 3, 0, Mosquitto::start(), |c| c.mqtt(SLOW_PIPELINE));
     let mut gw = start(&cfg, &mosquitto, &kafka);
     kafka.kill();
     // 1 KiB each, 20 MiB in all: more than the socket buffers between broker and gateway hold, so the

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use common::http::{get, Answer};
 use common::prom::{self, value, Sample};
 use common::{
-    broker_env, kafka, mosquitto_pub, new_topic, publish_all, start_gateway, wait_until, write_config, Gateway, Kafka,
-    Mosquitto, WAIT,
+    broker_env, kafka, mosquitto_pub, new_topic, publish_all, start_gateway, wait_until, Config, Gateway, Kafka,
+    Mosquitto, Route, WAIT,
 };
 
-fn route_config(topic: &str) -> String {
-    format!("routes:\n  - name: spec\n    filter: 'cmnd/#'\n    topic: {topic}\n    qos: 1\n")
+fn route_config(topic: &str) -> Config {
+    Config::new().route(Route::new("spec", "cmnd/#", topic).qos(1))
 }
 
 fn scrape(addr: &str) -> Vec<Sample> {
@@ -45,7 +45,7 @@ fn metrics_count_what_flows_and_parse_as_openmetrics() {
     let mosquitto = Mosquitto::start();
     let topic = new_topic("http_metrics", 1);
     let dir = tempfile::tempdir().unwrap();
-    let gw = start_gateway(&write_config(dir.path(), &route_config(&topic)), &broker_env(&mosquitto));
+    let gw = start_gateway(&route_config(&topic).write(dir.path()), &broker_env(&mosquitto));
     let addr = gw.http_addr();
     wait_status(&addr, "/readyz", 200, WAIT, &gw);
 
@@ -131,7 +131,7 @@ fn readyz_follows_both_brokers_and_healthz_does_not() {
     kafka.create_topic(topic, 1);
     let dir = tempfile::tempdir().unwrap();
     let env = vec![("MQTT_BROKER", mosquitto.addr()), ("KAFKA_BOOTSTRAP_SERVERS", kafka.bootstrap())];
-    let gw = start_gateway(&write_config(dir.path(), &route_config(topic)), &env);
+    let gw = start_gateway(&route_config(topic).write(dir.path()), &env);
     let addr = gw.http_addr();
     wait_status(&addr, "/readyz", 200, WAIT, &gw);
     assert_eq!(status(&addr, "/healthz"), Some(200));
@@ -168,9 +168,9 @@ fn readyz_turns_503_at_once_when_shutdown_begins() {
     let topic = "http_shutdown";
     kafka.create_topic(topic, 1);
     let dir = tempfile::tempdir().unwrap();
-    let config = format!("{}shutdown:\n  grace_period_secs: 20\n", route_config(topic));
+    let config = route_config(topic).extra("shutdown:\n  grace_period_secs: 20\n");
     let env = vec![("MQTT_BROKER", mosquitto.addr()), ("KAFKA_BOOTSTRAP_SERVERS", kafka.bootstrap())];
-    let mut gw = start_gateway(&write_config(dir.path(), &config), &env);
+    let mut gw = start_gateway(&config.write(dir.path()), &env);
     let addr = gw.http_addr();
     wait_status(&addr, "/readyz", 200, WAIT, &gw);
     // Kafka gone with a message held: the shutdown has something to wait for.
@@ -197,7 +197,7 @@ fn a_taken_port_fails_the_start_with_the_address() {
     let addr = taken.local_addr().unwrap().to_string();
     let mosquitto = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &route_config("http_taken"));
+    let path = route_config("http_taken").write(dir.path());
     let mut env: Vec<(&str, String)> = broker_env(&mosquitto);
     env.push(("GATEWAY_HTTP__LISTEN", addr.clone()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -211,7 +211,7 @@ fn a_taken_port_fails_the_start_with_the_address() {
 fn reload_metrics_follow_the_routes_file() {
     let mosquitto = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &route_config("http_reload_a"));
+    let path = route_config("http_reload_a").write(dir.path());
     let gw = start_gateway(&path, &broker_env(&mosquitto));
     let addr = gw.http_addr();
     let s = scrape(&addr);
@@ -229,7 +229,7 @@ fn reload_metrics_follow_the_routes_file() {
     assert!(failed, "an invalid edit is not counted:\n{}", gw.logs());
     assert_eq!(value(&scrape(&addr), "mqtt_kafka_gateway_config_generation", &[]), 1.0, "the old routes stay");
 
-    std::fs::write(&path, route_config("http_reload_b")).unwrap();
+    std::fs::write(&path, route_config("http_reload_b").yaml()).unwrap();
     let applied = wait_until(WAIT, Duration::from_millis(100), || {
         let s = scrape(&addr);
         value(&s, "mqtt_kafka_gateway_config_generation", &[]) == 2.0

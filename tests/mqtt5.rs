@@ -6,11 +6,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{
-    kafka, mosquitto_pub_with, new_topic, prom, start_gateway as start, wait_until, write_config, Gateway, Mosquitto,
+    kafka, mosquitto_pub_with, new_topic, prom, start_gateway as start, wait_until, Config, Gateway, Mosquitto, Route,
     WAIT,
 };
 
@@ -21,15 +20,12 @@ fn v5() -> Vec<(&'static str, String)> {
 }
 
 /// One QoS `qos` route on `cmnd/#` to `topic`, dead letters to `dlq`.
-fn config(dir: &Path, broker: &str, bootstrap: &str, topic: &str, dlq: &str, qos: u8, mqtt_extra: &str) -> PathBuf {
-    write_config(
-        dir,
-        &format!(
-            "mqtt:\n  broker: {broker}\n  reconnect_min_delay_ms: 100\n  reconnect_max_delay_ms: 1000\n{mqtt_extra}\
-             kafka:\n  bootstrap_servers: {bootstrap}\n\
-             routes:\n  - name: spec\n    filter: cmnd/#\n    topic: {topic}\n    dead_letter_topic: {dlq}\n    qos: {qos}\n"
-        ),
-    )
+fn config(broker: &str, bootstrap: &str, topic: &str, dlq: &str, qos: u8) -> Config {
+    Config::new()
+        .broker(broker)
+        .reconnect_delays_ms(100, 1000)
+        .bootstrap_servers(bootstrap)
+        .route(Route::new("spec", "cmnd/#", topic).dead_letter_topic(dlq).qos(qos))
 }
 
 fn received(gw: &Gateway) -> f64 {
@@ -41,7 +37,7 @@ fn properties_arrive_as_headers_and_a_broken_utf8_promise_is_dead_lettered() {
     let mosquitto = Mosquitto::start();
     let (topic, dlq) = (new_topic("mqtt5_props", 1), new_topic("mqtt5_props_dlq", 1));
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), &mosquitto.addr(), &kafka().bootstrap(), &topic, &dlq, 1, "");
+    let cfg = config(&mosquitto.addr(), &kafka().bootstrap(), &topic, &dlq, 1).write(dir.path());
     let gw = start(&cfg, &v5());
     assert!(gw.logs().contains("protocol=\"5\""), "{}", gw.logs());
 
@@ -130,8 +126,9 @@ fn receive_maximum_replaces_the_brokers_in_flight_limit() {
     let mosquitto = Mosquitto::start();
     let unreachable = format!("127.0.0.1:{}", common::free_port());
     let dir = tempfile::tempdir().unwrap();
-    let cfg =
-        config(dir.path(), &mosquitto.addr(), &unreachable, "never", "never_dlq", 1, "  max_unacked_messages: 50\n");
+    let cfg = config(&mosquitto.addr(), &unreachable, "never", "never_dlq", 1)
+        .mqtt("  max_unacked_messages: 50\n")
+        .write(dir.path());
     let v311 = start(&cfg, &[("GATEWAY_MQTT__PROTOCOL", "3.1.1".into()), ("GATEWAY_MQTT__CLIENT_ID", "rm-311".into())]);
     let v5 = start(&cfg, &[("GATEWAY_MQTT__PROTOCOL", "5".into()), ("GATEWAY_MQTT__CLIENT_ID", "rm-5".into())]);
     let messages: Vec<(String, Vec<u8>)> =
@@ -157,15 +154,11 @@ fn a_persistent_session_lasts_as_long_as_its_expiry() {
     let mosquitto = Mosquitto::start();
     let topic = new_topic("mqtt5_expiry", 1);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
-        dir.path(),
-        &mosquitto.addr(),
-        &kafka().bootstrap(),
-        &topic,
-        "mqtt5_expiry_dlq",
-        1,
-        "  clean_session: false\n  session_expiry_secs: 4\n  client_id: expiry-test\n",
-    );
+    let cfg = config(&mosquitto.addr(), &kafka().bootstrap(), &topic, "mqtt5_expiry_dlq", 1)
+        .clean_session(false)
+        .client_id("expiry-test")
+        .mqtt("  session_expiry_secs: 4\n")
+        .write(dir.path());
     let publish = |from: usize| {
         for i in from..from + 5 {
             mosquitto_pub_with(
@@ -205,14 +198,11 @@ fn a_refused_subscription_names_the_reason_and_the_fallback_serves() {
     let mosquitto = Mosquitto::start_rejecting_subscription("cmnd/#", "cmnd/+/+/+/+");
     let topic = new_topic("mqtt5_suback", 1);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &format!(
-            "mqtt:\n  broker: {}\nkafka:\n  bootstrap_servers: {}\nroutes:\n  - name: spec\n    filter: 'cmnd/#'\n    fallback_filters: ['cmnd/+/+/+/+']\n    topic: {topic}\n",
-            mosquitto.addr(),
-            kafka().bootstrap()
-        ),
-    );
+    let cfg = Config::new()
+        .broker(mosquitto.addr())
+        .bootstrap_servers(kafka().bootstrap())
+        .route(Route::new("spec", "cmnd/#", &topic).fallback_filters(&["cmnd/+/+/+/+"]))
+        .write(dir.path());
     let env: Vec<(&str, &str)> = vec![("GATEWAY_MQTT__PROTOCOL", "5")];
     let gw = Gateway::start(&cfg, &env);
     assert!(gw.wait_for_log("filter=cmnd/+/+/+/+", WAIT), "fallback subscribed:\n{}", gw.logs());

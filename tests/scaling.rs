@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{kafka, new_topic, prom, publish_all, wait_until, write_config, Gateway, Mosquitto, Record, WAIT};
+use common::{kafka, new_topic, prom, publish_all, wait_until, Config, Gateway, Mosquitto, Record, Route, WAIT};
 
 const REPLICAS: usize = 3;
 
@@ -21,17 +21,20 @@ fn broker() -> Mosquitto {
     Mosquitto::start_with("max_queued_messages 100000\n")
 }
 
+/// A QoS 1 route `name` on `fleet/#` to `topic`, keyed by the device in the topic.
+fn fleet_route(name: &str, topic: &str) -> Route {
+    Route::new(name, "fleet/#", topic).qos(1).device_id_regex("^fleet/(?P<device_id>[^/]+)")
+}
+
 fn config(dir: &Path, mosquitto: &Mosquitto, topic: &str) -> std::path::PathBuf {
-    write_config(
-        dir,
-        &format!(
-            "mqtt:\n  broker: {}\n  shared_group: gateways\n  clean_session: false\n  reconnect_min_delay_ms: 200\n  reconnect_max_delay_ms: 1000\n\
-             kafka:\n  bootstrap_servers: {}\n\
-             routes:\n  - name: shared\n    filter: fleet/#\n    topic: {topic}\n    qos: 1\n    device_id:\n      regex: '^fleet/(?P<device_id>[^/]+)'\n",
-            mosquitto.addr(),
-            kafka().bootstrap()
-        ),
-    )
+    Config::new()
+        .broker(mosquitto.addr())
+        .shared_group("gateways")
+        .clean_session(false)
+        .reconnect_delays_ms(200, 1000)
+        .bootstrap_servers(kafka().bootstrap())
+        .route(fleet_route("shared", topic))
+        .write(dir)
 }
 
 fn replica(config: &Path, i: usize) -> Gateway {
@@ -119,17 +122,12 @@ fn ordered_replicas_write_every_message_once_and_every_device_in_order() {
     let m = broker();
     let topic = new_topic("ordered", 3);
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(
-        dir.path(),
-        &format!(
-            "mqtt:\n  broker: {}\n\
-             kafka:\n  bootstrap_servers: {}\n\
-             replicas:\n  count: 3\n\
-             routes:\n  - name: ordered\n    filter: fleet/#\n    topic: {topic}\n    qos: 1\n    device_id:\n      regex: '^fleet/(?P<device_id>[^/]+)'\n",
-            m.addr(),
-            kafka().bootstrap()
-        ),
-    );
+    let path = Config::new()
+        .broker(m.addr())
+        .bootstrap_servers(kafka().bootstrap())
+        .extra("replicas:\n  count: 3\n")
+        .route(fleet_route("ordered", &topic))
+        .write(dir.path());
     // The index as a number, and as a StatefulSet pod name.
     let indexes = ["0", "mqtt-kafka-gateway-1", "2"];
     let gateways: Vec<Gateway> = indexes

@@ -12,24 +12,21 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    http, mosquitto_pub, publish_all, unique_topic, wait_until, write_config, Gateway, Mosquitto, MosquittoTls,
-    SecureKafka, TokenEndpoint, WAIT,
+    http, mosquitto_pub, publish_all, unique_topic, wait_until, write_config, Config, Gateway, Mosquitto, MosquittoTls,
+    Route, SecureKafka, TokenEndpoint, WAIT,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_mqtt-kafka-gateway");
 
-/// A config with one route `sec/#` → `topic` at `qos`, `mqtt` and `kafka` blocks given whole (each
+/// A config from `broker` with one route `sec/#` → `topic` at `qos`, the `kafka` block given whole (each
 /// line indented two spaces).
-fn config(dir: &Path, mqtt: &str, kafka: &str, topic: &str, qos: u8) -> PathBuf {
-    write_config(
-        dir,
-        &format!(
-            "mqtt:\n{mqtt}  reconnect_min_delay_ms: 200\n  reconnect_max_delay_ms: 1000\n\
-             kafka:\n{kafka}\
-             shutdown:\n  grace_period_secs: 2\n\
-             routes:\n  - name: secured\n    filter: sec/#\n    topic: {topic}\n    qos: {qos}\n"
-        ),
-    )
+fn config(broker: &str, kafka: &str, topic: &str, qos: u8) -> Config {
+    Config::new()
+        .broker(broker)
+        .reconnect_delays_ms(200, 1000)
+        .kafka(kafka)
+        .extra("shutdown:\n  grace_period_secs: 2\n")
+        .route(Route::new("secured", "sec/#", topic).qos(qos))
 }
 
 fn secret_file(dir: &Path, name: &str, value: &str) -> PathBuf {
@@ -95,8 +92,7 @@ fn records_flow_over_sasl_ssl_and_ssl_with_client_certificates() {
     for (what, kafka_block, env) in cases {
         let topic = unique_topic("sec-kafka");
         k.create_topic(&topic, 1);
-        let mqtt = format!("  broker: mqtt://{}\n", m.addr());
-        let path = config(dir.path(), &mqtt, &kafka_block, &topic, 1);
+        let path = config(&format!("mqtt://{}", m.addr()), &kafka_block, &topic, 1).write(dir.path());
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let gw = Gateway::start(&path, &env);
         assert!(gw.wait_for_log("subscribed", WAIT), "{what}: never subscribed:\n{}", gw.logs());
@@ -153,11 +149,11 @@ fn tls_mqtt_with_sasl_ssl_kafka_and_no_secret_in_a_trace_log() {
         let topic = unique_topic("sec-all");
         k.create_topic(&topic, 1);
         let mqtt = format!(
-            "  broker: {broker}\n  username: gateway\n  password_file: {}\n  tls:\n    ca_file: {}\n{client}",
+            "  username: gateway\n  password_file: {}\n  tls:\n    ca_file: {}\n{client}",
             mqtt_password_file.display(),
             pki.ca_pem().display()
         );
-        let path = config(dir.path(), &mqtt, &kafka_block, &topic, 1);
+        let path = config(&broker, &kafka_block, &topic, 1).mqtt(&mqtt).write(dir.path());
         // The key's passphrase from the environment; everything at TRACE, librdkafka's debug included.
         let env = [("KAFKA_TLS_KEY_PASSWORD", passphrase), ("RUST_LOG", "trace")];
         let mut gw = Gateway::start(&path, &env);
@@ -213,8 +209,7 @@ fn kafka_failures_are_named_and_a_restart_with_the_fixed_secret_delivers_what_wa
     let (scram_user, scram_password) = k.scram_user();
     let topic = unique_topic("sec-kafka-fail");
     k.create_topic(&topic, 1);
-    // A persistent session: QoS 1 messages the gateway could not deliver stay with the broker.
-    let mqtt = format!("  broker: mqtt://{}\n  client_id: gateway-sec-fail\n  clean_session: false\n", m.addr());
+    let broker = format!("mqtt://{}", m.addr());
     let password_file = secret_file(dir.path(), "scram-password", "not-the-password");
     let sasl_block = format!(
         "  bootstrap_servers: {}\n  sasl:\n    mechanism: SCRAM-SHA-512\n    username: {scram_user}\n    password_file: {}\n  tls:\n    ca_file: {}\n",
@@ -222,7 +217,9 @@ fn kafka_failures_are_named_and_a_restart_with_the_fixed_secret_delivers_what_wa
         password_file.display(),
         k.ca_pem().display()
     );
-    let path = config(dir.path(), &mqtt, &sasl_block, &topic, 1);
+    // A persistent session: QoS 1 messages the gateway could not deliver stay with the broker.
+    let path =
+        config(&broker, &sasl_block, &topic, 1).client_id("gateway-sec-fail").clean_session(false).write(dir.path());
     let mut gw = Gateway::start(&path, &[]);
     assert_kafka_fails_with(&mut gw, &k.sasl_ssl_bootstrap(), "sasl: authentication failed", "kafka.sasl.username");
     assert!(gw.wait_for_log("subscribed", WAIT), "MQTT is up meanwhile:\n{}", gw.logs());
@@ -243,7 +240,7 @@ fn kafka_failures_are_named_and_a_restart_with_the_fixed_secret_delivers_what_wa
 
     // The broker's certificate signed by a CA the gateway does not trust.
     let untrusted = sasl_block.replace(&k.ca_pem().display().to_string(), &pki.wrong_ca_pem().display().to_string());
-    let path = config(dir.path(), &format!("  broker: mqtt://{}\n", m.addr()), &untrusted, &topic, 0);
+    let path = config(&broker, &untrusted, &topic, 0).write(dir.path());
     let mut gw = Gateway::start(&path, &[]);
     assert_kafka_fails_with(
         &mut gw,
@@ -256,7 +253,7 @@ fn kafka_failures_are_named_and_a_restart_with_the_fixed_secret_delivers_what_wa
     // The SSL listener wants a client certificate; none is given.
     let no_cert =
         format!("  bootstrap_servers: {}\n  tls:\n    ca_file: {}\n", k.ssl_bootstrap(), k.ca_pem().display());
-    let path = config(dir.path(), &format!("  broker: mqtt://{}\n", m.addr()), &no_cert, &topic, 0);
+    let path = config(&broker, &no_cert, &topic, 0).write(dir.path());
     let mut gw = Gateway::start(&path, &[]);
     assert_kafka_fails_with(
         &mut gw,
@@ -309,8 +306,8 @@ fn oauthbearer_through_librdkafkas_oidc_client_and_a_local_token_endpoint() {
     };
     let topic = unique_topic("sec-oauth");
     k.create_topic(&topic, 1);
-    let mqtt = format!("  broker: mqtt://{}\n", m.addr());
-    let path = config(dir.path(), &mqtt, &oauth(&right), &topic, 1);
+    let broker = format!("mqtt://{}", m.addr());
+    let path = config(&broker, &oauth(&right), &topic, 1).write(dir.path());
     let mut gw = Gateway::start(&path, &[]);
     assert!(gw.wait_for_log("subscribed", WAIT), "never subscribed:\n{}", gw.logs());
     mosquitto_pub(m.port(), "sec/device-1/state", br#"{"oauth":true}"#, 1);
@@ -322,7 +319,7 @@ fn oauthbearer_through_librdkafkas_oidc_client_and_a_local_token_endpoint() {
 
     // A wrong client secret: the endpoint refuses, the gateway says so and keeps running.
     let wrong = secret_file(dir.path(), "wrong-secret", "not-the-secret");
-    let path = config(dir.path(), &mqtt, &oauth(&wrong), &topic, 1);
+    let path = config(&broker, &oauth(&wrong), &topic, 1).write(dir.path());
     let mut gw = Gateway::start(&path, &[]);
     assert_kafka_fails_with(
         &mut gw,

@@ -11,22 +11,20 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{
-    http, kafka, mosquitto_pub, new_topic, wait_until, write_config, Gateway, Mosquitto, MosquittoTls, Pki, ServerCert,
-    TlsOptions, WAIT,
+    http, kafka, mosquitto_pub, new_topic, wait_until, Config, Gateway, Mosquitto, MosquittoTls, Pki, Route,
+    ServerCert, TlsOptions, WAIT,
 };
 
 /// A config with one route `sec/#` → `topic`, `mqtt_extra` under `mqtt:` (indented two spaces), and
 /// quick reconnects.
 fn config(dir: &Path, broker: &str, mqtt_extra: &str, topic: &str) -> PathBuf {
-    write_config(
-        dir,
-        &format!(
-            "mqtt:\n  broker: {broker}\n  reconnect_min_delay_ms: 200\n  reconnect_max_delay_ms: 1000\n{mqtt_extra}\
-             kafka:\n  bootstrap_servers: {}\n\
-             routes:\n  - name: secured\n    filter: sec/#\n    topic: {topic}\n",
-            kafka().bootstrap()
-        ),
-    )
+    Config::new()
+        .broker(broker)
+        .reconnect_delays_ms(200, 1000)
+        .mqtt(mqtt_extra)
+        .bootstrap_servers(kafka().bootstrap())
+        .route(Route::new("secured", "sec/#", topic))
+        .write(dir)
 }
 
 fn tls_block(ca: &Path, client: Option<(PathBuf, PathBuf)>, min_version: Option<&str>) -> String {
@@ -174,13 +172,11 @@ fn a_missing_client_certificate_and_a_wrong_password_are_named() {
 fn validate_finds_a_client_key_that_is_not_the_certificates() {
     let pki = Pki::generate();
     let dir = tempfile::tempdir().unwrap();
-    let yaml = format!(
-        "mqtt:\n  broker: mqtts://127.0.0.1:8883\n  tls:\n    ca_file: {}\n    cert_file: {}\n    key_file: {}\n",
-        pki.ca_pem().display(),
-        pki.client_rsa_cert().display(),
-        pki.client_ec_key_pkcs8().display()
-    );
-    let path = write_config(dir.path(), &yaml);
+    let with_key = |key: PathBuf| {
+        let tls = tls_block(&pki.ca_pem(), Some((pki.client_rsa_cert(), key)), None);
+        Config::new().broker("mqtts://127.0.0.1:8883").mqtt(&tls).write(dir.path())
+    };
+    let path = with_key(pki.client_ec_key_pkcs8());
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mqtt-kafka-gateway"))
         .args(["validate", path.to_str().unwrap()])
         .output()
@@ -189,9 +185,7 @@ fn validate_finds_a_client_key_that_is_not_the_certificates() {
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("mqtt.tls.key_file") && text.contains("is not the key of"), "{text}");
     // The right pair passes.
-    let good = yaml
-        .replace(&pki.client_ec_key_pkcs8().display().to_string(), &pki.client_rsa_key_pkcs8().display().to_string());
-    let path = write_config(dir.path(), &good);
+    let path = with_key(pki.client_rsa_key_pkcs8());
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mqtt-kafka-gateway"))
         .args(["validate", path.to_str().unwrap()])
         .output()

@@ -4,6 +4,7 @@
 //! * [`kafka()`]: one single-node KRaft Kafka broker per test binary, shared by
 //!   all its tests; create a fresh topic per test with [`unique_topic`].
 //! * [`Gateway`]: the gateway binary as a child process, with its log captured.
+//! * [`Config`], [`Route`]: a gateway configuration file built in code.
 //! * [`mosquitto_pub`], [`Subscriber`]: the Mosquitto command-line clients.
 //! * [`Pki`]: a CA, server and client certificates made with `openssl` at test time.
 //! * [`MosquittoTls`]: one Mosquitto with plain, TLS, mTLS, ws and wss listeners.
@@ -16,6 +17,7 @@
 // Re-exports that a given test binary does not use are fine.
 #![allow(unused_imports)]
 
+mod config;
 mod gateway;
 pub mod http;
 mod kafka;
@@ -26,6 +28,7 @@ mod oidc;
 pub mod pki;
 pub mod prom;
 
+pub use config::{Config, Route};
 pub use gateway::Gateway;
 pub use kafka::{kafka, unique_topic, Kafka, Record};
 pub use kafka_secure::{SecureKafka, PLAIN_USER, SCRAM_USER};
