@@ -98,7 +98,29 @@ fn a_replica_killed_mid_stream_gets_its_share_again_when_it_returns() {
     // SIGKILL: no goodbye, QoS 1 messages in its hands unacknowledged.
     gateways[1].kill();
     publish_all(m.port(), stream(1500, 1500));
-    std::thread::sleep(Duration::from_secs(2));
+    // The live replicas work through what the broker dealt them. Wait until they have settled all of it:
+    // nothing taken and unacknowledged, and nothing more taken from one scrape to the next (the broker
+    // sends a member more as soon as it acknowledges, so an empty window alone is not the end).
+    let live = |gateways: &[Gateway]| -> Vec<(f64, f64)> {
+        [0, 2]
+            .iter()
+            .map(|&i| {
+                let s = gateways[i].metrics();
+                (
+                    prom::value(&s, "mqtt_kafka_gateway_messages_received_total", &[("qos", "1")]),
+                    prom::value(&s, "mqtt_kafka_gateway_unacked_messages", &[]),
+                )
+            })
+            .collect()
+    };
+    let mut last = Vec::new();
+    let settled = wait_until(WAIT, Duration::from_millis(500), || {
+        let now = live(&gateways);
+        let done = now == last && now.iter().all(|(_, unacked)| *unacked == 0.0);
+        last = now;
+        done
+    });
+    assert!(settled, "the live replicas never settled their share; (received, unacked) of each: {last:?}");
     let before_return = seqs(&kafka().consume_for(&topic, Duration::from_secs(3))).len();
     // Mosquitto keeps dealing the dead member its turn (round robin over the group, connected or not):
     // its third of the second half, at least, waits in its persistent session.

@@ -12,8 +12,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    http, mosquitto_pub, publish_all, unique_topic, wait_until, write_config, Config, Gateway, Mosquitto, MosquittoTls,
-    Route, SecureKafka, TokenEndpoint, WAIT,
+    http, mosquitto_pub, prom, publish_all, unique_topic, wait_until, write_config, Config, Gateway, Mosquitto,
+    MosquittoTls, Route, SecureKafka, TokenEndpoint, WAIT,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_mqtt-kafka-gateway");
@@ -226,7 +226,14 @@ fn kafka_failures_are_named_and_a_restart_with_the_fixed_secret_delivers_what_wa
     let held: Vec<(String, Vec<u8>)> =
         (0..5).map(|i| ("sec/device-1/state".to_string(), format!(r#"{{"i":{i}}}"#).into_bytes())).collect();
     publish_all(m.port(), held);
-    std::thread::sleep(Duration::from_secs(2));
+    // The gateway has taken the five while Kafka refuses it (and holds them: see the restart below).
+    let taken = || prom::value(&gw.metrics(), "mqtt_kafka_gateway_messages_received_total", &[]);
+    assert!(
+        wait_until(WAIT, Duration::from_millis(100), || taken() >= 5.0),
+        "the gateway did not take the five messages (received {}):\n{}",
+        taken(),
+        gw.logs()
+    );
     assert!(gw.is_running() && !gw.logs().contains("not-the-password"), "{}", gw.logs());
     gw.sigterm();
     assert!(gw.wait_exit(WAIT).is_some(), "the gateway stops on SIGTERM");

@@ -89,6 +89,22 @@ pub fn wait_until(timeout: Duration, every: Duration, mut cond: impl FnMut() -> 
     }
 }
 
+/// Checks `cond` every `every` for `period`: true if it held all along, false as soon as it does not.
+/// For the few assertions that something does not happen (no further copy, no second reload), which
+/// only a quiet period can show; to wait for something that does happen, use [`wait_until`].
+pub fn holds_for(period: Duration, every: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + period;
+    loop {
+        if !cond() {
+            return false;
+        }
+        if Instant::now() >= deadline {
+            return true;
+        }
+        std::thread::sleep(every);
+    }
+}
+
 /// The last `n` lines of a text file, or a note that it could not be read.
 pub fn tail_file(path: &Path, n: usize) -> String {
     match std::fs::read(path) {
