@@ -62,7 +62,9 @@ fn records_flow_over_sasl_ssl_and_ssl_with_client_certificates() {
             key.display()
         )
     };
-    let cases: Vec<(&str, String, Vec<(&str, String)>)> = vec![
+    // What is tried, its `kafka` block and its environment.
+    type Case<'a> = (&'a str, String, Vec<(&'a str, String)>);
+    let cases: Vec<Case> = vec![
         (
             "SASL_SSL SCRAM-SHA-512, password_file",
             sasl("SCRAM-SHA-512", scram_user, format!("    password_file: {}\n", scram_file.display())),
