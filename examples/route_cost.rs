@@ -95,7 +95,9 @@ fn per_record(n: usize, template: bool, replicas: bool) {
     } else {
         "topic: raw_iot_data"
     };
-    let replicas_line = if replicas { "replicas: { count: 3, index: 1 }\n" } else { "" };
+    // The replica that owns the message's device, so that its record is built.
+    let owner = mqtt_kafka_gateway::core::routing::replicas::Replicas::owner(3, "f2-e4fd45f654be");
+    let replicas_line = if replicas { format!("replicas: {{ count: 3, index: {owner} }}\n") } else { String::new() };
     let text = format!("{replicas_line}routes:\n  - {{ name: spec, filter: 'cmnd/#', {topic_line} }}\n");
     let config = config::load_from_str(&dir.join("routes.yaml"), &text, &NoEnv).unwrap_or_else(|e| panic!("{e}"));
     let route = &config.routes.routes()[0];
