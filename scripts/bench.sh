@@ -43,7 +43,7 @@ done
 
 scripts/services.sh start >/dev/null
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mqtt-kafka-gateway/target}"
-cargo build -q --release --bin mqtt-kafka-gateway --example bench
+cargo build -q --release --bin mqtt-kafka-gateway --example bench --example route_cost
 # BENCH_GATEWAY_BIN: another build of the gateway, for a before/after on the same machine and brokers.
 gw_bin="${BENCH_GATEWAY_BIN:-$CARGO_TARGET_DIR/release/mqtt-kafka-gateway}"
 bench_bin="$CARGO_TARGET_DIR/release/examples/bench"
