@@ -5,7 +5,7 @@
 //! CPU, several times the work of a message. A broker that is not busy writes each message as it comes:
 //! at 5,000 msg/s the thread woke once per message and the gateway cost about 80 µs of CPU per message.
 //! So once a window of traffic (8 waits long) shows messages coming fast enough that a wait of
-//! `mqtt.read_coalesce_us` gathers at least [`GATHER_AT_LEAST`] of them, every time the connection is
+//! `mqtt.read_coalesce_us` gathers at least `GATHER_AT_LEAST` of them, every time the connection is
 //! read dry the runtime sleeps that long before it waits on the socket again, and then reads all that
 //! came at once. The sleep is a blocking one, taken when every task is idle (the runtime's park hook,
 //! [`before_park`]): a timer in the event loop would be woken by the socket all the same.

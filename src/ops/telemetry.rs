@@ -10,7 +10,7 @@ use tracing_subscriber::EnvFilter;
 /// are held at DEBUG unless a filter names them itself.
 const QUIET_AT_TRACE: [&str; 3] = ["tungstenite", "async_tungstenite", "ws_stream_tungstenite"];
 
-/// `filter` with the crates of [`QUIET_AT_TRACE`] held at DEBUG, unless it names them.
+/// `filter` with the crates of `QUIET_AT_TRACE` held at DEBUG, unless it names them.
 pub fn with_quiet_frames(filter: &str) -> String {
     let mut f = filter.to_string();
     for target in QUIET_AT_TRACE {

@@ -1,7 +1,7 @@
 //! The engine: one task that takes messages from the intake, builds their records route by route, hands
-//! them to librdkafka under a tag (their index in [`inflight`](super::inflight)), and settles them as
-//! Kafka reports back: a delivered record counts towards its message, a failed one goes where the
-//! [`policy`](super::policy) says, and a message whose records are all settled gets its ack, in arrival
+//! them to librdkafka under a tag (their index in [`super::inflight`]), and settles them as Kafka
+//! reports back: a delivered record counts towards its message, a failed one goes where the
+//! [`super::policy`] says, and a message whose records are all settled gets its ack, in arrival
 //! order.
 //!
 //! Per message, the path reads one way: [`Engine::take`] works out the message's facts once (id, receive
