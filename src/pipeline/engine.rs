@@ -246,9 +246,15 @@ impl Engine {
         // until here, and no report can name it before.
         let inserted = self.messages.insert(Unsettled { message, routes, progress, ack });
         debug_assert_eq!(inserted, slot);
-        self.handle_refused();
+        let refused = self.handle_refused();
         self.settle_record_of(slot, true);
-        result
+        result?;
+        if refused {
+            // What the policy made of them (a dead letter, say) goes out now, before the next message
+            // of the batch is taken, as it would have from a delivery report.
+            self.send_due_retries(give_up).await?;
+        }
+        Ok(())
     }
 
     /// Produces what `route` (index `index` of the message's table) makes of the message in message slot
@@ -377,11 +383,14 @@ impl Engine {
         kafka::send(&self.producer, topic, key, value, headers, tag as usize)
     }
 
-    /// Records refused when first handed over, now that their message is in place.
-    fn handle_refused(&mut self) {
-        for Refused { tag, error, parts } in std::mem::take(&mut self.refused) {
+    /// Records refused when first handed over, now that their message is in place. True if there were any.
+    fn handle_refused(&mut self) -> bool {
+        let refused = std::mem::take(&mut self.refused);
+        let any = !refused.is_empty();
+        for Refused { tag, error, parts } in refused {
             self.failed(tag, error, parts);
         }
+        any
     }
 
     /// Settles what the delivery reports so far say.
@@ -455,7 +464,9 @@ impl Engine {
                 Produced::Record => {}
                 Produced::Nothing => self.settle_record_of(slot, true),
             }
-            self.handle_refused();
+            if self.handle_refused() {
+                self.send_due_retries(give_up).await?;
+            }
         }
         self.acks.send_due();
         Ok(())
@@ -486,7 +497,7 @@ impl Engine {
                 let reason = format!("Kafka refused the record: {error}");
                 let topic = &route.dead_letter_topic;
                 let kind = DeadLetterReason::KafkaRefused;
-                self.metrics.dead_lettered(route, kind, &parts.topic, &device_id, topic, &reason);
+                self.metrics.dead_lettered(route, kind, &m.message.topic, &device_id, topic, &reason);
                 let headers = parts.headers.insert(Header { key: HEADER_DLQ_REASON, value: Some(reason.as_bytes()) });
                 let payload = m.message.payload.to_vec();
                 self.update(tag, |e| e.dead_letter = true);
@@ -724,7 +735,14 @@ mod tests {
             return Seen::Settled { acked: (qos > 0).then_some(acked) };
         };
         if kafka::in_flight(&rig.engine.producer) > queued_before {
-            // Queued in librdkafka again, under its tag.
+            // Queued in librdkafka under its tag: as it was, or as what the policy made of it.
+            let was_dead_letter = matches!(state, State::DeadLetter | State::CutDeadLetter);
+            if record.dead_letter && !was_dead_letter {
+                return Seen::Now { topic: "t.dlq".into(), cut: false };
+            }
+            if record.truncated && state != State::CutDeadLetter {
+                return Seen::Now { topic: "t.dlq".into(), cut: true };
+            }
             let topic = if record.dead_letter { "t.dlq" } else { "t" }.to_string();
             return Seen::HandedOverAgain { topic };
         }

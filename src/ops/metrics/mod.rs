@@ -177,11 +177,12 @@ impl Metrics {
         tracing::info!(broker, session_present, "connected to the MQTT broker");
     }
 
-    /// One ERROR line per failed attempt: the broker, what failed, a hint, and when the next attempt is.
+    /// The gateway disconnected on purpose (shutdown).
     pub fn mqtt_disconnected(&self) {
         self.mqtt_connected.store(false, Relaxed);
     }
 
+    /// One ERROR line per failed attempt: the broker, what failed, a hint, and when the next attempt is.
     pub fn mqtt_connection_error(
         &self,
         broker: &str,
