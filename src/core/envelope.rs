@@ -223,12 +223,6 @@ pub fn build(route: &Route, facts: &Facts<'_>, device: &DeviceId<'_>) -> Outcome
     Outcome::Record(Record { topic, key, value, headers })
 }
 
-/// What `route` makes of `message`, all in one: its facts, its device, its record. For `explain` and
-/// tests; the pipeline works the facts out once per message and the device once per route.
-pub fn build_one(route: &Route, message: &Message) -> Outcome {
-    build(route, &Facts::new(message), &route.device(&message.topic))
-}
-
 /// The dead letter `route` makes of the message for `reason`, decided outside the route's own rules.
 pub fn dead_letter(
     route: &Route,
@@ -344,6 +338,11 @@ fn write_json_string(out: &mut Vec<u8>, s: &str) {
 mod tests {
     use super::*;
     use crate::core::routing::tests::route;
+
+    /// What `route` makes of `message`, all in one: its facts, its device, its record.
+    fn build_one(route: &Route, message: &Message) -> Outcome {
+        build(route, &Facts::new(message), &route.device(&message.topic))
+    }
     use proptest::prelude::*;
     use std::time::{Duration, UNIX_EPOCH};
 
