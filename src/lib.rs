@@ -7,8 +7,8 @@
 //!             ▲
 //!           config       routes.yaml + environment → validated settings; live reload
 //!          ▲      ▲
-//!        mqtt    kafka   the edges: one broker each
-//!          ▲      ▲
+//!        mqtt    kafka   registry   the edges: one broker (or the Schema Registry) each
+//!          ▲      ▲        ▲
 //!          pipeline      the wiring: the path of a message, top to bottom
 //!
 //!          commands      validate's siblings: check and explain
@@ -24,3 +24,4 @@ pub mod kafka;
 pub mod mqtt;
 pub mod ops;
 pub mod pipeline;
+pub mod registry;

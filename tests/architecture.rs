@@ -13,8 +13,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("config", &["core", "ops"]),
     ("mqtt", &["core", "ops", "config"]),
     ("kafka", &["core", "ops", "config"]),
-    ("pipeline", &["core", "ops", "config", "mqtt", "kafka"]),
-    ("commands", &["core", "ops", "config", "mqtt", "kafka"]),
+    ("registry", &["core", "ops", "config"]),
+    ("pipeline", &["core", "ops", "config", "mqtt", "kafka", "registry"]),
+    ("commands", &["core", "ops", "config", "mqtt", "kafka", "registry"]),
 ];
 
 type Graph = BTreeMap<String, BTreeMap<String, BTreeSet<String>>>;

@@ -20,8 +20,10 @@
 //! - `sources.rs`: the YAML provider and the environment layering, with located errors;
 //! - `validate.rs`: raw into checked types, one function per section;
 //! - `broker.rs`: the broker address;
+//! - `registry.rs`: `schema_registry` and the routes' `encoding`;
 //! - `security.rs`: `mqtt.tls`, `kafka.sasl`, `kafka.tls` and secrets read from files;
 //! - `pem.rs`: the PEM files TLS reads (CA, client certificate and key);
+//! - `tls.rs`: the rustls client configuration a `tls` section makes;
 //! - `reload.rs`: the live reload of the routes: directory watch, debounce, validate, swap.
 //!
 //! Imports the core (the validated routes are its types) and `ops` (a reload is counted); no edge.
@@ -29,6 +31,7 @@
 mod broker;
 pub mod pem;
 mod raw;
+mod registry;
 pub mod reload;
 mod security;
 #[cfg(test)]
@@ -36,6 +39,7 @@ mod security_tests;
 mod sources;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -77,6 +81,23 @@ pub struct Config {
     pub http: Option<std::net::SocketAddr>,
     /// This replica's share of the devices when `replicas.count` > 1.
     pub replicas: Option<crate::core::routing::replicas::Replicas>,
+    /// `schema_registry`, when its `url` is set.
+    pub schema_registry: Option<RegistrySettings>,
+}
+
+/// `schema_registry`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrySettings {
+    /// Without a trailing `/`.
+    pub url: String,
+    /// Basic auth: username and password.
+    pub credentials: Option<(String, Secret)>,
+    /// For an `https://` URL.
+    pub tls: Option<MqttTls>,
+    /// How often `version: latest` is looked up again (zero: only on reload).
+    pub refresh: Duration,
+    /// One request at most.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,6 +250,7 @@ impl Config {
         check("reload", self.reload != new.reload);
         check("http", self.http != new.http);
         check("replicas", self.replicas != new.replicas);
+        check("schema_registry", self.schema_registry != new.schema_registry);
         let (pa, pb) = (&self.kafka.properties, &new.kafka.properties);
         for key in pa.keys().chain(pb.keys().filter(|k| !pa.contains_key(*k))) {
             if pa.get(key) != pb.get(key) {

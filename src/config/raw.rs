@@ -7,6 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::security::{RawKafkaSasl, RawKafkaTls, RawMqttTls};
+use crate::core::encoding::EncodingKind;
 use crate::core::routing::{KeyMissing, PayloadFormat, ValueFormat};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -21,6 +22,105 @@ pub struct RawConfig {
     pub reload: RawReload,
     pub http: RawHttp,
     pub replicas: RawReplicas,
+    pub schema_registry: RawSchemaRegistry,
+}
+
+/// `schema_registry`: a Confluent-compatible Schema Registry (its REST API), for the routes whose
+/// `encoding` is avro, protobuf or json_schema.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSchemaRegistry {
+    /// `http://host:8081` or `https://...`. Env: `SCHEMA_REGISTRY_URL`.
+    pub url: Option<String>,
+    /// Basic auth. Env: `SCHEMA_REGISTRY_USERNAME`.
+    pub username: Option<StringLike>,
+    /// Env: `SCHEMA_REGISTRY_PASSWORD`. Never logged.
+    pub password: Option<Secret>,
+    /// A file holding the password. Env: `SCHEMA_REGISTRY_PASSWORD_FILE`.
+    pub password_file: Option<String>,
+    /// For `https://` registries: CA, client certificate and key, version floor (as `mqtt.tls`).
+    pub tls: RawMqttTls,
+    /// How often `version: latest` is looked up again, in seconds (0: only on reload).
+    pub refresh_secs: u64,
+    /// How long one request to the registry may take, in seconds.
+    pub timeout_secs: u64,
+}
+
+impl Default for RawSchemaRegistry {
+    fn default() -> Self {
+        Self {
+            url: None,
+            username: None,
+            password: None,
+            password_file: None,
+            tls: RawMqttTls::default(),
+            refresh_secs: 60,
+            timeout_secs: 10,
+        }
+    }
+}
+
+/// `routes[].encoding`: a shorthand (`avro`) or the whole form.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum RawEncoding {
+    Kind(EncodingKind),
+    Full(RawEncodingSpec),
+}
+
+/// `routes[].encoding` in full.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEncodingSpec {
+    /// `json` (default), `avro`, `protobuf` or `json_schema`.
+    #[serde(rename = "type")]
+    pub kind: EncodingKind,
+    /// The registry subject (default `{topic}-value`, the TopicNameStrategy); the topic template's
+    /// placeholders and `{topic}` (the record's Kafka topic) are allowed.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// `latest` (default) or a version number.
+    #[serde(default)]
+    pub version: Option<StringLike>,
+    /// Protobuf: the message to encode, by full or simple name (default: the schema's first).
+    #[serde(default)]
+    pub message: Option<String>,
+    /// A schema file registered under the subject when the registry has none there (development
+    /// setups); path relative to this file's directory.
+    #[serde(default)]
+    pub schema_file: Option<String>,
+}
+
+impl RawEncoding {
+    pub fn spec(&self) -> RawEncodingSpec {
+        match self {
+            RawEncoding::Kind(kind) => {
+                RawEncodingSpec { kind: *kind, subject: None, version: None, message: None, schema_file: None }
+            }
+            RawEncoding::Full(spec) => spec.clone(),
+        }
+    }
+}
+
+/// A string names the type; a map is the whole form, read with its own unknown-key checks (an untagged
+/// enum would only say that nothing matched).
+impl<'de> Deserialize<'de> for RawEncoding {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawEncoding;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("json, avro, protobuf, json_schema, or a map with `type`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawEncoding, E> {
+                EncodingKind::deserialize(serde::de::value::StrDeserializer::<E>::new(v)).map(RawEncoding::Kind)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawEncoding, A::Error> {
+                RawEncodingSpec::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(RawEncoding::Full)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// Ordered scale-out (see `crate::core::routing::replicas`): `count` replicas each keep the devices whose hash falls in
@@ -52,6 +152,7 @@ impl Default for RawConfig {
             reload: RawReload::default(),
             http: RawHttp::default(),
             replicas: RawReplicas::default(),
+            schema_registry: RawSchemaRegistry::default(),
         }
     }
 }
@@ -227,6 +328,10 @@ pub struct RawRoute {
     /// At most this many records per second to Kafka for this route.
     #[serde(default)]
     pub rate_limit: Option<RawRateLimit>,
+    /// How the value is written: `json` (default), or by a Schema Registry schema: `avro`, `protobuf`,
+    /// `json_schema` (shorthand), or `{type, subject, version, message, schema_file}`.
+    #[serde(default)]
+    pub encoding: Option<RawEncoding>,
 }
 
 /// `routes[].rate_limit`.
@@ -280,6 +385,7 @@ impl RawRoute {
             payload: default_payload(),
             schema: None,
             rate_limit: None,
+            encoding: None,
         }
     }
 }

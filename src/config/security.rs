@@ -131,13 +131,22 @@ pub(super) fn secret(key: &str, inline: Option<&Secret>, file: Option<&str>, p: 
 }
 
 pub(super) fn mqtt_tls(t: &RawMqttTls, tls: bool, p: &mut Problems<'_>) -> Option<MqttTls> {
+    tls_files("mqtt", t, tls, p)
+}
+
+/// `<section>.tls` (`mqtt` or `schema_registry`), checked when the section's address is a TLS one.
+pub(super) fn tls_files(section: &str, t: &RawMqttTls, tls: bool, p: &mut Problems<'_>) -> Option<MqttTls> {
+    let (address, example) = match section {
+        "mqtt" => ("mqtt.broker", "mqtts://host:8883 (or wss://host/mqtt)"),
+        _ => ("schema_registry.url", "https://registry:8081"),
+    };
     let given = t.ca_file.is_some() || t.cert_file.is_some() || t.key_file.is_some() || t.min_version.is_some();
     if !tls {
         if given {
             p.add(
-                "mqtt.tls",
-                "TLS settings are given but mqtt.broker is not a TLS address".into(),
-                Some("use mqtts://host:8883 (or wss://host/mqtt) in mqtt.broker, or remove mqtt.tls"),
+                &format!("{section}.tls"),
+                format!("TLS settings are given but {address} is not a TLS address"),
+                Some(&format!("use {example} in {address}, or remove {section}.tls")),
             );
         }
         return None;
@@ -147,7 +156,7 @@ pub(super) fn mqtt_tls(t: &RawMqttTls, tls: bool, p: &mut Problems<'_>) -> Optio
         Some("1.3") => TlsVersion::V1_3,
         Some(other) => {
             p.add(
-                "mqtt.tls.min_version",
+                &format!("{section}.tls.min_version"),
                 format!("`{other}` is not a TLS version the gateway speaks"),
                 Some("use \"1.2\" or \"1.3\" (older versions are not supported)"),
             );
@@ -157,7 +166,7 @@ pub(super) fn mqtt_tls(t: &RawMqttTls, tls: bool, p: &mut Problems<'_>) -> Optio
     let ca_file = t.ca_file.as_deref().map(PathBuf::from);
     if let Some(ca) = &ca_file {
         if let Err(e) = super::pem::read_ca(ca) {
-            p.add("mqtt.tls.ca_file", e, Some("a PEM file with one or more CA certificates"));
+            p.add(&format!("{section}.tls.ca_file"), e, Some("a PEM file with one or more CA certificates"));
         }
     }
     let client = match (&t.cert_file, &t.key_file) {
@@ -165,7 +174,7 @@ pub(super) fn mqtt_tls(t: &RawMqttTls, tls: bool, p: &mut Problems<'_>) -> Optio
             let (cert, key) = (PathBuf::from(cert), PathBuf::from(key));
             match super::pem::read_client_identity(&cert, &key) {
                 Err(e) => p.add(
-                    "mqtt.tls.cert_file",
+                    &format!("{section}.tls.cert_file"),
                     e,
                     Some("a PEM certificate and its unencrypted PEM key (PKCS#8, PKCS#1 or SEC1)"),
                 ),
@@ -173,7 +182,7 @@ pub(super) fn mqtt_tls(t: &RawMqttTls, tls: bool, p: &mut Problems<'_>) -> Optio
                 Ok((certs, key_der)) => {
                     if let Err(e) = super::pem::check_pair(certs, key_der) {
                         p.add(
-                            "mqtt.tls.key_file",
+                            &format!("{section}.tls.key_file"),
                             format!("`{}` is not the key of `{}`: {e}", key.display(), cert.display()),
                             Some("give the key the certificate was issued for"),
                         );
@@ -184,7 +193,11 @@ pub(super) fn mqtt_tls(t: &RawMqttTls, tls: bool, p: &mut Problems<'_>) -> Optio
         }
         (None, None) => None,
         _ => {
-            p.add("mqtt.tls", "cert_file and key_file go together".into(), Some("set both for mutual TLS, or neither"));
+            p.add(
+                &format!("{section}.tls"),
+                "cert_file and key_file go together".into(),
+                Some("set both for mutual TLS, or neither"),
+            );
             None
         }
     };

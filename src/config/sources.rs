@@ -191,7 +191,8 @@ fn nested<K: AsRef<str>>(path: &[K], value: FValue) -> Dict {
 /// Keys whose value is text whatever it looks like: parsed TOML-style, a password `0123` would become the
 /// number 123, and a librdkafka property `1.10` the number 1.1.
 fn keeps_text(parts: &[String]) -> bool {
-    const TEXT: [&str; 13] = [
+    const TEXT: [&str; 14] = [
+        "url",
         "password",
         "client_secret",
         "key_password",
@@ -263,7 +264,7 @@ fn merge_dicts(mut base: Dict, other: Dict) -> Dict {
 /// The spec's variables and the short ones for credentials, taken as plain strings (a password of
 /// digits stays a string).
 fn spec_env(env: &dyn EnvSource) -> Serialized<Dict> {
-    const VARS: [(&str, &[&str]); 9] = [
+    const VARS: [(&str, &[&str]); 13] = [
         ("MQTT_BROKER", &["mqtt", "broker"]),
         ("KAFKA_BOOTSTRAP_SERVERS", &["kafka", "bootstrap_servers"]),
         ("MQTT_USERNAME", &["mqtt", "username"]),
@@ -273,6 +274,10 @@ fn spec_env(env: &dyn EnvSource) -> Serialized<Dict> {
         ("KAFKA_SASL_PASSWORD", &["kafka", "sasl", "password"]),
         ("KAFKA_SASL_PASSWORD_FILE", &["kafka", "sasl", "password_file"]),
         ("KAFKA_TLS_KEY_PASSWORD", &["kafka", "tls", "key_password"]),
+        ("SCHEMA_REGISTRY_URL", &["schema_registry", "url"]),
+        ("SCHEMA_REGISTRY_USERNAME", &["schema_registry", "username"]),
+        ("SCHEMA_REGISTRY_PASSWORD", &["schema_registry", "password"]),
+        ("SCHEMA_REGISTRY_PASSWORD_FILE", &["schema_registry", "password_file"]),
     ];
     let mut dict = Dict::new();
     for (var, path) in VARS {
@@ -288,7 +293,8 @@ fn deserialize_sections(
     locate: &dyn Fn(&str) -> Origin,
     problems: &mut Vec<Problem>,
 ) -> Option<RawConfig> {
-    const SECTIONS: [&str; 8] = ["mqtt", "kafka", "routes", "shutdown", "log", "reload", "http", "replicas"];
+    const SECTIONS: [&str; 9] =
+        ["mqtt", "kafka", "routes", "shutdown", "log", "reload", "http", "replicas", "schema_registry"];
     for key in merged.keys() {
         if !SECTIONS.contains(&key.as_str()) {
             problems.push(Problem {
@@ -317,6 +323,7 @@ fn deserialize_sections(
     section!("reload", reload);
     section!("http", http);
     section!("replicas", replicas);
+    section!("schema_registry", schema_registry);
     if let Some(routes) = merged.get("routes") {
         match routes {
             FValue::Array(_, items) => {

@@ -78,6 +78,9 @@ pub(super) fn validate(
         }
     };
     let replicas = replicas(&raw, &mut p);
+    let needs_registry =
+        raw.routes.iter().position(|r| r.encoding.as_ref().is_some_and(|e| e.spec().kind.registry_type().is_some()));
+    let schema_registry = super::registry::settings(&raw.schema_registry, needs_registry, &mut p);
     Some(Config {
         source: path.to_path_buf(),
         mqtt: mqtt?,
@@ -88,6 +91,7 @@ pub(super) fn validate(
         reload: raw.reload.clone(),
         http,
         replicas,
+        schema_registry,
     })
 }
 
@@ -369,19 +373,28 @@ fn route(
     }
     let schema = route_schema(at, r, config_dir, p);
     let rate_limit = rate_limit(at, r, p);
+    let encoding =
+        super::registry::route_encoding(at, r, regex.as_ref().ok(), fallback_regex.as_ref().ok(), config_dir, p);
     // The resolved dead-letter topic too: it also depends on kafka.dead_letter_suffix; and the schema
     // file's contents, so that editing the schema alone changes the route.
     let fingerprint = format!(
-        "{}|{}|{:x}",
+        "{}|{}|{:x}|{:x}",
         serde_json::to_string(r).unwrap_or_default(),
         dead_letter_topic.as_deref().unwrap_or(""),
-        schema.as_ref().ok().and_then(Option::as_ref).map_or(0, |s| s.hash)
+        schema.as_ref().ok().and_then(Option::as_ref).map_or(0, |s| s.hash),
+        encoding
+            .as_ref()
+            .ok()
+            .and_then(Option::as_ref)
+            .and_then(|e| e.schema_file.as_ref())
+            .map_or(0, |f| xxhash_rust::xxh3::xxh3_64(f.text.as_bytes()))
     );
     let (Ok(topic), Ok(regex), Ok(fallback_regex), Ok(key), Some(dead_letter_topic), Ok(schema), Ok(rate_limit)) =
         (topic, regex, fallback_regex, key, dead_letter_topic, schema, rate_limit)
     else {
         return None;
     };
+    let Ok(encoding) = encoding else { return None };
     Some(Route {
         name: Arc::from(r.name.as_str()),
         filter: r.filter.clone(),
@@ -394,6 +407,7 @@ fn route(
         format: r.format,
         payload: r.payload,
         schema,
+        encoding,
         rate_limit,
         fingerprint,
         stats: Default::default(),

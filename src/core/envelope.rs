@@ -105,10 +105,12 @@ pub enum DeadLetterReason {
     KafkaRefused,
     /// The payload does not conform to the route's JSON Schema.
     SchemaInvalid,
+    /// The value does not fit the route's registry schema (or there is no usable schema for it).
+    NotEncodable,
 }
 
 impl DeadLetterReason {
-    pub const ALL: [DeadLetterReason; 7] = [
+    pub const ALL: [DeadLetterReason; 8] = [
         DeadLetterReason::InvalidJson,
         DeadLetterReason::NotUtf8,
         DeadLetterReason::KeyNotFound,
@@ -116,6 +118,7 @@ impl DeadLetterReason {
         DeadLetterReason::TooLarge,
         DeadLetterReason::KafkaRefused,
         DeadLetterReason::SchemaInvalid,
+        DeadLetterReason::NotEncodable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -127,6 +130,7 @@ impl DeadLetterReason {
             DeadLetterReason::TooLarge => "too_large",
             DeadLetterReason::KafkaRefused => "kafka_refused",
             DeadLetterReason::SchemaInvalid => "schema_invalid",
+            DeadLetterReason::NotEncodable => "not_encodable",
         }
     }
 }
@@ -147,11 +151,12 @@ pub const HEADER_CORRELATION_DATA: &str = "mqtt_correlation_data";
 pub const USER_PROPERTY_CLASH_PREFIX: &str = "mqtt_user_";
 
 /// The Kafka header name of an MQTT 5 user property: its own name, unless that is a header the gateway
-/// writes itself (`device_id`, `route`, `message_id`, `received_at`, `dlq_reason`, `dlq_truncated_from`,
+/// writes itself (`device_id`, `route`, `message_id`, `received_at`, `schema_id`, `dlq_reason`, `dlq_truncated_from`,
 /// or any name starting `mqtt_`): then `mqtt_user_<name>`, so that the gateway's header is never
 /// shadowed and the property is never lost.
 pub fn user_property_header(name: &str) -> Cow<'static, str> {
-    const OURS: [&str; 6] = [
+    const OURS: [&str; 7] = [
+        crate::core::encoding::HEADER_SCHEMA_ID,
         HEADER_DEVICE_ID,
         HEADER_ROUTE,
         HEADER_MESSAGE_ID,

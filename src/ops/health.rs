@@ -48,6 +48,9 @@ pub struct Health {
     /// Why the last MQTT connection attempt failed (cleared on CONNACK), and the last Kafka client
     /// error (cleared when a broker is up again): readiness names them.
     last_errors: Mutex<LastErrors>,
+    /// Why schemas the routes need are not resolved (the registry unreachable, credentials refused):
+    /// set and cleared by the registry edge.
+    registry_problem: Mutex<Option<String>>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -75,6 +78,7 @@ impl Default for Health {
             shutting_down: AtomicBool::new(false),
             subscriptions: Mutex::default(),
             last_errors: Mutex::default(),
+            registry_problem: Mutex::default(),
         }
     }
 }
@@ -173,6 +177,11 @@ impl Health {
         self.last_errors.lock().unwrap_or_else(|e| e.into_inner()).kafka = what;
     }
 
+    /// Schemas the routes need cannot be resolved, and why; `None` once they are.
+    pub fn set_registry_problem(&self, why: Option<String>) {
+        *self.registry_problem.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
+
     pub fn readiness(&self, mqtt_connected: bool) -> Readiness {
         let subs = self.subscriptions.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let errors = self.last_errors.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -201,6 +210,9 @@ impl Health {
                 Some(why) => format!("kafka: no broker up ({why})"),
                 None => "kafka: no broker up".to_string(),
             });
+        }
+        if let Some(why) = self.registry_problem.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            not_ready.push(format!("schema registry: {why}"));
         }
         Readiness {
             ready: not_ready.is_empty(),

@@ -18,12 +18,14 @@ use rdkafka::producer::Producer as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::awaiting::Awaiting;
 use super::held::{Admission, Held};
 use super::inflight::{Progress, RecordEntry, Slab};
 use super::policy::{self, Attempt, Verdict};
 use super::retries::{Parts, Retries};
 use super::sequencer::Acks;
-use crate::core::envelope::{self, DeadLetterReason, Facts, Outcome, HEADER_DLQ_REASON};
+use crate::core::encoding::EncodingRule;
+use crate::core::envelope::{self, DeadLetterReason, Facts, Outcome, Record, HEADER_DLQ_REASON};
 use crate::core::message::{AckToken, Message};
 use crate::core::routing::replicas::Replicas;
 use crate::core::routing::{Route, RouteTable};
@@ -31,6 +33,7 @@ use crate::kafka::{self, reports, GatewayProducer};
 use crate::mqtt::intake::IntakeReceiver;
 use crate::ops::health::{Loop, HEARTBEAT_EVERY};
 use crate::ops::metrics::Metrics;
+use crate::registry::{Lookup, Schemas};
 
 /// A message taken from MQTT and not settled yet.
 struct Unsettled {
@@ -55,10 +58,32 @@ enum SendError {
 
 /// What one route made of a message.
 enum Produced {
-    /// A record is on its way (or held by the rate limit): one more to wait for.
+    /// A record is on its way (or held by the rate limit, or waiting for its schema): one more to wait for.
     Record,
     /// Nothing to wait for: another replica's device, or a QoS 0 record over the rate limit.
     Nothing,
+    /// Taken from the records waiting for their schema, and still waiting: it stays where it was.
+    StillWaiting,
+}
+
+/// Where a record comes from when the engine builds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// Its message was just taken.
+    Intake,
+    /// Held by the rate limit, now due (its place in the message's progress is taken already).
+    RateLimit,
+    /// Waiting for its schema, at the front of its route's queue (its place is taken already).
+    Registry,
+}
+
+/// What the registry's schema made of a record.
+enum Encoded {
+    Done,
+    /// The schema is not resolved yet.
+    Wait,
+    /// It does not fit, or there is no usable schema: the `dlq_reason`.
+    Refused(String),
 }
 
 /// A record refused when first handed over, dealt with once its message is in place.
@@ -85,6 +110,10 @@ pub(super) struct Engine {
     acks: Acks,
     retries: Retries,
     held: Held,
+    /// The registry's schemas, when a route encodes with one, and the records waiting for theirs.
+    schemas: Option<Arc<Schemas>>,
+    schemas_changed: Option<tokio::sync::watch::Receiver<u64>>,
+    awaiting: Awaiting,
     /// Scratch buffers, kept to allocate nothing per message.
     matched: Vec<u32>,
     reports: Vec<reports::DeliveryReport>,
@@ -109,13 +138,15 @@ pub(super) struct Links {
     /// The MQTT edge's current connection number.
     pub(super) connection: Arc<AtomicU64>,
     pub(super) fatal: CancellationToken,
+    pub(super) schemas: Option<Arc<Schemas>>,
 }
 
 impl Engine {
     /// An engine over `links` that takes payloads up to `max_payload` bytes (`mqtt.max_packet_size_bytes`)
     /// and at most `window` messages unsettled (`mqtt.max_unacked_messages`).
     pub(super) fn new(links: Links, max_payload: usize, window: usize, replicas: Option<Replicas>) -> Self {
-        let Links { producer, events, metrics, acks, connection, fatal } = links;
+        let Links { producer, events, metrics, acks, connection, fatal, schemas } = links;
+        let schemas_changed = schemas.as_ref().map(|s| s.changed());
         Self {
             producer,
             events,
@@ -128,6 +159,9 @@ impl Engine {
             acks: Acks::new(acks, connection, fatal),
             retries: Retries::default(),
             held: Held::default(),
+            schemas,
+            schemas_changed,
+            awaiting: Awaiting::default(),
             matched: Vec::new(),
             reports: Vec::new(),
             refused: Vec::new(),
@@ -149,6 +183,7 @@ impl Engine {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.metrics.unacked.store(self.messages.len() as u64, Relaxed);
+            self.metrics.awaiting_schema.store(self.awaiting.len() as u64, Relaxed);
             if !open && self.messages.is_empty() {
                 return;
             }
@@ -176,6 +211,9 @@ impl Engine {
                 }
                 _ = tokio::time::sleep_until(next_held.unwrap_or_else(tokio::time::Instant::now)), if next_held.is_some() => {
                     self.release_due(give_up).await
+                }
+                _ = schema_news(&mut self.schemas_changed), if !self.awaiting.is_empty() => {
+                    self.release_awaiting(give_up).await
                 }
                 m = intake.recv(), if room => match m {
                     None => {
@@ -231,8 +269,8 @@ impl Engine {
         let facts = Facts::new(&message);
         let mut result = Ok(());
         for &index in &matched {
-            match self.produce_route(slot, index, routes.route(index), &facts, give_up, false).await {
-                Ok(Produced::Record) => progress.add(),
+            match self.produce_route(slot, index, routes.route(index), &facts, give_up, Source::Intake).await {
+                Ok(Produced::Record | Produced::StillWaiting) => progress.add(),
                 Ok(Produced::Nothing) => {}
                 Err(gave_up) => {
                     result = Err(gave_up);
@@ -258,8 +296,7 @@ impl Engine {
     }
 
     /// Produces what `route` (index `index` of the message's table) makes of the message in message slot
-    /// `slot`: its record, or its dead letter. `released`: held by the rate limit and now due (its place
-    /// in the message's progress is taken already).
+    /// `slot`: its record, or its dead letter.
     async fn produce_route(
         &mut self,
         slot: u32,
@@ -267,7 +304,7 @@ impl Engine {
         route: &Route,
         facts: &Facts<'_>,
         give_up: &CancellationToken,
-        released: bool,
+        source: Source,
     ) -> Result<Produced, GaveUp> {
         let msg = facts.message;
         let device = route.device(&msg.topic);
@@ -276,7 +313,7 @@ impl Engine {
             self.metrics.records_for_other_replicas.fetch_add(1, Relaxed);
             return Ok(Produced::Nothing);
         }
-        if let (Some(limit), false) = (route.rate_limit, released) {
+        if let (Some(limit), Source::Intake) = (route.rate_limit, source) {
             match self.held.admit(slot, index, &route.name, limit, msg.qos, Instant::now()) {
                 Admission::Now => {}
                 Admission::Held => {
@@ -289,7 +326,12 @@ impl Engine {
                 }
             }
         }
-        let outcome = if msg.payload.len() > self.max_payload {
+        // Behind the route's records that wait for their schema, so that its order holds.
+        if route.encoding.is_some() && source != Source::Registry && self.awaiting.has(&route.name) {
+            self.awaiting.push(&route.name, slot, index);
+            return Ok(Produced::Record);
+        }
+        let mut outcome = if msg.payload.len() > self.max_payload {
             // Let in past the limit only to be dead-lettered (see `mqtt::edge`'s oversize).
             let reason = format!(
                 "payload of {} bytes is larger than mqtt.max_packet_size_bytes ({})",
@@ -300,6 +342,19 @@ impl Engine {
         } else {
             envelope::build(route, facts, &device)
         };
+        if let (Some(rule), Outcome::Record(record)) = (&route.encoding, &mut outcome) {
+            match self.encode(route, rule, record, &device, &msg.topic) {
+                Encoded::Done => {}
+                Encoded::Wait if source == Source::Registry => return Ok(Produced::StillWaiting),
+                Encoded::Wait => {
+                    self.awaiting.push(&route.name, slot, index);
+                    return Ok(Produced::Record);
+                }
+                Encoded::Refused(reason) => {
+                    outcome = envelope::dead_letter(route, facts, device.id, DeadLetterReason::NotEncodable, reason)
+                }
+            }
+        }
         let (record, dead_letter) = match outcome {
             Outcome::Record(record) => {
                 self.metrics.device_id(route, device.source);
@@ -460,8 +515,8 @@ impl Engine {
             let (message, routes) = (m.message.clone(), m.routes.clone());
             let facts = Facts::new(&message);
             // Its place in the message's progress was taken when it was held.
-            match self.produce_route(slot, index, routes.route(index), &facts, give_up, true).await? {
-                Produced::Record => {}
+            match self.produce_route(slot, index, routes.route(index), &facts, give_up, Source::RateLimit).await? {
+                Produced::Record | Produced::StillWaiting => {}
                 Produced::Nothing => self.settle_record_of(slot, true),
             }
             if self.handle_refused() {
@@ -470,6 +525,73 @@ impl Engine {
         }
         self.acks.send_due();
         Ok(())
+    }
+
+    /// Builds and produces the records waiting for their schema, each route's from the front, until one
+    /// still has to wait.
+    async fn release_awaiting(&mut self, give_up: &CancellationToken) -> Result<(), GaveUp> {
+        for name in self.awaiting.routes() {
+            while let Some((slot, index)) = self.awaiting.front(&name) {
+                let Some(m) = self.messages.get(slot) else {
+                    self.awaiting.pop_front(&name);
+                    continue;
+                };
+                let (message, routes) = (m.message.clone(), m.routes.clone());
+                let facts = Facts::new(&message);
+                match self.produce_route(slot, index, routes.route(index), &facts, give_up, Source::Registry).await? {
+                    Produced::StillWaiting => break,
+                    Produced::Record => self.awaiting.pop_front(&name),
+                    Produced::Nothing => {
+                        self.awaiting.pop_front(&name);
+                        self.settle_record_of(slot, true);
+                    }
+                }
+                if self.handle_refused() {
+                    self.send_due_retries(give_up).await?;
+                }
+            }
+        }
+        self.acks.send_due();
+        Ok(())
+    }
+
+    /// Encodes `record` with the schema `rule` names for it, in place.
+    fn encode(
+        &self,
+        route: &Route,
+        rule: &EncodingRule,
+        record: &mut Record,
+        device: &crate::core::routing::DeviceId<'_>,
+        mqtt_topic: &str,
+    ) -> Encoded {
+        let Some(schemas) = &self.schemas else {
+            return Encoded::Refused("the route has an encoding, and no schema_registry is configured".into());
+        };
+        let group = |name: &str| device.captures.as_ref().and_then(|c| c.name(name)).map(|m| m.as_str());
+        let values = crate::core::routing::template::Values { topic: mqtt_topic, device_id: device.id, group: &group };
+        let subject = match rule.subject_for(&record.topic, &values) {
+            Ok(s) => s,
+            Err(why) => return Encoded::Refused(why),
+        };
+        let kind = rule.kind as usize;
+        match schemas.lookup(&subject, rule) {
+            Lookup::Ready(schema) => match schema.apply(record) {
+                Ok(()) => {
+                    self.metrics.records_encoded[kind].fetch_add(1, Relaxed);
+                    route.stats.schema_id.store(u64::from(schema.id), Relaxed);
+                    Encoded::Done
+                }
+                Err(reason) => {
+                    self.metrics.encoding_failures[kind].fetch_add(1, Relaxed);
+                    Encoded::Refused(reason)
+                }
+            },
+            Lookup::Pending => Encoded::Wait,
+            Lookup::Failed(why) => {
+                self.metrics.encoding_failures[kind].fetch_add(1, Relaxed);
+                Encoded::Refused(format!("no usable {} schema for subject {subject}: {why}", rule.kind))
+            }
+        }
     }
 
     /// A record Kafka did not take, whichever way it said so: refused when first handed over, reported
@@ -539,6 +661,18 @@ impl Engine {
             }
             self.acks.settled(seq, done.progress.ackable);
         }
+    }
+}
+
+/// Resolves when the registry edge reports a change (never, without a registry).
+async fn schema_news(changed: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    match changed {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await
+            }
+        }
+        None => std::future::pending().await,
     }
 }
 

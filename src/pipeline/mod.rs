@@ -11,6 +11,7 @@
 //! - `policy.rs`: the one failure policy, for every point where a record can fail;
 //! - `retries.rs`: records to produce again, each when due;
 //! - `held.rs`: records held back by their route's rate limit until their turn;
+//! - `awaiting.rs`: records waiting for their route's registry schema;
 //! - `inflight.rs`: messages and records in flight, indexed by delivery tag;
 //! - `sequencer.rs`: acks in arrival order, after Kafka, on the current connection only.
 //!
@@ -24,6 +25,7 @@
 //!
 //! This is the one module that imports both edges; neither edge imports it.
 
+mod awaiting;
 mod engine;
 mod held;
 mod inflight;
@@ -48,6 +50,7 @@ use crate::mqtt::intake;
 use crate::ops::health::{Loop, HEARTBEAT_EVERY};
 use crate::ops::http;
 use crate::ops::metrics::{self, LiveGauges, Metrics};
+use crate::registry;
 use engine::Engine;
 
 /// What a finished run reports.
@@ -150,6 +153,18 @@ async fn run_inner(
     let mqtt_task = tokio::spawn(mqtt::run(config.mqtt.clone(), routes.clone(), links, metrics.clone(), stop.clone()));
     let stats =
         tokio::spawn(stats(metrics.clone(), Duration::from_secs(config.log.stats_interval_secs), shutdown.clone()));
+    let schemas = match &config.schema_registry {
+        Some(settings) => {
+            let client = registry::client::Client::new(settings, Some(metrics.clone()))
+                .map_err(|e| anyhow::anyhow!("cannot make the Schema Registry client: {e}"))?;
+            let schemas = registry::Schemas::new(client, settings.refresh, metrics.clone());
+            schemas.want_table(&routes.borrow());
+            tokio::spawn(registry::run(schemas.clone(), routes.clone(), shutdown.clone()));
+            tracing::info!(url = %schemas.url(), "schema registry");
+            Some(schemas)
+        }
+        None => None,
+    };
     let reloader = tokio::spawn(reload::run(config.clone(), routes_tx, metrics.clone(), shutdown.clone()));
     // The grace period runs from the signal, whatever the pipeline is waiting for (a full window, a
     // full producer queue, Kafka).
@@ -176,6 +191,7 @@ async fn run_inner(
         acks: acks_tx,
         connection,
         fatal: fatal.clone(),
+        schemas,
     };
     let mut engine = Engine::new(links, config.mqtt.max_packet_size, config.mqtt.max_unacked_messages, config.replicas);
     let shutting_down = shutdown.clone();

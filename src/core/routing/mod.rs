@@ -41,6 +41,8 @@ pub struct Route {
     pub payload: PayloadFormat,
     /// `schema`: the payload's contract, compiled.
     pub schema: Option<Arc<crate::core::routing::schema::RouteSchema>>,
+    /// `encoding`: the registry schema the value is written with; `None` for plain JSON.
+    pub encoding: Option<Arc<crate::core::encoding::EncodingRule>>,
     /// `rate_limit`: enforced by the engine (see [`crate::core::routing::rate_limit`]).
     pub rate_limit: Option<crate::core::routing::rate_limit::RateLimit>,
     /// The route as configured, serialized: two routes with the same fingerprint behave the same. Used
@@ -332,6 +334,7 @@ pub(crate) mod tests {
             format: ValueFormat::Envelope,
             payload: PayloadFormat::Json,
             schema: None,
+            encoding: None,
             rate_limit: None,
             fingerprint: format!("{name}|{filter}|{topic}"),
             stats: Default::default(),

@@ -92,34 +92,40 @@ impl RouteSchema {
 
     /// `None` if `value` conforms; else every violation, as `dlq_reason` text.
     pub fn violations(&self, value: &Value) -> Option<String> {
-        let mut errors = self.validator.iter_errors(value).peekable();
-        errors.peek()?;
-        let mut reason = format!("schema {}: ", self.configured);
-        let mut listed = 0;
-        let mut left = 0;
-        for e in errors {
-            let pointer = e.instance_path().as_str();
-            let one = format!(
-                "{}: {} ({})",
-                if pointer.is_empty() { "/" } else { pointer },
-                cut(&e.to_string(), ONE_MAX_CHARS),
-                e.kind().keyword()
-            );
-            if left == 0 && reason.len() + one.len() + 2 <= REASON_MAX_CHARS {
-                if listed > 0 {
-                    reason.push_str("; ");
-                }
-                reason.push_str(&one);
-                listed += 1;
-            } else {
-                left += 1;
-            }
-        }
-        if left > 0 {
-            reason.push_str(&format!("; … and {left} more"));
-        }
-        Some(reason)
+        violations_of(&self.validator, value).map(|list| format!("schema {}: {list}", self.configured))
     }
+}
+
+/// `None` if `value` conforms to `validator`; else every violation (pointer, message, keyword), cut at
+/// [`REASON_MAX_CHARS`]. Shared by the routes' own schemas and the registry's JSON Schemas.
+pub fn violations_of(validator: &jsonschema::Validator, value: &Value) -> Option<String> {
+    let mut errors = validator.iter_errors(value).peekable();
+    errors.peek()?;
+    let mut reason = String::new();
+    let mut listed = 0;
+    let mut left = 0;
+    for e in errors {
+        let pointer = e.instance_path().as_str();
+        let one = format!(
+            "{}: {} ({})",
+            if pointer.is_empty() { "/" } else { pointer },
+            cut(&e.to_string(), ONE_MAX_CHARS),
+            e.kind().keyword()
+        );
+        if left == 0 && reason.len() + one.len() + 2 <= REASON_MAX_CHARS - 64 {
+            if listed > 0 {
+                reason.push_str("; ");
+            }
+            reason.push_str(&one);
+            listed += 1;
+        } else {
+            left += 1;
+        }
+    }
+    if left > 0 {
+        reason.push_str(&format!("; … and {left} more"));
+    }
+    Some(reason)
 }
 
 fn parse(file: &Path, text: &str) -> Result<Value, SchemaError> {

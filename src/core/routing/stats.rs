@@ -60,6 +60,8 @@ pub struct RouteStats {
     /// Records held back by the route's rate limit, and QoS 0 records it dropped.
     pub delayed: AtomicU64,
     pub rate_limited: AtomicU64,
+    /// The registry schema id of the route's last encoded record (0: none yet, or plain JSON).
+    pub schema_id: AtomicU64,
 }
 
 impl RouteStats {

@@ -316,6 +316,63 @@ impl Collector for GatewayCollector {
         }
         gauge(e, "unacked_messages", "Messages taken from MQTT and not settled yet.", None, ld(&m.unacked) as i64)?;
 
+        // Schema Registry.
+        let kinds = crate::core::encoding::EncodingKind::ALL;
+        let encoded: Vec<(&str, u64)> =
+            kinds.iter().skip(1).map(|k| (k.as_str(), ld(&m.records_encoded[*k as usize]))).collect();
+        counter_by(
+            e,
+            "records_encoded",
+            "Records encoded with a Schema Registry schema, by encoding.",
+            "encoding",
+            &encoded,
+        )?;
+        let failures: Vec<(&str, u64)> =
+            kinds.iter().skip(1).map(|k| (k.as_str(), ld(&m.encoding_failures[*k as usize]))).collect();
+        counter_by(
+            e,
+            "encoding_failures",
+            "Values that did not fit their registry schema, or had no usable one (dead-lettered), by encoding.",
+            "encoding",
+            &failures,
+        )?;
+        let results = [
+            ("ok", ld(&m.registry_requests).saturating_sub(ld(&m.registry_errors))),
+            ("error", ld(&m.registry_errors)),
+        ];
+        counter_by(e, "schema_registry_requests", "Requests to the Schema Registry, by result.", "result", &results)?;
+        let seconds = name("schema_registry_request_seconds");
+        let c = ConstCounter::new(ld(&m.registry_request_us) as f64 / 1e6);
+        c.encode(e.encode_descriptor(
+            &seconds,
+            "Time spent in Schema Registry requests, in total (divide by the requests for the mean).",
+            Some(&Unit::Seconds),
+            c.metric_type(),
+        )?)?;
+        gauge(
+            e,
+            "records_awaiting_schema",
+            "Records waiting for their route's registry schema (the registry not answered yet).",
+            None,
+            ld(&m.awaiting_schema) as i64,
+        )?;
+        {
+            let n = name("route_schema_id");
+            let mut f = e.encode_descriptor(
+                &n,
+                "The registry schema id of the route's last encoded record.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for stats in m.routes.all() {
+                let id = stats.schema_id.load(Relaxed);
+                if id > 0 {
+                    let l = [("route", stats.route.as_ref())];
+                    ConstGauge::new(id as i64).encode(f.encode_family(&l)?)?;
+                }
+            }
+        }
+
         // Readiness and configuration.
         let ready = m.health.readiness(m.mqtt_connected.load(Relaxed)).ready;
         gauge(e, "ready", "1 when /readyz answers 200.", None, i64::from(ready))?;

@@ -59,6 +59,17 @@ pub struct Metrics {
     pub records_for_other_replicas: AtomicU64,
     pub messages_not_acked: AtomicU64,
     pub reload_failures: AtomicU64,
+    /// Requests to the Schema Registry, those that failed (unreachable, refused, an error status), and
+    /// the time they took in total (microseconds).
+    pub registry_requests: AtomicU64,
+    pub registry_errors: AtomicU64,
+    pub registry_request_us: AtomicU64,
+    /// Records encoded by a registry schema, and values that did not fit theirs, by
+    /// [`EncodingKind`](crate::core::encoding::EncodingKind) (plain JSON stays 0).
+    pub records_encoded: [AtomicU64; 4],
+    pub encoding_failures: [AtomicU64; 4],
+    /// Records waiting for their route's registry schema to be resolved.
+    pub awaiting_schema: AtomicU64,
     unrouted_warned: Mutex<Option<Instant>>,
     stall_logged: Mutex<Option<Instant>>,
     rate_limit_warned: Mutex<Option<Instant>>,

@@ -1,0 +1,259 @@
+//! Record values in a Schema Registry's wire format (`routes[].encoding`): the value a route writes (the
+//! spec's envelope, or the raw payload), read as JSON and written by a schema the registry holds.
+//!
+//! - [`avro`]: JSON into Avro binary, by the schema; [`protobuf`]: JSON into a Protobuf message, by the
+//!   proto3 JSON mapping; JSON Schema: the JSON as it is, validated.
+//! - The wire format is Confluent's: the magic byte 0, the schema id as 4 bytes big-endian, for Protobuf
+//!   the message's index path, then the encoded value. The id also travels in the `schema_id` header.
+//! - A value that does not fit is a [`Misfit`] naming the field path, what the schema expects and what
+//!   was found: the message goes to the dead-letter topic with that reason, never out unencoded.
+//!
+//! Pure: the schemas come in as text (the registry edge fetches them) and are compiled here.
+
+pub mod avro;
+pub mod misfit;
+pub mod protobuf;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use crate::core::envelope::Record;
+use crate::core::routing::template::{TopicTemplate, Values};
+pub use misfit::Misfit;
+
+/// The header that carries the schema id a record was encoded with.
+pub const HEADER_SCHEMA_ID: &str = "schema_id";
+
+/// `routes[].encoding.type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncodingKind {
+    /// The value as JSON text, as before there was a registry (the default).
+    Json,
+    Avro,
+    Protobuf,
+    /// JSON, validated by the registry's JSON Schema and framed with its id.
+    JsonSchema,
+}
+
+impl EncodingKind {
+    pub const ALL: [EncodingKind; 4] =
+        [EncodingKind::Json, EncodingKind::Avro, EncodingKind::Protobuf, EncodingKind::JsonSchema];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EncodingKind::Json => "json",
+            EncodingKind::Avro => "avro",
+            EncodingKind::Protobuf => "protobuf",
+            EncodingKind::JsonSchema => "json_schema",
+        }
+    }
+
+    /// The registry's `schemaType` for it (`None` for plain JSON, which needs no registry).
+    pub fn registry_type(self) -> Option<&'static str> {
+        match self {
+            EncodingKind::Json => None,
+            EncodingKind::Avro => Some("AVRO"),
+            EncodingKind::Protobuf => Some("PROTOBUF"),
+            EncodingKind::JsonSchema => Some("JSON"),
+        }
+    }
+
+    /// The kind a registry's `schemaType` names (absent means Avro, as the registry's API says).
+    pub fn from_registry_type(t: Option<&str>) -> Option<EncodingKind> {
+        match t.unwrap_or("AVRO") {
+            "AVRO" => Some(EncodingKind::Avro),
+            "PROTOBUF" => Some(EncodingKind::Protobuf),
+            "JSON" => Some(EncodingKind::JsonSchema),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for EncodingKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which version of a subject a route encodes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SchemaVersion {
+    /// The newest, looked up again on reload and every `schema_registry.refresh_secs`.
+    Latest,
+    Number(u32),
+}
+
+impl fmt::Display for SchemaVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SchemaVersion::Latest => f.write_str("latest"),
+            SchemaVersion::Number(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// A schema file to register under the subject when the registry has none there (development setups).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaFile {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+/// A route's `encoding`, checked.
+#[derive(Debug, Clone)]
+pub struct EncodingRule {
+    pub kind: EncodingKind,
+    /// The subject: `{topic}` is the record's Kafka topic, and the topic template's placeholders work
+    /// too. Default `{topic}-value` (the registry's TopicNameStrategy).
+    pub subject: TopicTemplate,
+    pub version: SchemaVersion,
+    /// Protobuf: the message to encode (default: the schema's first).
+    pub message: Option<String>,
+    pub schema_file: Option<SchemaFile>,
+}
+
+/// The placeholder of a subject that stands for the record's rendered Kafka topic.
+pub const TOPIC_PLACEHOLDER: &str = "topic";
+
+impl EncodingRule {
+    /// The subject of a record written to `topic`.
+    pub fn subject_for(&self, topic: &str, values: &Values<'_>) -> Result<String, String> {
+        let group = |name: &str| if name == TOPIC_PLACEHOLDER { Some(topic) } else { (values.group)(name) };
+        let v = Values { topic: values.topic, device_id: values.device_id, group: &group };
+        self.subject.render(&v).map_err(|e| e.replace("topic template", "subject"))
+    }
+
+    /// The subject when it is the same for every record: the route's topic is fixed and the subject has
+    /// no placeholder but `{topic}`. Such subjects are resolved when the configuration loads; the others
+    /// when a record first needs them.
+    pub fn static_subject(&self, route_topic: &TopicTemplate) -> Option<String> {
+        let only_topic = self.subject.groups().all(|g| g == TOPIC_PLACEHOLDER);
+        let fixed = self.subject.source().chars().filter(|&c| c == '{').count() == self.subject.groups().count();
+        if !(route_topic.is_static() && only_topic && fixed) {
+            return None;
+        }
+        let none = |_: &str| None;
+        let values = Values { topic: "", device_id: "", group: &none };
+        let topic = route_topic.render(&values).ok()?;
+        self.subject_for(&topic, &values).ok()
+    }
+}
+
+/// A schema as the registry answered it, compiled: ready to encode.
+pub struct Compiled {
+    pub id: u32,
+    pub subject: String,
+    pub version: u32,
+    pub kind: EncodingKind,
+    schema: Schema,
+}
+
+enum Schema {
+    Avro(avro::AvroSchema),
+    Protobuf(protobuf::ProtoSchema),
+    Json(jsonschema::Validator),
+}
+
+impl fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Compiled")
+            .field("id", &self.id)
+            .field("subject", &self.subject)
+            .field("version", &self.version)
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+/// A schema the registry holds, as text, with the texts of those it references.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaText {
+    pub id: u32,
+    pub subject: String,
+    pub version: u32,
+    pub kind: EncodingKind,
+    pub text: String,
+    /// `(name, text)`: for Protobuf the import name, for Avro the referenced named type's schema;
+    /// dependencies first.
+    pub references: Vec<(String, String)>,
+}
+
+impl Compiled {
+    /// Compiles `schema`; `message` picks the Protobuf message. Err: why it cannot be used, in one line.
+    pub fn compile(schema: &SchemaText, message: Option<&str>) -> Result<Compiled, String> {
+        let compiled = match schema.kind {
+            EncodingKind::Avro => {
+                let refs: Vec<&str> = schema.references.iter().map(|(_, t)| t.as_str()).collect();
+                Schema::Avro(avro::AvroSchema::parse(&schema.text, &refs)?)
+            }
+            EncodingKind::Protobuf => {
+                let refs: Vec<(&str, &str)> = schema.references.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+                Schema::Protobuf(protobuf::ProtoSchema::parse(&schema.text, &refs, message)?)
+            }
+            EncodingKind::JsonSchema => {
+                let value: Value =
+                    serde_json::from_str(&schema.text).map_err(|e| format!("not a JSON Schema (not JSON: {e})"))?;
+                let validator = jsonschema::options()
+                    .should_validate_formats(true)
+                    .build(&value)
+                    .map_err(|e| format!("not a valid JSON Schema: {e}"))?;
+                Schema::Json(validator)
+            }
+            EncodingKind::Json => return Err("plain JSON needs no schema".into()),
+        };
+        Ok(Compiled {
+            id: schema.id,
+            subject: schema.subject.clone(),
+            version: schema.version,
+            kind: schema.kind,
+            schema: compiled,
+        })
+    }
+
+    /// What the schema is, for logs and `explain`: `avro schema 7 (readings-value v2)`.
+    pub fn label(&self) -> String {
+        format!("{} schema {} ({} v{})", self.kind, self.id, self.subject, self.version)
+    }
+
+    /// The Protobuf message encoded, if this is a Protobuf schema.
+    pub fn message_name(&self) -> Option<&str> {
+        match &self.schema {
+            Schema::Protobuf(p) => Some(p.message_name()),
+            _ => None,
+        }
+    }
+
+    /// `json`, the value a route writes, in the wire format; or why it does not fit, for `dlq_reason`.
+    pub fn encode(&self, json: &[u8]) -> Result<Vec<u8>, String> {
+        let value: Value = serde_json::from_slice(json)
+            .map_err(|e| format!("{}: the value is not JSON ({e}), so it cannot be encoded", self.label()))?;
+        let mut out = Vec::with_capacity(json.len() + 8);
+        out.push(0);
+        out.extend_from_slice(&self.id.to_be_bytes());
+        let fit = match &self.schema {
+            Schema::Avro(s) => s.encode(&value, &mut out).map_err(|m| m.to_string()),
+            Schema::Protobuf(s) => {
+                s.write_indexes(&mut out);
+                s.encode(&value, &mut out).map_err(|m| m.to_string())
+            }
+            Schema::Json(v) => match crate::core::routing::schema::violations_of(v, &value) {
+                None => {
+                    out.extend_from_slice(json);
+                    Ok(())
+                }
+                Some(violations) => Err(violations),
+            },
+        };
+        fit.map(|()| out).map_err(|why| format!("{}: {why}", self.label()))
+    }
+
+    /// Encodes `record`'s value in place and adds the `schema_id` header; Err: the `dlq_reason`.
+    pub fn apply(&self, record: &mut Record) -> Result<(), String> {
+        record.value = self.encode(&record.value)?;
+        record.headers.push((std::borrow::Cow::Borrowed(HEADER_SCHEMA_ID), self.id.to_string().into_bytes()));
+        Ok(())
+    }
+}

@@ -1,0 +1,348 @@
+//! The Schema Registry edge: the schemas the routes' `encoding` names, fetched, compiled and cached.
+//!
+//! - **When:** a route table's fixed subjects are resolved as soon as it loads (start and reload); a
+//!   templated subject (`{kind}-value`) when a record first needs it. `version: latest` is looked up
+//!   again on every reload and every `schema_registry.refresh_secs`: a new version applies from the next
+//!   record on.
+//! - **Waiting, never guessing:** a record whose schema is not resolved yet waits in the engine (its
+//!   message unacknowledged), and so does every later record of its route, so order holds; nothing is
+//!   ever written unencoded. While the registry cannot be reached or refuses the credentials, `/readyz`
+//!   names it and the gateway keeps asking, backing off to 30 s.
+//! - **Keeping what works:** a resolved schema stays in use when the registry goes away (a WARN and a
+//!   metric), and when a refresh finds a version that cannot be used (it does not parse, or is of another
+//!   type): that is refused with its subject, version and reason, and the route keeps the schema it had.
+//! - **Failing clearly:** a subject or version the registry does not have (and no `schema_file` to
+//!   register), or a schema that does not compile: the route's records are dead-lettered with the reason,
+//!   and the subject is asked for again at each refresh.
+//!
+//! Imports the core (schemas compile there), `ops` (counts and readiness) and `config`; no other edge.
+
+pub mod client;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::core::backoff::Backoff;
+use crate::core::encoding::{Compiled, EncodingKind, EncodingRule, SchemaFile, SchemaText, SchemaVersion};
+use crate::core::routing::RouteTable;
+use crate::ops::metrics::Metrics;
+use client::{Client, RegistryError};
+
+/// What the cache says of a subject for a route.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    Ready(Arc<Compiled>),
+    /// Not resolved yet: the record waits (see [`Schemas::changed`]).
+    Pending,
+    /// Cannot be resolved as configured: the record is dead-lettered with this reason.
+    Failed(String),
+}
+
+#[derive(Debug, Clone)]
+enum Entry {
+    /// Not resolved yet (the readiness problem says why, when an attempt failed).
+    Pending,
+    Ready(Arc<Compiled>),
+    Failed(String),
+}
+
+/// One subject as one route shape wants it.
+#[derive(Debug, Clone)]
+struct Slot {
+    version: SchemaVersion,
+    kind: EncodingKind,
+    message: Option<String>,
+    schema_file: Option<SchemaFile>,
+    entry: Entry,
+}
+
+impl Slot {
+    fn serves(&self, rule: &EncodingRule) -> bool {
+        self.version == rule.version && self.kind == rule.kind && self.message == rule.message
+    }
+}
+
+/// The compiled schemas, by subject, and the state of those still wanted.
+pub struct Schemas {
+    state: Mutex<HashMap<String, Vec<Slot>>>,
+    /// Bumped whenever an entry changes: the engine looks again at the records waiting.
+    changed: watch::Sender<u64>,
+    /// Something new is wanted.
+    wake: Notify,
+    client: Client,
+    refresh: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Schemas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Schemas").field("registry", &self.client.url()).finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Schemas {
+    pub fn new(client: Client, refresh: Duration, metrics: Arc<Metrics>) -> Arc<Schemas> {
+        Arc::new(Schemas {
+            state: Mutex::default(),
+            changed: watch::channel(0).0,
+            wake: Notify::new(),
+            client,
+            refresh,
+            metrics,
+        })
+    }
+
+    /// The schema `rule` encodes `subject`'s records with. A subject not seen before is wanted from
+    /// now on (the task resolves it) and is pending until then.
+    pub fn lookup(&self, subject: &str, rule: &EncodingRule) -> Lookup {
+        let mut state = lock(&self.state);
+        if let Some(slot) = state.get(subject).and_then(|slots| slots.iter().find(|s| s.serves(rule))) {
+            return match &slot.entry {
+                Entry::Ready(c) => Lookup::Ready(c.clone()),
+                Entry::Pending => Lookup::Pending,
+                Entry::Failed(why) => Lookup::Failed(why.clone()),
+            };
+        }
+        want(&mut state, subject, rule);
+        drop(state);
+        self.wake.notify_one();
+        Lookup::Pending
+    }
+
+    /// Wants the fixed subjects of `table`'s routes (a table just loaded).
+    pub fn want_table(&self, table: &RouteTable) {
+        let mut state = lock(&self.state);
+        for route in table.routes() {
+            let Some(rule) = &route.encoding else { continue };
+            if let Some(subject) = rule.static_subject(&route.topic) {
+                let known = state.get(&subject).is_some_and(|slots| slots.iter().any(|s| s.serves(rule)));
+                if !known {
+                    want(&mut state, &subject, rule);
+                }
+            }
+        }
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// Changes each time a schema is resolved, replaced or given up on.
+    pub fn changed(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// The registry's address.
+    pub fn url(&self) -> &str {
+        self.client.url()
+    }
+
+    /// Resolves every pending entry (and, with `refresh`, every `latest` and failed one again), then
+    /// says whether some are still pending because the registry did not answer.
+    async fn resolve_all(&self, refresh: bool) -> Option<String> {
+        let todo: Vec<(String, Slot)> = lock(&self.state)
+            .iter()
+            .flat_map(|(subject, slots)| slots.iter().map(move |s| (subject.clone(), s.clone())))
+            .filter(|(_, s)| match s.entry {
+                Entry::Pending => true,
+                Entry::Ready(_) => refresh && s.version == SchemaVersion::Latest,
+                Entry::Failed(_) => refresh,
+            })
+            .collect();
+        let mut unresolved: Option<String> = None;
+        let mut any_change = false;
+        for (subject, slot) in todo {
+            let result = resolve(&self.client, &subject, &slot).await;
+            let next = match (result, &slot.entry) {
+                (Ok(c), Entry::Ready(old)) if old.id == c.id => continue,
+                (Ok(c), Entry::Ready(old)) => {
+                    tracing::info!(subject = %subject, version = c.version, schema_id = c.id, previous_schema_id = old.id, "schema registry: a new version applies from the next record");
+                    Entry::Ready(Arc::new(c))
+                }
+                (Ok(c), _) => {
+                    tracing::info!(subject = %subject, version = c.version, schema_id = c.id, encoding = %c.kind, "schema registry: schema resolved");
+                    Entry::Ready(Arc::new(c))
+                }
+                (Err(Problem::Transient(why)), Entry::Ready(old)) => {
+                    tracing::warn!(subject = %subject, schema_id = old.id, error = %why, "schema registry: cannot look up the latest version; the cached schema stays in use");
+                    continue;
+                }
+                (Err(Problem::Permanent(why)), Entry::Ready(old)) => {
+                    tracing::error!(subject = %subject, version = %slot.version, schema_id = old.id, reason = %why, "schema registry: new schema refused; the route keeps the schema it had");
+                    continue;
+                }
+                (Err(Problem::Transient(why)), _) => {
+                    unresolved.get_or_insert_with(|| format!("{subject}: {why}"));
+                    Entry::Pending
+                }
+                (Err(Problem::Permanent(why)), Entry::Failed(old)) if *old == why => continue,
+                (Err(Problem::Permanent(why)), _) => {
+                    tracing::error!(subject = %subject, version = %slot.version, reason = %why, "schema registry: the route's records are dead-lettered until the schema can be used");
+                    Entry::Failed(why)
+                }
+            };
+            let mut state = lock(&self.state);
+            if let Some(s) = state.get_mut(&subject).and_then(|slots| {
+                slots.iter_mut().find(|s| s.version == slot.version && s.kind == slot.kind && s.message == slot.message)
+            }) {
+                s.entry = next;
+                any_change = true;
+            }
+        }
+        if any_change {
+            self.changed.send_modify(|n| *n += 1);
+        }
+        unresolved
+    }
+}
+
+fn want(state: &mut HashMap<String, Vec<Slot>>, subject: &str, rule: &EncodingRule) {
+    state.entry(subject.to_string()).or_default().push(Slot {
+        version: rule.version,
+        kind: rule.kind,
+        message: rule.message.clone(),
+        schema_file: rule.schema_file.clone(),
+        entry: Entry::Pending,
+    });
+}
+
+/// Why a subject did not resolve: worth asking again soon, or not until something changes.
+enum Problem {
+    Transient(String),
+    Permanent(String),
+}
+
+impl From<RegistryError> for Problem {
+    fn from(e: RegistryError) -> Self {
+        if e.is_transient() {
+            Problem::Transient(e.to_string())
+        } else {
+            Problem::Permanent(e.to_string())
+        }
+    }
+}
+
+/// Fetches and compiles what `slot` wants of `subject`, registering its `schema_file` first if the
+/// registry has no such subject.
+async fn resolve(client: &Client, subject: &str, slot: &Slot) -> Result<Compiled, Problem> {
+    let answer = match (client.version(subject, slot.version).await, &slot.schema_file) {
+        (Err(RegistryError::NotFound(_)), Some(file)) => {
+            let id = client.register(subject, slot.kind, &file.text).await.map_err(|e| {
+                Problem::from(e).map(|w| format!("registering `{}` under {subject}: {w}", file.path.display()))
+            })?;
+            tracing::info!(subject = %subject, schema_id = id, file = %file.path.display(), "schema registry: registered the route's schema_file");
+            client.version(subject, slot.version).await?
+        }
+        (Err(RegistryError::NotFound(why)), None) => {
+            return Err(Problem::Permanent(format!("subject {subject} version {}: {why}", slot.version)))
+        }
+        (result, _) => result?,
+    };
+    let kind = answer.kind();
+    if kind != Some(slot.kind) {
+        return Err(Problem::Permanent(format!(
+            "subject {subject} version {} holds a {} schema; the route encodes {}",
+            slot.version,
+            answer.schema_type.as_deref().unwrap_or("AVRO"),
+            slot.kind
+        )));
+    }
+    let references = references(client, &answer.references).await?;
+    let text = SchemaText {
+        id: answer.id.unwrap_or_default(),
+        subject: subject.to_string(),
+        version: answer.version.unwrap_or_default(),
+        kind: slot.kind,
+        text: answer.schema,
+        references,
+    };
+    Compiled::compile(&text, slot.message.as_deref())
+        .map_err(|e| Problem::Permanent(format!("subject {subject} version {}: {e}", text.version)))
+}
+
+impl Problem {
+    fn map(self, f: impl FnOnce(String) -> String) -> Problem {
+        match self {
+            Problem::Transient(w) => Problem::Transient(f(w)),
+            Problem::Permanent(w) => Problem::Permanent(f(w)),
+        }
+    }
+}
+
+/// The texts of the schemas `refs` names and of those they reference in turn, dependencies first,
+/// each once.
+async fn references(client: &Client, refs: &[client::Reference]) -> Result<Vec<(String, String)>, Problem> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    // (reference, its own references expanded yet)
+    let mut stack: Vec<(client::Reference, bool)> = refs.iter().rev().cloned().map(|r| (r, false)).collect();
+    let mut fetched: HashMap<(String, u32), (String, Vec<client::Reference>)> = HashMap::new();
+    let mut steps = 0;
+    while let Some((r, expanded)) = stack.pop() {
+        steps += 1;
+        if steps > 1000 {
+            return Err(Problem::Permanent("schema references nest too deep (or loop)".into()));
+        }
+        if out.iter().any(|(name, _)| *name == r.name) {
+            continue;
+        }
+        let key = (r.subject.clone(), r.version);
+        if !fetched.contains_key(&key) {
+            let answer = client.version(&r.subject, SchemaVersion::Number(r.version)).await.map_err(|e| {
+                Problem::from(e).map(|w| format!("reference {} ({} v{}): {w}", r.name, r.subject, r.version))
+            })?;
+            fetched.insert(key.clone(), (answer.schema, answer.references));
+        }
+        let (text, nested) = fetched[&key].clone();
+        if expanded || nested.is_empty() {
+            out.push((r.name, text));
+        } else {
+            stack.push((r, true));
+            stack.extend(nested.into_iter().rev().map(|n| (n, false)));
+        }
+    }
+    Ok(out)
+}
+
+/// Keeps the wanted schemas resolved until `shutdown`: at once for what is new, again on every new
+/// route table and every `refresh`, and with a backoff while the registry does not answer.
+pub async fn run(schemas: Arc<Schemas>, mut routes: watch::Receiver<Arc<RouteTable>>, shutdown: CancellationToken) {
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let mut refresh_due = false;
+    let mut next_refresh = tokio::time::Instant::now() + schemas.refresh;
+    loop {
+        if refresh_due {
+            next_refresh = tokio::time::Instant::now() + schemas.refresh;
+        }
+        let unresolved = schemas.resolve_all(refresh_due).await;
+        refresh_due = false;
+        schemas.metrics.health.set_registry_problem(unresolved.clone());
+        let retry = if unresolved.is_some() {
+            Some(backoff.next_delay())
+        } else {
+            backoff.reset();
+            None
+        };
+        let refresh = schemas.refresh;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = schemas.wake.notified() => {}
+            changed = routes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let table = routes.borrow_and_update().clone();
+                schemas.want_table(&table);
+                // A reload looks `latest` up again.
+                refresh_due = true;
+            }
+            _ = tokio::time::sleep(retry.unwrap_or(Duration::from_secs(3600))), if retry.is_some() => {}
+            _ = tokio::time::sleep_until(next_refresh), if !refresh.is_zero() => refresh_due = true,
+        }
+    }
+}
