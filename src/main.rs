@@ -104,7 +104,15 @@ fn validate(path: PathBuf) -> ExitCode {
                     .rate_limit
                     .map(|l| format!(", at most {:.3} records/s", 1.0 / l.interval.as_secs_f64()))
                     .unwrap_or_default();
-                println!("  {}: {} -> {} (QoS {}, key {}{schema}{limit})", r.name, r.filter, r.topic, r.qos, r.key);
+                let encoding = r
+                    .encoding
+                    .as_ref()
+                    .map(|e| format!(", {} by subject {} version {}", e.kind, e.subject.source(), e.version))
+                    .unwrap_or_default();
+                println!(
+                    "  {}: {} -> {} (QoS {}, key {}{schema}{encoding}{limit})",
+                    r.name, r.filter, r.topic, r.qos, r.key
+                );
             }
             exit::code(exit::OK)
         }
@@ -134,7 +142,21 @@ fn explain(path: PathBuf, topic: String, payload: Option<String>, payload_file: 
         },
         (None, None) => Vec::new(),
     };
-    print!("{}", explain::explain(&config, &topic, &payload, qos, std::time::SystemTime::now()));
+    // With a registry, the routes' schemas are fetched (nothing is registered) to show the encoded value.
+    let registry = config.schema_registry.as_ref().map(|settings| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+        let client = mqtt_kafka_gateway::registry::client::Client::new(settings, None);
+        (runtime, client)
+    });
+    let mut resolve = |subject: &str, rule: &mqtt_kafka_gateway::core::encoding::EncodingRule| match &registry {
+        None => Err("no schema_registry is configured".to_string()),
+        Some((Err(e), _)) => Err(format!("cannot start the async runtime: {e}")),
+        Some((_, Err(e))) => Err(e.clone()),
+        Some((Ok(runtime), Ok(client))) => {
+            runtime.block_on(mqtt_kafka_gateway::registry::fetch(client, subject, rule))
+        }
+    };
+    print!("{}", explain::explain(&config, &topic, &payload, qos, std::time::SystemTime::now(), &mut resolve));
     exit::code(exit::OK)
 }
 

@@ -5,12 +5,25 @@ use std::fmt::Write as _;
 use std::time::SystemTime;
 
 use crate::config::Config;
+use crate::core::encoding::{Compiled, EncodingRule};
 use crate::core::envelope::{self, Facts, Outcome, Record};
 use crate::core::message::Message;
 use crate::core::routing::DeviceIdSource;
 
-/// A readable account of how `topic` + `payload` would be routed by `config`.
-pub fn explain(config: &Config, topic: &str, payload: &[u8], qos: u8, received_at: SystemTime) -> String {
+/// Finds the registry schema of a subject for a route's encoding (`explain` asks the registry when one
+/// is configured), or says why there is none.
+pub type Resolve<'a> = &'a mut dyn FnMut(&str, &EncodingRule) -> Result<Compiled, String>;
+
+/// A readable account of how `topic` + `payload` would be routed by `config`; `resolve` finds the
+/// schemas of routes with a registry encoding.
+pub fn explain(
+    config: &Config,
+    topic: &str,
+    payload: &[u8],
+    qos: u8,
+    received_at: SystemTime,
+    resolve: Resolve<'_>,
+) -> String {
     let mut out = String::new();
     let routes = config.routes.routes();
     let msg = Message::new(topic, payload.to_vec(), qos, received_at);
@@ -45,7 +58,33 @@ pub fn explain(config: &Config, topic: &str, payload: &[u8], qos: u8, received_a
             );
         }
         let device = route.device(topic);
-        match envelope::build(route, &facts, &device) {
+        let mut outcome = envelope::build(route, &facts, &device);
+        let mut encoded = None;
+        if let (Some(rule), Outcome::Record(record)) = (&route.encoding, &mut outcome) {
+            let group = |name: &str| device.captures.as_ref().and_then(|c| c.name(name)).map(|m| m.as_str());
+            let values = crate::core::routing::template::Values { topic, device_id: device.id, group: &group };
+            let schema = rule.subject_for(&record.topic, &values).and_then(|subject| {
+                resolve(&subject, rule).map_err(|why| format!("subject {subject}: {why}"))
+            });
+            match schema {
+                Ok(schema) => match schema.apply(record) {
+                    Ok(()) => encoded = Some(schema.label()),
+                    Err(reason) => {
+                        outcome = envelope::dead_letter(
+                            route,
+                            &facts,
+                            device.id,
+                            envelope::DeadLetterReason::NotEncodable,
+                            reason,
+                        )
+                    }
+                },
+                Err(why) => {
+                    let _ = writeln!(out, "route {}: {} encoding not shown: {why}", route.name, rule.kind);
+                }
+            }
+        }
+        match outcome {
             Outcome::Record(record) => {
                 let _ = writeln!(out, "route {} (filter {}): record", route.name, route.filter);
                 let device_id = device.id;
@@ -55,7 +94,14 @@ pub fn explain(config: &Config, topic: &str, payload: &[u8], qos: u8, received_a
                     DeviceIdSource::Default => "device_id.default",
                 };
                 let _ = writeln!(out, "  device id    {device_id} (from {source})");
+                if let Some(label) = &encoded {
+                    let _ = writeln!(out, "  encoding     {label}");
+                }
                 describe(&mut out, &record);
+                if encoded.is_some() {
+                    let hex: String = record.value.iter().map(|b| format!("{b:02x}")).collect();
+                    let _ = writeln!(out, "  value hex    {hex}");
+                }
             }
             Outcome::DeadLetter { record, reason, .. } => {
                 let _ = writeln!(out, "route {} (filter {}): DEAD LETTER: {reason}", route.name, route.filter);

@@ -228,6 +228,21 @@ impl From<RegistryError> for Problem {
     }
 }
 
+/// Fetches and compiles the schema `rule` names for `subject`, without registering anything (`check`
+/// and `explain`). Err: why not, in words.
+pub async fn fetch(client: &Client, subject: &str, rule: &EncodingRule) -> Result<Compiled, String> {
+    let slot = Slot {
+        version: rule.version,
+        kind: rule.kind,
+        message: rule.message.clone(),
+        schema_file: None,
+        entry: Entry::Pending,
+    };
+    resolve(client, subject, &slot).await.map_err(|p| match p {
+        Problem::Transient(w) | Problem::Permanent(w) => w,
+    })
+}
+
 /// Fetches and compiles what `slot` wants of `subject`, registering its `schema_file` first if the
 /// registry has no such subject.
 async fn resolve(client: &Client, subject: &str, slot: &Slot) -> Result<Compiled, Problem> {

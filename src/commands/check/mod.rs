@@ -5,6 +5,7 @@
 //! - MQTT (`mqtt.rs`): reachable, authenticated, each route's filter granted in its SUBACK;
 //! - Kafka (`kafka.rs`): reachable, authenticated, each route's topic and dead-letter topic existing or
 //!   auto-created, and with `--produce-test` a real record written to each;
+//! - Schema Registry (`registry.rs`): reachable, authenticated, each route's subject present and compiling;
 //! - `report.rs`: the items, their text, the exit code, and keeping secrets out of it.
 //!
 //! Every network step is bounded by the timeout. The MQTT connection uses a client id of its own and a
@@ -14,6 +15,7 @@
 mod kafka;
 mod mqtt;
 mod produce;
+mod registry;
 mod report;
 
 use std::path::Path;
@@ -46,6 +48,7 @@ impl Default for Options {
 pub async fn run(config: &Config, options: &Options) -> Report {
     let mut items = mqtt::check(&config.mqtt, &config.routes, options.timeout).await;
     items.extend(kafka::check(&config.kafka, &config.routes, options).await);
+    items.extend(registry::check(config).await);
     let mut report = Report { items };
     report.redact(&secrets(config));
     report
@@ -56,6 +59,9 @@ pub async fn run(config: &Config, options: &Options) -> Report {
 fn secrets(config: &Config) -> Vec<&str> {
     let mut out: Vec<&str> = Vec::new();
     if let Some((_, password)) = &config.mqtt.credentials {
+        out.push(password.expose());
+    }
+    if let Some((_, password)) = config.schema_registry.as_ref().and_then(|r| r.credentials.as_ref()) {
         out.push(password.expose());
     }
     for (key, value) in &config.kafka.properties {

@@ -28,6 +28,7 @@ impl Status {
 pub enum Side {
     Mqtt,
     Kafka,
+    Registry,
 }
 
 impl Side {
@@ -35,6 +36,7 @@ impl Side {
         match self {
             Side::Mqtt => "mqtt",
             Side::Kafka => "kafka",
+            Side::Registry => "registry",
         }
     }
 }
