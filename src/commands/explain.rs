@@ -63,9 +63,9 @@ pub fn explain(
         if let (Some(rule), Outcome::Record(record)) = (&route.encoding, &mut outcome) {
             let group = |name: &str| device.captures.as_ref().and_then(|c| c.name(name)).map(|m| m.as_str());
             let values = crate::core::routing::template::Values { topic, device_id: device.id, group: &group };
-            let schema = rule.subject_for(&record.topic, &values).and_then(|subject| {
-                resolve(&subject, rule).map_err(|why| format!("subject {subject}: {why}"))
-            });
+            let schema = rule
+                .subject_for(&record.topic, &values)
+                .and_then(|subject| resolve(&subject, rule).map_err(|why| format!("subject {subject}: {why}")));
             match schema {
                 Ok(schema) => match schema.apply(record) {
                     Ok(()) => encoded = Some(schema.label()),

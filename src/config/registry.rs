@@ -191,3 +191,133 @@ pub(super) fn route_encoding(
         _ => Err(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use crate::config::{load_from_str, Config, ConfigError};
+    use crate::core::encoding::{EncodingKind, SchemaVersion};
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: BTreeMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        load_from_str(Path::new("routes.yaml"), text, &env)
+    }
+
+    fn problems(text: &str) -> String {
+        load(text, &[]).unwrap_err().to_string()
+    }
+
+    const REGISTRY: &str = "schema_registry:\n  url: http://registry:8081/\n";
+
+    #[test]
+    fn the_shorthand_and_the_full_form_give_the_same_defaults() {
+        let c = load(&format!("{REGISTRY}routes:\n  - name: a\n    filter: a/#\n    topic: ta\n    encoding: avro\n  - name: b\n    filter: b/#\n    topic: 'tb.{{1}}'\n    encoding:\n      type: protobuf\n      subject: '{{1}}-value'\n      version: 3\n      message: iot.Reading\n"), &[]).unwrap();
+        let r = c.schema_registry.as_ref().unwrap();
+        assert_eq!((r.url.as_str(), r.refresh.as_secs(), r.timeout.as_secs()), ("http://registry:8081", 60, 10));
+        let routes = c.routes.routes();
+        let a = routes[0].encoding.as_ref().unwrap();
+        assert_eq!(
+            (a.kind, a.version, a.subject.source()),
+            (EncodingKind::Avro, SchemaVersion::Latest, "{topic}-value")
+        );
+        assert_eq!(a.static_subject(&routes[0].topic).as_deref(), Some("ta-value"));
+        let b = routes[1].encoding.as_ref().unwrap();
+        assert_eq!(
+            (b.kind, b.version, b.message.as_deref()),
+            (EncodingKind::Protobuf, SchemaVersion::Number(3), Some("iot.Reading"))
+        );
+        assert_eq!(b.static_subject(&routes[1].topic), None, "a template: resolved when a record needs it");
+        let none = |_: &str| None;
+        let v = crate::core::routing::template::Values { topic: "b/dev-1/x", device_id: "d", group: &none };
+        assert_eq!(b.subject_for("tb.dev-1", &v).unwrap(), "dev-1-value");
+        let json = load("routes:\n  - name: a\n    filter: a/#\n    topic: ta\n    encoding: json\n", &[]).unwrap();
+        assert!(json.routes.routes()[0].encoding.is_none() && json.schema_registry.is_none());
+    }
+
+    #[test]
+    fn the_environment_sets_the_registry_and_its_password_stays_hidden() {
+        let c = load(
+            "routes:\n  - name: a\n    filter: a/#\n    topic: ta\n    encoding: json_schema\n",
+            &[
+                ("SCHEMA_REGISTRY_URL", "https://sr.example"),
+                ("SCHEMA_REGISTRY_USERNAME", "gw"),
+                ("SCHEMA_REGISTRY_PASSWORD", "0123"),
+            ],
+        )
+        .unwrap();
+        let r = c.schema_registry.unwrap();
+        assert_eq!(r.url, "https://sr.example");
+        let (user, password) = r.credentials.as_ref().unwrap();
+        assert_eq!((user.as_str(), password.expose()), ("gw", "0123"), "digits stay text");
+        assert!(!format!("{r:?}").contains("0123"));
+        let c = load(&format!("{REGISTRY}routes: []\n"), &[("GATEWAY_SCHEMA_REGISTRY__URL", "http://other:1")]);
+        assert!(c.unwrap_err().to_string().contains("no routes"));
+    }
+
+    #[test]
+    fn every_mistake_is_named_with_its_key() {
+        let route = |encoding: &str| {
+            format!("{REGISTRY}routes:\n  - name: a\n    filter: a/#\n    topic: ta\n    encoding: {encoding}\n")
+        };
+        let cases: &[(String, &[&str])] = &[
+            (route("thrift"), &["routes[0].encoding", "thrift"]),
+            (route("{type: avro, colour: red}"), &["routes[0].encoding", "colour"]),
+            (route("{type: avro, version: newest}"), &["routes[0].encoding.version", "newest"]),
+            (route("{type: avro, version: 0}"), &["routes[0].encoding.version"]),
+            (route("{type: avro, message: X}"), &["routes[0].encoding.message", "only applies to protobuf"]),
+            (route("{type: avro, subject: '{kind}-value'}"), &["routes[0].encoding.subject", "{kind}"]),
+            (route("{type: json, subject: s}"), &["routes[0].encoding", "registry encodings"]),
+            (route("{type: avro, schema_file: missing.avsc}"), &["routes[0].encoding.schema_file", "missing.avsc"]),
+            (
+                "routes:\n  - name: a\n    filter: a/#\n    topic: ta\n    encoding: avro\n".to_string(),
+                &["routes[0].encoding", "schema_registry.url is not set"],
+            ),
+            ("schema_registry:\n  url: registry:8081\n".to_string(), &["schema_registry.url", "http://"]),
+            (
+                "schema_registry:\n  url: http://r\n  username: u\n".to_string(),
+                &["schema_registry.password", "without a password"],
+            ),
+            (
+                "schema_registry:\n  url: http://r\n  tls: {ca_file: ca.pem}\n".to_string(),
+                &["schema_registry.tls", "not a TLS address"],
+            ),
+            ("schema_registry:\n  url: http://r\n  refresh: 5\n".to_string(), &["schema_registry", "refresh"]),
+        ];
+        for (text, needles) in cases {
+            let p = problems(text);
+            for n in *needles {
+                assert!(p.contains(n), "{n:?} in:\n{p}\nfor:\n{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_schema_file_is_compiled_offline() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("bad.avsc"),
+            r#"{"type": "record", "name": "R", "fields": [{"name": "a", "type": "nope"}]}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("good.avsc"),
+            r#"{"type": "record", "name": "R", "fields": [{"name": "a", "type": "long"}]}"#,
+        )
+        .unwrap();
+        let text = |file: &str| {
+            format!("{REGISTRY}routes:\n  - name: a\n    filter: a/#\n    topic: ta\n    encoding: {{type: avro, schema_file: {file}}}\n")
+        };
+        let path = dir.path().join("routes.yaml");
+        let env = BTreeMap::new();
+        let e = load_from_str(&path, &text("bad.avsc"), &env).unwrap_err().to_string();
+        assert!(
+            e.contains("routes[0].encoding.schema_file") && e.contains("bad.avsc") && e.contains("cannot be used"),
+            "{e}"
+        );
+        let c = load_from_str(&path, &text("good.avsc"), &env).unwrap();
+        let rule = c.routes.routes()[0].encoding.clone().unwrap();
+        assert!(rule.schema_file.as_ref().unwrap().text.contains("\"long\""));
+    }
+}

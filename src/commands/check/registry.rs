@@ -19,7 +19,12 @@ pub async fn check(config: &Config) -> Vec<Item> {
         Ok(subjects) => items.push(Item::ok(
             side,
             "reachable",
-            format!("{} answers ({} subject{})", client.url(), subjects.len(), if subjects.len() == 1 { "" } else { "s" }),
+            format!(
+                "{} answers ({} subject{})",
+                client.url(),
+                subjects.len(),
+                if subjects.len() == 1 { "" } else { "s" }
+            ),
         )),
         Err(e @ RegistryError::Unauthorized(..)) => {
             items.push(Item::fail(
