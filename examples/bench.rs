@@ -250,9 +250,94 @@ fn json_u64(v: &serde_json::Value, k: &str) -> u64 {
     v[k].as_u64().unwrap_or(0)
 }
 
+/// A varint (LEB128) at `*at`, advancing it.
+fn varint(b: &[u8], at: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*at)?;
+        *at += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Device id, seq and sent_us of a record the gateway wrote, by `--value`: `json` (the envelope as JSON),
+/// `avro` (the envelope in Avro, its payload the record {seq, sent_us, fill}: examples/bench-envelope.avsc)
+/// or `protobuf` (the envelope message of examples/bench-envelope.proto), both after Confluent's 5-byte
+/// framing. A decoder of exactly that shape: the bench measures the gateway, not a decoder.
+fn bench_fields(kind: &str, value: &[u8]) -> Option<(String, i64, u64)> {
+    match kind {
+        "avro" => {
+            let mut at = 5;
+            let zigzag = |v: u64| ((v >> 1) as i64) ^ -((v & 1) as i64);
+            let mut string = |at: &mut usize| -> Option<String> {
+                let len = zigzag(varint(value, at)?) as usize;
+                let s = String::from_utf8_lossy(value.get(*at..*at + len)?).into_owned();
+                *at += len;
+                Some(s)
+            };
+            let _topic = string(&mut at)?;
+            let device = string(&mut at)?;
+            let seq = zigzag(varint(value, &mut at)?);
+            let sent = zigzag(varint(value, &mut at)?) as u64;
+            Some((device, seq, sent))
+        }
+        "protobuf" => {
+            // magic, id, the message index [0] (one byte), then fields: 2 device_id, 3 payload {1 seq, 2 sent_us}.
+            let mut at = 6;
+            let (mut device, mut seq, mut sent) = (String::new(), 0i64, 0u64);
+            while at < value.len() {
+                let key = varint(value, &mut at)?;
+                match (key >> 3, key & 7) {
+                    (_, 0) => {
+                        varint(value, &mut at)?;
+                    }
+                    (_, 1) => at += 8,
+                    (field, 2) => {
+                        let len = varint(value, &mut at)? as usize;
+                        let body = value.get(at..at + len)?;
+                        if field == 2 {
+                            device = String::from_utf8_lossy(body).into_owned();
+                        } else if field == 3 {
+                            let mut i = 0;
+                            while i < body.len() {
+                                let k = varint(body, &mut i)?;
+                                match (k >> 3, k & 7) {
+                                    (1, 0) => seq = varint(body, &mut i)? as i64,
+                                    (2, 0) => sent = varint(body, &mut i)?,
+                                    (_, 0) => {
+                                        varint(body, &mut i)?;
+                                    }
+                                    (_, 2) => {
+                                        let l = varint(body, &mut i)? as usize;
+                                        i += l;
+                                    }
+                                    _ => return None,
+                                }
+                            }
+                        }
+                        at += len;
+                    }
+                    _ => return None,
+                }
+            }
+            Some((device, seq, sent))
+        }
+        _ => {
+            let v: serde_json::Value = serde_json::from_slice(value).ok()?;
+            let p = &v["payload"];
+            Some((v["device_id"].as_str().unwrap_or("?").to_string(), json_u64(p, "seq") as i64, json_u64(p, "sent_us")))
+        }
+    }
+}
+
 /// The gateway: publish, read every record back from its Kafka topic.
 fn gateway(o: &Opts, load: &Load) -> Result<String, Error> {
     let topic = o.get("topic", "bench");
+    let value_kind = o.get("value", "json");
     let pid: u32 = o.num("pid", 0)? as u32;
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", &load.kafka).create()?;
@@ -290,12 +375,11 @@ fn gateway(o: &Opts, load: &Load) -> Result<String, Error> {
         let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else { continue };
         idle = Instant::now();
         let Some(value) = m.payload() else { continue };
-        let v: serde_json::Value = serde_json::from_slice(value)?;
+        let (device, seq, sent_us) =
+            bench_fields(&value_kind, value).ok_or_else(|| format!("a record that is not {value_kind}"))?;
         let appended_us = m.timestamp().to_millis().unwrap_or(0).max(0) as u64 * 1000;
         last_append_us = last_append_us.max(appended_us);
-        let device = v["device_id"].as_str().unwrap_or("?");
-        let p = &v["payload"];
-        tally.add(&mut last, device, json_u64(p, "seq") as i64, appended_us.saturating_sub(json_u64(p, "sent_us")));
+        tally.add(&mut last, &device, seq, appended_us.saturating_sub(sent_us));
     }
     // CPU read once the last record is in Kafka: the gateway's whole work for this load.
     let cpu = cpu_before.and_then(|b| cpu_ms(pid).map(|a| a.saturating_sub(b)));

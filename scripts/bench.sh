@@ -9,8 +9,10 @@
 # Options: --qos 0|1, --rate N (messages/s; 0 = burst), --routes 1|1000, --messages N (burst size;
 # paced runs send 10 s worth unless --messages is given), --devices N (1000), --payload-bytes N (150),
 # --no-ceilings (gateway rows only), --schema (the measured route validates payloads against
-# examples/bench-schema.json), --rate-limit N (the measured route gets rate_limit N/s, burst N). Every scenario prints one row per system; the summary at the end
-# puts the gateway beside its ceilings as ratios.
+# examples/bench-schema.json), --rate-limit N (the measured route gets rate_limit N/s, burst N),
+# --encoding avro|protobuf (the measured route encodes its envelope with examples/bench-envelope.avsc or
+# .proto, from a local Schema Registry that scripts/install-test-tools.sh builds). Every scenario prints
+# one row per system; the summary at the end puts the gateway beside its ceilings as ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
@@ -24,6 +26,7 @@ devices=1000
 payload=150
 ceilings=1
 route_extra=""
+encoding=json
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) rate_list=(0 1000); routes_list=(1); messages=20000 ;;
@@ -36,6 +39,7 @@ while [ $# -gt 0 ]; do
     --no-ceilings) ceilings=0 ;;
     --schema) route_extra="$route_extra, schema: '$PWD/examples/bench-schema.json'" ;;
     --rate-limit) route_extra="$route_extra, rate_limit: { messages_per_sec: $2, burst: $2 }"; shift ;;
+    --encoding) encoding="$2"; shift ;;
     *) echo "bench: unknown option $1 (see the top of $0)" >&2; exit 2 ;;
   esac
   shift
@@ -55,6 +59,37 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+
+# --encoding: a local registry, and the schema registered under each measured topic's subject.
+registry_url=""
+if [ "$encoding" != json ]; then
+  case "$encoding" in
+    avro) schema_file=examples/bench-envelope.avsc schema_type=AVRO ;;
+    protobuf) schema_file=examples/bench-envelope.proto schema_type=PROTOBUF ;;
+    *) echo "bench: --encoding is avro or protobuf" >&2; exit 2 ;;
+  esac
+  scripts/install-test-tools.sh
+  sr_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  "$MKG_CACHE_DIR/bin/schema-registry" -listen "127.0.0.1:$sr_port" >"$work/registry.log" 2>&1 &
+  registry_pid=$!
+  trap 'kill "$registry_pid" 2>/dev/null || true; cleanup' EXIT
+  registry_url="http://127.0.0.1:$sr_port"
+  for _ in $(seq 1 100); do grep -q listening "$work/registry.log" && break; sleep 0.1; done
+  route_extra="$route_extra, encoding: $encoding"
+fi
+register_schema() { # subject
+  [ -n "$registry_url" ] || return 0
+  python3 - "$registry_url" "$1" "$schema_file" "$schema_type" <<'PY'
+import json, sys, urllib.request
+url, subject, path, kind = sys.argv[1:]
+body = {"schema": open(path).read()}
+if kind != "AVRO":
+    body["schemaType"] = kind
+req = urllib.request.Request(f"{url}/subjects/{subject}-value/versions", data=json.dumps(body).encode(),
+                             headers={"Content-Type": "application/vnd.schemaregistry.v1+json"})
+urllib.request.urlopen(req).read()
+PY
+}
 
 # The broker must hold a burst for a subscriber that is behind (docs/BENCHMARKS.md). A broker started by
 # scripts/services.sh is; one found already running is used as it is, and said so.
@@ -78,6 +113,10 @@ write_routes() { # qos routes topic
     echo "  bootstrap_servers: 127.0.0.1:9092"
     echo "log:"
     echo "  stats_interval_secs: 0"
+    if [ -n "$registry_url" ]; then
+      echo "schema_registry:"
+      echo "  url: $registry_url"
+    fi
     echo "routes:"
     for ((i = 1; i < routes; i++)); do
       printf "  - { name: other-%d, filter: 'other/%d/+/data', topic: other_%d }\n" "$i" "$i" "$i"
@@ -144,8 +183,9 @@ for qos in "${qos_list[@]}"; do
       n=$((n + 1))
       topic="bench_${run_id}_$n"
       write_routes "$qos" "$routes" "$topic"
+      register_schema "$topic"
       start_gateway
-      "$bench_bin" gateway "${load[@]}" --topic "$topic" --pid "$gw" | sed "s/^gateway:/gateway ($routes routes):/" | record "$label routes=$routes"
+      "$bench_bin" gateway "${load[@]}" --topic "$topic" --value "$encoding" --pid "$gw" | sed "s/^gateway:/gateway ($routes routes):/" | record "$label routes=$routes"
       stop_gateway
     done
   done

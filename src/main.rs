@@ -76,6 +76,19 @@ enum Command {
         #[arg(long)]
         produce_test: bool,
     },
+    /// Print a starting schema for what a route writes, to register and refine (`schema avro --route
+    /// NAME`): the spec's envelope with the payload as a map, or typed from a sample payload.
+    Schema {
+        /// The schema language (avro).
+        #[arg(value_parser = ["avro"])]
+        language: String,
+        /// The route, by name.
+        #[arg(long)]
+        route: String,
+        /// A sample payload (a JSON file) to type the payload from.
+        #[arg(long, value_name = "FILE")]
+        payload: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -89,6 +102,7 @@ fn main() -> ExitCode {
             let options = check::Options { timeout: std::time::Duration::from_secs(timeout), produce_test };
             check::command(&cli.config, &options)
         }
+        Command::Schema { language: _, route, payload } => schema(cli.config, &route, payload),
         Command::Run => run(cli.config),
     }
 }
@@ -156,6 +170,39 @@ fn explain(path: PathBuf, topic: String, payload: Option<String>, payload_file: 
     };
     print!("{}", explain::explain(&config, &topic, &payload, qos, std::time::SystemTime::now(), &mut resolve));
     exit::code(exit::OK)
+}
+
+fn schema(path: PathBuf, name: &str, payload: Option<PathBuf>) -> ExitCode {
+    let config = match config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return exit::code(exit::INVALID);
+        }
+    };
+    let Some(route) = config.routes.routes().iter().find(|r| &*r.name == name) else {
+        let names: Vec<&str> = config.routes.routes().iter().map(|r| &*r.name).collect();
+        eprintln!("no route named {name}; the routes are: {}", names.join(", "));
+        return exit::code(exit::INVALID);
+    };
+    let sample = match payload.map(|f| std::fs::read(&f).map_err(|e| format!("cannot read {}: {e}", f.display()))) {
+        None => None,
+        Some(Ok(bytes)) => Some(bytes),
+        Some(Err(e)) => {
+            eprintln!("{e}");
+            return exit::code(exit::INVALID);
+        }
+    };
+    match mqtt_kafka_gateway::commands::schema::avro(route, sample.as_deref()) {
+        Ok(schema) => {
+            println!("{schema}");
+            exit::code(exit::OK)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            exit::code(exit::INVALID)
+        }
+    }
 }
 
 fn run(path: PathBuf) -> ExitCode {
