@@ -312,9 +312,10 @@ fn a_new_version_registered_while_messages_flow_applies_live_and_loses_nothing()
     let publisher = std::thread::spawn(move || {
         let messages: Vec<(String, Vec<u8>)> =
             (0..total).map(|n| ("tele/dev-1/n".to_string(), format!(r#"{{"n": {n}}}"#).into_bytes())).collect();
-        common::publish_paced(port, messages, 20, Duration::from_millis(100));
+        common::publish_paced(port, messages, 20, Duration::from_millis(200));
     });
-    assert!(wait_until(WAIT, Duration::from_millis(50), || !kafka().consume_for(&topic, Duration::ZERO).is_empty()));
+    let delivered = || prom::value(&gw.metrics(), "mqtt_kafka_gateway_records_delivered_total", &[("route", "evolving")]);
+    assert!(wait_until(WAIT, Duration::from_millis(50), || delivered() > 0.0), "{}", gw.logs());
     let id2 = registry.register(&subject, "AVRO", v2);
     assert_ne!(id1, id2);
     publisher.join().unwrap();
@@ -353,32 +354,40 @@ fn a_registry_down_at_start_holds_messages_and_one_gone_later_changes_nothing() 
         (from..to).map(|n| ("tele/dev-1/n".to_string(), format!(r#"{{"n": {n}}}"#).into_bytes())).collect()
     };
     publish_all(mosquitto.port(), messages(0, 20));
+    let metric = |name: &str| prom::value(&gw.metrics(), name, &[]);
     assert!(
-        holds_for(Duration::from_secs(2), Duration::from_millis(200), || kafka()
-            .consume_for(&topic, Duration::ZERO)
-            .is_empty()),
-        "nothing is written before the schema is known"
+        wait_until(WAIT, Duration::from_millis(100), || metric("mqtt_kafka_gateway_records_awaiting_schema") == 20.0),
+        "the records wait for their schema: {}",
+        gw.logs()
     );
-    assert!(kafka().consume_for(&dlq, Duration::ZERO).is_empty(), "nor dead-lettered");
+    assert!(
+        holds_for(Duration::from_secs(2), Duration::from_millis(200), || {
+            metric("mqtt_kafka_gateway_records_enqueued_total") == 0.0
+                && metric("mqtt_kafka_gateway_records_awaiting_schema") == 20.0
+        }),
+        "nothing is written (nor dead-lettered) before the schema is known"
+    );
+    assert_eq!(metric("mqtt_kafka_gateway_unacked_messages"), 20.0, "QoS 1: none acknowledged yet");
 
     let mut registry = SchemaRegistry::start_on(port, None);
     let id = registry.register(&format!("{topic}-value"), "AVRO", schema);
     let records = kafka().consume(&topic, 20, WAIT);
     assert_eq!(records.len(), 20, "{}", gw.logs());
+    assert!(kafka().consume_for(&dlq, Duration::from_secs(1)).is_empty(), "nothing dead-lettered");
     let d = decoded_ok(&registry, DecodeFormat::Avro, &records);
     assert_eq!(d.iter().map(|d| d.value["n"].as_i64().unwrap()).collect::<Vec<_>>(), (0..20).collect::<Vec<_>>());
     assert!(wait_until(WAIT, Duration::from_millis(100), || ready().0 == 200), "{:?}", ready());
 
+    let errors = || prom::value(&gw.metrics(), "mqtt_kafka_gateway_schema_registry_requests_total", &[("result", "error")]);
+    let errors_before = errors();
     registry.stop();
     publish_all(mosquitto.port(), messages(20, 30));
     let records = kafka().consume(&topic, 30, WAIT);
     assert_eq!(records.len(), 30, "{}", gw.logs());
     assert!(records.iter().all(|r| r.header_str("schema_id") == Some(id.to_string().as_str())));
     // refresh_secs is 1: the failed look-ups show, the gateway stays ready.
-    assert!(wait_until(WAIT, Duration::from_millis(200), || {
-        prom::value(&gw.metrics(), "mqtt_kafka_gateway_schema_registry_requests_total", &[("result", "error")]) >= 1.0
-    }));
-    assert!(gw.logs().contains("the cached schema stays in use"), "{}", gw.logs());
+    assert!(wait_until(WAIT, Duration::from_millis(200), || errors() > errors_before), "{}", gw.logs());
+    assert!(gw.wait_for_log("the cached schema stays in use", WAIT), "{}", gw.logs());
     assert_eq!(ready().0, 200, "{:?}", ready());
 }
 
