@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Installs the tools the tests use to check the deploy files and the metrics (idempotent, silent when
-# everything is there):
+# Installs the tools the tests use to check the deploy files, the metrics and the Schema Registry
+# support (idempotent, silent when everything is there):
 #   - promtool, from Debian's `prometheus` package: `promtool check rules` and `promtool test rules`
 #     validate deploy/prometheus/ (tests/deploy.rs). The package also ships a Prometheus server; it is
 #     stopped and disabled, the tests run none.
-#   - a Python venv at ~/.cache/mqtt-kafka-gateway/py with `prometheus_client`, whose OpenMetrics parser
-#     checks what /metrics serves.
+#   - a Python venv at ~/.cache/mqtt-kafka-gateway/py with the packages of tests/tools/requirements.txt,
+#     all pinned: `prometheus_client`, whose OpenMetrics parser checks what /metrics serves, and
+#     `confluent-kafka` with its Schema Registry deserializers and `grpcio-tools` (protoc), with which
+#     tests/tools/sr_decode.py decodes what the gateway writes. The venv is rebuilt when that file changes.
+#   - ~/.cache/mqtt-kafka-gateway/bin/schema-registry, built with Go from tests/tools/schema-registry/:
+#     an in-memory Confluent-compatible Schema Registry (franz-go's srfake) the tests start. Rebuilt when
+#     its sources are newer than the binary. Needs Go 1.21 or newer; the modules come from the Go proxy.
 set -euo pipefail
 
 # shellcheck source=lib.sh
@@ -13,12 +18,28 @@ set -euo pipefail
 
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 VENV="$MKG_CACHE_DIR/py"
+# The venv keeps a copy of the requirements it was made from, so a changed pin rebuilds it.
+REQUIREMENTS="$ROOT/tests/tools/requirements.txt"
+REGISTRY_SRC="$ROOT/tests/tools/schema-registry"
+REGISTRY_BIN="$MKG_CACHE_DIR/bin/schema-registry"
+# What the tests import from the venv; a venv made before one of these was added fails this and is rebuilt.
+VENV_IMPORTS='import prometheus_client, grpc_tools.protoc
+import confluent_kafka.schema_registry.avro, confluent_kafka.schema_registry.protobuf
+import confluent_kafka.schema_registry.json_schema'
 
 have_promtool() { command -v promtool >/dev/null 2>&1; }
-have_venv() { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import prometheus_client' >/dev/null 2>&1; }
+have_venv() {
+  [ -x "$VENV/bin/python" ] && cmp -s "$REQUIREMENTS" "$VENV/requirements.txt" &&
+    "$VENV/bin/python" -c "$VENV_IMPORTS" >/dev/null 2>&1
+}
+have_registry() {
+  [ -x "$REGISTRY_BIN" ] &&
+    [ -z "$(find "$REGISTRY_SRC" -type f \( -name '*.go' -o -name go.mod -o -name go.sum \) -newer "$REGISTRY_BIN")" ]
+}
 
-if have_promtool && have_venv; then
+if have_promtool && have_venv && have_registry; then
   exit 0
 fi
 
@@ -61,7 +82,7 @@ if ! have_promtool; then
 fi
 
 if ! have_venv; then
-  echo "install-test-tools: creating $VENV with prometheus_client" >&2
+  echo "install-test-tools: creating $VENV with the packages of tests/tools/requirements.txt" >&2
   command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv
   rm -rf "$VENV"
   mkdir -p "$MKG_CACHE_DIR"
@@ -71,10 +92,31 @@ if ! have_venv; then
     apt_install python3-venv
     python3 -m venv "$VENV"
   fi
-  # Pinned: the parser the tests trust should not change under them.
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "prometheus_client==0.26.0"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$REQUIREMENTS"
+  cp "$REQUIREMENTS" "$VENV/requirements.txt"
   if ! have_venv; then
-    echo "install-test-tools: prometheus_client is still missing from $VENV" >&2
+    echo "install-test-tools: the packages of $REQUIREMENTS still do not import in $VENV" >&2
     exit 1
   fi
+fi
+
+if ! have_registry; then
+  echo "install-test-tools: building $REGISTRY_BIN from tests/tools/schema-registry (Go)" >&2
+  if ! command -v go >/dev/null 2>&1; then
+    echo "install-test-tools: missing go; install Go 1.21 or newer from https://go.dev/dl/" \
+      "(Debian 12's golang-go, 1.19, is too old)" >&2
+    exit 1
+  fi
+  # Go 1.21 and newer fetch the toolchain go.mod asks for by themselves; older ones cannot.
+  go_minor="$(go env GOVERSION | sed -n 's/^go1\.\([0-9]*\).*/\1/p')"
+  if [ -z "$go_minor" ] || [ "$go_minor" -lt 21 ]; then
+    echo "install-test-tools: $(go env GOVERSION) is too old; install Go 1.21 or newer from https://go.dev/dl/" >&2
+    exit 1
+  fi
+  mkdir -p "$(dirname "$REGISTRY_BIN")"
+  # -mod=readonly: build exactly what go.mod and go.sum pin (fetched from the module proxy), and fail
+  # rather than edit them. -buildvcs=false: no git stamp, which fails in a checkout git does not trust.
+  # Built to a temporary name so an interrupted build leaves no half binary.
+  (cd "$REGISTRY_SRC" && go build -mod=readonly -buildvcs=false -trimpath -o "$REGISTRY_BIN.tmp" .)
+  mv -f "$REGISTRY_BIN.tmp" "$REGISTRY_BIN"
 fi

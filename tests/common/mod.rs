@@ -9,6 +9,8 @@
 //! * [`Pki`]: a CA, server and client certificates made with `openssl` at test time.
 //! * [`MosquittoTls`]: one Mosquitto with plain, TLS, mTLS, ws and wss listeners.
 //! * [`SecureKafka`]: a dedicated Kafka with SASL_SSL and SSL (mTLS) listeners too.
+//! * [`SchemaRegistry`]: an in-memory Confluent-compatible Schema Registry per test, and [`decode`], which
+//!   reads record values in Confluent's wire format with confluent-kafka's own deserializers.
 //!
 //! Mosquitto and Kafka are real servers installed by `scripts/install-mosquitto.sh`
 //! and `scripts/install-kafka.sh` (`scripts/test.sh` runs both); a missing one
@@ -27,6 +29,7 @@ mod mosquitto_tls;
 mod oidc;
 pub mod pki;
 pub mod prom;
+pub mod registry;
 
 pub use config::{Config, Route};
 pub use gateway::Gateway;
@@ -36,6 +39,7 @@ pub use mosquitto::{mosquitto_pub, mosquitto_pub_with, try_mosquitto_pub, Mosqui
 pub use mosquitto_tls::{ws_mqtt_connect, wss_mqtt_connect, MosquittoTls, ServerCert, TlsOptions, WsHandshake};
 pub use oidc::TokenEndpoint;
 pub use pki::Pki;
+pub use registry::{decode, decode_at, decode_for_topic, DecodeFormat, Decoded, SchemaRegistry};
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

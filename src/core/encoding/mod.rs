@@ -257,3 +257,81 @@ impl Compiled {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compiled(kind: EncodingKind, text: &str, message: Option<&str>) -> Compiled {
+        let schema = SchemaText {
+            id: 258,
+            subject: "s-value".into(),
+            version: 3,
+            kind,
+            text: text.into(),
+            references: Vec::new(),
+        };
+        Compiled::compile(&schema, message).unwrap()
+    }
+
+    #[test]
+    fn the_wire_format_is_magic_byte_id_then_the_value() {
+        let avro = compiled(
+            EncodingKind::Avro,
+            r#"{"type": "record", "name": "R", "fields": [{"name": "n", "type": "long"}]}"#,
+            None,
+        );
+        assert_eq!(avro.encode(br#"{"n": 1}"#).unwrap(), [0, 0, 0, 1, 2, 2], "magic, id 258 big-endian, zigzag 1");
+        assert_eq!(avro.label(), "avro schema 258 (s-value v3)");
+        let proto = "syntax = \"proto3\";\nmessage A { int64 x = 1; }\nmessage B { int64 n = 1; }\n";
+        let b = compiled(EncodingKind::Protobuf, proto, Some("B"));
+        assert_eq!(b.encode(br#"{"n": 1}"#).unwrap(), [0, 0, 0, 1, 2, 2, 2, 8, 1], "indexes [1], then field 1 = 1");
+        let a = compiled(EncodingKind::Protobuf, proto, None);
+        assert_eq!(a.encode(br#"{"x": 1}"#).unwrap(), [0, 0, 0, 1, 2, 0, 8, 1], "the first message: index byte 0");
+        let json =
+            compiled(EncodingKind::JsonSchema, r#"{"type": "object", "properties": {"n": {"type": "integer"}}}"#, None);
+        assert_eq!(json.encode(br#"{"n":1}"#).unwrap(), b"\x00\x00\x00\x01\x02{\"n\":1}", "the JSON as written");
+    }
+
+    #[test]
+    fn a_misfit_names_the_schema_and_the_field() {
+        let avro = compiled(
+            EncodingKind::Avro,
+            r#"{"type": "record", "name": "R", "fields": [{"name": "n", "type": "long"}]}"#,
+            None,
+        );
+        let e = avro.encode(br#"{"n": "one"}"#).unwrap_err();
+        assert!(e.starts_with("avro schema 258 (s-value v3): /n: expected") && e.contains("string"), "{e}");
+        assert!(avro.encode(b"not json").unwrap_err().contains("not JSON"));
+        let json = compiled(EncodingKind::JsonSchema, r#"{"properties": {"n": {"type": "integer"}}}"#, None);
+        let e = json.encode(br#"{"n": "one"}"#).unwrap_err();
+        assert!(e.contains("json_schema schema 258") && e.contains("/n: ") && e.contains("(type)"), "{e}");
+        let mut record = Record { topic: "t".into(), key: None, value: br#"{"n": 5}"#.to_vec(), headers: Vec::new() };
+        avro.apply(&mut record).unwrap();
+        assert_eq!(record.headers, [(std::borrow::Cow::Borrowed(HEADER_SCHEMA_ID), b"258".to_vec())]);
+    }
+
+    #[test]
+    fn a_schema_of_another_kind_or_broken_is_refused_in_one_line() {
+        let text = |kind, t: &str| SchemaText {
+            id: 1,
+            subject: "s".into(),
+            version: 1,
+            kind,
+            text: t.into(),
+            references: Vec::new(),
+        };
+        for (kind, t) in [
+            (EncodingKind::Avro, "syntax = \"proto3\";"),
+            (EncodingKind::Avro, r#"{"type": "record", "name": "R", "fields": [{"name": "n", "type": "nope"}]}"#),
+            (EncodingKind::Protobuf, r#"{"type": "string"}"#),
+            (EncodingKind::JsonSchema, r#"{"type": "strin"}"#),
+            (EncodingKind::JsonSchema, "not json"),
+        ] {
+            let e = Compiled::compile(&text(kind, t), None).unwrap_err();
+            assert!(!e.is_empty() && !e.contains('\n'), "{kind}: {e}");
+        }
+        assert!(Compiled::compile(&text(EncodingKind::Protobuf, "syntax = \"proto3\";\nmessage A {}\n"), Some("Nope"))
+            .is_err());
+    }
+}
