@@ -314,7 +314,8 @@ fn a_new_version_registered_while_messages_flow_applies_live_and_loses_nothing()
             (0..total).map(|n| ("tele/dev-1/n".to_string(), format!(r#"{{"n": {n}}}"#).into_bytes())).collect();
         common::publish_paced(port, messages, 20, Duration::from_millis(200));
     });
-    let delivered = || prom::value(&gw.metrics(), "mqtt_kafka_gateway_records_delivered_total", &[("route", "evolving")]);
+    let delivered =
+        || prom::value(&gw.metrics(), "mqtt_kafka_gateway_records_delivered_total", &[("route", "evolving")]);
     assert!(wait_until(WAIT, Duration::from_millis(50), || delivered() > 0.0), "{}", gw.logs());
     let id2 = registry.register(&subject, "AVRO", v2);
     assert_ne!(id1, id2);
@@ -378,7 +379,8 @@ fn a_registry_down_at_start_holds_messages_and_one_gone_later_changes_nothing() 
     assert_eq!(d.iter().map(|d| d.value["n"].as_i64().unwrap()).collect::<Vec<_>>(), (0..20).collect::<Vec<_>>());
     assert!(wait_until(WAIT, Duration::from_millis(100), || ready().0 == 200), "{:?}", ready());
 
-    let errors = || prom::value(&gw.metrics(), "mqtt_kafka_gateway_schema_registry_requests_total", &[("result", "error")]);
+    let errors =
+        || prom::value(&gw.metrics(), "mqtt_kafka_gateway_schema_registry_requests_total", &[("result", "error")]);
     let errors_before = errors();
     registry.stop();
     publish_all(mosquitto.port(), messages(20, 30));
@@ -497,4 +499,121 @@ fn check_and_explain_use_the_registry_and_validate_needs_none() {
     let text = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains("schema_registry.url is not set"), "{text}");
+}
+
+/// A templated subject is resolved when its first record needs it; a `schema_file` is registered when
+/// the registry has none under that subject; a reload switches the route's encoding live.
+#[test]
+fn templated_subjects_register_their_schema_file_on_first_use_and_a_reload_switches_encoding() {
+    let registry = SchemaRegistry::start();
+    let mosquitto = Mosquitto::start();
+    let prefix = new_topic("sr-tmpl", 1);
+    let (door, window) = (format!("{prefix}.door"), format!("{prefix}.window"));
+    for t in [&door, &window, &format!("{prefix}.dlq")] {
+        kafka().create_topic(t, 1);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("reading.avsc"),
+        r#"{"type": "record", "name": "Reading", "fields": [{"name": "open", "type": "boolean"}]}"#,
+    )
+    .unwrap();
+    let config = |encoding: &str| {
+        brokers(&mosquitto, &registry.url())
+            .route(
+                Route::new("sensors", "tele/#", &format!("{prefix}.{{kind}}"))
+                    .qos(1)
+                    .dead_letter_topic(&format!("{prefix}.dlq"))
+                    .device_id_regex("^tele/(?P<device_id>[^/]+)/(?P<kind>[^/]+)")
+                    .extra(&format!("    format: raw\n    encoding: {encoding}\n")),
+            )
+            .write(dir.path())
+    };
+    let cfg = config("{type: avro, schema_file: reading.avsc}");
+    let gw = start(&cfg);
+    publish_all(
+        mosquitto.port(),
+        vec![
+            ("tele/dev-1/door".into(), br#"{"open": true}"#.to_vec()),
+            ("tele/dev-1/window".into(), br#"{"open": false}"#.to_vec()),
+        ],
+    );
+    for (topic, open) in [(&door, true), (&window, false)] {
+        let records = kafka().consume(topic, 1, WAIT);
+        assert_eq!(records.len(), 1, "{topic}: {}", gw.logs());
+        let d = decoded_ok(&registry, DecodeFormat::Avro, &records);
+        assert_eq!(d[0].value["open"], open);
+        let latest = registry.latest(&format!("{topic}-value")).expect("registered from schema_file");
+        assert_eq!(u64::from(d[0].schema_id), latest["id"].as_u64().unwrap());
+    }
+    assert_eq!(gw.count_in_log("registered the route's schema_file"), 2, "{}", gw.logs());
+
+    // A live edit back to JSON: the next records are JSON text, without a restart.
+    config("json");
+    assert!(gw.wait_for_log("routes reloaded", WAIT), "{}", gw.logs());
+    publish_all(mosquitto.port(), vec![("tele/dev-1/door".into(), br#"{"open": false}"#.to_vec())]);
+    let records = kafka().consume(&door, 2, WAIT);
+    assert_eq!(records.len(), 2, "{}", gw.logs());
+    assert_eq!(records[1].value_str(), r#"{"open": false}"#);
+    assert_eq!(records[1].header("schema_id"), None);
+}
+
+/// A new version the route cannot use (here: another schema type under the subject) is refused, named
+/// with its subject and version, and the route keeps encoding with the schema it had.
+#[test]
+fn a_new_version_that_cannot_be_used_is_refused_and_the_route_keeps_its_schema() {
+    let registry = SchemaRegistry::start();
+    let mosquitto = Mosquitto::start();
+    let (topic, _dlq) = topics("sr-refuse");
+    let subject = format!("{topic}-value");
+    let id = registry.register(
+        &subject,
+        "AVRO",
+        r#"{"type": "record", "name": "R", "fields": [{"name": "n", "type": "long"}]}"#,
+    );
+    registry.set_compatibility(Some(&subject), "NONE");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = brokers(&mosquitto, &registry.url())
+        .route(route("kept", "tele/#", &topic, "    format: raw\n    encoding: avro\n"))
+        .write(dir.path());
+    let gw = start(&cfg);
+    publish_all(mosquitto.port(), vec![("tele/dev-1/n".into(), br#"{"n": 1}"#.to_vec())]);
+    assert_eq!(kafka().consume(&topic, 1, WAIT).len(), 1, "{}", gw.logs());
+    registry.register(&subject, "PROTOBUF", "syntax = \"proto3\";\nmessage N { int64 n = 1; }\n");
+    assert!(gw.wait_for_log("new schema refused; the route keeps the schema it had", WAIT), "{}", gw.logs());
+    let line = gw.logs().lines().find(|l| l.contains("new schema refused")).unwrap_or_default().to_string();
+    assert!(line.contains(&subject) && line.contains("PROTOBUF"), "{line}");
+    publish_all(mosquitto.port(), vec![("tele/dev-1/n".into(), br#"{"n": 2}"#.to_vec())]);
+    let records = kafka().consume(&topic, 2, WAIT);
+    assert_eq!(records.len(), 2, "{}", gw.logs());
+    let d = decoded_ok(&registry, DecodeFormat::Avro, &records);
+    assert_eq!((d[1].schema_id, d[1].value["n"].as_i64()), (id, Some(2)));
+}
+
+/// `schema avro --route` prints a schema a real registry takes, and that the gateway then encodes with.
+#[test]
+fn the_starting_schema_registers_and_encodes_the_spec_record() {
+    let registry = SchemaRegistry::start();
+    let mosquitto = Mosquitto::start();
+    let (topic, _dlq) = topics("sr-starter");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = brokers(&mosquitto, &registry.url())
+        .route(Route::new("doors", "cmnd/#", &topic).qos(1).extra("    encoding: avro\n"))
+        .write(dir.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_mqtt-kafka-gateway"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["schema", "avro", "--route", "doors"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let schema = String::from_utf8(out.stdout).unwrap();
+    let id = registry.register(&format!("{topic}-value"), "AVRO", &schema);
+    let gw = start(&cfg);
+    publish_all(mosquitto.port(), vec![(SPEC_TOPIC.into(), SPEC_PAYLOAD.into())]);
+    let records = kafka().consume(&topic, 1, WAIT);
+    assert_eq!(records.len(), 1, "{}", gw.logs());
+    let d = decoded_ok(&registry, DecodeFormat::Avro, &records);
+    assert_eq!(d[0].schema_id, id);
+    assert_eq!(d[0].value["payload"]["door-sensor-2"], true);
 }
