@@ -273,7 +273,7 @@ fn bench_fields(kind: &str, value: &[u8]) -> Option<(String, i64, u64)> {
         "avro" => {
             let mut at = 5;
             let zigzag = |v: u64| ((v >> 1) as i64) ^ -((v & 1) as i64);
-            let mut string = |at: &mut usize| -> Option<String> {
+            let string = |at: &mut usize| -> Option<String> {
                 let len = zigzag(varint(value, at)?) as usize;
                 let s = String::from_utf8_lossy(value.get(*at..*at + len)?).into_owned();
                 *at += len;
@@ -329,7 +329,11 @@ fn bench_fields(kind: &str, value: &[u8]) -> Option<(String, i64, u64)> {
         _ => {
             let v: serde_json::Value = serde_json::from_slice(value).ok()?;
             let p = &v["payload"];
-            Some((v["device_id"].as_str().unwrap_or("?").to_string(), json_u64(p, "seq") as i64, json_u64(p, "sent_us")))
+            Some((
+                v["device_id"].as_str().unwrap_or("?").to_string(),
+                json_u64(p, "seq") as i64,
+                json_u64(p, "sent_us"),
+            ))
         }
     }
 }
