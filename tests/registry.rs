@@ -150,7 +150,10 @@ fn the_spec_envelope_in_avro_is_read_by_confluents_deserializer() {
     assert!(reason.contains("/payload/door-sensor-1") && reason.contains(&format!("avro schema {id}")), "{reason}");
     let samples = gw.metrics();
     assert_eq!(prom::value(&samples, "mqtt_kafka_gateway_records_encoded_total", &[("encoding", "avro")]), 1.0);
-    assert_eq!(prom::value(&samples, "mqtt_kafka_gateway_encoding_failures_total", &[("encoding", "avro")]), 1.0);
+    let failures = |reason| {
+        prom::value(&samples, "mqtt_kafka_gateway_encoding_failures_total", &[("encoding", "avro"), ("reason", reason)])
+    };
+    assert_eq!((failures("misfit"), failures("not_json"), failures("no_schema")), (1.0, 0.0, 0.0));
     assert_eq!(prom::value(&samples, "mqtt_kafka_gateway_route_schema_id", &[("route", "doors")]), f64::from(id));
 }
 

@@ -69,13 +69,13 @@ pub fn explain(
             match schema {
                 Ok(schema) => match schema.apply(record) {
                     Ok(()) => encoded = Some(schema.label()),
-                    Err(reason) => {
+                    Err(e) => {
                         outcome = envelope::dead_letter(
                             route,
                             &facts,
                             device.id,
                             envelope::DeadLetterReason::NotEncodable,
-                            reason,
+                            e.reason,
                         )
                     }
                 },

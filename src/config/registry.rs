@@ -80,6 +80,7 @@ pub(super) fn settings(r: &RawSchemaRegistry, needs: Option<usize>, p: &mut Prob
 pub(super) fn route_encoding(
     at: &str,
     r: &RawRoute,
+    topic: Option<&TopicTemplate>,
     regex: Option<&Regex>,
     fallback_regex: Option<&Option<Regex>>,
     config_dir: &Path,
@@ -181,13 +182,18 @@ pub(super) fn route_encoding(
         }
     };
     match (ok, subject) {
-        (true, Some(subject)) => Ok(Some(Arc::new(EncodingRule {
-            kind: spec.kind,
-            subject,
-            version,
-            message: spec.message.clone(),
-            schema_file,
-        }))),
+        (true, Some(subject)) => {
+            let mut rule = EncodingRule {
+                kind: spec.kind,
+                subject,
+                version,
+                message: spec.message.clone(),
+                schema_file,
+                fixed_subject: None,
+            };
+            rule.fixed_subject = topic.and_then(|t| rule.static_subject(t));
+            Ok(Some(Arc::new(rule)))
+        }
         _ => Err(()),
     }
 }

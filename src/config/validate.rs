@@ -373,8 +373,15 @@ fn route(
     }
     let schema = route_schema(at, r, config_dir, p);
     let rate_limit = rate_limit(at, r, p);
-    let encoding =
-        super::registry::route_encoding(at, r, regex.as_ref().ok(), fallback_regex.as_ref().ok(), config_dir, p);
+    let encoding = super::registry::route_encoding(
+        at,
+        r,
+        topic.as_ref().ok(),
+        regex.as_ref().ok(),
+        fallback_regex.as_ref().ok(),
+        config_dir,
+        p,
+    );
     // The resolved dead-letter topic too: it also depends on kafka.dead_letter_suffix; and the schema
     // file's contents, so that editing the schema alone changes the route.
     let fingerprint = format!(

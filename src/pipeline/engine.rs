@@ -24,7 +24,7 @@ use super::inflight::{Progress, RecordEntry, Slab};
 use super::policy::{self, Attempt, Verdict};
 use super::retries::{Parts, Retries};
 use super::sequencer::Acks;
-use crate::core::encoding::EncodingRule;
+use crate::core::encoding::{EncodingRule, Failure};
 use crate::core::envelope::{self, DeadLetterReason, Facts, Outcome, Record, HEADER_DLQ_REASON};
 use crate::core::message::{AckToken, Message};
 use crate::core::routing::replicas::Replicas;
@@ -564,16 +564,20 @@ impl Engine {
         device: &crate::core::routing::DeviceId<'_>,
         mqtt_topic: &str,
     ) -> Encoded {
+        let kind = rule.kind as usize;
+        let refuse = |failure: Failure, reason: String| {
+            self.metrics.encoding_failures[kind][failure as usize].fetch_add(1, Relaxed);
+            Encoded::Refused(reason)
+        };
         let Some(schemas) = &self.schemas else {
-            return Encoded::Refused("the route has an encoding, and no schema_registry is configured".into());
+            return refuse(Failure::NoSchema, "the route has an encoding, and no schema_registry is configured".into());
         };
         let group = |name: &str| device.captures.as_ref().and_then(|c| c.name(name)).map(|m| m.as_str());
         let values = crate::core::routing::template::Values { topic: mqtt_topic, device_id: device.id, group: &group };
         let subject = match rule.subject_for(&record.topic, &values) {
             Ok(s) => s,
-            Err(why) => return Encoded::Refused(why),
+            Err(why) => return refuse(Failure::NoSchema, why),
         };
-        let kind = rule.kind as usize;
         match schemas.lookup(&subject, rule) {
             Lookup::Ready(schema) => match schema.apply(record) {
                 Ok(()) => {
@@ -581,15 +585,11 @@ impl Engine {
                     route.stats.schema_id.store(u64::from(schema.id), Relaxed);
                     Encoded::Done
                 }
-                Err(reason) => {
-                    self.metrics.encoding_failures[kind].fetch_add(1, Relaxed);
-                    Encoded::Refused(reason)
-                }
+                Err(e) => refuse(e.failure, e.reason),
             },
             Lookup::Pending => Encoded::Wait,
             Lookup::Failed(why) => {
-                self.metrics.encoding_failures[kind].fetch_add(1, Relaxed);
-                Encoded::Refused(format!("no usable {} schema for subject {subject}: {why}", rule.kind))
+                refuse(Failure::NoSchema, format!("no usable {} schema for subject {subject}: {why}", rule.kind))
             }
         }
     }

@@ -113,6 +113,9 @@ pub struct EncodingRule {
     /// Protobuf: the message to encode (default: the schema's first).
     pub message: Option<String>,
     pub schema_file: Option<SchemaFile>,
+    /// The subject when it is the same for every record (see [`EncodingRule::static_subject`]), worked
+    /// out once so that a record does not render it.
+    pub fixed_subject: Option<String>,
 }
 
 /// The placeholder of a subject that stands for the record's rendered Kafka topic.
@@ -121,6 +124,9 @@ pub const TOPIC_PLACEHOLDER: &str = "topic";
 impl EncodingRule {
     /// The subject of a record written to `topic`.
     pub fn subject_for(&self, topic: &str, values: &Values<'_>) -> Result<String, String> {
+        if let Some(s) = &self.fixed_subject {
+            return Ok(s.clone());
+        }
         let group = |name: &str| if name == TOPIC_PLACEHOLDER { Some(topic) } else { (values.group)(name) };
         let v = Values { topic: values.topic, device_id: values.device_id, group: &group };
         self.subject.render(&v).map_err(|e| e.replace("topic template", "subject"))
@@ -139,6 +145,42 @@ impl EncodingRule {
         let values = Values { topic: "", device_id: "", group: &none };
         let topic = route_topic.render(&values).ok()?;
         self.subject_for(&topic, &values).ok()
+    }
+}
+
+/// Why a record could not be encoded (a metric label; the `dlq_reason` has the details).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The value is not JSON (a raw route's payload), so there is nothing to convert.
+    NotJson,
+    /// The value does not fit the schema.
+    Misfit,
+    /// No usable schema: the subject or version is not in the registry, or does not compile.
+    NoSchema,
+}
+
+impl Failure {
+    pub const ALL: [Failure; 3] = [Failure::NotJson, Failure::Misfit, Failure::NoSchema];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::NotJson => "not_json",
+            Failure::Misfit => "misfit",
+            Failure::NoSchema => "no_schema",
+        }
+    }
+}
+
+/// A record that could not be encoded: why (for counting) and the `dlq_reason`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodeError {
+    pub failure: Failure,
+    pub reason: String,
+}
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)
     }
 }
 
@@ -227,9 +269,11 @@ impl Compiled {
     }
 
     /// `json`, the value a route writes, in the wire format; or why it does not fit, for `dlq_reason`.
-    pub fn encode(&self, json: &[u8]) -> Result<Vec<u8>, String> {
-        let value: Value = serde_json::from_slice(json)
-            .map_err(|e| format!("{}: the value is not JSON ({e}), so it cannot be encoded", self.label()))?;
+    pub fn encode(&self, json: &[u8]) -> Result<Vec<u8>, EncodeError> {
+        let value: Value = serde_json::from_slice(json).map_err(|e| EncodeError {
+            failure: Failure::NotJson,
+            reason: format!("{}: the value is not JSON ({e}), so it cannot be encoded", self.label()),
+        })?;
         let mut out = Vec::with_capacity(json.len() + 8);
         out.push(0);
         out.extend_from_slice(&self.id.to_be_bytes());
@@ -247,11 +291,12 @@ impl Compiled {
                 Some(violations) => Err(violations),
             },
         };
-        fit.map(|()| out).map_err(|why| format!("{}: {why}", self.label()))
+        fit.map(|()| out)
+            .map_err(|why| EncodeError { failure: Failure::Misfit, reason: format!("{}: {why}", self.label()) })
     }
 
     /// Encodes `record`'s value in place and adds the `schema_id` header; Err: the `dlq_reason`.
-    pub fn apply(&self, record: &mut Record) -> Result<(), String> {
+    pub fn apply(&self, record: &mut Record) -> Result<(), EncodeError> {
         record.value = self.encode(&record.value)?;
         record.headers.push((std::borrow::Cow::Borrowed(HEADER_SCHEMA_ID), self.id.to_string().into_bytes()));
         Ok(())
@@ -300,11 +345,12 @@ mod tests {
             r#"{"type": "record", "name": "R", "fields": [{"name": "n", "type": "long"}]}"#,
             None,
         );
-        let e = avro.encode(br#"{"n": "one"}"#).unwrap_err();
+        let e = avro.encode(br#"{"n": "one"}"#).unwrap_err().reason;
         assert!(e.starts_with("avro schema 258 (s-value v3): /n: expected") && e.contains("string"), "{e}");
-        assert!(avro.encode(b"not json").unwrap_err().contains("not JSON"));
+        let e = avro.encode(b"not json").unwrap_err();
+        assert!(e.failure == Failure::NotJson && e.reason.contains("not JSON"), "{e}");
         let json = compiled(EncodingKind::JsonSchema, r#"{"properties": {"n": {"type": "integer"}}}"#, None);
-        let e = json.encode(br#"{"n": "one"}"#).unwrap_err();
+        let e = json.encode(br#"{"n": "one"}"#).unwrap_err().reason;
         assert!(e.contains("json_schema schema 258") && e.contains("/n: ") && e.contains("(type)"), "{e}");
         let mut record = Record { topic: "t".into(), key: None, value: br#"{"n": 5}"#.to_vec(), headers: Vec::new() };
         avro.apply(&mut record).unwrap();

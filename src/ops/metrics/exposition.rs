@@ -327,15 +327,18 @@ impl Collector for GatewayCollector {
             "encoding",
             &encoded,
         )?;
-        let failures: Vec<(&str, u64)> =
-            kinds.iter().skip(1).map(|k| (k.as_str(), ld(&m.encoding_failures[*k as usize]))).collect();
-        counter_by(
-            e,
-            "encoding_failures",
-            "Values that did not fit their registry schema, or had no usable one (dead-lettered), by encoding.",
-            "encoding",
-            &failures,
-        )?;
+        {
+            let n = name("encoding_failures");
+            let help = "Records that could not be encoded (dead-lettered), by encoding and reason: not_json, misfit (the value does not fit the schema), no_schema.";
+            let mut f = e.encode_descriptor(&n, help, None, MetricType::Counter)?;
+            for k in kinds.iter().skip(1) {
+                for r in crate::core::encoding::Failure::ALL {
+                    let l = [("encoding", k.as_str()), ("reason", r.as_str())];
+                    ConstCounter::new(ld(&m.encoding_failures[*k as usize][r as usize]))
+                        .encode(f.encode_family(&l)?)?;
+                }
+            }
+        }
         let results = [
             ("ok", ld(&m.registry_requests).saturating_sub(ld(&m.registry_errors))),
             ("error", ld(&m.registry_errors)),

@@ -64,10 +64,11 @@ pub struct Metrics {
     pub registry_requests: AtomicU64,
     pub registry_errors: AtomicU64,
     pub registry_request_us: AtomicU64,
-    /// Records encoded by a registry schema, and values that did not fit theirs, by
-    /// [`EncodingKind`](crate::core::encoding::EncodingKind) (plain JSON stays 0).
+    /// Records encoded by a registry schema, by [`EncodingKind`](crate::core::encoding::EncodingKind)
+    /// (plain JSON stays 0); and those that could not be, by kind and
+    /// [`Failure`](crate::core::encoding::Failure).
     pub records_encoded: [AtomicU64; 4],
-    pub encoding_failures: [AtomicU64; 4],
+    pub encoding_failures: [[AtomicU64; 3]; 4],
     /// Records waiting for their route's registry schema to be resolved.
     pub awaiting_schema: AtomicU64,
     unrouted_warned: Mutex<Option<Instant>>,
