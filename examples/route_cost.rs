@@ -55,7 +55,13 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(i) = args.iter().position(|a| a == "--per-record") {
         let n = args.get(i + 1).and_then(|n| n.parse().ok()).unwrap_or(100_000);
-        return per_record(n, args.iter().any(|a| a == "--template"), args.iter().any(|a| a == "--replicas"));
+        let encoding = args.iter().position(|a| a == "--encoding").and_then(|i| args.get(i + 1)).cloned();
+        return per_record(
+            n,
+            args.iter().any(|a| a == "--template"),
+            args.iter().any(|a| a == "--replicas"),
+            encoding.as_deref(),
+        );
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let schema = root.join("examples/bench-schema.json");
@@ -87,8 +93,24 @@ fn main() {
     println!("rate limit reservation  {limited:8.0} ns/message");
 }
 
-/// The engine's work per record, `n` times: facts, device, replica, record (see the module doc).
-fn per_record(n: usize, template: bool, replicas: bool) {
+/// The schema `--encoding avro|protobuf` encodes the bench's envelope with (examples/bench-envelope.*),
+/// compiled as the registry edge would compile it.
+fn bench_schema(encoding: &str) -> mqtt_kafka_gateway::core::encoding::Compiled {
+    use mqtt_kafka_gateway::core::encoding::{Compiled, EncodingKind, SchemaText};
+    let (kind, file) = match encoding {
+        "avro" => (EncodingKind::Avro, "bench-envelope.avsc"),
+        "protobuf" => (EncodingKind::Protobuf, "bench-envelope.proto"),
+        other => panic!("--encoding avro or protobuf, not {other}"),
+    };
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(file)).unwrap();
+    let schema = SchemaText { id: 1, subject: "bench-value".into(), version: 1, kind, text, references: Vec::new() };
+    Compiled::compile(&schema, None).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The engine's work per record, `n` times: facts, device, replica, record (see the module doc); with
+/// `encoding`, the record encoded too, and the payload the bench's (`{"seq", "sent_us", "fill"}`).
+fn per_record(n: usize, template: bool, replicas: bool, encoding: Option<&str>) {
+    let schema = encoding.filter(|e| *e != "json").map(bench_schema);
     let dir = std::env::temp_dir();
     let topic_line = if template {
         "topic: 'iot.{kind}', device_id: { regex: '^cmnd/(?P<device_id>[^/]+)/[^/]+/[^/]+/(?P<kind>[^/]+)' }"
@@ -101,7 +123,11 @@ fn per_record(n: usize, template: bool, replicas: bool) {
     let text = format!("{replicas_line}routes:\n  - {{ name: spec, filter: 'cmnd/#', {topic_line} }}\n");
     let config = config::load_from_str(&dir.join("routes.yaml"), &text, &NoEnv).unwrap_or_else(|e| panic!("{e}"));
     let route = &config.routes.routes()[0];
-    let payload = r#"{"timestamp": "2023-05-26 18:34:04.928538", "door-sensor-1": false, "door-sensor-2": true}"#;
+    let bench_payload = format!(r#"{{"seq":17,"sent_us":1733300000000000,"fill":"{}"}}"#, "x".repeat(90));
+    let payload = match encoding {
+        Some(_) => bench_payload.as_str(),
+        None => r#"{"timestamp": "2023-05-26 18:34:04.928538", "door-sensor-1": false, "door-sensor-2": true}"#,
+    };
     let msg = Message::new(
         "cmnd/f2-e4fd45f654be/access-control-mode/J1/door-sensors",
         payload.as_bytes().to_vec(),
@@ -116,7 +142,16 @@ fn per_record(n: usize, template: bool, replicas: bool) {
             continue;
         }
         kept += 1;
-        black_box(envelope::build(route, &facts, &device));
+        let outcome = envelope::build(route, &facts, &device);
+        match (&schema, outcome) {
+            (Some(schema), envelope::Outcome::Record(mut record)) => {
+                schema.apply(&mut record).unwrap_or_else(|e| panic!("{e}"));
+                black_box(record);
+            }
+            (_, other) => {
+                black_box(other);
+            }
+        }
     }
     println!("{kept} of {n} records built");
 }

@@ -270,26 +270,38 @@ impl Compiled {
 
     /// `json`, the value a route writes, in the wire format; or why it does not fit, for `dlq_reason`.
     pub fn encode(&self, json: &[u8]) -> Result<Vec<u8>, EncodeError> {
-        let value: Value = serde_json::from_slice(json).map_err(|e| EncodeError {
-            failure: Failure::NotJson,
-            reason: format!("{}: the value is not JSON ({e}), so it cannot be encoded", self.label()),
-        })?;
         let mut out = Vec::with_capacity(json.len() + 8);
         out.push(0);
         out.extend_from_slice(&self.id.to_be_bytes());
+        let not_json = |e: serde_json::Error| EncodeError {
+            failure: Failure::NotJson,
+            reason: format!("{}: the value is not JSON ({e}), so it cannot be encoded", self.label()),
+        };
         let fit = match &self.schema {
-            Schema::Avro(s) => s.encode(&value, &mut out).map_err(|m| m.to_string()),
-            Schema::Protobuf(s) => {
-                s.write_indexes(&mut out);
+            Schema::Avro(s) => {
+                let value: Value = serde_json::from_slice(json).map_err(not_json)?;
                 s.encode(&value, &mut out).map_err(|m| m.to_string())
             }
-            Schema::Json(v) => match crate::core::routing::schema::violations_of(v, &value) {
-                None => {
-                    out.extend_from_slice(json);
+            Schema::Protobuf(s) => {
+                s.write_indexes(&mut out);
+                if s.encode_text(json, &mut out) {
                     Ok(())
+                } else {
+                    // The rare path: the tree, to say why.
+                    let value: Value = serde_json::from_slice(json).map_err(not_json)?;
+                    s.encode(&value, &mut out).map_err(|m| m.to_string())
                 }
-                Some(violations) => Err(violations),
-            },
+            }
+            Schema::Json(v) => {
+                let value: Value = serde_json::from_slice(json).map_err(not_json)?;
+                match crate::core::routing::schema::violations_of(v, &value) {
+                    None => {
+                        out.extend_from_slice(json);
+                        Ok(())
+                    }
+                    Some(violations) => Err(violations),
+                }
+            }
         };
         fit.map(|()| out)
             .map_err(|why| EncodeError { failure: Failure::Misfit, reason: format!("{}: {why}", self.label()) })

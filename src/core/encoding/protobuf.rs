@@ -102,6 +102,20 @@ impl ProtoSchema {
         Ok(())
     }
 
+    /// Like [`encode`](Self::encode), straight from JSON text, without building a `serde_json::Value` first
+    /// (the common case: that tree costs more than the message). False if the text is not JSON or does not
+    /// fit; `out` is then left as it was, and [`encode`](Self::encode) on the parsed value says why.
+    pub fn encode_text(&self, json: &[u8], out: &mut Vec<u8>) -> bool {
+        let mut de = serde_json::Deserializer::from_slice(json);
+        match DynamicMessage::deserialize_with_options(self.descriptor.clone(), &mut de, &READ_OPTIONS) {
+            Ok(message) if de.end().is_ok() => {
+                message.encode_raw(out);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Reads `value` again, this time tracking the path, and says where and why it does not fit.
     fn misfit(&self, value: &Value) -> Misfit {
         let mut track = Track::new();
