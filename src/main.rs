@@ -166,7 +166,9 @@ fn explain(path: PathBuf, topic: String, payload: Option<String>, payload_file: 
         None => Err("no schema_registry is configured".to_string()),
         Some((Err(e), _)) => Err(format!("cannot start the async runtime: {e}")),
         Some((_, Err(e))) => Err(e.clone()),
-        Some((Ok(runtime), Ok(client))) => runtime.block_on(mqtt_kafka_gateway::registry::fetch(client, subject, rule)),
+        Some((Ok(runtime), Ok(client))) => {
+            runtime.block_on(mqtt_kafka_gateway::registry::fetch(client, subject, rule)).map_err(|e| e.to_string())
+        }
     };
     print!("{}", explain::explain(&config, &topic, &payload, qos, std::time::SystemTime::now(), &mut resolve));
     exit::code(exit::OK)

@@ -61,7 +61,7 @@ pub fn explain(
         let mut outcome = envelope::build(route, &facts, &device);
         let mut encoded = None;
         if let (Some(rule), Outcome::Record(record)) = (&route.encoding, &mut outcome) {
-            let group = |name: &str| device.captures.as_ref().and_then(|c| c.name(name)).map(|m| m.as_str());
+            let group = |name: &str| device.group(name);
             let values = crate::core::routing::template::Values { topic, device_id: device.id, group: &group };
             let schema = rule
                 .subject_for(&record.topic, &values)

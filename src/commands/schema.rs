@@ -138,7 +138,8 @@ mod tests {
 
     fn encodes(schema: &str, value: &Value) {
         let s = AvroSchema::parse(schema, &[]).unwrap_or_else(|e| panic!("{e}\n{schema}"));
-        s.encode(value, &mut Vec::new()).unwrap_or_else(|e| panic!("{e}\n{schema}"));
+        let value = crate::core::encoding::json::Json::from(value);
+        s.encode(&value, &mut Vec::new()).unwrap_or_else(|e| panic!("{e}\n{schema}"));
     }
 
     #[test]

@@ -31,6 +31,17 @@ pub(super) fn settings(r: &RawSchemaRegistry, needs: Option<usize>, p: &mut Prob
         }
         return None;
     };
+    // Credentials belong in username and password (a URL is printed in logs and errors); and the URL
+    // itself is not repeated when it holds some.
+    let authority = url.split_once("://").map_or(url, |(_, rest)| rest).split('/').next().unwrap_or_default();
+    if authority.contains('@') {
+        p.add(
+            "schema_registry.url",
+            "must not hold credentials".into(),
+            Some("use schema_registry.username and password (or password_file); the URL is logged"),
+        );
+        return None;
+    }
     let https = match url.split_once("://") {
         Some(("http", rest)) if !rest.is_empty() => false,
         Some(("https", rest)) if !rest.is_empty() => true,

@@ -56,8 +56,16 @@ fn hash(text: &str, config: &Config) -> u64 {
     h.finish()
 }
 
+/// The files the routes read besides the configuration: JSON Schemas and the encodings' `schema_file`s.
 fn schema_files(config: &Config) -> Vec<PathBuf> {
-    config.routes.routes().iter().filter_map(|r| r.schema.as_ref().map(|s| s.file.clone())).collect()
+    let routes = config.routes.routes().iter();
+    routes
+        .flat_map(|r| {
+            let schema = r.schema.as_ref().map(|s| s.file.clone());
+            let encoding = r.encoding.as_ref().and_then(|e| e.schema_file.as_ref()).map(|f| f.path.clone());
+            schema.into_iter().chain(encoding)
+        })
+        .collect()
 }
 
 /// The directories to watch for `config`: the file's own and its schema files'.
@@ -262,6 +270,22 @@ async fn attempt(
             return;
         }
     };
+    // The registry client is made at start: routes that need one cannot come in through a reload of a
+    // gateway started without it (their records could only be dead-lettered).
+    if state.current.schema_registry.is_none() {
+        if let Some(r) = new.routes.routes().iter().find(|r| r.encoding.is_some()) {
+            state.failed_hash = Some(h);
+            metrics.config_file_valid.store(false, Relaxed);
+            let total = metrics.reload_failed();
+            tracing::error!(
+                reload_failures = total,
+                generation = state.generation,
+                route = %r.name,
+                "the new configuration has a route with a registry encoding, and the gateway was started without schema_registry, which applies only after a restart; the current routes stay in effect"
+            );
+            return;
+        }
+    }
     let diff = RouteDiff::between(&state.current.routes, &new.routes);
     let restart = state.current.restart_needed(&new);
     // Hashed again over the schema files the new configuration reads.

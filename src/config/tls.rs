@@ -1,7 +1,8 @@
 //! The rustls client configuration made from a `tls` section (`mqtt.tls`, `schema_registry.tls`): our CA
 //! or the system's roots, a client certificate for mutual TLS, the version floor; aws-lc-rs as the
 //! crypto provider, the one TLS stack of the gateway's own clients. Built from the files as they are at
-//! that moment, so a certificate renewed in place is used from the next connection on.
+//! that moment: the MQTT edge builds it before every connection attempt (a certificate renewed in place
+//! is used from the next one on); the registry client once, at start.
 
 use std::sync::Arc;
 
@@ -28,7 +29,7 @@ pub fn client_config(tls: &MqttTls) -> Result<Arc<ClientConfig>, String> {
             }
             let (added, _ignored) = roots.add_parsable_certificates(found.certs);
             if added == 0 {
-                return Err("no system CA certificates found; set mqtt.tls.ca_file (or install ca-certificates)".into());
+                return Err("no system CA certificates found; set tls.ca_file (or install ca-certificates)".into());
             }
         }
     }

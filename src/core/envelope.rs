@@ -182,7 +182,7 @@ pub fn build(route: &Route, facts: &Facts<'_>, device: &DeviceId<'_>) -> Outcome
     let headers = context_headers(route, facts, device_id);
     let dead_letter = |kind, reason: String, headers| dead_letter_outcome(route, msg, device_id, headers, kind, reason);
 
-    let group = |name: &str| device.captures.as_ref().and_then(|c| c.name(name)).map(|m| m.as_str());
+    let group = |name: &str| device.group(name);
     let topic = match route.topic.render(&Values { topic: &msg.topic, device_id, group: &group }) {
         Ok(t) => t,
         Err(reason) => return dead_letter(DeadLetterReason::InvalidTopic, reason, headers),

@@ -5,8 +5,10 @@
 //! order.
 //!
 //! Per message, the path reads one way: [`Engine::take`] works out the message's facts once (id, receive
-//! time, payload), then per matching route the device once ([`Route::device`]), the replica, the rate
-//! limit, the record ([`envelope::build`]) and the send. Metrics observe from the side.
+//! time, payload), then per matching route the device once ([`Route::device`]), the replica, the wait
+//! behind the device's records that wait for their schema ([`super::awaiting`]), the rate limit, the
+//! record ([`envelope::build`]), its encoding by a registry schema, and the send. Metrics observe from
+//! the side.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -313,7 +315,15 @@ impl Engine {
             self.metrics.records_for_other_replicas.fetch_add(1, Relaxed);
             return Ok(Produced::Nothing);
         }
-        if let (Some(limit), Source::Intake) = (route.rate_limit, source) {
+        // Behind the records of this route and device that wait for their schema, so that order holds.
+        if source != Source::Registry && self.awaiting.has(&route.name, device.id) {
+            self.awaiting.push(&route.name, device.id, slot, index);
+            return Ok(Produced::Record);
+        }
+        // A record takes its turn when it first comes to be produced, and again at each try to leave the
+        // wait for its schema (rare: a try follows a change in the registry edge). A turn taken and not
+        // used only makes later records of the route wait a little longer, never sooner.
+        if let (Some(limit), Source::Intake | Source::Registry) = (route.rate_limit, source) {
             match self.held.admit(slot, index, &route.name, limit, msg.qos, Instant::now()) {
                 Admission::Now => {}
                 Admission::Held => {
@@ -325,11 +335,6 @@ impl Engine {
                     return Ok(Produced::Nothing);
                 }
             }
-        }
-        // Behind the route's records that wait for their schema, so that its order holds.
-        if route.encoding.is_some() && source != Source::Registry && self.awaiting.has(&route.name) {
-            self.awaiting.push(&route.name, slot, index);
-            return Ok(Produced::Record);
         }
         let mut outcome = if msg.payload.len() > self.max_payload {
             // Let in past the limit only to be dead-lettered (see `mqtt::edge`'s oversize).
@@ -347,7 +352,7 @@ impl Engine {
                 Encoded::Done => {}
                 Encoded::Wait if source == Source::Registry => return Ok(Produced::StillWaiting),
                 Encoded::Wait => {
-                    self.awaiting.push(&route.name, slot, index);
+                    self.awaiting.push(&route.name, device.id, slot, index);
                     return Ok(Produced::Record);
                 }
                 Encoded::Refused(reason) => {
@@ -527,22 +532,22 @@ impl Engine {
         Ok(())
     }
 
-    /// Builds and produces the records waiting for their schema, each route's from the front, until one
-    /// still has to wait.
+    /// Builds and produces the records waiting for their schema, each queue (route and device) from the
+    /// front, until one still has to wait.
     async fn release_awaiting(&mut self, give_up: &CancellationToken) -> Result<(), GaveUp> {
-        for name in self.awaiting.routes() {
-            while let Some((slot, index)) = self.awaiting.front(&name) {
+        for (name, device) in self.awaiting.queues() {
+            while let Some((slot, index)) = self.awaiting.front(&name, &device) {
                 let Some(m) = self.messages.get(slot) else {
-                    self.awaiting.pop_front(&name);
+                    self.awaiting.pop_front(&name, &device);
                     continue;
                 };
                 let (message, routes) = (m.message.clone(), m.routes.clone());
                 let facts = Facts::new(&message);
                 match self.produce_route(slot, index, routes.route(index), &facts, give_up, Source::Registry).await? {
                     Produced::StillWaiting => break,
-                    Produced::Record => self.awaiting.pop_front(&name),
+                    Produced::Record => self.awaiting.pop_front(&name, &device),
                     Produced::Nothing => {
-                        self.awaiting.pop_front(&name);
+                        self.awaiting.pop_front(&name, &device);
                         self.settle_record_of(slot, true);
                     }
                 }
@@ -572,7 +577,7 @@ impl Engine {
         let Some(schemas) = &self.schemas else {
             return refuse(Failure::NoSchema, "the route has an encoding, and no schema_registry is configured".into());
         };
-        let group = |name: &str| device.captures.as_ref().and_then(|c| c.name(name)).map(|m| m.as_str());
+        let group = |name: &str| device.group(name);
         let values = crate::core::routing::template::Values { topic: mqtt_topic, device_id: device.id, group: &group };
         let subject = match rule.subject_for(&record.topic, &values) {
             Ok(s) => s,

@@ -145,6 +145,22 @@ async fn run_inner(
             }
         })
     };
+    // The Schema Registry edge, before anything is taken from MQTT: a client that cannot be made stops
+    // the start here. Its task outlives the shutdown signal: records that wait for a schema while the
+    // engine drains still need it; it stops when the engine is done.
+    let registry_stop = CancellationToken::new();
+    let schemas = match &config.schema_registry {
+        Some(settings) => {
+            let client = registry::client::Client::new(settings, Some(metrics.clone()))
+                .map_err(|e| anyhow::anyhow!("cannot make the Schema Registry client: {e}"))?;
+            let schemas = registry::Schemas::new(client, settings.refresh, metrics.clone());
+            schemas.want_table(&routes.borrow());
+            tokio::spawn(registry::run(schemas.clone(), routes.clone(), registry_stop.clone()));
+            tracing::info!(url = %schemas.url(), "schema registry");
+            Some(schemas)
+        }
+        None => None,
+    };
     // Unbounded, yet bounded by the window: an ack is due only for a message that holds a place in it.
     let (acks_tx, acks_rx) = mpsc::unbounded_channel::<AckToken>();
     let connection = Arc::new(AtomicU64::new(0));
@@ -153,18 +169,6 @@ async fn run_inner(
     let mqtt_task = tokio::spawn(mqtt::run(config.mqtt.clone(), routes.clone(), links, metrics.clone(), stop.clone()));
     let stats =
         tokio::spawn(stats(metrics.clone(), Duration::from_secs(config.log.stats_interval_secs), shutdown.clone()));
-    let schemas = match &config.schema_registry {
-        Some(settings) => {
-            let client = registry::client::Client::new(settings, Some(metrics.clone()))
-                .map_err(|e| anyhow::anyhow!("cannot make the Schema Registry client: {e}"))?;
-            let schemas = registry::Schemas::new(client, settings.refresh, metrics.clone());
-            schemas.want_table(&routes.borrow());
-            tokio::spawn(registry::run(schemas.clone(), routes.clone(), shutdown.clone()));
-            tracing::info!(url = %schemas.url(), "schema registry");
-            Some(schemas)
-        }
-        None => None,
-    };
     let reloader = tokio::spawn(reload::run(config.clone(), routes_tx, metrics.clone(), shutdown.clone()));
     // The grace period runs from the signal, whatever the pipeline is waiting for (a full window, a
     // full producer queue, Kafka).
@@ -205,6 +209,7 @@ async fn run_inner(
     }
     let unsettled = engine.unsettled() as u64;
     drop(engine);
+    registry_stop.cancel();
 
     let left = if give_up.is_cancelled() {
         Duration::from_millis(100)

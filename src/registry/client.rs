@@ -75,6 +75,8 @@ pub struct Reference {
 #[derive(Deserialize)]
 struct ErrorBody {
     #[serde(default)]
+    error_code: Option<i64>,
+    #[serde(default)]
     message: Option<String>,
 }
 
@@ -204,7 +206,6 @@ impl Client {
     }
 
     async fn answer<T: for<'de> Deserialize<'de>>(&self, request: reqwest::RequestBuilder) -> Result<T, RegistryError> {
-        // `without_url`: a URL is not a secret, but keep errors short and free of anything a user put there.
         let response = request.send().await.map_err(|e| RegistryError::Unreachable(describe(&e)))?;
         let status = response.status();
         let text = response.text().await.map_err(|e| RegistryError::Unreachable(describe(&e)))?;
@@ -213,13 +214,22 @@ impl Client {
                 RegistryError::Server(status.as_u16(), format!("an answer that is not the registry's API: {e}"))
             });
         }
-        let message = serde_json::from_str::<ErrorBody>(&text)
-            .ok()
+        let body = serde_json::from_str::<ErrorBody>(&text).ok();
+        let code = body.as_ref().and_then(|b| b.error_code);
+        let message = body
             .and_then(|b| b.message)
-            .unwrap_or_else(|| text.chars().take(200).collect());
+            .unwrap_or_else(|| text.chars().take(200).collect::<String>().trim().to_string());
         Err(match status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => RegistryError::Unauthorized(status.as_u16(), message),
-            StatusCode::NOT_FOUND => RegistryError::NotFound(message),
+            // The registry's own "not found" (40401 subject, 40402 version, 40403 schema); a 404 without it
+            // is something else answering (a proxy, a wrong path), not an absent subject.
+            StatusCode::NOT_FOUND if code.is_some_and(|c| (40400..40500).contains(&c)) => RegistryError::NotFound(message),
+            StatusCode::NOT_FOUND => RegistryError::Server(
+                404,
+                format!("not found, without a registry error code: is schema_registry.url the registry's address? ({message})"),
+            ),
+            // Throttled or timed out: worth asking again.
+            StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => RegistryError::Server(status.as_u16(), message),
             s if s.is_client_error() => RegistryError::Refused(s.as_u16(), message),
             s => RegistryError::Server(s.as_u16(), message),
         })
@@ -242,7 +252,7 @@ fn describe(e: &reqwest::Error) -> String {
         source = s.source();
     }
     if out.is_empty() {
-        out = e.to_string();
+        out = if e.is_connect() { "cannot connect".to_string() } else { "the request failed".to_string() };
     }
     out
 }

@@ -32,6 +32,9 @@ use crate::core::routing::RouteTable;
 use crate::ops::metrics::Metrics;
 use client::{Client, RegistryError};
 
+/// Subjects (with version and type) kept at most: each costs a request per refresh.
+const MAX_SUBJECTS: usize = 10_000;
+
 /// What the cache says of a subject for a route.
 #[derive(Debug, Clone)]
 pub enum Lookup {
@@ -111,6 +114,12 @@ impl Schemas {
                 Entry::Failed(why) => Lookup::Failed(why.clone()),
             };
         }
+        let slots: usize = state.values().map(Vec::len).sum();
+        if slots >= MAX_SUBJECTS {
+            return Lookup::Failed(format!(
+                "more than {MAX_SUBJECTS} subjects are in use; a subject template that names the device makes one per device"
+            ));
+        }
         want(&mut state, subject, rule);
         drop(state);
         self.wake.notify_one();
@@ -120,16 +129,22 @@ impl Schemas {
     /// Wants the fixed subjects of `table`'s routes (a table just loaded).
     pub fn want_table(&self, table: &RouteTable) {
         let mut state = lock(&self.state);
+        let mut added = 0;
         for route in table.routes() {
             let Some(rule) = &route.encoding else { continue };
             if let Some(subject) = rule.static_subject(&route.topic) {
                 let known = state.get(&subject).is_some_and(|slots| slots.iter().any(|s| s.serves(rule)));
                 if !known {
                     want(&mut state, &subject, rule);
+                    added += 1;
                 }
             }
         }
         drop(state);
+        if added > 0 {
+            // Not ready until they are resolved (the task clears this after its pass).
+            self.metrics.health.set_registry_problem(Some(format!("resolving {added} schema(s)")));
+        }
         self.wake.notify_one();
     }
 
@@ -157,8 +172,21 @@ impl Schemas {
             .collect();
         let mut unresolved: Option<String> = None;
         let mut any_change = false;
+        let mut unreachable = false;
         for (subject, slot) in todo {
-            let result = resolve(&self.client, &subject, &slot).await;
+            if unreachable {
+                // One unanswered request is enough to know: the others wait for the next attempt, instead
+                // of each taking its own timeout.
+                if matches!(slot.entry, Entry::Pending) {
+                    continue;
+                }
+                break;
+            }
+            let known = match &slot.entry {
+                Entry::Ready(c) => Some(c.id),
+                _ => None,
+            };
+            let result = resolve(&self.client, &subject, &slot, known).await;
             let next = match (result, &slot.entry) {
                 (Ok(c), Entry::Ready(old)) if old.id == c.id => continue,
                 (Ok(c), Entry::Ready(old)) => {
@@ -173,16 +201,24 @@ impl Schemas {
                     tracing::warn!(subject = %subject, schema_id = old.id, error = %why, "schema registry: cannot look up the latest version; the cached schema stays in use");
                     continue;
                 }
-                (Err(Problem::Permanent(why)), Entry::Ready(old)) => {
+                (Err(Problem::Permanent(why) | Problem::Absent(why)), Entry::Ready(old)) => {
                     tracing::error!(subject = %subject, version = %slot.version, schema_id = old.id, reason = %why, "schema registry: new schema refused; the route keeps the schema it had");
+                    continue;
+                }
+                (Err(Problem::Unchanged), _) => continue,
+                (Err(Problem::Transient(why)), Entry::Failed(_)) => {
+                    // Records keep being dead-lettered with the reason they had: a registry gone away
+                    // changes nothing.
+                    tracing::warn!(subject = %subject, error = %why, "schema registry: cannot look the subject up again");
                     continue;
                 }
                 (Err(Problem::Transient(why)), _) => {
                     unresolved.get_or_insert_with(|| format!("{subject}: {why}"));
+                    unreachable = why.starts_with("unreachable");
                     Entry::Pending
                 }
-                (Err(Problem::Permanent(why)), Entry::Failed(old)) if *old == why => continue,
-                (Err(Problem::Permanent(why)), _) => {
+                (Err(Problem::Permanent(why) | Problem::Absent(why)), Entry::Failed(old)) if *old == why => continue,
+                (Err(Problem::Permanent(why) | Problem::Absent(why)), _) => {
                     tracing::error!(subject = %subject, version = %slot.version, reason = %why, "schema registry: the route's records are dead-lettered until the schema can be used");
                     Entry::Failed(why)
                 }
@@ -212,10 +248,14 @@ fn want(state: &mut HashMap<String, Vec<Slot>>, subject: &str, rule: &EncodingRu
     });
 }
 
-/// Why a subject did not resolve: worth asking again soon, or not until something changes.
+/// Why a subject did not resolve: worth asking again soon, or not until something changes; or the
+/// registry has the very schema in use already (a refresh with nothing new).
 enum Problem {
     Transient(String),
     Permanent(String),
+    /// Permanent too: the registry has no such subject or version (and there was no file to register).
+    Absent(String),
+    Unchanged,
 }
 
 impl From<RegistryError> for Problem {
@@ -228,9 +268,24 @@ impl From<RegistryError> for Problem {
     }
 }
 
+/// Why [`fetch`] found no schema: the registry has no such subject or version, or something else (in words).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchError {
+    Absent(String),
+    Other(String),
+}
+
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FetchError::Absent(w) | FetchError::Other(w) => f.write_str(w),
+        }
+    }
+}
+
 /// Fetches and compiles the schema `rule` names for `subject`, without registering anything (`check`
-/// and `explain`). Err: why not, in words.
-pub async fn fetch(client: &Client, subject: &str, rule: &EncodingRule) -> Result<Compiled, String> {
+/// and `explain`).
+pub async fn fetch(client: &Client, subject: &str, rule: &EncodingRule) -> Result<Compiled, FetchError> {
     let slot = Slot {
         version: rule.version,
         kind: rule.kind,
@@ -238,14 +293,17 @@ pub async fn fetch(client: &Client, subject: &str, rule: &EncodingRule) -> Resul
         schema_file: None,
         entry: Entry::Pending,
     };
-    resolve(client, subject, &slot).await.map_err(|p| match p {
-        Problem::Transient(w) | Problem::Permanent(w) => w,
+    resolve(client, subject, &slot, None).await.map_err(|p| match p {
+        Problem::Absent(w) => FetchError::Absent(w),
+        Problem::Transient(w) | Problem::Permanent(w) => FetchError::Other(w),
+        Problem::Unchanged => FetchError::Other("unchanged".into()),
     })
 }
 
 /// Fetches and compiles what `slot` wants of `subject`, registering its `schema_file` first if the
-/// registry has no such subject.
-async fn resolve(client: &Client, subject: &str, slot: &Slot) -> Result<Compiled, Problem> {
+/// registry has no such subject. `known`: the id in use, for a refresh that finds it again (nothing to
+/// compile).
+async fn resolve(client: &Client, subject: &str, slot: &Slot, known: Option<u32>) -> Result<Compiled, Problem> {
     let answer = match (client.version(subject, slot.version).await, &slot.schema_file) {
         (Err(RegistryError::NotFound(_)), Some(file)) => {
             let id = client.register(subject, slot.kind, &file.text).await.map_err(|e| {
@@ -255,30 +313,40 @@ async fn resolve(client: &Client, subject: &str, slot: &Slot) -> Result<Compiled
             client.version(subject, slot.version).await?
         }
         (Err(RegistryError::NotFound(why)), None) => {
-            return Err(Problem::Permanent(format!("subject {subject} version {}: {why}", slot.version)))
+            return Err(Problem::Absent(format!("subject {subject} version {}: {why}", slot.version)))
         }
         (result, _) => result?,
     };
+    let Some(id) = answer.id else {
+        return Err(Problem::Transient(format!("subject {subject}: the registry's answer has no schema id")));
+    };
+    if known == Some(id) {
+        return Err(Problem::Unchanged);
+    }
+    let version = answer.version.map_or_else(|| slot.version.to_string(), |v| v.to_string());
     let kind = answer.kind();
     if kind != Some(slot.kind) {
         return Err(Problem::Permanent(format!(
-            "subject {subject} version {} holds a {} schema; the route encodes {}",
-            slot.version,
+            "subject {subject} version {version} (schema {id}) holds a {} schema; the route encodes {}",
             answer.schema_type.as_deref().unwrap_or("AVRO"),
             slot.kind
         )));
     }
     let references = references(client, &answer.references).await?;
     let text = SchemaText {
-        id: answer.id.unwrap_or_default(),
+        id,
         subject: subject.to_string(),
         version: answer.version.unwrap_or_default(),
         kind: slot.kind,
         text: answer.schema,
         references,
     };
-    Compiled::compile(&text, slot.message.as_deref())
-        .map_err(|e| Problem::Permanent(format!("subject {subject} version {}: {e}", text.version)))
+    // The compilers are other people's code, fed text from the network: a panic in one refuses the schema
+    // instead of ending the task that every waiting record depends on.
+    let message = slot.message.clone();
+    let compiled = std::panic::catch_unwind(move || Compiled::compile(&text, message.as_deref()))
+        .unwrap_or_else(|_| Err("the schema compiler failed on it (a panic)".to_string()));
+    compiled.map_err(|e| Problem::Permanent(format!("subject {subject} version {version} (schema {id}): {e}")))
 }
 
 impl Problem {
@@ -286,6 +354,8 @@ impl Problem {
         match self {
             Problem::Transient(w) => Problem::Transient(f(w)),
             Problem::Permanent(w) => Problem::Permanent(f(w)),
+            Problem::Absent(w) => Problem::Absent(f(w)),
+            Problem::Unchanged => Problem::Unchanged,
         }
     }
 }
@@ -324,9 +394,11 @@ async fn references(client: &Client, refs: &[client::Reference]) -> Result<Vec<(
     Ok(out)
 }
 
-/// Keeps the wanted schemas resolved until `shutdown`: at once for what is new, again on every new
-/// route table and every `refresh`, and with a backoff while the registry does not answer.
-pub async fn run(schemas: Arc<Schemas>, mut routes: watch::Receiver<Arc<RouteTable>>, shutdown: CancellationToken) {
+/// Keeps the wanted schemas resolved until `stop`: at once for what is new, again on every new route
+/// table and every `refresh`, and with a backoff while the registry does not answer. When the route
+/// tables stop coming (the reloader ends at shutdown), it goes on for the records still waiting.
+pub async fn run(schemas: Arc<Schemas>, mut routes: watch::Receiver<Arc<RouteTable>>, stop: CancellationToken) {
+    let mut tables = true;
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let mut refresh_due = false;
     let mut next_refresh = tokio::time::Instant::now() + schemas.refresh;
@@ -345,11 +417,12 @@ pub async fn run(schemas: Arc<Schemas>, mut routes: watch::Receiver<Arc<RouteTab
         };
         let refresh = schemas.refresh;
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             _ = schemas.wake.notified() => {}
-            changed = routes.changed() => {
+            changed = routes.changed(), if tables => {
                 if changed.is_err() {
-                    return;
+                    tables = false;
+                    continue;
                 }
                 let table = routes.borrow_and_update().clone();
                 schemas.want_table(&table);

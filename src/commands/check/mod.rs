@@ -48,7 +48,7 @@ impl Default for Options {
 pub async fn run(config: &Config, options: &Options) -> Report {
     let mut items = mqtt::check(&config.mqtt, &config.routes, options.timeout).await;
     items.extend(kafka::check(&config.kafka, &config.routes, options).await);
-    items.extend(registry::check(config).await);
+    items.extend(registry::check(config, options).await);
     let mut report = Report { items };
     report.redact(&secrets(config));
     report

@@ -4,13 +4,18 @@
 
 use crate::config::Config;
 use crate::registry::client::{Client, RegistryError};
+use crate::registry::FetchError;
 
 use super::report::{Item, Side};
+use super::Options;
 
-pub async fn check(config: &Config) -> Vec<Item> {
+pub async fn check(config: &Config, options: &Options) -> Vec<Item> {
     let Some(settings) = &config.schema_registry else { return Vec::new() };
     let side = Side::Registry;
-    let client = match Client::new(settings, None) {
+    // Every request bounded by check's own timeout.
+    let mut settings = settings.clone();
+    settings.timeout = options.timeout;
+    let client = match Client::new(&settings, None) {
         Ok(c) => c,
         Err(e) => return vec![Item::fail(side, "client", e, "fix schema_registry.url or schema_registry.tls")],
     };
@@ -65,7 +70,7 @@ pub async fn check(config: &Config) -> Vec<Item> {
                     format!("{subject} version {} is schema {}, compiles{message}", c.version, c.id),
                 ))
             }
-            Err(why) if rule.schema_file.is_some() && why.contains("not found") => items.push(Item::ok(
+            Err(FetchError::Absent(why)) if rule.schema_file.is_some() => items.push(Item::ok(
                 side,
                 what,
                 format!("{subject} is absent; the gateway registers schema_file at start ({why})"),
@@ -73,7 +78,7 @@ pub async fn check(config: &Config) -> Vec<Item> {
             Err(why) => items.push(Item::fail(
                 side,
                 what,
-                why,
+                why.to_string(),
                 "register the schema under that subject, or fix the route's encoding (subject, version, message)",
             )),
         }

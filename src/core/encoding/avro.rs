@@ -1,9 +1,9 @@
 //! JSON into Avro binary, by a schema as a Schema Registry holds it.
 //!
 //! The schema text (with the texts of the schemas it references) is parsed once by `apache-avro`; the
-//! encoder here walks that parsed schema and the JSON value together and writes the Avro binary encoding
-//! in one pass. A value that does not fit stops it with a [`Misfit`]: where (a JSON pointer), what the
-//! schema wants there and what was found.
+//! encoder here walks that parsed schema and the JSON value (a borrowed [`Json`] tree, read straight from
+//! the record's text) together and writes the Avro binary encoding in one pass. A value that does not fit
+//! stops it with a [`Misfit`]: where (a JSON pointer), what the schema wants there and what was found.
 //!
 //! How JSON maps onto Avro:
 //!
@@ -17,6 +17,8 @@
 //! - `record`: a JSON object keyed by field name. An absent field takes its `default` (for a union, in the
 //!   union's first branch, as the Avro spec says); absent without a default is a misfit, and so is a key
 //!   that is not a field. Field aliases are not looked at.
+//! - A key given twice in one object (a record's or a map's) is a misfit, rather than the last one
+//!   winning as it would in a `serde_json::Value`.
 //! - union: the branch is picked by the JSON value, without the `{"type": value}` wrapping of Avro's JSON
 //!   encoding. null → `null`; boolean → `boolean`; an integer → `int` (if it fits) or `long`, then the
 //!   int- and long-based logical types, then `float`/`double`, then `decimal`; a fractional number →
@@ -54,11 +56,14 @@
 //! Values nested deeper than 64 arrays, maps and records are refused, so a payload cannot exhaust the
 //! stack.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 
 use apache_avro::schema::{Alias, DecimalSchema, FixedSchema, Name, RecordSchema, Schema, UnionSchema};
 use serde_json::{Map, Value};
+
+use super::json::Json;
 
 use super::Misfit;
 
@@ -82,6 +87,9 @@ const MAX_DECIMAL_DIGITS: u64 = 1000;
 
 /// The last standing [`standing`] gives a union branch.
 const LAST_STANDING: u8 = 4;
+
+/// Keys of an object looked through one by one; a larger object gets an index.
+const SCANNED_KEYS: usize = 16;
 
 /// An Avro schema ready to encode JSON values.
 #[derive(Debug, Clone)]
@@ -123,7 +131,7 @@ impl AvroSchema {
 
     /// Appends the Avro binary encoding of `value` to `out`. On error `out` may hold a partial write
     /// (caller truncates).
-    pub fn encode(&self, value: &Value, out: &mut Vec<u8>) -> Result<(), Misfit> {
+    pub fn encode(&self, value: &Json<'_>, out: &mut Vec<u8>) -> Result<(), Misfit> {
         self.enc::<false>(&self.root, value, out, 0)
     }
 
@@ -165,7 +173,7 @@ impl AvroSchema {
             for f in &r.fields {
                 let Some(default) = &f.default else { continue };
                 scratch.clear();
-                self.enc::<true>(&f.schema, default, &mut scratch, 0).map_err(|m| {
+                self.enc::<true>(&f.schema, &Json::from(default), &mut scratch, 0).map_err(|m| {
                     let hint =
                         if matches!(f.schema, Schema::Union(_)) { " (a union's is for its first branch)" } else { "" };
                     format!("the default of field {} in record {} does not fit its type{hint}: {m}", f.name, r.name)
@@ -177,14 +185,14 @@ impl AvroSchema {
 
     /// Writes `v` as `s`. `DEFAULT` is set while writing a default from the schema, which is in the
     /// spec's JSON form rather than the payload's (a union's first branch; bytes as code points).
-    fn enc<const DEFAULT: bool>(&self, s: &Schema, v: &Value, out: &mut Vec<u8>, depth: u32) -> Result<(), Misfit> {
+    fn enc<const DEFAULT: bool>(&self, s: &Schema, v: &Json<'_>, out: &mut Vec<u8>, depth: u32) -> Result<(), Misfit> {
         match s {
             Schema::Null => match v {
-                Value::Null => Ok(()),
+                Json::Null => Ok(()),
                 _ => Err(self.wrong(s, v)),
             },
             Schema::Boolean => match v {
-                Value::Bool(b) => {
+                Json::Bool(b) => {
                     out.push(u8::from(*b));
                     Ok(())
                 }
@@ -217,16 +225,16 @@ impl AvroSchema {
                 None => Err(self.wrong(s, v)),
             },
             Schema::Bytes => match v {
-                Value::String(t) if DEFAULT => write_code_points(t, None, out)
+                Json::String(t) if DEFAULT => write_code_points(t, None, out)
                     .ok_or_else(|| Misfit::new("bytes (a string of code points 0 to 255)", found(v))),
-                Value::String(t) => {
+                Json::String(t) => {
                     write_bytes(out, t.as_bytes());
                     Ok(())
                 }
                 _ => Err(self.wrong(s, v)),
             },
             Schema::String => match v {
-                Value::String(t) => {
+                Json::String(t) => {
                     write_bytes(out, t.as_bytes());
                     Ok(())
                 }
@@ -234,7 +242,7 @@ impl AvroSchema {
             },
             Schema::Fixed(f) => self.fixed::<DEFAULT>(f, s, v, out),
             Schema::Enum(e) => match v {
-                Value::String(t) => match e.symbols.iter().position(|symbol| symbol == t) {
+                Json::String(t) => match e.symbols.iter().position(|symbol| symbol == t) {
                     Some(i) => {
                         write_long(out, i as i64);
                         Ok(())
@@ -244,7 +252,7 @@ impl AvroSchema {
                 _ => Err(self.wrong(s, v)),
             },
             Schema::Array(a) => {
-                let Value::Array(items) = v else { return Err(self.wrong(s, v)) };
+                let Json::Array(items) = v else { return Err(self.wrong(s, v)) };
                 if depth >= MAX_DEPTH {
                     return Err(too_deep());
                 }
@@ -259,9 +267,12 @@ impl AvroSchema {
                 Ok(())
             }
             Schema::Map(m) => {
-                let Value::Object(entries) = v else { return Err(self.wrong(s, v)) };
+                let Json::Object(entries) = v else { return Err(self.wrong(s, v)) };
                 if depth >= MAX_DEPTH {
                     return Err(too_deep());
+                }
+                if let Some(key) = repeated_key(entries) {
+                    return Err(given_twice(key));
                 }
                 if !entries.is_empty() {
                     write_long(out, entries.len() as i64);
@@ -288,7 +299,7 @@ impl AvroSchema {
             },
             Schema::Decimal(d) => self.decimal::<DEFAULT>(d, s, v, out),
             Schema::Uuid => match v {
-                Value::String(t) if uuid_bytes(t).is_some() => {
+                Json::String(t) if uuid_bytes(t).is_some() => {
                     write_bytes(out, t.as_bytes());
                     Ok(())
                 }
@@ -296,7 +307,7 @@ impl AvroSchema {
             },
             Schema::Date => {
                 let days = match v {
-                    Value::String(t) => parse_date(t.as_bytes())
+                    Json::String(t) => parse_date(t.as_bytes())
                         .filter(|d| i32::try_from(*d).is_ok())
                         .ok_or_else(|| self.wrong(s, v))?,
                     _ => self.integer(s, v, i32::MIN.into(), i32::MAX.into())?,
@@ -306,7 +317,7 @@ impl AvroSchema {
             }
             Schema::TimeMillis => {
                 let millis = match v {
-                    Value::String(t) => parse_time_of_day(t.as_bytes()).ok_or_else(|| self.wrong(s, v))? / 1_000_000,
+                    Json::String(t) => parse_time_of_day(t.as_bytes()).ok_or_else(|| self.wrong(s, v))? / 1_000_000,
                     _ => self.integer(s, v, i32::MIN.into(), i32::MAX.into())?,
                 };
                 write_long(out, millis);
@@ -314,7 +325,7 @@ impl AvroSchema {
             }
             Schema::TimeMicros => {
                 let micros = match v {
-                    Value::String(t) => parse_time_of_day(t.as_bytes()).ok_or_else(|| self.wrong(s, v))? / 1_000,
+                    Json::String(t) => parse_time_of_day(t.as_bytes()).ok_or_else(|| self.wrong(s, v))? / 1_000,
                     _ => self.integer(s, v, i64::MIN, i64::MAX)?,
                 };
                 write_long(out, micros);
@@ -334,18 +345,19 @@ impl AvroSchema {
         &self,
         r: &RecordSchema,
         s: &Schema,
-        v: &Value,
+        v: &Json<'_>,
         out: &mut Vec<u8>,
         depth: u32,
     ) -> Result<(), Misfit> {
-        let Value::Object(object) = v else { return Err(self.wrong(s, v)) };
+        let Json::Object(object) = v else { return Err(self.wrong(s, v)) };
         if depth >= MAX_DEPTH {
             return Err(too_deep());
         }
         // Objects mostly list their keys in the schema's order: walk along them, and look a field up only
-        // where the two part.
+        // where the two part; in a large object, by an index built at the first such look-up.
         let mut entries = object.iter();
         let mut next = entries.next();
+        let mut index = KeyIndex::default();
         let mut seen = 0;
         for f in &r.fields {
             let given = match next {
@@ -353,7 +365,7 @@ impl AvroSchema {
                     next = entries.next();
                     Some(given)
                 }
-                _ => object.get(&f.name),
+                _ => index.get(object, &f.name),
             };
             match (given, &f.default) {
                 (Some(given), _) => {
@@ -361,7 +373,7 @@ impl AvroSchema {
                     self.enc::<DEFAULT>(&f.schema, given, out, depth + 1).map_err(|e| e.under(&f.name))?;
                 }
                 (None, Some(default)) => {
-                    self.enc::<true>(&f.schema, default, out, depth + 1).map_err(|e| e.under(&f.name))?
+                    self.enc::<true>(&f.schema, &Json::from(default), out, depth + 1).map_err(|e| e.under(&f.name))?
                 }
                 (None, None) => return Err(Misfit::new(self.what(&f.schema), "absent").under(&f.name)),
             }
@@ -373,7 +385,7 @@ impl AvroSchema {
     }
 
     /// Picks the branch by the value (see the module doc) and writes its index and the value.
-    fn union(&self, u: &UnionSchema, v: &Value, out: &mut Vec<u8>, depth: u32) -> Result<(), Misfit> {
+    fn union(&self, u: &UnionSchema, v: &Json<'_>, out: &mut Vec<u8>, depth: u32) -> Result<(), Misfit> {
         let start = out.len();
         let branches = u.variants();
         let mut tried = 0;
@@ -388,7 +400,7 @@ impl AvroSchema {
                     continue;
                 }
                 tried += 1;
-                if let (true, Schema::Record(r), Value::Object(object)) = (screen, branch, v) {
+                if let (true, Schema::Record(r), Json::Object(object)) = (screen, branch, v) {
                     if !plausible(r, object) {
                         continue;
                     }
@@ -403,8 +415,8 @@ impl AvroSchema {
                 }
             }
         }
-        if let Value::Object(object) = v {
-            if let (1, Some((key, inner))) = (object.len(), object.iter().next()) {
+        if let Json::Object(object) = v {
+            if let [(key, inner)] = object.as_slice() {
                 if let Some(i) = branches.iter().position(|b| self.names_branch(b, key)) {
                     write_long(out, i as i64);
                     let branch = self.deref(&branches[i]);
@@ -423,10 +435,10 @@ impl AvroSchema {
         &self,
         f: &FixedSchema,
         s: &Schema,
-        v: &Value,
+        v: &Json<'_>,
         out: &mut Vec<u8>,
     ) -> Result<(), Misfit> {
-        let Value::String(t) = v else { return Err(self.wrong(s, v)) };
+        let Json::String(t) = v else { return Err(self.wrong(s, v)) };
         if is_uuid_fixed(f) {
             if let Some(bytes) = uuid_bytes(t) {
                 out.extend_from_slice(&bytes);
@@ -452,7 +464,7 @@ impl AvroSchema {
         &self,
         d: &DecimalSchema,
         s: &Schema,
-        v: &Value,
+        v: &Json<'_>,
         out: &mut Vec<u8>,
     ) -> Result<(), Misfit> {
         let size = match self.deref(&d.inner) {
@@ -463,9 +475,9 @@ impl AvroSchema {
         let mut number = NumberText::default();
         let text = match v {
             // A default is the unscaled value's bytes themselves, as code points.
-            Value::String(t) if DEFAULT => return write_code_points(t, size, out).ok_or_else(|| self.wrong(s, v)),
-            Value::String(t) => t.as_str(),
-            Value::Number(n) => {
+            Json::String(t) if DEFAULT => return write_code_points(t, size, out).ok_or_else(|| self.wrong(s, v)),
+            Json::String(t) => t,
+            Json::Number(n) => {
                 if write!(number, "{n}").is_err() {
                     return Err(self.wrong(s, v));
                 }
@@ -491,9 +503,16 @@ impl AvroSchema {
     }
 
     /// A timestamp from an integer in its unit or from an RFC 3339 date-time.
-    fn timestamp(&self, s: &Schema, v: &Value, unit_nanos: i128, local: bool, out: &mut Vec<u8>) -> Result<(), Misfit> {
+    fn timestamp(
+        &self,
+        s: &Schema,
+        v: &Json<'_>,
+        unit_nanos: i128,
+        local: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Misfit> {
         let count = match v {
-            Value::String(t) => {
+            Json::String(t) => {
                 let (seconds, nanos, offset) = parse_date_time(t.as_bytes()).ok_or_else(|| self.wrong(s, v))?;
                 let seconds = if local { seconds } else { seconds - offset.unwrap_or(0) };
                 let total = i128::from(seconds) * 1_000_000_000 + i128::from(nanos);
@@ -508,8 +527,8 @@ impl AvroSchema {
     }
 
     /// An integral JSON number within `min..=max`; a float with no fractional part counts.
-    fn integer(&self, s: &Schema, v: &Value, min: i64, max: i64) -> Result<i64, Misfit> {
-        let Value::Number(n) = v else { return Err(self.wrong(s, v)) };
+    fn integer(&self, s: &Schema, v: &Json<'_>, min: i64, max: i64) -> Result<i64, Misfit> {
+        let Json::Number(n) = v else { return Err(self.wrong(s, v)) };
         let integral = match n.as_i64() {
             Some(i) => Some(i),
             None if n.is_u64() => None,
@@ -551,7 +570,7 @@ impl AvroSchema {
 
     #[cold]
     #[inline(never)]
-    fn wrong(&self, s: &Schema, v: &Value) -> Misfit {
+    fn wrong(&self, s: &Schema, v: &Json<'_>) -> Misfit {
         Misfit::new(self.what(s), found(v))
     }
 
@@ -644,7 +663,7 @@ impl AvroSchema {
 
 /// How well a union branch suits a JSON value: 0 best, up to [`LAST_STANDING`]; `None` when it cannot take
 /// that kind of value at all. A branch ranked here may still refuse the value itself.
-fn standing(s: &Schema, v: &Value) -> Option<u8> {
+fn standing(s: &Schema, v: &Json<'_>) -> Option<u8> {
     let time_number = || {
         matches!(
             s,
@@ -660,16 +679,16 @@ fn standing(s: &Schema, v: &Value) -> Option<u8> {
         )
     };
     match v {
-        Value::Null => matches!(s, Schema::Null).then_some(0),
-        Value::Bool(_) => matches!(s, Schema::Boolean).then_some(0),
-        Value::Number(n) if n.is_f64() => match s {
+        Json::Null => matches!(s, Schema::Null).then_some(0),
+        Json::Bool(_) => matches!(s, Schema::Boolean).then_some(0),
+        Json::Number(n) if n.is_f64() => match s {
             Schema::Float | Schema::Double => Some(0),
             Schema::Int | Schema::Long => Some(1),
             _ if time_number() => Some(2),
             Schema::Decimal(_) => Some(3),
             _ => None,
         },
-        Value::Number(n) => match s {
+        Json::Number(n) => match s {
             // An int or long that cannot hold it still goes last, so that when it is the only number
             // branch the misfit names its range.
             Schema::Int => Some(if n.as_i64().is_some_and(|i| i32::try_from(i).is_ok()) { 0 } else { 4 }),
@@ -679,7 +698,7 @@ fn standing(s: &Schema, v: &Value) -> Option<u8> {
             Schema::Decimal(_) => Some(3),
             _ => None,
         },
-        Value::String(_) => match s {
+        Json::String(_) => match s {
             Schema::String => Some(0),
             Schema::Enum(_) => Some(1),
             Schema::Uuid | Schema::Decimal(_) => Some(2),
@@ -688,15 +707,15 @@ fn standing(s: &Schema, v: &Value) -> Option<u8> {
             Schema::Bytes | Schema::Fixed(_) => Some(3),
             _ => None,
         },
-        Value::Object(_) => matches!(s, Schema::Record(_) | Schema::Map(_)).then_some(0),
-        Value::Array(_) => matches!(s, Schema::Array(_)).then_some(0),
+        Json::Object(_) => matches!(s, Schema::Record(_) | Schema::Map(_)).then_some(0),
+        Json::Array(_) => matches!(s, Schema::Array(_)).then_some(0),
     }
 }
 
 /// Whether `object` could be a `r` at all: no keys `r` lacks, no field without a default missing.
-fn plausible(r: &RecordSchema, object: &Map<String, Value>) -> bool {
-    object.keys().all(|key| r.lookup.contains_key(key))
-        && r.fields.iter().all(|f| f.default.is_some() || object.contains_key(&f.name))
+fn plausible(r: &RecordSchema, object: &[(Cow<'_, str>, Json<'_>)]) -> bool {
+    object.iter().all(|(key, _)| r.lookup.contains_key(key.as_ref()))
+        && r.fields.iter().all(|f| f.default.is_some() || object.iter().any(|(key, _)| *key == f.name))
 }
 
 /// The Avro type name a union value is wrapped in, for unnamed types.
@@ -729,10 +748,56 @@ fn is_uuid_fixed(f: &FixedSchema) -> bool {
 
 #[cold]
 #[inline(never)]
-fn unknown_field(r: &RecordSchema, object: &Map<String, Value>) -> Misfit {
-    let key = object.keys().find(|key| !r.fields.iter().any(|f| f.name == **key)).map_or("", String::as_str);
+fn unknown_field(r: &RecordSchema, object: &[(Cow<'_, str>, Json<'_>)]) -> Misfit {
+    let Some((key, _)) = object.iter().find(|(key, _)| !r.fields.iter().any(|f| f.name == *key)) else {
+        // Every key is a field, so one of them is there twice.
+        return given_twice(repeated_key(object).unwrap_or(""));
+    };
     let known: Vec<&str> = r.fields.iter().map(|f| f.name.as_str()).collect();
     Misfit::new(format!("a field of record {} (known: {})", r.name, listed(&known)), "unknown field").under(key)
+}
+
+/// A key that `entries` give more than once (the first such, by its second place).
+fn repeated_key<'k>(entries: &'k [(Cow<'_, str>, Json<'_>)]) -> Option<&'k str> {
+    if entries.len() <= SCANNED_KEYS {
+        return entries
+            .iter()
+            .enumerate()
+            .find_map(|(i, (key, _))| entries[..i].iter().any(|(earlier, _)| earlier == key).then_some(key.as_ref()));
+    }
+    let mut keys = std::collections::HashSet::with_capacity(entries.len());
+    entries.iter().map(|(key, _)| key.as_ref()).find(|key| !keys.insert(*key))
+}
+
+#[cold]
+#[inline(never)]
+fn given_twice(key: &str) -> Misfit {
+    Misfit::new("each key once", "a key given twice").under(key)
+}
+
+/// Where the fields of an object are, for records whose object does not follow the schema's order.
+#[derive(Default)]
+struct KeyIndex<'o> {
+    /// Keys and their places, sorted by key then place; built for objects of more than [`SCANNED_KEYS`].
+    sorted: Vec<(&'o str, usize)>,
+}
+
+impl<'o> KeyIndex<'o> {
+    /// The value of the first entry named `key`.
+    fn get<'a>(&mut self, object: &'o [(Cow<'a, str>, Json<'a>)], key: &str) -> Option<&'o Json<'a>> {
+        if object.len() <= SCANNED_KEYS {
+            return object.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+        }
+        if self.sorted.is_empty() {
+            self.sorted = object.iter().enumerate().map(|(i, (k, _))| (k.as_ref(), i)).collect();
+            self.sorted.sort_unstable();
+        }
+        let at = self.sorted.partition_point(|(k, _)| *k < key);
+        match self.sorted.get(at) {
+            Some((k, i)) if *k == key => Some(&object[*i].1),
+            _ => None,
+        }
+    }
 }
 
 #[cold]
@@ -747,12 +812,12 @@ fn too_deep() -> Misfit {
 /// What a value is, for [`Misfit::found`].
 #[cold]
 #[inline(never)]
-fn found(v: &Value) -> String {
+fn found(v: &Json<'_>) -> String {
     match v {
-        Value::Null => "null".into(),
-        Value::Bool(b) => format!("boolean {b}"),
-        Value::Number(n) => format!("number {n}"),
-        Value::String(t) => {
+        Json::Null => "null".into(),
+        Json::Bool(b) => format!("boolean {b}"),
+        Json::Number(n) => format!("number {n}"),
+        Json::String(t) => {
             let mut quoted = match t.char_indices().nth(SHOWN_CHARS) {
                 Some((cut, _)) => format!("{:?}", &t[..cut]),
                 None => return format!("string {t:?}"),
@@ -760,8 +825,8 @@ fn found(v: &Value) -> String {
             quoted.insert(quoted.len() - 1, '…');
             format!("string {quoted}")
         }
-        Value::Array(items) => format!("array of {}", items.len()),
-        Value::Object(_) => "object".into(),
+        Json::Array(items) => format!("array of {}", items.len()),
+        Json::Object(_) => "object".into(),
     }
 }
 
@@ -1821,6 +1886,69 @@ mod tests {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 
+    /// Encodes `value` the way a record arrives: as JSON text, read into a [`Json`].
+    fn encode_value(schema: &AvroSchema, value: &Value, out: &mut Vec<u8>) -> Result<(), Misfit> {
+        let text = value.to_string();
+        schema.encode(&Json::parse(text.as_bytes()).unwrap(), out)
+    }
+
+    fn encode_text(schema: &str, text: &str) -> Result<String, Misfit> {
+        let schema = AvroSchema::parse(schema, &[]).unwrap();
+        let mut out = Vec::new();
+        schema.encode(&Json::parse(text.as_bytes()).unwrap(), &mut out).map(|()| hex(&out))
+    }
+
+    #[test]
+    fn keys_given_twice_are_misfits() {
+        let map = r#"{"type":"map","values":"int"}"#;
+        let twice = |schema: &str, text: &str, path: &str| {
+            let m = encode_text(schema, text).unwrap_err();
+            assert_eq!(
+                (m.path.as_str(), m.expected.as_str(), m.found.as_str()),
+                (path, "each key once", "a key given twice")
+            );
+        };
+        twice(map, r#"{"a":1,"b":2,"a":3}"#, "/a");
+        twice(map, r#"{"a":1,"b":2,"b":2}"#, "/b");
+        twice(REC_AB, r#"{"a":1,"b":"x","a":2}"#, "/a");
+        twice(REC_AB, r#"{"b":"x","a":1,"b":"y"}"#, "/b");
+        // A key that is not a field is named first.
+        let m = encode_text(REC_AB, r#"{"a":1,"a":2,"b":"x","c":0}"#).unwrap_err();
+        assert_eq!((m.path.as_str(), m.found.as_str()), ("/c", "unknown field"));
+        // Large objects, past the scan, too.
+        let many: Vec<String> = (0..40).map(|i| format!(r#""k{i}":{i}"#)).collect();
+        assert!(encode_text(map, &format!("{{{}}}", many.join(","))).is_ok());
+        twice(map, &format!(r#"{{{},"k7":0}}"#, many.join(",")), "/k7");
+        // In a union, the map branch says why it did not take the object.
+        twice(r#"["null",{"type":"map","values":"int"}]"#, r#"{"a":1,"a":1}"#, "/a");
+        // A single key given twice is not Avro's JSON wrapping of a union value.
+        let m = encode_text(r#"["null","long"]"#, r#"{"long":1,"long":2}"#).unwrap_err();
+        assert_eq!(m.expected, "one of [null, long]");
+    }
+
+    #[test]
+    fn large_records_in_any_order() {
+        let fields: Vec<String> = (0..40).map(|i| format!(r#"{{"name":"f{i}","type":"int"}}"#)).collect();
+        let schema = record_with("Big", &fields.join(","));
+        let in_order: Vec<String> = (0..40).map(|i| format!(r#""f{i}":{i}"#)).collect();
+        let reversed: Vec<String> = in_order.iter().rev().cloned().collect();
+        let want = encode_text(&schema, &format!("{{{}}}", in_order.join(","))).unwrap();
+        assert_eq!(encode_text(&schema, &format!("{{{}}}", reversed.join(","))).unwrap(), want);
+        let m = encode_text(&schema, &format!("{{{}}}", reversed[1..].join(","))).unwrap_err();
+        assert_eq!((m.path.as_str(), m.found.as_str()), ("/f39", "absent"));
+        let m = encode_text(&schema, &format!(r#"{{{},"f3":3}}"#, reversed.join(","))).unwrap_err();
+        assert_eq!((m.path.as_str(), m.found.as_str()), ("/f3", "a key given twice"));
+        let m = encode_text(&schema, &format!(r#"{{"zz":0,{}}}"#, reversed.join(","))).unwrap_err();
+        assert_eq!((m.path.as_str(), m.found.as_str()), ("/zz", "unknown field"));
+    }
+
+    #[test]
+    fn escaped_strings_encode_as_their_text() {
+        let schema = r#"{"type":"map","values":"string"}"#;
+        assert_eq!(encode_text(schema, r#"{"k\u00e9":"a\"b"}"#), encode_text(schema, "{\"k\u{e9}\":\"a\\\"b\"}"));
+        assert_eq!(encode_text(schema, r#"{"k":"\u20ac"}"#).unwrap(), "02026b06e282ac00");
+    }
+
     #[test]
     fn table() {
         let mut failures = Vec::new();
@@ -1833,7 +1961,7 @@ mod tests {
                 }
             };
             let mut out = Vec::new();
-            match (schema.encode(&case.value, &mut out), &case.expect) {
+            match (encode_value(&schema, &case.value, &mut out), &case.expect) {
                 (Ok(()), Expect::Encoded(want, _)) if hex(&out) == *want => {}
                 (Ok(()), Expect::Encoded(want, _)) => {
                     failures.push(format!("{}: wrote {} instead of {want}", case.name, hex(&out)))
@@ -1851,7 +1979,7 @@ mod tests {
         let schema = AvroSchema::parse(ENVELOPE_SCHEMA, &[]).unwrap();
         assert_eq!(schema.describe(), "record iot.Envelope");
         let mut out = vec![0xAA];
-        schema.encode(&serde_json::from_str(ENVELOPE_VALUE).unwrap(), &mut out).unwrap();
+        schema.encode(&Json::parse(ENVELOPE_VALUE.as_bytes()).unwrap(), &mut out).unwrap();
         assert_eq!(out[0], 0xAA, "appends");
         assert_eq!(hex(&out[1..]), ENVELOPE_HEX);
     }
@@ -1873,12 +2001,12 @@ mod tests {
         let root = r#"{"type":"map","values":"iot.Sensor"}"#;
         let schema = AvroSchema::parse(root, &[READING, DOOR, sensor]).unwrap();
         let mut out = Vec::new();
-        schema.encode(&json!({"s1": {"last": {"value": 2.0}, "door": "OPEN"}}), &mut out).unwrap();
+        encode_value(&schema, &json!({"s1": {"last": {"value": 2.0}, "door": "OPEN"}}), &mut out).unwrap();
         assert_eq!(hex(&out), "020473310000000000000040".to_owned() + "0000");
         // The root may itself be a name from a reference.
         let named = AvroSchema::parse(r#""iot.Reading""#, &[READING]).unwrap();
         out.clear();
-        named.encode(&json!({"value": 1.5}), &mut out).unwrap();
+        encode_value(&named, &json!({"value": 1.5}), &mut out).unwrap();
         assert_eq!(hex(&out), "000000000000f83f");
     }
 
@@ -1921,9 +2049,9 @@ mod tests {
         )
         .unwrap();
         let mut out = Vec::new();
-        assert!(schema.encode(&json!({"t": "2023-05-26T18:34:04Z"}), &mut out).is_err());
+        assert!(encode_value(&schema, &json!({"t": "2023-05-26T18:34:04Z"}), &mut out).is_err());
         out.clear();
-        schema.encode(&json!({"t": 5}), &mut out).unwrap();
+        encode_value(&schema, &json!({"t": 5}), &mut out).unwrap();
         assert_eq!(out, [0x0a]);
     }
 
@@ -1939,7 +2067,7 @@ mod tests {
             value = json!({"c": [value]});
         }
         let mut out = Vec::new();
-        let m = schema.encode(&value, &mut out).unwrap_err();
+        let m = encode_value(&schema, &value, &mut out).unwrap_err();
         assert_eq!(m.found, "nested deeper than 64 levels");
         assert!(m.path.starts_with("/c/0/c/0/"), "{}", m.path);
         // Within the limit it encodes.
@@ -1948,7 +2076,7 @@ mod tests {
             shallow = json!({"c": [shallow]});
         }
         out.clear();
-        schema.encode(&shallow, &mut out).unwrap();
+        encode_value(&schema, &shallow, &mut out).unwrap();
     }
 
     #[test]
@@ -1965,25 +2093,44 @@ mod tests {
         assert_eq!(Misfit::new("map", "array of 3").to_string(), "/: expected map, found array of 3");
     }
 
+    /// What a record costs: reading its JSON text, then encoding it. Compared with reading into a
+    /// `serde_json::Value` first, and with encoding alone.
     #[test]
     #[ignore = "a benchmark: cargo test --release -- --ignored --nocapture encode_speed"]
     fn encode_speed() {
+        fn time(what: &str, rounds: u32, mut run: impl FnMut()) {
+            for _ in 0..rounds / 100 {
+                run();
+            }
+            let start = std::time::Instant::now();
+            for _ in 0..rounds {
+                run();
+            }
+            println!("envelope, {what}: {:.0} ns", start.elapsed().as_nanos() as f64 / f64::from(rounds));
+        }
         let schema = AvroSchema::parse(ENVELOPE_SCHEMA, &[]).unwrap();
-        let value: Value = serde_json::from_str(ENVELOPE_VALUE).unwrap();
+        let text = ENVELOPE_VALUE.as_bytes();
         let mut out = Vec::with_capacity(256);
         let rounds = 1_000_000u32;
-        for _ in 0..10_000 {
+        time("parse into Json + encode", rounds, || {
             out.clear();
-            schema.encode(std::hint::black_box(&value), &mut out).unwrap();
-        }
-        let start = std::time::Instant::now();
-        for _ in 0..rounds {
-            out.clear();
-            schema.encode(std::hint::black_box(&value), &mut out).unwrap();
+            let json = Json::parse(std::hint::black_box(text)).unwrap();
+            schema.encode(&json, &mut out).unwrap();
             std::hint::black_box(&out);
-        }
-        let elapsed = start.elapsed();
-        println!("envelope: {:.0} ns per encode ({} bytes)", elapsed.as_nanos() as f64 / f64::from(rounds), out.len());
+        });
+        time("parse into serde_json::Value + encode", rounds, || {
+            out.clear();
+            let value: Value = serde_json::from_slice(std::hint::black_box(text)).unwrap();
+            schema.encode(&Json::from(&value), &mut out).unwrap();
+            std::hint::black_box(&out);
+        });
+        let json = Json::parse(text).unwrap();
+        time("encode alone", rounds, || {
+            out.clear();
+            schema.encode(std::hint::black_box(&json), &mut out).unwrap();
+            std::hint::black_box(&out);
+        });
+        assert_eq!(hex(&out), ENVELOPE_HEX);
     }
 
     fn json_value() -> impl Strategy<Value = Value> {
@@ -2007,6 +2154,23 @@ mod tests {
                     .prop_map(|entries| Value::Object(entries.into_iter().collect())),
             ]
         })
+    }
+
+    /// JSON text, often cut or patched so that it is no longer JSON, and with keys that repeat.
+    fn json_text() -> impl Strategy<Value = String> {
+        let damaged = (json_value(), any::<prop::sample::Index>(), "[\\-\"{}\\[\\],:0-9a-z \\\\]{0,3}").prop_map(
+            |(value, at, patch)| {
+                let text = value.to_string();
+                let cut = at.index(text.len() + 1);
+                let cut = (0..=cut).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+                format!("{}{patch}{}", &text[..cut], text.get(cut + patch.len().min(1)..).unwrap_or(""))
+            },
+        );
+        let repeated = prop::collection::vec(("[ab]", json_value()), 0..5).prop_map(|entries| {
+            let entries: Vec<String> = entries.iter().map(|(k, v)| format!("{k:?}:{v}")).collect();
+            format!("{{{}}}", entries.join(","))
+        });
+        prop_oneof![json_value().prop_map(|v| v.to_string()), damaged, repeated, ".{0,20}"]
     }
 
     fn permissive_schemas() -> Vec<AvroSchema> {
@@ -2106,12 +2270,30 @@ mod tests {
 
         #[test]
         fn any_value_encodes_or_misfits(value in json_value()) {
+            let text = value.to_string();
+            let json = Json::parse(text.as_bytes()).unwrap();
             for schema in permissive_schemas() {
                 let mut out = Vec::new();
-                let first = schema.encode(&value, &mut out).map(|()| out.clone());
-                // The same value gives the same answer.
+                let first = schema.encode(&json, &mut out).map(|()| out.clone());
+                // The same answer as from the `Value` the same text reads into. (Not always `value` itself:
+                // without serde_json's `float_roundtrip`, a float read from text may be 1 ulp off.)
+                let read: Value = serde_json::from_str(&text).unwrap();
                 let mut again = Vec::new();
-                prop_assert_eq!(first, schema.encode(&value, &mut again).map(|()| again));
+                prop_assert_eq!(first, schema.encode(&Json::from(&read), &mut again).map(|()| again));
+            }
+        }
+
+        /// Any text: parsed as serde_json would (or refused with its error), and never a panic.
+        #[test]
+        fn any_text_parses_and_encodes_or_fails(text in json_text()) {
+            match (Json::parse(text.as_bytes()), serde_json::from_str::<Value>(&text)) {
+                (Ok(json), Ok(_)) => {
+                    for schema in permissive_schemas() {
+                        let _ = schema.encode(&json, &mut Vec::new());
+                    }
+                }
+                (Err(ours), Err(theirs)) => prop_assert_eq!(ours.to_string(), theirs.to_string()),
+                (ours, theirs) => prop_assert!(false, "{:?} against {:?}", ours, theirs),
             }
         }
 
@@ -2126,7 +2308,7 @@ mod tests {
             if let Ok(schema) = AvroSchema::parse(&schema.to_string(), &refs) {
                 let _ = schema.describe();
                 for value in &values {
-                    let _ = schema.encode(value, &mut Vec::new());
+                    let _ = encode_value(&schema, value, &mut Vec::new());
                 }
             }
         }

@@ -11,6 +11,7 @@
 //! Pure: the schemas come in as text (the registry edge fetches them) and are compiled here.
 
 pub mod avro;
+pub mod json;
 pub mod misfit;
 pub mod protobuf;
 
@@ -123,13 +124,13 @@ pub const TOPIC_PLACEHOLDER: &str = "topic";
 
 impl EncodingRule {
     /// The subject of a record written to `topic`.
-    pub fn subject_for(&self, topic: &str, values: &Values<'_>) -> Result<String, String> {
+    pub fn subject_for(&self, topic: &str, values: &Values<'_>) -> Result<std::borrow::Cow<'_, str>, String> {
         if let Some(s) = &self.fixed_subject {
-            return Ok(s.clone());
+            return Ok(std::borrow::Cow::Borrowed(s));
         }
         let group = |name: &str| if name == TOPIC_PLACEHOLDER { Some(topic) } else { (values.group)(name) };
         let v = Values { topic: values.topic, device_id: values.device_id, group: &group };
-        self.subject.render(&v).map_err(|e| e.replace("topic template", "subject"))
+        self.subject.render(&v).map(std::borrow::Cow::Owned).map_err(|e| e.replace("topic template", "subject"))
     }
 
     /// The subject when it is the same for every record: the route's topic is fixed and the subject has
@@ -144,7 +145,7 @@ impl EncodingRule {
         let none = |_: &str| None;
         let values = Values { topic: "", device_id: "", group: &none };
         let topic = route_topic.render(&values).ok()?;
-        self.subject_for(&topic, &values).ok()
+        self.subject_for(&topic, &values).ok().map(std::borrow::Cow::into_owned)
     }
 }
 
@@ -279,7 +280,8 @@ impl Compiled {
         };
         let fit = match &self.schema {
             Schema::Avro(s) => {
-                let value: Value = serde_json::from_slice(json).map_err(not_json)?;
+                // The borrowed tree: a serde_json::Value would cost several times the encoding.
+                let value = json::Json::parse(json).map_err(not_json)?;
                 s.encode(&value, &mut out).map_err(|m| m.to_string())
             }
             Schema::Protobuf(s) => {
@@ -294,7 +296,8 @@ impl Compiled {
             }
             Schema::Json(v) => {
                 let value: Value = serde_json::from_slice(json).map_err(not_json)?;
-                match crate::core::routing::schema::violations_of(v, &value) {
+                let budget = crate::core::routing::schema::REASON_MAX_CHARS - self.label().len() - 2;
+                match crate::core::routing::schema::violations_of(v, &value, budget) {
                     None => {
                         out.extend_from_slice(json);
                         Ok(())

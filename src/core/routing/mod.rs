@@ -122,6 +122,13 @@ pub struct DeviceId<'t> {
     pub captures: Option<regex::Captures<'t>>,
 }
 
+impl<'t> DeviceId<'t> {
+    /// The named group `name` of the regex match the device id came from, if it matched.
+    pub fn group(&self, name: &str) -> Option<&'t str> {
+        self.captures.as_ref().and_then(|c| c.name(name)).map(|m| m.as_str())
+    }
+}
+
 /// The index of the group named `device_id` in `regex`.
 fn device_id_group(regex: &Regex) -> Option<usize> {
     regex.capture_names().position(|n| n == Some("device_id"))

@@ -92,13 +92,14 @@ impl RouteSchema {
 
     /// `None` if `value` conforms; else every violation, as `dlq_reason` text.
     pub fn violations(&self, value: &Value) -> Option<String> {
-        violations_of(&self.validator, value).map(|list| format!("schema {}: {list}", self.configured))
+        let prefix = format!("schema {}: ", self.configured);
+        violations_of(&self.validator, value, REASON_MAX_CHARS - prefix.len()).map(|list| format!("{prefix}{list}"))
     }
 }
 
-/// `None` if `value` conforms to `validator`; else every violation (pointer, message, keyword), cut at
-/// [`REASON_MAX_CHARS`]. Shared by the routes' own schemas and the registry's JSON Schemas.
-pub fn violations_of(validator: &jsonschema::Validator, value: &Value) -> Option<String> {
+/// `None` if `value` conforms to `validator`; else every violation (pointer, message, keyword), in at
+/// most `budget` characters. Shared by the routes' own schemas and the registry's JSON Schemas.
+pub fn violations_of(validator: &jsonschema::Validator, value: &Value, budget: usize) -> Option<String> {
     let mut errors = validator.iter_errors(value).peekable();
     errors.peek()?;
     let mut reason = String::new();
@@ -112,7 +113,7 @@ pub fn violations_of(validator: &jsonschema::Validator, value: &Value) -> Option
             cut(&e.to_string(), ONE_MAX_CHARS),
             e.kind().keyword()
         );
-        if left == 0 && reason.len() + one.len() + 2 <= REASON_MAX_CHARS - 64 {
+        if left == 0 && reason.len() + one.len() + 2 <= budget {
             if listed > 0 {
                 reason.push_str("; ");
             }
