@@ -12,10 +12,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+/// One device's records waiting: (message slot, route index in the message's table), in arrival order.
+type Queue = VecDeque<(u32, u32)>;
+
 #[derive(Default)]
 pub(super) struct Awaiting {
-    /// Per route name, per device id: (message slot, route index in the message's table).
-    queues: HashMap<Arc<str>, HashMap<Box<str>, VecDeque<(u32, u32)>>>,
+    /// Per route name, per device id.
+    queues: HashMap<Arc<str>, HashMap<Box<str>, Queue>>,
     len: usize,
 }
 
