@@ -97,22 +97,20 @@ pub fn explain(
                 if let Some(label) = &encoded {
                     let _ = writeln!(out, "  encoding     {label}");
                 }
-                describe(&mut out, &record);
-                if encoded.is_some() {
-                    let hex: String = record.value.iter().map(|b| format!("{b:02x}")).collect();
-                    let _ = writeln!(out, "  value hex    {hex}");
-                }
+                describe(&mut out, &record, encoded.is_some());
             }
             Outcome::DeadLetter { record, reason, .. } => {
                 let _ = writeln!(out, "route {} (filter {}): DEAD LETTER: {reason}", route.name, route.filter);
-                describe(&mut out, &record);
+                describe(&mut out, &record, false);
             }
         }
     }
     out
 }
 
-fn describe(out: &mut String, r: &Record) {
+/// The record's topic, key, headers and value; an `encoded` value in hex only (binary, even where it
+/// happens to be valid UTF-8).
+fn describe(out: &mut String, r: &Record, encoded: bool) {
     let _ = writeln!(out, "  kafka topic  {}", r.topic);
     let key = match &r.key {
         Some(k) => printable(k),
@@ -121,7 +119,12 @@ fn describe(out: &mut String, r: &Record) {
     let _ = writeln!(out, "  key          {key}");
     let headers: Vec<String> = r.headers.iter().map(|(k, v)| format!("{k}={}", printable(v))).collect();
     let _ = writeln!(out, "  headers      {}", headers.join(", "));
-    let _ = writeln!(out, "  value        {}", printable(&r.value));
+    if encoded {
+        let hex: String = r.value.iter().map(|b| format!("{b:02x}")).collect();
+        let _ = writeln!(out, "  value hex    {hex}");
+    } else {
+        let _ = writeln!(out, "  value        {}", printable(&r.value));
+    }
 }
 
 fn printable(bytes: &[u8]) -> String {

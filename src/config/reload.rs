@@ -144,6 +144,14 @@ pub async fn run(
     }
 }
 
+/// The file as read (hash `h`) is refused: counted, logged once with `why`, the routes in effect stay.
+fn refuse(state: &mut State, metrics: &Metrics, h: u64, why: String) {
+    state.failed_hash = Some(h);
+    metrics.config_file_valid.store(false, Relaxed);
+    let total = metrics.reload_failed();
+    tracing::error!(reload_failures = total, generation = state.generation, "{why}");
+}
+
 async fn sleep_or_never(every: Option<Duration>) {
     match every {
         Some(d) => tokio::time::sleep(d).await,
@@ -259,31 +267,23 @@ async fn attempt(
     let new = match config::load_from_str(&state.path, &text, &config::ProcessEnv) {
         Ok(c) => c,
         Err(e) => {
-            state.failed_hash = Some(h);
-            metrics.config_file_valid.store(false, Relaxed);
-            let total = metrics.reload_failed();
-            tracing::error!(
-                reload_failures = total,
-                generation = state.generation,
-                "the new configuration is invalid; the current routes stay in effect:\n{e}"
-            );
-            return;
+            return refuse(
+                state,
+                metrics,
+                h,
+                format!("the new configuration is invalid; the current routes stay in effect:\n{e}"),
+            )
         }
     };
     // The registry client is made at start: routes that need one cannot come in through a reload of a
     // gateway started without it (their records could only be dead-lettered).
     if state.current.schema_registry.is_none() {
         if let Some(r) = new.routes.routes().iter().find(|r| r.encoding.is_some()) {
-            state.failed_hash = Some(h);
-            metrics.config_file_valid.store(false, Relaxed);
-            let total = metrics.reload_failed();
-            tracing::error!(
-                reload_failures = total,
-                generation = state.generation,
-                route = %r.name,
-                "the new configuration has a route with a registry encoding, and the gateway was started without schema_registry, which applies only after a restart; the current routes stay in effect"
+            let why = format!(
+                "route {} has a registry encoding, and the gateway was started without schema_registry, which applies only after a restart; the current routes stay in effect",
+                r.name
             );
-            return;
+            return refuse(state, metrics, h, why);
         }
     }
     let diff = RouteDiff::between(&state.current.routes, &new.routes);

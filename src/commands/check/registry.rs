@@ -31,22 +31,14 @@ pub async fn check(config: &Config, options: &Options) -> Vec<Item> {
                 if subjects.len() == 1 { "" } else { "s" }
             ),
         )),
-        Err(e @ RegistryError::Unauthorized(..)) => {
-            items.push(Item::fail(
-                side,
-                "authenticated",
-                format!("{}: {e}", client.url()),
-                "check schema_registry.username and password (or password_file)",
-            ));
-            return items;
-        }
         Err(e) => {
-            items.push(Item::fail(
-                side,
-                "reachable",
-                format!("{}: {e}", client.url()),
-                "check schema_registry.url, the network, and schema_registry.tls",
-            ));
+            let (what, hint) = match e {
+                RegistryError::Unauthorized(..) => {
+                    ("authenticated", "check schema_registry.username and password (or password_file)")
+                }
+                _ => ("reachable", "check schema_registry.url, the network, and schema_registry.tls"),
+            };
+            items.push(Item::fail(side, what, format!("{}: {e}", client.url()), hint));
             return items;
         }
     }

@@ -286,13 +286,11 @@ impl Compiled {
             }
             Schema::Protobuf(s) => {
                 s.write_indexes(&mut out);
-                if s.encode_text(json, &mut out) {
-                    Ok(())
-                } else {
-                    // The rare path: the tree, to say why.
-                    let value: Value = serde_json::from_slice(json).map_err(not_json)?;
-                    s.encode(&value, &mut out).map_err(|m| m.to_string())
-                }
+                // The borrowed tree and the descriptor walked directly; prost-reflect's dynamic message
+                // only for what that path does not take (well-known types), and to say why a value
+                // does not fit.
+                let value = json::Json::parse(json).map_err(not_json)?;
+                s.encode_json(&value, &mut out).map_err(|m| m.to_string())
             }
             Schema::Json(v) => {
                 let value: Value = serde_json::from_slice(json).map_err(not_json)?;

@@ -3,6 +3,7 @@
 //! JSON mapping into a dynamic message and written in the binary wire format, with misfits naming the JSON path.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use miette::Diagnostic;
 use prost::Message as _;
@@ -11,6 +12,7 @@ use protox::file::{ChainFileResolver, File, FileResolver, GoogleFileResolver};
 use serde_json::Value;
 use serde_path_to_error::{Segment, Track};
 
+use super::json::Json;
 use super::misfit::Misfit;
 
 /// The proto3 JSON mapping with unknown keys refused: a key the schema does not know is almost always a typo or a
@@ -28,6 +30,7 @@ const FOUND_CHARS_SHOWN: usize = 60;
 pub struct ProtoSchema {
     descriptor: MessageDescriptor,
     indexes: Vec<i32>,
+    fast: Arc<FastPlan>,
 }
 
 impl ProtoSchema {
@@ -64,7 +67,8 @@ impl ProtoSchema {
             pool.get_file_by_name(&main_name).ok_or_else(|| "the schema did not compile to a file".to_owned())?;
         let descriptor = choose_message(&file, message)?;
         let indexes = message_indexes(&descriptor)?;
-        Ok(Self { descriptor, indexes })
+        let fast = Arc::new(FastPlan::new(&descriptor));
+        Ok(Self { descriptor, indexes, fast })
     }
 
     /// The chosen message's full name.
@@ -89,6 +93,40 @@ impl ProtoSchema {
     /// as base64, well-known types such as Timestamp from RFC 3339), to `out`. A key that is not a field is a
     /// misfit. On a misfit `out` is left as it was.
     pub fn encode(&self, value: &Value, out: &mut Vec<u8>) -> Result<(), Misfit> {
+        if self.encode_fast(&Json::from(value), out) {
+            return Ok(());
+        }
+        self.encode_dynamic(value, out)
+    }
+
+    /// Like [`encode`](Self::encode), from a parsed [`Json`] tree: the fast path first, then, for what it leaves,
+    /// the DynamicMessage path, which decides and explains.
+    pub fn encode_json(&self, value: &Json<'_>, out: &mut Vec<u8>) -> Result<(), Misfit> {
+        if self.encode_fast(value, out) {
+            return Ok(());
+        }
+        self.encode_dynamic(&json_to_value(value), out)
+    }
+
+    /// The fast path: writes `value` as the message's binary form straight from the tree, walking the descriptor.
+    /// `false` (with `out` as it was) whenever the value needs more than the fast path knows (a well-known type such
+    /// as google.protobuf.Timestamp/Struct/Any/wrappers anywhere in the message, a oneof given twice, a number
+    /// given as a string for a float, anything unusual) or does not fit: the caller then takes the DynamicMessage
+    /// path, which decides and explains. So the fast path may refuse freely, but what it accepts must decode exactly
+    /// as what the DynamicMessage path writes for the same JSON.
+    pub fn encode_fast(&self, value: &Json<'_>, out: &mut Vec<u8>) -> bool {
+        let Json::Object(entries) = value else { return false };
+        let start = out.len();
+        if self.fast.message(0, entries, 0, out) {
+            true
+        } else {
+            out.truncate(start);
+            false
+        }
+    }
+
+    /// The DynamicMessage path: reads `value` into a dynamic message, then writes that.
+    fn encode_dynamic(&self, value: &Value, out: &mut Vec<u8>) -> Result<(), Misfit> {
         // Reading without path tracking is the common case and the cheaper one: tracking keeps a copy of every
         // map key it passes. A value that does not fit is read again with tracking to find where.
         let message = match DynamicMessage::deserialize_with_options(self.descriptor.clone(), value, &READ_OPTIONS) {
@@ -106,6 +144,16 @@ impl ProtoSchema {
     /// (the common case: that tree costs more than the message). False if the text is not JSON or does not
     /// fit; `out` is then left as it was, and [`encode`](Self::encode) on the parsed value says why.
     pub fn encode_text(&self, json: &[u8], out: &mut Vec<u8>) -> bool {
+        match Json::parse(json) {
+            Ok(value) if self.encode_fast(&value, out) => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+        self.encode_text_dynamic(json, out)
+    }
+
+    /// The DynamicMessage path straight from text.
+    fn encode_text_dynamic(&self, json: &[u8], out: &mut Vec<u8>) -> bool {
         let mut de = serde_json::Deserializer::from_slice(json);
         match DynamicMessage::deserialize_with_options(self.descriptor.clone(), &mut de, &READ_OPTIONS) {
             Ok(message) if de.end().is_ok() => {
@@ -547,6 +595,629 @@ fn describe(value: &Value) -> String {
         Value::Array(items) if items.len() == 1 => String::from("an array of 1 item"),
         Value::Array(items) => format!("an array of {} items", items.len()),
         Value::Object(_) => String::from("an object"),
+    }
+}
+
+/// How deep messages may nest in a value the fast path writes; deeper values take the DynamicMessage path.
+const FAST_DEPTH: usize = 100;
+
+/// Messages with up to this many fields sort a value's entries into a table on the stack.
+const FAST_INLINE_FIELDS: usize = 32;
+
+/// What the fast path knows of the chosen message and every message reachable from it, worked out once per schema.
+#[derive(Debug)]
+struct FastPlan {
+    /// The chosen message first.
+    messages: Vec<FastMessage>,
+    enums: Vec<FastEnum>,
+}
+
+#[derive(Debug, Default)]
+struct FastMessage {
+    /// Every JSON key that names a field (its JSON name, and its declared name when different), with the field's
+    /// position in `fields`. Each key appears once, resolved as the JSON reader resolves it: JSON name first.
+    keys: Vec<(Box<str>, u16)>,
+    /// The fields in field-number order, the order the DynamicMessage path writes them in.
+    fields: Vec<FastField>,
+    /// The positions of the fields of each oneof that has more than one field.
+    oneofs: Vec<Vec<u16>>,
+}
+
+#[derive(Debug)]
+struct FastField {
+    number: u32,
+    shape: Shape,
+    /// The field's value, or for a list its elements, or for a map its values.
+    leaf: Leaf,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    Single,
+    List { packed: bool },
+    Map { key: Leaf },
+}
+
+/// One value's type and whether a default value is still written.
+#[derive(Debug, Clone, Copy)]
+struct Leaf {
+    elem: Elem,
+    presence: bool,
+    /// For an enum without presence: the number that is not written.
+    enum_default: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Elem {
+    Double,
+    Float,
+    Int32,
+    Int64,
+    Uint32,
+    Uint64,
+    Sint32,
+    Sint64,
+    Fixed32,
+    Fixed64,
+    Sfixed32,
+    Sfixed64,
+    Bool,
+    String,
+    Bytes,
+    /// Index into `FastPlan::enums`.
+    Enum(u32),
+    /// Index into `FastPlan::messages`.
+    Message(u32),
+    /// Anything the fast path leaves to the DynamicMessage path: well-known types, groups, odd defaults.
+    Refuse,
+}
+
+#[derive(Debug)]
+struct FastEnum {
+    /// Value names with their numbers, sorted by name.
+    names: Vec<(Box<str>, i32)>,
+}
+
+const WIRE_VARINT: u64 = 0;
+const WIRE_FIXED64: u64 = 1;
+const WIRE_LEN: u64 = 2;
+const WIRE_FIXED32: u64 = 5;
+
+impl Elem {
+    fn wire_type(self) -> u64 {
+        match self {
+            Elem::Double | Elem::Fixed64 | Elem::Sfixed64 => WIRE_FIXED64,
+            Elem::Float | Elem::Fixed32 | Elem::Sfixed32 => WIRE_FIXED32,
+            Elem::String | Elem::Bytes | Elem::Message(_) | Elem::Refuse => WIRE_LEN,
+            _ => WIRE_VARINT,
+        }
+    }
+
+    /// Numbers, booleans and enums: what proto3 packs.
+    fn packable(self) -> bool {
+        !matches!(self, Elem::String | Elem::Bytes | Elem::Message(_) | Elem::Refuse)
+    }
+}
+
+#[derive(Default)]
+struct PlanBuilder {
+    messages: Vec<FastMessage>,
+    message_names: std::collections::HashMap<String, u32>,
+    enums: Vec<FastEnum>,
+    enum_names: std::collections::HashMap<String, u32>,
+}
+
+impl FastPlan {
+    fn new(root: &MessageDescriptor) -> Self {
+        let mut builder = PlanBuilder::default();
+        builder.message(root);
+        FastPlan { messages: builder.messages, enums: builder.enums }
+    }
+}
+
+impl PlanBuilder {
+    fn message(&mut self, desc: &MessageDescriptor) -> u32 {
+        if let Some(&index) = self.message_names.get(desc.full_name()) {
+            return index;
+        }
+        let index = self.messages.len() as u32;
+        self.messages.push(FastMessage::default());
+        self.message_names.insert(desc.full_name().to_owned(), index);
+
+        let mut fields: Vec<_> = desc.fields().collect();
+        fields.sort_by_key(|field| field.number());
+        let mut planned = Vec::with_capacity(fields.len());
+        for field in &fields {
+            planned.push(self.field(field));
+        }
+
+        let position = |number: u32| fields.iter().position(|field| field.number() == number).unwrap_or(0) as u16;
+        let mut keys: Vec<(Box<str>, u16)> = Vec::new();
+        // The JSON reader tries JSON names before declared names.
+        for field in desc.fields() {
+            keys.push((field.json_name().into(), position(field.number())));
+        }
+        for field in desc.fields() {
+            if !keys.iter().any(|(key, _)| **key == *field.name()) {
+                keys.push((field.name().into(), position(field.number())));
+            }
+        }
+        // Each key is unique now; put a field's names next to each other, in declaration order.
+        let declared = |slot: u16| {
+            desc.fields().position(|field| field.number() == fields[usize::from(slot)].number()).unwrap_or(0)
+        };
+        keys.sort_by_key(|(_, slot)| declared(*slot));
+
+        let oneofs = desc
+            .oneofs()
+            .filter(|oneof| oneof.fields().len() > 1)
+            .map(|oneof| oneof.fields().map(|field| position(field.number())).collect())
+            .collect();
+        self.messages[index as usize] = FastMessage { keys, fields: planned, oneofs };
+        index
+    }
+
+    fn field(&mut self, field: &prost_reflect::FieldDescriptor) -> FastField {
+        let number = field.number();
+        if field.is_map() {
+            let entry = field.kind();
+            let entry = entry.as_message().expect("a map field's kind is its entry message");
+            let key = self.leaf(&entry.map_entry_key_field());
+            let value = self.leaf(&entry.map_entry_value_field());
+            return FastField { number, shape: Shape::Map { key }, leaf: value };
+        }
+        let leaf = self.leaf(field);
+        if field.is_list() {
+            let packed = field.is_packed();
+            let leaf = Leaf { presence: true, ..leaf };
+            let leaf = if packed && !leaf.elem.packable() { Leaf { elem: Elem::Refuse, ..leaf } } else { leaf };
+            return FastField { number, shape: Shape::List { packed }, leaf };
+        }
+        FastField { number, shape: Shape::Single, leaf }
+    }
+
+    fn leaf(&mut self, field: &prost_reflect::FieldDescriptor) -> Leaf {
+        let presence = field.supports_presence();
+        let kind = field.kind();
+        let elem = match &kind {
+            Kind::Double => Elem::Double,
+            Kind::Float => Elem::Float,
+            Kind::Int32 => Elem::Int32,
+            Kind::Int64 => Elem::Int64,
+            Kind::Uint32 => Elem::Uint32,
+            Kind::Uint64 => Elem::Uint64,
+            Kind::Sint32 => Elem::Sint32,
+            Kind::Sint64 => Elem::Sint64,
+            Kind::Fixed32 => Elem::Fixed32,
+            Kind::Fixed64 => Elem::Fixed64,
+            Kind::Sfixed32 => Elem::Sfixed32,
+            Kind::Sfixed64 => Elem::Sfixed64,
+            Kind::Bool => Elem::Bool,
+            Kind::String => Elem::String,
+            Kind::Bytes => Elem::Bytes,
+            Kind::Enum(enumeration) if enumeration.full_name() == "google.protobuf.NullValue" => Elem::Refuse,
+            Kind::Enum(enumeration) => Elem::Enum(self.enumeration(enumeration)),
+            Kind::Message(message) if is_well_known(message) || field.is_group() => Elem::Refuse,
+            Kind::Message(message) => Elem::Message(self.message(message)),
+        };
+        let mut enum_default = 0;
+        let mut elem = elem;
+        // A field without presence is skipped at its default; the fast path knows only the usual defaults.
+        if !presence && !field.is_list() && !field.is_map() {
+            let default = field.default_value();
+            match (elem, default) {
+                (Elem::Enum(_), prost_reflect::Value::EnumNumber(number)) => enum_default = number,
+                (Elem::Message(_), _) => {}
+                (_, default) if default.is_default(&kind) && !matches!(kind, Kind::Enum(_)) => {}
+                _ => elem = Elem::Refuse,
+            }
+        }
+        Leaf { elem, presence, enum_default }
+    }
+
+    fn enumeration(&mut self, desc: &prost_reflect::EnumDescriptor) -> u32 {
+        if let Some(&index) = self.enum_names.get(desc.full_name()) {
+            return index;
+        }
+        let mut names: Vec<(Box<str>, i32)> =
+            desc.values().map(|value| (value.name().into(), value.number())).collect();
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        // The reader looks names up in a map: with a name given twice (not valid protobuf), the first is kept.
+        names.dedup_by(|later, earlier| later.0 == earlier.0);
+        let index = self.enums.len() as u32;
+        self.enums.push(FastEnum { names });
+        self.enum_names.insert(desc.full_name().to_owned(), index);
+        index
+    }
+}
+
+/// A scalar read from JSON as the proto3 JSON reader reads it for its kind.
+#[derive(Debug, Clone, Copy)]
+enum Num {
+    I32(i32),
+    I64(i64),
+    U32(u32),
+    U64(u64),
+    F32(f32),
+    F64(f64),
+    Bool(bool),
+}
+
+impl Num {
+    /// Equal to the kind's default as `==` sees it (so -0.0 counts as 0.0, as in the DynamicMessage path).
+    fn is_default(self) -> bool {
+        match self {
+            Num::I32(v) => v == 0,
+            Num::I64(v) => v == 0,
+            Num::U32(v) => v == 0,
+            Num::U64(v) => v == 0,
+            Num::F32(v) => v == 0.0,
+            Num::F64(v) => v == 0.0,
+            Num::Bool(v) => !v,
+        }
+    }
+}
+
+/// A JSON number as serde hands it to a visitor: non-negative integers as u64, negative ones as i64, the rest f64.
+enum JsonNumber {
+    U(u64),
+    I(i64),
+    F(f64),
+}
+
+fn json_number(value: &Json<'_>) -> Option<JsonNumber> {
+    let Json::Number(number) = value else { return None };
+    if let Some(u) = number.as_u64() {
+        Some(JsonNumber::U(u))
+    } else if let Some(i) = number.as_i64() {
+        Some(JsonNumber::I(i))
+    } else {
+        number.as_f64().map(JsonNumber::F)
+    }
+}
+
+/// An integer kind from a JSON number or decimal string, by the rules of the JSON reader's integer visitors.
+macro_rules! integer {
+    ($value:expr, $ty:ty) => {
+        match $value {
+            Json::String(text) => text.parse::<$ty>().ok(),
+            value => match json_number(value)? {
+                JsonNumber::U(u) => <$ty>::try_from(u).ok(),
+                JsonNumber::I(i) => <$ty>::try_from(i).ok(),
+                JsonNumber::F(f) => {
+                    if f.fract() != 0.0 || f < (<$ty>::MIN as f64) || f > (<$ty>::MAX as f64) {
+                        None
+                    } else {
+                        Some(f as $ty)
+                    }
+                }
+            },
+        }
+    };
+}
+
+fn read_num(elem: Elem, value: &Json<'_>) -> Option<Num> {
+    Some(match elem {
+        Elem::Int32 | Elem::Sint32 | Elem::Sfixed32 => Num::I32(integer!(value, i32)?),
+        Elem::Int64 | Elem::Sint64 | Elem::Sfixed64 => Num::I64(integer!(value, i64)?),
+        Elem::Uint32 | Elem::Fixed32 => Num::U32(integer!(value, u32)?),
+        Elem::Uint64 | Elem::Fixed64 => Num::U64(integer!(value, u64)?),
+        // Floats given as strings ("NaN", "1e3") are left to the DynamicMessage path.
+        Elem::Double => Num::F64(match json_number(value)? {
+            JsonNumber::U(u) => u as f64,
+            JsonNumber::I(i) => i as f64,
+            JsonNumber::F(f) => f,
+        }),
+        Elem::Float => Num::F32(match json_number(value)? {
+            JsonNumber::U(u) => u as f32,
+            JsonNumber::I(i) => i as f32,
+            JsonNumber::F(f) if f < f64::from(f32::MIN) || f > f64::from(f32::MAX) => return None,
+            JsonNumber::F(f) => f as f32,
+        }),
+        Elem::Bool => match value {
+            Json::Bool(flag) => Num::Bool(*flag),
+            _ => return None,
+        },
+        _ => return None,
+    })
+}
+
+/// A map key (always a JSON string) as the reader parses it for the key's kind.
+fn read_key(elem: Elem, key: &str) -> Option<Num> {
+    Some(match elem {
+        Elem::Int32 | Elem::Sint32 | Elem::Sfixed32 => Num::I32(key.parse().ok()?),
+        Elem::Int64 | Elem::Sint64 | Elem::Sfixed64 => Num::I64(key.parse().ok()?),
+        Elem::Uint32 | Elem::Fixed32 => Num::U32(key.parse().ok()?),
+        Elem::Uint64 | Elem::Fixed64 => Num::U64(key.parse().ok()?),
+        Elem::Bool => Num::Bool(key.parse().ok()?),
+        _ => return None,
+    })
+}
+
+/// Writes a number of kind `elem` without its tag.
+fn put_num(elem: Elem, num: Num, out: &mut Vec<u8>) {
+    match (elem, num) {
+        (Elem::Sint32, Num::I32(v)) => put_varint(u64::from(((v << 1) ^ (v >> 31)) as u32), out),
+        (Elem::Sint64, Num::I64(v)) => put_varint(((v << 1) ^ (v >> 63)) as u64, out),
+        (Elem::Sfixed32, Num::I32(v)) => out.extend_from_slice(&v.to_le_bytes()),
+        (Elem::Sfixed64, Num::I64(v)) => out.extend_from_slice(&v.to_le_bytes()),
+        (Elem::Fixed32, Num::U32(v)) => out.extend_from_slice(&v.to_le_bytes()),
+        (Elem::Fixed64, Num::U64(v)) => out.extend_from_slice(&v.to_le_bytes()),
+        (_, Num::F32(v)) => out.extend_from_slice(&v.to_le_bytes()),
+        (_, Num::F64(v)) => out.extend_from_slice(&v.to_le_bytes()),
+        // int32 and enums: negative values sign-extended to ten bytes, as the wire format has it.
+        (_, Num::I32(v)) => put_varint(i64::from(v) as u64, out),
+        (_, Num::I64(v)) => put_varint(v as u64, out),
+        (_, Num::U32(v)) => put_varint(u64::from(v), out),
+        (_, Num::U64(v)) => put_varint(v, out),
+        (_, Num::Bool(v)) => out.push(u8::from(v)),
+    }
+}
+
+#[inline]
+fn put_varint(mut value: u64, out: &mut Vec<u8>) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+#[inline]
+fn put_tag(number: u32, wire_type: u64, out: &mut Vec<u8>) {
+    put_varint((u64::from(number) << 3) | wire_type, out);
+}
+
+/// Reserves one byte for a length prefix; returns where the content starts.
+#[inline]
+fn open_len(out: &mut Vec<u8>) -> usize {
+    out.push(0);
+    out.len()
+}
+
+/// Fills in the length of what was written since `open_len`, moving it along when the length needs more than a byte.
+fn close_len(start: usize, out: &mut Vec<u8>) {
+    let len = out.len() - start;
+    if len < 0x80 {
+        out[start - 1] = len as u8;
+        return;
+    }
+    let mut prefix = [0u8; 10];
+    let mut size = 0;
+    let mut rest = len as u64;
+    while rest >= 0x80 {
+        prefix[size] = (rest as u8) | 0x80;
+        rest >>= 7;
+        size += 1;
+    }
+    prefix[size] = rest as u8;
+    size += 1;
+    let extra = size - 1;
+    out.resize(out.len() + extra, 0);
+    out.copy_within(start..start + len, start + extra);
+    out[start - 1..start - 1 + size].copy_from_slice(&prefix[..size]);
+}
+
+/// Standard or URL-safe base64, padded or not, as the JSON reader takes bytes; appended to `out`.
+fn put_base64(text: &str, out: &mut Vec<u8>) -> bool {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    use base64::{alphabet, DecodeError, Engine as _};
+    const CONFIG: GeneralPurposeConfig = GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    const STANDARD: GeneralPurpose = GeneralPurpose::new(&alphabet::STANDARD, CONFIG);
+    const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&alphabet::URL_SAFE, CONFIG);
+    let start = out.len();
+    match STANDARD.decode_vec(text, out) {
+        Ok(()) => true,
+        Err(DecodeError::InvalidByte(_, b'-' | b'_')) => {
+            out.truncate(start);
+            URL_SAFE.decode_vec(text, out).is_ok()
+        }
+        Err(_) => false,
+    }
+}
+
+impl FastPlan {
+    /// Writes the fields of `entries` as message `index`. False: not something the fast path writes.
+    fn message(
+        &self,
+        index: u32,
+        entries: &[(std::borrow::Cow<'_, str>, Json<'_>)],
+        depth: usize,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        if depth > FAST_DEPTH {
+            return false;
+        }
+        let message = &self.messages[index as usize];
+        let count = message.fields.len();
+        let mut inline: [Option<&Json<'_>>; FAST_INLINE_FIELDS] = [None; FAST_INLINE_FIELDS];
+        let mut spilled: Vec<Option<&Json<'_>>>;
+        let given: &mut [Option<&Json<'_>>] = if count <= FAST_INLINE_FIELDS {
+            &mut inline[..count]
+        } else {
+            spilled = vec![None; count];
+            &mut spilled
+        };
+        for (key, value) in entries {
+            let Some(&(_, slot)) = message.keys.iter().find(|(name, _)| **name == **key) else { return false };
+            let slot = &mut given[usize::from(slot)];
+            // A field given twice (under both its names, say): the reader's rules for that are its own.
+            if slot.is_some() {
+                return false;
+            }
+            *slot = Some(value);
+        }
+        for oneof in &message.oneofs {
+            let set =
+                oneof.iter().filter(|&&slot| matches!(given[usize::from(slot)], Some(v) if !matches!(v, Json::Null)));
+            if set.count() > 1 {
+                return false;
+            }
+        }
+        for (field, value) in message.fields.iter().zip(given.iter()) {
+            match value {
+                None => {}
+                // Null is "absent", except for google.protobuf.Value and NullValue, where it is a value.
+                Some(Json::Null) if field.leaf.elem == Elem::Refuse => return false,
+                Some(Json::Null) => {}
+                Some(value) if !self.field(field, value, depth, out) => return false,
+                Some(_) => {}
+            }
+        }
+        true
+    }
+
+    fn field(&self, field: &FastField, value: &Json<'_>, depth: usize, out: &mut Vec<u8>) -> bool {
+        match field.shape {
+            Shape::Single => self.leaf(field.number, &field.leaf, value, depth, out),
+            Shape::List { packed } => {
+                let Json::Array(items) = value else { return false };
+                if items.is_empty() {
+                    return true;
+                }
+                if !packed {
+                    return items.iter().all(|item| self.leaf(field.number, &field.leaf, item, depth, out));
+                }
+                put_tag(field.number, WIRE_LEN, out);
+                let start = open_len(out);
+                for item in items {
+                    let num = match field.leaf.elem {
+                        Elem::Enum(index) => self.enum_number(index, item),
+                        elem => read_num(elem, item),
+                    };
+                    let Some(num) = num else { return false };
+                    put_num(field.leaf.elem, num, out);
+                }
+                close_len(start, out);
+                true
+            }
+            Shape::Map { key } => {
+                let Json::Object(entries) = value else { return false };
+                // A key given twice is written twice; readers of the wire format keep the last, as the JSON
+                // reader does.
+                for (name, item) in entries {
+                    put_tag(field.number, WIRE_LEN, out);
+                    let start = open_len(out);
+                    if !self.map_key(&key, name, out) || !self.leaf(2, &field.leaf, item, depth, out) {
+                        return false;
+                    }
+                    close_len(start, out);
+                }
+                true
+            }
+        }
+    }
+
+    fn map_key(&self, key: &Leaf, name: &str, out: &mut Vec<u8>) -> bool {
+        if key.elem == Elem::String {
+            if !key.presence && name.is_empty() {
+                return true;
+            }
+            put_tag(1, WIRE_LEN, out);
+            put_varint(name.len() as u64, out);
+            out.extend_from_slice(name.as_bytes());
+            return true;
+        }
+        let Some(num) = read_key(key.elem, name) else { return false };
+        if key.presence || !num.is_default() {
+            put_tag(1, key.elem.wire_type(), out);
+            put_num(key.elem, num, out);
+        }
+        true
+    }
+
+    fn enum_number(&self, index: u32, value: &Json<'_>) -> Option<Num> {
+        let number = match value {
+            Json::String(name) => {
+                let names = &self.enums[index as usize].names;
+                let at = names.binary_search_by(|(known, _)| (**known).cmp(&**name)).ok()?;
+                names[at].1
+            }
+            value => match json_number(value)? {
+                JsonNumber::U(u) => i32::try_from(u).ok()?,
+                JsonNumber::I(i) => i32::try_from(i).ok()?,
+                JsonNumber::F(_) => return None,
+            },
+        };
+        Some(Num::I32(number))
+    }
+
+    /// One value with its tag (field `number`), skipped at its default when it has no presence.
+    fn leaf(&self, number: u32, leaf: &Leaf, value: &Json<'_>, depth: usize, out: &mut Vec<u8>) -> bool {
+        match leaf.elem {
+            Elem::Refuse => false,
+            Elem::Message(index) => {
+                let Json::Object(entries) = value else { return false };
+                put_tag(number, WIRE_LEN, out);
+                let start = open_len(out);
+                if !self.message(index, entries, depth + 1, out) {
+                    return false;
+                }
+                close_len(start, out);
+                true
+            }
+            Elem::String => {
+                let Json::String(text) = value else { return false };
+                if leaf.presence || !text.is_empty() {
+                    put_tag(number, WIRE_LEN, out);
+                    put_varint(text.len() as u64, out);
+                    out.extend_from_slice(text.as_bytes());
+                }
+                true
+            }
+            Elem::Bytes => {
+                let Json::String(text) = value else { return false };
+                let before = out.len();
+                put_tag(number, WIRE_LEN, out);
+                let start = open_len(out);
+                if !put_base64(text, out) {
+                    return false;
+                }
+                if !leaf.presence && out.len() == start {
+                    out.truncate(before);
+                } else {
+                    close_len(start, out);
+                }
+                true
+            }
+            Elem::Enum(index) => {
+                let Some(num @ Num::I32(n)) = self.enum_number(index, value) else { return false };
+                if leaf.presence || n != leaf.enum_default {
+                    put_tag(number, WIRE_VARINT, out);
+                    put_num(leaf.elem, num, out);
+                }
+                true
+            }
+            elem => {
+                let Some(num) = read_num(elem, value) else { return false };
+                if leaf.presence || !num.is_default() {
+                    put_tag(number, elem.wire_type(), out);
+                    put_num(elem, num, out);
+                }
+                true
+            }
+        }
+    }
+}
+
+/// The `serde_json::Value` of a tree, for the DynamicMessage path: a key given twice keeps its first place and its
+/// last value, as when the text is read into a `Value`.
+fn json_to_value(json: &Json<'_>) -> Value {
+    match json {
+        Json::Null => Value::Null,
+        Json::Bool(flag) => Value::Bool(*flag),
+        Json::Number(number) => Value::Number(number.clone()),
+        Json::String(text) => Value::String(text.clone().into_owned()),
+        Json::Array(items) => Value::Array(items.iter().map(json_to_value).collect()),
+        Json::Object(entries) => {
+            let mut map = serde_json::Map::with_capacity(entries.len());
+            for (key, value) in entries {
+                map.insert(key.clone().into_owned(), json_to_value(value));
+            }
+            Value::Object(map)
+        }
     }
 }
 
@@ -1116,6 +1787,618 @@ message Deep {
         }
     }
 
+    mod fast {
+        use super::*;
+        use proptest::prelude::*;
+
+        pub(super) const KINDS_PROTO: &str = r#"syntax = "proto3";
+package kinds;
+
+import "google/protobuf/any.proto";
+import "google/protobuf/struct.proto";
+import "google/protobuf/timestamp.proto";
+import "google/protobuf/wrappers.proto";
+
+enum Color {
+  COLOR_UNSPECIFIED = 0;
+  RED = 1;
+  GREEN = 2;
+  NEGATIVE = -1;
+}
+
+message Inner {
+  string name = 1;
+  int32 n = 2;
+  Inner child = 3;
+  repeated int64 ids = 4;
+}
+
+message All {
+  double f_double = 1;
+  float f_float = 2;
+  int32 f_int32 = 3;
+  int64 f_int64 = 4;
+  uint32 f_uint32 = 5;
+  uint64 f_uint64 = 6;
+  sint32 f_sint32 = 7;
+  sint64 f_sint64 = 8;
+  fixed32 f_fixed32 = 9;
+  fixed64 f_fixed64 = 10;
+  sfixed32 f_sfixed32 = 11;
+  sfixed64 f_sfixed64 = 12;
+  bool f_bool = 13;
+  string f_string = 14;
+  bytes f_bytes = 15;
+  Color f_enum = 16;
+  Inner f_inner = 17;
+
+  repeated double r_double = 21;
+  repeated float r_float = 22;
+  repeated int32 r_int32 = 23;
+  repeated int64 r_int64 = 24;
+  repeated uint32 r_uint32 = 25;
+  repeated uint64 r_uint64 = 26;
+  repeated sint32 r_sint32 = 27;
+  repeated sint64 r_sint64 = 28;
+  repeated fixed32 r_fixed32 = 29;
+  repeated fixed64 r_fixed64 = 30;
+  repeated sfixed32 r_sfixed32 = 31;
+  repeated sfixed64 r_sfixed64 = 32;
+  repeated bool r_bool = 33;
+  repeated string r_string = 34;
+  repeated bytes r_bytes = 35;
+  repeated Color r_enum = 36;
+  repeated Inner r_inner = 37;
+  repeated int32 u_int32 = 38 [packed = false];
+  repeated Color u_enum = 39 [packed = false];
+  repeated double u_double = 40 [packed = false];
+
+  map<string, string> m_string = 41;
+  map<int32, Inner> m_int32 = 42;
+  map<int64, Color> m_int64 = 43;
+  map<uint32, bytes> m_uint32 = 44;
+  map<uint64, double> m_uint64 = 45;
+  map<sint32, int64> m_sint32 = 46;
+  map<sint64, bool> m_sint64 = 47;
+  map<fixed32, float> m_fixed32 = 48;
+  map<fixed64, uint64> m_fixed64 = 49;
+  map<sfixed32, sint32> m_sfixed32 = 50;
+  map<sfixed64, string> m_sfixed64 = 51;
+  map<bool, int32> m_bool = 52;
+
+  optional int32 o_int32 = 61;
+  optional string o_string = 62;
+  optional Color o_enum = 63;
+  optional bool o_bool = 64;
+  optional double o_double = 65;
+  optional bytes o_bytes = 66;
+
+  oneof choice {
+    string c_string = 71;
+    int64 c_int64 = 72;
+    Inner c_inner = 73;
+  }
+
+  string custom = 80 [json_name = "renamed"];
+  int32 far_field = 536870911;
+
+  google.protobuf.Timestamp w_time = 90;
+  google.protobuf.Struct w_struct = 91;
+  google.protobuf.Int32Value w_int = 92;
+  google.protobuf.Any w_any = 93;
+  repeated google.protobuf.StringValue w_strings = 94;
+  map<string, google.protobuf.Value> w_values = 95;
+  google.protobuf.NullValue w_null = 96;
+  google.protobuf.Value w_value = 97;
+}
+"#;
+
+        const PROTO2: &str = r#"syntax = "proto2";
+package two;
+
+message P2 {
+  enum E {
+    E_ONE = 1;
+    E_TWO = 2;
+  }
+  optional int32 a = 1 [default = 5];
+  optional string s = 2 [default = "x"];
+  repeated int32 r = 3;
+  repeated int32 rp = 4 [packed = true];
+  required bool b = 5;
+  optional E e = 6;
+  optional group G = 7 {
+    optional int32 x = 1;
+  }
+  map<string, int32> m = 8;
+}
+"#;
+
+        pub(super) fn kinds() -> ProtoSchema {
+            ProtoSchema::parse(KINDS_PROTO, &[], Some("kinds.All")).unwrap()
+        }
+
+        fn proto2() -> ProtoSchema {
+            ProtoSchema::parse(PROTO2, &[], Some("two.P2")).unwrap()
+        }
+
+        /// Whether the fast path takes `value`; when it does, its bytes must decode as the DynamicMessage path's.
+        pub(super) fn check(schema: &ProtoSchema, value: &Value) -> Result<bool, String> {
+            let mut fast = vec![0xEE];
+            if !schema.encode_fast(&Json::from(value), &mut fast) {
+                if fast != [0xEE] {
+                    return Err(format!("refused but wrote {}", hex(&fast)));
+                }
+                return Ok(false);
+            }
+            let mut slow = Vec::new();
+            if let Err(misfit) = schema.encode_dynamic(value, &mut slow) {
+                return Err(format!("fast path took what the DynamicMessage path refuses: {misfit}"));
+            }
+            let fast_message = DynamicMessage::decode(schema.descriptor.clone(), &fast[1..])
+                .map_err(|err| format!("fast bytes {} do not decode: {err}", hex(&fast[1..])))?;
+            if fast_message != decode(schema, &slow) {
+                return Err(format!("fast {} != slow {}", hex(&fast[1..]), hex(&slow)));
+            }
+            Ok(true)
+        }
+
+        fn long(n: usize) -> String {
+            "x".repeat(n)
+        }
+
+        fn accepted_cases() -> Vec<(&'static str, Value)> {
+            vec![
+                ("empty", json!({})),
+                (
+                    "every scalar",
+                    json!({
+                        "f_double": 1.5, "f_float": -2.25, "f_int32": -7, "f_int64": -9_000_000_000_i64,
+                        "f_uint32": 4_000_000_000_u32, "f_uint64": u64::MAX, "f_sint32": -3, "f_sint64": i64::MIN,
+                        "f_fixed32": 7, "f_fixed64": 8, "f_sfixed32": -9, "f_sfixed64": -10, "f_bool": true,
+                        "f_string": "héllo", "f_bytes": "AAEC/w==", "f_enum": "GREEN", "f_inner": {"name": "in", "n": 2}
+                    }),
+                ),
+                ("json names", json!({"fDouble": 2.0, "fInt64": 5, "fEnum": "RED", "rInt32": [1], "oInt32": 0})),
+                ("custom json name", json!({"renamed": "r"})),
+                ("declared name despite custom json name", json!({"custom": "c"})),
+                ("far field number", json!({"farField": 1})),
+                (
+                    "integers from strings",
+                    json!({
+                        "f_int32": "-12", "f_int64": "-9223372036854775808", "f_uint32": "4294967295",
+                        "f_uint64": "18446744073709551615", "f_sint32": "+5", "f_sint64": "007",
+                        "f_fixed32": "1", "f_fixed64": "2", "f_sfixed32": "-3", "f_sfixed64": "-4"
+                    }),
+                ),
+                (
+                    "integers from whole floats",
+                    json!({"f_int32": 3.0, "f_int64": -1e15, "f_uint64": 1e19, "f_uint32": -0.0}),
+                ),
+                ("int64 at the float edge", json!({"f_int64": 9.2e18, "f_sint64": -9.2e18, "f_uint64": 1.8e19})),
+                ("doubles from integers", json!({"f_double": 3, "f_float": -4, "r_double": [u64::MAX, i64::MIN, 0.1]})),
+                ("float rounding", json!({"f_float": 0.1, "r_float": [3.4e38, -3.4e38, 1e-46]})),
+                ("enum by number", json!({"f_enum": 2, "r_enum": [0, 1, -1, 77], "u_enum": ["RED", 5, "NEGATIVE"]})),
+                ("enum unknown number", json!({"f_enum": 12345})),
+                (
+                    "defaults skipped",
+                    json!({
+                        "f_double": 0.0, "f_float": -0.0, "f_int32": 0, "f_int64": "0", "f_uint32": 0, "f_uint64": 0,
+                        "f_sint32": 0, "f_sint64": 0, "f_fixed32": 0, "f_fixed64": 0, "f_sfixed32": 0,
+                        "f_sfixed64": 0, "f_bool": false, "f_string": "", "f_bytes": "", "f_enum": "COLOR_UNSPECIFIED",
+                        "r_int32": [], "m_string": {}, "custom": ""
+                    }),
+                ),
+                (
+                    "optional fields at default are written",
+                    json!({"o_int32": 0, "o_string": "", "o_enum": 0, "o_bool": false, "o_double": -0.0, "o_bytes": ""}),
+                ),
+                (
+                    "optional fields set",
+                    json!({"o_int32": -1, "o_string": "s", "o_enum": "RED", "o_bool": true, "o_double": 2.5}),
+                ),
+                (
+                    "nulls are absent",
+                    json!({"f_int32": null, "f_inner": null, "r_int32": null, "m_string": null, "o_int32": null}),
+                ),
+                ("empty nested message is written", json!({"f_inner": {}})),
+                (
+                    "packed repeated",
+                    json!({
+                        "r_double": [1.0, -0.0], "r_float": [1.5], "r_int32": [1, -1, 0], "r_int64": ["5", -5],
+                        "r_uint32": [0, 4294967295_u32], "r_uint64": [u64::MAX], "r_sint32": [-1, 1], "r_sint64": [i64::MIN],
+                        "r_fixed32": [1, 2], "r_fixed64": [3], "r_sfixed32": [-1], "r_sfixed64": [-2], "r_bool": [true, false],
+                        "r_enum": ["RED", "COLOR_UNSPECIFIED"]
+                    }),
+                ),
+                ("unpacked repeated", json!({"u_int32": [0, -1, 300], "u_double": [0.0, 1.0], "u_enum": [0]})),
+                (
+                    "repeated strings, bytes, messages",
+                    json!({"r_string": ["", "a"], "r_bytes": ["", "AQ"], "r_inner": [{}, {"n": 1, "ids": [1, 2]}]}),
+                ),
+                ("long packed list", json!({"r_int64": (0..200).map(|i| i * 1_000_000_007_i64).collect::<Vec<_>>()})),
+                ("string maps", json!({"m_string": {"a": "1", "": "", "é": "x"}})),
+                (
+                    "int32 map of messages",
+                    json!({"m_int32": {"1": {"name": "one"}, "-2": {}, "0": {"n": 0}, "+3": {"n": 3}}}),
+                ),
+                (
+                    "int64 map of enums",
+                    json!({"m_int64": {"9223372036854775807": "RED", "0": 0, "-1": "COLOR_UNSPECIFIED"}}),
+                ),
+                ("uint32 map of bytes", json!({"m_uint32": {"4294967295": "/w", "0": ""}})),
+                ("uint64 map of doubles", json!({"m_uint64": {"18446744073709551615": 0.0, "1": -1.5}})),
+                (
+                    "sint maps",
+                    json!({"m_sint32": {"-5": "-5"}, "m_sint64": {"-9223372036854775808": true, "0": false}}),
+                ),
+                ("fixed maps", json!({"m_fixed32": {"7": 0.5}, "m_fixed64": {"8": "18446744073709551615"}})),
+                ("sfixed maps", json!({"m_sfixed32": {"-1": -1}, "m_sfixed64": {"-2": "two"}})),
+                ("bool map", json!({"m_bool": {"true": 1, "false": 0}})),
+                ("oneof string", json!({"c_string": "s", "c_int64": null})),
+                ("oneof at default is written", json!({"cInt64": 0})),
+                ("oneof message", json!({"c_inner": {}})),
+                ("bytes: standard, padded", json!({"f_bytes": "aGVsbG8="})),
+                ("bytes: standard, unpadded", json!({"f_bytes": "aGVsbG8"})),
+                ("bytes: url-safe", json!({"f_bytes": "-_-_", "r_bytes": ["_w==", "-w"]})),
+                ("bytes: trailing bits", json!({"f_bytes": "AB"})),
+                ("long string", json!({"f_string": long(200), "f_inner": {"name": long(20_000)}})),
+                (
+                    "deep nesting with long contents",
+                    json!({"f_inner": {"child": {"child": {"name": long(130), "child": {"ids": [1, 2, 3]}}}}}),
+                ),
+                ("wkt keys given null are not there", json!({"f_int32": 1})),
+            ]
+        }
+
+        #[test]
+        fn fast_path_matches_the_dynamic_path() {
+            let schema = kinds();
+            let mut wrong = Vec::new();
+            for (what, value) in accepted_cases() {
+                match check(&schema, &value) {
+                    Ok(true) => {}
+                    Ok(false) => wrong.push(format!("{what}: refused")),
+                    Err(err) => wrong.push(format!("{what}: {err}")),
+                }
+                // Without maps of several entries the order is fixed, so the bytes are the same too.
+                if !what.contains("map") {
+                    let mut fast = Vec::new();
+                    let mut slow = Vec::new();
+                    if schema.encode_fast(&Json::from(&value), &mut fast)
+                        && schema.encode_dynamic(&value, &mut slow).is_ok()
+                        && fast != slow
+                    {
+                        wrong.push(format!("{what}: bytes {} vs {}", hex(&fast), hex(&slow)));
+                    }
+                }
+            }
+            assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        }
+
+        #[test]
+        fn fast_path_matches_on_the_reading_schema() {
+            let schema = reading();
+            for (what, value) in reading_cases() {
+                let took = check(&schema, &value).unwrap_or_else(|err| panic!("{what}: {err}"));
+                // Only the cases that need a Timestamp are left to the DynamicMessage path.
+                let needs_wkt = value.get("taken_at").or(value.get("takenAt")).is_some();
+                assert_eq!(took, !needs_wkt, "{what}");
+            }
+        }
+
+        #[test]
+        fn fast_path_refuses_what_it_does_not_know() {
+            let schema = kinds();
+            let cases: &[(&str, Value)] = &[
+                ("timestamp", json!({"w_time": "2024-05-01T12:30:00Z"})),
+                ("timestamp null", json!({"w_time": null})),
+                ("struct", json!({"w_struct": {"a": 1}})),
+                ("wrapper", json!({"w_int": 5})),
+                ("any", json!({"w_any": {"@type": "type.googleapis.com/kinds.Inner", "name": "x"}})),
+                ("repeated wrapper", json!({"w_strings": ["a"]})),
+                ("map of Value", json!({"w_values": {"a": null}})),
+                ("null value enum", json!({"w_null": null})),
+                ("null Value", json!({"w_value": null})),
+                ("a field given as both its names", json!({"far_field": 1, "farField": null})),
+                ("int64 past the float edge", json!({"f_int64": 9.3e18})),
+                ("unknown key", json!({"f_int32": 1, "colour": "red"})),
+                ("unknown key nested", json!({"f_inner": {"nam": "x"}})),
+                ("unknown enum name", json!({"f_enum": "PURPLE"})),
+                ("enum name in a list", json!({"r_enum": ["RED", "PURPLE"]})),
+                ("enum number as string", json!({"f_enum": "1"})),
+                ("enum as float", json!({"f_enum": 1.0})),
+                ("enum out of range", json!({"f_enum": 2147483648_i64})),
+                ("string for int", json!({"f_int32": "x"})),
+                ("fraction for int", json!({"f_int64": 1.5})),
+                ("int32 overflow", json!({"f_int32": 2147483648_i64})),
+                ("int32 overflow from string", json!({"f_int32": "2147483648"})),
+                ("negative uint", json!({"f_uint32": -1})),
+                ("negative uint64 string", json!({"f_uint64": "-1"})),
+                ("float out of range", json!({"f_float": 1e39})),
+                ("double from string", json!({"f_double": "1.5"})),
+                ("NaN string", json!({"f_double": "NaN"})),
+                ("Infinity string", json!({"f_float": "Infinity"})),
+                ("number for string", json!({"f_string": 5})),
+                ("string for bool", json!({"f_bool": "true"})),
+                ("bad base64", json!({"f_bytes": "!!"})),
+                ("mixed base64 alphabets", json!({"f_bytes": "+-"})),
+                ("object for a list", json!({"r_int32": {"a": 1}})),
+                ("null in a list", json!({"r_int32": [1, null]})),
+                ("null in a message list", json!({"r_inner": [null]})),
+                ("array for a message", json!({"f_inner": [1]})),
+                ("array for a map", json!({"m_string": ["a"]})),
+                ("null map value", json!({"m_string": {"a": null}})),
+                ("bad int map key", json!({"m_int32": {"x": {}}})),
+                ("bad bool map key", json!({"m_bool": {"1": 1}})),
+                ("oneof twice", json!({"c_string": "s", "c_int64": 1})),
+                ("oneof twice with a default", json!({"c_string": "", "c_inner": {}})),
+                ("a field under both names", json!({"f_int32": 1, "fInt32": 1})),
+                ("not an object", json!([1])),
+                ("null message", Value::Null),
+            ];
+            let mut wrong = Vec::new();
+            for (what, value) in cases {
+                match check(&schema, value) {
+                    Ok(false) => {}
+                    Ok(true) => wrong.push(format!("{what}: taken")),
+                    Err(err) => wrong.push(format!("{what}: {err}")),
+                }
+                // `encode` still answers as the DynamicMessage path does.
+                let mut ours = Vec::new();
+                let mut theirs = Vec::new();
+                let ours = schema.encode(value, &mut ours).map(|()| ours);
+                let theirs = schema.encode_dynamic(value, &mut theirs).map(|()| theirs);
+                if ours != theirs {
+                    wrong.push(format!("{what}: encode {ours:?} vs {theirs:?}"));
+                }
+                let mut out = Vec::new();
+                let json_result = schema.encode_json(&Json::from(value), &mut out).map(|()| out);
+                if json_result != theirs {
+                    wrong.push(format!("{what}: encode_json {json_result:?} vs {theirs:?}"));
+                }
+            }
+            assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        }
+
+        #[test]
+        fn from_text() {
+            let schema = kinds();
+            let cases: &[(&str, bool)] = &[
+                (r#"{"f_string": "a\"b\u00e9", "m_string": {"k\u0065y": "v"}}"#, true),
+                // A map key given twice: the last value wins on both paths.
+                (r#"{"m_string": {"a": "1", "b": "2", "a": "3"}}"#, true),
+                (r#"{"m_int32": {"1": {"n": 1}, "01": {"n": 2}}}"#, true),
+                // A field given twice is left to the DynamicMessage path.
+                (r#"{"f_int32": 1, "f_int32": 2}"#, false),
+                (r#"{"c_string": "a", "c_string": "b"}"#, false),
+                (r#"{"f_int32": 1} x"#, false),
+            ];
+            for (text, fast) in cases {
+                let json = Json::parse(text.as_bytes());
+                let took = json.as_ref().is_ok_and(|json| schema.encode_fast(json, &mut Vec::new()));
+                assert_eq!(took, *fast, "{text}");
+                let mut via_text = Vec::new();
+                let text_ok = schema.encode_text(text.as_bytes(), &mut via_text);
+                let mut dynamic = Vec::new();
+                let dynamic_ok = schema.encode_text_dynamic(text.as_bytes(), &mut dynamic);
+                assert_eq!(text_ok, dynamic_ok, "{text}");
+                if text_ok {
+                    assert_eq!(decode(&schema, &via_text), decode(&schema, &dynamic), "{text}");
+                    let mut via_json = Vec::new();
+                    schema.encode_json(&json.unwrap(), &mut via_json).unwrap();
+                    assert_eq!(decode(&schema, &via_json), decode(&schema, &dynamic), "{text}");
+                }
+            }
+        }
+
+        #[test]
+        fn proto2_presence_and_groups() {
+            let schema = proto2();
+            let cases: &[(Value, bool)] = &[
+                (json!({"a": 0, "s": "", "b": false}), true),
+                (json!({"a": 5, "s": "x", "e": "E_ONE", "b": true}), true),
+                (json!({"r": [1, 2], "rp": [3, 4], "m": {"": 0}}), true),
+                (json!({"e": 7}), true),
+                (json!({"G": {"x": 1}}), false),
+                (json!({"g": {"x": 1}}), false),
+            ];
+            for (value, fast) in cases {
+                assert_eq!(check(&schema, value), Ok(*fast), "{value}");
+            }
+            let mut out = Vec::new();
+            assert!(schema.encode_fast(&Json::from(&json!({"a": 0, "r": [1, 2]})), &mut out));
+            // Presence: a at its default is written; r unpacked, as proto2 has it.
+            assert_eq!(out, [0x08, 0x00, 0x18, 0x01, 0x18, 0x02]);
+        }
+
+        #[test]
+        fn deep_values_are_left_to_the_dynamic_path() {
+            let deep =
+                ProtoSchema::parse("syntax = \"proto3\";\nmessage Node { Node child = 1; int32 n = 2; }\n", &[], None)
+                    .unwrap();
+            let nest = |depth: usize| {
+                let mut value = json!({"n": 1});
+                for _ in 0..depth {
+                    value = json!({ "child": value });
+                }
+                value
+            };
+            assert_eq!(check(&deep, &nest(50)), Ok(true));
+            assert_eq!(check(&deep, &nest(127)), Ok(false));
+            deep.encode(&nest(127), &mut Vec::new()).unwrap();
+        }
+
+        #[test]
+        fn lengths_of_every_size() {
+            let schema = kinds();
+            for n in [0, 1, 126, 127, 128, 129, 16_382, 16_383, 16_384, 70_000] {
+                let value = json!({"f_inner": {"name": long(n), "child": {"name": long(n)}}, "f_string": long(n)});
+                assert_eq!(check(&schema, &value), Ok(true), "{n}");
+                let mut fast = Vec::new();
+                let mut slow = Vec::new();
+                assert!(schema.encode_fast(&Json::from(&value), &mut fast));
+                schema.encode_dynamic(&value, &mut slow).unwrap();
+                assert_eq!(fast, slow, "{n}");
+            }
+        }
+
+        pub(super) const KEYS: &[&str] = &[
+            "f_double",
+            "f_float",
+            "f_int32",
+            "f_int64",
+            "f_uint32",
+            "f_uint64",
+            "f_sint32",
+            "f_sint64",
+            "f_fixed32",
+            "f_fixed64",
+            "f_sfixed32",
+            "f_sfixed64",
+            "f_bool",
+            "f_string",
+            "f_bytes",
+            "f_enum",
+            "f_inner",
+            "r_double",
+            "r_float",
+            "r_int32",
+            "r_int64",
+            "r_uint32",
+            "r_uint64",
+            "r_sint32",
+            "r_sint64",
+            "r_fixed32",
+            "r_fixed64",
+            "r_sfixed32",
+            "r_sfixed64",
+            "r_bool",
+            "r_string",
+            "r_bytes",
+            "r_enum",
+            "r_inner",
+            "u_int32",
+            "u_enum",
+            "u_double",
+            "m_string",
+            "m_int32",
+            "m_int64",
+            "m_uint32",
+            "m_uint64",
+            "m_sint32",
+            "m_sint64",
+            "m_fixed32",
+            "m_fixed64",
+            "m_sfixed32",
+            "m_sfixed64",
+            "m_bool",
+            "o_int32",
+            "o_string",
+            "o_enum",
+            "o_bool",
+            "o_double",
+            "o_bytes",
+            "c_string",
+            "c_int64",
+            "c_inner",
+            "renamed",
+            "custom",
+            "far_field",
+            "w_time",
+            "w_value",
+            "w_null",
+            "wStruct",
+            "fInt32",
+            "oString",
+            "cInt64",
+            "name",
+            "n",
+            "child",
+            "ids",
+        ];
+
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                8 => proptest::sample::select(KEYS).prop_map(str::to_owned),
+                1 => "[a-z_]{0,6}",
+                1 => "-?[0-9]{1,3}",
+                1 => Just("true".to_owned()),
+            ]
+        }
+
+        fn leaf() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                (-3_i64..300).prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                any::<i32>().prop_map(Value::from),
+                any::<f64>().prop_map(Value::from),
+                prop_oneof![Just(0.0), Just(-0.0), Just(1.0), Just(0.5), Just(3e38), Just(4e38), Just(1e19)]
+                    .prop_map(Value::from),
+                "-?[0-9]{1,20}".prop_map(Value::from),
+                "[A-Za-z0-9+/_-]{0,8}={0,2}".prop_map(Value::from),
+                prop_oneof![Just("RED"), Just("GREEN"), Just("COLOR_UNSPECIFIED"), Just("PURPLE"), Just("NaN")]
+                    .prop_map(Value::from),
+                "\\PC{0,6}".prop_map(Value::from),
+            ]
+        }
+
+        pub(super) fn value() -> impl Strategy<Value = Value> {
+            leaf().prop_recursive(4, 64, 8, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..5).prop_map(Value::from),
+                    prop::collection::vec((key(), inner), 0..8)
+                        .prop_map(|pairs| Value::Object(pairs.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// An object of the schema's own keys, so that most of what is generated reaches the fields.
+        pub(super) fn object() -> impl Strategy<Value = Value> {
+            prop::collection::vec((key(), value()), 0..10).prop_map(|pairs| Value::Object(pairs.into_iter().collect()))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(3000))]
+
+            #[test]
+            fn whatever_the_fast_path_takes_decodes_as_the_dynamic_path(value in object()) {
+                let schema = kinds();
+                if let Err(err) = check(&schema, &value) {
+                    prop_assert!(false, "{}: {}", value, err);
+                }
+            }
+
+            #[test]
+            fn reading_values_too(value in object()) {
+                if let Err(err) = check(&reading(), &value) {
+                    prop_assert!(false, "{}: {}", value, err);
+                }
+            }
+        }
+
+        /// How often generated values take the fast path, to see that the property test reaches it.
+        #[test]
+        fn generated_values_reach_the_fast_path() {
+            use proptest::strategy::ValueTree;
+            use proptest::test_runner::TestRunner;
+            let schema = kinds();
+            let mut runner = TestRunner::deterministic();
+            let strategy = object();
+            let mut taken = 0;
+            for _ in 0..2000 {
+                let value = strategy.new_tree(&mut runner).unwrap().current();
+                if check(&schema, &value).unwrap() {
+                    taken += 1;
+                }
+            }
+            assert!(taken > 200, "only {taken} of 2000 taken");
+        }
+    }
+
     /// Writes the test schema, encoded readings and index paths to a directory for an independent decoder to check
     /// (`PROTO_CROSS_CHECK_DIR`, by default `proto-cross-check` in the system's temporary directory).
     #[test]
@@ -1178,6 +2461,39 @@ message Deep {
         }
         let dump = json!({"encoded": encoded, "messages": messages, "paths": paths, "framed": framed});
         std::fs::write(dir.join("rust.json"), serde_json::to_string_pretty(&dump).unwrap()).unwrap();
+    }
+
+    /// For instruction counts: `BENCH_MODE=fast|dynamic BENCH_N=1000 valgrind --tool=callgrind <test binary>
+    /// --ignored --exact protobuf::tests::bench_envelope`; the difference between two N, divided, is one encode.
+    #[test]
+    #[ignore = "a workload for callgrind"]
+    fn bench_envelope() {
+        const PROTO: &str = "syntax = \"proto3\";\npackage bench;\nmessage Envelope { string original_topic = 1; \
+                             string device_id = 2; Payload payload = 3; double timestamp = 4; }\nmessage Payload { \
+                             int64 seq = 1; int64 sent_us = 2; string fill = 3; }\n";
+        let schema = ProtoSchema::parse(PROTO, &[], Some("bench.Envelope")).unwrap();
+        let text = format!(
+            r#"{{"original_topic":"bench/dev-7/data","device_id":"dev-7","payload":{{"seq":17,"sent_us":1733300000000000,"fill":"{}"}},"timestamp":1733300000.123456}}"#,
+            "x".repeat(90)
+        );
+        let runs: usize = std::env::var("BENCH_N").ok().and_then(|n| n.parse().ok()).unwrap_or(1000);
+        let mode = std::env::var("BENCH_MODE").unwrap_or_else(|_| "fast".to_owned());
+        let mut out = Vec::with_capacity(256);
+        let mut total = 0;
+        for _ in 0..runs {
+            out.clear();
+            let text = std::hint::black_box(text.as_bytes());
+            match mode.as_str() {
+                "fast" => assert!(schema.encode_fast(&Json::parse(text).unwrap(), &mut out)),
+                "json" => schema.encode_json(&Json::parse(text).unwrap(), &mut out).unwrap(),
+                _ => assert!(schema.encode_text_dynamic(text, &mut out)),
+            }
+            total += out.len();
+        }
+        let mut slow = Vec::new();
+        assert!(schema.encode_text_dynamic(text.as_bytes(), &mut slow));
+        assert_eq!(out, slow, "same bytes on both paths");
+        println!("{mode}: {runs} encodes, {} bytes each", total / runs.max(1));
     }
 
     /// `cargo test --release -- --ignored encode_speed --nocapture`
