@@ -620,3 +620,64 @@ fn the_starting_schema_registers_and_encodes_the_spec_record() {
     assert_eq!(d[0].schema_id, id);
     assert_eq!(d[0].value["payload"]["door-sensor-2"], true);
 }
+
+/// An `https://` registry that trusts only the test CA and asks for a client certificate: the gateway
+/// connects with `schema_registry.tls`; `check` names a CA it does not trust and a missing certificate.
+#[test]
+fn an_https_registry_with_our_ca_and_a_client_certificate() {
+    let pki = common::Pki::generate();
+    let registry = SchemaRegistry::start_tls(&pki, true);
+    let mosquitto = Mosquitto::start();
+    let (topic, _dlq) = topics("sr-tls");
+    let schema = r#"{"type": "record", "name": "R", "fields": [{"name": "n", "type": "long"}]}"#;
+    let id = registry.register(&format!("{topic}-value"), "AVRO", schema);
+    let dir = tempfile::tempdir().unwrap();
+    let config = |tls: String| {
+        Config::new()
+            .broker(mosquitto.addr())
+            .bootstrap_servers(kafka().bootstrap())
+            .stats_interval_secs(0)
+            .extra(&format!("schema_registry:\n  url: {}\n  tls: {tls}\n", registry.url()))
+            .route(route("tls", "tele/#", &topic, "    format: raw\n    encoding: avro\n"))
+            .write(dir.path())
+    };
+    let check = |cfg: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_mqtt-kafka-gateway"))
+            .arg("--config")
+            .arg(cfg)
+            .arg("check")
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (ca, cert, key) = (pki.ca_pem(), pki.client_rsa_cert(), pki.client_rsa_key_pkcs8());
+    let wrong_ca = config(format!(
+        "{{ca_file: '{}', cert_file: '{}', key_file: '{}'}}",
+        pki.wrong_ca_pem().display(),
+        cert.display(),
+        key.display()
+    ));
+    let (code, text) = check(&wrong_ca);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("FAIL  registry reachable") && text.to_lowercase().contains("certificate"), "{text}");
+    let no_client_cert = config(format!("{{ca_file: '{}'}}", ca.display()));
+    let (code, text) = check(&no_client_cert);
+    assert_eq!(code, Some(1), "the registry wants a client certificate: {text}");
+    let good = config(format!(
+        "{{ca_file: '{}', cert_file: '{}', key_file: '{}'}}",
+        ca.display(),
+        cert.display(),
+        key.display()
+    ));
+    let (code, text) = check(&good);
+    assert!(
+        text.contains(&format!("OK    registry route \"tls\" avro subject: {topic}-value version 1 is schema {id}")),
+        "{code:?} {text}"
+    );
+    let gw = start(&good);
+    publish_all(mosquitto.port(), vec![("tele/dev-1/n".into(), br#"{"n": 1}"#.to_vec())]);
+    let records = kafka().consume(&topic, 1, WAIT);
+    assert_eq!(records.len(), 1, "{}", gw.logs());
+    assert_eq!(records[0].header_str("schema_id"), Some(id.to_string().as_str()));
+    assert_eq!(records[0].value, [&[0u8][..], &id.to_be_bytes(), &[2]].concat(), "magic, id, then n = 1");
+}

@@ -98,6 +98,10 @@ fn dechunk(mut raw: &[u8]) -> Result<Vec<u8>, String> {
     }
 }
 
+/// A plain or TLS connection to the registry.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
 /// The registry process; killed on [`SchemaRegistry::stop`] and on drop.
 pub struct SchemaRegistry {
     child: Option<Child>,
@@ -106,9 +110,35 @@ pub struct SchemaRegistry {
     /// Its stdout: "listening on ...", then one "request METHOD URI STATUS" per request.
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
+    /// For an HTTPS registry: how the harness's own requests connect (the test CA, and the client
+    /// certificate when the registry asks for one).
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl SchemaRegistry {
+    /// A registry serving HTTPS with `pki`'s server certificate (for 127.0.0.1 and localhost); with
+    /// `mutual`, it also requires a client certificate from `pki`'s CA. Its URL names `localhost`.
+    pub fn start_tls(pki: &super::Pki, mutual: bool) -> Self {
+        use mqtt_kafka_gateway::config::{MqttTls, TlsVersion};
+        let client = mutual.then(|| (pki.client_rsa_cert(), pki.client_rsa_key_pkcs8()));
+        let config = mqtt_kafka_gateway::config::tls::client_config(&MqttTls {
+            ca_file: Some(pki.ca_pem()),
+            client,
+            min_version: TlsVersion::V1_2,
+        })
+        .expect("the harness's TLS client configuration");
+        let mut args = vec![
+            "-cert".to_string(),
+            pki.server_cert().display().to_string(),
+            "-key".to_string(),
+            pki.server_key().display().to_string(),
+        ];
+        if mutual {
+            args.extend(["-client-ca".to_string(), pki.ca_pem().display().to_string()]);
+        }
+        Self::launch(free_port(), None, &args, Some(config))
+    }
+
     /// A registry without auth on a free loopback port.
     pub fn start() -> Self {
         Self::start_on(free_port(), None)
@@ -122,9 +152,13 @@ impl SchemaRegistry {
     /// A registry on `port`, for a registry down when the gateway starts and up later, or one restarted
     /// on the port it had (empty again: see the module doc). Waits until it answers.
     pub fn start_on(port: u16, auth: Option<(&str, &str)>) -> Self {
+        Self::launch(port, auth, &[], None)
+    }
+
+    fn launch(port: u16, auth: Option<(&str, &str)>, args: &[String], tls: Option<Arc<rustls::ClientConfig>>) -> Self {
         let bin = registry_binary();
         let mut cmd = Command::new(&bin);
-        cmd.arg("-listen").arg(format!("127.0.0.1:{port}"));
+        cmd.arg("-listen").arg(format!("127.0.0.1:{port}")).args(args);
         if let Some((user, password)) = auth {
             cmd.args(["-user", user, "-password", password]);
         }
@@ -153,6 +187,7 @@ impl SchemaRegistry {
             auth: auth.map(|(u, p)| (u.to_string(), p.to_string())),
             stdout,
             stderr,
+            tls,
         };
         let mut exited = None;
         let up = wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
@@ -175,7 +210,10 @@ impl SchemaRegistry {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        match self.tls {
+            Some(_) => format!("https://localhost:{}", self.port),
+            None => format!("http://127.0.0.1:{}", self.port),
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -229,8 +267,16 @@ impl SchemaRegistry {
         body: Option<&serde_json::Value>,
     ) -> Result<(u16, String), String> {
         let addr = format!("127.0.0.1:{}", self.port);
-        let mut s = TcpStream::connect(&addr).map_err(|e| format!("connect {addr}: {e}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+        let tcp = TcpStream::connect(&addr).map_err(|e| format!("connect {addr}: {e}"))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+        let mut s: Box<dyn ReadWrite> = match &self.tls {
+            None => Box::new(tcp),
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::try_from("localhost").expect("a server name");
+                let conn = rustls::ClientConnection::new(config.clone(), name).map_err(|e| e.to_string())?;
+                Box::new(rustls::StreamOwned::new(conn, tcp))
+            }
+        };
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
              Accept: application/vnd.schemaregistry.v1+json, application/json\r\n"

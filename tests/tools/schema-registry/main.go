@@ -11,7 +11,8 @@
 //   - Protobuf schemas in the "serialized" format (?format=serialized: a base64 FileDescriptorProto), which
 //     confluent-kafka's ProtobufDeserializer asks for; srfake returns the .proto text whatever the format.
 //
-// Usage: schema-registry [-listen 127.0.0.1:8081] [-user U -password P]
+// Usage: schema-registry [-listen 127.0.0.1:8081] [-user U -password P] [-cert F -key F [-client-ca F]]
+// With -cert and -key it serves HTTPS; with -client-ca too, it requires a client certificate from that CA.
 // It prints "listening on ADDR" once the socket is bound, then "request METHOD URI STATUS" for every
 // request answered, so a test can tell what a client asked and how often. All state is lost when it exits.
 package main
@@ -20,6 +21,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/subtle"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"flag"
@@ -44,6 +47,9 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:8081", "address to listen on")
 	user := flag.String("user", "", "require HTTP basic auth with this user (and -password)")
 	password := flag.String("password", "", "the basic auth password")
+	certFile := flag.String("cert", "", "serve HTTPS with this PEM certificate (and -key)")
+	keyFile := flag.String("key", "", "the PEM key of -cert")
+	clientCA := flag.String("client-ca", "", "with -cert: require a client certificate issued by this PEM CA")
 	flag.Parse()
 	if *password != "" && *user == "" {
 		fmt.Fprintln(os.Stderr, "schema-registry: -password needs -user")
@@ -80,6 +86,26 @@ func main() {
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "schema-registry: %v\n", err)
 		os.Exit(1)
+	}
+	if *certFile != "" {
+		cert, err := tls.LoadX509KeyPair(*certFile, *keyFile)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "schema-registry: %v\n", err)
+			os.Exit(1)
+		}
+		config := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		if *clientCA != "" {
+			pem, err := os.ReadFile(*clientCA)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "schema-registry: %v\n", err)
+				os.Exit(1)
+			}
+			pool := x509.NewCertPool()
+			pool.AppendCertsFromPEM(pem)
+			config.ClientCAs = pool
+			config.ClientAuth = tls.RequireAndVerifyClientCert
+		}
+		l = tls.NewListener(l, config)
 	}
 	// The harness waits for this line (stdout is unbuffered).
 	fmt.Printf("listening on %s\n", l.Addr())
