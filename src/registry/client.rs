@@ -1,5 +1,5 @@
-//! A small client of the Schema Registry REST API (Confluent's, which Apicurio, Karapace and Redpanda
-//! also serve): a subject's version, a schema by id, registering a schema. Basic auth and TLS as
+//! A small client of Confluent's Schema Registry REST API: a subject's version, a schema by id,
+//! registering a schema. Basic auth and TLS as
 //! configured; one request at a time is all the gateway needs (schemas are fetched on load, on refresh
 //! and for a new subject, never per record).
 
