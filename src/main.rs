@@ -76,6 +76,16 @@ enum Command {
         #[arg(long)]
         produce_test: bool,
     },
+    /// Ask an HTTP endpoint, by default this gateway's own /readyz (on the port of http.listen in the
+    /// configuration, 127.0.0.1 when it listens on every address): exit 0 on a 2xx answer, 1 otherwise.
+    /// For container health checks, in an image without a shell or curl.
+    Probe {
+        /// The URL to ask (plain http), e.g. http://127.0.0.1:9180/healthz.
+        url: Option<String>,
+        /// How long to wait for the answer, in milliseconds.
+        #[arg(long, value_name = "MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+        timeout_ms: u64,
+    },
     /// Print a starting schema for what a route writes, to register and refine (`schema avro --route
     /// NAME`): the spec's envelope with the payload as a map, or typed from a sample payload.
     Schema {
@@ -103,6 +113,7 @@ fn main() -> ExitCode {
             check::command(&cli.config, &options)
         }
         Command::Schema { language: _, route, payload } => schema(cli.config, &route, payload),
+        Command::Probe { url, timeout_ms } => probe(cli.config, url, timeout_ms),
         Command::Run => run(cli.config),
     }
 }
@@ -172,6 +183,34 @@ fn explain(path: PathBuf, topic: String, payload: Option<String>, payload_file: 
     };
     print!("{}", explain::explain(&config, &topic, &payload, qos, std::time::SystemTime::now(), &mut resolve));
     exit::code(exit::OK)
+}
+
+fn probe(path: PathBuf, url: Option<String>, timeout_ms: u64) -> ExitCode {
+    use mqtt_kafka_gateway::commands::probe;
+    // The configuration only gives the port; a health check must not fail because the file is being
+    // swapped, so a file that does not load falls back to the default port.
+    let url = url.unwrap_or_else(|| probe::default_url(config::load(&path).ok().as_ref()));
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return exit::code(exit::FAILED);
+        }
+    };
+    match runtime.block_on(probe::probe(&url, std::time::Duration::from_millis(timeout_ms))) {
+        Ok(status) if (200..300).contains(&status) => {
+            println!("{url}: {status}");
+            exit::code(exit::OK)
+        }
+        Ok(status) => {
+            println!("{url}: {status}");
+            exit::code(exit::FAILED)
+        }
+        Err(e) => {
+            eprintln!("{url}: {e}");
+            exit::code(exit::FAILED)
+        }
+    }
 }
 
 fn schema(path: PathBuf, name: &str, payload: Option<PathBuf>) -> ExitCode {

@@ -244,3 +244,42 @@ fn reload_metrics_follow_the_routes_file() {
     assert!(s.iter().any(|x| x.name == "mqtt_kafka_gateway_records_delivered_total"
         && x.labels.get("topic").map(String::as_str) == Some("http_reload_a")));
 }
+
+/// `probe` (the container's health check): 0 once /readyz is 200, 1 with the status while it is not,
+/// 1 naming the reason when nothing answers; by default it asks the port of `http.listen`.
+#[test]
+fn probe_exits_0_only_on_a_2xx_answer_and_defaults_to_its_own_readyz() {
+    let mosquitto = Mosquitto::start();
+    let topic = new_topic("probe", 1);
+    let port = common::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = route_config(&topic)
+        .broker(mosquitto.addr())
+        .bootstrap_servers(kafka().bootstrap())
+        .extra(&format!("http:\n  listen: '0.0.0.0:{port}'\n"))
+        .write(dir.path());
+    let probe = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mqtt-kafka-gateway"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("probe")
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    let (code, text) = probe(&[]);
+    assert_eq!(code, Some(1), "nothing listens yet: {text}");
+    assert!(text.contains(&format!("http://127.0.0.1:{port}/readyz")) && text.contains("cannot connect"), "{text}");
+    let gw = start_gateway(&cfg, &[("GATEWAY_HTTP__LISTEN", format!("0.0.0.0:{port}"))]);
+    let addr = format!("127.0.0.1:{port}");
+    wait_status(&addr, "/readyz", 200, WAIT, &gw);
+    let (code, text) = probe(&[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains(&format!("http://127.0.0.1:{port}/readyz: 200")), "{text}");
+    let (code, text) = probe(&[&format!("http://{addr}/healthz"), "--timeout-ms", "500"]);
+    assert_eq!((code, text.contains(": 200")), (Some(0), true), "{text}");
+    let (code, text) = probe(&[&format!("http://{addr}/no-such-path")]);
+    assert_eq!(code, Some(1), "a 404 is not healthy: {text}");
+    assert!(text.contains(": 404"), "{text}");
+}
