@@ -61,11 +61,18 @@ struct Slot {
     message: Option<String>,
     schema_file: Option<SchemaFile>,
     entry: Entry,
+    /// The last new version refused while this one stays in use: logged once, not at every refresh.
+    refused: Option<String>,
 }
 
 impl Slot {
     fn serves(&self, rule: &EncodingRule) -> bool {
         self.version == rule.version && self.kind == rule.kind && self.message == rule.message
+    }
+
+    /// The same subject wanted the same way (the entry aside): how a slot is found again in the map.
+    fn same_shape(&self, other: &Slot) -> bool {
+        self.version == other.version && self.kind == other.kind && self.message == other.message
     }
 }
 
@@ -127,12 +134,24 @@ impl Schemas {
     }
 
     /// Wants the fixed subjects of `table`'s routes (a table just loaded).
+    /// What no route of `table` can use any more is forgotten: the cache stays bounded across reloads,
+    /// and a subject that was pending for a removed route no longer holds readiness. (A record of an old
+    /// table that still wants one asks for it again.)
     pub fn want_table(&self, table: &RouteTable) {
         let mut state = lock(&self.state);
+        let rules: Vec<&EncodingRule> = table.routes().iter().filter_map(|r| r.encoding.as_deref()).collect();
+        for (subject, slots) in state.iter_mut() {
+            slots.retain(|slot| {
+                rules
+                    .iter()
+                    .any(|rule| slot.serves(rule) && rule.fixed_subject.as_deref().is_none_or(|fixed| fixed == subject))
+            });
+        }
+        state.retain(|_, slots| !slots.is_empty());
         let mut added = 0;
         for route in table.routes() {
             let Some(rule) = &route.encoding else { continue };
-            if let Some(subject) = rule.static_subject(&route.topic) {
+            if let Some(subject) = rule.fixed_subject.clone().or_else(|| rule.static_subject(&route.topic)) {
                 let known = state.get(&subject).is_some_and(|slots| slots.iter().any(|s| s.serves(rule)));
                 if !known {
                     want(&mut state, &subject, rule);
@@ -202,7 +221,15 @@ impl Schemas {
                     continue;
                 }
                 (Err(Problem::Permanent(why) | Problem::Absent(why)), Entry::Ready(old)) => {
-                    tracing::error!(subject = %subject, version = %slot.version, schema_id = old.id, reason = %why, "schema registry: new schema refused; the route keeps the schema it had");
+                    if slot.refused.as_deref() != Some(why.as_str()) {
+                        tracing::error!(subject = %subject, version = %slot.version, schema_id = old.id, reason = %why, "schema registry: new schema refused; the route keeps the schema it had");
+                        if let Some(s) = lock(&self.state)
+                            .get_mut(&subject)
+                            .and_then(|slots| slots.iter_mut().find(|s| s.same_shape(&slot)))
+                        {
+                            s.refused = Some(why);
+                        }
+                    }
                     continue;
                 }
                 (Err(Problem::Unchanged), _) => continue,
@@ -224,9 +251,7 @@ impl Schemas {
                 }
             };
             let mut state = lock(&self.state);
-            if let Some(s) = state.get_mut(&subject).and_then(|slots| {
-                slots.iter_mut().find(|s| s.version == slot.version && s.kind == slot.kind && s.message == slot.message)
-            }) {
+            if let Some(s) = state.get_mut(&subject).and_then(|slots| slots.iter_mut().find(|s| s.same_shape(&slot))) {
                 s.entry = next;
                 any_change = true;
             }
@@ -245,6 +270,7 @@ fn want(state: &mut HashMap<String, Vec<Slot>>, subject: &str, rule: &EncodingRu
         message: rule.message.clone(),
         schema_file: rule.schema_file.clone(),
         entry: Entry::Pending,
+        refused: None,
     });
 }
 
@@ -292,6 +318,7 @@ pub async fn fetch(client: &Client, subject: &str, rule: &EncodingRule) -> Resul
         message: rule.message.clone(),
         schema_file: None,
         entry: Entry::Pending,
+        refused: None,
     };
     resolve(client, subject, &slot, None).await.map_err(|p| match p {
         Problem::Absent(w) => FetchError::Absent(w),
@@ -432,5 +459,55 @@ pub async fn run(schemas: Arc<Schemas>, mut routes: watch::Receiver<Arc<RouteTab
             _ = tokio::time::sleep(retry.unwrap_or(Duration::from_secs(3600))), if retry.is_some() => {}
             _ = tokio::time::sleep_until(next_refresh), if !refresh.is_zero() => refresh_due = true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_from_str;
+
+    fn table(routes: &str) -> RouteTable {
+        let text = format!("schema_registry:\n  url: http://127.0.0.1:1\nroutes:\n{routes}");
+        let env = std::collections::BTreeMap::new();
+        load_from_str(std::path::Path::new("r.yaml"), &text, &env).unwrap().routes
+    }
+
+    fn schemas() -> Arc<Schemas> {
+        let settings = crate::config::RegistrySettings {
+            url: "http://127.0.0.1:1".into(),
+            credentials: None,
+            tls: None,
+            refresh: Duration::ZERO,
+            timeout: Duration::from_secs(1),
+        };
+        Schemas::new(Client::new(&settings, None).unwrap(), Duration::ZERO, Arc::new(Metrics::default()))
+    }
+
+    fn slots(s: &Schemas) -> Vec<String> {
+        let mut out: Vec<String> = lock(&s.state).keys().cloned().collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_new_table_wants_its_fixed_subjects_and_forgets_what_no_route_uses() {
+        let s = schemas();
+        let a = table("  - {name: a, filter: a/#, topic: ta, encoding: avro}\n  - {name: t, filter: t/#, topic: 'tt.{1}', encoding: avro}\n");
+        s.want_table(&a);
+        assert_eq!(slots(&s), ["ta-value"], "the fixed subject at once; the templated one on first use");
+        assert!(s.metrics.health.readiness(true).not_ready.iter().any(|w| w.contains("resolving 1 schema")));
+        let templated = a.routes()[1].encoding.as_ref().unwrap();
+        assert!(matches!(s.lookup("tt.x-value", templated), Lookup::Pending));
+        assert_eq!(slots(&s), ["ta-value", "tt.x-value"]);
+        // A reload that keeps only the fixed route: the templated route's subjects are forgotten. (A
+        // templated route keeps every subject of its type and version: any could be one of its own.)
+        let b = table("  - {name: a, filter: a/#, topic: ta, encoding: avro}\n");
+        s.want_table(&b);
+        assert_eq!(slots(&s), ["ta-value"]);
+        // Another type for the same route name: nothing of the old shape is kept.
+        let c = table("  - {name: t, filter: t/#, topic: 'tt.{1}', encoding: protobuf}\n");
+        s.want_table(&c);
+        assert!(slots(&s).is_empty());
     }
 }

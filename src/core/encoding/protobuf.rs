@@ -1749,7 +1749,7 @@ message Deep {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(2000))]
+            #![proptest_config(ProptestConfig::with_cases(256))]
 
             #[test]
             fn any_json_encodes_or_misfits(value in json_value()) {
@@ -2362,7 +2362,7 @@ message P2 {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(3000))]
+            #![proptest_config(ProptestConfig::with_cases(256))]
 
             #[test]
             fn whatever_the_fast_path_takes_decodes_as_the_dynamic_path(value in object()) {
