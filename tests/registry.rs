@@ -681,3 +681,53 @@ fn an_https_registry_with_our_ca_and_a_client_certificate() {
     assert_eq!(records[0].header_str("schema_id"), Some(id.to_string().as_str()));
     assert_eq!(records[0].value, [&[0u8][..], &id.to_be_bytes(), &[2]].concat(), "magic, id, then n = 1");
 }
+
+/// A schema that references others (an Avro named type, a Protobuf import) is resolved with them.
+#[test]
+fn schemas_with_references_resolve_and_decode() {
+    let registry = SchemaRegistry::start();
+    let mosquitto = Mosquitto::start();
+    let (avro_topic, _) = topics("sr-ref-avro");
+    let (proto_topic, _) = topics("sr-ref-proto");
+    let site =
+        r#"{"type": "record", "name": "Site", "namespace": "iot", "fields": [{"name": "lat", "type": "double"}]}"#;
+    registry.register("iot-site", "AVRO", site);
+    let reading = r#"{"type": "record", "name": "Reading", "namespace": "iot", "fields": [{"name": "n", "type": "long"}, {"name": "site", "type": "iot.Site"}]}"#;
+    let avro_id =
+        registry.register_with_refs(&format!("{avro_topic}-value"), "AVRO", reading, &[("iot.Site", "iot-site", 1)]);
+    let location = "syntax = \"proto3\";\npackage common;\nmessage Location { double lat = 1; }\n";
+    registry.register("common-location", "PROTOBUF", location);
+    let sample = "syntax = \"proto3\";\npackage iot;\nimport \"common/location.proto\";\nmessage Sample { int64 n = 1; common.Location at = 2; }\n";
+    let proto_id = registry.register_with_refs(
+        &format!("{proto_topic}-value"),
+        "PROTOBUF",
+        sample,
+        &[("common/location.proto", "common-location", 1)],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("common")).unwrap();
+    std::fs::write(dir.path().join("common/location.proto"), location).unwrap();
+    std::fs::write(dir.path().join("sample.proto"), sample).unwrap();
+    let cfg = brokers(&mosquitto, &registry.url())
+        .route(route("avro", "a/#", &avro_topic, "    format: raw\n    encoding: avro\n"))
+        .route(route("proto", "p/#", &proto_topic, "    format: raw\n    encoding: protobuf\n"))
+        .write(dir.path());
+    let gw = start(&cfg);
+    let payload = br#"{"n": 5, "site": {"lat": 52.5}}"#.to_vec();
+    publish_all(
+        mosquitto.port(),
+        vec![("a/dev-1/x".into(), payload), ("p/dev-1/x".into(), br#"{"n": 6, "at": {"lat": 4.5}}"#.to_vec())],
+    );
+    let records = kafka().consume(&avro_topic, 1, WAIT);
+    assert_eq!(records.len(), 1, "{}", gw.logs());
+    let d = decoded_ok(&registry, DecodeFormat::Avro, &records);
+    assert_eq!((d[0].schema_id, d[0].value["site"]["lat"].as_f64()), (avro_id, Some(52.5)));
+    let records = kafka().consume(&proto_topic, 1, WAIT);
+    assert_eq!(records.len(), 1, "{}", gw.logs());
+    let proto = dir.path().join("sample.proto");
+    let d = decoded_ok(&registry, DecodeFormat::Protobuf { proto: &proto, message: "Sample" }, &records);
+    assert_eq!(
+        (d[0].schema_id, d[0].value["n"].as_str(), d[0].value["at"]["lat"].as_f64()),
+        (proto_id, Some("6"), Some(4.5))
+    );
+}
