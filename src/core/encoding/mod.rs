@@ -188,6 +188,8 @@ impl fmt::Display for EncodeError {
 /// A schema as the registry answered it, compiled: ready to encode.
 pub struct Compiled {
     pub id: u32,
+    /// The id as the `schema_id` header's text, written once rather than per record.
+    id_text: Vec<u8>,
     pub subject: String,
     pub version: u32,
     pub kind: EncodingKind,
@@ -249,6 +251,7 @@ impl Compiled {
         };
         Ok(Compiled {
             id: schema.id,
+            id_text: schema.id.to_string().into_bytes(),
             subject: schema.subject.clone(),
             version: schema.version,
             kind: schema.kind,
@@ -311,7 +314,7 @@ impl Compiled {
     /// Encodes `record`'s value in place and adds the `schema_id` header; Err: the `dlq_reason`.
     pub fn apply(&self, record: &mut Record) -> Result<(), EncodeError> {
         record.value = self.encode(&record.value)?;
-        record.headers.push((std::borrow::Cow::Borrowed(HEADER_SCHEMA_ID), self.id.to_string().into_bytes()));
+        record.headers.push((std::borrow::Cow::Borrowed(HEADER_SCHEMA_ID), self.id_text.clone()));
         Ok(())
     }
 }
