@@ -18,8 +18,8 @@ cargo build --release --bin mqtt-kafka-gateway --example consume
 export MQTT_BROKER="${MQTT_BROKER:-127.0.0.1:1883}"
 export KAFKA_BOOTSTRAP_SERVERS="${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:9092}"
 cat <<MSG
-Gateway starting with routes.yaml (MQTT $MQTT_BROKER -> Kafka $KAFKA_BOOTSTRAP_SERVERS). In another shell:
+Gateway starting with config/routes.yaml (MQTT $MQTT_BROKER -> Kafka $KAFKA_BOOTSTRAP_SERVERS). In another shell:
   mosquitto_pub -h 127.0.0.1 -t cmnd/f2-e4fd45f654be/access-control-mode/J1/door-sensors -m '{"door-sensor-1": false}'
   scripts/consume.sh raw_iot_data
 MSG
-exec "$CARGO_TARGET_DIR/release/mqtt-kafka-gateway" --config routes.yaml "$@"
+exec "$CARGO_TARGET_DIR/release/mqtt-kafka-gateway" --config config/routes.yaml "$@"

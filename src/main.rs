@@ -23,13 +23,20 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 ///
 /// Environment variables override the file: MQTT_BROKER, KAFKA_BOOTSTRAP_SERVERS, MQTT_USERNAME,
 /// MQTT_PASSWORD, KAFKA_TOPIC and MQTT_TOPIC_PATTERN (first route), and GATEWAY_<SECTION>__<KEY> for any
-/// other key (e.g. GATEWAY_MQTT__CLIENT_ID=edge-1). RUST_LOG sets the log filter, LOG_FORMAT=json
-/// structured logs.
+/// other key (e.g. GATEWAY_MQTT__CLIENT_ID=edge-1). GATEWAY_CONFIG names the file when --config does
+/// not. RUST_LOG sets the log filter, LOG_FORMAT=json structured logs.
 #[derive(Parser, Debug)]
 #[command(name = "mqtt-kafka-gateway", version, about, long_about, max_term_width = 110)]
 struct Cli {
-    /// The routes file.
-    #[arg(long, short = 'c', value_name = "PATH", default_value = config::DEFAULT_CONFIG_PATH, global = true)]
+    /// The routes file (the container image sets GATEWAY_CONFIG, so that every command finds its file).
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "PATH",
+        env = "GATEWAY_CONFIG",
+        default_value = config::DEFAULT_CONFIG_PATH,
+        global = true
+    )]
     config: PathBuf,
 
     #[command(subcommand)]

@@ -12,6 +12,7 @@ fn gateway(args: &[&str], dir: &Path) -> Output {
         .env_remove("KAFKA_TOPIC")
         .env_remove("MQTT_TOPIC_PATTERN")
         .env_remove("KAFKA_BOOTSTRAP_SERVERS")
+        .env_remove("GATEWAY_CONFIG")
         .output()
         .expect("run the gateway binary")
 }
@@ -31,7 +32,7 @@ const HEAD: &str = "routes:\n  - name: a\n    filter: 'cmnd/#'\n    topic: raw\n
 #[test]
 fn validate_accepts_the_shipped_file_and_the_examples() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for file in ["routes.yaml", "examples/routes.yaml"] {
+    for file in ["config/routes.yaml", "examples/routes.yaml"] {
         let o = gateway(&["validate", file], root);
         assert!(o.status.success(), "{file}: {}", text(&o));
         assert!(text(&o).contains(": OK,"), "{}", text(&o));
@@ -106,6 +107,34 @@ fn validate_names_file_line_and_key_for_each_error_class() {
 }
 
 #[test]
+fn gateway_config_names_the_file_when_config_does_not() {
+    // What the container image does: GATEWAY_CONFIG=/etc/mqtt-kafka-gateway/routes.yaml, and
+    // `validate`, `probe`, `run` find the mounted file from any working directory.
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), &format!("{HEAD}  - name: b\n    filter: 'x/#'\n    topic: raw2\n"));
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_mqtt-kafka-gateway"))
+            .args(args)
+            .current_dir(elsewhere.path())
+            .env("GATEWAY_CONFIG", &file)
+            .env_remove("MQTT_BROKER")
+            .env_remove("KAFKA_TOPIC")
+            .env_remove("MQTT_TOPIC_PATTERN")
+            .env_remove("KAFKA_BOOTSTRAP_SERVERS")
+            .output()
+            .unwrap()
+    };
+    let o = run(&["validate"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("OK, 2 routes"), "the named file, not ./routes.yaml: {}", text(&o));
+    // --config wins.
+    let o = run(&["--config", "nowhere.yaml", "validate"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("nowhere.yaml"), "{}", text(&o));
+}
+
+#[test]
 fn validate_reports_every_problem_at_once() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "routes:\n  - name: a\n    filter: 'cmnd/#/x'\n    topic: 'bad topic'\n    key: '$[?'\n");
@@ -122,7 +151,7 @@ fn explain_shows_the_exact_record() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let topic = "cmnd/f2-e4fd45f654be/access-control-mode/J1/door-sensors";
     let payload = r#"{"timestamp": "2023-05-26 18:34:04.928538", "door-sensor-1": false}"#;
-    let o = gateway(&["explain", "--topic", topic, "--payload", payload], root);
+    let o = gateway(&["--config", "config/routes.yaml", "explain", "--topic", topic, "--payload", payload], root);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(t.contains("matches 1 of 1 route"), "{t}");
@@ -140,13 +169,16 @@ fn explain_shows_the_exact_record() {
 #[test]
 fn explain_says_why_a_message_is_dead_lettered_or_unrouted() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let o = gateway(&["explain", "--topic", "cmnd/plc-7/x", "--payload", "not json"], root);
+    let o = gateway(
+        &["--config", "config/routes.yaml", "explain", "--topic", "cmnd/plc-7/x", "--payload", "not json"],
+        root,
+    );
     let t = text(&o);
     assert!(t.contains("DEAD LETTER: payload is not valid JSON"), "{t}");
     assert!(t.contains("kafka topic  raw_iot_data.dlq"), "{t}");
     assert!(t.contains("key          plc-7"), "{t}");
 
-    let o = gateway(&["explain", "--topic", "tele/x", "--payload", "{}"], root);
+    let o = gateway(&["--config", "config/routes.yaml", "explain", "--topic", "tele/x", "--payload", "{}"], root);
     assert!(text(&o).contains("matches 0 of 1 route; the message would be counted as unrouted"), "{}", text(&o));
 
     let o = gateway(

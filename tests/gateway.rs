@@ -15,9 +15,9 @@ const SPEC_TOPIC: &str = "cmnd/f2-e4fd45f654be/access-control-mode/J1/door-senso
 const SPEC_PAYLOAD: &str =
     r#"{"timestamp": "2023-05-26 18:34:04.928538", "door-sensor-1": false, "door-sensor-2": true}"#;
 
-/// The repository's routes.yaml: the spec's route.
+/// The repository's config/routes.yaml: the spec's route.
 fn shipped_routes() -> PathBuf {
-    common::repo_root().join("routes.yaml")
+    common::repo_root().join("config/routes.yaml")
 }
 
 /// The spec's environment: both brokers, and `topic` as the default route's Kafka topic.
@@ -342,7 +342,7 @@ fn mqtt_username_and_password_come_from_the_environment() {
     assert!(status.success());
     let mosquitto = Mosquitto::start_with(&format!("allow_anonymous false\npassword_file {}\n", passwords.display()));
     let topic = new_topic("auth", 1);
-    let shipped = common::repo_root().join("routes.yaml");
+    let shipped = common::repo_root().join("config/routes.yaml");
 
     // Without credentials the broker refuses, and the gateway says so and keeps retrying.
     let mut env = broker_env(&mosquitto);

@@ -56,7 +56,7 @@ pub fn load_with_env(path: &Path, env: &dyn EnvSource) -> Result<Config, ConfigE
             path: String::new(),
             message: format!("cannot read the configuration file: {e}"),
             hint: Some(format!(
-                "pass the file with --config PATH (default ./{DEFAULT_CONFIG_PATH}); the repository's routes.yaml is a starting point"
+                "pass the file with --config PATH or GATEWAY_CONFIG (default ./{DEFAULT_CONFIG_PATH}); the repository's config/routes.yaml is a starting point"
             )),
             origin: Origin::File { path: path.to_path_buf(), position: None },
         }],
@@ -225,7 +225,8 @@ fn prefixed_env(env: &dyn EnvSource) -> Serialized<Dict> {
     let mut dict = Dict::new();
     for (name, value) in env.all() {
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
-        if is_service_link(rest) {
+        // GATEWAY_CONFIG names the file itself (the --config flag), it is not a key in it.
+        if is_service_link(rest) || rest == "CONFIG" {
             continue;
         }
         let mut parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();

@@ -61,7 +61,7 @@ fn an_empty_file_gives_the_spec_route_and_defaults() {
 
 #[test]
 fn the_shipped_routes_yaml_is_the_spec_route() {
-    let text = include_str!("../../routes.yaml");
+    let text = include_str!("../../config/routes.yaml");
     let c = load(text, &[]).unwrap();
     let routes = c.routes.routes();
     assert_eq!(routes.len(), 1);
@@ -259,6 +259,8 @@ fn kubernetes_service_links_of_a_service_named_gateway_are_not_config_keys() {
         ("GATEWAY_SERVICE_PORT", "80"),
     ];
     assert!(load("", &links).is_ok());
+    // GATEWAY_CONFIG is the path of the file (the --config flag), not a key.
+    assert!(load("", &[("GATEWAY_CONFIG", "/etc/mqtt-kafka-gateway/routes.yaml")]).is_ok());
     // A misspelt key (one underscore) is still reported.
     assert!(load("", &[("GATEWAY_MQTT_CLIENT_ID", "x")]).is_err());
 }
