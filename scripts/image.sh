@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds and tests the gateway's container image.
 #
-#   scripts/image.sh build   builds the shipped Dockerfile as mqtt-kafka-gateway:latest and prints its size
+#   scripts/image.sh build   builds the shipped Dockerfile as mqtt-kafka-gateway:latest (and :VERSION, the
+#                            crate's) and prints its size
 #   scripts/image.sh test    builds, then runs the image against a local Mosquitto and Kafka (the spec's
 #                            message, the env overrides, non-root, read-only root, the probe and health
 #                            check, a live route change through the mounted directory, stop), then brings
@@ -162,7 +163,10 @@ build() {
   local format=()
   # podman writes OCI images by default, which have no HEALTHCHECK.
   [ "$engine" = podman ] && format=(--format docker)
-  "$engine" build "${format[@]}" -t "$IMAGE" . || die "the build failed"
+  # Also tagged with the crate's version, the tag deploy/kubernetes names.
+  local version
+  version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)"
+  "$engine" build "${format[@]}" -t "$IMAGE" -t "mqtt-kafka-gateway:$version" . || die "the build failed"
   size="$("$engine" image inspect --format '{{.Size}}' "$IMAGE")"
   say "$IMAGE: $size bytes ($((size / 1000000)) MB; the target is at most $((SIZE_LIMIT / 1000000)) MB)"
 }
