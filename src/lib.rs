@@ -8,7 +8,7 @@
 //!           config       routes.yaml + environment → validated settings; live reload
 //!          ▲      ▲
 //!        mqtt    kafka   registry   the edges: one broker (or the Schema Registry) each
-//!          ▲      ▲        ▲
+//!          ▲      ▲        ▲        spool (the disk, below core only)
 //!          pipeline      the wiring: the path of a message, top to bottom
 //!
 //!          commands      validate's siblings: check and explain
@@ -25,3 +25,4 @@ pub mod mqtt;
 pub mod ops;
 pub mod pipeline;
 pub mod registry;
+pub mod spool;

@@ -14,7 +14,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("mqtt", &["core", "ops", "config"]),
     ("kafka", &["core", "ops", "config"]),
     ("registry", &["core", "ops", "config"]),
-    ("pipeline", &["core", "ops", "config", "mqtt", "kafka", "registry"]),
+    ("spool", &["core"]),
+    ("pipeline", &["core", "ops", "config", "mqtt", "kafka", "registry", "spool"]),
     ("commands", &["core", "ops", "config", "mqtt", "kafka", "registry"]),
 ];
 

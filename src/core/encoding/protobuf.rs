@@ -338,7 +338,7 @@ fn message_indexes(message: &MessageDescriptor) -> Result<Vec<i32>, String> {
     const NESTED_MESSAGES: i32 = 3;
     let path = message.path();
     let well_formed = path.len() >= 2
-        && path.len() % 2 == 0
+        && path.len().is_multiple_of(2)
         && path
             .chunks(2)
             .enumerate()
