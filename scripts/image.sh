@@ -410,6 +410,8 @@ test_compose() {
   kp="$(free_port)"
   hp="$(free_port)"
   compose_down="${compose[*]} down"
+  # What an interrupted earlier run may have left of the project.
+  "${compose[@]}" down >/dev/null 2>&1 || true
   say "compose: ${compose[*]} up -d (ports $mp, $kp, $hp)"
   MKG_MQTT_PORT=$mp MKG_KAFKA_PORT=$kp MKG_HTTP_PORT=$hp "${compose[@]}" up -d >"$work/compose.log" 2>&1 || {
     cat "$work/compose.log" >&2
