@@ -263,7 +263,8 @@ run_gateway() { # name config_dir http_port [env...]
 wait_ready() { # name
   local i
   for ((i = 0; i < WAIT_SECS; i++)); do
-    if "$engine" exec "$1" /usr/local/bin/mqtt-kafka-gateway probe >/dev/null 2>&1; then
+    # As the README says to: the binary by name (the image's PATH), its configuration from GATEWAY_CONFIG.
+    if "$engine" exec "$1" mqtt-kafka-gateway probe >/dev/null 2>&1; then
       return 0
     fi
     sleep 1
