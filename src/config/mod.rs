@@ -37,6 +37,7 @@ mod security;
 #[cfg(test)]
 mod security_tests;
 mod sources;
+mod spool;
 #[cfg(test)]
 mod tests;
 pub mod tls;
@@ -51,6 +52,7 @@ pub use broker::{parse_broker, BrokerAddr, Transport};
 pub use raw::*;
 pub use security::{is_secret_property, MqttTls, RawKafkaSasl, RawKafkaTls, RawMqttTls, RawOauthbearer, TlsVersion};
 pub use sources::{load, load_from_str, load_with_env, EnvSource, ProcessEnv};
+pub use spool::{parse_size, AckAfter, ByteSize, FsyncMode, RawSpool, SpoolFsync, SpoolSettings, WhenFull};
 
 use crate::core::routing::RouteTable;
 use crate::core::yaml_index::Position;
@@ -83,6 +85,8 @@ pub struct Config {
     pub replicas: Option<crate::core::routing::replicas::Replicas>,
     /// `schema_registry`, when its `url` is set.
     pub schema_registry: Option<RegistrySettings>,
+    /// `spool`, when its `dir` is set.
+    pub spool: Option<SpoolSettings>,
 }
 
 /// `schema_registry`, checked.
@@ -251,6 +255,7 @@ impl Config {
         check("http", self.http != new.http);
         check("replicas", self.replicas != new.replicas);
         check("schema_registry", self.schema_registry != new.schema_registry);
+        check("spool", self.spool != new.spool);
         let (pa, pb) = (&self.kafka.properties, &new.kafka.properties);
         for key in pa.keys().chain(pb.keys().filter(|k| !pa.contains_key(*k))) {
             if pa.get(key) != pb.get(key) {

@@ -23,6 +23,7 @@ pub struct RawConfig {
     pub http: RawHttp,
     pub replicas: RawReplicas,
     pub schema_registry: RawSchemaRegistry,
+    pub spool: super::spool::RawSpool,
 }
 
 /// `schema_registry`: a Confluent-compatible Schema Registry (its REST API), for the routes whose
@@ -153,6 +154,7 @@ impl Default for RawConfig {
             http: RawHttp::default(),
             replicas: RawReplicas::default(),
             schema_registry: RawSchemaRegistry::default(),
+            spool: super::spool::RawSpool::default(),
         }
     }
 }

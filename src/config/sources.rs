@@ -294,8 +294,8 @@ fn deserialize_sections(
     locate: &dyn Fn(&str) -> Origin,
     problems: &mut Vec<Problem>,
 ) -> Option<RawConfig> {
-    const SECTIONS: [&str; 9] =
-        ["mqtt", "kafka", "routes", "shutdown", "log", "reload", "http", "replicas", "schema_registry"];
+    const SECTIONS: [&str; 10] =
+        ["mqtt", "kafka", "routes", "shutdown", "log", "reload", "http", "replicas", "schema_registry", "spool"];
     for key in merged.keys() {
         if !SECTIONS.contains(&key.as_str()) {
             problems.push(Problem {
@@ -325,6 +325,7 @@ fn deserialize_sections(
     section!("http", http);
     section!("replicas", replicas);
     section!("schema_registry", schema_registry);
+    section!("spool", spool);
     if let Some(routes) = merged.get("routes") {
         match routes {
             FValue::Array(_, items) => {

@@ -308,3 +308,44 @@ fn read_coalescing_defaults_to_1_ms_is_set_by_file_or_env_and_bounded() {
     let p = problems("mqtt:\n  read_coalesce_us: 100001\n");
     assert!(p.iter().any(|p| p.contains("mqtt.read_coalesce_us") && p.contains("out of range")), "{p:?}");
 }
+
+#[test]
+fn the_spool_is_off_until_a_directory_is_set_and_then_takes_its_settings() {
+    use crate::config::{AckAfter, SpoolFsync, WhenFull};
+    assert_eq!(load("", &[]).unwrap().spool, None, "no dir: memory only");
+    let c = load("spool:\n  dir: /var/lib/gw/spool\n", &[]).unwrap();
+    let s = c.spool.expect("on");
+    assert_eq!(s.dir, std::path::PathBuf::from("/var/lib/gw/spool"));
+    assert_eq!(s.max_bytes, 1 << 30);
+    assert_eq!(s.fsync, SpoolFsync::Interval(std::time::Duration::from_millis(500)));
+    assert_eq!((s.when_full, s.ack_after), (WhenFull::Block, AckAfter::Kafka));
+
+    let yaml = "spool:\n  dir: /s\n  max_bytes: 512MiB\n  fsync: always\n  when_full: drop_oldest\n  ack_after: spool\n";
+    let s = load(yaml, &[]).unwrap().spool.unwrap();
+    assert_eq!((s.max_bytes, s.fsync), (512 << 20, SpoolFsync::Always));
+    assert_eq!((s.when_full, s.ack_after), (WhenFull::DropOldest, AckAfter::Spool));
+
+    // From the environment, as a Kubernetes Deployment would set it.
+    let env = [("GATEWAY_SPOOL__DIR", "/data/spool"), ("GATEWAY_SPOOL__MAX_BYTES", "2GiB")];
+    let s = load("", &env).unwrap().spool.unwrap();
+    assert_eq!((s.dir.to_str(), s.max_bytes), (Some("/data/spool"), 2 << 30));
+    let env = [("GATEWAY_SPOOL__DIR", "/data/spool"), ("GATEWAY_SPOOL__MAX_BYTES", "1073741824")];
+    assert_eq!(load("", &env).unwrap().spool.unwrap().max_bytes, 1 << 30);
+}
+
+#[test]
+fn bad_spool_settings_are_named() {
+    for (yaml, needle) in [
+        ("spool:\n  dir: /s\n  max_bytes: 1.5GiB\n", "spool.max_bytes"),
+        ("spool:\n  dir: /s\n  max_bytes: 1MiB\n", "too small"),
+        ("spool:\n  dir: /s\n  max_bytes: 1 GB of disk\n", "unknown unit"),
+        ("spool:\n  dir: /s\n  fsync: sometimes\n", "spool.fsync"),
+        ("spool:\n  dir: /s\n  fsync_interval_ms: 0\n", "spool.fsync_interval_ms"),
+        ("spool:\n  dir: /s\n  when_full: panic\n", "spool.when_full"),
+        ("spool:\n  dir: /s\n  ack_after: mqtt\n", "spool.ack_after"),
+        ("spool:\n  dir: /s\n  size: 1GiB\n", "size"),
+    ] {
+        let e = load(yaml, &[]).unwrap_err().to_string();
+        assert!(e.contains(needle), "{yaml}: {e}");
+    }
+}

@@ -81,6 +81,7 @@ pub(super) fn validate(
     let needs_registry =
         raw.routes.iter().position(|r| r.encoding.as_ref().is_some_and(|e| e.spec().kind.registry_type().is_some()));
     let schema_registry = super::registry::settings(&raw.schema_registry, needs_registry, &mut p);
+    let spool = super::spool::settings(&raw.spool, &mut p);
     Some(Config {
         source: path.to_path_buf(),
         mqtt: mqtt?,
@@ -92,6 +93,7 @@ pub(super) fn validate(
         http,
         replicas,
         schema_registry,
+        spool,
     })
 }
 
