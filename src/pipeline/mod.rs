@@ -32,6 +32,7 @@ mod inflight;
 mod policy;
 mod retries;
 mod sequencer;
+mod spooled;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
