@@ -320,7 +320,8 @@ fn the_spool_is_off_until_a_directory_is_set_and_then_takes_its_settings() {
     assert_eq!(s.fsync, SpoolFsync::Interval(std::time::Duration::from_millis(500)));
     assert_eq!((s.when_full, s.ack_after), (WhenFull::Block, AckAfter::Kafka));
 
-    let yaml = "spool:\n  dir: /s\n  max_bytes: 512MiB\n  fsync: always\n  when_full: drop_oldest\n  ack_after: spool\n";
+    let yaml =
+        "spool:\n  dir: /s\n  max_bytes: 512MiB\n  fsync: always\n  when_full: drop_oldest\n  ack_after: spool\n";
     let s = load(yaml, &[]).unwrap().spool.unwrap();
     assert_eq!((s.max_bytes, s.fsync), (512 << 20, SpoolFsync::Always));
     assert_eq!((s.when_full, s.ack_after), (WhenFull::DropOldest, AckAfter::Spool));

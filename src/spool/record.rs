@@ -3,7 +3,7 @@
 //! message once the message is gone: the route and device for the failure policy and the metrics, the
 //! receive time for latency and the age of the backlog, and the payload for a dead letter made later.
 //!
-//! The encoding is ours and versioned: a version byte, flags, QoS, the receive time, then
+//! The encoding is ours and versioned: a version byte, flags, QoS, the receive time, the token, then
 //! length-prefixed fields. Decoding never trusts a length: a frame that passed its checksum but does not
 //! decode (a newer version, a bug) is an error the caller counts and skips, never a panic.
 
@@ -27,6 +27,9 @@ pub struct Spooled {
     /// The MQTT payload, for a dead letter made if Kafka refuses the record; `None` when it is the
     /// record's value (a raw route), so that it is not stored twice.
     pub payload: Option<Vec<u8>>,
+    /// The number the gateway gave the message that waits for this record to reach Kafka (QoS 1/2
+    /// with `ack_after: kafka`); 0 for none. Meaningful to the process that wrote it only.
+    pub token: u64,
 }
 
 impl Spooled {
@@ -70,6 +73,7 @@ pub fn encode(s: &Spooled, out: &mut Vec<u8>) {
     let micros = s.received_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_micros();
     out.extend_from_slice(&[VERSION, flags, s.qos]);
     out.extend_from_slice(&u64::try_from(micros).unwrap_or(u64::MAX).to_le_bytes());
+    out.extend_from_slice(&s.token.to_le_bytes());
     field(out, r.topic.as_bytes());
     if let Some(key) = &r.key {
         field(out, key);
@@ -98,6 +102,7 @@ pub fn decode(bytes: &[u8]) -> Result<Spooled, DecodeError> {
     let flags = r.byte("flags")?;
     let qos = r.byte("qos")?;
     let micros = u64::from_le_bytes(r.array("receive time")?);
+    let token = u64::from_le_bytes(r.array("token")?);
     let topic = r.text("topic")?;
     let key = if flags & HAS_KEY != 0 { Some(r.field("key")?.to_vec()) } else { None };
     let value = r.field("value")?.to_vec();
@@ -125,6 +130,7 @@ pub fn decode(bytes: &[u8]) -> Result<Spooled, DecodeError> {
         received_at: UNIX_EPOCH + Duration::from_micros(micros),
         dead_letter: flags & DEAD_LETTER != 0,
         payload,
+        token,
     })
 }
 
@@ -191,6 +197,7 @@ mod tests {
             received_at: UNIX_EPOCH + Duration::from_micros(1_796_431_035_406_037),
             dead_letter: false,
             payload: Some(br#"{"on":true}"#.to_vec()),
+            token: 7,
         }
     }
 
@@ -234,7 +241,7 @@ mod tests {
         assert!(matches!(decode(&many), Err(DecodeError::Short(_))));
         // A topic that is not UTF-8.
         let mut bad = bytes;
-        bad[11 + 4] = 0xff;
+        bad[19 + 4] = 0xff;
         assert_eq!(decode(&bad), Err(DecodeError::NotUtf8("topic")));
     }
 
@@ -246,7 +253,7 @@ mod tests {
             topic in ".{0,40}", key in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
             value in proptest::collection::vec(any::<u8>(), 0..200), route in ".{0,20}", device in ".{0,20}",
             mqtt_topic in ".{0,40}", qos in 0u8..3, micros in any::<u64>(), dead_letter in any::<bool>(),
-            payload in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..100)),
+            payload in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..100)), token in any::<u64>(),
             headers in proptest::collection::vec((".{0,12}", proptest::collection::vec(any::<u8>(), 0..30)), 0..5),
         ) {
             let s = Spooled {
@@ -255,7 +262,7 @@ mod tests {
                     headers: headers.into_iter().map(|(k, v)| (Cow::Owned(k), v)).collect(),
                 },
                 route, device_id: device, mqtt_topic, qos,
-                received_at: UNIX_EPOCH + Duration::from_micros(micros), dead_letter, payload,
+                received_at: UNIX_EPOCH + Duration::from_micros(micros), dead_letter, payload, token,
             };
             let mut bytes = Vec::new();
             encode(&s, &mut bytes);

@@ -46,6 +46,9 @@ pub enum Event {
     Stored { stored: u64, durable: u64 },
     /// Records asked for with [`Handle::want`], in log order.
     Records(Vec<(Position, Vec<u8>)>),
+    /// Records were asked for and every record stored so far has been handed out: `stored` appends
+    /// (counted as in [`Event::Stored`]), nothing waiting for room. Said once each time it becomes so.
+    CaughtUp { stored: u64 },
     /// Records dropped to make room (`when_full: drop_oldest`).
     Dropped { records: u64, bytes: u64 },
     /// Appends wait in memory for room (`when_full: block`).
@@ -95,6 +98,7 @@ pub fn start(options: Options, when_full: WhenFull) -> Result<(Handle, Recovery)
         durable: 0,
         reported: (0, 0),
         credit: 0,
+        said_caught_up: false,
         last_sync: Instant::now(),
         retry_failed: false,
     };
@@ -161,6 +165,8 @@ struct Worker {
     durable: u64,
     reported: (u64, u64),
     credit: usize,
+    /// [`Event::CaughtUp`] was said, and nothing has been stored since.
+    said_caught_up: bool,
     last_sync: Instant,
     /// A write failed: try the waiting appends again at the next tick, not at every command.
     retry_failed: bool,
@@ -232,6 +238,7 @@ impl Worker {
                 Ok(_) => {
                     self.waiting.pop_front();
                     self.stored += 1;
+                    self.said_caught_up = false;
                     if !matches!(self.fsync, Fsync::Interval(_)) {
                         // Always: fsynced by append. Never: as durable as it will ever be.
                         self.durable = self.stored;
@@ -306,13 +313,17 @@ impl Worker {
     fn serve_reads(&mut self) {
         while self.credit > 0 {
             let mut batch = Vec::new();
+            let mut at_end = false;
             while self.credit > 0 && batch.len() < READ_BATCH {
                 match self.log.next() {
                     Ok(Some(record)) => {
                         batch.push(record);
                         self.credit -= 1;
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        at_end = true;
+                        break;
+                    }
                     Err(e @ SpoolError::Corrupt { .. }) => self.send(Event::Corrupt(e)),
                     Err(e) => {
                         self.send(Event::Failed(e));
@@ -320,10 +331,20 @@ impl Worker {
                     }
                 }
             }
-            if batch.is_empty() {
+            let read_none = batch.is_empty();
+            if !read_none {
+                self.send(Event::Records(batch));
+            }
+            if at_end {
+                if self.waiting.is_empty() && !self.said_caught_up {
+                    self.said_caught_up = true;
+                    self.send(Event::CaughtUp { stored: self.stored });
+                }
                 return;
             }
-            self.send(Event::Records(batch));
+            if read_none {
+                return;
+            }
         }
     }
 
@@ -460,7 +481,7 @@ mod tests {
                 }
                 Event::Room => room = true,
                 Event::Dropped { .. } | Event::Failed(_) | Event::Corrupt(_) => panic!("nothing goes wrong"),
-                Event::Stored { .. } | Event::Full => {}
+                Event::Stored { .. } | Event::Full | Event::CaughtUp { .. } => {}
             }
         }
         assert!(room, "Room once the last waiting record was stored");
@@ -484,6 +505,28 @@ mod tests {
         h.want(50);
         let got = read(&mut h, left).await;
         assert_eq!(values(&got), (dropped as u32..50).map(record).collect::<Vec<_>>());
+        h.close().unwrap();
+    }
+
+    #[tokio::test]
+    async fn caught_up_is_said_once_each_time_the_reader_reaches_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut h, _) = start(options(dir.path(), 1 << 20, Fsync::Never), WhenFull::Block).unwrap();
+        for i in 0..3 {
+            h.append(record(i));
+        }
+        h.want(10);
+        let before = until(&mut h, |e| matches!(e, Event::CaughtUp { stored: 3 })).await;
+        assert!(before.iter().any(|e| matches!(e, Event::Records(r) if r.len() == 3)), "{before:?}");
+        h.append(record(3));
+        let before = until(&mut h, |e| matches!(e, Event::CaughtUp { stored: 4 })).await;
+        assert!(before.iter().any(|e| matches!(e, Event::Records(r) if r.len() == 1)), "{before:?}");
+        // Nothing new: not said again.
+        h.want(1);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        while let Some(e) = h.try_event() {
+            assert!(!matches!(e, Event::CaughtUp { .. }), "said twice");
+        }
         h.close().unwrap();
     }
 
