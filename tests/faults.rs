@@ -511,3 +511,41 @@ fn tail(gw: &Gateway) -> String {
     let lines: Vec<&str> = logs.lines().filter(|l| !l.contains("DEBUG")).collect();
     lines[lines.len().saturating_sub(60)..].join("\n")
 }
+
+/// The same stall with the disk spool: the gateway keeps reading at QoS 0 while Kafka is down, the
+/// records go to disk, and every message arrives once Kafka is back, in order.
+#[test]
+fn a_qos0_stall_on_a_default_broker_loses_nothing_with_a_spool() {
+    let _serial = serial();
+    const N: usize = 20_000;
+    let spool = tempfile::tempdir().unwrap();
+    let spool_yaml = format!("spool:\n  dir: {}\n  max_bytes: 256MiB\n", spool.path().join("spool").display());
+    let Rig { kafka, mosquitto, topic, cfg, _dir } = rig_with("fault_spool0", 3, 0, Mosquitto::start(), |c| {
+        c.mqtt(SLOW_PIPELINE).kafka("  queue_max_messages: 2000\n  queue_max_kbytes: 4096\n").extra(&spool_yaml)
+    });
+    let mut gw = start(&cfg, &mosquitto, &kafka);
+    kafka.kill();
+    let filler = "x".repeat(1024);
+    let messages = (0..N)
+        .map(|i| (format!("fault/dev-{}/seq", i % 50), format!(r#"{{"seq":{i},"fill":"{filler}"}}"#).into_bytes()))
+        .collect();
+    common::publish_all(mosquitto.port(), messages);
+    assert!(
+        common::wait_until(WAIT, Duration::from_millis(100), || gw.logs().contains("spooling to disk")),
+        "never spooled:\n{}",
+        tail(&gw)
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    kafka.restart();
+    let t = tally(&kafka, &topic, N, Duration::from_secs(120));
+    gw.sigterm();
+    assert!(gw.wait_exit(WAIT).is_some(), "{}", tail(&gw));
+    eprintln!(
+        "FAULT RESULT qos0_stall_spool: sent={N} lost={} duplicates={} order_violations={}",
+        t.lost, t.duplicates, t.order_violations
+    );
+    assert!(!mosquitto.log().contains("Outgoing messages are being dropped"), "the broker dropped nothing");
+    assert_eq!(t.lost, 0, "{}", tail(&gw));
+    assert_eq!(t.order_violations, 0);
+    assert!(gw.logs().contains("read back to its end"), "{}", tail(&gw));
+}

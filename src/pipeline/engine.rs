@@ -37,6 +37,10 @@ use crate::ops::health::{Loop, HEARTBEAT_EVERY};
 use crate::ops::metrics::Metrics;
 use crate::registry::{Lookup, Schemas};
 
+mod spool;
+pub(super) use spool::SpoolLink;
+use spool::{SpoolState, SPILL_AFTER, SPOOL_TAG};
+
 /// A message taken from MQTT and not settled yet.
 struct Unsettled {
     message: Message,
@@ -54,6 +58,8 @@ pub(super) struct GaveUp;
 /// Why handing a record to librdkafka stopped short.
 enum SendError {
     GaveUp,
+    /// It waited [`SPILL_AFTER`] for room: it goes to the spool instead.
+    Spill,
     /// Refused at once; the headers come back for what follows.
     Refused(KafkaError, OwnedHeaders),
 }
@@ -116,6 +122,8 @@ pub(super) struct Engine {
     schemas: Option<Arc<Schemas>>,
     schemas_changed: Option<tokio::sync::watch::Receiver<u64>>,
     awaiting: Awaiting,
+    /// The disk spool, when `spool.dir` is set.
+    spool: Option<SpoolState>,
     /// Scratch buffers, kept to allocate nothing per message.
     matched: Vec<u32>,
     reports: Vec<reports::DeliveryReport>,
@@ -141,13 +149,14 @@ pub(super) struct Links {
     pub(super) connection: Arc<AtomicU64>,
     pub(super) fatal: CancellationToken,
     pub(super) schemas: Option<Arc<Schemas>>,
+    pub(super) spool: Option<SpoolLink>,
 }
 
 impl Engine {
     /// An engine over `links` that takes payloads up to `max_payload` bytes (`mqtt.max_packet_size_bytes`)
     /// and at most `window` messages unsettled (`mqtt.max_unacked_messages`).
     pub(super) fn new(links: Links, max_payload: usize, window: usize, replicas: Option<Replicas>) -> Self {
-        let Links { producer, events, metrics, acks, connection, fatal, schemas } = links;
+        let Links { producer, events, metrics, acks, connection, fatal, schemas, spool } = links;
         let schemas_changed = schemas.as_ref().map(|s| s.changed());
         Self {
             producer,
@@ -164,6 +173,7 @@ impl Engine {
             schemas,
             schemas_changed,
             awaiting: Awaiting::default(),
+            spool: spool.map(SpoolState::new),
             matched: Vec::new(),
             reports: Vec::new(),
             refused: Vec::new(),
@@ -193,7 +203,8 @@ impl Engine {
                 more_events = self.events.serve();
                 self.take_reports();
             }
-            let room = open && self.messages.len() < self.window;
+            let room = open && self.messages.len() < self.window && !self.spool.as_ref().is_some_and(|s| s.full);
+            let replay_blocked = self.spool.as_ref().is_some_and(SpoolState::blocked);
             let next_retry = self.retries.next_due();
             let next_held = self.held.next_due();
             let done = tokio::select! {
@@ -216,6 +227,16 @@ impl Engine {
                 }
                 _ = schema_news(&mut self.schemas_changed), if !self.awaiting.is_empty() => {
                     self.release_awaiting(give_up).await
+                }
+                event = spool_news(&mut self.spool) => {
+                    if let Some(event) = event {
+                        self.spool_event(event);
+                    }
+                    Ok(())
+                }
+                _ = tokio::time::sleep(ROOM_POLL), if replay_blocked => {
+                    self.hand_over_replayed();
+                    Ok(())
                 }
                 m = intake.recv(), if room => match m {
                     None => {
@@ -370,14 +391,29 @@ impl Engine {
                 (record, true)
             }
         };
+        // Once records go to the spool, all do until it is read back to its end: order holds.
+        if self.spooling() {
+            self.spool_record(slot, route, record, dead_letter, device.id, msg);
+            return Ok(Produced::Record);
+        }
         let entry = RecordEntry { message: slot, route: index, dead_letter, truncated: false, attempt: 0 };
         let tag = self.records.insert(entry);
         let headers = kafka::owned_headers(record.headers.iter().map(|(k, v)| (k.as_ref(), v.as_slice())));
-        match self.send(tag, &record.topic, record.key.as_deref(), &record.value, headers, give_up).await {
+        let spill = self.spool.is_some();
+        match self.send(tag, &record.topic, record.key.as_deref(), &record.value, headers, spill, give_up).await {
             Ok(()) => {}
             Err(SendError::GaveUp) => {
                 self.records.remove(tag);
                 return Err(GaveUp);
+            }
+            Err(SendError::Spill) => {
+                self.records.remove(tag);
+                tracing::warn!(
+                    waited_ms = SPILL_AFTER.as_millis() as u64,
+                    "Kafka does not take records: spooling to disk"
+                );
+                self.spool_record(slot, route, record, dead_letter, device.id, msg);
+                return Ok(Produced::Record);
             }
             Err(SendError::Refused(error, headers)) => {
                 let parts = Parts { topic: record.topic, key: record.key, value: record.value, headers };
@@ -397,6 +433,7 @@ impl Engine {
         key: Option<&[u8]>,
         value: &[u8],
         mut headers: OwnedHeaders,
+        spill: bool,
         give_up: &CancellationToken,
     ) -> Result<(), SendError> {
         // Read the clock only once the queue is full, not for every record.
@@ -411,6 +448,9 @@ impl Engine {
                 Err((e, back)) if kafka::classify(&e) == kafka::ErrorKind::QueueFull => {
                     headers = back;
                     let waited = started.get_or_insert_with(Instant::now).elapsed();
+                    if spill && waited >= SPILL_AFTER {
+                        return Err(SendError::Spill);
+                    }
                     // Waiting for room is the engine at work: it stays live for /healthz.
                     self.metrics.health.beat(Loop::Engine);
                     if waited >= next_warning {
@@ -469,6 +509,19 @@ impl Engine {
     /// One record's fate, as Kafka reports it.
     fn report(&mut self, report: reports::DeliveryReport, now: SystemTime) {
         let tag = report.tag as u32;
+        if tag & SPOOL_TAG != 0 {
+            let result = report.result.map_err(|reports::Failure { error, mut record }| {
+                let headers = record.detach_headers().unwrap_or_default();
+                let parts = Parts {
+                    topic: record.topic().to_string(),
+                    key: record.key().map(<[u8]>::to_vec),
+                    value: record.payload().unwrap_or_default().to_vec(),
+                    headers,
+                };
+                (error, parts)
+            });
+            return self.replayed_report(tag, result, now);
+        }
         let Some(&entry) = self.records.get(tag) else { return };
         match report.result {
             Ok((partition, offset)) => {
@@ -496,13 +549,13 @@ impl Engine {
     async fn send_due_retries(&mut self, give_up: &CancellationToken) -> Result<(), GaveUp> {
         let now = tokio::time::Instant::now();
         while let Some(retry) = self.retries.pop_due(now) {
-            if self.records.get(retry.tag).is_none() {
+            if self.records.get(retry.tag).is_none() && !self.replayed_pending(retry.tag) {
                 continue;
             }
             let Parts { topic, key, value, headers } = retry.parts;
-            match self.send(retry.tag, &topic, key.as_deref(), &value, headers, give_up).await {
+            match self.send(retry.tag, &topic, key.as_deref(), &value, headers, false, give_up).await {
                 Ok(()) => {}
-                Err(SendError::GaveUp) => return Err(GaveUp),
+                Err(SendError::GaveUp | SendError::Spill) => return Err(GaveUp),
                 Err(SendError::Refused(error, headers)) => {
                     self.failed(retry.tag, error, Parts { topic, key, value, headers })
                 }
@@ -602,6 +655,9 @@ impl Engine {
     /// A record Kafka did not take, whichever way it said so: refused when first handed over, reported
     /// failed, or refused when produced again. The one failure policy decides ([`policy::decide`]).
     fn failed(&mut self, tag: u32, error: KafkaError, parts: Parts) {
+        if tag & SPOOL_TAG != 0 {
+            return self.replayed_failed(tag, error, parts);
+        }
         let Some(&entry) = self.records.get(tag) else { return };
         let Some(m) = self.messages.get(entry.message) else {
             self.records.remove(tag);
@@ -666,6 +722,14 @@ impl Engine {
             }
             self.acks.settled(seq, done.progress.ackable);
         }
+    }
+}
+
+/// The spool thread's next event (never, without a spool).
+async fn spool_news(spool: &mut Option<SpoolState>) -> Option<crate::spool::worker::Event> {
+    match spool {
+        Some(s) => s.event().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -115,6 +115,46 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     run_inner(config, producer, metrics, shutdown, fatal).await
 }
 
+/// Opens the spool's directory (recovering what a crash left) and starts its thread.
+fn open_spool(
+    settings: &crate::config::SpoolSettings,
+    routes: watch::Receiver<Arc<crate::core::routing::RouteTable>>,
+) -> anyhow::Result<engine::SpoolLink> {
+    use crate::config::{SpoolFsync, WhenFull};
+    use crate::spool::{log, worker};
+    let fsync = match settings.fsync {
+        SpoolFsync::Always => log::Fsync::Always,
+        SpoolFsync::Interval(every) => log::Fsync::Interval(every),
+        SpoolFsync::Never => log::Fsync::Never,
+    };
+    let when_full = match settings.when_full {
+        WhenFull::Block => worker::WhenFull::Block,
+        WhenFull::DropOldest => worker::WhenFull::DropOldest,
+    };
+    // A sixteenth of the spool a segment, between 1 and 64 MiB: whole segments are what is freed.
+    let segment_bytes = (settings.max_bytes / 16).clamp(1 << 20, 64 << 20);
+    let options = log::Options { dir: settings.dir.clone(), max_bytes: settings.max_bytes, segment_bytes, fsync };
+    let (handle, recovery) =
+        worker::start(options, when_full).map_err(|e| anyhow::anyhow!("spool.dir {}: {e}", settings.dir.display()))?;
+    if recovery.torn_tail_bytes > 0 || recovery.corrupt_segments > 0 || recovery.ack_file_damaged {
+        tracing::warn!(
+            torn_tail_bytes = recovery.torn_tail_bytes,
+            corrupt_segments = recovery.corrupt_segments,
+            skipped_bytes = recovery.skipped_bytes,
+            ack_file_damaged = recovery.ack_file_damaged,
+            "spool: damage found at start; what could be read is kept"
+        );
+    }
+    tracing::info!(
+        dir = %settings.dir.display(),
+        records = recovery.records,
+        bytes = recovery.bytes,
+        "spool: open{}",
+        if recovery.records > 0 { "; reading back what it holds before anything new" } else { "" }
+    );
+    Ok(engine::SpoolLink { handle, ack_after: settings.ack_after, routes, recovered: recovery.records })
+}
+
 async fn run_inner(
     config: Config,
     producer: Arc<GatewayProducer>,
@@ -189,6 +229,10 @@ async fn run_inner(
     }
 
     let events = kafka::events::Events::new(producer.clone()).context("cannot watch the Kafka producer's events")?;
+    let spool = match &config.spool {
+        Some(settings) => Some(open_spool(settings, routes.clone())?),
+        None => None,
+    };
     let links = engine::Links {
         producer: producer.clone(),
         events,
@@ -197,10 +241,12 @@ async fn run_inner(
         connection,
         fatal: fatal.clone(),
         schemas,
+        spool,
     };
     let mut engine = Engine::new(links, config.mqtt.max_packet_size, config.mqtt.max_unacked_messages, config.replicas);
     let shutting_down = shutdown.clone();
     engine.run(intake_rx, &give_up).await;
+    engine.close_spool();
     tracing::info!(
         grace_period_secs = config.shutdown_grace.as_secs(),
         "shutting down: delivering the messages already taken"

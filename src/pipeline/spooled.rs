@@ -43,6 +43,7 @@ impl Settling {
         }
     }
 
+    #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.stored.len() + self.durable.len()
     }
@@ -80,6 +81,7 @@ impl Replay {
         self.read.len()
     }
 
+    #[cfg(test)]
     pub(super) fn is_empty(&self) -> bool {
         self.read.is_empty()
     }

@@ -28,6 +28,13 @@ pub struct Metrics {
     pub messages_received: [AtomicU64; 3],
     pub messages_unrouted: AtomicU64,
     pub records_enqueued: AtomicU64,
+    /// Records written to the disk spool, read back from it, dropped from it (`when_full: drop_oldest`),
+    /// found unreadable in it; and its disk errors.
+    pub spooled: AtomicU64,
+    pub replayed: AtomicU64,
+    pub spool_dropped: AtomicU64,
+    pub spool_unreadable: AtomicU64,
+    pub spool_errors: AtomicU64,
     /// Times a record found librdkafka's queue full and waited (counted with each warning).
     pub producer_queue_full: AtomicU64,
     pub subscriptions_rejected: AtomicU64,
