@@ -250,6 +250,17 @@ pub fn classify(e: &KafkaError) -> ErrorKind {
     }
 }
 
+/// Takes back the records waiting in librdkafka's queues (not those sent to a broker and unanswered):
+/// each comes back as a failed delivery report ([`is_purged`]), in queue order.
+pub fn purge_queued(producer: &GatewayProducer) {
+    producer.purge(rdkafka::producer::PurgeConfig::default().queue());
+}
+
+/// The report of a record taken back by [`purge_queued`].
+pub fn is_purged(e: &KafkaError) -> bool {
+    e.rdkafka_error_code() == Some(RDKafkaErrorCode::PurgeQueue)
+}
+
 /// Raises `fatal` once the producer reports a fatal error: the idempotent producer can no longer keep
 /// its guarantees (order, no duplicates) and must be replaced. librdkafka reports the error through the
 /// error callback with its underlying code, so the producer's fatal state is checked instead.

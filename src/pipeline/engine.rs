@@ -124,6 +124,8 @@ pub(super) struct Engine {
     awaiting: Awaiting,
     /// The disk spool, when `spool.dir` is set.
     spool: Option<SpoolState>,
+    /// With a spool: when Kafka last reported on a record, or nothing was in flight.
+    last_progress: Instant,
     /// Scratch buffers, kept to allocate nothing per message.
     matched: Vec<u32>,
     reports: Vec<reports::DeliveryReport>,
@@ -174,6 +176,7 @@ impl Engine {
             schemas_changed,
             awaiting: Awaiting::default(),
             spool: spool.map(SpoolState::new),
+            last_progress: Instant::now(),
             matched: Vec::new(),
             reports: Vec::new(),
             refused: Vec::new(),
@@ -203,8 +206,15 @@ impl Engine {
                 more_events = self.events.serve();
                 self.take_reports();
             }
-            let room = open && self.messages.len() < self.window && !self.spool.as_ref().is_some_and(|s| s.full);
+            let room =
+                open && self.messages.len() < self.window && !self.spool.as_mut().is_some_and(SpoolState::holds_intake);
             let replay_blocked = self.spool.as_ref().is_some_and(SpoolState::blocked);
+            // With a spool, not spooling yet: the window full, and no report from Kafka for SPILL_AFTER.
+            let watch = self.spool.as_ref().is_some_and(|s| !s.active()) && self.messages.len() >= self.window;
+            if self.spool.is_some() && self.records.is_empty() {
+                self.last_progress = Instant::now();
+            }
+            let stuck_at = tokio::time::Instant::from_std(self.last_progress + SPILL_AFTER);
             let next_retry = self.retries.next_due();
             let next_held = self.held.next_due();
             let done = tokio::select! {
@@ -236,6 +246,12 @@ impl Engine {
                 }
                 _ = tokio::time::sleep(ROOM_POLL), if replay_blocked => {
                     self.hand_over_replayed();
+                    Ok(())
+                }
+                _ = tokio::time::sleep_until(stuck_at), if watch && !self.records.is_empty() => {
+                    if self.last_progress.elapsed() >= SPILL_AFTER {
+                        self.start_spooling();
+                    }
                     Ok(())
                 }
                 m = intake.recv(), if room => match m {
@@ -499,6 +515,9 @@ impl Engine {
         self.producer.context().reports.take(&mut reports);
         // One clock read per batch, for the latency of every record in it.
         let now = if reports.is_empty() { UNIX_EPOCH } else { SystemTime::now() };
+        if self.spool.is_some() && !reports.is_empty() {
+            self.last_progress = Instant::now();
+        }
         for report in reports.drain(..) {
             self.report(report, now);
         }
@@ -657,6 +676,9 @@ impl Engine {
     fn failed(&mut self, tag: u32, error: KafkaError, parts: Parts) {
         if tag & SPOOL_TAG != 0 {
             return self.replayed_failed(tag, error, parts);
+        }
+        if kafka::is_purged(&error) && self.spool.is_some() {
+            return self.spool_purged(tag, parts);
         }
         let Some(&entry) = self.records.get(tag) else { return };
         let Some(m) = self.messages.get(entry.message) else {

@@ -35,10 +35,15 @@ use crate::spool::log::Position;
 use crate::spool::record::{self, Spooled};
 use crate::spool::worker::{Event, Handle};
 
-/// How long a record waits for room in librdkafka's queue before it goes to the spool instead.
-pub(super) const SPILL_AFTER: Duration = Duration::from_secs(1);
+/// How long the path may be stopped by Kafka (a record waiting for room in librdkafka's queue, or the
+/// window of unsettled messages full with no report from Kafka) before records go to the spool instead.
+/// Short: meanwhile the broker queues what it cannot deliver to us, and Mosquitto by default keeps
+/// 1,000 messages per client.
+pub(super) const SPILL_AFTER: Duration = Duration::from_millis(250);
 /// Delivery tags of records read back from the spool have this bit set.
 pub(super) const SPOOL_TAG: u32 = 1 << 31;
+/// How long new messages wait for the reports of the records taken back from librdkafka's queue.
+const PURGE_WAIT: Duration = Duration::from_secs(5);
 /// Records read back and not settled, at most: what librdkafka holds of the backlog at a time.
 const REPLAY_WINDOW: usize = 4096;
 
@@ -81,6 +86,12 @@ pub(super) struct SpoolState {
     in_flight: Slab<Replayed>,
     /// The spool cannot take more now (`when_full: block`): the engine takes no messages.
     pub(super) full: bool,
+    /// Records taken back from librdkafka's queue whose reports have not come yet, and until when they
+    /// are waited for: no new message is taken meanwhile, so that they go to the spool first.
+    purging: usize,
+    purge_deadline: Option<std::time::Instant>,
+    /// The spool thread has handed out every record stored, and nothing was appended since.
+    caught_up: bool,
     scratch: Vec<u8>,
     settled: Vec<u32>,
 }
@@ -102,6 +113,9 @@ impl SpoolState {
             ready: VecDeque::new(),
             in_flight: Slab::default(),
             full: false,
+            purging: 0,
+            purge_deadline: None,
+            caught_up: false,
             scratch: Vec::new(),
             settled: Vec::new(),
         };
@@ -113,7 +127,20 @@ impl SpoolState {
         self.active
     }
 
-    /// Records read back and waiting for room in librdkafka's queue.
+    /// No message may be taken now: the spool is full, or records taken back from librdkafka's queue
+    /// have yet to reach it.
+    pub(super) fn holds_intake(&mut self) -> bool {
+        if let Some(deadline) = self.purge_deadline {
+            if self.purging == 0 || std::time::Instant::now() >= deadline {
+                self.purge_deadline = None;
+                self.purging = 0;
+            }
+        }
+        self.full || self.purge_deadline.is_some()
+    }
+
+    /// Records read back and waiting: for room in librdkafka's queue, or for the records sent before
+    /// the spool took over.
     pub(super) fn blocked(&self) -> bool {
         !self.ready.is_empty()
     }
@@ -124,6 +151,15 @@ impl SpoolState {
 
     fn route(&self, name: &str) -> Option<Route> {
         self.routes.borrow().routes().iter().find(|r| &*r.name == name).cloned()
+    }
+
+    /// Records go straight to Kafka again once the spool is read to its end and Kafka has taken all of
+    /// it: not before, or a Kafka still down would get new records ahead of the backlog's.
+    fn maybe_leave(&mut self) {
+        if self.active && self.caught_up && self.ready.is_empty() && self.replay.len() == 0 && self.purging == 0 {
+            self.active = false;
+            tracing::info!("spool: read back and delivered to its end; records go straight to Kafka again");
+        }
     }
 
     /// Keeps enough records asked for while there is a backlog.
@@ -202,6 +238,7 @@ impl Engine {
         record::encode(&spooled, &mut s.scratch);
         s.handle.append(std::mem::take(&mut s.scratch));
         s.sent += 1;
+        s.caught_up = false;
         if let Some(durable) = durable {
             s.settling.wait(s.sent, slot, durable);
         }
@@ -242,10 +279,8 @@ impl Engine {
                 self.hand_over_replayed();
             }
             Event::CaughtUp { stored } => {
-                if stored == s.sent && s.ready.is_empty() {
-                    s.active = false;
-                    tracing::info!("spool: read back to its end; records go straight to Kafka again");
-                }
+                s.caught_up = stored == s.sent;
+                s.maybe_leave();
             }
             Event::Full => {
                 s.full = true;
@@ -272,6 +307,10 @@ impl Engine {
 
     /// Hands the records read back to librdkafka, in order, until its queue is full.
     pub(super) fn hand_over_replayed(&mut self) {
+        // Records sent before the spool took over go first, retries included: the spool's are younger.
+        if !self.records.is_empty() {
+            return;
+        }
         loop {
             let Some(s) = self.spool.as_mut() else { return };
             let Some((pos, spooled)) = s.ready.pop_front() else { return };
@@ -333,6 +372,7 @@ impl Engine {
             }
         }
         if let Some(s) = self.spool.as_mut() {
+            s.maybe_leave();
             s.want_more();
         }
     }
@@ -342,6 +382,13 @@ impl Engine {
         let Some(s) = self.spool.as_mut() else { return };
         let index = tag & !SPOOL_TAG;
         let Some(entry) = s.in_flight.get(index) else { return };
+        if kafka::is_purged(&error) {
+            // Taken back from librdkafka's queue: handed over again later, in log order.
+            let back = s.in_flight.remove(index).expect("looked up above");
+            let at = s.ready.partition_point(|(pos, _)| *pos < back.pos);
+            s.ready.insert(at, (back.pos, back.spooled));
+            return;
+        }
         let route = s.route(&entry.spooled.route);
         let sp = &entry.spooled;
         let attempt = Attempt { dead_letter: sp.dead_letter, truncated: entry.truncated, retries: entry.attempt };
@@ -391,6 +438,48 @@ impl Engine {
                 self.replayed_settled(done, verdict == Verdict::Reject);
             }
         }
+    }
+
+    /// Kafka has taken nothing for [`SPILL_AFTER`]: new records go to the spool from now on, and so do
+    /// those waiting in librdkafka's queue, first (they are older). Their purge reports are taken here,
+    /// before any new message, so that the spool holds them ahead of everything after.
+    pub(super) fn start_spooling(&mut self) {
+        let Some(s) = self.spool.as_mut() else { return };
+        s.active = true;
+        // Those not sent to a broker come back, as reports: wait for them (a moment) before any new
+        // message, so that they go to the spool ahead of what follows.
+        s.purging = self.records.len();
+        s.purge_deadline = Some(std::time::Instant::now() + PURGE_WAIT);
+        tracing::warn!(
+            after_ms = SPILL_AFTER.as_millis() as u64,
+            in_flight = self.records.len(),
+            "Kafka does not take records: spooling to disk"
+        );
+        kafka::purge_queued(&self.producer);
+        s.want_more();
+    }
+
+    /// A record taken back from librdkafka's queue: to the spool, for its message.
+    pub(super) fn spool_purged(&mut self, tag: u32, parts: Parts) {
+        if let Some(s) = self.spool.as_mut() {
+            s.purging = s.purging.saturating_sub(1);
+            s.active = true;
+        }
+        let Some(entry) = self.records.remove(tag) else { return };
+        let Some(m) = self.messages.get(entry.message) else { return };
+        let (routes, message) = (m.routes.clone(), m.message.clone());
+        let route = routes.route(entry.route);
+        let device_id = route.device_id.extract(&message.topic).0.to_string();
+        let headers = {
+            use rdkafka::message::Headers as _;
+            parts
+                .headers
+                .iter()
+                .map(|h| (std::borrow::Cow::Owned(h.key.to_string()), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        };
+        let record = Record { topic: parts.topic, key: parts.key, value: parts.value, headers };
+        self.spool_record(entry.message, route, record, entry.dead_letter, &device_id, &message);
     }
 
     /// Whether a retry under `tag` still has a record to send.
