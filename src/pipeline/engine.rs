@@ -49,6 +49,9 @@ struct Unsettled {
     progress: Progress,
     /// Its place in the ack order; `None` for QoS 0 (nothing to acknowledge, so nothing to wait for).
     ack: Option<u64>,
+    /// Its place among all messages taken: the order its records go to the spool in when librdkafka
+    /// gives them back.
+    order: u64,
 }
 
 /// The grace period is over: the engine stops where it is.
@@ -126,6 +129,8 @@ pub(super) struct Engine {
     spool: Option<SpoolState>,
     /// With a spool: when Kafka last reported on a record, or nothing was in flight.
     last_progress: Instant,
+    /// Messages taken so far.
+    taken: u64,
     /// Scratch buffers, kept to allocate nothing per message.
     matched: Vec<u32>,
     reports: Vec<reports::DeliveryReport>,
@@ -177,6 +182,7 @@ impl Engine {
             awaiting: Awaiting::default(),
             spool: spool.map(SpoolState::new),
             last_progress: Instant::now(),
+            taken: 0,
             matched: Vec::new(),
             reports: Vec::new(),
             refused: Vec::new(),
@@ -206,8 +212,11 @@ impl Engine {
                 more_events = self.events.serve();
                 self.take_reports();
             }
-            let room =
-                open && self.messages.len() < self.window && !self.spool.as_mut().is_some_and(SpoolState::holds_intake);
+            let held = self.spool.as_mut().is_some_and(SpoolState::holds_intake);
+            if !held && self.spool.as_ref().is_some_and(SpoolState::has_purged) {
+                self.spool_purged_in_order();
+            }
+            let room = open && self.messages.len() < self.window && !held;
             let replay_blocked = self.spool.as_ref().is_some_and(SpoolState::blocked);
             // With a spool, not spooling yet: the window full, and no report from Kafka for SPILL_AFTER.
             let watch = self.spool.as_ref().is_some_and(|s| !s.active()) && self.messages.len() >= self.window;
@@ -321,7 +330,9 @@ impl Engine {
         self.matched = matched;
         // Reports are taken only by `run`, never while a message is being produced: the slot is free
         // until here, and no report can name it before.
-        let inserted = self.messages.insert(Unsettled { message, routes, progress, ack });
+        self.taken += 1;
+        let order = self.taken;
+        let inserted = self.messages.insert(Unsettled { message, routes, progress, ack, order });
         debug_assert_eq!(inserted, slot);
         let refused = self.handle_refused();
         self.settle_record_of(slot, true);

@@ -92,6 +92,9 @@ pub(super) struct SpoolState {
     purge_deadline: Option<std::time::Instant>,
     /// The spool thread has handed out every record stored, and nothing was appended since.
     caught_up: bool,
+    /// Records given back by librdkafka, kept until all have come back and then spooled in the order
+    /// their messages were taken: its reports need not come in that order.
+    purged: Vec<(u64, u32, Parts)>,
     scratch: Vec<u8>,
     settled: Vec<u32>,
 }
@@ -116,6 +119,7 @@ impl SpoolState {
             purging: 0,
             purge_deadline: None,
             caught_up: false,
+            purged: Vec::new(),
             scratch: Vec::new(),
             settled: Vec::new(),
         };
@@ -125,6 +129,10 @@ impl SpoolState {
 
     pub(super) fn active(&self) -> bool {
         self.active
+    }
+
+    pub(super) fn has_purged(&self) -> bool {
+        !self.purged.is_empty()
     }
 
     /// No message may be taken now: the spool is full, or records taken back from librdkafka's queue
@@ -459,12 +467,27 @@ impl Engine {
         s.want_more();
     }
 
-    /// A record taken back from librdkafka's queue: to the spool, for its message.
+    /// A record taken back from librdkafka's queue: kept until the others have come back too.
     pub(super) fn spool_purged(&mut self, tag: u32, parts: Parts) {
-        if let Some(s) = self.spool.as_mut() {
-            s.purging = s.purging.saturating_sub(1);
-            s.active = true;
+        let order = self.records.get(tag).and_then(|e| self.messages.get(e.message)).map_or(u64::MAX, |m| m.order);
+        let Some(s) = self.spool.as_mut() else { return };
+        s.purging = s.purging.saturating_sub(1);
+        s.active = true;
+        s.purged.push((order, tag, parts));
+    }
+
+    /// The records librdkafka gave back, to the spool in the order their messages were taken.
+    pub(super) fn spool_purged_in_order(&mut self) {
+        let Some(s) = self.spool.as_mut() else { return };
+        let mut purged = std::mem::take(&mut s.purged);
+        // Stable: the records of one message keep their route order.
+        purged.sort_by_key(|&(order, _, _)| order);
+        for (_, tag, parts) in purged {
+            self.spool_one_purged(tag, parts);
         }
+    }
+
+    fn spool_one_purged(&mut self, tag: u32, parts: Parts) {
         let Some(entry) = self.records.remove(tag) else { return };
         let Some(m) = self.messages.get(entry.message) else { return };
         let (routes, message) = (m.routes.clone(), m.message.clone());

@@ -131,7 +131,7 @@ fn in_flight(rig: &mut Rig, qos: u8, state: State) -> (u32, u32, Parts) {
     let ack = message.ack.is_some().then(|| rig.engine.acks.arrived(message.ack));
     let value = message.payload.to_vec();
     let progress = Progress { outstanding: 1, ackable: true };
-    let slot = rig.engine.messages.insert(Unsettled { message, routes: rig.routes.clone(), progress, ack });
+    let slot = rig.engine.messages.insert(Unsettled { message, routes: rig.routes.clone(), progress, ack, order: 0 });
     let dead_letter = matches!(state, State::DeadLetter | State::CutDeadLetter);
     let entry = RecordEntry {
         message: slot,
