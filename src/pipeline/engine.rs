@@ -453,6 +453,7 @@ impl Engine {
     /// Hands a record to librdkafka under `tag`. While its queue is full, waits: the intake fills
     /// meanwhile, and the MQTT edge stops reading; that is the backpressure. The one wait-for-room loop,
     /// for first sends and retries alike.
+    #[allow(clippy::too_many_arguments)] // the record's parts, and whether it may go to the spool
     async fn send(
         &mut self,
         tag: u32,

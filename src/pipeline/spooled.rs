@@ -81,7 +81,6 @@ impl Replay {
         self.read.len()
     }
 
-    #[cfg(test)]
     pub(super) fn is_empty(&self) -> bool {
         self.read.is_empty()
     }

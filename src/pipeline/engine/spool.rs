@@ -164,7 +164,7 @@ impl SpoolState {
     /// Records go straight to Kafka again once the spool is read to its end and Kafka has taken all of
     /// it: not before, or a Kafka still down would get new records ahead of the backlog's.
     fn maybe_leave(&mut self) {
-        if self.active && self.caught_up && self.ready.is_empty() && self.replay.len() == 0 && self.purging == 0 {
+        if self.active && self.caught_up && self.ready.is_empty() && self.replay.is_empty() && self.purging == 0 {
             self.active = false;
             tracing::info!("spool: read back and delivered to its end; records go straight to Kafka again");
         }

@@ -106,6 +106,7 @@ fn rig() -> Rig {
         connection: Arc::new(AtomicU64::new(1)),
         fatal: CancellationToken::new(),
         schemas: None,
+        spool: None,
     };
     let routes = Arc::new(RouteTable::new(vec![route("r", "t/#", "t")]));
     Rig { engine: Engine::new(links, 1 << 20, 100, None), acks, routes }
