@@ -641,13 +641,14 @@ impl SegmentLog {
                 break;
             }
             let shortfall = live.saturating_add(needed) - self.max_bytes;
-            let whole = match (self.segs.front(), self.segs.get(1)) {
-                (Some(first), Some(second)) => {
-                    let first_live = first.file_len.saturating_sub(self.ack.pos.saturating_sub(first.base));
-                    (first_live <= shortfall).then(|| second.start())
-                }
-                _ => None,
-            };
+            // The segment the ack is in: not always the first, which stays (acknowledged to its end)
+            // while it is the last one written to.
+            let (at, idx) = self.settle(self.ack);
+            let whole = idx.and_then(|i| {
+                let (seg, next) = (self.segs.get(i)?, self.segs.get(i + 1)?);
+                let seg_live = seg.file_len.saturating_sub(at.pos.saturating_sub(seg.base));
+                (seg_live <= shortfall).then(|| next.start())
+            });
             let target = match whole {
                 Some(next_start) => next_start,
                 None => {

@@ -1020,3 +1020,12 @@ proptest! {
         run_model(segment_bytes, max_bytes, fsync, ops);
     }
 }
+
+#[test]
+/// The first segment acknowledged to its end and kept (it was the last one written when acknowledged):
+/// dropping the oldest must go on from the segment after it.
+fn drop_oldest_past_a_fully_acknowledged_first_segment() {
+    use Op::*;
+    let ops = vec![Append(8), Next, Ack(0), Append(276), Append(86), Append(269), Append(289), Append(94), DropOldest(447)];
+    run_model(150, 1500, Fsync::Always, ops);
+}
