@@ -115,7 +115,7 @@ fn tally(kafka: &Kafka, topic: &str, n: usize, timeout: Duration) -> Tally {
         if seq < *last {
             t.order_violations += 1;
             if t.order_violations <= 5 {
-                eprintln!("ORDER device {} seq {seq} after {}", v["device_id"], *last);
+                eprintln!("order violation: device {} seq {seq} after {}", v["device_id"], *last);
             }
         }
         *last = seq;

@@ -205,6 +205,9 @@ impl Engine {
         loop {
             self.metrics.unacked.store(self.messages.len() as u64, Relaxed);
             self.metrics.awaiting_schema.store(self.awaiting.len() as u64, Relaxed);
+            if self.spool.is_some() {
+                self.metrics.spool_active.store(self.spooling(), Relaxed);
+            }
             if !open && self.messages.is_empty() {
                 return;
             }
@@ -247,12 +250,16 @@ impl Engine {
                 _ = schema_news(&mut self.schemas_changed), if !self.awaiting.is_empty() => {
                     self.release_awaiting(give_up).await
                 }
-                event = spool_news(&mut self.spool) => {
-                    if let Some(event) = event {
+                event = spool_news(&mut self.spool) => match event {
+                    Some(event) => {
                         self.spool_event(event);
+                        Ok(())
                     }
-                    Ok(())
-                }
+                    None => {
+                        self.spool_gone();
+                        return;
+                    }
+                },
                 _ = tokio::time::sleep(ROOM_POLL), if replay_blocked => {
                     self.hand_over_replayed();
                     Ok(())

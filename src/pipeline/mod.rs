@@ -119,6 +119,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 fn open_spool(
     settings: &crate::config::SpoolSettings,
     routes: watch::Receiver<Arc<crate::core::routing::RouteTable>>,
+    metrics: &Metrics,
 ) -> anyhow::Result<engine::SpoolLink> {
     use crate::config::{SpoolFsync, WhenFull};
     use crate::spool::{log, worker};
@@ -136,6 +137,12 @@ fn open_spool(
     let options = log::Options { dir: settings.dir.clone(), max_bytes: settings.max_bytes, segment_bytes, fsync };
     let (handle, recovery) =
         worker::start(options, when_full).map_err(|e| anyhow::anyhow!("spool.dir {}: {e}", settings.dir.display()))?;
+    let gauges = handle.gauges();
+    metrics.set_spool_size(metrics::SpoolSize {
+        held: Box::new(move || (gauges.bytes.load(Relaxed), gauges.records.load(Relaxed))),
+        max_bytes: settings.max_bytes,
+    });
+    metrics.spool_damaged_bytes.fetch_add(recovery.torn_tail_bytes + recovery.skipped_bytes, Relaxed);
     if recovery.torn_tail_bytes > 0 || recovery.corrupt_segments > 0 || recovery.ack_file_damaged {
         tracing::warn!(
             torn_tail_bytes = recovery.torn_tail_bytes,
@@ -230,7 +237,7 @@ async fn run_inner(
 
     let events = kafka::events::Events::new(producer.clone()).context("cannot watch the Kafka producer's events")?;
     let spool = match &config.spool {
-        Some(settings) => Some(open_spool(settings, routes.clone())?),
+        Some(settings) => Some(open_spool(settings, routes.clone(), &metrics)?),
         None => None,
     };
     let links = engine::Links {

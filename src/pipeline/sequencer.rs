@@ -114,6 +114,11 @@ impl Acks {
         Self { sequencer: AckSequencer::default(), tx, connection, fatal }
     }
 
+    /// Nothing more is acknowledged from now on: the gateway stops because of a fault it cannot mend.
+    pub(super) fn stop(&self) {
+        self.fatal.cancel();
+    }
+
     /// A message taken, in arrival order; its place in the ack order.
     pub(super) fn arrived(&mut self, token: Option<AckToken>) -> u64 {
         self.sequencer.push(token)

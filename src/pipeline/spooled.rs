@@ -52,24 +52,30 @@ impl Settling {
 /// Records read back from the spool and not yet settled, in log order.
 #[derive(Default)]
 pub(super) struct Replay {
-    read: VecDeque<(Position, bool)>,
+    /// Position, settled, when its message was received (Unix milliseconds; 0: not known).
+    read: VecDeque<(Position, bool, u64)>,
 }
 
 impl Replay {
     /// A record read from the spool at `pos` (positions come in increasing order).
-    pub(super) fn read(&mut self, pos: Position) {
-        debug_assert!(self.read.back().is_none_or(|&(last, _)| last < pos));
-        self.read.push_back((pos, false));
+    pub(super) fn read(&mut self, pos: Position, received_ms: u64) {
+        debug_assert!(self.read.back().is_none_or(|&(last, _, _)| last < pos));
+        self.read.push_back((pos, false, received_ms));
+    }
+
+    /// When the oldest record read and not settled was received (Unix milliseconds; 0: none).
+    pub(super) fn oldest_ms(&self) -> u64 {
+        self.read.front().map_or(0, |&(_, _, ms)| ms)
     }
 
     /// The record at `pos` is settled (delivered, dead-lettered, or given up on). Returns how far the
     /// spool may forget: the last record of the settled run at the front, if it grew.
     pub(super) fn settled(&mut self, pos: Position) -> Option<Position> {
-        if let Ok(i) = self.read.binary_search_by(|&(p, _)| p.cmp(&pos)) {
+        if let Ok(i) = self.read.binary_search_by(|&(p, _, _)| p.cmp(&pos)) {
             self.read[i].1 = true;
         }
         let mut upto = None;
-        while let Some(&(p, true)) = self.read.front() {
+        while let Some(&(p, true, _)) = self.read.front() {
             upto = Some(p);
             self.read.pop_front();
         }
@@ -112,7 +118,7 @@ mod tests {
     fn the_spool_forgets_only_up_to_the_first_record_kafka_has_not_taken() {
         let mut r = Replay::default();
         for p in [0, 30, 60, 90] {
-            r.read(Position(p));
+            r.read(Position(p), 0);
         }
         assert_eq!(r.settled(Position(30)), None, "0 is not delivered yet");
         assert_eq!(r.settled(Position(90)), None);

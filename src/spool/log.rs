@@ -172,6 +172,8 @@ pub enum SpoolError {
         .path.display()
     )]
     Corrupt { path: PathBuf, offset: u64 },
+    #[error("the spool's thread stopped before it was closed; what it had not written is lost")]
+    Stopped,
     #[error("invalid spool options: {reason}")]
     InvalidOptions { reason: &'static str },
     #[error("I/O error while {op} {}: {source}", .path.display())]

@@ -21,7 +21,9 @@
 //! [`Event::Full`], so that they stay few.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{self as std_mpsc, RecvTimeoutError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -74,6 +76,16 @@ pub struct Handle {
     commands: std_mpsc::Sender<Command>,
     events: mpsc::UnboundedReceiver<Event>,
     thread: Option<JoinHandle<()>>,
+    gauges: Arc<Gauges>,
+}
+
+/// What the log holds, as of the thread's last round: for metrics, read whenever someone looks.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    /// Bytes not acknowledged (what counts against `max_bytes`).
+    pub bytes: AtomicU64,
+    /// Records not acknowledged.
+    pub records: AtomicU64,
 }
 
 /// How often the thread wakes up with nothing to do: fsync at the interval, retry what failed.
@@ -87,7 +99,9 @@ pub fn start(options: Options, when_full: WhenFull) -> Result<(Handle, Recovery)
     let (log, recovery) = SegmentLog::open(options)?;
     let (commands, rx) = std_mpsc::channel();
     let (events, events_rx) = mpsc::unbounded_channel();
+    let gauges = Arc::new(Gauges::default());
     let mut worker = Worker {
+        gauges: gauges.clone(),
         log,
         fsync,
         when_full,
@@ -106,7 +120,7 @@ pub fn start(options: Options, when_full: WhenFull) -> Result<(Handle, Recovery)
         .name("spool".into())
         .spawn(move || worker.run(rx))
         .map_err(|e| SpoolError::Io { path: Default::default(), op: "starting the spool thread", source: e })?;
-    Ok((Handle { commands, events: events_rx, thread: Some(thread) }, recovery))
+    Ok((Handle { commands, events: events_rx, thread: Some(thread), gauges }, recovery))
 }
 
 impl Handle {
@@ -135,6 +149,11 @@ impl Handle {
         self.events.recv().await
     }
 
+    /// The log's size, kept up to date by the thread.
+    pub fn gauges(&self) -> Arc<Gauges> {
+        self.gauges.clone()
+    }
+
     /// An event if there is one now.
     pub fn try_event(&mut self) -> Option<Event> {
         self.events.try_recv().ok()
@@ -145,7 +164,8 @@ impl Handle {
     pub fn close(mut self) -> Result<usize, SpoolError> {
         let (tx, rx) = std_mpsc::channel();
         let _ = self.commands.send(Command::Close(tx));
-        let result = rx.recv().unwrap_or(Ok(0));
+        // No answer: the thread is gone (it panicked), and with it whatever it had not written.
+        let result = rx.recv().unwrap_or(Err(SpoolError::Stopped));
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -155,6 +175,7 @@ impl Handle {
 
 struct Worker {
     log: SegmentLog,
+    gauges: Arc<Gauges>,
     fsync: Fsync,
     when_full: WhenFull,
     events: mpsc::UnboundedSender<Event>,
@@ -349,6 +370,8 @@ impl Worker {
     }
 
     fn report(&mut self) {
+        self.gauges.bytes.store(self.log.live_bytes(), Relaxed);
+        self.gauges.records.store(self.log.live_records(), Relaxed);
         if (self.stored, self.durable) != self.reported {
             self.reported = (self.stored, self.durable);
             self.send(Event::Stored { stored: self.stored, durable: self.durable });

@@ -315,6 +315,7 @@ impl Collector for GatewayCollector {
             )?;
         }
         gauge(e, "unacked_messages", "Messages taken from MQTT and not settled yet.", None, ld(&m.unacked) as i64)?;
+        spool(e, m)?;
 
         // Schema Registry.
         let kinds = crate::core::encoding::EncodingKind::ALL;
@@ -443,6 +444,81 @@ impl Collector for ProcessCollector {
         }
         Ok(())
     }
+}
+
+/// The disk spool (`spool.dir`): zeros without one, so that rules and dashboards need no special case.
+fn spool(e: &mut DescriptorEncoder, m: &Metrics) -> fmt::Result {
+    use std::sync::atomic::AtomicU64;
+    let ld = |a: &AtomicU64| a.load(Relaxed);
+    let (bytes, records, max_bytes) = match m.spool_size() {
+        Some(size) => {
+            let (bytes, records) = (size.held)();
+            (bytes, records, size.max_bytes)
+        }
+        None => (0, 0, 0),
+    };
+    let counters: [(&str, &str, &AtomicU64); 5] = [
+        ("spool_records_written", "Records written to the disk spool (Kafka did not take them in time).", &m.spooled),
+        (
+            "spool_records_replayed",
+            "Records read back from the disk spool and handed to the Kafka producer.",
+            &m.replayed,
+        ),
+        (
+            "spool_records_dropped",
+            "Records dropped from the full disk spool to make room (when_full: drop_oldest): lost.",
+            &m.spool_dropped,
+        ),
+        (
+            "spool_records_unreadable",
+            "Damaged records or regions found while reading the disk spool back: skipped, lost.",
+            &m.spool_unreadable,
+        ),
+        ("spool_errors", "Disk errors writing, syncing or deleting spool files (each retried).", &m.spool_errors),
+    ];
+    for (n, help, c) in counters {
+        counter(e, n, help, None, ld(c))?;
+    }
+    counter(
+        e,
+        "spool_damaged",
+        "Bytes of the disk spool found damaged at start (a torn tail, corrupt segments) and skipped.",
+        Some(&Unit::Bytes),
+        ld(&m.spool_damaged_bytes),
+    )?;
+    let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    gauge(e, "spool", "Bytes in the disk spool not yet in Kafka.", Some(&Unit::Bytes), i(bytes))?;
+    gauge(e, "spool_max", "The disk spool's limit (spool.max_bytes; 0: no spool).", Some(&Unit::Bytes), i(max_bytes))?;
+    gauge(e, "spool_records", "Records in the disk spool not yet in Kafka.", None, i(records))?;
+    gauge(
+        e,
+        "spool_active",
+        "1 while new records go through the disk spool.",
+        None,
+        i64::from(m.spool_active.load(Relaxed)),
+    )?;
+    gauge(
+        e,
+        "spool_full",
+        "1 while the disk spool is full and holds the intake (when_full: block).",
+        None,
+        i64::from(m.spool_full.load(Relaxed)),
+    )?;
+    let oldest = ld(&m.spool_oldest_ms);
+    let age = if oldest == 0 {
+        0.0
+    } else {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        (now.as_millis() as f64 - oldest as f64).max(0.0) / 1000.0
+    };
+    let n = name("spool_oldest_record_age");
+    let g = ConstGauge::new(age);
+    g.encode(e.encode_descriptor(
+        &n,
+        "Since the oldest record in the disk spool that is read back and not yet in Kafka was received from MQTT.",
+        Some(&Unit::Seconds),
+        g.metric_type(),
+    )?)
 }
 
 #[cfg(test)]

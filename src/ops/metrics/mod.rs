@@ -35,6 +35,17 @@ pub struct Metrics {
     pub spool_dropped: AtomicU64,
     pub spool_unreadable: AtomicU64,
     pub spool_errors: AtomicU64,
+    /// Bytes found damaged in the spool at start (a torn tail, corrupt segments) and skipped.
+    pub spool_damaged_bytes: AtomicU64,
+    /// New records go to the spool (Kafka stopped taking them, and the backlog is not delivered yet).
+    pub spool_active: AtomicBool,
+    /// The spool is full and `when_full: block` holds the intake.
+    pub spool_full: AtomicBool,
+    /// When the oldest record read back from the spool and not yet in Kafka was received from MQTT
+    /// (Unix milliseconds; 0: none).
+    pub spool_oldest_ms: AtomicU64,
+    /// The spool's size, read at scrape time; unset without `spool.dir`.
+    spool_size: OnceLock<SpoolSize>,
     /// Times a record found librdkafka's queue full and waited (counted with each warning).
     pub producer_queue_full: AtomicU64,
     pub subscriptions_rejected: AtomicU64,
@@ -89,6 +100,19 @@ pub struct LiveGauges {
     pub producer_queue: Box<dyn Fn() -> i64 + Send + Sync>,
     /// Bytes of messages in the intake (MQTT → pipeline).
     pub intake_bytes: Box<dyn Fn() -> i64 + Send + Sync>,
+}
+
+/// The disk spool's size, read from its thread's gauges when scraped.
+pub struct SpoolSize {
+    /// (bytes, records) not yet in Kafka.
+    pub held: Box<dyn Fn() -> (u64, u64) + Send + Sync>,
+    pub max_bytes: u64,
+}
+
+impl std::fmt::Debug for SpoolSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SpoolSize")
+    }
 }
 
 impl std::fmt::Debug for LiveGauges {
@@ -174,6 +198,15 @@ impl Metrics {
 
     pub fn live_gauges(&self) -> Option<&LiveGauges> {
         self.live.get()
+    }
+
+    /// Says how to read the spool's size (once, when it is opened).
+    pub fn set_spool_size(&self, size: SpoolSize) {
+        let _ = self.spool_size.set(size);
+    }
+
+    pub fn spool_size(&self) -> Option<&SpoolSize> {
+        self.spool_size.get()
     }
 
     /// A route set was put in effect: the first at start, then each reload that changed a route.

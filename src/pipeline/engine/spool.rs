@@ -192,6 +192,11 @@ impl SpoolState {
     }
 }
 
+/// Unix milliseconds of `t` (0 before 1970).
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Spooled records keep the headers as they were built.
 fn headers_of(record: &Record) -> rdkafka::message::OwnedHeaders {
     kafka::owned_headers(record.headers.iter().map(|(k, v)| (k.as_ref(), v.as_slice())))
@@ -272,10 +277,13 @@ impl Engine {
             Event::Records(batch) => {
                 s.wanted = s.wanted.saturating_sub(batch.len());
                 for (pos, bytes) in batch {
-                    s.replay.read(pos);
                     match record::decode(&bytes) {
-                        Ok(spooled) => s.ready.push_back((pos, spooled)),
+                        Ok(spooled) => {
+                            s.replay.read(pos, unix_ms(spooled.received_at));
+                            s.ready.push_back((pos, spooled));
+                        }
                         Err(e) => {
+                            s.replay.read(pos, 0);
                             self.metrics.spool_unreadable.fetch_add(1, Relaxed);
                             tracing::error!(position = %pos, error = %e, "spool: a record cannot be read back; skipped");
                             if let Some(upto) = s.replay.settled(pos) {
@@ -292,9 +300,13 @@ impl Engine {
             }
             Event::Full => {
                 s.full = true;
+                self.metrics.spool_full.store(true, Relaxed);
                 tracing::warn!("spool: full; taking no more messages until Kafka takes records again");
             }
-            Event::Room => s.full = false,
+            Event::Room => {
+                s.full = false;
+                self.metrics.spool_full.store(false, Relaxed);
+            }
             Event::Dropped { records, bytes } => {
                 self.metrics.spool_dropped.fetch_add(records, Relaxed);
                 tracing::warn!(records, bytes, "spool: full; dropped the oldest records (when_full: drop_oldest)");
@@ -310,7 +322,17 @@ impl Engine {
         }
         if let Some(s) = self.spool.as_mut() {
             s.want_more();
+            self.metrics.spool_oldest_ms.store(s.replay.oldest_ms(), Relaxed);
         }
+    }
+
+    /// The spool's thread is gone (it panicked): what it held is on disk, what it had not written is
+    /// not. The gateway stops, acknowledging nothing more, so that a restart reads the spool back and
+    /// the broker sends the unacknowledged QoS 1/2 messages again.
+    pub(super) fn spool_gone(&mut self) {
+        self.metrics.spool_errors.fetch_add(1, Relaxed);
+        tracing::error!("spool: its thread stopped; stopping the gateway so that a restart reads the spool back");
+        self.acks.stop();
     }
 
     /// Hands the records read back to librdkafka, in order, until its queue is full.
@@ -372,6 +394,7 @@ impl Engine {
         let Some(s) = self.spool.as_mut() else { return };
         if let Some(upto) = s.replay.settled(done.pos) {
             s.handle.ack(upto);
+            self.metrics.spool_oldest_ms.store(s.replay.oldest_ms(), Relaxed);
         }
         if done.spooled.token != 0 {
             if let Some(slot) = s.tokens.remove(&done.spooled.token) {

@@ -60,6 +60,7 @@ fn kind(e: &SpoolError) -> &'static str {
         SpoolError::Corrupt { .. } => "Corrupt",
         SpoolError::InvalidOptions { .. } => "InvalidOptions",
         SpoolError::Io { .. } => "Io",
+        SpoolError::Stopped => "Stopped",
     }
 }
 
@@ -1026,6 +1027,7 @@ proptest! {
 /// dropping the oldest must go on from the segment after it.
 fn drop_oldest_past_a_fully_acknowledged_first_segment() {
     use Op::*;
-    let ops = vec![Append(8), Next, Ack(0), Append(276), Append(86), Append(269), Append(289), Append(94), DropOldest(447)];
+    let ops =
+        vec![Append(8), Next, Ack(0), Append(276), Append(86), Append(269), Append(289), Append(94), DropOldest(447)];
     run_model(150, 1500, Fsync::Always, ops);
 }
