@@ -44,6 +44,12 @@ pub struct Health {
     /// librdkafka statistics are on (`statistics.interval.ms` > 0); without them Kafka is not checked.
     pub kafka_checked: AtomicBool,
     pub shutting_down: AtomicBool,
+    /// A disk spool is configured (`spool.dir`): a Kafka outage does not stop the bridging.
+    pub spool_enabled: AtomicBool,
+    /// New records go through the disk spool.
+    pub spooling: AtomicBool,
+    /// The disk spool is full and holds the intake (`when_full: block`).
+    pub spool_full: AtomicBool,
     subscriptions: Mutex<Subscriptions>,
     /// Why the last MQTT connection attempt failed (cleared on CONNACK), and the last Kafka client
     /// error (cleared when a broker is up again): readiness names them.
@@ -76,6 +82,9 @@ impl Default for Health {
             kafka_brokers_up: AtomicI64::new(-1),
             kafka_checked: AtomicBool::new(true),
             shutting_down: AtomicBool::new(false),
+            spool_enabled: AtomicBool::new(false),
+            spooling: AtomicBool::new(false),
+            spool_full: AtomicBool::new(false),
             subscriptions: Mutex::default(),
             last_errors: Mutex::default(),
             registry_problem: Mutex::default(),
@@ -104,6 +113,15 @@ pub struct Readiness {
     /// `None` when not checked (statistics off) or not known yet.
     pub kafka_brokers_up: Option<i64>,
     pub shutting_down: bool,
+    /// `None` without a disk spool.
+    pub spool: Option<SpoolState>,
+}
+
+/// The disk spool, as readiness sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpoolState {
+    pub spooling: bool,
+    pub full: bool,
 }
 
 impl Readiness {
@@ -118,6 +136,7 @@ impl Readiness {
                 "subscriptions_refused": self.subscriptions_refused,
             },
             "kafka": { "brokers_up": self.kafka_brokers_up },
+            "spool": self.spool.map(|s| serde_json::json!({ "spooling": s.spooling, "full": s.full })),
             "shutting_down": self.shutting_down,
         })
         .to_string()
@@ -203,13 +222,21 @@ impl Health {
         if mqtt_connected && !subs.refused.is_empty() {
             not_ready.push(format!("mqtt: the broker refused {} (no fallback filter left)", subs.refused.join(", ")));
         }
+        let spool = self
+            .spool_enabled
+            .load(Relaxed)
+            .then(|| SpoolState { spooling: self.spooling.load(Relaxed), full: self.spool_full.load(Relaxed) });
         if checked && up < 0 {
             not_ready.push("kafka: broker state not known yet".to_string());
-        } else if checked && up == 0 {
+        } else if checked && up == 0 && spool.is_none() {
+            // With a spool, messages are still taken and kept while Kafka is away: ready, until it is full.
             not_ready.push(match &errors.kafka {
                 Some(why) => format!("kafka: no broker up ({why})"),
                 None => "kafka: no broker up".to_string(),
             });
+        }
+        if spool.is_some_and(|s| s.full) {
+            not_ready.push("spool: full; no message is taken until Kafka takes records again".to_string());
         }
         if let Some(why) = self.registry_problem.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             not_ready.push(format!("schema registry: {why}"));
@@ -222,6 +249,7 @@ impl Health {
             subscriptions_refused: subs.refused,
             kafka_brokers_up: (checked && up >= 0).then_some(up),
             shutting_down,
+            spool,
         }
     }
 }
@@ -252,6 +280,26 @@ mod tests {
         assert!(!h.readiness(true).ready);
         h.kafka_checked.store(false, Relaxed);
         assert!(h.readiness(true).ready, "Kafka is not checked without statistics");
+    }
+
+    #[test]
+    fn with_a_spool_kafka_away_is_ready_until_the_spool_is_full() {
+        let h = ready_health();
+        h.spool_enabled.store(true, Relaxed);
+        h.kafka_brokers_up.store(0, Relaxed);
+        h.spooling.store(true, Relaxed);
+        let r = h.readiness(true);
+        assert!(r.ready, "{r:?}");
+        assert_eq!(r.spool, Some(SpoolState { spooling: true, full: false }));
+        assert!(r.to_json().contains(r#""spool":{"spooling":true,"full":false}"#), "{}", r.to_json());
+        h.spool_full.store(true, Relaxed);
+        assert_eq!(
+            h.readiness(true).not_ready,
+            vec!["spool: full; no message is taken until Kafka takes records again"]
+        );
+        h.kafka_brokers_up.store(-1, Relaxed);
+        assert!(h.readiness(true).not_ready.contains(&"kafka: broker state not known yet".to_string()));
+        assert!(ready_health().readiness(true).to_json().contains(r#""spool":null"#));
     }
 
     #[test]

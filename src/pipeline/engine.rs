@@ -206,7 +206,7 @@ impl Engine {
             self.metrics.unacked.store(self.messages.len() as u64, Relaxed);
             self.metrics.awaiting_schema.store(self.awaiting.len() as u64, Relaxed);
             if self.spool.is_some() {
-                self.metrics.spool_active.store(self.spooling(), Relaxed);
+                self.metrics.health.spooling.store(self.spooling(), Relaxed);
             }
             if !open && self.messages.is_empty() {
                 return;

@@ -142,6 +142,7 @@ fn open_spool(
         held: Box::new(move || (gauges.bytes.load(Relaxed), gauges.records.load(Relaxed))),
         max_bytes: settings.max_bytes,
     });
+    metrics.health.spool_enabled.store(true, Relaxed);
     metrics.spool_damaged_bytes.fetch_add(recovery.torn_tail_bytes + recovery.skipped_bytes, Relaxed);
     if recovery.torn_tail_bytes > 0 || recovery.corrupt_segments > 0 || recovery.ack_file_damaged {
         tracing::warn!(

@@ -495,14 +495,14 @@ fn spool(e: &mut DescriptorEncoder, m: &Metrics) -> fmt::Result {
         "spool_active",
         "1 while new records go through the disk spool.",
         None,
-        i64::from(m.spool_active.load(Relaxed)),
+        i64::from(m.health.spooling.load(Relaxed)),
     )?;
     gauge(
         e,
         "spool_full",
         "1 while the disk spool is full and holds the intake (when_full: block).",
         None,
-        i64::from(m.spool_full.load(Relaxed)),
+        i64::from(m.health.spool_full.load(Relaxed)),
     )?;
     let oldest = ld(&m.spool_oldest_ms);
     let age = if oldest == 0 {

@@ -37,10 +37,6 @@ pub struct Metrics {
     pub spool_errors: AtomicU64,
     /// Bytes found damaged in the spool at start (a torn tail, corrupt segments) and skipped.
     pub spool_damaged_bytes: AtomicU64,
-    /// New records go to the spool (Kafka stopped taking them, and the backlog is not delivered yet).
-    pub spool_active: AtomicBool,
-    /// The spool is full and `when_full: block` holds the intake.
-    pub spool_full: AtomicBool,
     /// When the oldest record read back from the spool and not yet in Kafka was received from MQTT
     /// (Unix milliseconds; 0: none).
     pub spool_oldest_ms: AtomicU64,

@@ -300,12 +300,12 @@ impl Engine {
             }
             Event::Full => {
                 s.full = true;
-                self.metrics.spool_full.store(true, Relaxed);
+                self.metrics.health.spool_full.store(true, Relaxed);
                 tracing::warn!("spool: full; taking no more messages until Kafka takes records again");
             }
             Event::Room => {
                 s.full = false;
-                self.metrics.spool_full.store(false, Relaxed);
+                self.metrics.health.spool_full.store(false, Relaxed);
             }
             Event::Dropped { records, bytes } => {
                 self.metrics.spool_dropped.fetch_add(records, Relaxed);
