@@ -5,14 +5,12 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{
-    json, mosquitto_pub, publish_paced, unique_topic, Config, Gateway, Kafka, Mosquitto, Record, Route, WAIT,
-};
+use common::stream::{report, stream, tail, tally};
+use common::{json, mosquitto_pub, publish_paced, unique_topic, Config, Gateway, Kafka, Mosquitto, Route, WAIT};
 
 /// One fault test at a time: each runs two JVM-heavy brokers and a stream on a 2-core machine.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -74,61 +72,6 @@ fn start(config: &Path, mosquitto: &Mosquitto, kafka: &Kafka) -> Gateway {
         Gateway::start(config, &[("MQTT_BROKER", &mosquitto.addr()), ("KAFKA_BOOTSTRAP_SERVERS", &kafka.bootstrap())]);
     assert!(gw.wait_for_log("subscribed", WAIT), "{}", gw.logs());
     gw
-}
-
-/// `n` sequenced messages from `devices` devices: `fault/dev-<d>/seq` with `{"seq": i}`.
-fn stream(n: usize, devices: usize) -> Vec<(String, Vec<u8>)> {
-    (0..n).map(|i| (format!("fault/dev-{}/seq", i % devices), format!(r#"{{"seq":{i}}}"#).into_bytes())).collect()
-}
-
-#[derive(Debug, Default)]
-struct Tally {
-    lost: usize,
-    duplicates: usize,
-    order_violations: usize,
-}
-
-/// Reads `topic` until every one of `n` sequence numbers is there (or `timeout`), then counts what is
-/// missing, what came twice and where a device's first occurrences went backwards.
-fn tally(kafka: &Kafka, topic: &str, n: usize, timeout: Duration) -> Tally {
-    let deadline = Instant::now() + timeout;
-    let mut records: Vec<Record>;
-    loop {
-        records = kafka.consume_for(topic, Duration::from_secs(2));
-        let distinct: HashSet<i64> = records.iter().map(|r| json(r)["payload"]["seq"].as_i64().unwrap()).collect();
-        if distinct.len() >= n || Instant::now() > deadline {
-            break;
-        }
-    }
-    let mut t = Tally::default();
-    let mut seen: HashSet<i64> = HashSet::new();
-    let mut last_by_device: HashMap<String, i64> = HashMap::new();
-    // Records come back per partition in offset order; one device is one key, so one partition.
-    for r in &records {
-        let v = json(r);
-        let seq = v["payload"]["seq"].as_i64().unwrap();
-        if !seen.insert(seq) {
-            t.duplicates += 1;
-            continue;
-        }
-        let last = last_by_device.entry(v["device_id"].as_str().unwrap().to_string()).or_insert(-1);
-        if seq < *last {
-            t.order_violations += 1;
-            if t.order_violations <= 5 {
-                eprintln!("order violation: device {} seq {seq} after {}", v["device_id"], *last);
-            }
-        }
-        *last = seq;
-    }
-    t.lost = (0..n as i64).filter(|s| !seen.contains(s)).count();
-    t
-}
-
-fn report(name: &str, n: usize, t: &Tally) {
-    eprintln!(
-        "FAULT RESULT {name}: sent={n} lost={} duplicates={} order_violations={}",
-        t.lost, t.duplicates, t.order_violations
-    );
 }
 
 #[test]
@@ -507,52 +450,4 @@ fn a_qos0_stall_on_a_default_broker_loses_only_what_the_broker_drops() {
     assert_eq!(delivered as u64, received, "every message the gateway took reached Kafka:\n{}", tail(&gw));
     assert_eq!(stat(&gw, "messages_dropped"), Some(0));
     assert_eq!(t.duplicates, 0);
-}
-
-fn tail(gw: &Gateway) -> String {
-    let logs = gw.logs();
-    let lines: Vec<&str> = logs.lines().filter(|l| !l.contains("DEBUG")).collect();
-    lines[lines.len().saturating_sub(60)..].join("\n")
-}
-
-/// Kafka down under a steady QoS 0 stream of 1 KiB messages from a Mosquitto with its default queue
-/// settings, with the disk spool: every message arrives once Kafka is back, in order per device.
-#[test]
-fn kafka_down_under_a_qos0_stream_loses_nothing_with_a_spool() {
-    let _serial = serial();
-    let down =
-        Duration::from_secs(std::env::var("TEST_SPOOL_OUTAGE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10));
-    // 1,000 messages a second, from before the outage to after it.
-    let n = 1000 * (down.as_secs() as usize + 8);
-    let spool = tempfile::tempdir().unwrap();
-    let spool_yaml = format!("spool:\n  dir: {}\n  max_bytes: 512MiB\n", spool.path().join("spool").display());
-    let Rig { kafka, mosquitto, topic, cfg, _dir } =
-        rig_with("fault_spool0", 3, 0, Mosquitto::start(), |c| c.mqtt("  keep_alive_secs: 5\n").extra(&spool_yaml));
-    let mut gw = start(&cfg, &mosquitto, &kafka);
-    let filler = "x".repeat(1024);
-    let messages = (0..n)
-        .map(|i| (format!("fault/dev-{}/seq", i % 50), format!(r#"{{"seq":{i},"fill":"{filler}"}}"#).into_bytes()))
-        .collect();
-    let port = mosquitto.port();
-    let publisher = std::thread::spawn(move || publish_paced(port, messages, 10, Duration::from_millis(10)));
-    assert!(kafka.consume(&topic, 500, WAIT).len() >= 500, "the stream did not start:\n{}", tail(&gw));
-    kafka.kill();
-    std::thread::sleep(down);
-    kafka.restart();
-    publisher.join().expect("publisher");
-    let t = tally(&kafka, &topic, n, Duration::from_secs(180));
-    gw.sigterm();
-    assert!(gw.wait_exit(WAIT).is_some(), "{}", tail(&gw));
-    eprintln!(
-        "FAULT RESULT kafka_down_{}s_qos0_spool: sent={n} lost={} duplicates={} order_violations={}",
-        down.as_secs(),
-        t.lost,
-        t.duplicates,
-        t.order_violations
-    );
-    assert!(gw.logs().contains("spooling to disk"), "{}", tail(&gw));
-    assert!(!mosquitto.log().contains("Outgoing messages are being dropped"), "the broker dropped messages");
-    assert_eq!(t.lost, 0, "{}", tail(&gw));
-    assert_eq!(t.order_violations, 0);
-    assert!(gw.logs().contains("delivered to its end"), "{}", tail(&gw));
 }

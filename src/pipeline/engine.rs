@@ -39,7 +39,7 @@ use crate::registry::{Lookup, Schemas};
 
 mod spool;
 pub(super) use spool::SpoolLink;
-use spool::{SpoolState, SPILL_AFTER, SPOOL_TAG};
+use spool::{SpoolState, SPILL_AFTER, SPOOL_TAG, UNREACHABLE_AFTER};
 
 /// A message taken from MQTT and not settled yet.
 struct Unsettled {
@@ -221,12 +221,14 @@ impl Engine {
             }
             let room = open && self.messages.len() < self.window && !held;
             let replay_blocked = self.spool.as_ref().is_some_and(SpoolState::blocked);
-            // With a spool, not spooling yet: the window full, and no report from Kafka for SPILL_AFTER.
-            let watch = self.spool.as_ref().is_some_and(|s| !s.active()) && self.messages.len() >= self.window;
+            // With a spool, not spooling yet: no report from Kafka for SPILL_AFTER with the window full, or
+            // for UNREACHABLE_AFTER with records in flight (a trickle of messages never fills it).
+            let watch = self.spool.as_ref().is_some_and(|s| !s.active());
             if self.spool.is_some() && self.records.is_empty() {
                 self.last_progress = Instant::now();
             }
-            let stuck_at = tokio::time::Instant::from_std(self.last_progress + SPILL_AFTER);
+            let spill_after = if self.messages.len() >= self.window { SPILL_AFTER } else { UNREACHABLE_AFTER };
+            let stuck_at = tokio::time::Instant::from_std(self.last_progress + spill_after);
             let next_retry = self.retries.next_due();
             let next_held = self.held.next_due();
             let done = tokio::select! {
@@ -265,8 +267,8 @@ impl Engine {
                     Ok(())
                 }
                 _ = tokio::time::sleep_until(stuck_at), if watch && !self.records.is_empty() => {
-                    if self.last_progress.elapsed() >= SPILL_AFTER {
-                        self.start_spooling();
+                    if self.last_progress.elapsed() >= spill_after {
+                        self.start_spooling(spill_after);
                     }
                     Ok(())
                 }

@@ -30,6 +30,7 @@ mod oidc;
 pub mod pki;
 pub mod prom;
 pub mod registry;
+pub mod stream;
 
 pub use config::{Config, Route};
 pub use gateway::Gateway;

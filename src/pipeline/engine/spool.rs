@@ -1,10 +1,11 @@
 //! The engine and the disk spool (`spool.dir`).
 //!
-//! While Kafka takes records, the spool costs nothing: records go straight to librdkafka. When a record
-//! has waited [`SPILL_AFTER`] for room in librdkafka's queue (Kafka down or too slow), it goes to the
-//! spool instead, and from then on **every** new record does, until the spool has been read back to its
-//! end: per-device order holds, since what was queued before is ahead in librdkafka's queue and what is
-//! read back goes behind it, in log order.
+//! While Kafka takes records, the spool costs nothing: records go straight to librdkafka. When Kafka
+//! stops taking them (a record waited [`SPILL_AFTER`] for room in librdkafka's queue; or no report came
+//! for [`SPILL_AFTER`] with the window of unsettled messages full, or for [`UNREACHABLE_AFTER`] with
+//! records in flight), records go to the spool instead, those still in librdkafka's queue first (taken
+//! back from it), and from then on **every** new record does, until the spool has been read back to its
+//! end and delivered: per-device order holds, since what is read back goes to Kafka in log order.
 //!
 //! A message whose record went to the spool settles once the spool has stored it (QoS 0), once it is
 //! durable there (QoS 1/2 with `ack_after: spool`), or once the record read back is in Kafka (QoS 1/2
@@ -40,6 +41,10 @@ use crate::spool::worker::{Event, Handle};
 /// Short: meanwhile the broker queues what it cannot deliver to us, and Mosquitto by default keeps
 /// 1,000 messages per client.
 pub(super) const SPILL_AFTER: Duration = Duration::from_millis(250);
+/// How long records may be in flight with no report from Kafka, the window not full, before records go
+/// to the spool: Kafka unreachable under a trickle of messages. Longer than any report takes from a
+/// Kafka that is up, however loaded (those keep coming while it works).
+pub(super) const UNREACHABLE_AFTER: Duration = Duration::from_secs(2);
 /// Delivery tags of records read back from the spool have this bit set.
 pub(super) const SPOOL_TAG: u32 = 1 << 31;
 /// How long new messages wait for the reports of the records taken back from librdkafka's queue.
@@ -474,7 +479,7 @@ impl Engine {
     /// Kafka has taken nothing for [`SPILL_AFTER`]: new records go to the spool from now on, and so do
     /// those waiting in librdkafka's queue, first (they are older). Their purge reports are taken here,
     /// before any new message, so that the spool holds them ahead of everything after.
-    pub(super) fn start_spooling(&mut self) {
+    pub(super) fn start_spooling(&mut self, waited: Duration) {
         let Some(s) = self.spool.as_mut() else { return };
         s.active = true;
         // Those not sent to a broker come back, as reports: wait for them (a moment) before any new
@@ -482,7 +487,7 @@ impl Engine {
         s.purging = self.records.len();
         s.purge_deadline = Some(std::time::Instant::now() + PURGE_WAIT);
         tracing::warn!(
-            after_ms = SPILL_AFTER.as_millis() as u64,
+            after_ms = waited.as_millis() as u64,
             in_flight = self.records.len(),
             "Kafka does not take records: spooling to disk"
         );
