@@ -534,10 +534,16 @@ fn every_alert_has_for_severity_summary_and_description() {
         "MqttKafkaGatewayMqttDisconnected",
         "MqttKafkaGatewayNoKafkaBroker",
         "MqttKafkaGatewayConfigReloadFailed",
+        "MqttKafkaGatewaySpoolGrowing",
+        "MqttKafkaGatewaySpoolNearlyFull",
+        "MqttKafkaGatewaySpoolFull",
+        "MqttKafkaGatewaySpoolRecordsDropped",
+        "MqttKafkaGatewaySpoolRecordsUnreadable",
+        "MqttKafkaGatewaySpoolDiskErrors",
     ] {
         assert!(names.contains(want), "no alert {want}: {names:?}");
     }
-    assert!(alerts >= 8);
+    assert!(alerts >= 14);
     // And each one is exercised by the unit tests.
     let tests = read(ALERTS_TEST);
     for name in &names {
@@ -552,6 +558,9 @@ fn is_instant(name: &str) -> bool {
         "MqttKafkaGatewayOversizeMessages",
         "MqttKafkaGatewayRecordsFailed",
         "MqttKafkaGatewayConfigReloadFailed",
+        "MqttKafkaGatewaySpoolRecordsDropped",
+        "MqttKafkaGatewaySpoolRecordsUnreadable",
+        "MqttKafkaGatewaySpoolDamagedAtStart",
     ]
     .contains(&name)
 }
