@@ -667,6 +667,49 @@ fn dashboard_shows_what_an_operator_needs() {
     for q in ["histogram_quantile(0.5,", "histogram_quantile(0.99,"] {
         assert!(text.contains(q), "latency {q}");
     }
+
+    // A "Disk spool" row, and under it (up to the next row) the spool's size against its limit, records,
+    // oldest record's age, what goes in, out and is lost, whether it is active or full, and its errors.
+    let d = dashboard();
+    let all = d["panels"].as_array().expect("panels");
+    let row = all.iter().position(|p| p["type"] == "row" && p["title"] == "Disk spool").expect("a \"Disk spool\" row");
+    let under: Vec<&serde_json::Value> = all[row + 1..].iter().take_while(|p| p["type"] != "row").collect();
+    assert!(under.len() >= 4, "{} panels under the Disk spool row", under.len());
+    let y = all[row]["gridPos"]["y"].as_u64().unwrap();
+    for p in &under {
+        assert!(p["gridPos"]["y"].as_u64().unwrap() > y, "{}: above its row", p["title"]);
+    }
+    let exprs: String = under
+        .iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .map(|t| t["expr"].as_str().unwrap().to_string() + "\n")
+        .collect();
+    let spool = metric_names_in(&exprs);
+    for want in [
+        "mqtt_kafka_gateway_spool_bytes",
+        "mqtt_kafka_gateway_spool_max_bytes",
+        "mqtt_kafka_gateway_spool_records",
+        "mqtt_kafka_gateway_spool_oldest_record_age_seconds",
+        "mqtt_kafka_gateway_spool_records_written_total",
+        "mqtt_kafka_gateway_spool_records_replayed_total",
+        "mqtt_kafka_gateway_spool_records_dropped_total",
+        "mqtt_kafka_gateway_spool_records_unreadable_total",
+        "mqtt_kafka_gateway_spool_active",
+        "mqtt_kafka_gateway_spool_full",
+        "mqtt_kafka_gateway_spool_errors_total",
+    ] {
+        assert!(spool.contains(want), "the Disk spool row does not show {want}");
+    }
+    // The size and its limit in one panel, in bytes.
+    assert!(
+        under.iter().any(|p| {
+            let e = p["targets"].to_string();
+            e.contains("mqtt_kafka_gateway_spool_bytes")
+                && e.contains("mqtt_kafka_gateway_spool_max_bytes")
+                && p["fieldConfig"]["defaults"]["unit"] == "bytes"
+        }),
+        "no panel shows spool_bytes against spool_max_bytes"
+    );
 }
 
 #[test]
