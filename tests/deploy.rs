@@ -35,6 +35,12 @@ pub const EXPOSED_METRICS: &[&str] = &[
     "mqtt_kafka_gateway_intake_paused_seconds_total",
     "mqtt_kafka_gateway_messages_not_acked_total",
     "mqtt_kafka_gateway_oversize_messages_total",
+    "mqtt_kafka_gateway_spool_records_written_total",
+    "mqtt_kafka_gateway_spool_records_replayed_total",
+    "mqtt_kafka_gateway_spool_records_dropped_total",
+    "mqtt_kafka_gateway_spool_records_unreadable_total",
+    "mqtt_kafka_gateway_spool_errors_total",
+    "mqtt_kafka_gateway_spool_damaged_bytes_total",
     // gauges
     "mqtt_kafka_gateway_mqtt_connected",
     "mqtt_kafka_gateway_ready",
@@ -44,6 +50,12 @@ pub const EXPOSED_METRICS: &[&str] = &[
     "mqtt_kafka_gateway_intake_bytes",
     "mqtt_kafka_gateway_config_generation",
     "mqtt_kafka_gateway_config_last_reload_success_timestamp_seconds",
+    "mqtt_kafka_gateway_spool_bytes",
+    "mqtt_kafka_gateway_spool_max_bytes",
+    "mqtt_kafka_gateway_spool_records",
+    "mqtt_kafka_gateway_spool_active",
+    "mqtt_kafka_gateway_spool_full",
+    "mqtt_kafka_gateway_spool_oldest_record_age_seconds",
     // info
     "mqtt_kafka_gateway_build_info",
     // histogram
@@ -57,6 +69,10 @@ pub const DASHBOARD: &str = "deploy/grafana/mqtt-kafka-gateway.json";
 pub const ALERTS: &str = "deploy/prometheus/alerts.yaml";
 const ALERTS_TEST: &str = "deploy/prometheus/alerts_test.yaml";
 const KUBERNETES: &str = "deploy/kubernetes";
+/// The StatefulSet variant: the base above without its Deployment, plus a StatefulSet whose spool is on
+/// a PersistentVolumeClaim. A directory beside the base, not in it: kustomize refuses a base that
+/// contains the overlay (a cycle).
+const STATEFULSET: &str = "deploy/kubernetes-statefulset";
 
 /// Every `mqtt_kafka_gateway_*` name the dashboard and the alert rules use, as written (a histogram's
 /// `_bucket`/`_sum`/`_count` suffix included; [`metric_family`] strips it).
@@ -130,6 +146,16 @@ fn objects() -> BTreeMap<String, Value> {
 
 fn object(kind: &str) -> Value {
     objects().remove(kind).unwrap_or_else(|| panic!("no {kind} in {KUBERNETES}"))
+}
+
+/// An object of the StatefulSet variant's own files.
+fn variant_object(kind: &str) -> Value {
+    yaml_files(STATEFULSET)
+        .into_iter()
+        .filter(|f| f != "kustomization.yaml")
+        .flat_map(|f| documents(&format!("{STATEFULSET}/{f}")))
+        .find(|d| d["kind"].as_str() == Some(kind))
+        .unwrap_or_else(|| panic!("no {kind} in {STATEFULSET}"))
 }
 
 fn str_of<'a>(v: &'a Value, what: &str) -> &'a str {
@@ -221,7 +247,7 @@ fn run(mut c: Command) -> String {
 
 #[test]
 fn every_manifest_parses_and_kustomization_lists_exactly_the_files_present() {
-    for dir in [KUBERNETES, "deploy/prometheus"] {
+    for dir in [KUBERNETES, STATEFULSET, "deploy/prometheus"] {
         for file in yaml_files(dir) {
             let docs = documents(&format!("{dir}/{file}"));
             assert!(!docs.is_empty(), "{dir}/{file}: no document");
@@ -250,6 +276,151 @@ fn every_manifest_parses_and_kustomization_lists_exactly_the_files_present() {
     let kinds: BTreeSet<String> = objects().into_keys().collect();
     for kind in ["ConfigMap", "Deployment", "Service", "PodDisruptionBudget"] {
         assert!(kinds.contains(kind), "no {kind}: {kinds:?}");
+    }
+
+    // The StatefulSet variant: the base, its own files (every one), and one patch that deletes the
+    // base's Deployment, so that one gateway runs, not two.
+    let variant = &documents(&format!("{STATEFULSET}/kustomization.yaml"))[0];
+    assert_eq!(variant["kind"].as_str(), Some("Kustomization"));
+    let listed: Vec<String> = variant["resources"]
+        .as_sequence()
+        .expect("resources")
+        .iter()
+        .map(|r| str_of(r, "resource").to_string())
+        .collect();
+    let base: Vec<&String> = listed.iter().filter(|r| !r.ends_with(".yaml")).collect();
+    assert_eq!(base.len(), 1, "{STATEFULSET}: one base: {listed:?}");
+    assert_eq!(
+        root().join(STATEFULSET).join(base[0]).canonicalize().unwrap(),
+        root().join(KUBERNETES).canonicalize().unwrap(),
+        "{STATEFULSET}: the base is {KUBERNETES}"
+    );
+    let own: BTreeSet<String> = yaml_files(STATEFULSET).into_iter().filter(|f| f != "kustomization.yaml").collect();
+    let listed_files: BTreeSet<String> = listed.iter().filter(|r| r.ends_with(".yaml")).cloned().collect();
+    assert_eq!(listed_files, own, "{STATEFULSET}/kustomization.yaml resources vs the files beside it");
+    let deployment_name = str_of(&object("Deployment")["metadata"]["name"], "Deployment name").to_string();
+    let patches = variant["patches"].as_sequence().expect("patches");
+    assert_eq!(patches.len(), 1, "{STATEFULSET}: one patch, deleting the Deployment");
+    assert_eq!(patches[0]["target"]["kind"].as_str(), Some("Deployment"));
+    assert_eq!(patches[0]["target"]["name"].as_str(), Some(deployment_name.as_str()));
+    let patch: Value = yaml_serde::from_str(str_of(&patches[0]["patch"], "patch")).expect("the patch is YAML");
+    assert_eq!(patch["$patch"].as_str(), Some("delete"));
+    assert_eq!(patch["kind"].as_str(), Some("Deployment"));
+    assert_eq!(patch["metadata"]["name"].as_str(), Some(deployment_name.as_str()));
+    assert_eq!(variant_object("StatefulSet")["kind"].as_str(), Some("StatefulSet"));
+}
+
+#[test]
+fn the_statefulset_variant_runs_the_deployments_pod_with_the_spool_on_a_claim() {
+    let deployment = object("Deployment");
+    let sts = variant_object("StatefulSet");
+    let spec = &sts["spec"];
+    // One gateway: one MQTT client id, one writer of the spool's directory (the gateway locks it).
+    assert_eq!(spec["replicas"].as_u64(), Some(1), "replicas");
+    assert!(
+        spec["podManagementPolicy"].is_null() || spec["podManagementPolicy"].as_str() == Some("OrderedReady"),
+        "the replacement starts only once the old pod is gone"
+    );
+    assert_eq!(spec["serviceName"], object("Service")["metadata"]["name"], "serviceName: the base's Service");
+    assert_eq!(sts["metadata"], deployment["metadata"], "the same name and labels as the Deployment it replaces");
+    assert_eq!(spec["selector"], deployment["spec"]["selector"], "what the Service and the budget select");
+
+    // The pod is the Deployment's, but for the spool's volume: a claim here, an emptyDir there (and the
+    // ephemeral storage that emptyDir asks the scheduler for).
+    let spool_volume = str_of(&spool_mount(&deployment)["name"], "the spool's mount").to_string();
+    let mut want = deployment["spec"]["template"].clone();
+    want["spec"]["volumes"].as_sequence_mut().unwrap().retain(|v| v["name"].as_str() != Some(&spool_volume));
+    let container = &mut want["spec"]["containers"][0];
+    container["resources"]["requests"].as_mapping_mut().unwrap().remove("ephemeral-storage");
+    assert_eq!(spec["template"], want, "the StatefulSet's pod drifted from the Deployment's");
+
+    let claims = spec["volumeClaimTemplates"].as_sequence().expect("volumeClaimTemplates");
+    assert_eq!(claims.len(), 1, "{claims:?}");
+    assert_eq!(claims[0]["metadata"]["name"].as_str(), Some(spool_volume.as_str()), "the claim is the spool's volume");
+    let modes = claims[0]["spec"]["accessModes"].as_sequence().expect("accessModes");
+    assert!(modes.iter().any(|m| m.as_str() == Some("ReadWriteOnce")), "{modes:?}");
+}
+
+/// The mount of the pod's container that holds the ConfigMap's `spool.dir` (the deepest `mountPath` at
+/// or above it); the root filesystem is read-only, so there must be one.
+fn spool_mount(workload: &Value) -> Value {
+    let container = the_container(workload);
+    let key = config_arg(container).file_name().unwrap().to_str().unwrap().to_string();
+    let config = load(&routes_text(&object("ConfigMap"), &key), &literal_env(container));
+    let dir = config.spool.expect("the ConfigMap's routes.yaml sets spool.dir").dir;
+    assert!(dir.is_absolute(), "spool.dir {} is relative", dir.display());
+    container["volumeMounts"]
+        .as_sequence()
+        .expect("volumeMounts")
+        .iter()
+        .filter(|m| dir.starts_with(str_of(&m["mountPath"], "mountPath")))
+        .max_by_key(|m| m["mountPath"].as_str().unwrap().len())
+        .unwrap_or_else(|| panic!("spool.dir {} is on no volume: the root filesystem is read-only", dir.display()))
+        .clone()
+}
+
+/// The most the spool's directory holds with `max_bytes`: `max_bytes`, the acknowledged head of its
+/// oldest segment (a segment is a sixteenth of `max_bytes`, 1 to 64 MiB: `open_spool` in
+/// src/pipeline/mod.rs) and one record larger than a segment (src/spool/log.rs, "Disk bound").
+fn spool_disk_bound(max_bytes: u64) -> u64 {
+    use mqtt_kafka_gateway::spool::log::{HEADER_BYTES, MAX_RECORD_BYTES};
+    max_bytes + (max_bytes / 16).clamp(1 << 20, 64 << 20) + MAX_RECORD_BYTES + HEADER_BYTES
+}
+
+#[test]
+fn the_spool_is_on_a_writable_volume_with_room_for_max_bytes() {
+    let deployment = object("Deployment");
+    let container = the_container(&deployment);
+    let key = config_arg(container).file_name().unwrap().to_str().unwrap().to_string();
+    let config = load(&routes_text(&object("ConfigMap"), &key), &literal_env(container));
+    let spool = config.spool.as_ref().expect("the ConfigMap's routes.yaml sets spool.dir");
+    let bound = spool_disk_bound(spool.max_bytes);
+    let uid = deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"].as_u64();
+
+    for workload in [&deployment, &variant_object("StatefulSet")] {
+        let kind = str_of(&workload["kind"], "kind");
+        let pod = &workload["spec"]["template"]["spec"];
+        let mount = spool_mount(workload);
+        assert!(mount["readOnly"].as_bool() != Some(true), "{kind}: the spool's mount is read-only");
+        assert!(mount["subPath"].is_null(), "{kind}: the spool's mount has a subPath");
+        // The volume's files belong to the gateway's group: writable for uid 65532 on any volume type.
+        assert_eq!(pod["securityContext"]["fsGroup"].as_u64(), uid, "{kind}: fsGroup");
+        let name = str_of(&mount["name"], "the spool's mount");
+        let volume = pod["volumes"].as_sequence().expect("volumes").iter().find(|v| v["name"].as_str() == Some(name));
+        match kind {
+            "Deployment" => {
+                // Over its sizeLimit an emptyDir gets the pod evicted, spool and all: the spool must stop
+                // first.
+                let empty_dir = &volume.unwrap_or_else(|| panic!("no volume {name}"))["emptyDir"];
+                assert!(empty_dir.is_mapping(), "{kind}: the spool's volume is an emptyDir");
+                assert_ne!(empty_dir["medium"].as_str(), Some("Memory"), "in memory it counts against the limit");
+                let size = bytes(str_of(&empty_dir["sizeLimit"], "the spool's emptyDir sizeLimit"));
+                assert!(
+                    bound <= size,
+                    "spool.max_bytes {} can fill {bound} bytes, over the emptyDir's sizeLimit {size}",
+                    spool.max_bytes
+                );
+                let requested = &the_container(workload)["resources"]["requests"]["ephemeral-storage"];
+                assert!(bytes(str_of(requested, "ephemeral-storage request")) >= size, "ephemeral-storage request");
+            }
+            "StatefulSet" => {
+                assert!(volume.is_none(), "{kind}: {name} is a pod volume, not the claim");
+                let claim = workload["spec"]["volumeClaimTemplates"]
+                    .as_sequence()
+                    .expect("volumeClaimTemplates")
+                    .iter()
+                    .find(|c| c["metadata"]["name"].as_str() == Some(name))
+                    .unwrap_or_else(|| panic!("no claim template {name}"));
+                let size = bytes(str_of(&claim["spec"]["resources"]["requests"]["storage"], "storage request"));
+                // A filesystem keeps some of its volume (ext4: its journal, and 5% for root).
+                assert!(
+                    bound <= size / 10 * 9,
+                    "spool.max_bytes {} can fill {bound} bytes, over 90% of the claim's {size}",
+                    spool.max_bytes
+                );
+            }
+            other => panic!("{other}"),
+        }
     }
 }
 
@@ -522,10 +693,16 @@ fn every_alert_has_for_severity_summary_and_description() {
         "MqttKafkaGatewayMqttDisconnected",
         "MqttKafkaGatewayNoKafkaBroker",
         "MqttKafkaGatewayConfigReloadFailed",
+        "MqttKafkaGatewaySpoolGrowing",
+        "MqttKafkaGatewaySpoolNearlyFull",
+        "MqttKafkaGatewaySpoolFull",
+        "MqttKafkaGatewaySpoolRecordsDropped",
+        "MqttKafkaGatewaySpoolRecordsUnreadable",
+        "MqttKafkaGatewaySpoolDiskErrors",
     ] {
         assert!(names.contains(want), "no alert {want}: {names:?}");
     }
-    assert!(alerts >= 8);
+    assert!(alerts >= 14);
     // And each one is exercised by the unit tests.
     let tests = read(ALERTS_TEST);
     for name in &names {
@@ -540,6 +717,9 @@ fn is_instant(name: &str) -> bool {
         "MqttKafkaGatewayOversizeMessages",
         "MqttKafkaGatewayRecordsFailed",
         "MqttKafkaGatewayConfigReloadFailed",
+        "MqttKafkaGatewaySpoolRecordsDropped",
+        "MqttKafkaGatewaySpoolRecordsUnreadable",
+        "MqttKafkaGatewaySpoolDamagedAtStart",
     ]
     .contains(&name)
 }
@@ -646,6 +826,49 @@ fn dashboard_shows_what_an_operator_needs() {
     for q in ["histogram_quantile(0.5,", "histogram_quantile(0.99,"] {
         assert!(text.contains(q), "latency {q}");
     }
+
+    // A "Disk spool" row, and under it (up to the next row) the spool's size against its limit, records,
+    // oldest record's age, what goes in, out and is lost, whether it is active or full, and its errors.
+    let d = dashboard();
+    let all = d["panels"].as_array().expect("panels");
+    let row = all.iter().position(|p| p["type"] == "row" && p["title"] == "Disk spool").expect("a \"Disk spool\" row");
+    let under: Vec<&serde_json::Value> = all[row + 1..].iter().take_while(|p| p["type"] != "row").collect();
+    assert!(under.len() >= 4, "{} panels under the Disk spool row", under.len());
+    let y = all[row]["gridPos"]["y"].as_u64().unwrap();
+    for p in &under {
+        assert!(p["gridPos"]["y"].as_u64().unwrap() > y, "{}: above its row", p["title"]);
+    }
+    let exprs: String = under
+        .iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .map(|t| t["expr"].as_str().unwrap().to_string() + "\n")
+        .collect();
+    let spool = metric_names_in(&exprs);
+    for want in [
+        "mqtt_kafka_gateway_spool_bytes",
+        "mqtt_kafka_gateway_spool_max_bytes",
+        "mqtt_kafka_gateway_spool_records",
+        "mqtt_kafka_gateway_spool_oldest_record_age_seconds",
+        "mqtt_kafka_gateway_spool_records_written_total",
+        "mqtt_kafka_gateway_spool_records_replayed_total",
+        "mqtt_kafka_gateway_spool_records_dropped_total",
+        "mqtt_kafka_gateway_spool_records_unreadable_total",
+        "mqtt_kafka_gateway_spool_active",
+        "mqtt_kafka_gateway_spool_full",
+        "mqtt_kafka_gateway_spool_errors_total",
+    ] {
+        assert!(spool.contains(want), "the Disk spool row does not show {want}");
+    }
+    // The size and its limit in one panel, in bytes.
+    assert!(
+        under.iter().any(|p| {
+            let e = p["targets"].to_string();
+            e.contains("mqtt_kafka_gateway_spool_bytes")
+                && e.contains("mqtt_kafka_gateway_spool_max_bytes")
+                && p["fieldConfig"]["defaults"]["unit"] == "bytes"
+        }),
+        "no panel shows spool_bytes against spool_max_bytes"
+    );
 }
 
 #[test]
@@ -654,6 +877,30 @@ fn dashboard_and_alerts_use_only_metrics_the_gateway_exposes() {
     assert!(used.len() >= 15, "{used:?}");
     let unknown: Vec<&String> = used.iter().filter(|n| !EXPOSED_METRICS.contains(&metric_family(n))).collect();
     assert!(unknown.is_empty(), "not exposed by the gateway: {unknown:?}");
+}
+
+/// [`EXPOSED_METRICS`] is what the gateway's own exposition writes: a scrape of its metrics, set up as a
+/// running gateway sets them up (the ConfigMap's routes bound, since per-route series exist only for
+/// routes; the producer's and intake's gauges; a spool), has every name.
+#[test]
+fn exposed_metrics_are_in_a_scrape_of_the_gateways_exposition() {
+    use mqtt_kafka_gateway::ops::metrics::{exposition, LiveGauges, Metrics, SpoolSize};
+    let metrics = std::sync::Arc::new(Metrics::default());
+    let mut routes = load(&routes_text(&object("ConfigMap"), "routes.yaml"), &BTreeMap::new()).routes;
+    metrics.routes.bind(&mut routes);
+    metrics.set_live_gauges(LiveGauges { producer_queue: Box::new(|| 0), intake_bytes: Box::new(|| 0) });
+    metrics.set_spool_size(SpoolSize { held: Box::new(|| (0, 0)), max_bytes: 1 << 30 });
+    let body = exposition::encode(&exposition::registry(metrics)).unwrap();
+    let samples: BTreeSet<&str> =
+        body.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split([' ', '{']).next()).collect();
+    let missing: Vec<&&str> = EXPOSED_METRICS
+        .iter()
+        .filter(|n| {
+            let family = if HISTOGRAMS.contains(n) { format!("{n}_count") } else { n.to_string() };
+            !samples.contains(family.as_str())
+        })
+        .collect();
+    assert!(missing.is_empty(), "in EXPOSED_METRICS, not in a scrape: {missing:?}\n{body}");
 }
 
 #[test]
