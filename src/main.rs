@@ -282,6 +282,13 @@ fn run(path: PathBuf) -> ExitCode {
                 tracing::error!(undelivered = report.undelivered, "stopped after a fatal Kafka producer error");
                 exit::code(exit::FAILED)
             }
+            Ok(report) if report.undelivered == 0 && report.spooled > 0 => {
+                tracing::info!(
+                    spooled = report.spooled,
+                    "stopped; every message taken was delivered or is kept in the spool, to be read back at the next start"
+                );
+                exit::code(exit::OK)
+            }
             Ok(report) if report.undelivered == 0 => {
                 tracing::info!("stopped; every message taken was delivered");
                 exit::code(exit::OK)

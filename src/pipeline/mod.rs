@@ -61,6 +61,8 @@ pub struct RunSummary {
     pub undelivered: u64,
     /// The run ended because of a fatal producer error.
     pub fatal: bool,
+    /// Records kept in the disk spool at exit, read back at the next start.
+    pub spooled: u64,
     pub snapshot: metrics::Snapshot,
 }
 
@@ -254,6 +256,9 @@ async fn run_inner(
     let mut engine = Engine::new(links, config.mqtt.max_packet_size, config.mqtt.max_unacked_messages, config.replicas);
     let shutting_down = shutdown.clone();
     engine.run(intake_rx, &give_up).await;
+    // Records read back from the spool and in the producer stay in the spool until Kafka has taken
+    // them: not lost if the flush below does not get them there.
+    let kept = engine.replayed_in_flight() as u64;
     engine.close_spool();
     tracing::info!(
         grace_period_secs = config.shutdown_grace.as_secs(),
@@ -273,9 +278,12 @@ async fn run_inner(
     };
     let flush_producer = producer.clone();
     let flushed = tokio::task::spawn_blocking(move || kafka::flush(&flush_producer, left)).await;
-    let undelivered = kafka::in_flight(&producer).max(0) as u64 + unsettled;
+    let undelivered = (kafka::in_flight(&producer).max(0) as u64).saturating_sub(kept) + unsettled;
     match flushed {
         Ok(Ok(())) => tracing::info!("Kafka producer flushed"),
+        Ok(Err(e)) if undelivered == 0 => {
+            tracing::info!(error = %e, "Kafka producer not flushed; what it held is kept in the spool")
+        }
         Ok(Err(e)) => {
             tracing::error!(error = %e, undelivered, "Kafka producer not flushed within the grace period; records are lost")
         }
@@ -289,7 +297,8 @@ async fn run_inner(
     let snapshot = metrics.snapshot();
     // The last line covers the whole run.
     metrics::log_stats(snapshot, metrics::Snapshot::default(), started.elapsed(), &metrics);
-    Ok(RunSummary { undelivered, snapshot, fatal: fatal.is_cancelled() })
+    let spooled = metrics.spool_size().map_or(0, |s| (s.held)().1);
+    Ok(RunSummary { undelivered, snapshot, fatal: fatal.is_cancelled(), spooled })
 }
 
 /// Logs the statistics line every `every` (the spec's "metrics available via logs").

@@ -505,6 +505,27 @@ impl SegmentLog {
     /// both cases nothing is written. With [`Fsync::Always`] the record is fsynced before this
     /// returns; if that fails the record is removed again and the error returned.
     pub fn append(&mut self, payload: &[u8]) -> Result<Position, SpoolError> {
+        let position = self.append_unsynced(payload)?;
+        if self.fsync == Fsync::Always {
+            let Some(w) = self.writer.as_mut() else {
+                return Err(internal(&self.dir, "appending: no active segment"));
+            };
+            if let Err(e) = w.flush().and_then(|()| w.sync()) {
+                // The record is in the active segment, the last one.
+                let frame_off = position.0 - self.segs.back().map_or(0, |s| s.base);
+                let frame = HEADER_BYTES + payload.len() as u64;
+                self.undo_append(frame_off, frame);
+                return Err(e);
+            }
+            self.dirty = false;
+            self.last_sync = Instant::now();
+        }
+        Ok(position)
+    }
+
+    /// Like [`append`](Self::append), without the fsync of [`Fsync::Always`]: for a batch of appends
+    /// made durable by one [`sync_segment`](Self::sync_segment) (group commit).
+    pub fn append_unsynced(&mut self, payload: &[u8]) -> Result<Position, SpoolError> {
         let len = payload.len() as u64;
         if len > MAX_RECORD_BYTES {
             return Err(SpoolError::TooLarge { len, max: MAX_RECORD_BYTES });
@@ -536,16 +557,21 @@ impl SegmentLog {
         seg.records += 1;
         self.total_bytes += frame;
         self.dirty = true;
-        let position = Position(seg.base + frame_off);
-        if self.fsync == Fsync::Always {
-            if let Err(e) = w.flush().and_then(|()| w.sync()) {
-                self.undo_append(frame_off, frame);
-                return Err(e);
+        Ok(Position(seg.base + frame_off))
+    }
+
+    /// Writes the buffer and fsyncs the active segment (unless [`Fsync::Never`]); the ack position
+    /// is left as it is. Makes appends since the last fsync durable.
+    pub fn sync_segment(&mut self) -> Result<(), SpoolError> {
+        if let Some(w) = self.writer.as_mut() {
+            w.flush()?;
+            if self.dirty && self.fsync != Fsync::Never {
+                w.sync()?;
             }
-            self.dirty = false;
-            self.last_sync = Instant::now();
         }
-        Ok(position)
+        self.dirty = false;
+        self.last_sync = Instant::now();
+        Ok(())
     }
 
     /// Flushes the write buffer; with [`Fsync::Interval`], once the interval has passed since

@@ -110,6 +110,7 @@ pub fn start(options: Options, when_full: WhenFull) -> Result<(Handle, Recovery)
         full: false,
         stored: 0,
         durable: 0,
+        unsynced: 0,
         reported: (0, 0),
         credit: 0,
         said_caught_up: false,
@@ -184,6 +185,8 @@ struct Worker {
     full: bool,
     stored: u64,
     durable: u64,
+    /// `fsync: always`: appended, waiting for the fsync that makes them stored.
+    unsynced: u64,
     reported: (u64, u64),
     credit: usize,
     /// [`Event::CaughtUp`] was said, and nothing has been stored since.
@@ -252,17 +255,24 @@ impl Worker {
         }
     }
 
-    /// Appends what waits, in order, until one does not fit.
+    /// Appends what waits, in order, until one does not fit. With `fsync: always` the appends of one
+    /// go share one fsync (group commit), and count as stored once it is done.
     fn store_waiting(&mut self) {
+        let always = self.fsync == Fsync::Always;
         while let Some(record) = self.waiting.front() {
-            match self.log.append(record) {
+            let appended = if always { self.log.append_unsynced(record) } else { self.log.append(record) };
+            match appended {
                 Ok(_) => {
                     self.waiting.pop_front();
-                    self.stored += 1;
                     self.said_caught_up = false;
-                    if !matches!(self.fsync, Fsync::Interval(_)) {
-                        // Always: fsynced by append. Never: as durable as it will ever be.
-                        self.durable = self.stored;
+                    if always {
+                        self.unsynced += 1;
+                    } else {
+                        self.stored += 1;
+                        if self.fsync == Fsync::Never {
+                            // As durable as it will ever be.
+                            self.durable = self.stored;
+                        }
                     }
                 }
                 Err(e @ (SpoolError::Full { .. } | SpoolError::NoSpace { .. })) => {
@@ -278,20 +288,46 @@ impl Worker {
                         self.full = true;
                         self.send(Event::Full);
                     }
+                    self.sync_appended();
                     return;
                 }
                 Err(e) => {
                     // Not a matter of room (EIO, a record over the log's limit): say so, try later.
                     self.send(Event::Failed(e));
                     self.retry_failed = true;
+                    self.sync_appended();
                     return;
                 }
             }
+        }
+        if !self.sync_appended() {
+            return;
         }
         self.retry_failed = false;
         if self.full {
             self.full = false;
             self.send(Event::Room);
+        }
+    }
+
+    /// `fsync: always`: one fsync for the appends not yet synced, which then count as stored and
+    /// durable. False if it failed (said, and tried again at the next tick).
+    fn sync_appended(&mut self) -> bool {
+        if self.unsynced == 0 {
+            return true;
+        }
+        match self.log.sync_segment() {
+            Ok(()) => {
+                self.stored += self.unsynced;
+                self.durable = self.stored;
+                self.unsynced = 0;
+                true
+            }
+            Err(e) => {
+                self.send(Event::Failed(e));
+                self.retry_failed = true;
+                false
+            }
         }
     }
 

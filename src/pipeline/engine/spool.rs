@@ -76,8 +76,9 @@ pub(super) struct SpoolState {
     routes: watch::Receiver<Arc<RouteTable>>,
     /// Every new record goes to the spool.
     active: bool,
-    /// Appends sent to the spool thread.
+    /// Appends sent to the spool thread, and how many of them it has stored.
     sent: u64,
+    stored: u64,
     settling: Settling,
     replay: Replay,
     /// Messages (slots) waiting for a spooled record to reach Kafka, by token.
@@ -112,6 +113,7 @@ impl SpoolState {
             routes: link.routes,
             active: link.recovered > 0,
             sent: 0,
+            stored: 0,
             settling: Settling::default(),
             replay: Replay::default(),
             tokens: HashMap::new(),
@@ -260,7 +262,6 @@ impl Engine {
         if let Some(durable) = durable {
             s.settling.wait(s.sent, slot, durable);
         }
-        self.metrics.spooled.fetch_add(1, Relaxed);
         s.want_more();
     }
 
@@ -269,6 +270,9 @@ impl Engine {
         let Some(s) = self.spool.as_mut() else { return };
         match event {
             Event::Stored { stored, durable } => {
+                // Counted once in the log (with `fsync: always`, once fsynced).
+                self.metrics.spooled.fetch_add(stored.saturating_sub(s.stored), Relaxed);
+                s.stored = s.stored.max(stored);
                 let mut settled = std::mem::take(&mut s.settled);
                 s.settling.reached(stored, durable, &mut settled);
                 for slot in settled.drain(..) {
@@ -536,6 +540,11 @@ impl Engine {
     /// Whether a retry under `tag` still has a record to send.
     pub(super) fn replayed_pending(&self, tag: u32) -> bool {
         self.spool.as_ref().is_some_and(|s| s.in_flight.get(tag & !SPOOL_TAG).is_some())
+    }
+
+    /// Records read back from the spool and handed to the producer, not yet reported on.
+    pub(in crate::pipeline) fn replayed_in_flight(&self) -> usize {
+        self.spool.as_ref().map_or(0, |s| s.in_flight.len())
     }
 
     /// Stops the spool thread once the engine is done: what it holds is fsynced, for the next start.
