@@ -87,6 +87,16 @@ fn wait_metric(gw: &Gateway, name: &str, timeout: Duration, ok: impl Fn(f64) -> 
     last
 }
 
+/// Waits until the spool is read back and delivered to its end.
+fn drained(gw: &Gateway) {
+    let ok = wait_until(Duration::from_secs(120), Duration::from_millis(250), || {
+        let m = gw.metrics();
+        value(&m, "mqtt_kafka_gateway_spool_records", &[]) == 0.0
+            && value(&m, "mqtt_kafka_gateway_spool_active", &[]) == 0.0
+    });
+    assert!(ok, "the spool was not delivered to its end:\n{}", tail(gw));
+}
+
 /// Publishes `seqs` at 1,000 msg/s (QoS 1 to the broker) on a thread of its own.
 fn paced(port: u16, seqs: std::ops::Range<usize>) -> std::thread::JoinHandle<()> {
     let messages = stream_from(seqs, DEVICES, FILL);
@@ -153,10 +163,11 @@ fn killed_while_spooling(fsync: &str, may_lose: usize) {
     let rig = rig(&format!("spool_kill_{fsync}"), 0, deep_mosquitto(), &format!("  fsync: {fsync}\n"));
     let mut gw = start(&rig);
     rig.kafka.kill();
-    const FIRST: usize = 6000;
+    // 12 s of stream: the kill lands in the middle of it.
+    const FIRST: usize = 12_000;
     let publisher = paced(rig.mosquitto.port(), 0..FIRST);
     assert!(gw.wait_for_log("spooling to disk", WAIT), "{}", tail(&gw));
-    let taken = wait_metric(&gw, "mqtt_kafka_gateway_spool_records_written_total", WAIT, |v| v >= 3000.0) as usize;
+    let taken = wait_metric(&gw, "mqtt_kafka_gateway_spool_records_written_total", WAIT, |v| v >= 4000.0) as usize;
     // A moment for the spool's thread to take what was counted; then a crash.
     std::thread::sleep(Duration::from_millis(300));
     gw.kill();
@@ -307,7 +318,9 @@ fn a_full_spool_that_drops_the_oldest_counts_what_it_dropped() {
     let dropped = metric(&gw, "mqtt_kafka_gateway_spool_records_dropped_total").max(dropped);
     assert_eq!(metric(&gw, "mqtt_kafka_gateway_spool_full"), 0.0, "drop_oldest never holds the intake");
     rig.kafka.restart();
-    let t = tally(&rig.kafka, &rig.topic, N, Duration::from_secs(90));
+    // Some are lost: wait for the spool to be delivered to its end rather than for all of them.
+    drained(&gw);
+    let t = tally(&rig.kafka, &rig.topic, N, Duration::from_secs(5));
     gw.sigterm();
     assert!(gw.wait_exit(WAIT).is_some(), "{}", tail(&gw));
     eprintln!(
@@ -369,7 +382,8 @@ fn a_torn_tail_and_a_corrupt_segment_are_skipped_counted_and_the_rest_delivered(
     rig.kafka.restart();
     let mut gw = start(&rig);
     assert!(gw.wait_for_log("damage found at start", WAIT), "{}", tail(&gw));
-    let t = tally(&rig.kafka, &rig.topic, N, Duration::from_secs(60));
+    drained(&gw);
+    let t = tally(&rig.kafka, &rig.topic, N, Duration::from_secs(5));
     let damaged = metric(&gw, "mqtt_kafka_gateway_spool_damaged_bytes_total");
     gw.sigterm();
     assert!(gw.wait_exit(WAIT).is_some(), "{}", tail(&gw));
