@@ -345,7 +345,7 @@ impl Collector for GatewayCollector {
             ("error", ld(&m.registry_errors)),
         ];
         counter_by(e, "schema_registry_requests", "Requests to the Schema Registry, by result.", "result", &results)?;
-        let seconds = name("schema_registry_request_seconds");
+        let seconds = name("schema_registry_request");
         let c = ConstCounter::new(ld(&m.registry_request_us) as f64 / 1e6);
         c.encode(e.encode_descriptor(
             &seconds,
@@ -554,5 +554,39 @@ mod tests {
         ] {
             assert!(body.contains(line), "missing {line}\n{body}");
         }
+    }
+
+    #[test]
+    fn the_spool_families_are_there_without_a_spool_and_no_unit_is_said_twice() {
+        let metrics = Arc::new(Metrics::default());
+        let body = encode(&registry(metrics.clone())).unwrap();
+        for line in [
+            "mqtt_kafka_gateway_spool_records_written_total 0",
+            "mqtt_kafka_gateway_spool_records_dropped_total 0",
+            "mqtt_kafka_gateway_spool_damaged_bytes_total 0",
+            "mqtt_kafka_gateway_spool_bytes 0",
+            "mqtt_kafka_gateway_spool_max_bytes 0",
+            "mqtt_kafka_gateway_spool_records 0",
+            "mqtt_kafka_gateway_spool_active 0",
+            "mqtt_kafka_gateway_spool_full 0",
+            "mqtt_kafka_gateway_spool_oldest_record_age_seconds 0",
+            "mqtt_kafka_gateway_schema_registry_request_seconds_total 0",
+        ] {
+            assert!(body.contains(line), "missing {line}\n{body}");
+        }
+        for unit in ["seconds", "bytes"] {
+            assert!(!body.contains(&format!("_{unit}_{unit}")), "a name says {unit} twice:\n{body}");
+        }
+        metrics.set_spool_size(super::super::SpoolSize { held: Box::new(|| (4096, 3)), max_bytes: 1 << 30 });
+        metrics.spool_oldest_ms.store(1, Relaxed);
+        let body = encode(&registry(metrics)).unwrap();
+        for line in [
+            "mqtt_kafka_gateway_spool_bytes 4096",
+            "mqtt_kafka_gateway_spool_records 3",
+            "mqtt_kafka_gateway_spool_max_bytes 1073741824",
+        ] {
+            assert!(body.contains(line), "missing {line}\n{body}");
+        }
+        assert!(!body.contains("mqtt_kafka_gateway_spool_oldest_record_age_seconds 0\n"), "{body}");
     }
 }
