@@ -329,8 +329,8 @@ fn a_full_spool_that_drops_the_oldest_counts_what_it_dropped() {
     );
     assert!(t.lost > 0, "a 4 MiB spool cannot hold 8 MiB:\n{}", tail(&gw));
     assert!(t.lost as f64 <= dropped, "lost {} but counted {dropped} dropped", t.lost);
-    // The newest 1,500 all arrived: what was dropped was the oldest. A record takes about 2.4 KiB in the
-    // spool here (its envelope, and the payload as published for a dead letter), so 4 MiB holds ~1,700.
+    // The newest 1,500 all arrived: what was dropped was the oldest. A record of this stream takes about
+    // 1.3 KiB in the spool (its envelope; the payload is a slice of it), so 4 MiB holds ~3,000.
     let newest = (N - 1500) as i64;
     assert!(t.missing.iter().all(|&s| s < newest), "newest lost: {:?}", t.missing.range(newest..).collect::<Vec<_>>());
     assert_eq!(t.order_violations, 0);

@@ -43,6 +43,9 @@ const VERSION: u8 = 1;
 const DEAD_LETTER: u8 = 1;
 const HAS_KEY: u8 = 2;
 const HAS_PAYLOAD: u8 = 4;
+/// The payload is a slice of the value (the spec's envelope splices it in as published): stored as its
+/// offset and length, not a second time.
+const PAYLOAD_IN_VALUE: u8 = 8;
 
 /// Why stored bytes are not a record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,8 +70,12 @@ pub fn encode(s: &Spooled, out: &mut Vec<u8>) {
     if r.key.is_some() {
         flags |= HAS_KEY;
     }
-    if s.payload.is_some() {
-        flags |= HAS_PAYLOAD;
+    // Found only on the spool's path (a Kafka outage), not on every record.
+    let inside = s.payload.as_deref().filter(|p| !p.is_empty()).and_then(|p| memchr::memmem::find(&r.value, p));
+    match (&s.payload, inside) {
+        (Some(_), Some(_)) => flags |= HAS_PAYLOAD | PAYLOAD_IN_VALUE,
+        (Some(_), None) => flags |= HAS_PAYLOAD,
+        (None, _) => {}
     }
     let micros = s.received_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_micros();
     out.extend_from_slice(&[VERSION, flags, s.qos]);
@@ -82,8 +89,13 @@ pub fn encode(s: &Spooled, out: &mut Vec<u8>) {
     field(out, s.route.as_bytes());
     field(out, s.device_id.as_bytes());
     field(out, s.mqtt_topic.as_bytes());
-    if let Some(payload) = &s.payload {
-        field(out, payload);
+    match (&s.payload, inside) {
+        (Some(payload), Some(at)) => {
+            out.extend_from_slice(&len32(at).to_le_bytes());
+            out.extend_from_slice(&len32(payload.len()).to_le_bytes());
+        }
+        (Some(payload), None) => field(out, payload),
+        (None, _) => {}
     }
     out.extend_from_slice(&len32(r.headers.len()).to_le_bytes());
     for (name, value) in &r.headers {
@@ -109,7 +121,16 @@ pub fn decode(bytes: &[u8]) -> Result<Spooled, DecodeError> {
     let route = r.text("route")?;
     let device_id = r.text("device id")?;
     let mqtt_topic = r.text("MQTT topic")?;
-    let payload = if flags & HAS_PAYLOAD != 0 { Some(r.field("payload")?.to_vec()) } else { None };
+    let payload = match (flags & HAS_PAYLOAD != 0, flags & PAYLOAD_IN_VALUE != 0) {
+        (true, true) => {
+            let at = u32::from_le_bytes(r.array("payload's offset")?) as usize;
+            let len = u32::from_le_bytes(r.array("payload's length")?) as usize;
+            let slice = at.checked_add(len).and_then(|end| value.get(at..end));
+            Some(slice.ok_or(DecodeError::Short("payload in the value"))?.to_vec())
+        }
+        (true, false) => Some(r.field("payload")?.to_vec()),
+        (false, _) => None,
+    };
     let count = u32::from_le_bytes(r.array("header count")?);
     // Each header takes 8 bytes at least: a count beyond that is damage, not a reason to allocate.
     let mut headers = Vec::with_capacity((count as usize).min(r.0.len() / 8));
@@ -218,6 +239,25 @@ mod tests {
         raw.payload = None;
         assert_eq!(raw.payload(), raw.record.value.as_slice());
         assert_eq!(sample().payload(), br#"{"on":true}"#);
+    }
+
+    #[test]
+    fn a_payload_spliced_into_the_value_is_not_stored_twice() {
+        let s = sample();
+        let mut bytes = Vec::new();
+        encode(&s, &mut bytes);
+        let mut apart = s.clone();
+        apart.payload = Some(br#"{"on":false}"#.to_vec());
+        let mut bytes_apart = Vec::new();
+        encode(&apart, &mut bytes_apart);
+        // Offset and length (8 bytes) instead of a length and the payload (4 + 11).
+        assert_eq!(bytes.len() + 4 + 11 - 8, bytes_apart.len() - 1);
+        assert_eq!(decode(&bytes).unwrap(), s);
+        assert_eq!(decode(&bytes_apart).unwrap(), apart);
+        // A place outside the value is damage.
+        let at = bytes.len() - (4 + 4 + 10 + 4 + 26) - 8;
+        bytes[at..at + 4].copy_from_slice(&1000u32.to_le_bytes());
+        assert_eq!(decode(&bytes), Err(DecodeError::Short("payload in the value")));
     }
 
     #[test]
