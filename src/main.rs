@@ -297,6 +297,10 @@ fn run(path: PathBuf) -> ExitCode {
                 tracing::error!(undelivered = report.undelivered, "stopped with records not delivered");
                 exit::code(exit::FAILED)
             }
+            Err(e) if e.downcast_ref::<pipeline::SpoolUnusable>().is_some() => {
+                tracing::error!(error = format!("{e:#}"), "invalid configuration: the spool cannot be used");
+                exit::code(exit::INVALID)
+            }
             Err(e) => {
                 tracing::error!(error = format!("{e:#}"), "gateway failed");
                 exit::code(exit::FAILED)

@@ -1,4 +1,5 @@
-//! The `validate` and `explain` commands: no broker involved, the binary as a user runs it.
+//! The `validate` and `explain` commands, and `run` refusing what it cannot use: no broker involved, the
+//! binary as a user runs it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -204,4 +205,53 @@ fn explain_refuses_an_invalid_config_naming_key_and_line() {
     let o = gateway(&["explain", "--topic", "cmnd/x", "--payload", "{}"], dir.path());
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("routes.yaml:5:5: routes[0].key: invalid JSONPath"), "{}", text(&o));
+}
+
+/// A spool directory the gateway cannot use stops `run` before anything connects, as a configuration
+/// error (exit 2) naming the path and the cause: under a regular file, and locked by another gateway.
+#[test]
+fn run_refuses_a_spool_directory_it_cannot_use_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    // No broker answers on port 1: nothing here may depend on one.
+    let config = |spool: &Path| {
+        format!(
+            "mqtt:\n  broker: 127.0.0.1:1\nkafka:\n  bootstrap_servers: 127.0.0.1:1\nhttp:\n  listen: 127.0.0.1:0\n\
+             spool:\n  dir: {}\n{HEAD}",
+            spool.display()
+        )
+    };
+    let under_a_file = file.join("spool");
+    write(dir.path(), &config(&under_a_file));
+    let o = gateway(&["run"], dir.path());
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains(&under_a_file.display().to_string()), "{}", text(&o));
+    assert!(text(&o).contains("is not a directory"), "{}", text(&o));
+    assert!(!text(&o).contains("connecting to the MQTT broker"), "checked before connecting: {}", text(&o));
+
+    // Locked: a first gateway holds the directory, a second one is refused.
+    let spool = dir.path().join("spool");
+    write(dir.path(), &config(&spool));
+    let mut first = Command::new(env!("CARGO_BIN_EXE_mqtt-kafka-gateway"))
+        .args(["run"])
+        .current_dir(dir.path())
+        .env_remove("MQTT_BROKER")
+        .env_remove("KAFKA_BOOTSTRAP_SERVERS")
+        .env_remove("GATEWAY_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let locked = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        spool.join("lock").exists()
+    });
+    let o = gateway(&["run"], dir.path());
+    let _ = first.kill();
+    let _ = first.wait();
+    assert!(locked, "the first gateway opened the spool");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("another process is already using this spool directory"), "{}", text(&o));
+    assert!(text(&o).contains(&spool.display().to_string()), "{}", text(&o));
 }

@@ -117,6 +117,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     run_inner(config, producer, metrics, shutdown, fatal).await
 }
 
+/// The spool's directory cannot be used (missing parent, not a directory, read-only, permissions,
+/// locked by another gateway): a configuration problem, named with the path.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SpoolUnusable(String);
+
 /// Opens the spool's directory (recovering what a crash left) and starts its thread.
 fn open_spool(
     settings: &crate::config::SpoolSettings,
@@ -137,8 +143,8 @@ fn open_spool(
     // A sixteenth of the spool a segment, between 1 and 64 MiB: whole segments are what is freed.
     let segment_bytes = (settings.max_bytes / 16).clamp(1 << 20, 64 << 20);
     let options = log::Options { dir: settings.dir.clone(), max_bytes: settings.max_bytes, segment_bytes, fsync };
-    let (handle, recovery) =
-        worker::start(options, when_full).map_err(|e| anyhow::anyhow!("spool.dir {}: {e}", settings.dir.display()))?;
+    let (handle, recovery) = worker::start(options, when_full)
+        .map_err(|e| anyhow::Error::new(SpoolUnusable(format!("spool.dir {}: {e}", settings.dir.display()))))?;
     let gauges = handle.gauges();
     metrics.set_spool_size(metrics::SpoolSize {
         held: Box::new(move || (gauges.bytes.load(Relaxed), gauges.records.load(Relaxed))),
@@ -177,6 +183,11 @@ async fn run_inner(
     metrics.routes.bind(&mut table);
     metrics.routes_loaded(1);
     let (routes_tx, routes) = watch::channel(Arc::new(table));
+    // Before anything connects: a spool that cannot be used stops the start, with no message taken.
+    let spool = match &config.spool {
+        Some(settings) => Some(open_spool(settings, routes.clone(), &metrics)?),
+        None => None,
+    };
     let started = Instant::now();
     let (intake_tx, intake_rx) = intake::intake(config.mqtt.buffer_bytes);
     {
@@ -239,10 +250,6 @@ async fn run_inner(
     }
 
     let events = kafka::events::Events::new(producer.clone()).context("cannot watch the Kafka producer's events")?;
-    let spool = match &config.spool {
-        Some(settings) => Some(open_spool(settings, routes.clone(), &metrics)?),
-        None => None,
-    };
     let links = engine::Links {
         producer: producer.clone(),
         events,
