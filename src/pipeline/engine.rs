@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Message as _, OwnedHeaders};
+use rdkafka::message::{Header, Message as _, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::Producer as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -550,16 +550,7 @@ impl Engine {
     fn report(&mut self, report: reports::DeliveryReport, now: SystemTime) {
         let tag = report.tag as u32;
         if tag & SPOOL_TAG != 0 {
-            let result = report.result.map_err(|reports::Failure { error, mut record }| {
-                let headers = record.detach_headers().unwrap_or_default();
-                let parts = Parts {
-                    topic: record.topic().to_string(),
-                    key: record.key().map(<[u8]>::to_vec),
-                    value: record.payload().unwrap_or_default().to_vec(),
-                    headers,
-                };
-                (error, parts)
-            });
+            let result = report.result.map_err(|failure| (failure.error, parts_of(failure.record)));
             return self.replayed_report(tag, result, now);
         }
         let Some(&entry) = self.records.get(tag) else { return };
@@ -572,15 +563,8 @@ impl Engine {
                 self.metrics.record_delivered(entry.dead_letter, route, partition, offset, latency);
                 self.settle_record_of(entry.message, true);
             }
-            Err(reports::Failure { error, mut record }) => {
-                let headers = record.detach_headers().unwrap_or_default();
-                let parts = Parts {
-                    topic: record.topic().to_string(),
-                    key: record.key().map(<[u8]>::to_vec),
-                    value: record.payload().unwrap_or_default().to_vec(),
-                    headers,
-                };
-                self.failed(tag, error, parts);
+            Err(reports::Failure { error, record }) => {
+                self.failed(tag, error, parts_of(record));
             }
         }
     }
@@ -765,6 +749,17 @@ impl Engine {
             }
             self.acks.settled(seq, done.progress.ackable);
         }
+    }
+}
+
+/// What a failed record was, to produce again or to dead-letter.
+fn parts_of(mut record: OwnedMessage) -> Parts {
+    let headers = record.detach_headers().unwrap_or_default();
+    Parts {
+        topic: record.topic().to_string(),
+        key: record.key().map(<[u8]>::to_vec),
+        value: record.payload().unwrap_or_default().to_vec(),
+        headers,
     }
 }
 

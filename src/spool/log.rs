@@ -596,14 +596,7 @@ impl SegmentLog {
     /// Writes the buffer, fsyncs the active segment (unless [`Fsync::Never`]) and persists the
     /// ack position now. For shutdown.
     pub fn sync(&mut self) -> Result<(), SpoolError> {
-        if let Some(w) = self.writer.as_mut() {
-            w.flush()?;
-            if self.dirty && self.fsync != Fsync::Never {
-                w.sync()?;
-            }
-        }
-        self.dirty = false;
-        self.last_sync = Instant::now();
+        self.sync_segment()?;
         self.persist_ack()
     }
 
