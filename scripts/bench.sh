@@ -11,8 +11,23 @@
 # --no-ceilings (gateway rows only), --schema (the measured route validates payloads against
 # examples/bench-schema.json), --rate-limit N (the measured route gets rate_limit N/s, burst N),
 # --encoding avro|protobuf (the measured route encodes its envelope with examples/bench-envelope.avsc or
-# .proto, from a local Schema Registry that scripts/install-test-tools.sh builds). Every scenario prints
-# one row per system; the summary at the end puts the gateway beside its ceilings as ratios.
+# .proto, from a local Schema Registry that scripts/install-test-tools.sh builds), --repeat N (each
+# scenario's gateway runs N times). Every scenario prints one row per system; the summary at the end puts
+# the gateway beside its ceilings as ratios.
+#
+# The disk spool (see the README's "Disk spool" and docs/BENCHMARKS.md):
+#
+#   scripts/bench.sh --spool --qos 0 --rate 20000 --routes 1
+#       every gateway run is paired with one of the same gateway with `spool: { dir }` (fsync interval),
+#       reported as system gateway+spool, in alternating order with --repeat; the summary gives each
+#       pair's ratios, and the spool run says how many records it wrote to the spool (0 while Kafka
+#       keeps up: the pair measures what an idle spool costs)
+#   scripts/bench.sh --spool-drain [--backlog 300000] [--live-rate 1000]
+#       the spool through a Kafka outage, on the brokers of scripts/services.sh (it stops and starts
+#       their Kafka): the gateway's live QoS 0 burst with Kafka up, then Kafka stopped and a backlog
+#       published as fast as the generator can (the spooling rate), then Kafka started with live
+#       traffic at --live-rate msg/s while the spool drains (the drain rate), and the topic's records
+#       counted against what the gateway received
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
@@ -27,6 +42,11 @@ payload=150
 ceilings=1
 route_extra=""
 encoding=json
+spool=0
+repeat=1
+drain=0
+backlog=300000
+live_rate=1000
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) rate_list=(0 1000); routes_list=(1); messages=20000 ;;
@@ -40,6 +60,11 @@ while [ $# -gt 0 ]; do
     --schema) route_extra="$route_extra, schema: '$PWD/examples/bench-schema.json'" ;;
     --rate-limit) route_extra="$route_extra, rate_limit: { messages_per_sec: $2, burst: $2 }"; shift ;;
     --encoding) encoding="$2"; shift ;;
+    --repeat) repeat="$2"; shift ;;
+    --spool) spool=1 ;;
+    --spool-drain) drain=1 ;;
+    --backlog) backlog="$2"; shift ;;
+    --live-rate) live_rate="$2"; shift ;;
     *) echo "bench: unknown option $1 (see the top of $0)" >&2; exit 2 ;;
   esac
   shift
@@ -54,9 +79,16 @@ bench_bin="$CARGO_TARGET_DIR/release/examples/bench"
 
 work="$(mktemp -d)"
 gw=""
+# --spool-drain: background processes to stop, and whether Kafka was stopped and not started again.
+bg_pids=()
+kafka_stopped=0
 cleanup() {
   if [ -n "$gw" ]; then kill -TERM "$gw" 2>/dev/null || true; wait "$gw" 2>/dev/null || true; fi
-  rm -rf "$work"
+  local p
+  for p in ${bg_pids[@]+"${bg_pids[@]}"}; do kill -TERM "$p" 2>/dev/null || true; done
+  if [ "$kafka_stopped" = 1 ]; then scripts/services.sh start >/dev/null || true; fi
+  # BENCH_KEEP_WORK=1: keep the run's files (routes, gateway log, --spool-drain's timeline) to look at.
+  if [ -n "${BENCH_KEEP_WORK:-}" ]; then echo "bench: the run's files are in $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 
@@ -102,9 +134,17 @@ results="$work/results.txt"
 run_id="$(date +%s)"
 n=0
 
-# routes.yaml for N routes: N-1 that never match the load (other/<i>/+/data), then the measured one.
-write_routes() { # qos routes topic
-  local qos="$1" routes="$2" topic="$3" i
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# routes.yaml for N routes: N-1 that never match the load (other/<i>/+/data), then the measured one; with
+# a spool directory, the disk spool on (fsync interval, the default), otherwise none. The gateway serves
+# /metrics on a free port of its own ($http_port).
+http_port=""
+write_routes() { # qos routes topic [spool dir [spool max_bytes]]
+  local qos="$1" routes="$2" topic="$3" spool_dir="${4:-}" spool_max="${5:-}" i
+  http_port="$(free_port)"
   {
     echo "mqtt:"
     echo "  broker: 127.0.0.1:1883"
@@ -113,6 +153,14 @@ write_routes() { # qos routes topic
     echo "  bootstrap_servers: 127.0.0.1:9092"
     echo "log:"
     echo "  stats_interval_secs: 0"
+    echo "http:"
+    echo "  listen: 127.0.0.1:$http_port"
+    if [ -n "$spool_dir" ]; then
+      echo "spool:"
+      echo "  dir: $spool_dir"
+      echo "  fsync: interval"
+      [ -z "$spool_max" ] || echo "  max_bytes: $spool_max"
+    fi
     if [ -n "$registry_url" ]; then
       echo "schema_registry:"
       echo "  url: $registry_url"
@@ -150,6 +198,14 @@ stop_gateway() {
   grep -E ' (WARN|ERROR) ' "$work/gateway.log" | head -n 20 | sed 's/^/  gateway log: /' || true
 }
 
+# The sum of a metric's samples on the gateway's /metrics, those whose labels hold FILTER if given
+# (e.g. 'qos="0"'); empty if the gateway does not answer.
+metric() { # name [filter]
+  curl -fsS --max-time 5 "http://127.0.0.1:$http_port/metrics" 2>/dev/null |
+    awk -v n="$1" -v f="${2:-}" '($1 == n || index($1, n "{") == 1) && index($1, f) { s += $2; seen = 1 }
+      END { if (seen) printf "%d\n", s }'
+}
+
 record() { # scenario, then a RESULT line on stdin
   local scenario="$1" line
   while IFS= read -r line; do
@@ -159,6 +215,287 @@ record() { # scenario, then a RESULT line on stdin
     esac
   done
 }
+
+# One gateway run of a scenario: a fresh topic (and a fresh spool for gateway+spool), the load, the
+# gateway's RESULT line as SYSTEM's; gateway+spool's also says how many records the spool took.
+run_gateway() { # system qos routes scenario load...
+  local system="$1" qos="$2" routes="$3" scenario="$4" spool_dir="" written
+  shift 4
+  n=$((n + 1))
+  local topic="bench_${run_id}_$n"
+  if [ "$system" = gateway+spool ]; then
+    spool_dir="$work/spool"
+    rm -rf "$spool_dir"
+  fi
+  write_routes "$qos" "$routes" "$topic" "$spool_dir"
+  register_schema "$topic"
+  start_gateway
+  "$bench_bin" gateway "$@" --topic "$topic" --value "$encoding" --pid "$gw" >"$work/run.txt"
+  if [ -n "$spool_dir" ]; then
+    written="$(metric mqtt_kafka_gateway_spool_records_written_total)"
+    echo "spool: ${written:-?} records written to the spool (0: Kafka kept up and the spool stayed idle)" >>"$work/run.txt"
+    sed -i "s/^RESULT .*/& spool_written=${written:--}/" "$work/run.txt"
+  fi
+  sed "s/^gateway:/$system ($routes routes):/; s/^RESULT system=gateway /RESULT system=$system /" "$work/run.txt" |
+    record "$scenario"
+  stop_gateway
+}
+
+# --spool-drain. What it measures is read from the gateway's /metrics, sampled every 0.5 s by a
+# background poller into $work/timeline.txt, beside the moments the script marks in $work/events.txt.
+mark() { # event
+  echo "$1 $(date +%s.%N)" >>"$work/events.txt"
+}
+
+wait_until() { # what, timeout in s, then a command that succeeds once it is so (run every 0.5 s)
+  local what="$1" timeout="$2" i
+  shift 2
+  for ((i = 0; i < timeout * 2; i++)); do
+    if "$@"; then return 0; fi
+    sleep 0.5
+  done
+  echo "bench: $what did not happen within $timeout s" >&2
+  return 1
+}
+
+gone() { ! kill -0 "$1" 2>/dev/null; }
+spool_drained() {
+  [ "$(metric mqtt_kafka_gateway_spool_records)" = 0 ] && [ "$(metric mqtt_kafka_gateway_spool_active)" = 0 ]
+}
+all_delivered() {
+  [ "$(metric mqtt_kafka_gateway_records_delivered_total)" = "$(metric mqtt_kafka_gateway_messages_received_total 'qos="0"')" ]
+}
+
+spool_drain() {
+  local state="${MKG_STATE_DIR:-$MKG_CACHE_DIR/local}"
+  local kafka_pidfile="$state/kafka.pid" mosquitto_pidfile="$state/mosquitto.pid"
+  local topic="bench_spool_${run_id}" kafka_pid mosquitto_pid load i
+  if ! { [ -f "$kafka_pidfile" ] && kill -0 "$(cat "$kafka_pidfile")" 2>/dev/null; }; then
+    echo "bench: --spool-drain stops and starts the Kafka of scripts/services.sh; the one on 127.0.0.1:9092 was not started by it" >&2
+    exit 2
+  fi
+  load=(--qos 0 --devices "$devices" --payload-bytes "$payload")
+  # Room for the backlog whatever its size (a spooled record of this load takes under 1 KiB): a full
+  # spool would hold the intake and the spooling rate would be the limit's.
+  write_routes 0 1 "$topic" "$work/spool" "$(((backlog / 1000000 + 1) * 2))GiB"
+  start_gateway
+  : >"$work/events.txt"
+  python3 - "$http_port" "$gw" "$work/timeline.txt" <<'PY' &
+import os, sys, time, urllib.request
+port, pid, out = sys.argv[1:]
+tick = os.sysconf("SC_CLK_TCK")
+names = {
+    "mqtt_kafka_gateway_spool_records_written_total": "written",
+    "mqtt_kafka_gateway_spool_records_replayed_total": "replayed",
+    "mqtt_kafka_gateway_spool_records": "records",
+    "mqtt_kafka_gateway_spool_bytes": "bytes",
+    "mqtt_kafka_gateway_spool_active": "active",
+    "mqtt_kafka_gateway_records_delivered_total": "delivered",
+    'mqtt_kafka_gateway_messages_received_total{qos="0"}': "received",
+}
+with open(out, "w", buffering=1) as f:
+    while True:
+        try:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            stat = open(f"/proc/{pid}/stat").read()
+        except OSError:
+            break
+        now = time.time()
+        v = dict.fromkeys(names.values(), 0)
+        for line in body.splitlines():
+            name, _, value = line.rpartition(" ")
+            key = None if line.startswith("#") else names.get(name) or names.get(name.split("{")[0])
+            if key:
+                v[key] += int(float(value))
+        fields = stat[stat.rfind(")") + 2:].split()
+        cpu_ms = (int(fields[11]) + int(fields[12])) * 1000 // tick
+        f.write(f"{now:.3f} " + " ".join(f"{k}={v[k]}" for k in names.values()) + f" cpu_ms={cpu_ms}\n")
+        time.sleep(max(0.0, 0.5 - (time.time() - now)))
+PY
+  bg_pids+=($!)
+
+  echo "== 1. Kafka up: the gateway's live QoS 0 burst of $backlog (the spool stays idle)"
+  "$bench_bin" gateway "${load[@]}" --rate 0 --messages "$backlog" --topic "$topic" --pid "$gw" |
+    sed 's/^RESULT system=gateway /RESULT system=gateway-live /' >"$work/live.txt"
+  metric mqtt_kafka_gateway_spool_records_written_total >"$work/live-spooled.txt"
+  sed 's/^/  /' "$work/live.txt"
+  echo "  spool: $(cat "$work/live-spooled.txt") records written to the spool"
+
+  echo "== 2. Kafka stopped (SIGTERM to the broker of scripts/services.sh)"
+  kafka_pid="$(cat "$kafka_pidfile")"
+  mosquitto_pid="$(cat "$mosquitto_pidfile" 2>/dev/null || echo -)"
+  mark kafka_stop
+  kafka_stopped=1
+  kill -TERM "$kafka_pid"
+  wait_until "Kafka's exit" 120 gone "$kafka_pid"
+  mark kafka_down
+  echo "  Kafka (pid $kafka_pid) exited"
+
+  echo "== 3. Kafka down: a backlog of $backlog published as fast as the generator can"
+  local written0
+  written0="$(metric mqtt_kafka_gateway_spool_records_written_total)"
+  mark backlog_start
+  "$bench_bin" publish "${load[@]}" --rate 0 --messages "$backlog" >"$work/backlog.txt"
+  sed 's/^/  /' "$work/backlog.txt"
+  mark backlog_published
+  # Until every record of the backlog is in the spool, or the spool stopped growing for 15 s.
+  local v last=-1 still=0
+  while :; do
+    v="$(metric mqtt_kafka_gateway_spool_records_written_total)"
+    [ "$((v - written0))" -lt "$backlog" ] || break
+    if [ "$v" = "$last" ]; then still=$((still + 1)); else still=0; fi
+    if [ "$still" -ge 30 ]; then
+      echo "  the spool stopped growing at $((v - written0)) of $backlog records" >&2
+      break
+    fi
+    last="$v"
+    sleep 0.5
+  done
+  mark backlog_spooled
+  echo "  the spool holds $(metric mqtt_kafka_gateway_spool_records) records, $(metric mqtt_kafka_gateway_spool_bytes) bytes"
+
+  echo "== 4. Kafka started again; live traffic at $live_rate msg/s while the spool drains"
+  mark kafka_start
+  scripts/services.sh start | sed 's/^/  /'
+  kafka_stopped=0
+  mark kafka_up
+  if [ "$(cat "$mosquitto_pidfile" 2>/dev/null || echo -)" != "$mosquitto_pid" ]; then
+    echo "bench: scripts/services.sh started another Mosquitto: the backlog's broker is gone" >&2
+    exit 1
+  fi
+  # An hour's worth: stopped once the spool is empty and left.
+  "$bench_bin" publish "${load[@]}" --rate "$live_rate" --messages "$((live_rate * 3600))" >"$work/live-publish.txt" 2>&1 &
+  local live_pid=$!
+  bg_pids+=("$live_pid")
+  mark live_start
+  wait_until "the spool's drain" 900 spool_drained || true
+  mark drained
+  kill -TERM "$live_pid" 2>/dev/null || true
+  wait "$live_pid" 2>/dev/null || true
+  mark live_stop
+  # Everything received in Kafka (a QoS 0 message settles once its record is in the spool or in Kafka).
+  wait_until "the delivery of every message received" 120 all_delivered || true
+  mark end
+  {
+    echo "received $(metric mqtt_kafka_gateway_messages_received_total 'qos="0"')"
+    echo "delivered $(metric mqtt_kafka_gateway_records_delivered_total)"
+    echo "written $(metric mqtt_kafka_gateway_spool_records_written_total)"
+    echo "replayed $(metric mqtt_kafka_gateway_spool_records_replayed_total)"
+    echo "dropped $(metric mqtt_kafka_gateway_spool_records_dropped_total)"
+    echo "unreadable $(metric mqtt_kafka_gateway_spool_records_unreadable_total)"
+    # The topic's records: the sum of its partitions' end offsets (the topic is this run's own).
+    echo "in_topic $(java -cp "$MKG_KAFKA_LIBS/*" org.apache.kafka.tools.GetOffsetShell \
+      --bootstrap-server 127.0.0.1:9092 --topic "$topic" --time -1 2>/dev/null | awk -F: '{ s += $3 } END { print s + 0 }')"
+  } >"$work/final.txt"
+  stop_gateway
+  kill -TERM "${bg_pids[@]}" 2>/dev/null || true
+  bg_pids=()
+
+  echo
+  echo "== Summary"
+  python3 - "$work" "$backlog" "$live_rate" <<'PY'
+import sys
+work, backlog, live_rate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rows = []
+for line in open(f"{work}/timeline.txt"):
+    t, *kv = line.split()
+    rows.append(dict(t=float(t), **{k: int(v) for k, v in (x.split("=") for x in kv)}))
+ev = {k: float(v) for k, v in (line.split() for line in open(f"{work}/events.txt"))}
+final = {}
+for line in open(f"{work}/final.txt"):
+    k, *v = line.split()
+    final[k] = int(v[0]) if v and v[0].isdigit() else None
+spooled_live = open(f"{work}/live-spooled.txt").read().strip() or "-"
+
+def result(path):
+    for line in open(path):
+        if line.startswith("RESULT"):
+            return dict(kv.split("=", 1) for kv in line.split()[1:])
+    return {}
+
+live, gen = result(f"{work}/live.txt"), result(f"{work}/backlog.txt")
+
+def between(a, b):
+    return [r for r in rows if ev[a] <= r["t"] <= ev[b]]
+
+def phase(rs, key, done):
+    """How fast `key` grew: from the last sample before it moved to the first where done(r) holds (an
+    upper bound of the time, so a lower bound of the rate), the peak over any 1 s of samples, and the
+    gateway's CPU per unit over the same samples."""
+    start = next((i for i in range(1, len(rs)) if rs[i][key] > rs[i - 1][key]), None)
+    if start is None:
+        return None
+    begin = start - 1
+    end = next((i for i in range(start, len(rs)) if done(rs[i])), len(rs) - 1)
+    span, units = rs[end]["t"] - rs[begin]["t"], rs[end][key] - rs[begin][key]
+    peak = 0.0
+    for i in range(begin, end):
+        j = next((j for j in range(i + 1, end + 1) if rs[j]["t"] - rs[i]["t"] >= 0.95), None)
+        if j is None:
+            break
+        peak = max(peak, (rs[j][key] - rs[i][key]) / (rs[j]["t"] - rs[i]["t"]))
+    cpu_us = (rs[end]["cpu_ms"] - rs[begin]["cpu_ms"]) * 1000 / max(units, 1)
+    return dict(t0=rs[begin]["t"], t1=rs[end]["t"], span=span, units=units, rate=units / span, peak=peak,
+                cpu_us=cpu_us)
+
+# Spooling: the spool's writes while Kafka was down, until they stopped growing.
+down = between("kafka_down", "kafka_start")
+top = max((r["written"] for r in down), default=0)
+sp = phase(down, "written", lambda r: r["written"] >= top) if down else None
+# Draining: records delivered from Kafka's start until the spool held none.
+up = between("kafka_start", "drained")
+held = up[0]["records"] if up else 0
+dr = phase(up, "delivered", lambda r: r["records"] == 0) if up else None
+empty = next((r["t"] for r in up if r["records"] == 0), None)
+left = next((r["t"] for r in up if r["records"] == 0 and r["active"] == 0), None)
+live_in = final["received"] - up[0]["received"] if up else None
+lost = final["received"] - final["in_topic"] if None not in (final["received"], final["in_topic"]) else None
+
+def f(x, d=0):
+    return "-" if x is None else f"{x:.{d}f}"
+
+since_start = lambda t: None if t is None else t - ev["kafka_start"]
+res = {
+    "system": "gateway+spool", "mode": "spool-drain", "backlog": backlog, "live_rate": live_rate,
+    "live_burst_per_s": live.get("msg_per_s", "-"), "live_burst_cpu_us_per_msg": live.get("cpu_us_per_msg", "-"),
+    "live_burst_spooled": spooled_live, "generator_per_s": gen.get("msg_per_s", "-"),
+    "spooled": sp["units"] if sp else "-", "spool_s": f(sp and sp["span"], 2), "spool_per_s": f(sp and sp["rate"]),
+    "spool_peak_per_s": f(sp and sp["peak"]), "spool_cpu_us_per_rec": f(sp and sp["cpu_us"], 2),
+    "held": held, "kafka_listening_s": f(ev["kafka_up"] - ev["kafka_start"], 1),
+    "first_delivery_s": f(dr and since_start(dr["t0"]), 1), "drain_s": f(dr and dr["span"], 2),
+    "drain_per_s": f(dr and held / dr["span"]), "delivered_per_s": f(dr and dr["rate"]),
+    "drain_peak_per_s": f(dr and dr["peak"]), "drain_cpu_us_per_rec": f(dr and dr["cpu_us"], 2),
+    "empty_s": f(since_start(empty), 1), "left_s": f(since_start(left), 1),
+    "live_received": f(live_in), "received": final["received"], "delivered": final["delivered"],
+    "in_topic": final["in_topic"], "lost": f(lost), "spool_dropped": final["dropped"],
+    "spool_unreadable": final["unreadable"],
+}
+print("RESULT " + " ".join(f"{k}={v}" for k, v in res.items()))
+print()
+print(f"Kafka up, the gateway's live QoS 0 burst: {live.get('delivered', '-')} of {live.get('sent', '-')} delivered, "
+      f"{live.get('msg_per_s', '-')} msg/s, {live.get('cpu_us_per_msg', '-')} us CPU/msg; {spooled_live} records spooled")
+if sp:
+    of_live = sp["rate"] / float(live["msg_per_s"]) if live.get("msg_per_s") else None
+    print(f"Kafka down, spooling: {sp['units']} records in {sp['span']:.2f} s, {sp['rate']:.0f} records/s (peak over "
+          f"1 s {sp['peak']:.0f}), {sp['cpu_us']:.2f} us CPU/record; the generator published at "
+          f"{gen.get('msg_per_s', '-')} msg/s; " + (f"{of_live:.0%} of the live burst's rate" if of_live else ""))
+if dr:
+    print(f"Kafka started: listening after {ev['kafka_up'] - ev['kafka_start']:.1f} s, records delivered again "
+          f"{since_start(dr['t0']):.1f} s after the start; the spool held {held} records")
+    print(f"Drain: {held} records in {dr['span']:.2f} s, {held / dr['span']:.0f} records/s ({dr['rate']:.0f} "
+          f"delivered/s, the live traffic included; peak over 1 s {dr['peak']:.0f}), {dr['cpu_us']:.2f} us "
+          f"CPU/record; the spool empty {f(since_start(empty), 1)} s and left {f(since_start(left), 1)} s after "
+          f"Kafka was started")
+print(f"Loss: the gateway received {final['received']} QoS 0 messages in all ({f(live_in)} live ones during the "
+      f"drain) and delivered {final['delivered']}; the topic holds {final['in_topic']}: "
+      + ("nothing lost" if lost == 0 else f"{f(lost)} missing"))
+PY
+}
+
+if [ "$drain" = 1 ]; then
+  spool_drain
+  exit 0
+fi
 
 for qos in "${qos_list[@]}"; do
   for rate in "${rate_list[@]}"; do
@@ -180,13 +517,15 @@ for qos in "${qos_list[@]}"; do
       "$bench_bin" librdkafka "${load[@]}" --topic "bench_lrk_${run_id}_$n" | record "$label routes=-"
     fi
     for routes in "${routes_list[@]}"; do
-      n=$((n + 1))
-      topic="bench_${run_id}_$n"
-      write_routes "$qos" "$routes" "$topic"
-      register_schema "$topic"
-      start_gateway
-      "$bench_bin" gateway "${load[@]}" --topic "$topic" --value "$encoding" --pid "$gw" | sed "s/^gateway:/gateway ($routes routes):/" | record "$label routes=$routes"
-      stop_gateway
+      for ((pair = 1; pair <= repeat; pair++)); do
+        systems=(gateway)
+        # --spool: a pair, in alternating order so that a machine drifting during a pair favours neither.
+        if [ "$spool" = 1 ] && ((pair % 2 == 1)); then systems=(gateway gateway+spool); fi
+        if [ "$spool" = 1 ] && ((pair % 2 == 0)); then systems=(gateway+spool gateway); fi
+        for system in "${systems[@]}"; do
+          run_gateway "$system" "$qos" "$routes" "$label routes=$routes pair=$pair" "${load[@]}"
+        done
+      done
     done
   done
 done
@@ -222,7 +561,7 @@ for r in rows:
     lrk = next((x for x in same if x["system"] == "librdkafka"), {})
     floor = num(mqtt.get("cpu_us_per_msg")), num(lrk.get("cpu_us_per_msg"))
     floor = floor[0] + floor[1] if None not in floor else None
-    gateway = r["system"] == "gateway"
+    gateway = r["system"] in ("gateway", "gateway+spool")
     cells = [r["qos"], r["load"], r["system"], r["routes"], r["delivered"], r["lost"], r["order_violations"],
              r["msg_per_s"], ratio(r["msg_per_s"], mqtt.get("msg_per_s")) if gateway else "",
              ratio(r["msg_per_s"], kafka.get("msg_per_s")) if gateway else "",
@@ -230,4 +569,34 @@ for r in rows:
              ratio(r["cpu_us_per_msg"], mqtt.get("cpu_us_per_msg")) if gateway else "",
              ratio(r["cpu_us_per_msg"], floor) if gateway else "", r["peak_rss_kib"]]
     print("| " + " | ".join(cells) + " |")
+
+# --spool: each pair's gateway+spool against its gateway run, and the median ratio of each scenario's pairs.
+pairs = [(r, next((x for x in rows if x["system"] == "gateway" and all(x.get(k) == r.get(k) for k in
+                                                                       ("qos", "load", "routes", "pair"))), {}))
+         for r in rows if r["system"] == "gateway+spool"]
+if pairs:
+    print()
+    print("== The idle spool: gateway+spool against gateway, pair by pair (ratio > 100 %: the spool costs more)")
+    head = ["QoS", "load", "routes", "pair", "msg/s", "+spool msg/s", "msg/s ratio", "CPU us/msg", "+spool CPU us/msg",
+            "CPU ratio", "p99 ms", "+spool p99 ms", "records spooled"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    by_scenario = {}
+    for s, g in pairs:
+        key = (s["qos"], s["load"], s["routes"])
+        rate, cpu = num(s["msg_per_s"]), num(s["cpu_us_per_msg"])
+        grate, gcpu = num(g.get("msg_per_s")), num(g.get("cpu_us_per_msg"))
+        if None not in (rate, grate, cpu, gcpu) and grate and gcpu:
+            by_scenario.setdefault(key, []).append((rate / grate, cpu / gcpu))
+        print("| " + " | ".join([s["qos"], s["load"], s["routes"], s.get("pair", "-"), g.get("msg_per_s", "-"),
+                                 s["msg_per_s"], ratio(s["msg_per_s"], g.get("msg_per_s")),
+                                 g.get("cpu_us_per_msg", "-"), s["cpu_us_per_msg"],
+                                 ratio(s["cpu_us_per_msg"], g.get("cpu_us_per_msg")), g.get("p99_ms", "-"),
+                                 s["p99_ms"], s.get("spool_written", "-")]) + " |")
+    def med(xs):
+        xs = sorted(xs)
+        return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+    for (qos, load, routes), rs in by_scenario.items():
+        print(f"QoS {qos} {load}, {routes} route(s), {len(rs)} pair(s): median msg/s ratio "
+              f"{med([r for r, _ in rs]):.1%}, median CPU ratio {med([c for _, c in rs]):.1%}")
 PY
