@@ -27,7 +27,10 @@
 #       their Kafka): the gateway's live QoS 0 burst with Kafka up, then Kafka stopped and a backlog
 #       published as fast as the generator can (the spooling rate), then Kafka started with live
 #       traffic at --live-rate msg/s while the spool drains (the drain rate), and the topic's records
-#       counted against what the gateway received
+#       counted against what the gateway received. With --queued the backlog is published while the
+#       gateway is stopped (SIGSTOP), so that it then reads the broker's queue as fast as it can, and a
+#       burst queued the same way with Kafka up gives the live rate to compare: the gateway's own rates,
+#       not the generator's
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
@@ -47,6 +50,7 @@ repeat=1
 drain=0
 backlog=300000
 live_rate=1000
+queued=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) rate_list=(0 1000); routes_list=(1); messages=20000 ;;
@@ -65,6 +69,7 @@ while [ $# -gt 0 ]; do
     --spool-drain) drain=1 ;;
     --backlog) backlog="$2"; shift ;;
     --live-rate) live_rate="$2"; shift ;;
+    --queued) queued=1 ;;
     *) echo "bench: unknown option $1 (see the top of $0)" >&2; exit 2 ;;
   esac
   shift
@@ -262,6 +267,10 @@ gone() { ! kill -0 "$1" 2>/dev/null; }
 spool_drained() {
   [ "$(metric mqtt_kafka_gateway_spool_records)" = 0 ] && [ "$(metric mqtt_kafka_gateway_spool_active)" = 0 ]
 }
+warmup=100
+warm() {
+  [ "$(metric mqtt_kafka_gateway_records_delivered_total 'route="warmup"')" -ge "$warmup" ] 2>/dev/null
+}
 all_delivered() {
   [ "$(metric mqtt_kafka_gateway_records_delivered_total)" = "$(metric mqtt_kafka_gateway_messages_received_total 'qos="0"')" ]
 }
@@ -278,6 +287,8 @@ spool_drain() {
   # Room for the backlog whatever its size (a spooled record of this load takes under 1 KiB): a full
   # spool would hold the intake and the spooling rate would be the limit's.
   write_routes 0 1 "$topic" "$work/spool" "$(((backlog / 1000000 + 1) * 2))GiB"
+  # A route of its own for a warm-up (below), so that the measured topic holds only the measured load.
+  echo "  - { name: warmup, filter: 'warmup/#', qos: 0, topic: ${topic}_warmup }" >>"$work/routes.yaml"
   start_gateway
   : >"$work/events.txt"
   python3 - "$http_port" "$gw" "$work/timeline.txt" <<'PY' &
@@ -296,10 +307,14 @@ names = {
 with open(out, "w", buffering=1) as f:
     while True:
         try:
-            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
             stat = open(f"/proc/{pid}/stat").read()
         except OSError:
-            break
+            break  # the gateway is gone
+        try:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+        except OSError:
+            time.sleep(0.5)  # stopped (--queued), or busy: no sample this time
+            continue
         now = time.time()
         v = dict.fromkeys(names.values(), 0)
         for line in body.splitlines():
@@ -314,12 +329,31 @@ with open(out, "w", buffering=1) as f:
 PY
   bg_pids+=($!)
 
+  # A fresh producer's first request for its idempotence id can be answered "coordinator load in
+  # progress" (the first one after a Kafka restart is), and a burst meanwhile fills the window of
+  # unsettled messages: after 250 ms the spool takes over although Kafka is healthy. A gateway in
+  # service has its id long before; a few messages first get it here.
+  echo "== 0. Warm-up: $warmup messages on a route of their own, so that the producer has its id"
+  "$bench_bin" publish "${load[@]}" --rate 1000 --messages "$warmup" --prefix warmup >/dev/null
+  wait_until "the warm-up's delivery" 60 warm
+  echo "  delivered; $(metric mqtt_kafka_gateway_spool_records_written_total) records written to the spool"
   echo "== 1. Kafka up: the gateway's live QoS 0 burst of $backlog (the spool stays idle)"
   "$bench_bin" gateway "${load[@]}" --rate 0 --messages "$backlog" --topic "$topic" --pid "$gw" |
     sed 's/^RESULT system=gateway /RESULT system=gateway-live /' >"$work/live.txt"
   metric mqtt_kafka_gateway_spool_records_written_total >"$work/live-spooled.txt"
   sed 's/^/  /' "$work/live.txt"
   echo "  spool: $(cat "$work/live-spooled.txt") records written to the spool"
+  mark queued_live_start
+  if [ "$queued" = 1 ]; then
+    echo "== 1b. Kafka up: a burst of $backlog published while the gateway is stopped, then read from the broker's queue"
+    kill -STOP "$gw"
+    "$bench_bin" publish "${load[@]}" --rate 0 --messages "$backlog" | sed 's/^/  /'
+    mark queued_live_resume
+    kill -CONT "$gw"
+    wait_until "the delivery of the queued burst" 300 all_delivered
+    echo "  delivered; $(metric mqtt_kafka_gateway_spool_records_written_total) records written to the spool in all"
+  fi
+  mark queued_live_done
 
   echo "== 2. Kafka stopped (SIGTERM to the broker of scripts/services.sh)"
   kafka_pid="$(cat "$kafka_pidfile")"
@@ -335,7 +369,12 @@ PY
   local written0
   written0="$(metric mqtt_kafka_gateway_spool_records_written_total)"
   mark backlog_start
+  if [ "$queued" = 1 ]; then kill -STOP "$gw"; fi
   "$bench_bin" publish "${load[@]}" --rate 0 --messages "$backlog" >"$work/backlog.txt"
+  if [ "$queued" = 1 ]; then
+    echo "  published while the gateway was stopped; it reads the broker's queue from now on"
+    kill -CONT "$gw"
+  fi
   sed 's/^/  /' "$work/backlog.txt"
   mark backlog_published
   # Until every record of the backlog is in the spool, or the spool stopped growing for 15 s.
@@ -377,8 +416,8 @@ PY
   wait_until "the delivery of every message received" 120 all_delivered || true
   mark end
   {
-    echo "received $(metric mqtt_kafka_gateway_messages_received_total 'qos="0"')"
-    echo "delivered $(metric mqtt_kafka_gateway_records_delivered_total)"
+    echo "received $(($(metric mqtt_kafka_gateway_messages_received_total 'qos="0"') - warmup))"
+    echo "delivered $(metric mqtt_kafka_gateway_records_delivered_total 'route="bench"')"
     echo "written $(metric mqtt_kafka_gateway_spool_records_written_total)"
     echo "replayed $(metric mqtt_kafka_gateway_spool_records_replayed_total)"
     echo "dropped $(metric mqtt_kafka_gateway_spool_records_dropped_total)"
@@ -415,19 +454,25 @@ def result(path):
 
 live, gen = result(f"{work}/live.txt"), result(f"{work}/backlog.txt")
 
-def between(a, b):
-    return [r for r in rows if ev[a] <= r["t"] <= ev[b]]
+def between(a, b=None):
+    """The samples from the last one taken before event a (what was so when it happened) to event b."""
+    first = max([i for i, r in enumerate(rows) if r["t"] <= ev[a]], default=0)
+    return [r for r in rows[first:] if b is None or r["t"] <= ev[b]]
 
 def phase(rs, key, done):
-    """How fast `key` grew: from the last sample before it moved to the first where done(r) holds (an
-    upper bound of the time, so a lower bound of the rate), the peak over any 1 s of samples, and the
-    gateway's CPU per unit over the same samples."""
+    """How fast `key` grew in rs, sampled every 0.5 s. `span` runs from the last sample before it moved
+    to the first where done(r) holds: it holds the whole phase and up to two sampling intervals more,
+    so units / span is a lower bound of the rate. `steady` is the rate between the first sample after
+    it moved and the last before done, the partial intervals at both ends left out; `peak` the most
+    over any 1 s of samples. `cpu_us`: the gateway's CPU per unit over the span."""
     start = next((i for i in range(1, len(rs)) if rs[i][key] > rs[i - 1][key]), None)
     if start is None:
         return None
     begin = start - 1
     end = next((i for i in range(start, len(rs)) if done(rs[i])), len(rs) - 1)
     span, units = rs[end]["t"] - rs[begin]["t"], rs[end][key] - rs[begin][key]
+    inner = rs[end - 1]["t"] - rs[start]["t"]
+    steady = (rs[end - 1][key] - rs[start][key]) / inner if inner > 0.4 else units / span
     peak = 0.0
     for i in range(begin, end):
         j = next((j for j in range(i + 1, end + 1) if rs[j]["t"] - rs[i]["t"] >= 0.95), None)
@@ -435,20 +480,29 @@ def phase(rs, key, done):
             break
         peak = max(peak, (rs[j][key] - rs[i][key]) / (rs[j]["t"] - rs[i]["t"]))
     cpu_us = (rs[end]["cpu_ms"] - rs[begin]["cpu_ms"]) * 1000 / max(units, 1)
-    return dict(t0=rs[begin]["t"], t1=rs[end]["t"], span=span, units=units, rate=units / span, peak=peak,
-                cpu_us=cpu_us)
+    return dict(t0=rs[begin]["t"], t1=rs[end]["t"], span=span, units=units, rate=units / span, steady=steady,
+                peak=max(peak, steady), cpu_us=cpu_us)
 
-# Spooling: the spool's writes while Kafka was down, until they stopped growing.
-down = between("kafka_down", "kafka_start")
+# --queued: the gateway's own live rate, reading a burst from the broker's queue with Kafka up.
+ql = None
+if "queued_live_resume" in ev:
+    queued = between("queued_live_start", "queued_live_done")
+    queued_top = max((r["delivered"] for r in queued), default=0)
+    ql = phase(queued, "delivered", lambda r: r["delivered"] >= queued_top)
+# Spooling: the spool's writes while Kafka was down, until they stopped growing (no live traffic
+# before live_start).
+down = between("kafka_down", "live_start")
 top = max((r["written"] for r in down), default=0)
 sp = phase(down, "written", lambda r: r["written"] >= top) if down else None
 # Draining: records delivered from Kafka's start until the spool held none.
-up = between("kafka_start", "drained")
-held = up[0]["records"] if up else 0
+up = between("kafka_start")
+# What the spool held when Kafka was started (the live traffic starts once it listens).
+at_start = next((r for r in up if r["t"] >= ev["kafka_start"]), up[-1] if up else None)
+held = at_start["records"] if at_start else 0
 dr = phase(up, "delivered", lambda r: r["records"] == 0) if up else None
 empty = next((r["t"] for r in up if r["records"] == 0), None)
 left = next((r["t"] for r in up if r["records"] == 0 and r["active"] == 0), None)
-live_in = final["received"] - up[0]["received"] if up else None
+live_in = up[-1]["received"] - at_start["received"] if at_start else None
 lost = final["received"] - final["in_topic"] if None not in (final["received"], final["in_topic"]) else None
 
 def f(x, d=0):
@@ -458,12 +512,15 @@ since_start = lambda t: None if t is None else t - ev["kafka_start"]
 res = {
     "system": "gateway+spool", "mode": "spool-drain", "backlog": backlog, "live_rate": live_rate,
     "live_burst_per_s": live.get("msg_per_s", "-"), "live_burst_cpu_us_per_msg": live.get("cpu_us_per_msg", "-"),
-    "live_burst_spooled": spooled_live, "generator_per_s": gen.get("msg_per_s", "-"),
-    "spooled": sp["units"] if sp else "-", "spool_s": f(sp and sp["span"], 2), "spool_per_s": f(sp and sp["rate"]),
-    "spool_peak_per_s": f(sp and sp["peak"]), "spool_cpu_us_per_rec": f(sp and sp["cpu_us"], 2),
+    "live_burst_spooled": spooled_live, "queued": int(ql is not None),
+    "queued_live_per_s": f(ql and ql["steady"]), "queued_live_peak_per_s": f(ql and ql["peak"]),
+    "queued_live_cpu_us_per_msg": f(ql and ql["cpu_us"], 2), "generator_per_s": gen.get("msg_per_s", "-"),
+    "spooled": sp["units"] if sp else "-", "spool_per_s": f(sp and sp["steady"]),
+    "spool_bound_per_s": f(sp and sp["rate"]), "spool_peak_per_s": f(sp and sp["peak"]),
+    "spool_cpu_us_per_rec": f(sp and sp["cpu_us"], 2),
     "held": held, "kafka_listening_s": f(ev["kafka_up"] - ev["kafka_start"], 1),
     "first_delivery_s": f(dr and since_start(dr["t0"]), 1), "drain_s": f(dr and dr["span"], 2),
-    "drain_per_s": f(dr and held / dr["span"]), "delivered_per_s": f(dr and dr["rate"]),
+    "drain_per_s": f(dr and held / dr["span"]), "drain_steady_per_s": f(dr and dr["steady"]),
     "drain_peak_per_s": f(dr and dr["peak"]), "drain_cpu_us_per_rec": f(dr and dr["cpu_us"], 2),
     "empty_s": f(since_start(empty), 1), "left_s": f(since_start(left), 1),
     "live_received": f(live_in), "received": final["received"], "delivered": final["delivered"],
@@ -472,20 +529,28 @@ res = {
 }
 print("RESULT " + " ".join(f"{k}={v}" for k, v in res.items()))
 print()
+print("Rates from /metrics sampled every 0.5 s: steady = between the first and the last sample inside the phase; "
+      "at least = the phase's units over its span with the partial intervals at both ends (a lower bound).")
 print(f"Kafka up, the gateway's live QoS 0 burst: {live.get('delivered', '-')} of {live.get('sent', '-')} delivered, "
-      f"{live.get('msg_per_s', '-')} msg/s, {live.get('cpu_us_per_msg', '-')} us CPU/msg; {spooled_live} records spooled")
+      f"{live.get('msg_per_s', '-')} msg/s (first publish to last append), {live.get('cpu_us_per_msg', '-')} us "
+      f"CPU/msg; {spooled_live} records spooled")
+if ql:
+    print(f"Kafka up, a burst read from the broker's queue: {ql['units']} records delivered, steady {ql['steady']:.0f} "
+          f"records/s (at least {ql['rate']:.0f}, peak over 1 s {ql['peak']:.0f}), {ql['cpu_us']:.2f} us CPU/record")
 if sp:
-    of_live = sp["rate"] / float(live["msg_per_s"]) if live.get("msg_per_s") else None
-    print(f"Kafka down, spooling: {sp['units']} records in {sp['span']:.2f} s, {sp['rate']:.0f} records/s (peak over "
-          f"1 s {sp['peak']:.0f}), {sp['cpu_us']:.2f} us CPU/record; the generator published at "
-          f"{gen.get('msg_per_s', '-')} msg/s; " + (f"{of_live:.0%} of the live burst's rate" if of_live else ""))
+    base = ql["steady"] if ql else float(live["msg_per_s"]) if live.get("msg_per_s") else None
+    of_live = sp["steady"] / base if base else None
+    print(f"Kafka down, spooling: {sp['units']} records, steady {sp['steady']:.0f} records/s (at least "
+          f"{sp['rate']:.0f}, peak over 1 s {sp['peak']:.0f}), {sp['cpu_us']:.2f} us CPU/record; the generator "
+          f"published at {gen.get('msg_per_s', '-')} msg/s" + (" while the gateway was stopped" if ql else "") +
+          (f"; {of_live:.0%} of the live {'queued ' if ql else ''}burst's rate" if of_live else ""))
 if dr:
     print(f"Kafka started: listening after {ev['kafka_up'] - ev['kafka_start']:.1f} s, records delivered again "
           f"{since_start(dr['t0']):.1f} s after the start; the spool held {held} records")
-    print(f"Drain: {held} records in {dr['span']:.2f} s, {held / dr['span']:.0f} records/s ({dr['rate']:.0f} "
-          f"delivered/s, the live traffic included; peak over 1 s {dr['peak']:.0f}), {dr['cpu_us']:.2f} us "
-          f"CPU/record; the spool empty {f(since_start(empty), 1)} s and left {f(since_start(left), 1)} s after "
-          f"Kafka was started")
+    print(f"Drain: {held} records in at most {dr['span']:.2f} s, so at least {held / dr['span']:.0f} records/s; steady "
+          f"{dr['steady']:.0f} delivered/s (the live traffic included), peak over 1 s {dr['peak']:.0f}; "
+          f"{dr['cpu_us']:.2f} us CPU/record; the spool empty {f(since_start(empty), 1)} s and left "
+          f"{f(since_start(left), 1)} s after Kafka was started")
 print(f"Loss: the gateway received {final['received']} QoS 0 messages in all ({f(live_in)} live ones during the "
       f"drain) and delivered {final['delivered']}; the topic holds {final['in_topic']}: "
       + ("nothing lost" if lost == 0 else f"{f(lost)} missing"))
