@@ -432,9 +432,9 @@ PY
 
   echo
   echo "== Summary"
-  python3 - "$work" "$backlog" "$live_rate" <<'PY'
-import sys
-work, backlog, live_rate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+  python3 - "$work" "$backlog" "$live_rate" "$state/kafka/logs/server.log" <<'PY'
+import sys, time
+work, backlog, live_rate, kafka_log = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 rows = []
 for line in open(f"{work}/timeline.txt"):
     t, *kv = line.split()
@@ -505,6 +505,19 @@ left = next((r["t"] for r in up if r["records"] == 0 and r["active"] == 0), None
 live_in = up[-1]["received"] - at_start["received"] if at_start else None
 lost = final["received"] - final["in_topic"] if None not in (final["received"], final["in_topic"]) else None
 
+# When the broker said it had started (its log's local time): it listens some seconds before that,
+# while it loads its partitions.
+ready = None
+try:
+    for line in open(kafka_log, errors="replace"):
+        if "Kafka Server started" in line and line.startswith("["):
+            t = time.mktime(time.strptime(line[1:20], "%Y-%m-%d %H:%M:%S")) + int(line[21:24]) / 1000
+            if t >= ev["kafka_start"]:
+                ready = t
+                break
+except OSError:
+    pass
+
 def f(x, d=0):
     return "-" if x is None else f"{x:.{d}f}"
 
@@ -519,6 +532,7 @@ res = {
     "spool_bound_per_s": f(sp and sp["rate"]), "spool_peak_per_s": f(sp and sp["peak"]),
     "spool_cpu_us_per_rec": f(sp and sp["cpu_us"], 2),
     "held": held, "kafka_listening_s": f(ev["kafka_up"] - ev["kafka_start"], 1),
+    "kafka_started_s": f(since_start(ready), 1),
     "first_delivery_s": f(dr and since_start(dr["t0"]), 1), "drain_s": f(dr and dr["span"], 2),
     "drain_per_s": f(dr and held / dr["span"]), "drain_steady_per_s": f(dr and dr["steady"]),
     "drain_peak_per_s": f(dr and dr["peak"]), "drain_cpu_us_per_rec": f(dr and dr["cpu_us"], 2),
@@ -545,7 +559,8 @@ if sp:
           f"published at {gen.get('msg_per_s', '-')} msg/s" + (" while the gateway was stopped" if ql else "") +
           (f"; {of_live:.0%} of the live {'queued ' if ql else ''}burst's rate" if of_live else ""))
 if dr:
-    print(f"Kafka started: listening after {ev['kafka_up'] - ev['kafka_start']:.1f} s, records delivered again "
+    print(f"Kafka started: listening after {ev['kafka_up'] - ev['kafka_start']:.1f} s, \"Kafka Server started\" "
+          f"after {f(since_start(ready), 1)} s, records delivered again "
           f"{since_start(dr['t0']):.1f} s after the start; the spool held {held} records")
     print(f"Drain: {held} records in at most {dr['span']:.2f} s, so at least {held / dr['span']:.0f} records/s; steady "
           f"{dr['steady']:.0f} delivered/s (the live traffic included), peak over 1 s {dr['peak']:.0f}; "
