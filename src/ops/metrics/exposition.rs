@@ -466,7 +466,7 @@ fn spool(e: &mut DescriptorEncoder, m: &Metrics) -> fmt::Result {
         ),
         (
             "spool_records_dropped",
-            "Records dropped from the full disk spool to make room (when_full: drop_oldest): lost.",
+            "Records dropped from the full disk spool to make room (when_full: drop_oldest); lost, but for those already read back into memory.",
             &m.spool_dropped,
         ),
         (
