@@ -129,6 +129,8 @@ pub(super) struct Engine {
     spool: Option<SpoolState>,
     /// With a spool: when Kafka last reported on a record, or nothing was in flight.
     last_progress: Instant,
+    /// Kafka has reported on a record since the start.
+    kafka_reported: bool,
     /// Messages taken so far.
     taken: u64,
     /// Scratch buffers, kept to allocate nothing per message.
@@ -182,6 +184,7 @@ impl Engine {
             awaiting: Awaiting::default(),
             spool: spool.map(SpoolState::new),
             last_progress: Instant::now(),
+            kafka_reported: false,
             taken: 0,
             matched: Vec::new(),
             reports: Vec::new(),
@@ -227,7 +230,10 @@ impl Engine {
             if self.spool.is_some() && self.records.is_empty() {
                 self.last_progress = Instant::now();
             }
-            let spill_after = if self.messages.len() >= self.window { SPILL_AFTER } else { UNREACHABLE_AFTER };
+            // Before Kafka's first report the producer may still be getting its idempotence id (slow
+            // after a Kafka restart): a full window then is not yet a sign of an outage.
+            let full = self.messages.len() >= self.window && self.kafka_reported;
+            let spill_after = if full { SPILL_AFTER } else { UNREACHABLE_AFTER };
             let stuck_at = tokio::time::Instant::from_std(self.last_progress + spill_after);
             let next_retry = self.retries.next_due();
             let next_held = self.held.next_due();
@@ -538,6 +544,7 @@ impl Engine {
         let now = if reports.is_empty() { UNIX_EPOCH } else { SystemTime::now() };
         if self.spool.is_some() && !reports.is_empty() {
             self.last_progress = Instant::now();
+            self.kafka_reported = true;
         }
         for report in reports.drain(..) {
             self.report(report, now);
