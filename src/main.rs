@@ -274,7 +274,7 @@ fn run(path: PathBuf) -> ExitCode {
             return exit::code(exit::FAILED);
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(signals(shutdown.clone()));
         match pipeline::run(config, shutdown).await {
@@ -306,7 +306,12 @@ fn run(path: PathBuf) -> ExitCode {
                 exit::code(exit::FAILED)
             }
         }
-    })
+    });
+    // Everything is settled and said by now. A blocking task may still run: a reconnect's DNS lookup of a
+    // broker whose name no longer resolves can take half a minute (seen under compose, where the broker's
+    // container stopped first), and dropping the runtime would wait for it until the orchestrator's SIGKILL.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    code
 }
 
 /// First SIGTERM/SIGINT: graceful shutdown. A second one: exit at once.
