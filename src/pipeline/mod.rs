@@ -145,9 +145,10 @@ fn open_spool(
     let options = log::Options { dir: settings.dir.clone(), max_bytes: settings.max_bytes, segment_bytes, fsync };
     let (handle, recovery) = worker::start(options, when_full)
         .map_err(|e| anyhow::Error::new(SpoolUnusable(format!("spool.dir {}: {e}", settings.dir.display()))))?;
-    let gauges = handle.gauges();
+    let (gauges, also) = (handle.gauges(), handle.gauges());
     metrics.set_spool_size(metrics::SpoolSize {
         held: Box::new(move || (gauges.bytes.load(Relaxed), gauges.records.load(Relaxed))),
+        not_durable: Box::new(move || (also.not_durable.load(Relaxed), also.not_durable_max.load(Relaxed))),
         max_bytes: settings.max_bytes,
     });
     metrics.health.spool_enabled.store(true, Relaxed);

@@ -86,6 +86,11 @@ pub struct Gauges {
     pub bytes: AtomicU64,
     /// Records not acknowledged.
     pub records: AtomicU64,
+    /// Records not acknowledged that are not fsynced yet: what a power cut now would lose of the spool
+    /// (with `fsync: never`, every record not acknowledged).
+    pub not_durable: AtomicU64,
+    /// The most [`not_durable`](Self::not_durable) has been since the spool was opened.
+    pub not_durable_max: AtomicU64,
 }
 
 /// How often the thread wakes up with nothing to do: fsync at the interval, retry what failed.
@@ -100,7 +105,11 @@ pub fn start(options: Options, when_full: WhenFull) -> Result<(Handle, Recovery)
     let (commands, rx) = std_mpsc::channel();
     let (events, events_rx) = mpsc::unbounded_channel();
     let gauges =
-        Arc::new(Gauges { bytes: AtomicU64::new(log.live_bytes()), records: AtomicU64::new(log.live_records()) });
+        Arc::new(Gauges {
+            bytes: AtomicU64::new(log.live_bytes()),
+            records: AtomicU64::new(log.live_records()),
+            ..Gauges::default()
+        });
     let mut worker = Worker {
         gauges: gauges.clone(),
         log,
@@ -225,8 +234,17 @@ impl Worker {
             }
             let now = Instant::now();
             if now >= next_tick {
-                next_tick = now + tick;
                 self.tick(now);
+                next_tick = now + tick;
+                // The interval's fsync on time, not up to a tick late: what a power cut can lose is what
+                // arrives within one interval.
+                // (After a failed fsync the deadline has passed: the next try is a tick away.)
+                if let Fsync::Interval(every) = self.fsync {
+                    let due = self.last_sync + every;
+                    if due > now {
+                        next_tick = next_tick.min(due);
+                    }
+                }
             }
             self.serve_reads();
             self.report();
@@ -407,8 +425,17 @@ impl Worker {
     }
 
     fn report(&mut self) {
+        let records = self.log.live_records();
         self.gauges.bytes.store(self.log.live_bytes(), Relaxed);
-        self.gauges.records.store(self.log.live_records(), Relaxed);
+        self.gauges.records.store(records, Relaxed);
+        let not_durable = match self.fsync {
+            Fsync::Never => records,
+            // Appended since the last fsync, of those Kafka does not have yet. A segment closed for a new
+            // one is fsynced then, earlier than counted here: an upper bound.
+            Fsync::Interval(_) | Fsync::Always => (self.stored - self.durable).min(records),
+        };
+        self.gauges.not_durable.store(not_durable, Relaxed);
+        self.gauges.not_durable_max.fetch_max(not_durable, Relaxed);
         if (self.stored, self.durable) != self.reported {
             self.reported = (self.stored, self.durable);
             self.send(Event::Stored { stored: self.stored, durable: self.durable });
@@ -480,6 +507,8 @@ mod tests {
             h.append(record(i));
         }
         until(&mut h, |e| matches!(e, Event::Stored { stored: 1000, durable: 1000 })).await;
+        // Never fsynced: a power cut could take every record Kafka does not have.
+        assert_eq!(h.gauges().not_durable.load(Relaxed), 1000);
         h.want(600);
         let mut got = read(&mut h, 600).await;
         // No more come until asked for; then the rest, and what is appended later.
@@ -506,6 +535,10 @@ mod tests {
             before.iter().any(|e| matches!(e, Event::Stored { stored: 10, durable: 0 })),
             "stored before durable: {before:?}"
         );
+        // What a power cut would have lost of the spool: the ten, until the fsync.
+        let gauges = h.gauges();
+        assert_eq!(gauges.not_durable.load(Relaxed), 0);
+        assert_eq!(gauges.not_durable_max.load(Relaxed), 10);
         h.want(4);
         let got = read(&mut h, 4).await;
         h.ack(got[3].0);

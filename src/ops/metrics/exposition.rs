@@ -450,12 +450,12 @@ impl Collector for ProcessCollector {
 fn spool(e: &mut DescriptorEncoder, m: &Metrics) -> fmt::Result {
     use std::sync::atomic::AtomicU64;
     let ld = |a: &AtomicU64| a.load(Relaxed);
-    let (bytes, records, max_bytes) = match m.spool_size() {
+    let (bytes, records, max_bytes, (not_durable, not_durable_max)) = match m.spool_size() {
         Some(size) => {
             let (bytes, records) = (size.held)();
-            (bytes, records, size.max_bytes)
+            (bytes, records, size.max_bytes, (size.not_durable)())
         }
-        None => (0, 0, 0),
+        None => (0, 0, 0, (0, 0)),
     };
     let counters: [(&str, &str, &AtomicU64); 5] = [
         ("spool_records_written", "Records written to the disk spool (Kafka did not take them in time).", &m.spooled),
@@ -490,6 +490,20 @@ fn spool(e: &mut DescriptorEncoder, m: &Metrics) -> fmt::Result {
     gauge(e, "spool", "Bytes in the disk spool not yet in Kafka.", Some(&Unit::Bytes), i(bytes))?;
     gauge(e, "spool_max", "The disk spool's limit (spool.max_bytes; 0: no spool).", Some(&Unit::Bytes), i(max_bytes))?;
     gauge(e, "spool_records", "Records in the disk spool not yet in Kafka.", None, i(records))?;
+    gauge(
+        e,
+        "spool_not_durable_records",
+        "Records in the disk spool not yet in Kafka and not yet fsynced: what a power cut now would lose of the spool (fsync: never, all of them).",
+        None,
+        i(not_durable),
+    )?;
+    gauge(
+        e,
+        "spool_not_durable_records_max",
+        "The most spool_not_durable_records has been since the gateway started: the worst a power cut would have cost so far.",
+        None,
+        i(not_durable_max),
+    )?;
     gauge(
         e,
         "spool_active",
@@ -567,6 +581,8 @@ mod tests {
             "mqtt_kafka_gateway_spool_bytes 0",
             "mqtt_kafka_gateway_spool_max_bytes 0",
             "mqtt_kafka_gateway_spool_records 0",
+            "mqtt_kafka_gateway_spool_not_durable_records 0",
+            "mqtt_kafka_gateway_spool_not_durable_records_max 0",
             "mqtt_kafka_gateway_spool_active 0",
             "mqtt_kafka_gateway_spool_full 0",
             "mqtt_kafka_gateway_spool_oldest_record_age_seconds 0",
@@ -577,13 +593,19 @@ mod tests {
         for unit in ["seconds", "bytes"] {
             assert!(!body.contains(&format!("_{unit}_{unit}")), "a name says {unit} twice:\n{body}");
         }
-        metrics.set_spool_size(super::super::SpoolSize { held: Box::new(|| (4096, 3)), max_bytes: 1 << 30 });
+        metrics.set_spool_size(super::super::SpoolSize {
+            held: Box::new(|| (4096, 3)),
+            not_durable: Box::new(|| (2, 3)),
+            max_bytes: 1 << 30,
+        });
         metrics.spool_oldest_ms.store(1, Relaxed);
         let body = encode(&registry(metrics)).unwrap();
         for line in [
             "mqtt_kafka_gateway_spool_bytes 4096",
             "mqtt_kafka_gateway_spool_records 3",
             "mqtt_kafka_gateway_spool_max_bytes 1073741824",
+            "mqtt_kafka_gateway_spool_not_durable_records 2",
+            "mqtt_kafka_gateway_spool_not_durable_records_max 3",
         ] {
             assert!(body.contains(line), "missing {line}\n{body}");
         }

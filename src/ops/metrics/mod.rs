@@ -102,6 +102,8 @@ pub struct LiveGauges {
 pub struct SpoolSize {
     /// (bytes, records) not yet in Kafka.
     pub held: Box<dyn Fn() -> (u64, u64) + Send + Sync>,
+    /// (now, the most since start) records not yet in Kafka whose fsync is still to come.
+    pub not_durable: Box<dyn Fn() -> (u64, u64) + Send + Sync>,
     pub max_bytes: u64,
 }
 
