@@ -889,7 +889,11 @@ fn exposed_metrics_are_in_a_scrape_of_the_gateways_exposition() {
     let mut routes = load(&routes_text(&object("ConfigMap"), "routes.yaml"), &BTreeMap::new()).routes;
     metrics.routes.bind(&mut routes);
     metrics.set_live_gauges(LiveGauges { producer_queue: Box::new(|| 0), intake_bytes: Box::new(|| 0) });
-    metrics.set_spool_size(SpoolSize { held: Box::new(|| (0, 0)), max_bytes: 1 << 30 });
+    metrics.set_spool_size(SpoolSize {
+        held: Box::new(|| (0, 0)),
+        not_durable: Box::new(|| (0, 0)),
+        max_bytes: 1 << 30,
+    });
     let body = exposition::encode(&exposition::registry(metrics)).unwrap();
     let samples: BTreeSet<&str> =
         body.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split([' ', '{']).next()).collect();

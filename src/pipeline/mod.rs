@@ -264,6 +264,9 @@ async fn run_inner(
     let mut engine = Engine::new(links, config.mqtt.max_packet_size, config.mqtt.max_unacked_messages, config.replicas);
     let shutting_down = shutdown.clone();
     engine.run(intake_rx, &give_up).await;
+    if !give_up.is_cancelled() {
+        engine.settle_replayed(&give_up, config.shutdown_grace.min(Duration::from_secs(5))).await;
+    }
     // Records read back from the spool and in the producer stay in the spool until Kafka has taken
     // them: not lost if the flush below does not get them there.
     let kept = engine.replayed_in_flight() as u64;

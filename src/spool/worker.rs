@@ -104,12 +104,11 @@ pub fn start(options: Options, when_full: WhenFull) -> Result<(Handle, Recovery)
     let (log, recovery) = SegmentLog::open(options)?;
     let (commands, rx) = std_mpsc::channel();
     let (events, events_rx) = mpsc::unbounded_channel();
-    let gauges =
-        Arc::new(Gauges {
-            bytes: AtomicU64::new(log.live_bytes()),
-            records: AtomicU64::new(log.live_records()),
-            ..Gauges::default()
-        });
+    let gauges = Arc::new(Gauges {
+        bytes: AtomicU64::new(log.live_bytes()),
+        records: AtomicU64::new(log.live_records()),
+        ..Gauges::default()
+    });
     let mut worker = Worker {
         gauges: gauges.clone(),
         log,

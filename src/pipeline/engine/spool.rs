@@ -547,6 +547,36 @@ impl Engine {
         self.spool.as_ref().map_or(0, |s| s.in_flight.len())
     }
 
+    /// At shutdown, once every message is settled: waits up to `within` for Kafka's reports on the
+    /// records read back and handed to it, so that the spool forgets those Kafka took instead of
+    /// reading them back again at the next start (duplicates). Stops early once no report has come for
+    /// [`UNREACHABLE_AFTER`] (Kafka away: what is left stays in the spool), or at `give_up`.
+    pub(in crate::pipeline) async fn settle_replayed(
+        &mut self,
+        give_up: &tokio_util::sync::CancellationToken,
+        within: Duration,
+    ) {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut quiet_at = tokio::time::Instant::now() + UNREACHABLE_AFTER;
+        let mut more = true;
+        while self.replayed_in_flight() > 0 {
+            if !more {
+                tokio::select! {
+                    biased;
+                    _ = give_up.cancelled() => return,
+                    _ = tokio::time::sleep_until(deadline.min(quiet_at)) => return,
+                    _ = self.events.ready() => {}
+                }
+            }
+            let before = self.replayed_in_flight();
+            more = self.events.serve();
+            self.take_reports();
+            if self.replayed_in_flight() < before {
+                quiet_at = tokio::time::Instant::now() + UNREACHABLE_AFTER;
+            }
+        }
+    }
+
     /// Stops the spool thread once the engine is done: what it holds is fsynced, for the next start.
     pub(in crate::pipeline) fn close_spool(&mut self) {
         if let Some(s) = self.spool.take() {
