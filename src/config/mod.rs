@@ -51,7 +51,7 @@ use std::time::Duration;
 pub use broker::{parse_broker, BrokerAddr, Transport};
 pub use raw::*;
 pub use security::{is_secret_property, MqttTls, RawKafkaSasl, RawKafkaTls, RawMqttTls, RawOauthbearer, TlsVersion};
-pub use sources::{load, load_from_str, load_with_env, EnvSource, ProcessEnv};
+pub use sources::{edited_overrides, load, load_from_str, load_with_env, EnvSource, ProcessEnv};
 pub use spool::{parse_size, AckAfter, ByteSize, FsyncMode, RawSpool, SpoolFsync, SpoolSettings, WhenFull};
 
 use crate::core::routing::RouteTable;
@@ -87,6 +87,9 @@ pub struct Config {
     pub schema_registry: Option<RegistrySettings>,
     /// `spool`, when its `dir` is set.
     pub spool: Option<SpoolSettings>,
+    /// The files secrets were read from (`mqtt.password_file`, `kafka.sasl.password_file`...): a reload
+    /// watches them, so a rotated Secret applies like an edit.
+    pub secret_files: Vec<PathBuf>,
 }
 
 /// `schema_registry`, checked.
@@ -225,7 +228,7 @@ impl fmt::Display for ConfigError {
 
 impl Config {
     /// The keys that differ between `self` and `new` and only take effect after a restart (everything
-    /// but the routes).
+    /// but the routes and Kafka's settings).
     pub fn restart_needed(&self, new: &Config) -> Vec<String> {
         let mut keys = Vec::new();
         let (a, b) = (&self.mqtt, &new.mqtt);
@@ -256,13 +259,7 @@ impl Config {
         check("replicas", self.replicas != new.replicas);
         check("schema_registry", self.schema_registry != new.schema_registry);
         check("spool", self.spool != new.spool);
-        let (pa, pb) = (&self.kafka.properties, &new.kafka.properties);
-        for key in pa.keys().chain(pb.keys().filter(|k| !pa.contains_key(*k))) {
-            if pa.get(key) != pb.get(key) {
-                // A secret property's value is not shown, only its name.
-                keys.push(format!("kafka ({key})"));
-            }
-        }
+        // `kafka.*` is not among them: a new producer is built, checked and swapped in.
         keys
     }
 }

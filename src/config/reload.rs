@@ -44,16 +44,75 @@ struct State {
     failed_hash: Option<u64>,
     generation: u64,
     file_missing: bool,
+    /// The file's text last applied: an edit of a key the environment overrides is named.
+    text: String,
 }
 
-/// Of the file's text and of the schema files `config` reads (a missing one hashes as missing).
+/// Of the file's text and of the other files `config` reads (a missing one hashes as missing).
 fn hash(text: &str, config: &Config) -> u64 {
     let mut h = DefaultHasher::new();
     text.hash(&mut h);
-    for file in schema_files(config) {
-        std::fs::read(&file).ok().hash(&mut h);
+    contents(&files_read(config)).hash(&mut h);
+    h.finish()
+}
+
+/// Of the contents of `files` (a missing one hashes as missing).
+fn contents(files: &[PathBuf]) -> u64 {
+    let mut h = DefaultHasher::new();
+    for file in files {
+        std::fs::read(file).ok().hash(&mut h);
     }
     h.finish()
+}
+
+/// New Kafka settings for the producer: a new producer is built and checked, and swapped in if it
+/// reaches and authenticates to the cluster (see `pipeline::swap`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KafkaChange {
+    pub settings: crate::config::KafkaSettings,
+    /// Of the contents of the files librdkafka reads (certificates, keys, keytabs): a certificate renewed
+    /// in place is a change as well.
+    pub files: u64,
+    /// Counts the reloads that sent it: a SIGHUP sends the same settings again, to try a refused
+    /// change once more.
+    pub attempt: u64,
+}
+
+impl KafkaChange {
+    pub fn of(config: &Config) -> Self {
+        KafkaChange { settings: config.kafka.clone(), files: contents(&kafka_files(config)), attempt: 0 }
+    }
+
+    /// Same settings and files, whatever the attempt.
+    pub fn same(&self, other: &KafkaChange) -> bool {
+        self.settings == other.settings && self.files == other.files
+    }
+}
+
+/// The files librdkafka reads, by the `*.location` properties and the Kerberos keytab.
+fn kafka_files(config: &Config) -> Vec<PathBuf> {
+    let props = &config.kafka.properties;
+    props
+        .iter()
+        .filter(|(k, _)| k.ends_with(".location") || k.as_str() == "sasl.kerberos.keytab")
+        .map(|(_, v)| PathBuf::from(v))
+        .collect()
+}
+
+/// Every file the configuration reads besides itself: the routes' schemas, the secret files, and the TLS
+/// files and keys of MQTT, Kafka and the registry (a Secret mount swaps them like a ConfigMap).
+fn files_read(config: &Config) -> Vec<PathBuf> {
+    let mut files = schema_files(config);
+    files.extend(kafka_files(config));
+    files.extend(config.secret_files.iter().cloned());
+    let tls = [config.mqtt.tls.as_ref(), config.schema_registry.as_ref().and_then(|r| r.tls.as_ref())];
+    for t in tls.into_iter().flatten() {
+        files.extend(t.ca_file.clone());
+        if let Some((cert, key)) = &t.client {
+            files.extend([cert.clone(), key.clone()]);
+        }
+    }
+    files
 }
 
 /// The files the routes read besides the configuration: JSON Schemas and the encodings' `schema_file`s.
@@ -75,7 +134,7 @@ fn directories(path: &Path, config: &Config) -> Vec<PathBuf> {
         _ => PathBuf::from("."),
     };
     let mut dirs = vec![dir(path)];
-    for f in schema_files(config) {
+    for f in files_read(config) {
         let d = dir(&f);
         if !dirs.contains(&d) {
             dirs.push(d);
@@ -84,16 +143,20 @@ fn directories(path: &Path, config: &Config) -> Vec<PathBuf> {
     dirs
 }
 
-/// Watches `config.source` until `shutdown`, publishing each valid new route table on `routes`.
-pub async fn run(
-    config: Config,
-    routes: watch::Sender<Arc<RouteTable>>,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) {
+/// Where a reload sends what it applies.
+pub struct Targets {
+    /// Each valid new route table.
+    pub routes: watch::Sender<Arc<RouteTable>>,
+    /// Each change of the Kafka settings or of the files librdkafka reads.
+    pub kafka: watch::Sender<KafkaChange>,
+}
+
+/// Watches `config.source` until `shutdown`, publishing what a valid new configuration changes.
+pub async fn run(config: Config, targets: Targets, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     let settings = config.reload.clone();
     let path = config.source.clone();
-    let initial_hash = std::fs::read_to_string(&path).ok().map(|t| hash(&t, &config));
+    let initial_text = std::fs::read_to_string(&path).ok();
+    let initial_hash = initial_text.as_ref().map(|t| hash(t, &config));
     let mut state = State {
         path: path.clone(),
         current: config,
@@ -101,6 +164,7 @@ pub async fn run(
         failed_hash: None,
         generation: 1,
         file_missing: false,
+        text: initial_text.unwrap_or_default(),
     };
 
     let (events_tx, mut events) = mpsc::channel::<()>(1);
@@ -137,7 +201,7 @@ pub async fn run(
                 }
             }
         }
-        attempt(&mut state, trigger, debounce, &routes, &metrics).await;
+        attempt(&mut state, trigger, debounce, &targets, &metrics).await;
         if let Some(w) = watcher.as_mut() {
             watch_more(w, &mut watched, directories(&path, &state.current));
         }
@@ -225,13 +289,7 @@ async fn read_steady(path: &Path, settle: Duration) -> Result<Option<String>, st
     Ok(None)
 }
 
-async fn attempt(
-    state: &mut State,
-    trigger: Trigger,
-    debounce: Duration,
-    routes: &watch::Sender<Arc<RouteTable>>,
-    metrics: &Metrics,
-) {
+async fn attempt(state: &mut State, trigger: Trigger, debounce: Duration, targets: &Targets, metrics: &Metrics) {
     let settle = (debounce / 2).clamp(Duration::from_millis(20), Duration::from_millis(200));
     let text = match read_steady(&state.path, settle).await {
         Ok(Some(t)) => t,
@@ -258,6 +316,8 @@ async fn attempt(
         metrics.config_file_valid.store(true, Relaxed);
         if matches!(trigger, Trigger::Signal) {
             tracing::info!(generation = state.generation, "SIGHUP: the configuration file is unchanged");
+            // A Kafka change refused before (the cluster not ready for it yet) is tried again.
+            targets.kafka.send_modify(|k| k.attempt += 1);
         }
         return;
     }
@@ -286,13 +346,28 @@ async fn attempt(
             return refuse(state, metrics, h, why);
         }
     }
+    let ignored = config::edited_overrides(&state.text, &text, &config::ProcessEnv);
+    if !ignored.is_empty() {
+        tracing::warn!(
+            keys = ?ignored,
+            "these keys changed in the file, but environment variables override them: the edit has no effect while the variables are set"
+        );
+    }
     let diff = RouteDiff::between(&state.current.routes, &new.routes);
     let restart = state.current.restart_needed(&new);
+    let kafka = KafkaChange::of(&new);
+    let kafka_changed = !kafka.same(&targets.kafka.borrow());
+    if kafka_changed || matches!(trigger, Trigger::Signal) {
+        // Checked and applied by the producer's side, which reports the outcome.
+        targets.kafka.send_modify(|k| *k = KafkaChange { attempt: k.attempt + 1, ..kafka });
+    }
+    state.current.kafka = new.kafka.clone();
     // Hashed again over the schema files the new configuration reads.
     state.applied_hash = Some(hash(&text, &new));
+    state.text = text;
     state.failed_hash = None;
     metrics.config_file_valid.store(true, Relaxed);
-    if diff.is_empty() && restart.is_empty() {
+    if diff.is_empty() && restart.is_empty() && !kafka_changed {
         tracing::info!(generation = state.generation, "the configuration file changed, but nothing in effect did");
         return;
     }
@@ -303,7 +378,7 @@ async fn attempt(
         state.generation += 1;
         let mut table = new.routes.clone();
         metrics.routes.bind(&mut table);
-        routes.send_replace(Arc::new(table));
+        targets.routes.send_replace(Arc::new(table));
         metrics.reloads.fetch_add(1, Relaxed);
         metrics.routes_loaded(state.generation);
         tracing::info!(

@@ -112,20 +112,23 @@ pub(super) fn secret(key: &str, inline: Option<&Secret>, file: Option<&str>, p: 
             None
         }
         (Some(s), None) => Some(s.clone()),
-        (None, Some(path)) => match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let text = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
-                Some(Secret::new(text))
+        (None, Some(path)) => {
+            p.secret_files.push(PathBuf::from(path));
+            match std::fs::read_to_string(path) {
+                Ok(text) => {
+                    let text = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
+                    Some(Secret::new(text))
+                }
+                Err(e) => {
+                    p.add(
+                        &format!("{key}_file"),
+                        format!("cannot read `{path}`: {e}"),
+                        Some("mount the Secret there, readable by the gateway's user"),
+                    );
+                    None
+                }
             }
-            Err(e) => {
-                p.add(
-                    &format!("{key}_file"),
-                    format!("cannot read `{path}`: {e}"),
-                    Some("mount the Secret there, readable by the gateway's user"),
-                );
-                None
-            }
-        },
+        }
         (None, None) => None,
     }
 }

@@ -157,6 +157,87 @@ pub fn load_from_str(path: &Path, text: &str, env: &dyn EnvSource) -> Result<Con
     }
 }
 
+/// The keys of the file that `env` overrides, each with its variable: an edit of one of them in the file
+/// changes nothing while the variable is set.
+fn overridden_keys(env: &dyn EnvSource) -> Vec<(Vec<String>, String)> {
+    let mut keys = Vec::new();
+    for (var, path) in SPEC_VARS {
+        if env.get(var).is_some_and(|v| !v.is_empty()) {
+            keys.push((path.iter().map(|p| p.to_string()).collect(), var.to_string()));
+        }
+    }
+    for (var, path) in [("KAFKA_TOPIC", ["routes", "0", "topic"]), ("MQTT_TOPIC_PATTERN", ["routes", "0", "filter"])] {
+        if env.get(var).is_some_and(|v| !v.is_empty()) {
+            keys.push((path.iter().map(|p| p.to_string()).collect(), var.to_string()));
+        }
+    }
+    for (name, _) in env.all() {
+        if let Some(parts) = prefixed_key(&name) {
+            keys.push((parts, name));
+        }
+    }
+    keys
+}
+
+/// The keys `env` overrides whose value differs between the file texts `old` and `new`, said as
+/// `key (VARIABLE)`: the edit has no effect, and a reload says so.
+pub fn edited_overrides(old: &str, new: &str, env: &dyn EnvSource) -> Vec<String> {
+    let parse = |text: &str| yaml_serde::from_str::<yaml_serde::Value>(text).unwrap_or(yaml_serde::Value::Null);
+    let (old, new) = (parse(old), parse(new));
+    overridden_keys(env)
+        .into_iter()
+        .filter(|(path, _)| lookup(&old, path) != lookup(&new, path))
+        .map(|(path, var)| format!("{} ({var})", dotted(&path)))
+        .collect()
+}
+
+/// `["routes", "0", "topic"]` → `routes[0].topic`.
+fn dotted(path: &[String]) -> String {
+    let mut key = String::new();
+    for part in path {
+        if part.parse::<usize>().is_ok() {
+            key.push_str(&format!("[{part}]"));
+        } else {
+            if !key.is_empty() {
+                key.push('.');
+            }
+            key.push_str(part);
+        }
+    }
+    key
+}
+
+fn lookup<'a>(document: &'a yaml_serde::Value, path: &[String]) -> Option<&'a yaml_serde::Value> {
+    let mut at = document;
+    for part in path {
+        at = match (at, part.parse::<usize>()) {
+            (yaml_serde::Value::Sequence(items), Ok(i)) => items.get(i)?,
+            (yaml_serde::Value::Mapping(map), _) => map.get(part.as_str())?,
+            _ => return None,
+        };
+    }
+    Some(at)
+}
+
+/// The key path a `GATEWAY_*` variable sets, or `None` if it sets none.
+fn prefixed_key(name: &str) -> Option<Vec<String>> {
+    let rest = name.strip_prefix(ENV_PREFIX)?;
+    // GATEWAY_CONFIG names the file itself (the --config flag), it is not a key in it.
+    if is_service_link(rest) || rest == "CONFIG" {
+        return None;
+    }
+    let mut parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+    if parts.iter().any(String::is_empty) {
+        return None;
+    }
+    if parts.len() >= 3 && parts[0] == "kafka" && parts[1] == "properties" {
+        let prop = parts[2..].join(".").replace('_', ".");
+        parts.truncate(2);
+        parts.push(prop);
+    }
+    Some(parts)
+}
+
 /// `routes[1].device_id` → `routes.1.device_id`, figment's spelling.
 fn figment_path(key: &str) -> String {
     key.replace('[', ".").replace(']', "")
@@ -224,20 +305,7 @@ fn is_service_link(rest: &str) -> bool {
 fn prefixed_env(env: &dyn EnvSource) -> Serialized<Dict> {
     let mut dict = Dict::new();
     for (name, value) in env.all() {
-        let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
-        // GATEWAY_CONFIG names the file itself (the --config flag), it is not a key in it.
-        if is_service_link(rest) || rest == "CONFIG" {
-            continue;
-        }
-        let mut parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
-        if parts.iter().any(String::is_empty) {
-            continue;
-        }
-        if parts.len() >= 3 && parts[0] == "kafka" && parts[1] == "properties" {
-            let prop = parts[2..].join(".").replace('_', ".");
-            parts.truncate(2);
-            parts.push(prop);
-        }
+        let Some(parts) = prefixed_key(&name) else { continue };
         let parsed: FValue = if keeps_text(&parts) {
             FValue::from(value.clone())
         } else {
@@ -262,26 +330,28 @@ fn merge_dicts(mut base: Dict, other: Dict) -> Dict {
     base
 }
 
+/// The spec's variables and the short ones for credentials, and the keys they set.
+const SPEC_VARS: [(&str, &[&str]); 13] = [
+    ("MQTT_BROKER", &["mqtt", "broker"]),
+    ("KAFKA_BOOTSTRAP_SERVERS", &["kafka", "bootstrap_servers"]),
+    ("MQTT_USERNAME", &["mqtt", "username"]),
+    ("MQTT_PASSWORD", &["mqtt", "password"]),
+    ("MQTT_PASSWORD_FILE", &["mqtt", "password_file"]),
+    ("KAFKA_SASL_USERNAME", &["kafka", "sasl", "username"]),
+    ("KAFKA_SASL_PASSWORD", &["kafka", "sasl", "password"]),
+    ("KAFKA_SASL_PASSWORD_FILE", &["kafka", "sasl", "password_file"]),
+    ("KAFKA_TLS_KEY_PASSWORD", &["kafka", "tls", "key_password"]),
+    ("SCHEMA_REGISTRY_URL", &["schema_registry", "url"]),
+    ("SCHEMA_REGISTRY_USERNAME", &["schema_registry", "username"]),
+    ("SCHEMA_REGISTRY_PASSWORD", &["schema_registry", "password"]),
+    ("SCHEMA_REGISTRY_PASSWORD_FILE", &["schema_registry", "password_file"]),
+];
+
 /// The spec's variables and the short ones for credentials, taken as plain strings (a password of
 /// digits stays a string).
 fn spec_env(env: &dyn EnvSource) -> Serialized<Dict> {
-    const VARS: [(&str, &[&str]); 13] = [
-        ("MQTT_BROKER", &["mqtt", "broker"]),
-        ("KAFKA_BOOTSTRAP_SERVERS", &["kafka", "bootstrap_servers"]),
-        ("MQTT_USERNAME", &["mqtt", "username"]),
-        ("MQTT_PASSWORD", &["mqtt", "password"]),
-        ("MQTT_PASSWORD_FILE", &["mqtt", "password_file"]),
-        ("KAFKA_SASL_USERNAME", &["kafka", "sasl", "username"]),
-        ("KAFKA_SASL_PASSWORD", &["kafka", "sasl", "password"]),
-        ("KAFKA_SASL_PASSWORD_FILE", &["kafka", "sasl", "password_file"]),
-        ("KAFKA_TLS_KEY_PASSWORD", &["kafka", "tls", "key_password"]),
-        ("SCHEMA_REGISTRY_URL", &["schema_registry", "url"]),
-        ("SCHEMA_REGISTRY_USERNAME", &["schema_registry", "username"]),
-        ("SCHEMA_REGISTRY_PASSWORD", &["schema_registry", "password"]),
-        ("SCHEMA_REGISTRY_PASSWORD_FILE", &["schema_registry", "password_file"]),
-    ];
     let mut dict = Dict::new();
-    for (var, path) in VARS {
+    for (var, path) in SPEC_VARS {
         if let Some(value) = env.get(var).filter(|v| !v.is_empty()) {
             dict = merge_dicts(dict, nested(path, FValue::from(value)));
         }

@@ -350,3 +350,28 @@ fn bad_spool_settings_are_named() {
         assert!(e.contains(needle), "{yaml}: {e}");
     }
 }
+
+#[test]
+fn an_edit_of_a_key_the_environment_overrides_is_named_with_its_variable() {
+    let before = "kafka:\n  bootstrap_servers: a:9092\n  properties:\n    linger.ms: 5\nroutes:\n  - name: r\n    filter: cmnd/#\n    topic: t1\n";
+    let after = "kafka:\n  bootstrap_servers: b:9092\n  properties:\n    linger.ms: 9\nroutes:\n  - name: r\n    filter: cmnd/#\n    topic: t2\n";
+    let env = env(&[
+        ("KAFKA_BOOTSTRAP_SERVERS", "c:9092"),
+        ("KAFKA_TOPIC", "raw"),
+        ("GATEWAY_KAFKA__PROPERTIES__LINGER_MS", "1"),
+        ("MQTT_TOPIC_PATTERN", "cmnd/#"),
+    ]);
+    let mut named = super::edited_overrides(before, after, &env);
+    named.sort();
+    assert_eq!(
+        named,
+        [
+            "kafka.bootstrap_servers (KAFKA_BOOTSTRAP_SERVERS)",
+            "kafka.properties.linger.ms (GATEWAY_KAFKA__PROPERTIES__LINGER_MS)",
+            "routes[0].topic (KAFKA_TOPIC)",
+        ]
+    );
+    // Unchanged keys, and changed keys no variable overrides, are not named.
+    assert!(super::edited_overrides(before, before, &env).is_empty());
+    assert!(super::edited_overrides(before, after, &self::env(&[])).is_empty());
+}

@@ -24,6 +24,8 @@ use crate::core::routing::{DeviceIdRule, KeyRule, PayloadFormat, Route, RouteTab
 pub(super) struct Problems<'a> {
     list: &'a mut Vec<Problem>,
     locate: &'a dyn Fn(&str) -> Origin,
+    /// The secret files read on the way (`*_password_file`...): a reload watches them.
+    pub(super) secret_files: Vec<std::path::PathBuf>,
 }
 
 impl Problems<'_> {
@@ -38,7 +40,7 @@ pub(super) fn validate(
     locate: &dyn Fn(&str) -> Origin,
     problems: &mut Vec<Problem>,
 ) -> Option<Config> {
-    let mut p = Problems { list: problems, locate };
+    let mut p = Problems { list: problems, locate, secret_files: Vec::new() };
     let mqtt = mqtt(&raw.mqtt, &mut p);
     let properties = kafka_properties(&raw.kafka, &raw.mqtt.client_id.0, &mut p);
     let config_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -94,6 +96,7 @@ pub(super) fn validate(
         replicas,
         schema_registry,
         spool,
+        secret_files: p.secret_files,
     })
 }
 

@@ -39,6 +39,27 @@ pub struct GatewayContext {
     /// `bootstrap.servers`, to name them in errors.
     pub bootstrap_servers: String,
     last_error: LastError,
+    /// False while the producer is a candidate for new settings, being checked: its errors are warnings
+    /// about the candidate and its statistics say nothing about the producer in use.
+    live: std::sync::atomic::AtomicBool,
+    /// A candidate's last error, explained.
+    candidate_error: std::sync::Mutex<Option<String>>,
+}
+
+impl GatewayContext {
+    /// The producer becomes the one in use (or stops being it): readiness follows its statistics.
+    pub fn set_live(&self, live: bool) {
+        self.live.store(live, Relaxed);
+    }
+
+    fn is_live(&self) -> bool {
+        self.live.load(Relaxed)
+    }
+
+    /// A candidate's last error, explained where it can be: why it is refused.
+    fn candidate_error(&self) -> Option<String> {
+        self.candidate_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// The last error event's text and when it came, to log an immediate repeat at DEBUG only.
@@ -75,6 +96,9 @@ impl ClientContext for GatewayContext {
     /// librdkafka's statistics (every `statistics.interval.ms`): only the brokers' states are read.
     fn stats_raw(&self, statistics: &[u8]) {
         let Some(metrics) = &self.metrics else { return };
+        if !self.is_live() {
+            return;
+        }
         match stats::brokers_up(statistics) {
             Ok(up) => {
                 metrics.health.kafka_brokers_up.store(up, Relaxed);
@@ -90,6 +114,16 @@ impl ClientContext for GatewayContext {
         // librdkafka can raise one failure twice in a row; the second says nothing new.
         if self.last_error.repeats(reason) {
             tracing::debug!(target: "librdkafka", error = %error, reason, "Kafka client error (again)");
+            return;
+        }
+        if !self.is_live() {
+            let servers = self.bootstrap_servers.as_str();
+            let explained = match diagnose::diagnose(&error, reason) {
+                Some(d) => format!("{}: {reason}", d.what),
+                None => reason.to_string(),
+            };
+            tracing::warn!(target: "librdkafka", brokers = servers, error = explained.as_str(), "checking the new Kafka settings");
+            *self.candidate_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(explained);
             return;
         }
         // Broker-down and similar transport errors are retried by librdkafka; they matter to an operator
@@ -156,7 +190,43 @@ pub fn producer_reporting(
         metrics,
         bootstrap_servers,
         last_error: LastError::default(),
+        live: std::sync::atomic::AtomicBool::new(true),
+        candidate_error: std::sync::Mutex::default(),
     })
+}
+
+/// `producer` becomes the one in use, or stops being it (see [`GatewayContext::set_live`]).
+pub fn set_live(producer: &GatewayProducer, live: bool) {
+    producer.context().set_live(live);
+}
+
+/// A producer for new Kafka settings, not in use yet: see [`verify`] and [`GatewayContext::set_live`].
+pub fn candidate(settings: &KafkaSettings, metrics: Arc<Metrics>) -> Result<GatewayProducer, String> {
+    let producer = producer_reporting(settings, Some(metrics)).map_err(|e| creation_error(&e))?;
+    producer.context().set_live(false);
+    Ok(producer)
+}
+
+/// Whether `producer` reaches and authenticates to its cluster: the cluster's metadata answered within
+/// `timeout`. Otherwise why not, in words safe to log (librdkafka's last error, else the request's).
+/// Blocking: run it off the runtime.
+pub fn verify(producer: &GatewayProducer, timeout: Duration) -> Result<usize, String> {
+    let metadata = producer.client().fetch_metadata(None, timeout);
+    // Serves the error events that say why a request failed.
+    producer.poll(Duration::from_millis(100));
+    match metadata {
+        Ok(m) if !m.brokers().is_empty() => Ok(m.brokers().len()),
+        result => {
+            let fetch = match result {
+                Ok(_) => "the cluster reported no brokers".to_string(),
+                Err(e) => e.to_string(),
+            };
+            Err(match producer.context().candidate_error() {
+                Some(reason) => format!("{reason} ({fetch})"),
+                None => fetch,
+            })
+        }
+    }
 }
 
 /// Why the producer could not be created, in words safe to log: librdkafka's own text for a bad
@@ -226,6 +296,8 @@ pub enum ErrorKind {
     Permanent,
     /// Anything else (brokers down, leader changes, timeouts): worth producing again.
     Transient,
+    /// Taken back from the producer by the gateway itself ([`purge`]): not a failure of the record.
+    TakenBack,
 }
 
 /// Sorts `e` (see [`ErrorKind`]).
@@ -236,6 +308,7 @@ pub fn classify(e: &KafkaError) -> ErrorKind {
     }
     match e.rdkafka_error_code() {
         Some(Fatal) => ErrorKind::Fatal,
+        Some(PurgeQueue | PurgeInflight) => ErrorKind::TakenBack,
         Some(MessageSizeTooLarge | InvalidMessageSize) => ErrorKind::TooLarge,
         Some(
             InvalidMessage
@@ -256,21 +329,33 @@ pub fn purge_queued(producer: &GatewayProducer) {
     producer.purge(rdkafka::producer::PurgeConfig::default().queue());
 }
 
-/// The report of a record taken back by [`purge_queued`].
+/// Takes back every record the producer holds, those sent to a broker and unanswered too (which the
+/// broker may still have written: a duplicate, never a loss). Each comes back as a failed delivery
+/// report ([`is_purged`]).
+pub fn purge(producer: &GatewayProducer) {
+    producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+}
+
+/// The report of a record taken back by [`purge_queued`] or [`purge`].
 pub fn is_purged(e: &KafkaError) -> bool {
-    e.rdkafka_error_code() == Some(RDKafkaErrorCode::PurgeQueue)
+    classify(e) == ErrorKind::TakenBack
 }
 
 /// Raises `fatal` once the producer reports a fatal error: the idempotent producer can no longer keep
 /// its guarantees (order, no duplicates) and must be replaced. librdkafka reports the error through the
 /// error callback with its underlying code, so the producer's fatal state is checked instead.
-pub async fn watch_fatal(producer: &GatewayProducer, fatal: CancellationToken, stop: CancellationToken) {
+/// `in_use` gives the producer in use (new Kafka settings replace it).
+pub async fn watch_fatal(
+    in_use: &(dyn Fn() -> Arc<GatewayProducer> + Sync),
+    fatal: CancellationToken,
+    stop: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = stop.cancelled() => return,
         }
-        if let Some((code, reason)) = producer.client().fatal_error() {
+        if let Some((code, reason)) = in_use().client().fatal_error() {
             tracing::error!(code = ?code, reason, "fatal Kafka producer error: stopping, so that a restart brings a fresh producer; unacknowledged QoS 1/2 messages come again from the broker");
             fatal.cancel();
             return;
@@ -316,7 +401,7 @@ mod tests {
             ]),
         };
         let fatal = CancellationToken::new();
-        let producer = producer(&settings).expect("producer");
+        let producer = Arc::new(producer(&settings).expect("producer"));
         let reason = std::ffi::CString::new("injected by a test").unwrap();
         // SAFETY: the pointer is the live producer's own handle and the reason a valid C string.
         let err = unsafe {
@@ -327,9 +412,12 @@ mod tests {
             )
         };
         assert_eq!(err, rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR);
-        tokio::time::timeout(Duration::from_secs(10), watch_fatal(&producer, fatal.clone(), CancellationToken::new()))
-            .await
-            .expect("the fatal error is noticed");
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            watch_fatal(&|| producer.clone(), fatal.clone(), CancellationToken::new()),
+        )
+        .await
+        .expect("the fatal error is noticed");
         assert!(fatal.is_cancelled());
     }
 }

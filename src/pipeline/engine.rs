@@ -38,6 +38,7 @@ use crate::ops::metrics::Metrics;
 use crate::registry::{Lookup, Schemas};
 
 mod spool;
+mod swap;
 pub(super) use spool::SpoolLink;
 use spool::{SpoolState, SPILL_AFTER, SPOOL_TAG, UNREACHABLE_AFTER};
 
@@ -137,6 +138,12 @@ pub(super) struct Engine {
     matched: Vec<u32>,
     reports: Vec<reports::DeliveryReport>,
     refused: Vec<Refused>,
+    /// Checked producers for new Kafka settings, and the swap under way.
+    swaps: mpsc::Receiver<super::swap::Swap>,
+    swaps_open: bool,
+    swapping: Option<swap::Swapping>,
+    /// The producer in use, as those outside the engine see it.
+    in_use: super::swap::InUse,
     /// Tests: the next record handed over is refused with this error, as librdkafka would refuse it.
     #[cfg(test)]
     refuse_next: Option<KafkaError>,
@@ -159,13 +166,16 @@ pub(super) struct Links {
     pub(super) fatal: CancellationToken,
     pub(super) schemas: Option<Arc<Schemas>>,
     pub(super) spool: Option<SpoolLink>,
+    /// Checked producers for new Kafka settings.
+    pub(super) swaps: mpsc::Receiver<super::swap::Swap>,
+    pub(super) in_use: super::swap::InUse,
 }
 
 impl Engine {
     /// An engine over `links` that takes payloads up to `max_payload` bytes (`mqtt.max_packet_size_bytes`)
     /// and at most `window` messages unsettled (`mqtt.max_unacked_messages`).
     pub(super) fn new(links: Links, max_payload: usize, window: usize, replicas: Option<Replicas>) -> Self {
-        let Links { producer, events, metrics, acks, connection, fatal, schemas, spool } = links;
+        let Links { producer, events, metrics, acks, connection, fatal, schemas, spool, swaps, in_use } = links;
         let schemas_changed = schemas.as_ref().map(|s| s.changed());
         Self {
             producer,
@@ -189,6 +199,10 @@ impl Engine {
             matched: Vec::new(),
             reports: Vec::new(),
             refused: Vec::new(),
+            swaps,
+            swaps_open: true,
+            swapping: None,
+            in_use,
             #[cfg(test)]
             refuse_next: None,
         }
@@ -218,12 +232,18 @@ impl Engine {
                 more_events = self.events.serve();
                 self.take_reports();
             }
+            if !more_events && self.swapping() && self.advance_swap() {
+                // The new producer's events, from the start.
+                more_events = true;
+                continue;
+            }
+            let swapping = self.swapping();
             let held = self.spool.as_mut().is_some_and(SpoolState::holds_intake);
             if !held && self.spool.as_ref().is_some_and(SpoolState::has_purged) {
                 self.spool_purged_in_order();
             }
-            let room = open && self.messages.len() < self.window && !held;
-            let replay_blocked = self.spool.as_ref().is_some_and(SpoolState::blocked);
+            let room = open && self.messages.len() < self.window && !held && !swapping;
+            let replay_blocked = !swapping && self.spool.as_ref().is_some_and(SpoolState::blocked);
             // With a spool, not spooling yet: no report from Kafka for SPILL_AFTER with the window full, or
             // for UNREACHABLE_AFTER with records in flight (a trickle of messages never fills it).
             let watch = self.spool.as_ref().is_some_and(|s| !s.active());
@@ -235,8 +255,9 @@ impl Engine {
             let full = self.messages.len() >= self.window && self.kafka_reported;
             let spill_after = if full { SPILL_AFTER } else { UNREACHABLE_AFTER };
             let stuck_at = tokio::time::Instant::from_std(self.last_progress + spill_after);
-            let next_retry = self.retries.next_due();
-            let next_held = self.held.next_due();
+            // While producers are switched, nothing is handed to the one in use.
+            let next_retry = self.retries.next_due().filter(|_| !swapping);
+            let next_held = self.held.next_due().filter(|_| !swapping);
             let done = tokio::select! {
                 biased;
                 _ = give_up.cancelled() => return,
@@ -255,7 +276,7 @@ impl Engine {
                 _ = tokio::time::sleep_until(next_held.unwrap_or_else(tokio::time::Instant::now)), if next_held.is_some() => {
                     self.release_due(give_up).await
                 }
-                _ = schema_news(&mut self.schemas_changed), if !self.awaiting.is_empty() => {
+                _ = schema_news(&mut self.schemas_changed), if !self.awaiting.is_empty() && !swapping => {
                     self.release_awaiting(give_up).await
                 }
                 event = spool_news(&mut self.spool) => match event {
@@ -272,6 +293,14 @@ impl Engine {
                     self.hand_over_replayed();
                     Ok(())
                 }
+                next = self.swaps.recv(), if self.swaps_open && !swapping => {
+                    match next {
+                        Some(next) => self.begin_swap(next),
+                        None => self.swaps_open = false,
+                    }
+                    Ok(())
+                }
+                _ = tokio::time::sleep(swap::SWAP_POLL), if swapping => Ok(()),
                 _ = tokio::time::sleep_until(stuck_at), if watch && !self.records.is_empty() => {
                     if self.last_progress.elapsed() >= spill_after {
                         self.start_spooling(spill_after);
@@ -705,6 +734,7 @@ impl Engine {
         let attempt = Attempt { dead_letter: entry.dead_letter, truncated: entry.truncated, retries: entry.attempt };
         match policy::decide(kafka::classify(&error), attempt, qos) {
             Verdict::WaitForRoom => self.retries.schedule(tag, ROOM_POLL, parts),
+            Verdict::ProduceAgain => self.retries.schedule(tag, Duration::ZERO, parts),
             Verdict::Retry { after } => {
                 self.metrics.record_retry(route, &parts.topic, &device_id, &error);
                 self.update(tag, |e| e.attempt += 1);

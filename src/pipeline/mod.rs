@@ -13,7 +13,8 @@
 //! - `held.rs`: records held back by their route's rate limit until their turn;
 //! - `awaiting.rs`: records waiting for their route's registry schema;
 //! - `inflight.rs`: messages and records in flight, indexed by delivery tag;
-//! - `sequencer.rs`: acks in arrival order, after Kafka, on the current connection only.
+//! - `sequencer.rs`: acks in arrival order, after Kafka, on the current connection only;
+//! - `swap.rs`: new Kafka settings from a reload: a new producer, checked, then swapped in by the engine.
 //!
 //! One task, the engine, takes messages, produces their records and settles them as Kafka reports: no
 //! task, future or channel per record, and no lock but the one the reports arrive under.
@@ -33,6 +34,7 @@ mod policy;
 mod retries;
 mod sequencer;
 mod spooled;
+mod swap;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -45,7 +47,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::reload;
 use crate::config::Config;
 use crate::core::message::AckToken;
-use crate::kafka::{self, GatewayProducer};
+use crate::kafka;
 use crate::mqtt;
 use crate::mqtt::intake;
 use crate::ops::health::{Loop, HEARTBEAT_EVERY};
@@ -86,13 +88,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let producer = kafka::producer_reporting(&config.kafka, Some(metrics.clone()))
         .map_err(|e| anyhow::anyhow!("cannot create the Kafka producer: {}", kafka::creation_error(&e)))?;
     let producer = Arc::new(producer);
+    let in_use = swap::InUse::new(producer.clone());
     // A fatal producer error stops the gateway: nothing more is acknowledged, and a restart (by the
     // orchestrator) brings a fresh producer; unacknowledged QoS 1/2 messages come again from the broker.
     let fatal = CancellationToken::new();
     {
-        let (producer, fatal, shutdown) = (producer.clone(), fatal.clone(), shutdown.clone());
+        let (in_use, fatal, shutdown) = (in_use.clone(), fatal.clone(), shutdown.clone());
         tokio::spawn(async move {
-            kafka::watch_fatal(&producer, fatal.clone(), shutdown.clone()).await;
+            kafka::watch_fatal(&|| in_use.get(), fatal.clone(), shutdown.clone()).await;
             if fatal.is_cancelled() {
                 shutdown.cancel();
             }
@@ -114,7 +117,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             "ordered replicas: writing the devices of this replica's share, acknowledging the others"
         );
     }
-    run_inner(config, producer, metrics, shutdown, fatal).await
+    run_inner(config, in_use, metrics, shutdown, fatal).await
 }
 
 /// The spool's directory cannot be used (missing parent, not a directory, read-only, permissions,
@@ -174,7 +177,7 @@ fn open_spool(
 
 async fn run_inner(
     config: Config,
-    producer: Arc<GatewayProducer>,
+    in_use: swap::InUse,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     fatal: CancellationToken,
@@ -192,9 +195,9 @@ async fn run_inner(
     let started = Instant::now();
     let (intake_tx, intake_rx) = intake::intake(config.mqtt.buffer_bytes);
     {
-        let queue = producer.clone();
+        let queue = in_use.clone();
         metrics.set_live_gauges(LiveGauges {
-            producer_queue: Box::new(move || i64::from(kafka::in_flight(&queue))),
+            producer_queue: Box::new(move || i64::from(kafka::in_flight(&queue.get()))),
             intake_bytes: Box::new(intake_tx.gauge()),
         });
     }
@@ -232,7 +235,11 @@ async fn run_inner(
     let mqtt_task = tokio::spawn(mqtt::run(config.mqtt.clone(), routes.clone(), links, metrics.clone(), stop.clone()));
     let stats =
         tokio::spawn(stats(metrics.clone(), Duration::from_secs(config.log.stats_interval_secs), shutdown.clone()));
-    let reloader = tokio::spawn(reload::run(config.clone(), routes_tx, metrics.clone(), shutdown.clone()));
+    let (kafka_tx, kafka_changes) = watch::channel(reload::KafkaChange::of(&config));
+    let targets = reload::Targets { routes: routes_tx, kafka: kafka_tx };
+    let reloader = tokio::spawn(reload::run(config.clone(), targets, metrics.clone(), shutdown.clone()));
+    let (swaps_tx, swaps) = mpsc::channel(1);
+    let swapper = tokio::spawn(swap::run(kafka_changes, metrics.clone(), swaps_tx, shutdown.clone()));
     // The grace period runs from the signal, whatever the pipeline is waiting for (a full window, a
     // full producer queue, Kafka).
     let give_up = CancellationToken::new();
@@ -250,9 +257,10 @@ async fn run_inner(
         });
     }
 
+    let producer = in_use.get();
     let events = kafka::events::Events::new(producer.clone()).context("cannot watch the Kafka producer's events")?;
     let links = engine::Links {
-        producer: producer.clone(),
+        producer,
         events,
         metrics: metrics.clone(),
         acks: acks_tx,
@@ -260,6 +268,8 @@ async fn run_inner(
         fatal: fatal.clone(),
         schemas,
         spool,
+        swaps,
+        in_use: in_use.clone(),
     };
     let mut engine = Engine::new(links, config.mqtt.max_packet_size, config.mqtt.max_unacked_messages, config.replicas);
     let shutting_down = shutdown.clone();
@@ -287,6 +297,8 @@ async fn run_inner(
     } else {
         config.shutdown_grace.min(Duration::from_secs(5))
     };
+    swapper.abort();
+    let producer = in_use.get();
     let flush_producer = producer.clone();
     let flushed = tokio::task::spawn_blocking(move || kafka::flush(&flush_producer, left)).await;
     let undelivered = (kafka::in_flight(&producer).max(0) as u64).saturating_sub(kept) + unsettled;

@@ -10,6 +10,7 @@
 //! | too large                  | dead-letter the message | cut to its head, once; then rejected |
 //! | permanent                  | dead-letter the message | rejected (counted)                   |
 //! | fatal (producer dead)      | never acknowledged      | never acknowledged                   |
+//! | taken back (by us)         | produce again, at once  | produce again, at once               |
 //!
 //! QoS 1/2 records are produced again for as long as it takes: the message is not acknowledged before,
 //! so the broker keeps it, and the stall shows in the logs and metrics. A QoS 0 record gets one more try:
@@ -47,6 +48,9 @@ pub(super) enum Verdict {
     Reject,
     /// The producer is dead: the message is never acknowledged (a restarted gateway gets it again).
     Fatal,
+    /// The gateway took it back from a producer it is replacing: produce it again at once, in the order
+    /// it was taken back, ahead of anything new (not a retry: it did not fail).
+    ProduceAgain,
 }
 
 /// How long a record waits before its retry number `retries + 1`: 0.5 s doubling up to 30 s, jittered.
@@ -63,6 +67,7 @@ pub(super) fn retry_delay(retries: u32) -> Duration {
 pub(super) fn decide(kind: ErrorKind, record: Attempt, qos: u8) -> Verdict {
     match kind {
         ErrorKind::QueueFull => Verdict::WaitForRoom,
+        ErrorKind::TakenBack => Verdict::ProduceAgain,
         ErrorKind::Fatal => Verdict::Fatal,
         ErrorKind::TooLarge | ErrorKind::Permanent if !record.dead_letter => Verdict::DeadLetter,
         ErrorKind::TooLarge if !record.truncated => Verdict::CutDeadLetter,
@@ -94,6 +99,9 @@ mod tests {
         let retry = |v: Verdict| matches!(v, Verdict::Retry { .. });
         for qos in [0, 1] {
             assert_eq!(decide(QueueFull, record, qos), Verdict::WaitForRoom);
+            assert_eq!(decide(TakenBack, record, qos), Verdict::ProduceAgain);
+            assert_eq!(decide(TakenBack, retried, qos), Verdict::ProduceAgain, "not a retry");
+            assert_eq!(decide(TakenBack, dead_letter, qos), Verdict::ProduceAgain);
             assert_eq!(decide(Fatal, record, qos), Verdict::Fatal);
             assert_eq!(decide(Fatal, dead_letter, qos), Verdict::Fatal);
             assert_eq!(decide(TooLarge, record, qos), Verdict::DeadLetter);

@@ -382,6 +382,14 @@ impl Collector for GatewayCollector {
         gauge(e, "ready", "1 when /readyz answers 200.", None, i64::from(ready))?;
         let results = [("success", ld(&m.reloads)), ("failure", ld(&m.reload_failures))];
         counter_by(e, "config_reloads", "Reloads of the routes file, by result.", "result", &results)?;
+        let swaps = [("swapped", ld(&m.kafka_swaps)), ("refused", ld(&m.kafka_swaps_refused))];
+        counter_by(
+            e,
+            "kafka_producer_swaps",
+            "New Kafka settings from a reload: producers swapped in, and settings refused (the producer in use stayed).",
+            "result",
+            &swaps,
+        )?;
         gauge(e, "config_file_valid", "1 while the routes file on disk is the one in effect or was applied; 0 while it is invalid, unreadable or gone.", None, i64::from(m.config_file_valid.load(Relaxed)))?;
         gauge(
             e,

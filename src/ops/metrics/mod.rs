@@ -37,6 +37,9 @@ pub struct Metrics {
     pub spool_errors: AtomicU64,
     /// Bytes found damaged in the spool at start (a torn tail, corrupt segments) and skipped.
     pub spool_damaged_bytes: AtomicU64,
+    /// Kafka producers swapped in for new settings, and new settings refused (the old producer stayed).
+    pub kafka_swaps: AtomicU64,
+    pub kafka_swaps_refused: AtomicU64,
     /// When the oldest record read back from the spool and not yet in Kafka was received from MQTT
     /// (Unix milliseconds; 0: none).
     pub spool_oldest_ms: AtomicU64,

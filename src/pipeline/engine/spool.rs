@@ -347,7 +347,8 @@ impl Engine {
     /// Hands the records read back to librdkafka, in order, until its queue is full.
     pub(super) fn hand_over_replayed(&mut self) {
         // Records sent before the spool took over go first, retries included: the spool's are younger.
-        if !self.records.is_empty() {
+        // While producers are switched, nothing is handed over.
+        if !self.records.is_empty() || self.swapping() {
             return;
         }
         loop {
@@ -436,6 +437,8 @@ impl Engine {
         let verdict = policy::decide(kafka::classify(&error), attempt, qos);
         match (verdict, &route) {
             (Verdict::WaitForRoom, _) => self.retries.schedule(tag, ROOM_POLL, parts),
+            // Not reached: taken back, it went back to the records read back, above.
+            (Verdict::ProduceAgain, _) => self.retries.schedule(tag, Duration::ZERO, parts),
             (Verdict::Retry { after }, _) => {
                 if let Some(route) = &route {
                     self.metrics.record_retry(route, &parts.topic, &device_id, &error);

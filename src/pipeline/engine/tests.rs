@@ -53,6 +53,7 @@ fn error(kind: kafka::ErrorKind) -> KafkaError {
         TooLarge => RDKafkaErrorCode::MessageSizeTooLarge,
         Permanent => RDKafkaErrorCode::TopicAuthorizationFailed,
         Transient => RDKafkaErrorCode::MessageTimedOut,
+        TakenBack => RDKafkaErrorCode::PurgeQueue,
     };
     let e = KafkaError::MessageProduction(code);
     assert_eq!(kafka::classify(&e), kind, "{e}");
@@ -76,6 +77,8 @@ fn expected(kind: kafka::ErrorKind, state: State, qos: u8) -> Seen {
         (Transient, State::RetriedRecord) if qos == 0 => acked(true),
         (Transient, State::RetriedRecord) => Seen::Retry { topic: t, retries: 2 },
         (Transient, State::CutDeadLetter) => Seen::Retry { topic: dlq, retries: 1 },
+        (TakenBack, State::Record | State::RetriedRecord) => Seen::HandedOverAgain { topic: t },
+        (TakenBack, _) => Seen::HandedOverAgain { topic: dlq },
     }
 }
 
@@ -99,7 +102,7 @@ fn rig() -> Rig {
     let events = kafka::events::Events::new(producer.clone()).expect("events");
     let (tx, acks) = mpsc::unbounded_channel();
     let links = Links {
-        producer,
+        producer: producer.clone(),
         events,
         metrics: Arc::new(Metrics::default()),
         acks: tx,
@@ -107,6 +110,8 @@ fn rig() -> Rig {
         fatal: CancellationToken::new(),
         schemas: None,
         spool: None,
+        swaps: mpsc::channel(1).1,
+        in_use: crate::pipeline::swap::InUse::new(producer.clone()),
     };
     let routes = Arc::new(RouteTable::new(vec![route("r", "t/#", "t")]));
     Rig { engine: Engine::new(links, 1 << 20, 100, None), acks, routes }
@@ -211,7 +216,11 @@ async fn drive(entry: Entry, kind: kafka::ErrorKind, state: State, qos: u8) -> S
     if due > now + ROOM_POLL {
         return Seen::Retry { topic, retries: record.attempt };
     }
-    if due > now {
+    // Due now or within the wait for room: as it was (handed over again), or as what the policy made of
+    // it (a dead letter, a cut one).
+    let was_dead_letter = matches!(state, State::DeadLetter | State::CutDeadLetter);
+    let became = (record.dead_letter && !was_dead_letter) || (record.truncated && state != State::CutDeadLetter);
+    if !became {
         return Seen::HandedOverAgain { topic };
     }
     Seen::Now { topic, cut: parts.value.len() == TRUNCATED_DEAD_LETTER_BYTES }
@@ -224,7 +233,7 @@ async fn every_error_kind_comes_out_the_same_through_all_three_entry_points() {
     use kafka::ErrorKind::*;
     let mut checked = 0;
     for qos in [0u8, 1] {
-        for kind in [QueueFull, Transient, TooLarge, Permanent, Fatal] {
+        for kind in [QueueFull, Transient, TooLarge, Permanent, Fatal, TakenBack] {
             for state in [State::Record, State::DeadLetter, State::RetriedRecord, State::CutDeadLetter] {
                 let want = expected(kind, state, qos);
                 // A first send is never a retry, and never of a cut dead letter.
@@ -240,5 +249,5 @@ async fn every_error_kind_comes_out_the_same_through_all_three_entry_points() {
             }
         }
     }
-    assert_eq!(checked, 2 * 5 * (2 * 3 + 2 * 2));
+    assert_eq!(checked, 2 * 6 * (2 * 3 + 2 * 2));
 }
