@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{
-    broker_env, holds_for, json, kafka, mosquitto_pub, new_topic, start_gateway, write_config, Gateway, Mosquitto, WAIT,
+    broker_env, free_ports, holds_for, http, json, kafka, mosquitto_pub, new_topic, start_gateway, write_config,
+    Gateway, Mosquitto, WAIT,
 };
 
 /// The bound for an edit to take effect.
@@ -215,14 +216,16 @@ fn each_kind_of_bad_edit_keeps_the_old_routes_and_is_reported() {
 #[test]
 fn settings_that_need_a_restart_are_named_and_routes_and_kafka_settings_still_apply() {
     let (s, gw) = setup();
-    let body = format!("mqtt:\n  keep_alive_secs: 30\nkafka:\n  linger_ms: 50\n{}", with_b(&s));
+    let body =
+        format!("mqtt:\n  keep_alive_secs: 30\n  buffer_bytes: 1048576\nkafka:\n  linger_ms: 50\n{}", with_b(&s));
     save_by_rename(&s.path, &body);
     wait_reloads(&gw, 1, Instant::now());
     let logs = gw.logs();
     let warning = logs.lines().find(|l| l.contains("only apply after a restart")).expect("a restart warning");
-    assert!(warning.contains("mqtt.keep_alive_secs"), "{warning}");
-    // Kafka's settings apply live: a new producer, checked, swapped in.
-    assert!(!warning.contains("linger"), "{warning}");
+    assert!(warning.contains("mqtt.buffer_bytes"), "{warning}");
+    // The MQTT connection's keys and Kafka's settings apply live: a reconnect, a new producer.
+    assert!(!warning.contains("keep_alive") && !warning.contains("linger"), "{warning}");
+    assert!(gw.wait_for_log("MQTT settings applied", WAIT), "{}", gw.logs());
     assert!(gw.wait_for_log("Kafka producer switched", WAIT), "{}", gw.logs());
     assert_flows(&s.mosquitto, "b/1", &s.tb, 0, &gw);
 }
@@ -326,4 +329,35 @@ fn switching_route_sets_under_load_loses_nothing_and_never_mixes_sets() {
         gw.logs().lines().filter(|l| !l.contains("DEBUG")).take(200).collect::<Vec<_>>().join("\n")
     );
     assert!(in_a > 0 && in_b > 0, "both sets carried traffic");
+}
+
+#[test]
+fn http_listen_moves_live_and_a_port_in_use_is_refused() {
+    let mosquitto = Mosquitto::start();
+    let ta = new_topic("http_a", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let [a, b] = free_ports::<2>();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let c = taken.local_addr().unwrap().port();
+    let body = |port: u16| format!("http:\n  listen: 127.0.0.1:{port}\n{}", routes_yaml(&[("a", "a/#", &ta)]));
+    let path = write_config(dir.path(), &body(a));
+    let mut env = broker_env(&mosquitto);
+    // `http.listen` from the file, not the harness's free port.
+    env.push(("GATEWAY_HTTP__LISTEN", String::new()));
+    let gw = start_gateway(&path, &env);
+    let healthy = |port: u16| http::get(&format!("127.0.0.1:{port}"), "/healthz").is_some_and(|r| r.status == 200);
+    assert!(common::wait_until(WAIT, Duration::from_millis(50), || healthy(a)), "{}", gw.logs());
+
+    save_by_rename(&path, &body(b));
+    assert!(common::wait_until(WAIT, Duration::from_millis(20), || healthy(b)), "not moved:\n{}", gw.logs());
+    assert!(common::wait_until(WAIT, Duration::from_millis(20), || !healthy(a)), "the old port still answers");
+    assert!(!gw.logs().contains("only apply after a restart"), "{}", gw.logs());
+
+    // A port someone else holds: refused with the cause; the server stays where it is.
+    save_by_rename(&path, &body(c));
+    assert!(gw.wait_for_log("new http.listen refused", WAIT), "{}", gw.logs());
+    let line = gw.logs().lines().find(|l| l.contains("new http.listen refused")).unwrap_or_default().to_string();
+    assert!(line.contains(&format!("127.0.0.1:{c}")), "{line}");
+    assert!(healthy(b), "the server left its port:\n{}", gw.logs());
+    drop(taken);
 }

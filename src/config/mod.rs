@@ -227,8 +227,20 @@ impl fmt::Display for ConfigError {
 }
 
 impl Config {
+    /// `new`'s MQTT settings as the connection can take them live: its connection keys (broker,
+    /// credentials, TLS, client id, protocol, keep-alive, session...), with the keys that size the
+    /// pipeline (`buffer_bytes`, `max_unacked_messages`, `read_coalesce_us`) kept as they are in `self`.
+    pub fn mqtt_live(&self, new: &Config) -> MqttSettings {
+        MqttSettings {
+            buffer_bytes: self.mqtt.buffer_bytes,
+            max_unacked_messages: self.mqtt.max_unacked_messages,
+            read_coalesce: self.mqtt.read_coalesce,
+            ..new.mqtt.clone()
+        }
+    }
+
     /// The keys that differ between `self` and `new` and only take effect after a restart (everything
-    /// but the routes and Kafka's settings).
+    /// but the routes, Kafka's settings and the MQTT connection's).
     pub fn restart_needed(&self, new: &Config) -> Vec<String> {
         let mut keys = Vec::new();
         let (a, b) = (&self.mqtt, &new.mqtt);
@@ -237,25 +249,13 @@ impl Config {
                 keys.push(key.to_string());
             }
         };
-        check("mqtt.broker", a.broker != b.broker);
-        check("mqtt.tls", a.tls != b.tls);
-        check("mqtt.client_id", a.client_id != b.client_id);
-        check("mqtt.username/password", a.credentials != b.credentials);
-        check("mqtt.keep_alive_secs", a.keep_alive != b.keep_alive);
-        check("mqtt.clean_session", a.clean_session != b.clean_session);
-        check("mqtt.max_packet_size_bytes", a.max_packet_size != b.max_packet_size);
-        check("mqtt.connect_timeout_secs", a.connect_timeout != b.connect_timeout);
-        check("mqtt.reconnect_*_delay_ms", (a.reconnect_min, a.reconnect_max) != (b.reconnect_min, b.reconnect_max));
+        // The connection's keys switch live (see `mqtt_live`); these size the pipeline itself.
         check("mqtt.buffer_bytes", a.buffer_bytes != b.buffer_bytes);
         check("mqtt.max_unacked_messages", a.max_unacked_messages != b.max_unacked_messages);
-        check("mqtt.shared_group", a.shared_group != b.shared_group);
-        check("mqtt.protocol", a.protocol != b.protocol);
-        check("mqtt.session_expiry_secs", a.session_expiry != b.session_expiry);
         check("mqtt.read_coalesce_us", a.read_coalesce != b.read_coalesce);
         check("shutdown.grace_period_secs", self.shutdown_grace != new.shutdown_grace);
         check("log", self.log != new.log);
         check("reload", self.reload != new.reload);
-        check("http", self.http != new.http);
         check("replicas", self.replicas != new.replicas);
         check("schema_registry", self.schema_registry != new.schema_registry);
         check("spool", self.spool != new.spool);

@@ -149,6 +149,10 @@ pub struct Targets {
     pub routes: watch::Sender<Arc<RouteTable>>,
     /// Each change of the Kafka settings or of the files librdkafka reads.
     pub kafka: watch::Sender<KafkaChange>,
+    /// Each change of the MQTT connection's settings (see [`Config::mqtt_live`]).
+    pub mqtt: watch::Sender<crate::config::MqttSettings>,
+    /// Each change of `http.listen`.
+    pub http: watch::Sender<Option<std::net::SocketAddr>>,
 }
 
 /// Watches `config.source` until `shutdown`, publishing what a valid new configuration changes.
@@ -362,12 +366,24 @@ async fn attempt(state: &mut State, trigger: Trigger, debounce: Duration, target
         targets.kafka.send_modify(|k| *k = KafkaChange { attempt: k.attempt + 1, ..kafka });
     }
     state.current.kafka = new.kafka.clone();
+    let mqtt = state.current.mqtt_live(&new);
+    let mqtt_changed = mqtt != *targets.mqtt.borrow();
+    if mqtt_changed || matches!(trigger, Trigger::Signal) {
+        // The MQTT edge reconnects with them, or goes back to the old ones and says why.
+        targets.mqtt.send_replace(mqtt.clone());
+    }
+    state.current.mqtt = mqtt;
+    let http_changed = new.http != state.current.http;
+    if http_changed {
+        targets.http.send_replace(new.http);
+        state.current.http = new.http;
+    }
     // Hashed again over the schema files the new configuration reads.
     state.applied_hash = Some(hash(&text, &new));
     state.text = text;
     state.failed_hash = None;
     metrics.config_file_valid.store(true, Relaxed);
-    if diff.is_empty() && restart.is_empty() && !kafka_changed {
+    if diff.is_empty() && restart.is_empty() && !kafka_changed && !mqtt_changed && !http_changed {
         tracing::info!(generation = state.generation, "the configuration file changed, but nothing in effect did");
         return;
     }

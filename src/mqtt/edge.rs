@@ -28,7 +28,7 @@ const OVERSIZE_CEILING: usize = 64 * 1024 * 1024;
 
 pub(super) struct Edge {
     pub(super) settings: MqttSettings,
-    broker: String,
+    pub(super) broker: String,
     pub(super) client: Client,
     pub(super) eventloop: EventLoop,
     routes: RouteWatch,
@@ -41,8 +41,8 @@ pub(super) struct Edge {
     /// The number of the current connection; a new one after every CONNACK and every failure.
     pub(super) connection: u64,
     shared_connection: Arc<AtomicU64>,
-    backoff: Backoff,
-    subs: Subscriptions,
+    pub(super) backoff: Backoff,
+    pub(super) subs: Subscriptions,
     pub(super) metrics: Arc<Metrics>,
     pub(super) stop: Stop,
     /// Beats for `/healthz` while the loop waits (see [`crate::ops::health`]).
@@ -53,6 +53,8 @@ pub(super) struct Edge {
     pub(super) last_ping: tokio::time::Instant,
     /// Read coalescing at high QoS 0 rates (see `super::coalesce`).
     pub(super) coalesce: Coalesce,
+    /// New settings from a reload (see `super::switch`).
+    pub(super) new_settings: SettingsWatch,
 }
 
 /// The interval of the MQTT loop's heartbeat; its first tick is one period away.
@@ -71,7 +73,7 @@ impl Edge {
         metrics: Arc<Metrics>,
         stop: Stop,
     ) -> Self {
-        let Links { out, acks, connection: shared_connection } = links;
+        let Links { out, acks, connection: shared_connection, settings: settings_rx } = links;
         let broker = settings.broker.to_string();
         let keep_alive = settings.keep_alive;
         let settings_read_coalesce = settings.read_coalesce;
@@ -107,6 +109,7 @@ impl Edge {
             last_ping: tokio::time::Instant::now(),
             keep_alive,
             coalesce: Coalesce::new(settings_read_coalesce),
+            new_settings: SettingsWatch::new(settings_rx),
         }
     }
 
@@ -122,6 +125,9 @@ impl Edge {
             self.out = None;
         }
         self.write_due_acks().await;
+        if let Some(new) = self.new_settings.switch_to.take() {
+            self.switch(new).await;
+        }
         if self.routes.open && self.routes.rx.has_changed().unwrap_or(false) {
             self.routes.take_new();
             self.subs.follow(&self.client, &self.routes.table, self.connected, &self.metrics.health);
@@ -171,6 +177,13 @@ impl Edge {
                 _ = self.acks.retry.tick(), if !self.acks.out.unsent.is_empty() => {
                     self.acks.out.retry_unsent(&self.client, self.connection, &self.metrics);
                 }
+                changed = self.new_settings.rx.changed(), if self.new_settings.open => {
+                    if self.new_settings.take(changed.is_ok(), &self.settings) {
+                        // Switched between events, with this poll dropped: the connection is closed
+                        // there anyway.
+                        return Some(Ok(Event::Other));
+                    }
+                }
                 changed = self.routes.rx.changed(), if self.routes.open => match changed {
                     Ok(()) => {
                         self.routes.take_new();
@@ -204,7 +217,7 @@ impl Edge {
     }
 
     /// Reads the TLS files again for the next connection attempt (see `super::tls`).
-    fn refresh_transport(&mut self) -> Result<(), String> {
+    pub(super) fn refresh_transport(&mut self) -> Result<(), String> {
         let transport = super::tls::transport(&self.settings)?;
         self.eventloop.set_transport(transport);
         Ok(())
@@ -219,7 +232,7 @@ impl Edge {
     }
 
     /// Hands a received message to the pipeline with the route table in effect now.
-    fn forward(&mut self, m: Message) {
+    pub(super) fn forward(&mut self, m: Message) {
         let Some(tx) = self.out.as_ref() else {
             // Shutting down: not taken, not acknowledged (QoS 1/2 come again next session).
             self.metrics.message_dropped(DropReason::Shutdown, &m.topic);
@@ -257,7 +270,7 @@ impl Edge {
     /// Whatever was acknowledged from here on belongs to a connection that is gone: a new number makes
     /// the ack path drop those acks (rumqttc would send them on the next connection, where the packet
     /// ids may name other messages).
-    fn new_connection_number(&mut self) {
+    pub(super) fn new_connection_number(&mut self) {
         self.connection += 1;
         self.shared_connection.store(self.connection, Relaxed);
     }
@@ -291,6 +304,12 @@ impl Edge {
             tokio::select! {
                 _ = &mut pause => return ControlFlow::Continue(()),
                 _ = self.stop.disconnect.cancelled() => return ControlFlow::Break(()),
+                // New settings (another broker, say) apply now, not after the backoff.
+                changed = self.new_settings.rx.changed(), if self.new_settings.open => {
+                    if self.new_settings.take(changed.is_ok(), &self.settings) {
+                        return ControlFlow::Continue(());
+                    }
+                }
                 _ = self.heartbeat.tick() => self.metrics.health.beat(Loop::Mqtt),
                 ack = self.acks.rx.recv(), if self.acks.open => {
                     self.acks.take(ack, &self.client, self.connection, &self.metrics);
@@ -319,21 +338,65 @@ impl Edge {
         }
     }
 
-    /// The last acks, then DISCONNECT (rumqttc sends requests in order).
-    pub(super) async fn finish(mut self) {
+    /// The last acks, then DISCONNECT (rumqttc sends requests in order), then what the broker still
+    /// sends, until it closes the connection: closing it ourselves with unread data in the socket sends
+    /// a TCP RST, and a broker that has not read our last acks by then loses them (it sends those
+    /// messages again: duplicates). A QoS 0 message read meanwhile is taken; a QoS 1/2 one comes again.
+    pub(super) async fn disconnect_cleanly(&mut self) {
         self.acks.last_ones(&self.client, self.connection, &self.metrics);
-        // Say goodbye properly so the broker does not publish a will or keep us as a zombie session.
-        if self.connected && self.client.try_disconnect() {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-            while let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
-                if matches!(ev, Event::DisconnectSent) {
-                    break;
+        if !self.client.try_disconnect() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while let Ok(Ok(event)) = tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
+            if let Event::Publish { message, .. } = event {
+                if message.qos == 0 {
+                    self.forward(message);
                 }
             }
+        }
+    }
+
+    /// Says goodbye properly (see [`disconnect_cleanly`](Self::disconnect_cleanly)), so that the broker
+    /// does not publish a will or keep us as a zombie session.
+    pub(super) async fn finish(mut self) {
+        if self.connected {
+            self.disconnect_cleanly().await;
         }
         self.connected = false;
         self.metrics.mqtt_disconnected();
         tracing::info!(broker = %self.broker, "disconnected from the MQTT broker");
+    }
+}
+
+/// New MQTT settings from the reloader, and those to switch to between two events.
+pub(super) struct SettingsWatch {
+    rx: watch::Receiver<MqttSettings>,
+    /// False once the reloader is gone.
+    open: bool,
+    pub(super) switch_to: Option<MqttSettings>,
+}
+
+impl SettingsWatch {
+    fn new(mut rx: watch::Receiver<MqttSettings>) -> Self {
+        rx.mark_unchanged();
+        Self { rx, open: true, switch_to: None }
+    }
+
+    /// New settings came (`open`), or the reloader is gone: true if they differ from `current` and are
+    /// to be switched to.
+    fn take(&mut self, open: bool, current: &MqttSettings) -> bool {
+        if !open {
+            self.open = false;
+            return false;
+        }
+        let new = self.rx.borrow_and_update().clone();
+        if new == *current {
+            tracing::info!("the MQTT settings in effect are unchanged");
+            return false;
+        }
+        self.switch_to = Some(new);
+        true
     }
 }
 

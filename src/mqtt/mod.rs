@@ -12,7 +12,9 @@
 //! - `coalesce.rs`: at high QoS 0 rates, a short sleep before reading again, so messages gather;
 //! - `pause.rs`: not reading while the intake is full, with keep-alives written by hand;
 //! - `tls.rs`: the rustls configuration from `mqtt.tls`, read again before every connection attempt;
-//! - `diagnose.rs`: a failed connection attempt in an operator's words, with a hint.
+//! - `diagnose.rs`: a failed connection attempt in an operator's words, with a hint;
+//! - `switch.rs`: new settings from a reload: the connection closed cleanly, a new one made, or the old
+//!   settings back if it fails.
 
 mod acks;
 pub(crate) mod client;
@@ -22,6 +24,7 @@ mod edge;
 pub mod intake;
 mod pause;
 mod subscriptions;
+mod switch;
 pub mod tls;
 pub mod v5;
 
@@ -56,6 +59,8 @@ pub struct Links {
     pub acks: mpsc::UnboundedReceiver<AckToken>,
     /// The number of the current connection, for the sequencer to drop acks of older ones early.
     pub connection: Arc<AtomicU64>,
+    /// New settings from a reload (the connection keys; see `switch.rs`).
+    pub settings: watch::Receiver<MqttSettings>,
 }
 
 /// rumqttc's 3.1.1 options for `s`, but for the transport: [`tls::transport`] sets it, with the TLS files as

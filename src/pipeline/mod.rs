@@ -73,10 +73,13 @@ pub struct RunSummary {
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<RunSummary> {
     let metrics = Arc::new(Metrics::default());
     // First, so that probes and scrapes answer while the brokers are still being reached.
-    let _http = match config.http {
+    let server = match config.http {
         Some(addr) => Some(http::start(addr, metrics.clone()).context("cannot start the HTTP server")?),
         None => None,
     };
+    // It moves when a reload changes `http.listen`; it stops when the run is over.
+    let (http_tx, listen) = watch::channel(config.http);
+    let _http = AbortOnDrop(tokio::spawn(http::follow(server, listen, metrics.clone())));
     {
         // Readiness turns 503 the moment shutdown begins, before anything is drained.
         let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
@@ -117,7 +120,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             "ordered replicas: writing the devices of this replica's share, acknowledging the others"
         );
     }
-    run_inner(config, in_use, metrics, shutdown, fatal).await
+    run_inner(config, in_use, metrics, shutdown, fatal, http_tx).await
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The spool's directory cannot be used (missing parent, not a directory, read-only, permissions,
@@ -181,6 +193,7 @@ async fn run_inner(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     fatal: CancellationToken,
+    http_tx: watch::Sender<Option<std::net::SocketAddr>>,
 ) -> anyhow::Result<RunSummary> {
     // The route table in effect: the reloader publishes new ones, the MQTT side reads them.
     let mut table = config.routes.clone();
@@ -231,12 +244,13 @@ async fn run_inner(
     let (acks_tx, acks_rx) = mpsc::unbounded_channel::<AckToken>();
     let connection = Arc::new(AtomicU64::new(0));
     let stop = mqtt::Stop { receiving: shutdown.child_token(), disconnect: CancellationToken::new() };
-    let links = mqtt::Links { out: intake_tx, acks: acks_rx, connection: connection.clone() };
+    let (mqtt_tx, mqtt_settings) = watch::channel(config.mqtt.clone());
+    let links = mqtt::Links { out: intake_tx, acks: acks_rx, connection: connection.clone(), settings: mqtt_settings };
     let mqtt_task = tokio::spawn(mqtt::run(config.mqtt.clone(), routes.clone(), links, metrics.clone(), stop.clone()));
     let stats =
         tokio::spawn(stats(metrics.clone(), Duration::from_secs(config.log.stats_interval_secs), shutdown.clone()));
     let (kafka_tx, kafka_changes) = watch::channel(reload::KafkaChange::of(&config));
-    let targets = reload::Targets { routes: routes_tx, kafka: kafka_tx };
+    let targets = reload::Targets { routes: routes_tx, kafka: kafka_tx, mqtt: mqtt_tx, http: http_tx };
     let reloader = tokio::spawn(reload::run(config.clone(), targets, metrics.clone(), shutdown.clone()));
     let (swaps_tx, swaps) = mpsc::channel(1);
     let swapper = tokio::spawn(swap::run(kafka_changes, metrics.clone(), swaps_tx, shutdown.clone()));

@@ -34,10 +34,12 @@ impl Gateway {
             cmd.env("RUST_LOG", "info");
         }
         // Gateways of parallel tests must not fight over the default port: a free one, read back from
-        // the log by `http_addr`.
+        // the log by `http_addr`. An empty GATEWAY_HTTP__LISTEN leaves `http.listen` to the file.
         if !envs.iter().any(|(k, _)| *k == "GATEWAY_HTTP__LISTEN") {
             cmd.env("GATEWAY_HTTP__LISTEN", "127.0.0.1:0");
         }
+        let envs: Vec<(&str, &str)> =
+            envs.iter().copied().filter(|(k, v)| !(*k == "GATEWAY_HTTP__LISTEN" && v.is_empty())).collect();
         // `TEST_MQTT_PROTOCOL=5` runs every gateway of the suite over MQTT 5 (see scripts/test.sh),
         // unless the test chose a protocol itself.
         if let Ok(protocol) = std::env::var("TEST_MQTT_PROTOCOL") {

@@ -112,26 +112,26 @@ impl Mosquitto {
     /// A broker that accepts only `user` with `password` (a `password_file` made with
     /// `mosquitto_passwd`); anonymous clients and wrong passwords get CONNACK "not authorised".
     pub fn start_with_password(user: &str, password: &str) -> Mosquitto {
+        Mosquitto::start_with_password_and(user, password, "")
+    }
+
+    /// Like [`Mosquitto::start_with_password`], with extra lines appended to mosquitto.conf.
+    pub fn start_with_password_and(user: &str, password: &str, extra_conf: &str) -> Mosquitto {
         let dir = tempfile::Builder::new().prefix("mkg-mosquitto-").tempdir().expect("temp dir for mosquitto");
         let password_file = dir.path().join("passwords");
-        let bin = mosquitto_binary("mosquitto_passwd");
-        let out = Command::new(&bin)
-            .arg("-c")
-            .arg("-b")
-            .arg(&password_file)
-            .args([user, password])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}; {INSTALL_HINT}", bin.display()));
-        assert!(
-            out.status.success(),
-            "mosquitto_passwd failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        set_password_in(&password_file, user, password, true);
         // The last `allow_anonymous` wins over the one start_in writes.
-        let extra = format!("allow_anonymous false\npassword_file {}\n", password_file.display());
+        let extra = format!("allow_anonymous false\npassword_file {}\n{extra_conf}", password_file.display());
         Mosquitto::start_in(dir, &extra)
+    }
+
+    /// Changes `user`'s password in the password file of [`Mosquitto::start_with_password`] and has the
+    /// broker read it again (SIGHUP): connections made before keep going, new ones need the new one.
+    pub fn set_password(&self, user: &str, password: &str) {
+        set_password_in(&self.dir.path().join("passwords"), user, password, false);
+        assert!(super::send_signal(self.child.id(), "HUP"), "SIGHUP to mosquitto");
+        // Mosquitto reloads between two rounds of its loop.
+        std::thread::sleep(Duration::from_millis(500));
     }
 
     fn start_in(dir: tempfile::TempDir, extra_conf: &str) -> Mosquitto {
@@ -471,4 +471,21 @@ impl Drop for Subscriber {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `mosquitto_passwd -b` (`-c` to create the file).
+fn set_password_in(file: &Path, user: &str, password: &str, create: bool) {
+    let bin = mosquitto_binary("mosquitto_passwd");
+    let mut cmd = Command::new(&bin);
+    if create {
+        cmd.arg("-c");
+    }
+    let out = cmd
+        .arg("-b")
+        .arg(file)
+        .args([user, password])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}; {INSTALL_HINT}", bin.display()));
+    assert!(out.status.success(), "mosquitto_passwd failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
 }

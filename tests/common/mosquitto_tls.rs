@@ -47,6 +47,8 @@ pub struct TlsOptions {
     /// `use_identity_as_username true` on the mTLS listener (the client certificate's CN becomes
     /// the MQTT user name).
     pub use_identity_as_username: bool,
+    /// Global lines for mosquitto.conf (`max_queued_messages ...`).
+    pub extra_conf: &'static str,
 }
 
 /// A [`Mosquitto`] (plain listener, log, restart... through `Deref`) with TLS, mTLS, ws and wss
@@ -82,9 +84,10 @@ impl MosquittoTls {
             opts.tls_version.map(|v| format!("tls_version {v}\n")).unwrap_or_default()
         );
         let (ca_line, identity) = (format!("cafile {}\n", ca.display()), opts.use_identity_as_username);
+        let extra = opts.extra_conf;
         let broker = Mosquitto::start_listening(dir, 4, move |p| {
             format!(
-                "listener {} 127.0.0.1\n{tls}\n\
+                "{extra}\nlistener {} 127.0.0.1\n{tls}\n\
                  listener {} 127.0.0.1\n{tls}{ca_line}require_certificate true\nuse_identity_as_username {identity}\n\n\
                  listener {} 127.0.0.1\nsocket_domain ipv4\nprotocol websockets\n\n\
                  listener {} 127.0.0.1\nsocket_domain ipv4\nprotocol websockets\n{tls}\n",

@@ -12,4 +12,4 @@ pub const READYZ_PATH: &str = "/readyz";
 
 mod server;
 
-pub use server::{start, Server};
+pub use server::{follow, start, Server};

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use prometheus_client::registry::Registry;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::{HEALTHZ_PATH, METRICS_PATH, READYZ_PATH};
 use crate::ops::metrics::{exposition, Metrics};
@@ -21,6 +21,8 @@ use crate::ops::metrics::{exposition, Metrics};
 /// The running server; dropping it stops it.
 pub struct Server {
     addr: SocketAddr,
+    /// `http.listen` as configured (port 0 stays 0).
+    requested: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -28,6 +30,11 @@ impl Server {
     /// Where it listens (the real port when `http.listen` asked for port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// `http.listen` as configured.
+    pub fn requested(&self) -> SocketAddr {
+        self.requested
     }
 }
 
@@ -47,6 +54,7 @@ struct AppState {
 /// Binds `addr` now (so a taken port fails the start, with the address in the error) and serves on a
 /// thread of its own until the returned [`Server`] is dropped.
 pub fn start(addr: SocketAddr, metrics: Arc<Metrics>) -> io::Result<Server> {
+    let requested = addr;
     let listener = std::net::TcpListener::bind(addr)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr} (http.listen): {e}")))?;
     listener.set_nonblocking(true)?;
@@ -77,7 +85,55 @@ pub fn start(addr: SocketAddr, metrics: Arc<Metrics>) -> io::Result<Server> {
         });
     })?;
     tracing::info!(listen = %addr, "HTTP server: {METRICS_PATH}, {HEALTHZ_PATH}, {READYZ_PATH}");
-    Ok(Server { addr, stop: Some(stop) })
+    Ok(Server { addr, requested, stop: Some(stop) })
+}
+
+/// Follows `http.listen` as reloads change it (`None`: turned off). The server moves to the new address,
+/// bound before the old one stops (unless both are on one port: then the old one stops first, and comes
+/// back if the new one cannot bind). An address that cannot be bound is refused with the cause, and the
+/// server stays where it was. Runs until dropped (aborted), which stops the server.
+pub async fn follow(
+    mut server: Option<Server>,
+    mut listen: watch::Receiver<Option<SocketAddr>>,
+    metrics: Arc<Metrics>,
+) {
+    while listen.changed().await.is_ok() {
+        let want = *listen.borrow_and_update();
+        let have = server.as_ref().map(Server::requested);
+        if want == have {
+            continue;
+        }
+        let Some(addr) = want else {
+            server = None;
+            tracing::info!("http.listen removed: the HTTP server stopped");
+            continue;
+        };
+        let same_port = have.is_some_and(|h| h.port() == addr.port() && addr.port() != 0);
+        if same_port {
+            // The old listener holds the port until its server has stopped.
+            drop(server.take());
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        match start(addr, metrics.clone()) {
+            Ok(new) => {
+                tracing::info!(listen = %addr, "http.listen applied: the HTTP server moved");
+                server = Some(new);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "new http.listen refused: the HTTP server stays where it was");
+                if let (true, Some(old)) = (same_port, have) {
+                    server = start(old, metrics.clone())
+                        .inspect_err(
+                            |e| tracing::error!(error = %e, "the HTTP server cannot listen again where it was"),
+                        )
+                        .ok();
+                }
+            }
+        }
+    }
+    // No more reloads (the gateway is shutting down): the server answers until the task is dropped.
+    let _server = server;
+    std::future::pending::<()>().await;
 }
 
 async fn metrics_page(State(s): State<Arc<AppState>>) -> Response {

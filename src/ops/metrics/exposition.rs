@@ -390,6 +390,14 @@ impl Collector for GatewayCollector {
             "result",
             &swaps,
         )?;
+        let switches = [("switched", ld(&m.mqtt_switches)), ("refused", ld(&m.mqtt_switches_refused))];
+        counter_by(
+            e,
+            "mqtt_settings_switches",
+            "New MQTT settings from a reload: connections switched to them, and settings refused (the old ones came back).",
+            "result",
+            &switches,
+        )?;
         gauge(e, "config_file_valid", "1 while the routes file on disk is the one in effect or was applied; 0 while it is invalid, unreadable or gone.", None, i64::from(m.config_file_valid.load(Relaxed)))?;
         gauge(
             e,

@@ -40,6 +40,9 @@ pub struct Metrics {
     /// Kafka producers swapped in for new settings, and new settings refused (the old producer stayed).
     pub kafka_swaps: AtomicU64,
     pub kafka_swaps_refused: AtomicU64,
+    /// MQTT connections switched to new settings, and new settings refused (the old ones came back).
+    pub mqtt_switches: AtomicU64,
+    pub mqtt_switches_refused: AtomicU64,
     /// When the oldest record read back from the spool and not yet in Kafka was received from MQTT
     /// (Unix milliseconds; 0: none).
     pub spool_oldest_ms: AtomicU64,
