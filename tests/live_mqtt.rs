@@ -143,3 +143,34 @@ fn the_broker_moved_from_its_plain_to_its_tls_listener_loses_nothing() {
     assert!(applied.contains(&format!("127.0.0.1:{}", mt.tls_port())), "{applied}");
     assert!(!logs.contains("only apply after a restart"), "{}", tail(&gw));
 }
+
+/// With the watch and the periodic re-read off, an edit waits for SIGHUP, which applies everything the
+/// file changed: here the MQTT listener (plain to TLS) and a Kafka property.
+#[test]
+fn sighup_applies_mqtt_and_kafka_changes_when_watching_is_off() {
+    let pki = Pki::generate();
+    let mt = MosquittoTls::start(&pki);
+    let topic = unique_topic("live_hup");
+    kafka().create_topic(&topic, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let id = unique_topic("gw");
+    let off = "reload:\n  watch: false\n  poll_interval_secs: 0\n";
+    let plain = config(&format!("mqtt://127.0.0.1:{}", mt.broker().port()), "", &topic, &id).extra(off);
+    let path = plain.write(dir.path());
+    let gw = Gateway::start(&path, &[]);
+    assert!(gw.wait_for_log("subscribed", WAIT), "{}", tail(&gw));
+
+    let ca = format!("  tls:\n    ca_file: {}\n", mt.ca_pem().display());
+    let tls =
+        config(&format!("mqtts://127.0.0.1:{}", mt.tls_port()), &ca, &topic, &id).kafka("  linger_ms: 20\n").extra(off);
+    replace(&path, &tls.yaml());
+    let quiet = common::holds_for(Duration::from_secs(1), Duration::from_millis(20), || {
+        gw.count_in_log("MQTT settings changed") == 0 && gw.count_in_log("Kafka settings changed") == 0
+    });
+    assert!(quiet, "applied without the signal:\n{}", tail(&gw));
+    assert!(common::send_signal(gw.pid(), "HUP"));
+    logged(&gw, "MQTT settings applied", 1, Instant::now());
+    logged(&gw, "Kafka producer switched", 1, Instant::now());
+    common::mosquitto_pub(mt.broker().port(), "fault/dev-1/seq", br#"{"seq":0}"#, 1);
+    assert_eq!(kafka().consume(&topic, 1, WAIT).len(), 1, "nothing flows after the switch:\n{}", tail(&gw));
+}

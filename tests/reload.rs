@@ -361,3 +361,27 @@ fn http_listen_moves_live_and_a_port_in_use_is_refused() {
     assert!(healthy(b), "the server left its port:\n{}", gw.logs());
     drop(taken);
 }
+
+#[test]
+fn an_edit_the_environment_overrides_is_named_with_its_variable_and_changes_nothing() {
+    let mosquitto = Mosquitto::start();
+    let (ta, tb) = (new_topic("env_a", 1), new_topic("env_b", 1));
+    let dir = tempfile::tempdir().unwrap();
+    let body = |linger: u32, topic: &str| {
+        format!("kafka:\n  properties:\n    linger.ms: {linger}\n{}", routes_yaml(&[("a", "a/#", topic)]))
+    };
+    let path = write_config(dir.path(), &body(5, &tb));
+    let mut env = broker_env(&mosquitto);
+    env.push(("KAFKA_TOPIC", ta.clone()));
+    env.push(("GATEWAY_KAFKA__PROPERTIES__LINGER_MS", "5".into()));
+    let gw = start_gateway(&path, &env);
+    save_by_rename(&path, &body(50, &format!("{tb}-edited")));
+    assert!(gw.wait_for_log("environment variables override them", WAIT), "{}", gw.logs());
+    let logs = gw.logs();
+    let warning = logs.lines().find(|l| l.contains("environment variables override them")).unwrap_or_default();
+    assert!(warning.contains("routes[0].topic (KAFKA_TOPIC)"), "{warning}");
+    assert!(warning.contains("kafka.properties.linger.ms (GATEWAY_KAFKA__PROPERTIES__LINGER_MS)"), "{warning}");
+    // The variables' values stay in effect: no new producer, the route still writes to KAFKA_TOPIC's topic.
+    assert!(!logs.contains("Kafka settings changed"), "{logs}");
+    assert_flows(&mosquitto, "a/1", &ta, 0, &gw);
+}
