@@ -385,3 +385,58 @@ fn an_edit_the_environment_overrides_is_named_with_its_variable_and_changes_noth
     assert!(!logs.contains("Kafka settings changed"), "{logs}");
     assert_flows(&mosquitto, "a/1", &ta, 0, &gw);
 }
+
+#[test]
+fn log_level_statistics_and_the_grace_period_apply_live() {
+    let mosquitto = Mosquitto::start();
+    let k = common::Kafka::start_dedicated();
+    let topic = "live_own_settings";
+    k.create_topic(topic, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let body = |level: &str, stats: u64, grace: u64| {
+        format!(
+            "log:\n  level: {level}\n  stats_interval_secs: {stats}\nshutdown:\n  grace_period_secs: {grace}\n\
+             routes:\n  - name: a\n    filter: a/#\n    topic: {topic}\n    qos: 1\n"
+        )
+    };
+    let path = write_config(dir.path(), &body("info", 0, 30));
+    let env = vec![
+        ("MQTT_BROKER", mosquitto.addr()),
+        ("KAFKA_BOOTSTRAP_SERVERS", k.bootstrap()),
+        ("RUST_LOG", String::new()),
+    ];
+    let mut gw = start_gateway(&path, &env);
+    assert!(gw.wait_for_log("subscribed", WAIT), "{}", gw.logs());
+
+    // A statistics line every second, from the reload on.
+    save_by_rename(&path, &body("info", 1, 1));
+    assert!(
+        common::wait_until(WAIT, Duration::from_millis(50), || gw.count_in_log("statistics") >= 2),
+        "{}",
+        gw.logs()
+    );
+    assert!(!gw.logs().contains("only apply after a restart"), "{}", gw.logs());
+
+    // WARN only: the INFO statistics lines stop.
+    save_by_rename(&path, &body("warn", 1, 1));
+    std::thread::sleep(Duration::from_millis(1500));
+    let lines = gw.count_in_log("statistics");
+    let quiet =
+        holds_for(Duration::from_millis(2500), Duration::from_millis(100), || gw.count_in_log("statistics") == lines);
+    assert!(quiet, "INFO lines still come after log.level: warn:\n{}", gw.logs());
+
+    // The grace period of 1 s, not the 30 s the gateway started with: a message Kafka cannot take holds
+    // the shutdown that long only.
+    k.kill();
+    mosquitto_pub(mosquitto.port(), "a/1", br#"{"held":true}"#, 1);
+    let taken = common::wait_until(WAIT, Duration::from_millis(50), || {
+        common::prom::value(&gw.metrics(), "mqtt_kafka_gateway_unacked_messages", &[]) == 1.0
+    });
+    assert!(taken, "{}", gw.logs());
+    let stopping = Instant::now();
+    gw.sigterm();
+    assert!(gw.wait_exit(Duration::from_secs(15)).is_some(), "still draining after 15 s:\n{}", gw.logs());
+    let took = stopping.elapsed();
+    eprintln!("stopped {:.1} s after SIGTERM with a grace period reloaded from 30 s to 1 s", took.as_secs_f64());
+    assert!(took < Duration::from_secs(10), "the 30 s grace period applied: {took:?}");
+}

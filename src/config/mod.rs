@@ -253,9 +253,8 @@ impl Config {
         check("mqtt.buffer_bytes", a.buffer_bytes != b.buffer_bytes);
         check("mqtt.max_unacked_messages", a.max_unacked_messages != b.max_unacked_messages);
         check("mqtt.read_coalesce_us", a.read_coalesce != b.read_coalesce);
-        check("shutdown.grace_period_secs", self.shutdown_grace != new.shutdown_grace);
-        check("log", self.log != new.log);
-        check("reload", self.reload != new.reload);
+        // log.level, log.stats_interval_secs, reload.* and shutdown.grace_period_secs apply live.
+        check("log.format", self.log.format != new.log.format);
         check("replicas", self.replicas != new.replicas);
         check("schema_registry", self.schema_registry != new.schema_registry);
         check("spool", self.spool != new.spool);

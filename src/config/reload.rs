@@ -153,11 +153,14 @@ pub struct Targets {
     pub mqtt: watch::Sender<crate::config::MqttSettings>,
     /// Each change of `http.listen`.
     pub http: watch::Sender<Option<std::net::SocketAddr>>,
+    /// Each change of `log.stats_interval_secs`.
+    pub stats_every: watch::Sender<Duration>,
+    /// Each change of `shutdown.grace_period_secs` (read when the shutdown begins).
+    pub grace: watch::Sender<Duration>,
 }
 
 /// Watches `config.source` until `shutdown`, publishing what a valid new configuration changes.
 pub async fn run(config: Config, targets: Targets, metrics: Arc<Metrics>, shutdown: CancellationToken) {
-    let settings = config.reload.clone();
     let path = config.source.clone();
     let initial_text = std::fs::read_to_string(&path).ok();
     let initial_hash = initial_text.as_ref().map(|t| hash(t, &config));
@@ -172,14 +175,9 @@ pub async fn run(config: Config, targets: Targets, metrics: Arc<Metrics>, shutdo
     };
 
     let (events_tx, mut events) = mpsc::channel::<()>(1);
-    // Kept alive for the whole loop: dropping the watcher stops the watch.
-    let mut watcher = if settings.watch { new_watcher(events_tx) } else { None };
+    // Kept alive while watching: dropping the watcher stops the watch.
+    let mut watcher: Option<notify::RecommendedWatcher> = None;
     let mut watched = HashSet::new();
-    if let Some(w) = watcher.as_mut() {
-        watch_more(w, &mut watched, directories(&path, &state.current));
-    }
-    let poll_every = (settings.poll_interval_secs > 0).then(|| Duration::from_secs(settings.poll_interval_secs));
-    let debounce = Duration::from_millis(settings.debounce_ms);
     let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -189,6 +187,21 @@ pub async fn run(config: Config, targets: Targets, metrics: Arc<Metrics>, shutdo
     };
 
     loop {
+        // `reload.*` as in effect now: a reload may change them too.
+        let settings = state.current.reload.clone();
+        match (settings.watch, watcher.is_some()) {
+            (true, false) => {
+                watcher = new_watcher(events_tx.clone());
+                watched.clear();
+            }
+            (false, true) => watcher = None,
+            _ => {}
+        }
+        if let Some(w) = watcher.as_mut() {
+            watch_more(w, &mut watched, directories(&path, &state.current));
+        }
+        let poll_every = (settings.poll_interval_secs > 0).then(|| Duration::from_secs(settings.poll_interval_secs));
+        let debounce = Duration::from_millis(settings.debounce_ms);
         let trigger = tokio::select! {
             _ = shutdown.cancelled() => return,
             Some(()) = events.recv() => Trigger::FileEvent,
@@ -206,10 +219,37 @@ pub async fn run(config: Config, targets: Targets, metrics: Arc<Metrics>, shutdo
             }
         }
         attempt(&mut state, trigger, debounce, &targets, &metrics).await;
-        if let Some(w) = watcher.as_mut() {
-            watch_more(w, &mut watched, directories(&path, &state.current));
-        }
     }
+}
+
+/// The settings of the gateway's own machinery, applied at once: `log.level`, `log.stats_interval_secs`,
+/// `reload.*` (from the next wait on), `shutdown.grace_period_secs`. True if one changed.
+fn apply_own(state: &mut State, new: &Config, targets: &Targets) -> bool {
+    let mut changed = false;
+    if state.current.log.level != new.log.level {
+        changed = true;
+        match crate::ops::telemetry::set_level(&new.log.level) {
+            Ok(()) => tracing::info!(level = %new.log.level, "log.level applied"),
+            Err(why) => tracing::warn!(reason = %why, "log.level not applied"),
+        }
+        state.current.log.level = new.log.level.clone();
+    }
+    if state.current.log.stats_interval_secs != new.log.stats_interval_secs {
+        changed = true;
+        targets.stats_every.send_replace(Duration::from_secs(new.log.stats_interval_secs));
+        state.current.log.stats_interval_secs = new.log.stats_interval_secs;
+    }
+    if state.current.shutdown_grace != new.shutdown_grace {
+        changed = true;
+        targets.grace.send_replace(new.shutdown_grace);
+        state.current.shutdown_grace = new.shutdown_grace;
+    }
+    if state.current.reload != new.reload {
+        changed = true;
+        tracing::info!(reload = ?new.reload, "reload settings applied");
+        state.current.reload = new.reload.clone();
+    }
+    changed
 }
 
 /// The file as read (hash `h`) is refused: counted, logged once with `why`, the routes in effect stay.
@@ -378,12 +418,13 @@ async fn attempt(state: &mut State, trigger: Trigger, debounce: Duration, target
         targets.http.send_replace(new.http);
         state.current.http = new.http;
     }
+    let own_changed = apply_own(state, &new, targets);
     // Hashed again over the schema files the new configuration reads.
     state.applied_hash = Some(hash(&text, &new));
     state.text = text;
     state.failed_hash = None;
     metrics.config_file_valid.store(true, Relaxed);
-    if diff.is_empty() && restart.is_empty() && !kafka_changed && !mqtt_changed && !http_changed {
+    if diff.is_empty() && restart.is_empty() && !kafka_changed && !mqtt_changed && !http_changed && !own_changed {
         tracing::info!(generation = state.generation, "the configuration file changed, but nothing in effect did");
         return;
     }

@@ -4,7 +4,9 @@
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{fmt, reload, EnvFilter, Registry};
 
 /// The WebSocket crates log every frame at TRACE, the MQTT CONNECT with its password among them: they
 /// are held at DEBUG unless a filter names them itself.
@@ -21,17 +23,38 @@ pub fn with_quiet_frames(filter: &str) -> String {
     f
 }
 
+/// The filter in effect, for [`set_level`]; unset until [`init`].
+static LEVEL: std::sync::OnceLock<reload::Handle<EnvFilter, Registry>> = std::sync::OnceLock::new();
+
 /// Installs the global subscriber. `level` and `format` come from the config; the environment wins.
 pub fn init(level: &str, format: &str) {
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .filter(|s| !s.is_empty())
+    let from_env = std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty());
+    let filter = from_env
         .and_then(|s| EnvFilter::try_new(with_quiet_frames(&s)).ok())
         .unwrap_or_else(|| EnvFilter::try_new(with_quiet_frames(level)).unwrap_or_else(|_| EnvFilter::new("info")));
     let json = std::env::var("LOG_FORMAT").map(|f| f.eq_ignore_ascii_case("json")).unwrap_or(format == "json");
     // Colours only for a person at a terminal; log collectors get plain text.
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    let text = fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
     // try_init: a second call (tests) keeps the first subscriber instead of panicking.
-    let _ = if json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
+    let installed = if json {
+        registry.with(fmt::layer().json().flatten_event(true).with_writer(std::io::stderr)).try_init()
+    } else {
+        registry.with(text).try_init()
+    };
+    if installed.is_ok() {
+        let _ = LEVEL.set(handle);
+    }
+}
+
+/// Applies a new `log.level` (a reload). `RUST_LOG` wins when set; an invalid filter is refused with why.
+pub fn set_level(level: &str) -> Result<(), String> {
+    if std::env::var("RUST_LOG").is_ok_and(|s| !s.is_empty()) {
+        return Err("RUST_LOG is set and overrides log.level".into());
+    }
+    let filter = EnvFilter::try_new(with_quiet_frames(level)).map_err(|e| format!("log.level `{level}`: {e}"))?;
+    let Some(handle) = LEVEL.get() else { return Err("no log output installed".into()) };
+    handle.reload(filter).map_err(|e| e.to_string())
 }

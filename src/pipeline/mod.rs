@@ -247,10 +247,18 @@ async fn run_inner(
     let (mqtt_tx, mqtt_settings) = watch::channel(config.mqtt.clone());
     let links = mqtt::Links { out: intake_tx, acks: acks_rx, connection: connection.clone(), settings: mqtt_settings };
     let mqtt_task = tokio::spawn(mqtt::run(config.mqtt.clone(), routes.clone(), links, metrics.clone(), stop.clone()));
-    let stats =
-        tokio::spawn(stats(metrics.clone(), Duration::from_secs(config.log.stats_interval_secs), shutdown.clone()));
+    let (stats_tx, stats_every) = watch::channel(Duration::from_secs(config.log.stats_interval_secs));
+    let stats = tokio::spawn(stats(metrics.clone(), stats_every, shutdown.clone()));
     let (kafka_tx, kafka_changes) = watch::channel(reload::KafkaChange::of(&config));
-    let targets = reload::Targets { routes: routes_tx, kafka: kafka_tx, mqtt: mqtt_tx, http: http_tx };
+    let (grace_tx, grace_rx) = watch::channel(config.shutdown_grace);
+    let targets = reload::Targets {
+        routes: routes_tx,
+        kafka: kafka_tx,
+        mqtt: mqtt_tx,
+        http: http_tx,
+        stats_every: stats_tx,
+        grace: grace_tx,
+    };
     let reloader = tokio::spawn(reload::run(config.clone(), targets, metrics.clone(), shutdown.clone()));
     let (swaps_tx, swaps) = mpsc::channel(1);
     let swapper = tokio::spawn(swap::run(kafka_changes, metrics.clone(), swaps_tx, shutdown.clone()));
@@ -261,11 +269,12 @@ async fn run_inner(
         // What follows giving up (a last flush, the acks, DISCONNECT) needs a moment too: keep a quarter
         // of the grace period, at most 3 s, for it, so the whole shutdown fits in the grace period (and in
         // an orchestrator's termination grace period of the same length).
-        let grace = config.shutdown_grace;
-        let reserve = (grace / 4).min(Duration::from_secs(3));
-        let (shutdown, give_up) = (shutdown.clone(), give_up.clone());
+        // The grace period as in effect when the shutdown begins (a reload may change it).
+        let (shutdown, give_up, grace) = (shutdown.clone(), give_up.clone(), grace_rx.clone());
         tokio::spawn(async move {
             shutdown.cancelled().await;
+            let grace = *grace.borrow();
+            let reserve = (grace / 4).min(Duration::from_secs(3));
             tokio::time::sleep(grace - reserve).await;
             give_up.cancel();
         });
@@ -288,17 +297,15 @@ async fn run_inner(
     let mut engine = Engine::new(links, config.mqtt.max_packet_size, config.mqtt.max_unacked_messages, config.replicas);
     let shutting_down = shutdown.clone();
     engine.run(intake_rx, &give_up).await;
+    let grace = *grace_rx.borrow();
     if !give_up.is_cancelled() {
-        engine.settle_replayed(&give_up, config.shutdown_grace.min(Duration::from_secs(5))).await;
+        engine.settle_replayed(&give_up, grace.min(Duration::from_secs(5))).await;
     }
     // Records read back from the spool and in the producer stay in the spool until Kafka has taken
     // them: not lost if the flush below does not get them there.
     let kept = engine.replayed_in_flight() as u64;
     engine.close_spool();
-    tracing::info!(
-        grace_period_secs = config.shutdown_grace.as_secs(),
-        "shutting down: delivering the messages already taken"
-    );
+    tracing::info!(grace_period_secs = grace.as_secs(), "shutting down: delivering the messages already taken");
     if give_up.is_cancelled() && shutting_down.is_cancelled() {
         tracing::error!("grace period over before every message was settled");
     }
@@ -306,11 +313,7 @@ async fn run_inner(
     drop(engine);
     registry_stop.cancel();
 
-    let left = if give_up.is_cancelled() {
-        Duration::from_millis(100)
-    } else {
-        config.shutdown_grace.min(Duration::from_secs(5))
-    };
+    let left = if give_up.is_cancelled() { Duration::from_millis(100) } else { grace.min(Duration::from_secs(5)) };
     swapper.abort();
     let producer = in_use.get();
     let flush_producer = producer.clone();
@@ -339,15 +342,20 @@ async fn run_inner(
 }
 
 /// Logs the statistics line every `every` (the spec's "metrics available via logs").
-async fn stats(metrics: Arc<Metrics>, every: Duration, shutdown: CancellationToken) {
-    if every.is_zero() {
-        return;
-    }
+async fn stats(metrics: Arc<Metrics>, mut every: watch::Receiver<Duration>, shutdown: CancellationToken) {
     let mut before = metrics.snapshot();
     let mut at = Instant::now();
+    // False once the reloader is gone: the interval stays as it is.
+    let mut open = true;
     loop {
+        // 0: no statistics line, until a reload sets an interval.
+        let period = *every.borrow_and_update();
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(period), if !period.is_zero() => {}
+            changed = every.changed(), if open => {
+                open = changed.is_ok();
+                continue;
+            }
             _ = shutdown.cancelled() => return,
         }
         let now = metrics.snapshot();
