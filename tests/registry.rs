@@ -342,7 +342,23 @@ fn a_new_version_registered_while_messages_flow_applies_live_and_loses_nothing()
 fn a_registry_down_at_start_holds_messages_and_one_gone_later_changes_nothing() {
     let mosquitto = Mosquitto::start();
     let (topic, dlq) = topics("sr-down");
-    let port = common::free_port();
+    // The registry's port, held until it starts (closing every connection: the registry is away), so
+    // that no other registry of the tests running alongside takes it meanwhile.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    holder.set_nonblocking(true).unwrap();
+    let holding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let held = {
+        let holding = holding.clone();
+        std::thread::spawn(move || {
+            while holding.load(std::sync::atomic::Ordering::Relaxed) {
+                while let Ok((conn, _)) = holder.accept() {
+                    drop(conn);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
     let url = format!("http://127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
     let schema = r#"{"type": "record", "name": "R", "fields": [{"name": "n", "type": "long"}]}"#;
@@ -373,6 +389,8 @@ fn a_registry_down_at_start_holds_messages_and_one_gone_later_changes_nothing() 
     );
     assert_eq!(metric("mqtt_kafka_gateway_unacked_messages"), 20.0, "QoS 1: none acknowledged yet");
 
+    holding.store(false, std::sync::atomic::Ordering::Relaxed);
+    held.join().unwrap();
     let mut registry = SchemaRegistry::start_on(port, None);
     let id = registry.register(&format!("{topic}-value"), "AVRO", schema);
     let records = kafka().consume(&topic, 20, WAIT);
@@ -730,4 +748,40 @@ fn schemas_with_references_resolve_and_decode() {
         (d[0].schema_id, d[0].value["n"].as_str(), d[0].value["at"]["lat"].as_f64()),
         (proto_id, Some("6"), Some(4.5))
     );
+}
+
+/// `schema_registry.url` changed by a reload: every schema in use is looked up again at the new
+/// registry, and records carry its ids from then on (decoded there by Confluent's deserializer).
+#[test]
+fn a_registry_moved_by_a_reload_is_used_from_the_next_record() {
+    let (a, b) = (SchemaRegistry::start(), SchemaRegistry::start());
+    let mosquitto = Mosquitto::start();
+    let (topic, _dlq) = topics("sr-move");
+    let subject = format!("{topic}-value");
+    let schema = r#"{"type": "record", "name": "R", "fields": [{"name": "n", "type": "long"}]}"#;
+    let id_a = a.register(&subject, "AVRO", schema);
+    // Another subject first, so that the same schema gets another id at the second registry.
+    b.register("unrelated-value", "AVRO", r#"{"type": "record", "name": "U", "fields": []}"#);
+    let id_b = b.register(&subject, "AVRO", schema);
+    assert_ne!(id_a, id_b, "the registries must give different ids for the test to tell them apart");
+    let dir = tempfile::tempdir().unwrap();
+    let routes = route("moving", "tele/#", &topic, "    format: raw\n    encoding: avro\n");
+    let cfg = brokers(&mosquitto, &a.url()).route(routes.clone()).write(dir.path());
+    let gw = start(&cfg);
+    common::mosquitto_pub(mosquitto.port(), "tele/dev-1/n", br#"{"n": 1}"#, 1);
+    let first = kafka().consume(&topic, 1, WAIT);
+    assert_eq!(decoded_ok(&a, DecodeFormat::Avro, &first)[0].schema_id, id_a, "{}", gw.logs());
+
+    let moved = brokers(&mosquitto, &b.url()).route(routes).yaml();
+    std::fs::write(dir.path().join("routes.yaml.tmp"), moved).unwrap();
+    std::fs::rename(dir.path().join("routes.yaml.tmp"), &cfg).unwrap();
+    assert!(gw.wait_for_log("schema_registry settings applied", WAIT), "{}", gw.logs());
+    assert!(gw.wait_for_log("a new version applies", WAIT), "{}", gw.logs());
+    common::mosquitto_pub(mosquitto.port(), "tele/dev-1/n", br#"{"n": 2}"#, 1);
+    let both = kafka().consume(&topic, 2, WAIT);
+    assert_eq!(both.len(), 2, "{}", gw.logs());
+    let second = decoded_ok(&b, DecodeFormat::Avro, &both[1..]);
+    assert_eq!((second[0].schema_id, second[0].value["n"].as_i64()), (id_b, Some(2)), "{}", gw.logs());
+    assert!(!gw.logs().contains("only apply after a restart"), "{}", gw.logs());
+    assert!(b.requests().iter().any(|r| r.contains(&subject)), "the new registry was asked");
 }

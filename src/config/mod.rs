@@ -256,7 +256,8 @@ impl Config {
         // log.level, log.stats_interval_secs, reload.* and shutdown.grace_period_secs apply live.
         check("log.format", self.log.format != new.log.format);
         check("replicas", self.replicas != new.replicas);
-        check("schema_registry", self.schema_registry != new.schema_registry);
+        // Its settings apply live; adding or removing the section does not.
+        check("schema_registry", self.schema_registry.is_some() != new.schema_registry.is_some());
         check("spool", self.spool != new.spool);
         // `kafka.*` is not among them: a new producer is built, checked and swapped in.
         keys

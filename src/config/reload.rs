@@ -157,6 +157,9 @@ pub struct Targets {
     pub stats_every: watch::Sender<Duration>,
     /// Each change of `shutdown.grace_period_secs` (read when the shutdown begins).
     pub grace: watch::Sender<Duration>,
+    /// Each change of `schema_registry`'s settings, while there is one (adding or removing the section
+    /// needs a restart).
+    pub registry: watch::Sender<Option<crate::config::RegistrySettings>>,
 }
 
 /// Watches `config.source` until `shutdown`, publishing what a valid new configuration changes.
@@ -419,12 +422,20 @@ async fn attempt(state: &mut State, trigger: Trigger, debounce: Duration, target
         state.current.http = new.http;
     }
     let own_changed = apply_own(state, &new, targets);
+    let registry_changed = state.current.schema_registry.is_some()
+        && new.schema_registry.is_some()
+        && state.current.schema_registry != new.schema_registry;
+    if registry_changed {
+        targets.registry.send_replace(new.schema_registry.clone());
+        state.current.schema_registry = new.schema_registry.clone();
+    }
     // Hashed again over the schema files the new configuration reads.
     state.applied_hash = Some(hash(&text, &new));
     state.text = text;
     state.failed_hash = None;
     metrics.config_file_valid.store(true, Relaxed);
-    if diff.is_empty() && restart.is_empty() && !kafka_changed && !mqtt_changed && !http_changed && !own_changed {
+    let applied = kafka_changed || mqtt_changed || http_changed || own_changed || registry_changed;
+    if diff.is_empty() && restart.is_empty() && !applied {
         tracing::info!(generation = state.generation, "the configuration file changed, but nothing in effect did");
         return;
     }

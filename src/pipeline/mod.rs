@@ -251,6 +251,10 @@ async fn run_inner(
     let stats = tokio::spawn(stats(metrics.clone(), stats_every, shutdown.clone()));
     let (kafka_tx, kafka_changes) = watch::channel(reload::KafkaChange::of(&config));
     let (grace_tx, grace_rx) = watch::channel(config.shutdown_grace);
+    let (registry_tx, registry_settings) = watch::channel(config.schema_registry.clone());
+    if let Some(schemas) = &schemas {
+        tokio::spawn(follow_registry(schemas.clone(), registry_settings, metrics.clone()));
+    }
     let targets = reload::Targets {
         routes: routes_tx,
         kafka: kafka_tx,
@@ -258,6 +262,7 @@ async fn run_inner(
         http: http_tx,
         stats_every: stats_tx,
         grace: grace_tx,
+        registry: registry_tx,
     };
     let reloader = tokio::spawn(reload::run(config.clone(), targets, metrics.clone(), shutdown.clone()));
     let (swaps_tx, swaps) = mpsc::channel(1);
@@ -339,6 +344,27 @@ async fn run_inner(
     metrics::log_stats(snapshot, metrics::Snapshot::default(), started.elapsed(), &metrics);
     let spooled = metrics.spool_size().map_or(0, |s| (s.held)().1);
     Ok(RunSummary { undelivered, snapshot, fatal: fatal.is_cancelled(), spooled })
+}
+
+/// New `schema_registry` settings from a reload: a new client, and every schema looked up again
+/// through it; settings a client cannot be made from are refused, and the client in use stays.
+async fn follow_registry(
+    schemas: Arc<registry::Schemas>,
+    mut settings: watch::Receiver<Option<crate::config::RegistrySettings>>,
+    metrics: Arc<Metrics>,
+) {
+    while settings.changed().await.is_ok() {
+        let Some(new) = settings.borrow_and_update().clone() else { continue };
+        match registry::client::Client::new(&new, Some(metrics.clone())) {
+            Ok(client) => {
+                tracing::info!(url = %new.url, "schema_registry settings applied: every schema in use is looked up again");
+                schemas.reconfigure(client, new.refresh);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "new schema_registry settings refused: the registry client in use stays")
+            }
+        }
+    }
 }
 
 /// Logs the statistics line every `every` (the spec's "metrics available via logs").

@@ -83,14 +83,17 @@ pub struct Schemas {
     changed: watch::Sender<u64>,
     /// Something new is wanted.
     wake: Notify,
-    client: Client,
-    refresh: Duration,
+    /// The client in use; a reload of `schema_registry` replaces it ([`Schemas::reconfigure`]).
+    client: Mutex<Arc<Client>>,
+    refresh: Mutex<Duration>,
+    /// Every schema is to be looked up again (the registry's settings changed).
+    again: std::sync::atomic::AtomicBool,
     metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Schemas {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Schemas").field("registry", &self.client.url()).finish()
+        f.debug_struct("Schemas").field("registry", &self.url()).finish()
     }
 }
 
@@ -104,10 +107,30 @@ impl Schemas {
             state: Mutex::default(),
             changed: watch::channel(0).0,
             wake: Notify::new(),
-            client,
-            refresh,
+            client: Mutex::new(Arc::new(client)),
+            refresh: Mutex::new(refresh),
+            again: std::sync::atomic::AtomicBool::new(false),
             metrics,
         })
+    }
+
+    /// New `schema_registry` settings (a reload): the new client is used from now on, and every schema
+    /// in use is looked up again through it. Until each answers, the cached schema stays in use (a
+    /// registry that does not answer changes nothing); one that comes back with another id applies from
+    /// the next record.
+    pub fn reconfigure(&self, client: Client, refresh: Duration) {
+        *lock(&self.client) = Arc::new(client);
+        *lock(&self.refresh) = refresh;
+        self.again.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    fn client(&self) -> Arc<Client> {
+        lock(&self.client).clone()
+    }
+
+    fn refresh(&self) -> Duration {
+        *lock(&self.refresh)
     }
 
     /// The schema `rule` encodes `subject`'s records with. A subject not seen before is wanted from
@@ -173,20 +196,22 @@ impl Schemas {
     }
 
     /// The registry's address.
-    pub fn url(&self) -> &str {
-        self.client.url()
+    pub fn url(&self) -> String {
+        self.client().url().to_string()
     }
 
     /// Resolves every pending entry (and, with `refresh`, every `latest` and failed one again), then
     /// says whether some are still pending because the registry did not answer.
-    async fn resolve_all(&self, refresh: bool) -> Option<String> {
+    /// With `all`, every ready schema is looked up again too, whatever its version (new settings).
+    async fn resolve_all(&self, refresh: bool, all: bool) -> Option<String> {
+        let client = self.client();
         let todo: Vec<(String, Slot)> = lock(&self.state)
             .iter()
             .flat_map(|(subject, slots)| slots.iter().map(move |s| (subject.clone(), s.clone())))
             .filter(|(_, s)| match s.entry {
                 Entry::Pending => true,
-                Entry::Ready(_) => refresh && s.version == SchemaVersion::Latest,
-                Entry::Failed(_) => refresh,
+                Entry::Ready(_) => all || (refresh && s.version == SchemaVersion::Latest),
+                Entry::Failed(_) => refresh || all,
             })
             .collect();
         let mut unresolved: Option<String> = None;
@@ -205,7 +230,7 @@ impl Schemas {
                 Entry::Ready(c) => Some(c.id),
                 _ => None,
             };
-            let result = resolve(&self.client, &subject, &slot, known).await;
+            let result = resolve(&client, &subject, &slot, known).await;
             let next = match (result, &slot.entry) {
                 (Ok(c), Entry::Ready(old)) if old.id == c.id => continue,
                 (Ok(c), Entry::Ready(old)) => {
@@ -428,12 +453,17 @@ pub async fn run(schemas: Arc<Schemas>, mut routes: watch::Receiver<Arc<RouteTab
     let mut tables = true;
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let mut refresh_due = false;
-    let mut next_refresh = tokio::time::Instant::now() + schemas.refresh;
+    let mut next_refresh = tokio::time::Instant::now() + schemas.refresh();
     loop {
         if refresh_due {
-            next_refresh = tokio::time::Instant::now() + schemas.refresh;
+            next_refresh = tokio::time::Instant::now() + schemas.refresh();
         }
-        let unresolved = schemas.resolve_all(refresh_due).await;
+        let all = schemas.again.swap(false, std::sync::atomic::Ordering::Relaxed);
+        if all {
+            next_refresh = tokio::time::Instant::now() + schemas.refresh();
+            backoff.reset();
+        }
+        let unresolved = schemas.resolve_all(refresh_due, all).await;
         refresh_due = false;
         schemas.metrics.health.set_registry_problem(unresolved.clone());
         let retry = if unresolved.is_some() {
@@ -442,7 +472,7 @@ pub async fn run(schemas: Arc<Schemas>, mut routes: watch::Receiver<Arc<RouteTab
             backoff.reset();
             None
         };
-        let refresh = schemas.refresh;
+        let refresh = schemas.refresh();
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = schemas.wake.notified() => {}
