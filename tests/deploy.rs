@@ -892,7 +892,7 @@ fn exposed_metrics_are_in_a_scrape_of_the_gateways_exposition() {
     metrics.set_spool_size(SpoolSize {
         held: Box::new(|| (0, 0)),
         not_durable: Box::new(|| (0, 0)),
-        max_bytes: 1 << 30,
+        max_bytes: Box::new(|| 1 << 30),
     });
     let body = exposition::encode(&exposition::registry(metrics)).unwrap();
     let samples: BTreeSet<&str> =

@@ -280,6 +280,48 @@ fn sigterm_while_the_spool_is_read_back_sends_nothing_twice() {
     assert_eq!(t.order_violations, 0);
 }
 
+/// The spool's settings changed by a reload, Kafka down, QoS 1: from 4 MiB and `ack_after: kafka` to
+/// 64 MiB and `ack_after: spool`. The messages that come next are acknowledged once spooled, Kafka still
+/// down, past the broker's window of unacknowledged messages, and the spool holds more than the old
+/// limit. (A message keeps the `ack_after` it was spooled under.) Nothing lost when Kafka is back.
+#[test]
+fn spool_settings_changed_by_a_reload_apply_from_the_next_message() {
+    let _serial = serial();
+    const N: usize = 3000;
+    let rig = rig("spool_live", 1, deep_mosquitto(), "  max_bytes: 4MiB\n  when_full: block\n");
+    let gw = start(&rig);
+    rig.kafka.kill();
+    let text = std::fs::read_to_string(&rig.cfg).unwrap();
+    let edited = text
+        .replace("max_bytes: 4MiB\n  when_full: block\n", "max_bytes: 64MiB\n  when_full: block\n  ack_after: spool\n");
+    assert_ne!(edited, text);
+    let tmp = rig.cfg.with_extension("tmp");
+    std::fs::write(&tmp, edited).unwrap();
+    std::fs::rename(&tmp, &rig.cfg).unwrap();
+    assert!(gw.wait_for_log("spool settings applied", WAIT), "{}", tail(&gw));
+    assert!(!gw.logs().contains("only apply after a restart"), "{}", tail(&gw));
+    assert_eq!(metric(&gw, "mqtt_kafka_gateway_spool_max_bytes"), (64u64 << 20) as f64);
+
+    // 8 KiB messages: 3,000 of them are about 25 MB, far over the old 4 MiB.
+    let port = rig.mosquitto.port();
+    let publisher = std::thread::spawn(move || publish_all(port, stream_from(0..N, DEVICES, 8 * FILL)));
+    // Acknowledged with Kafka down, more than the broker lets the gateway hold unacknowledged (1,000).
+    let acked = wait_metric(&gw, "mqtt_kafka_gateway_acks_sent_total", Duration::from_secs(60), |v| v >= 1500.0);
+    let bytes = wait_metric(&gw, "mqtt_kafka_gateway_spool_bytes", WAIT, |v| v > (4u64 << 20) as f64);
+    assert_eq!(metric(&gw, "mqtt_kafka_gateway_spool_full"), 0.0);
+
+    publisher.join().expect("publisher");
+    rig.kafka.restart();
+    let t = tally(&rig.kafka, &rig.topic, N, Duration::from_secs(180));
+    eprintln!(
+        "SPOOL RESULT settings_reloaded: sent={N} acked_while_kafka_down={acked} spool_bytes={bytes} lost={} \
+         duplicates={} order_violations={}",
+        t.lost, t.duplicates, t.order_violations
+    );
+    assert_eq!(t.lost, 0, "{}", tail(&gw));
+    assert_eq!(t.order_violations, 0);
+}
+
 /// QoS 1 with `ack_after: spool`: messages are acknowledged once durably spooled, so the broker's
 /// queue for the gateway stays small through a Kafka outage; the gateway SIGKILLed mid-stream and
 /// restarted loses nothing (the broker sends again what was not acknowledged).

@@ -258,7 +258,9 @@ impl Config {
         check("replicas", self.replicas != new.replicas);
         // Its settings apply live; adding or removing the section does not.
         check("schema_registry", self.schema_registry.is_some() != new.schema_registry.is_some());
-        check("spool", self.spool != new.spool);
+        // Its settings apply live, but for its directory.
+        let dir = |c: &Config| c.spool.as_ref().map(|s| s.dir.clone());
+        check("spool.dir", dir(self) != dir(new));
         // `kafka.*` is not among them: a new producer is built, checked and swapped in.
         keys
     }

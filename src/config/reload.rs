@@ -160,6 +160,9 @@ pub struct Targets {
     /// Each change of `schema_registry`'s settings, while there is one (adding or removing the section
     /// needs a restart).
     pub registry: watch::Sender<Option<crate::config::RegistrySettings>>,
+    /// Each change of the spool's settings but its `dir` (a new directory, or adding or removing the
+    /// section, needs a restart).
+    pub spool: watch::Sender<Option<crate::config::SpoolSettings>>,
 }
 
 /// Watches `config.source` until `shutdown`, publishing what a valid new configuration changes.
@@ -434,7 +437,15 @@ async fn attempt(state: &mut State, trigger: Trigger, debounce: Duration, target
     state.text = text;
     state.failed_hash = None;
     metrics.config_file_valid.store(true, Relaxed);
-    let applied = kafka_changed || mqtt_changed || http_changed || own_changed || registry_changed;
+    let spool_changed = match (&state.current.spool, &new.spool) {
+        (Some(old), Some(new)) => old.dir == new.dir && old != new,
+        _ => false,
+    };
+    if spool_changed {
+        targets.spool.send_replace(new.spool.clone());
+        state.current.spool = new.spool.clone();
+    }
+    let applied = kafka_changed || mqtt_changed || http_changed || own_changed || registry_changed || spool_changed;
     if diff.is_empty() && restart.is_empty() && !applied {
         tracing::info!(generation = state.generation, "the configuration file changed, but nothing in effect did");
         return;

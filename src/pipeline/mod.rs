@@ -14,7 +14,8 @@
 //! - `awaiting.rs`: records waiting for their route's registry schema;
 //! - `inflight.rs`: messages and records in flight, indexed by delivery tag;
 //! - `sequencer.rs`: acks in arrival order, after Kafka, on the current connection only;
-//! - `swap.rs`: new Kafka settings from a reload: a new producer, checked, then swapped in by the engine.
+//! - `swap.rs`: new Kafka settings from a reload: a new producer, checked, then swapped in by the engine;
+//! - `follow.rs`: opening the spool; the registry's and the spool's settings from a reload.
 //!
 //! One task, the engine, takes messages, produces their records and settles them as Kafka reports: no
 //! task, future or channel per record, and no lock but the one the reports arrive under.
@@ -28,6 +29,7 @@
 
 mod awaiting;
 mod engine;
+mod follow;
 mod held;
 mod inflight;
 mod policy;
@@ -138,55 +140,6 @@ impl Drop for AbortOnDrop {
 #[error("{0}")]
 pub struct SpoolUnusable(String);
 
-/// Opens the spool's directory (recovering what a crash left) and starts its thread.
-fn open_spool(
-    settings: &crate::config::SpoolSettings,
-    routes: watch::Receiver<Arc<crate::core::routing::RouteTable>>,
-    metrics: &Metrics,
-) -> anyhow::Result<engine::SpoolLink> {
-    use crate::config::{SpoolFsync, WhenFull};
-    use crate::spool::{log, worker};
-    let fsync = match settings.fsync {
-        SpoolFsync::Always => log::Fsync::Always,
-        SpoolFsync::Interval(every) => log::Fsync::Interval(every),
-        SpoolFsync::Never => log::Fsync::Never,
-    };
-    let when_full = match settings.when_full {
-        WhenFull::Block => worker::WhenFull::Block,
-        WhenFull::DropOldest => worker::WhenFull::DropOldest,
-    };
-    // A sixteenth of the spool a segment, between 1 and 64 MiB: whole segments are what is freed.
-    let segment_bytes = (settings.max_bytes / 16).clamp(1 << 20, 64 << 20);
-    let options = log::Options { dir: settings.dir.clone(), max_bytes: settings.max_bytes, segment_bytes, fsync };
-    let (handle, recovery) = worker::start(options, when_full)
-        .map_err(|e| anyhow::Error::new(SpoolUnusable(format!("spool.dir {}: {e}", settings.dir.display()))))?;
-    let (gauges, also) = (handle.gauges(), handle.gauges());
-    metrics.set_spool_size(metrics::SpoolSize {
-        held: Box::new(move || (gauges.bytes.load(Relaxed), gauges.records.load(Relaxed))),
-        not_durable: Box::new(move || (also.not_durable.load(Relaxed), also.not_durable_max.load(Relaxed))),
-        max_bytes: settings.max_bytes,
-    });
-    metrics.health.spool_enabled.store(true, Relaxed);
-    metrics.spool_damaged_bytes.fetch_add(recovery.torn_tail_bytes + recovery.skipped_bytes, Relaxed);
-    if recovery.torn_tail_bytes > 0 || recovery.corrupt_segments > 0 || recovery.ack_file_damaged {
-        tracing::warn!(
-            torn_tail_bytes = recovery.torn_tail_bytes,
-            corrupt_segments = recovery.corrupt_segments,
-            skipped_bytes = recovery.skipped_bytes,
-            ack_file_damaged = recovery.ack_file_damaged,
-            "spool: damage found at start; what could be read is kept"
-        );
-    }
-    tracing::info!(
-        dir = %settings.dir.display(),
-        records = recovery.records,
-        bytes = recovery.bytes,
-        "spool: open{}",
-        if recovery.records > 0 { "; reading back what it holds before anything new" } else { "" }
-    );
-    Ok(engine::SpoolLink { handle, ack_after: settings.ack_after, routes, recovered: recovery.records })
-}
-
 async fn run_inner(
     config: Config,
     in_use: swap::InUse,
@@ -201,8 +154,10 @@ async fn run_inner(
     metrics.routes_loaded(1);
     let (routes_tx, routes) = watch::channel(Arc::new(table));
     // Before anything connects: a spool that cannot be used stops the start, with no message taken.
+    // The spool's settings as reloads change them (a new `dir` needs a restart).
+    let (spool_tx, spool_settings) = watch::channel(config.spool.clone());
     let spool = match &config.spool {
-        Some(settings) => Some(open_spool(settings, routes.clone(), &metrics)?),
+        Some(settings) => Some(follow::open_spool(settings, spool_settings, routes.clone(), &metrics)?),
         None => None,
     };
     let started = Instant::now();
@@ -253,7 +208,7 @@ async fn run_inner(
     let (grace_tx, grace_rx) = watch::channel(config.shutdown_grace);
     let (registry_tx, registry_settings) = watch::channel(config.schema_registry.clone());
     if let Some(schemas) = &schemas {
-        tokio::spawn(follow_registry(schemas.clone(), registry_settings, metrics.clone()));
+        tokio::spawn(follow::registry(schemas.clone(), registry_settings, metrics.clone()));
     }
     let targets = reload::Targets {
         routes: routes_tx,
@@ -263,6 +218,7 @@ async fn run_inner(
         stats_every: stats_tx,
         grace: grace_tx,
         registry: registry_tx,
+        spool: spool_tx,
     };
     let reloader = tokio::spawn(reload::run(config.clone(), targets, metrics.clone(), shutdown.clone()));
     let (swaps_tx, swaps) = mpsc::channel(1);
@@ -344,27 +300,6 @@ async fn run_inner(
     metrics::log_stats(snapshot, metrics::Snapshot::default(), started.elapsed(), &metrics);
     let spooled = metrics.spool_size().map_or(0, |s| (s.held)().1);
     Ok(RunSummary { undelivered, snapshot, fatal: fatal.is_cancelled(), spooled })
-}
-
-/// New `schema_registry` settings from a reload: a new client, and every schema looked up again
-/// through it; settings a client cannot be made from are refused, and the client in use stays.
-async fn follow_registry(
-    schemas: Arc<registry::Schemas>,
-    mut settings: watch::Receiver<Option<crate::config::RegistrySettings>>,
-    metrics: Arc<Metrics>,
-) {
-    while settings.changed().await.is_ok() {
-        let Some(new) = settings.borrow_and_update().clone() else { continue };
-        match registry::client::Client::new(&new, Some(metrics.clone())) {
-            Ok(client) => {
-                tracing::info!(url = %new.url, "schema_registry settings applied: every schema in use is looked up again");
-                schemas.reconfigure(client, new.refresh);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "new schema_registry settings refused: the registry client in use stays")
-            }
-        }
-    }
 }
 
 /// Logs the statistics line every `every` (the spec's "metrics available via logs").

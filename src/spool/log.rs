@@ -431,6 +431,22 @@ impl SegmentLog {
         Ok(Position(seg.base + frame_off))
     }
 
+    /// New limits, from now on: `max_bytes` (a smaller one than what is held makes the next appends
+    /// fail with [`SpoolError::Full`] until enough is acknowledged or dropped) and the fsync mode.
+    /// What was appended before is fsynced first, so nothing written under a stricter mode is left
+    /// waiting under a looser one.
+    pub fn set_limits(&mut self, max_bytes: u64, fsync: Fsync) -> Result<(), SpoolError> {
+        if max_bytes == 0 {
+            return Err(SpoolError::InvalidOptions { reason: "max_bytes must be greater than 0" });
+        }
+        if fsync != self.fsync {
+            self.sync_segment()?;
+        }
+        self.max_bytes = max_bytes;
+        self.fsync = fsync;
+        Ok(())
+    }
+
     /// Writes the buffer and fsyncs the active segment (unless [`Fsync::Never`]); the ack position
     /// is left as it is. Makes appends since the last fsync durable.
     pub fn sync_segment(&mut self) -> Result<(), SpoolError> {

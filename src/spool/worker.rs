@@ -68,6 +68,12 @@ enum Command {
     Want(usize),
     Ack(Position),
     Rewind,
+    /// New settings (a reload): `max_bytes`, fsync, when full.
+    Settings {
+        max_bytes: u64,
+        fsync: Fsync,
+        when_full: WhenFull,
+    },
     Close(std_mpsc::Sender<Result<usize, SpoolError>>),
 }
 
@@ -91,6 +97,19 @@ pub struct Gauges {
     pub not_durable: AtomicU64,
     /// The most [`not_durable`](Self::not_durable) has been since the spool was opened.
     pub not_durable_max: AtomicU64,
+    /// `max_bytes` in effect.
+    pub max_bytes: AtomicU64,
+}
+
+/// Sends new settings to the spool's thread (see [`Handle::settings`]).
+#[derive(Clone)]
+pub struct Settings(std_mpsc::Sender<Command>);
+
+impl Settings {
+    /// From the next append on: `max_bytes`, the fsync mode, what to do when full.
+    pub fn apply(&self, max_bytes: u64, fsync: Fsync, when_full: WhenFull) {
+        let _ = self.0.send(Command::Settings { max_bytes, fsync, when_full });
+    }
 }
 
 /// How often the thread wakes up with nothing to do: fsync at the interval, retry what failed.
@@ -100,13 +119,14 @@ const READ_BATCH: usize = 512;
 
 /// Opens the log (recovering what a crash left) and starts its thread.
 pub fn start(options: Options, when_full: WhenFull) -> Result<(Handle, Recovery), SpoolError> {
-    let fsync = options.fsync;
+    let (fsync, max_bytes) = (options.fsync, options.max_bytes);
     let (log, recovery) = SegmentLog::open(options)?;
     let (commands, rx) = std_mpsc::channel();
     let (events, events_rx) = mpsc::unbounded_channel();
     let gauges = Arc::new(Gauges {
         bytes: AtomicU64::new(log.live_bytes()),
         records: AtomicU64::new(log.live_records()),
+        max_bytes: AtomicU64::new(max_bytes),
         ..Gauges::default()
     });
     let mut worker = Worker {
@@ -152,6 +172,11 @@ impl Handle {
     /// Reads again from the first record not acknowledged (records asked for and not delivered).
     pub fn rewind(&self) {
         let _ = self.commands.send(Command::Rewind);
+    }
+
+    /// A sender of new settings to the thread, for whoever follows the configuration.
+    pub fn settings(&self) -> Settings {
+        Settings(self.commands.clone())
     }
 
     /// The next event; `None` once the thread is gone.
@@ -206,13 +231,17 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(&mut self, commands: std_mpsc::Receiver<Command>) {
-        let tick = match self.fsync {
+    fn tick_period(&self) -> Duration {
+        match self.fsync {
             Fsync::Interval(every) => every.min(IDLE_TICK),
             Fsync::Always | Fsync::Never => IDLE_TICK,
-        };
-        let mut next_tick = Instant::now() + tick;
+        }
+    }
+
+    fn run(&mut self, commands: std_mpsc::Receiver<Command>) {
+        let mut next_tick = Instant::now() + self.tick_period();
         loop {
+            let tick = self.tick_period();
             let wait = next_tick.saturating_duration_since(Instant::now());
             let first = match commands.recv_timeout(wait) {
                 Ok(command) => Some(command),
@@ -269,6 +298,25 @@ impl Worker {
                 }
             }
             Command::Rewind => self.log.rewind(),
+            Command::Settings { max_bytes, fsync, when_full } => {
+                // What `always` appended and did not sync yet, under the mode it was appended in.
+                self.sync_appended();
+                let mode_changed = fsync != self.fsync;
+                match self.log.set_limits(max_bytes, fsync) {
+                    Ok(()) => {
+                        self.fsync = fsync;
+                        self.when_full = when_full;
+                        if mode_changed {
+                            // Everything appended so far was fsynced at the change.
+                            self.durable = self.stored;
+                        }
+                        self.gauges.max_bytes.store(max_bytes, Relaxed);
+                        // More room, or another answer to no room: try what waits.
+                        self.store_waiting();
+                    }
+                    Err(e) => self.send(Event::Failed(e)),
+                }
+            }
             Command::Close(_) => {}
         }
     }
@@ -620,6 +668,25 @@ mod tests {
             assert!(!matches!(e, Event::CaughtUp { .. }), "said twice");
         }
         h.close().unwrap();
+    }
+
+    #[tokio::test]
+    async fn new_settings_apply_from_the_next_append_a_larger_max_bytes_makes_room() {
+        let dir = tempfile::tempdir().unwrap();
+        // Room for about 20 records of 20 bytes.
+        let (mut h, _) = start(options(dir.path(), 400, Fsync::Never), WhenFull::Block).unwrap();
+        for i in 0..50 {
+            h.append(record(i));
+        }
+        until(&mut h, |e| matches!(e, Event::Full)).await;
+        // More room, and an fsync at an interval from now on: what waited is stored, in order.
+        h.settings().apply(1 << 20, Fsync::Interval(Duration::from_millis(50)), WhenFull::Block);
+        until(&mut h, |e| matches!(e, Event::Room)).await;
+        until(&mut h, |e| matches!(e, Event::Stored { stored: 50, durable: 50 })).await;
+        assert_eq!(h.gauges().max_bytes.load(Relaxed), 1 << 20);
+        h.want(100);
+        assert_eq!(values(&read(&mut h, 50).await), (0..50).map(record).collect::<Vec<_>>());
+        assert_eq!(h.close().unwrap(), 0);
     }
 
     #[tokio::test]

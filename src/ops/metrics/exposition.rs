@@ -469,7 +469,7 @@ fn spool(e: &mut DescriptorEncoder, m: &Metrics) -> fmt::Result {
     let (bytes, records, max_bytes, (not_durable, not_durable_max)) = match m.spool_size() {
         Some(size) => {
             let (bytes, records) = (size.held)();
-            (bytes, records, size.max_bytes, (size.not_durable)())
+            (bytes, records, (size.max_bytes)(), (size.not_durable)())
         }
         None => (0, 0, 0, (0, 0)),
     };
@@ -612,7 +612,7 @@ mod tests {
         metrics.set_spool_size(super::super::SpoolSize {
             held: Box::new(|| (4096, 3)),
             not_durable: Box::new(|| (2, 3)),
-            max_bytes: 1 << 30,
+            max_bytes: Box::new(|| 1 << 30),
         });
         metrics.spool_oldest_ms.store(1, Relaxed);
         let body = encode(&registry(metrics)).unwrap();

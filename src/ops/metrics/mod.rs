@@ -110,7 +110,8 @@ pub struct SpoolSize {
     pub held: Box<dyn Fn() -> (u64, u64) + Send + Sync>,
     /// (now, the most since start) records not yet in Kafka whose fsync is still to come.
     pub not_durable: Box<dyn Fn() -> (u64, u64) + Send + Sync>,
-    pub max_bytes: u64,
+    /// `spool.max_bytes` in effect (a reload may change it).
+    pub max_bytes: Box<dyn Fn() -> u64 + Send + Sync>,
 }
 
 impl std::fmt::Debug for SpoolSize {

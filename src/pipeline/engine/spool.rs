@@ -55,7 +55,8 @@ const REPLAY_WINDOW: usize = 4096;
 /// What the pipeline hands the engine when `spool.dir` is set.
 pub(in crate::pipeline) struct SpoolLink {
     pub(in crate::pipeline) handle: Handle,
-    pub(in crate::pipeline) ack_after: AckAfter,
+    /// The spool's settings in effect (`ack_after` is read for each message: a reload may change it).
+    pub(in crate::pipeline) settings: watch::Receiver<Option<crate::config::SpoolSettings>>,
     /// The route table in effect, for the routes of records read back.
     pub(in crate::pipeline) routes: watch::Receiver<Arc<RouteTable>>,
     /// Records found in the spool at start: read back before anything new.
@@ -72,7 +73,7 @@ struct Replayed {
 
 pub(super) struct SpoolState {
     handle: Handle,
-    ack_after: AckAfter,
+    settings: watch::Receiver<Option<crate::config::SpoolSettings>>,
     routes: watch::Receiver<Arc<RouteTable>>,
     /// Every new record goes to the spool.
     active: bool,
@@ -109,7 +110,7 @@ impl SpoolState {
     pub(super) fn new(link: SpoolLink) -> Self {
         let mut state = Self {
             handle: link.handle,
-            ack_after: link.ack_after,
+            settings: link.settings,
             routes: link.routes,
             active: link.recovered > 0,
             sent: 0,
@@ -228,7 +229,8 @@ impl Engine {
     ) {
         let Some(s) = self.spool.as_mut() else { return };
         s.active = true;
-        let durable = match (message.qos, s.ack_after) {
+        let ack_after = s.settings.borrow().as_ref().map_or(AckAfter::Kafka, |settings| settings.ack_after);
+        let durable = match (message.qos, ack_after) {
             (0, _) => Some(false),
             (_, AckAfter::Spool) => Some(true),
             (_, AckAfter::Kafka) => None,
