@@ -7,13 +7,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::prom::value;
 use common::stream::{stream_from, tail, tally, Tally};
-use common::{publish_paced, script, unique_topic, wait_until, Config, Gateway, Mosquitto, Route, SecureKafka, WAIT};
+use common::{
+    publish_paced, replace_file, script, secret_file, unique_topic, wait_until, Config, Gateway, Mosquitto, Route,
+    SecureKafka, WAIT,
+};
 
 /// Devices the stream comes from (one key each).
 const DEVICES: usize = 50;
@@ -27,19 +30,6 @@ fn config(kafka: &str, topic: &str, client_id: &str) -> Config {
         .stats_interval_secs(5)
         .kafka(kafka)
         .route(Route::new("stream", "fault/#", topic).qos(1))
-}
-
-fn secret_file(dir: &Path, name: &str, value: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, format!("{value}\n")).unwrap();
-    path
-}
-
-/// Replaces `path` whole, as an editor or a Secret mount does: a new file renamed over the old one.
-fn replace(path: &Path, body: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, body).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
 }
 
 fn sasl_block(k: &SecureKafka, password_file: &Path) -> String {
@@ -119,7 +109,7 @@ fn kafka_moved_to_its_sasl_ssl_listener_under_a_qos1_stream_loses_nothing() {
     std::thread::sleep(Duration::from_secs(3));
 
     let since = Instant::now();
-    replace(&path, &config(&sasl_block(&k, &password), &topic, &id).yaml());
+    replace_file(&path, &config(&sasl_block(&k, &password), &topic, &id).yaml());
     let switch = switched(&gw, 1, since);
     publisher.join().expect("publisher");
     let t = tally(&k, &topic, N, Duration::from_secs(60));
@@ -148,7 +138,7 @@ fn the_scram_password_rotated_and_a_wrong_one_refused_under_a_qos1_stream_lose_n
     std::thread::sleep(Duration::from_secs(2));
 
     // A wrong password in the watched file: refused, with the cause; the producer in use goes on.
-    replace(&password, "not-the-password\n");
+    replace_file(&password, "not-the-password\n");
     let refused = wait_until(Duration::from_secs(30), Duration::from_millis(20), || {
         gw.logs().contains("new Kafka settings refused")
     });
@@ -163,7 +153,7 @@ fn the_scram_password_rotated_and_a_wrong_one_refused_under_a_qos1_stream_lose_n
     let new = "alice-rotated-secret";
     set_scram_password(&k, user, new);
     let since = Instant::now();
-    replace(&password, &format!("{new}\n"));
+    replace_file(&password, &format!("{new}\n"));
     let switch = switched(&gw, 1, since);
     publisher.join().expect("publisher");
     let t = tally(&k, &topic, N, Duration::from_secs(60));
@@ -201,8 +191,8 @@ fn the_client_certificate_renewed_in_place_switches_producers_and_loses_nothing(
 
     // Renewed: another certificate of the same CA, with its key (the key first, as a Secret swaps both).
     let since = Instant::now();
-    replace(&key, &std::fs::read_to_string(pki.client_rsa_key_pkcs1()).unwrap());
-    replace(&cert, &std::fs::read_to_string(pki.client_rsa_cert()).unwrap());
+    replace_file(&key, &std::fs::read_to_string(pki.client_rsa_key_pkcs1()).unwrap());
+    replace_file(&cert, &std::fs::read_to_string(pki.client_rsa_cert()).unwrap());
     let switch = switched(&gw, 1, since);
     publisher.join().expect("publisher");
     let t = tally(&k, &topic, N, Duration::from_secs(60));

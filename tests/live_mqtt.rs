@@ -6,14 +6,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::prom::value;
 use common::stream::{stream_from, tail, tally, Tally};
 use common::{
-    kafka, publish_paced, unique_topic, wait_until, Config, Gateway, Mosquitto, MosquittoTls, Pki, Route, TlsOptions,
-    WAIT,
+    kafka, publish_paced, replace_file, secret_file, unique_topic, wait_until, Config, Gateway, Mosquitto,
+    MosquittoTls, Pki, Route, TlsOptions, WAIT,
 };
 
 const DEVICES: usize = 50;
@@ -30,18 +29,6 @@ fn config(broker: &str, mqtt: &str, topic: &str, client_id: &str) -> Config {
         .bootstrap_servers(kafka().bootstrap())
         .mqtt(mqtt)
         .route(Route::new("stream", "fault/#", topic).qos(1))
-}
-
-fn replace(path: &Path, body: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, body).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-fn secret_file(dir: &Path, name: &str, value: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, format!("{value}\n")).unwrap();
-    path
 }
 
 fn paced(port: u16, n: usize) -> std::thread::JoinHandle<()> {
@@ -91,7 +78,7 @@ fn the_mqtt_password_rotated_after_a_wrong_one_was_refused_loses_nothing() {
     std::thread::sleep(Duration::from_secs(2));
 
     // A wrong new password: refused with the broker's answer; the old settings come back.
-    replace(&password, "not-the-password\n");
+    replace_file(&password, "not-the-password\n");
     logged(&gw, "new MQTT settings refused", 1, Instant::now());
     let line = gw.logs().lines().find(|l| l.contains("new MQTT settings refused")).unwrap_or_default().to_string();
     assert!(line.contains("connect: "), "the cause is named: {line}");
@@ -105,7 +92,7 @@ fn the_mqtt_password_rotated_after_a_wrong_one_was_refused_loses_nothing() {
     // Rotated: in the broker first (the connection in use stays), then in the watched file.
     m.set_password(user, new);
     let since = Instant::now();
-    replace(&password, &format!("{new}\n"));
+    replace_file(&password, &format!("{new}\n"));
     let switch = logged(&gw, "MQTT settings applied", 1, since);
     publisher.join().expect("publisher");
     let t = tally(kafka(), &topic, N, Duration::from_secs(60));
@@ -133,7 +120,7 @@ fn the_broker_moved_from_its_plain_to_its_tls_listener_loses_nothing() {
     let since = Instant::now();
     let tls = format!("mqtts://127.0.0.1:{}", mt.tls_port());
     let ca = format!("  tls:\n    ca_file: {}\n", mt.ca_pem().display());
-    replace(&path, &config(&tls, &ca, &topic, &id).yaml());
+    replace_file(&path, &config(&tls, &ca, &topic, &id).yaml());
     let switch = logged(&gw, "MQTT settings applied", 1, since);
     publisher.join().expect("publisher");
     let t = tally(kafka(), &topic, N, Duration::from_secs(60));
@@ -163,7 +150,7 @@ fn sighup_applies_mqtt_and_kafka_changes_when_watching_is_off() {
     let ca = format!("  tls:\n    ca_file: {}\n", mt.ca_pem().display());
     let tls =
         config(&format!("mqtts://127.0.0.1:{}", mt.tls_port()), &ca, &topic, &id).kafka("  linger_ms: 20\n").extra(off);
-    replace(&path, &tls.yaml());
+    replace_file(&path, &tls.yaml());
     let quiet = common::holds_for(Duration::from_secs(1), Duration::from_millis(20), || {
         gw.count_in_log("MQTT settings changed") == 0 && gw.count_in_log("Kafka settings changed") == 0
     });

@@ -773,8 +773,7 @@ fn a_registry_moved_by_a_reload_is_used_from_the_next_record() {
     assert_eq!(decoded_ok(&a, DecodeFormat::Avro, &first)[0].schema_id, id_a, "{}", gw.logs());
 
     let moved = brokers(&mosquitto, &b.url()).route(routes).yaml();
-    std::fs::write(dir.path().join("routes.yaml.tmp"), moved).unwrap();
-    std::fs::rename(dir.path().join("routes.yaml.tmp"), &cfg).unwrap();
+    common::replace_file(&cfg, &moved);
     assert!(gw.wait_for_log("schema_registry settings applied", WAIT), "{}", gw.logs());
     assert!(gw.wait_for_log("a new version applies", WAIT), "{}", gw.logs());
     common::mosquitto_pub(mosquitto.port(), "tele/dev-1/n", br#"{"n": 2}"#, 1);

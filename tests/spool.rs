@@ -295,9 +295,7 @@ fn spool_settings_changed_by_a_reload_apply_from_the_next_message() {
     let edited = text
         .replace("max_bytes: 4MiB\n  when_full: block\n", "max_bytes: 64MiB\n  when_full: block\n  ack_after: spool\n");
     assert_ne!(edited, text);
-    let tmp = rig.cfg.with_extension("tmp");
-    std::fs::write(&tmp, edited).unwrap();
-    std::fs::rename(&tmp, &rig.cfg).unwrap();
+    common::replace_file(&rig.cfg, &edited);
     assert!(gw.wait_for_log("spool settings applied", WAIT), "{}", tail(&gw));
     assert!(!gw.logs().contains("only apply after a restart"), "{}", tail(&gw));
     assert_eq!(metric(&gw, "mqtt_kafka_gateway_spool_max_bytes"), (64u64 << 20) as f64);

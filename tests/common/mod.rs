@@ -205,6 +205,20 @@ pub fn write_config(dir: &Path, body: &str) -> PathBuf {
     path
 }
 
+/// Replaces `path` whole, as an editor or a Kubernetes mount does: a new file renamed over the old one.
+pub fn replace_file(path: &Path, body: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body).expect("write the new file");
+    std::fs::rename(&tmp, path).expect("rename it over the old one");
+}
+
+/// `value` and a newline in `dir/name`, as a mounted Secret holds it; its path.
+pub fn secret_file(dir: &Path, name: &str, value: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{value}\n")).expect("write the secret file");
+    path
+}
+
 /// Env that points the gateway at this test's brokers.
 pub fn broker_env(mosquitto: &Mosquitto) -> Vec<(&'static str, String)> {
     vec![("MQTT_BROKER", mosquitto.addr()), ("KAFKA_BOOTSTRAP_SERVERS", kafka().bootstrap())]
