@@ -243,11 +243,13 @@ fn apply_own(state: &mut State, new: &Config, targets: &Targets) -> bool {
     if state.current.log.stats_interval_secs != new.log.stats_interval_secs {
         changed = true;
         targets.stats_every.send_replace(Duration::from_secs(new.log.stats_interval_secs));
+        tracing::info!(stats_interval_secs = new.log.stats_interval_secs, "log.stats_interval_secs applied");
         state.current.log.stats_interval_secs = new.log.stats_interval_secs;
     }
     if state.current.shutdown_grace != new.shutdown_grace {
         changed = true;
         targets.grace.send_replace(new.shutdown_grace);
+        tracing::info!(grace_period_secs = new.shutdown_grace.as_secs(), "shutdown.grace_period_secs applied");
         state.current.shutdown_grace = new.shutdown_grace;
     }
     if state.current.reload != new.reload {
