@@ -56,6 +56,7 @@ fn an_empty_file_gives_the_spec_route_and_defaults() {
     assert!(c.mqtt.max_packet_size >= 1024 * 1024);
     assert_eq!(c.kafka.properties["acks"], "all");
     assert_eq!(c.kafka.properties["enable.idempotence"], "true");
+    assert_eq!(c.kafka.properties["reconnect.backoff.max.ms"], "1000");
     assert_eq!(c.kafka.properties["partitioner"], "murmur2_random");
 }
 
