@@ -217,12 +217,12 @@ fn each_kind_of_bad_edit_keeps_the_old_routes_and_is_reported() {
 fn settings_that_need_a_restart_are_named_and_routes_and_kafka_settings_still_apply() {
     let (s, gw) = setup();
     let body =
-        format!("mqtt:\n  keep_alive_secs: 30\n  buffer_bytes: 1048576\nkafka:\n  linger_ms: 50\n{}", with_b(&s));
+        format!("mqtt:\n  keep_alive_secs: 30\n  max_unacked_messages: 500\nkafka:\n  linger_ms: 50\n{}", with_b(&s));
     save_by_rename(&s.path, &body);
     wait_reloads(&gw, 1, Instant::now());
     let logs = gw.logs();
     let warning = logs.lines().find(|l| l.contains("only apply after a restart")).expect("a restart warning");
-    assert!(warning.contains("mqtt.buffer_bytes"), "{warning}");
+    assert!(warning.contains("mqtt.max_unacked_messages"), "{warning}");
     // The MQTT connection's keys and Kafka's settings apply live: a reconnect, a new producer.
     assert!(!warning.contains("keep_alive") && !warning.contains("linger"), "{warning}");
     assert!(gw.wait_for_log("MQTT settings applied", WAIT), "{}", gw.logs());
@@ -439,4 +439,17 @@ fn log_level_statistics_and_the_grace_period_apply_live() {
     let took = stopping.elapsed();
     eprintln!("stopped {:.1} s after SIGTERM with a grace period reloaded from 30 s to 1 s", took.as_secs_f64());
     assert!(took < Duration::from_secs(10), "the 30 s grace period applied: {took:?}");
+}
+
+#[test]
+fn buffer_bytes_and_read_coalesce_apply_without_a_new_connection() {
+    let (s, gw) = setup();
+    let body = format!("mqtt:\n  buffer_bytes: 1048576\n  read_coalesce_us: 0\n{}", with_b(&s));
+    save_by_rename(&s.path, &body);
+    assert!(gw.wait_for_log("mqtt.buffer_bytes applied", WAIT), "{}", gw.logs());
+    assert!(gw.wait_for_log("mqtt.read_coalesce_us applied", WAIT), "{}", gw.logs());
+    let logs = gw.logs();
+    assert!(!logs.contains("MQTT settings changed") && !logs.contains("only apply after a restart"), "{logs}");
+    assert_eq!(gw.count_in_log("connected to the MQTT broker"), 1, "no new connection:\n{logs}");
+    assert_flows(&s.mosquitto, "b/1", &s.tb, 0, &gw);
 }

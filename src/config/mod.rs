@@ -227,16 +227,10 @@ impl fmt::Display for ConfigError {
 }
 
 impl Config {
-    /// `new`'s MQTT settings as the connection can take them live: its connection keys (broker,
-    /// credentials, TLS, client id, protocol, keep-alive, session...), with the keys that size the
-    /// pipeline (`buffer_bytes`, `max_unacked_messages`, `read_coalesce_us`) kept as they are in `self`.
+    /// `new`'s MQTT settings as the MQTT edge can take them live: every key but
+    /// `max_unacked_messages` (the engine's window), kept as it is in `self`.
     pub fn mqtt_live(&self, new: &Config) -> MqttSettings {
-        MqttSettings {
-            buffer_bytes: self.mqtt.buffer_bytes,
-            max_unacked_messages: self.mqtt.max_unacked_messages,
-            read_coalesce: self.mqtt.read_coalesce,
-            ..new.mqtt.clone()
-        }
+        MqttSettings { max_unacked_messages: self.mqtt.max_unacked_messages, ..new.mqtt.clone() }
     }
 
     /// The keys that differ between `self` and `new` and only take effect after a restart (everything
@@ -249,10 +243,8 @@ impl Config {
                 keys.push(key.to_string());
             }
         };
-        // The connection's keys switch live (see `mqtt_live`); these size the pipeline itself.
-        check("mqtt.buffer_bytes", a.buffer_bytes != b.buffer_bytes);
+        // The other mqtt keys apply live (see `mqtt_live`); this one sizes the engine's window.
         check("mqtt.max_unacked_messages", a.max_unacked_messages != b.max_unacked_messages);
-        check("mqtt.read_coalesce_us", a.read_coalesce != b.read_coalesce);
         // log.level, log.stats_interval_secs, reload.* and shutdown.grace_period_secs apply live.
         check("log.format", self.log.format != new.log.format);
         check("replicas", self.replicas != new.replicas);

@@ -57,6 +57,12 @@ impl Coalesce {
         Self { wait, window: None, messages: 0, acked: false, waiting: false, asked: false }
     }
 
+    /// `mqtt.read_coalesce_us` from a reload.
+    pub(super) fn set_wait(&mut self, wait: Duration) {
+        self.wait = wait;
+        self.reset();
+    }
+
     pub(super) fn message(&mut self, qos: u8) {
         self.messages += 1;
         self.acked |= qos > 0;

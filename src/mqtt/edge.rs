@@ -178,7 +178,9 @@ impl Edge {
                     self.acks.out.retry_unsent(&self.client, self.connection, &self.metrics);
                 }
                 changed = self.new_settings.rx.changed(), if self.new_settings.open => {
-                    if self.new_settings.take(changed.is_ok(), &self.settings) {
+                    let local =
+                        Local { settings: &mut self.settings, coalesce: &mut self.coalesce, out: self.out.as_ref() };
+                    if self.new_settings.take(changed.is_ok(), local) {
                         // Switched between events, with this poll dropped: the connection is closed
                         // there anyway.
                         return Some(Ok(Event::Other));
@@ -306,7 +308,9 @@ impl Edge {
                 _ = self.stop.disconnect.cancelled() => return ControlFlow::Break(()),
                 // New settings (another broker, say) apply now, not after the backoff.
                 changed = self.new_settings.rx.changed(), if self.new_settings.open => {
-                    if self.new_settings.take(changed.is_ok(), &self.settings) {
+                    let local =
+                        Local { settings: &mut self.settings, coalesce: &mut self.coalesce, out: self.out.as_ref() };
+                    if self.new_settings.take(changed.is_ok(), local) {
                         return ControlFlow::Continue(());
                     }
                 }
@@ -383,20 +387,51 @@ impl SettingsWatch {
         Self { rx, open: true, switch_to: None }
     }
 
-    /// New settings came (`open`), or the reloader is gone: true if they differ from `current` and are
-    /// to be switched to.
-    fn take(&mut self, open: bool, current: &MqttSettings) -> bool {
+    /// New settings came (`open`), or the reloader is gone: true if the connection is to be switched to
+    /// them. What the edge applies without a new connection (`buffer_bytes`, `read_coalesce_us`) it
+    /// applies here.
+    fn take(&mut self, open: bool, local: Local<'_>) -> bool {
         if !open {
             self.open = false;
             return false;
         }
         let new = self.rx.borrow_and_update().clone();
-        if new == *current {
+        if new == *local.settings {
             tracing::info!("the MQTT settings in effect are unchanged");
+            return false;
+        }
+        let connection =
+            |s: &MqttSettings| MqttSettings { buffer_bytes: 0, read_coalesce: Duration::ZERO, ..s.clone() };
+        if connection(&new) == connection(local.settings) {
+            local.apply(new);
             return false;
         }
         self.switch_to = Some(new);
         true
+    }
+}
+
+/// What the edge applies of new settings without a new connection.
+pub(super) struct Local<'a> {
+    pub(super) settings: &'a mut MqttSettings,
+    pub(super) coalesce: &'a mut Coalesce,
+    pub(super) out: Option<&'a IntakeSender>,
+}
+
+impl Local<'_> {
+    /// `mqtt.buffer_bytes` and `mqtt.read_coalesce_us` from `new`, which becomes the settings in effect.
+    pub(super) fn apply(self, new: MqttSettings) {
+        if new.buffer_bytes != self.settings.buffer_bytes {
+            if let Some(out) = self.out {
+                out.set_limit(new.buffer_bytes);
+            }
+            tracing::info!(buffer_bytes = new.buffer_bytes, "mqtt.buffer_bytes applied");
+        }
+        if new.read_coalesce != self.settings.read_coalesce {
+            self.coalesce.set_wait(new.read_coalesce);
+            tracing::info!(read_coalesce_us = new.read_coalesce.as_micros() as u64, "mqtt.read_coalesce_us applied");
+        }
+        *self.settings = new;
     }
 }
 

@@ -23,10 +23,11 @@ pub const MESSAGE_OVERHEAD_BYTES: usize = 128;
 
 struct Budget {
     used: AtomicUsize,
-    limit: usize,
+    /// `mqtt.buffer_bytes` (a reload may change it).
+    limit: AtomicUsize,
     /// Reading resumes below this (three quarters of the limit), so that a full intake is not woken
     /// for every few messages the pipeline takes.
-    resume_below: usize,
+    resume_below: AtomicUsize,
     room: Notify,
 }
 
@@ -47,8 +48,12 @@ pub struct IntakeReceiver {
 pub fn intake(limit_bytes: usize) -> (IntakeSender, IntakeReceiver) {
     let (tx, rx) = mpsc::unbounded_channel();
     let limit = limit_bytes.max(1);
-    let budget =
-        Arc::new(Budget { used: AtomicUsize::new(0), limit, resume_below: limit - limit / 4, room: Notify::new() });
+    let budget = Arc::new(Budget {
+        used: AtomicUsize::new(0),
+        limit: AtomicUsize::new(limit),
+        resume_below: AtomicUsize::new(limit - limit / 4),
+        room: Notify::new(),
+    });
     (IntakeSender { tx, budget: budget.clone() }, IntakeReceiver { rx, budget })
 }
 
@@ -74,7 +79,17 @@ impl IntakeSender {
 
     /// The intake holds its limit or more: stop reading the connection until [`room`](Self::room).
     pub fn is_full(&self) -> bool {
-        self.budget.used.load(Ordering::Relaxed) >= self.budget.limit
+        self.budget.used.load(Ordering::Relaxed) >= self.budget.limit.load(Ordering::Relaxed)
+    }
+
+    /// A new limit (`mqtt.buffer_bytes` from a reload), from now on; a larger one wakes a paused edge.
+    pub fn set_limit(&self, limit_bytes: usize) {
+        let limit = limit_bytes.max(1);
+        self.budget.limit.store(limit, Ordering::Relaxed);
+        self.budget.resume_below.store(limit - limit / 4, Ordering::Relaxed);
+        if self.budget.used.load(Ordering::Relaxed) < limit - limit / 4 {
+            self.budget.room.notify_waiters();
+        }
     }
 
     /// Bytes held now.
@@ -93,7 +108,7 @@ impl IntakeSender {
         loop {
             // Registered before the check, so a wake-up between the check and the wait is not missed.
             let notified = self.budget.room.notified();
-            if self.budget.used.load(Ordering::Relaxed) < self.budget.resume_below {
+            if self.budget.used.load(Ordering::Relaxed) < self.budget.resume_below.load(Ordering::Relaxed) {
                 return;
             }
             notified.await;
@@ -116,7 +131,8 @@ impl IntakeReceiver {
     fn taken(&self, m: Entry) -> Entry {
         let c = cost(&m.0);
         let before = self.budget.used.fetch_sub(c, Ordering::Relaxed);
-        if before >= self.budget.resume_below && before - c < self.budget.resume_below {
+        let resume_below = self.budget.resume_below.load(Ordering::Relaxed);
+        if before >= resume_below && before - c < resume_below {
             self.budget.room.notify_waiters();
         }
         m
@@ -125,6 +141,23 @@ impl IntakeReceiver {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_new_limit_applies_from_now_on() {
+        let (tx, mut rx) = intake(1000);
+        let m = || Message::new("t/1", vec![0u8; 300], 0, std::time::SystemTime::now());
+        let table = Arc::new(RouteTable::new(vec![]));
+        for _ in 0..3 {
+            tx.send(m(), table.clone()).unwrap();
+        }
+        assert!(tx.is_full(), "3 x (300 + overhead) bytes over 1,000");
+        tx.set_limit(10_000);
+        assert!(!tx.is_full());
+        tx.set_limit(100);
+        assert!(tx.is_full());
+        while rx.try_recv().is_some() {}
+        assert!(!tx.is_full());
+    }
     use super::*;
     use std::time::{Duration, SystemTime};
 

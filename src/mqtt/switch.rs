@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use super::client::{self, Event};
-use super::edge::Edge;
+use super::edge::{Edge, Local};
 use super::subscriptions::Subscriptions;
 use crate::config::MqttSettings;
 use crate::core::backoff::Backoff;
@@ -39,6 +39,10 @@ impl Edge {
             self.drain_for_switch().await;
             self.close_for_switch().await;
         }
+        // What needs no connection applies whatever comes of the new one.
+        let local =
+            MqttSettings { buffer_bytes: new.buffer_bytes, read_coalesce: new.read_coalesce, ..self.settings.clone() };
+        Local { settings: &mut self.settings, coalesce: &mut self.coalesce, out: self.out.as_ref() }.apply(local);
         let old = std::mem::replace(&mut self.settings, new);
         self.rebuild();
         match self.connect_now().await {
