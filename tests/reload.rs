@@ -216,13 +216,15 @@ fn each_kind_of_bad_edit_keeps_the_old_routes_and_is_reported() {
 #[test]
 fn settings_that_need_a_restart_are_named_and_routes_and_kafka_settings_still_apply() {
     let (s, gw) = setup();
-    let body =
-        format!("mqtt:\n  keep_alive_secs: 30\n  max_unacked_messages: 500\nkafka:\n  linger_ms: 50\n{}", with_b(&s));
+    let body = format!(
+        "mqtt:\n  keep_alive_secs: 30\nkafka:\n  linger_ms: 50\nreplicas:\n  count: 2\n  index: 0\n{}",
+        with_b(&s)
+    );
     save_by_rename(&s.path, &body);
     wait_reloads(&gw, 1, Instant::now());
     let logs = gw.logs();
     let warning = logs.lines().find(|l| l.contains("only apply after a restart")).expect("a restart warning");
-    assert!(warning.contains("mqtt.max_unacked_messages"), "{warning}");
+    assert!(warning.contains("replicas"), "{warning}");
     // The MQTT connection's keys and Kafka's settings apply live: a reconnect, a new producer.
     assert!(!warning.contains("keep_alive") && !warning.contains("linger"), "{warning}");
     assert!(gw.wait_for_log("MQTT settings applied", WAIT), "{}", gw.logs());
@@ -417,8 +419,20 @@ fn log_level_statistics_and_the_grace_period_apply_live() {
     );
     assert!(!gw.logs().contains("only apply after a restart"), "{}", gw.logs());
 
+    // JSON lines from the reload on.
+    let body_json = |level: &str| body(level, 1, 1).replace("log:\n", "log:\n  format: json\n");
+    save_by_rename(&path, &body_json("info"));
+    assert!(
+        common::wait_until(WAIT, Duration::from_millis(50), || gw
+            .logs()
+            .lines()
+            .any(|l| l.starts_with('{') && l.contains("statistics"))),
+        "no JSON statistics line:\n{}",
+        gw.logs()
+    );
+
     // WARN only: the INFO statistics lines stop.
-    save_by_rename(&path, &body("warn", 1, 1));
+    save_by_rename(&path, &body_json("warn"));
     std::thread::sleep(Duration::from_millis(1500));
     let lines = gw.count_in_log("statistics");
     let quiet =
@@ -451,5 +465,19 @@ fn buffer_bytes_and_read_coalesce_apply_without_a_new_connection() {
     let logs = gw.logs();
     assert!(!logs.contains("MQTT settings changed") && !logs.contains("only apply after a restart"), "{logs}");
     assert_eq!(gw.count_in_log("connected to the MQTT broker"), 1, "no new connection:\n{logs}");
+    assert_flows(&s.mosquitto, "b/1", &s.tb, 0, &gw);
+}
+
+#[test]
+fn max_unacked_messages_applies_live() {
+    let (s, gw) = setup();
+    let body = format!("mqtt:\n  max_unacked_messages: 500\n{}", with_b(&s));
+    save_by_rename(&s.path, &body);
+    assert!(gw.wait_for_log("mqtt.max_unacked_messages applied", WAIT), "{}", gw.logs());
+    assert!(!gw.logs().contains("only apply after a restart"), "{}", gw.logs());
+    // MQTT 5 announces it as Receive Maximum: a new connection carries it.
+    if std::env::var("TEST_MQTT_PROTOCOL").as_deref() == Ok("5") {
+        assert!(gw.wait_for_log("MQTT settings applied", WAIT), "{}", gw.logs());
+    }
     assert_flows(&s.mosquitto, "b/1", &s.tb, 0, &gw);
 }

@@ -227,33 +227,23 @@ impl fmt::Display for ConfigError {
 }
 
 impl Config {
-    /// `new`'s MQTT settings as the MQTT edge can take them live: every key but
-    /// `max_unacked_messages` (the engine's window), kept as it is in `self`.
-    pub fn mqtt_live(&self, new: &Config) -> MqttSettings {
-        MqttSettings { max_unacked_messages: self.mqtt.max_unacked_messages, ..new.mqtt.clone() }
-    }
-
-    /// The keys that differ between `self` and `new` and only take effect after a restart (everything
-    /// but the routes, Kafka's settings and the MQTT connection's).
+    /// The keys that differ between `self` and `new` and only take effect after a restart.
     pub fn restart_needed(&self, new: &Config) -> Vec<String> {
-        let mut keys = Vec::new();
-        let (a, b) = (&self.mqtt, &new.mqtt);
-        let mut check = |key: &str, differs: bool| {
-            if differs {
-                keys.push(key.to_string());
-            }
-        };
-        // The other mqtt keys apply live (see `mqtt_live`); this one sizes the engine's window.
-        check("mqtt.max_unacked_messages", a.max_unacked_messages != b.max_unacked_messages);
-        // log.level, log.stats_interval_secs, reload.* and shutdown.grace_period_secs apply live.
-        check("log.format", self.log.format != new.log.format);
-        check("replicas", self.replicas != new.replicas);
-        // Its settings apply live; adding or removing the section does not.
-        check("schema_registry", self.schema_registry.is_some() != new.schema_registry.is_some());
-        // Its settings apply live, but for its directory.
-        let dir = |c: &Config| c.spool.as_ref().map(|s| s.dir.clone());
-        check("spool.dir", dir(self) != dir(new));
-        // `kafka.*` is not among them: a new producer is built, checked and swapped in.
-        keys
+        // Everything else applies live: the routes, `kafka.*` (a new producer, checked, swapped in),
+        // `mqtt.*` (a new connection, or in place), `http.listen`, `log.*`, `reload.*`, the grace period,
+        // the registry's settings and the spool's but for its directory.
+        let spool_dir = |c: &Config| c.spool.as_ref().map(|s| s.dir.clone());
+        [
+            // Devices move between replicas, which must change together to keep per-device order.
+            ("replicas", self.replicas != new.replicas),
+            // The engine is built with or without a registry.
+            ("schema_registry", self.schema_registry.is_some() != new.schema_registry.is_some()),
+            // What the spool holds lives there.
+            ("spool.dir", spool_dir(self) != spool_dir(new)),
+        ]
+        .into_iter()
+        .filter(|&(_, differs)| differs)
+        .map(|(key, _)| key.to_string())
+        .collect()
     }
 }

@@ -149,7 +149,7 @@ pub struct Targets {
     pub routes: watch::Sender<Arc<RouteTable>>,
     /// Each change of the Kafka settings or of the files librdkafka reads.
     pub kafka: watch::Sender<KafkaChange>,
-    /// Each change of the MQTT connection's settings (see [`Config::mqtt_live`]).
+    /// Each change of the MQTT settings (the edge reconnects, or applies them in place).
     pub mqtt: watch::Sender<crate::config::MqttSettings>,
     /// Each change of `http.listen`.
     pub http: watch::Sender<Option<std::net::SocketAddr>>,
@@ -163,6 +163,8 @@ pub struct Targets {
     /// Each change of the spool's settings but its `dir` (a new directory, or adding or removing the
     /// section, needs a restart).
     pub spool: watch::Sender<Option<crate::config::SpoolSettings>>,
+    /// Each change of `mqtt.max_unacked_messages` (the engine's window).
+    pub window: watch::Sender<usize>,
 }
 
 /// Watches `config.source` until `shutdown`, publishing what a valid new configuration changes.
@@ -228,7 +230,8 @@ pub async fn run(config: Config, targets: Targets, metrics: Arc<Metrics>, shutdo
     }
 }
 
-/// The settings of the gateway's own machinery, applied at once: `log.level`, `log.stats_interval_secs`,
+/// The settings of the gateway's own machinery, applied at once: `log.level`, `log.format`,
+/// `log.stats_interval_secs`,
 /// `reload.*` (from the next wait on), `shutdown.grace_period_secs`. True if one changed.
 fn apply_own(state: &mut State, new: &Config, targets: &Targets) -> bool {
     let mut changed = false;
@@ -239,6 +242,14 @@ fn apply_own(state: &mut State, new: &Config, targets: &Targets) -> bool {
             Err(why) => tracing::warn!(reason = %why, "log.level not applied"),
         }
         state.current.log.level = new.log.level.clone();
+    }
+    if state.current.log.format != new.log.format {
+        changed = true;
+        match crate::ops::telemetry::set_format(&new.log.format) {
+            Ok(()) => tracing::info!(format = %new.log.format, "log.format applied"),
+            Err(why) => tracing::warn!(reason = %why, "log.format not applied"),
+        }
+        state.current.log.format = new.log.format.clone();
     }
     if state.current.log.stats_interval_secs != new.log.stats_interval_secs {
         changed = true;
@@ -414,7 +425,10 @@ async fn attempt(state: &mut State, trigger: Trigger, debounce: Duration, target
         targets.kafka.send_modify(|k| *k = KafkaChange { attempt: k.attempt + 1, ..kafka });
     }
     state.current.kafka = new.kafka.clone();
-    let mqtt = state.current.mqtt_live(&new);
+    if new.mqtt.max_unacked_messages != state.current.mqtt.max_unacked_messages {
+        targets.window.send_replace(new.mqtt.max_unacked_messages);
+    }
+    let mqtt = new.mqtt.clone();
     let mqtt_changed = mqtt != *targets.mqtt.borrow();
     if mqtt_changed || matches!(trigger, Trigger::Signal) {
         // The MQTT edge reconnects with them, or goes back to the old ones and says why.

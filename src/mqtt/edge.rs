@@ -400,8 +400,13 @@ impl SettingsWatch {
             tracing::info!("the MQTT settings in effect are unchanged");
             return false;
         }
-        let connection =
-            |s: &MqttSettings| MqttSettings { buffer_bytes: 0, read_coalesce: Duration::ZERO, ..s.clone() };
+        // MQTT 3.1.1 has no Receive Maximum: max_unacked_messages is then the engine's alone.
+        let connection = |s: &MqttSettings| MqttSettings {
+            buffer_bytes: 0,
+            read_coalesce: Duration::ZERO,
+            max_unacked_messages: if s.protocol == crate::config::Protocol::V5 { s.max_unacked_messages } else { 0 },
+            ..s.clone()
+        };
         if connection(&new) == connection(local.settings) {
             local.apply(new);
             return false;

@@ -144,6 +144,8 @@ pub(super) struct Engine {
     swapping: Option<swap::Swapping>,
     /// The producer in use, as those outside the engine see it.
     in_use: super::swap::InUse,
+    /// `mqtt.max_unacked_messages` as reloads change it (the window).
+    windows: Option<tokio::sync::watch::Receiver<usize>>,
     /// Tests: the next record handed over is refused with this error, as librdkafka would refuse it.
     #[cfg(test)]
     refuse_next: Option<KafkaError>,
@@ -203,6 +205,7 @@ impl Engine {
             swaps_open: true,
             swapping: None,
             in_use,
+            windows: None,
             #[cfg(test)]
             refuse_next: None,
         }
@@ -213,6 +216,12 @@ impl Engine {
         self.messages.len()
     }
 
+    /// The window follows `mqtt.max_unacked_messages` as reloads change it: a smaller one takes no new
+    /// message until the messages in flight are fewer.
+    pub(super) fn follow_window(&mut self, windows: tokio::sync::watch::Receiver<usize>) {
+        self.windows = Some(windows);
+    }
+
     /// Takes messages until the intake closes (shutdown) and everything taken is settled, or `give_up`.
     pub(super) async fn run(&mut self, mut intake: IntakeReceiver, give_up: &CancellationToken) {
         let mut open = true;
@@ -220,6 +229,10 @@ impl Engine {
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT_EVERY, HEARTBEAT_EVERY);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if let Some(windows) = self.windows.as_mut().filter(|w| w.has_changed().unwrap_or(false)) {
+                self.window = (*windows.borrow_and_update()).max(1);
+                tracing::info!(max_unacked_messages = self.window, "mqtt.max_unacked_messages applied");
+            }
             self.metrics.unacked.store(self.messages.len() as u64, Relaxed);
             self.metrics.awaiting_schema.store(self.awaiting.len() as u64, Relaxed);
             if self.spool.is_some() {

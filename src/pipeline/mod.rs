@@ -206,6 +206,7 @@ async fn run_inner(
     let stats = tokio::spawn(stats(metrics.clone(), stats_every, shutdown.clone()));
     let (kafka_tx, kafka_changes) = watch::channel(reload::KafkaChange::of(&config));
     let (grace_tx, grace_rx) = watch::channel(config.shutdown_grace);
+    let (window_tx, windows) = watch::channel(config.mqtt.max_unacked_messages);
     let (registry_tx, registry_settings) = watch::channel(config.schema_registry.clone());
     if let Some(schemas) = &schemas {
         tokio::spawn(follow::registry(schemas.clone(), registry_settings, metrics.clone()));
@@ -219,6 +220,7 @@ async fn run_inner(
         grace: grace_tx,
         registry: registry_tx,
         spool: spool_tx,
+        window: window_tx,
     };
     let reloader = tokio::spawn(reload::run(config.clone(), targets, metrics.clone(), shutdown.clone()));
     let (swaps_tx, swaps) = mpsc::channel(1);
@@ -256,6 +258,7 @@ async fn run_inner(
         in_use: in_use.clone(),
     };
     let mut engine = Engine::new(links, config.mqtt.max_packet_size, config.mqtt.max_unacked_messages, config.replicas);
+    engine.follow_window(windows);
     let shutting_down = shutdown.clone();
     engine.run(intake_rx, &give_up).await;
     let grace = *grace_rx.borrow();
