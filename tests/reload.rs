@@ -230,6 +230,14 @@ fn settings_that_need_a_restart_are_named_and_routes_and_kafka_settings_still_ap
     assert!(gw.wait_for_log("MQTT settings applied", WAIT), "{}", gw.logs());
     assert!(gw.wait_for_log("Kafka producer switched", WAIT), "{}", gw.logs());
     assert_flows(&s.mosquitto, "b/1", &s.tb, 0, &gw);
+    // Said once: another edit while replicas still differ applies without saying it again.
+    let only_a = routes_yaml(&[("a", "a/#", &s.ta)]);
+    save_by_rename(
+        &s.path,
+        &format!("mqtt:\n  keep_alive_secs: 30\nkafka:\n  linger_ms: 50\nreplicas:\n  count: 2\n  index: 0\n{only_a}"),
+    );
+    wait_reloads(&gw, 2, Instant::now());
+    assert_eq!(gw.count_in_log("only apply after a restart"), 1, "{}", gw.logs());
 }
 
 #[test]

@@ -46,6 +46,8 @@ struct State {
     file_missing: bool,
     /// The file's text last applied: an edit of a key the environment overrides is named.
     text: String,
+    /// The settings that need a restart, as last said: said once, not at every reload after.
+    said_restart: String,
 }
 
 /// Of the file's text and of the other files `config` reads (a missing one hashes as missing).
@@ -180,6 +182,7 @@ pub async fn run(config: Config, targets: Targets, metrics: Arc<Metrics>, shutdo
         generation: 1,
         file_missing: false,
         text: initial_text.unwrap_or_default(),
+        said_restart: String::new(),
     };
 
     let (events_tx, mut events) = mpsc::channel::<()>(1);
@@ -466,9 +469,17 @@ async fn attempt(state: &mut State, trigger: Trigger, debounce: Duration, target
         tracing::info!(generation = state.generation, "the configuration file changed, but nothing in effect did");
         return;
     }
-    if !restart.is_empty() {
-        tracing::warn!(keys = ?restart, "these settings changed in the file but only apply after a restart; route changes apply now");
+    // Once for each new value of what needs a restart, not at every reload while it differs.
+    let said = format!(
+        "{restart:?} {:?} {} {:?}",
+        new.replicas,
+        new.schema_registry.is_some(),
+        new.spool.as_ref().map(|s| &s.dir)
+    );
+    if !restart.is_empty() && said != state.said_restart {
+        tracing::warn!(keys = ?restart, "these settings changed in the file but only apply after a restart; the rest applies now");
     }
+    state.said_restart = if restart.is_empty() { String::new() } else { said };
     if !diff.is_empty() {
         state.generation += 1;
         let mut table = new.routes.clone();
