@@ -161,3 +161,44 @@ fn sighup_applies_mqtt_and_kafka_changes_when_watching_is_off() {
     common::mosquitto_pub(mt.broker().port(), "fault/dev-1/seq", br#"{"seq":0}"#, 1);
     assert_eq!(kafka().consume(&topic, 1, WAIT).len(), 1, "nothing flows after the switch:\n{}", tail(&gw));
 }
+
+/// The client certificate and key files renewed in place (mutual TLS): the connection is switched to
+/// them, losing nothing of a QoS 1 stream.
+#[test]
+fn a_client_certificate_renewed_in_place_switches_the_connection() {
+    const N: usize = 6000;
+    let pki = Pki::generate();
+    let mt = MosquittoTls::start_with(&pki, TlsOptions { extra_conf: DEEP_QUEUE, ..TlsOptions::default() });
+    let topic = unique_topic("live_mqtt_cert");
+    kafka().create_topic(&topic, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("client.crt"), dir.path().join("client.key"));
+    std::fs::copy(pki.client_rsa_cert(), &cert).unwrap();
+    std::fs::copy(pki.client_rsa_key_pkcs8(), &key).unwrap();
+    let tls = format!(
+        "  tls:\n    ca_file: {}\n    cert_file: {}\n    key_file: {}\n",
+        mt.ca_pem().display(),
+        cert.display(),
+        key.display()
+    );
+    let broker = format!("mqtts://127.0.0.1:{}", mt.mtls_port());
+    let path = config(&broker, &tls, &topic, &unique_topic("gw")).write(dir.path());
+    let gw = Gateway::start(&path, &[]);
+    assert!(gw.wait_for_log("subscribed", WAIT), "{}", tail(&gw));
+    let publisher = paced(mt.broker().port(), N);
+    // Records in Kafka first: a producer still waiting for its idempotence id holds the stream, and a
+    // gateway holding it takes the new settings only once it moves again.
+    let flowing = wait_until(WAIT, Duration::from_millis(50), || {
+        value(&gw.metrics(), "mqtt_kafka_gateway_records_delivered_total", &[]) >= 500.0
+    });
+    assert!(flowing, "{}", tail(&gw));
+
+    // Renewed: another certificate of the same CA, with its key (the key first, as a Secret swaps both).
+    let since = Instant::now();
+    replace_file(&key, &std::fs::read_to_string(pki.client_ec_key_pkcs8()).unwrap());
+    replace_file(&cert, &std::fs::read_to_string(pki.client_ec_cert()).unwrap());
+    let switch = logged(&gw, "MQTT settings applied", 1, since);
+    publisher.join().expect("publisher");
+    let t = tally(kafka(), &topic, N, Duration::from_secs(60));
+    check("client_certificate_renewed", N, &t, switch, &gw);
+}

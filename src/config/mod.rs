@@ -129,6 +129,9 @@ pub struct MqttSettings {
     pub protocol: Protocol,
     /// MQTT 5: the session expiry interval sent in CONNECT (seconds; `u32::MAX` is "never").
     pub session_expiry: u32,
+    /// A hash of the TLS files' contents when the settings were read: a certificate renewed in place
+    /// makes them differ, and the connection is switched to it.
+    pub tls_contents: u64,
 }
 
 /// The MQTT protocol version spoken to the broker.

@@ -220,12 +220,16 @@ pub async fn run(config: Config, targets: Targets, metrics: Arc<Metrics>, shutdo
             Some(()) = recv_signal(&mut hangup) => Trigger::Signal,
         };
         if let Trigger::FileEvent = trigger {
-            // Settle: wait until the directory has been quiet for the debounce time.
+            // Settle: wait until the directory has been quiet for the debounce time, but not for ever: a
+            // watched directory that is never quiet (a broker's log beside its CA file, say) would
+            // otherwise hold every reload back. The file is read until two reads agree anyway.
+            let give_up = tokio::time::Instant::now() + (debounce * 4).max(Duration::from_secs(1));
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     Some(()) = events.recv() => continue,
                     _ = tokio::time::sleep(debounce) => break,
+                    _ = tokio::time::sleep_until(give_up) => break,
                 }
             }
         }

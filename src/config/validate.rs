@@ -234,6 +234,17 @@ fn mqtt(m: &RawMqtt, p: &mut Problems<'_>) -> Option<MqttSettings> {
     }
     let broker = broker.ok();
     let tls = security::mqtt_tls(&m.tls, broker.as_ref().is_some_and(|b| b.transport.is_tls()), p);
+    // The TLS files are read at every connection attempt; their contents are part of the settings, so
+    // that a certificate renewed in place reaches the connection in use through a reload too.
+    let tls_contents = tls.as_ref().map_or(0, |t| {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let files = t.ca_file.iter().chain(t.client.iter().flat_map(|(cert, key)| [cert, key]));
+        for file in files {
+            std::fs::read(file).ok().hash(&mut h);
+        }
+        h.finish()
+    });
     Some(MqttSettings {
         broker: broker?,
         tls,
@@ -251,6 +262,7 @@ fn mqtt(m: &RawMqtt, p: &mut Problems<'_>) -> Option<MqttSettings> {
         shared_group: m.shared_group.clone(),
         protocol: protocol?,
         session_expiry,
+        tls_contents,
     })
 }
 

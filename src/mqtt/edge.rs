@@ -125,6 +125,12 @@ impl Edge {
             self.out = None;
         }
         self.write_due_acks().await;
+        // Checked here too, not only while the connection is quiet: in a steady stream the next event is
+        // always ready and the wait where the channel is watched is never reached.
+        if self.new_settings.open && self.new_settings.rx.has_changed().unwrap_or(false) {
+            let local = Local { settings: &mut self.settings, coalesce: &mut self.coalesce, out: self.out.as_ref() };
+            self.new_settings.take(true, local);
+        }
         if let Some(new) = self.new_settings.switch_to.take() {
             self.switch(new).await;
         }
