@@ -242,22 +242,11 @@ pub async fn run(config: Config, targets: Targets, metrics: Arc<Metrics>, shutdo
 /// `reload.*` (from the next wait on), `shutdown.grace_period_secs`. True if one changed.
 fn apply_own(state: &mut State, new: &Config, targets: &Targets) -> bool {
     let mut changed = false;
-    if state.current.log.level != new.log.level {
-        changed = true;
-        match crate::ops::telemetry::set_level(&new.log.level) {
-            Ok(()) => tracing::info!(level = %new.log.level, "log.level applied"),
-            Err(why) => tracing::warn!(reason = %why, "log.level not applied"),
-        }
-        state.current.log.level = new.log.level.clone();
-    }
-    if state.current.log.format != new.log.format {
-        changed = true;
-        match crate::ops::telemetry::set_format(&new.log.format) {
-            Ok(()) => tracing::info!(format = %new.log.format, "log.format applied"),
-            Err(why) => tracing::warn!(reason = %why, "log.format not applied"),
-        }
-        state.current.log.format = new.log.format.clone();
-    }
+    // The log's filter and its output, each through the telemetry setter that may refuse it.
+    changed |= apply_log("log.level", &state.current.log.level, &new.log.level, crate::ops::telemetry::set_level);
+    changed |= apply_log("log.format", &state.current.log.format, &new.log.format, crate::ops::telemetry::set_format);
+    state.current.log.level = new.log.level.clone();
+    state.current.log.format = new.log.format.clone();
     if state.current.log.stats_interval_secs != new.log.stats_interval_secs {
         changed = true;
         targets.stats_every.send_replace(Duration::from_secs(new.log.stats_interval_secs));
@@ -276,6 +265,18 @@ fn apply_own(state: &mut State, new: &Config, targets: &Targets) -> bool {
         state.current.reload = new.reload.clone();
     }
     changed
+}
+
+/// One `log` key through its setter, if it changed; true if it did.
+fn apply_log(key: &str, old: &str, new: &str, set: fn(&str) -> Result<(), String>) -> bool {
+    if old == new {
+        return false;
+    }
+    match set(new) {
+        Ok(()) => tracing::info!(key, value = new, "applied"),
+        Err(why) => tracing::warn!(key, reason = %why, "not applied"),
+    }
+    true
 }
 
 /// The file as read (hash `h`) is refused: counted, logged once with `why`, the routes in effect stay.

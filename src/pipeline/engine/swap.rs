@@ -70,7 +70,7 @@ impl Engine {
                 kafka::purge(&self.producer);
             }
         } else if swapping.took_back && waited >= DRAIN + GIVE_UP {
-            let abandoned = self.swapping.take().expect("looked up above");
+            let Some(abandoned) = self.swapping.take() else { return false };
             self.metrics.kafka_swaps_refused.fetch_add(1, Relaxed);
             tracing::error!(
                 held,
