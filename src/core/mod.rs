@@ -5,6 +5,7 @@
 //! other way round.
 
 pub mod backoff;
+pub mod downlink;
 pub mod encoding;
 pub mod envelope;
 pub mod message;
