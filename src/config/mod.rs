@@ -24,11 +24,13 @@
 //! - `security.rs`: `mqtt.tls`, `kafka.sasl`, `kafka.tls` and secrets read from files;
 //! - `pem.rs`: the PEM files TLS reads (CA, client certificate and key);
 //! - `tls.rs`: the rustls client configuration a `tls` section makes;
+//! - `downlink.rs`: `downlinks`, and the loops they would make with the routes;
 //! - `reload.rs`: the live reload of the routes: directory watch, debounce, validate, swap.
 //!
 //! Imports the core (the validated routes are its types) and `ops` (a reload is counted); no edge.
 
 mod broker;
+mod downlink;
 pub mod pem;
 mod raw;
 mod registry;
@@ -49,6 +51,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use broker::{parse_broker, BrokerAddr, Transport};
+pub use downlink::{RawDownlink, RawDownlinkRateLimit};
 pub use raw::*;
 pub use security::{is_secret_property, MqttTls, RawKafkaSasl, RawKafkaTls, RawMqttTls, RawOauthbearer, TlsVersion};
 pub use sources::{edited_overrides, load, load_from_str, load_with_env, EnvSource, ProcessEnv};
@@ -90,6 +93,8 @@ pub struct Config {
     /// The files secrets were read from (`mqtt.password_file`, `kafka.sasl.password_file`...): a reload
     /// watches them, so a rotated Secret applies like an edit.
     pub secret_files: Vec<PathBuf>,
+    /// Kafka → MQTT routes.
+    pub downlinks: Vec<std::sync::Arc<crate::core::downlink::Downlink>>,
 }
 
 /// `schema_registry`, checked.

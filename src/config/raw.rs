@@ -24,6 +24,8 @@ pub struct RawConfig {
     pub replicas: RawReplicas,
     pub schema_registry: RawSchemaRegistry,
     pub spool: super::spool::RawSpool,
+    /// Kafka → MQTT routes (see `crate::core::downlink`). None by default.
+    pub downlinks: Vec<super::downlink::RawDownlink>,
 }
 
 /// `schema_registry`: a Confluent-compatible Schema Registry (its REST API), for the routes whose
@@ -155,6 +157,7 @@ impl Default for RawConfig {
             replicas: RawReplicas::default(),
             schema_registry: RawSchemaRegistry::default(),
             spool: super::spool::RawSpool::default(),
+            downlinks: Vec::new(),
         }
     }
 }
@@ -334,6 +337,9 @@ pub struct RawRoute {
     /// `json_schema` (shorthand), or `{type, subject, version, message, schema_file}`.
     #[serde(default)]
     pub encoding: Option<RawEncoding>,
+    /// A downlink may publish where this route subscribes (see `downlinks[].allow_loop`).
+    #[serde(default)]
+    pub allow_loop: bool,
 }
 
 /// `routes[].rate_limit`.
@@ -388,6 +394,7 @@ impl RawRoute {
             schema: None,
             rate_limit: None,
             encoding: None,
+            allow_loop: false,
         }
     }
 }

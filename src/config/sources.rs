@@ -364,8 +364,19 @@ fn deserialize_sections(
     locate: &dyn Fn(&str) -> Origin,
     problems: &mut Vec<Problem>,
 ) -> Option<RawConfig> {
-    const SECTIONS: [&str; 10] =
-        ["mqtt", "kafka", "routes", "shutdown", "log", "reload", "http", "replicas", "schema_registry", "spool"];
+    const SECTIONS: [&str; 11] = [
+        "mqtt",
+        "kafka",
+        "routes",
+        "shutdown",
+        "log",
+        "reload",
+        "http",
+        "replicas",
+        "schema_registry",
+        "spool",
+        "downlinks",
+    ];
     for key in merged.keys() {
         if !SECTIONS.contains(&key.as_str()) {
             problems.push(Problem {
@@ -396,24 +407,41 @@ fn deserialize_sections(
     section!("replicas", replicas);
     section!("schema_registry", schema_registry);
     section!("spool", spool);
-    if let Some(routes) = merged.get("routes") {
-        match routes {
-            FValue::Array(_, items) => {
-                raw.routes = items
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, item)| from_value(item, &format!("routes[{i}]"), locate, problems))
-                    .collect();
-            }
-            _ => problems.push(Problem {
-                path: "routes".into(),
-                message: "must be a list of routes".into(),
-                hint: Some("start each route with `- name: ...`".into()),
-                origin: locate("routes"),
-            }),
-        }
+    if let Some(routes) = list(merged, "routes", "routes", locate, problems) {
+        raw.routes = routes;
+    }
+    if let Some(downlinks) = list(merged, "downlinks", "downlinks", locate, problems) {
+        raw.downlinks = downlinks;
     }
     (problems.len() == before).then_some(raw)
+}
+
+/// A list section, item by item, so that each problem names its item.
+fn list<T: for<'de> Deserialize<'de>>(
+    merged: &Dict,
+    key: &str,
+    what: &str,
+    locate: &dyn Fn(&str) -> Origin,
+    problems: &mut Vec<Problem>,
+) -> Option<Vec<T>> {
+    match merged.get(key)? {
+        FValue::Array(_, items) => Some(
+            items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, item)| from_value(item, &format!("{key}[{i}]"), locate, problems))
+                .collect(),
+        ),
+        _ => {
+            problems.push(Problem {
+                path: key.into(),
+                message: format!("must be a list of {what}"),
+                hint: Some("start each item with `- name: ...`".into()),
+                origin: locate(key),
+            });
+            None
+        }
+    }
 }
 
 fn from_value<T: for<'de> Deserialize<'de>>(

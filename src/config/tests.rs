@@ -376,3 +376,87 @@ fn an_edit_of_a_key_the_environment_overrides_is_named_with_its_variable() {
     assert!(super::edited_overrides(before, before, &env).is_empty());
     assert!(super::edited_overrides(before, after, &self::env(&[])).is_empty());
 }
+
+#[test]
+fn downlinks_are_read_with_their_defaults() {
+    let c = load(
+        "mqtt: {client_id: edge-1}\nroutes:\n  - {name: up, filter: 'tele/#', topic: telemetry}\ndownlinks:\n  - name: commands\n    kafka_topic: device-commands\n    mqtt_topic: 'cmnd/{key}/set'\n  - name: config\n    kafka_topics: [a, b]\n    group_id: g\n    mqtt_topic: 'config/{header.site}/{key}'\n    qos: '{header.qos}'\n    retain: true\n    dead_letter_topic: config.dlq\n    rate_limit: {messages_per_sec: 500}\n    properties: {session.timeout.ms: 6000}\n",
+        &[],
+    )
+    .unwrap();
+    let [a, b] = c.downlinks.as_slice() else { panic!("{:?}", c.downlinks) };
+    assert_eq!(
+        (&*a.name, a.kafka_topics.as_slice(), a.group_id.as_str()),
+        ("commands", &["device-commands".to_string()][..], "edge-1-downlink-commands")
+    );
+    assert_eq!(
+        (&a.qos, &a.retain, a.dead_letter_topic.as_str()),
+        (&Setting::Fixed(1), &Setting::Fixed(false), "device-commands.dlq")
+    );
+    assert_eq!(b.kafka_topics, ["a", "b"]);
+    assert_eq!((&b.qos, &b.retain, b.group_id.as_str()), (&Setting::Header("qos".into()), &Setting::Fixed(true), "g"));
+    assert_eq!(b.properties, [("session.timeout.ms".to_string(), "6000".to_string())]);
+    assert!(b.rate_limit.is_some());
+    assert!(load("", &[]).unwrap().downlinks.is_empty());
+}
+
+use crate::core::downlink::Setting;
+
+#[test]
+fn bad_downlinks_are_refused_with_the_place_and_a_hint() {
+    let cases = [
+        ("- {name: d, mqtt_topic: 'c/{key}'}", "downlinks[0].kafka_topic: missing"),
+        ("- {name: d, kafka_topic: t, kafka_topics: [u], mqtt_topic: 'c/{key}'}", "not both"),
+        ("- {name: d, kafka_topic: 'bad topic', mqtt_topic: 'c/{key}'}", "downlinks[0].kafka_topic: `bad topic`"),
+        ("- {name: d, kafka_topic: t, mqtt_topic: 'c/+/set'}", "wildcard"),
+        ("- {name: d, kafka_topic: t, mqtt_topic: 'c/{nope}'}", "not a placeholder"),
+        ("- {name: d, kafka_topic: t, mqtt_topic: 'c/{key}', qos: 3}", "downlinks[0].qos"),
+        ("- {name: d, kafka_topic: t, mqtt_topic: 'c/{key}', retain: maybe}", "downlinks[0].retain"),
+        (
+            "- {name: d, kafka_topic: t, mqtt_topic: 'c/{key}', dead_letter_topic: t}",
+            "a refused record would come back",
+        ),
+        ("- {name: d, kafka_topic: t, mqtt_topic: 'c/{key}', rate_limit: {messages_per_sec: 0}}", "out of range"),
+        (
+            "- {name: d, kafka_topic: t, mqtt_topic: 'c/{key}', properties: {enable.auto.commit: true}}",
+            "the gateway's to set",
+        ),
+        ("- {name: d, kafka_topic: t, mqtt_topic: 'c/{key}', bogus: 1}", "bogus"),
+        (
+            "- {name: d, kafka_topic: t, mqtt_topic: 'c/{key}'}\n- {name: d, kafka_topic: u, mqtt_topic: 'e/{key}'}",
+            "already the name of downlinks[0]",
+        ),
+    ];
+    for (downlinks, want) in cases {
+        let text = format!(
+            "routes:\n  - {{name: up, filter: 'tele/#', topic: telemetry}}\ndownlinks:\n{}\n",
+            downlinks.lines().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
+        );
+        let all = problems(&text).join("\n");
+        assert!(all.contains(want), "{downlinks}: want {want:?} in\n{all}");
+    }
+}
+
+/// The spec's route subscribes `cmnd/#`: commands to `cmnd/<device>/set` would come back through it.
+#[test]
+fn a_downlink_that_loops_into_a_route_is_refused_unless_allowed() {
+    let downlink = "downlinks:\n  - {name: commands, kafka_topic: device-commands, mqtt_topic: 'cmnd/{key}/set'}\n";
+    let all = problems(downlink).join("\n");
+    assert!(all.contains("downlinks[0].mqtt_topic: downlink `commands` publishes `cmnd/{key}/set`, which route `iot-commands` subscribes (`cmnd/#`)"), "{all}");
+    assert!(all.contains("allow_loop: true"), "{all}");
+    // Either side may say it is intended.
+    let allowed = "downlinks:\n  - {name: commands, kafka_topic: device-commands, mqtt_topic: 'cmnd/{key}/set', allow_loop: true}\n";
+    assert_eq!(load(allowed, &[]).unwrap().downlinks.len(), 1);
+    let route_allows =
+        "routes:\n  - {name: up, filter: 'cmnd/#', topic: raw_iot_data, allow_loop: true}\n".to_string() + downlink;
+    assert_eq!(load(&route_allows, &[]).unwrap().downlinks.len(), 1);
+    // A fallback filter counts too; a topic the route does not subscribe does not loop.
+    let narrow = "routes:\n  - {name: up, filter: 'tele/#', fallback_filters: ['cmnd/+/set'], topic: t}\n".to_string()
+        + downlink;
+    assert!(problems(&narrow).join("\n").contains("subscribes (`cmnd/+/set`)"));
+    let apart = "routes:\n  - {name: up, filter: 'cmnd/+/+/+/+', topic: t}\n".to_string() + downlink;
+    assert_eq!(load(&apart, &[]).unwrap().downlinks.len(), 1);
+    // Into the topic it reads: refused even when allowed.
+    let round = "routes:\n  - {name: up, filter: 'cmnd/#', topic: device-commands, allow_loop: true}\ndownlinks:\n  - {name: commands, kafka_topic: device-commands, mqtt_topic: 'cmnd/{key}/set', allow_loop: true}\n";
+    assert!(problems(round).join("\n").contains("go round for ever"));
+}

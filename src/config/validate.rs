@@ -84,6 +84,13 @@ pub(super) fn validate(
         raw.routes.iter().position(|r| r.encoding.as_ref().is_some_and(|e| e.spec().kind.registry_type().is_some()));
     let schema_registry = super::registry::settings(&raw.schema_registry, needs_registry, &mut p);
     let spool = super::spool::settings(&raw.spool, &mut p);
+    let downlinks = super::downlink::downlinks(
+        &raw.downlinks,
+        &raw.routes,
+        &raw.mqtt.client_id.0,
+        &raw.kafka.dead_letter_suffix,
+        &mut p,
+    );
     Some(Config {
         source: path.to_path_buf(),
         mqtt: mqtt?,
@@ -97,6 +104,7 @@ pub(super) fn validate(
         schema_registry,
         spool,
         secret_files: p.secret_files,
+        downlinks,
     })
 }
 

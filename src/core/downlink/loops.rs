@@ -34,7 +34,12 @@ fn glob(level: &[Part], text: &str) -> bool {
         Some((Part::Literal(l), rest)) => text.strip_prefix(l.as_str()).is_some_and(|t| glob(rest, t)),
         Some((Part::Placeholder(_), rest)) => {
             // One character at least, then any split of the rest.
-            text.char_indices().skip(1).map(|(i, _)| i).chain([text.len()]).filter(|&i| i > 0).any(|i| glob(rest, &text[i..]))
+            text.char_indices()
+                .skip(1)
+                .map(|(i, _)| i)
+                .chain([text.len()])
+                .filter(|&i| i > 0)
+                .any(|i| glob(rest, &text[i..]))
         }
     }
 }

@@ -51,7 +51,9 @@ pub struct Downlink {
 impl Downlink {
     /// What must restart the downlink's consumer when it changes (the rest applies to the next record).
     pub fn consumer_differs(&self, other: &Downlink) -> bool {
-        self.kafka_topics != other.kafka_topics || self.group_id != other.group_id || self.properties != other.properties
+        self.kafka_topics != other.kafka_topics
+            || self.group_id != other.group_id
+            || self.properties != other.properties
     }
 }
 
@@ -137,7 +139,11 @@ fn refuse(kind: Reason, detail: String) -> Unpublishable {
 }
 
 /// A placeholder's value for `record`, checked to stay within one topic level.
-fn value(source: &Source, record: &Record, json: &mut Option<Option<serde_json::Value>>) -> Result<String, Unpublishable> {
+fn value(
+    source: &Source,
+    record: &Record,
+    json: &mut Option<Option<serde_json::Value>>,
+) -> Result<String, Unpublishable> {
     let text = |bytes: &[u8], what: &Source| -> Result<String, Unpublishable> {
         String::from_utf8(bytes.to_vec()).map_err(|_| refuse(Reason::InvalidTopic, format!("{what} is not UTF-8 text")))
     };
@@ -209,7 +215,10 @@ pub fn topic(t: &Template, record: &Record) -> Result<String, Unpublishable> {
         return Err(refuse(Reason::InvalidTopic, format!("`{}` starts with '$', a broker topic", shorten(&out))));
     }
     if out.len() > MAX_TOPIC_BYTES {
-        return Err(refuse(Reason::InvalidTopic, format!("the topic is {} bytes; MQTT allows {MAX_TOPIC_BYTES}", out.len())));
+        return Err(refuse(
+            Reason::InvalidTopic,
+            format!("the topic is {} bytes; MQTT allows {MAX_TOPIC_BYTES}", out.len()),
+        ));
     }
     Ok(out)
 }
@@ -229,7 +238,10 @@ pub fn qos(s: &Setting<u8>, record: &Record) -> Result<u8, Unpublishable> {
             "0" => Ok(0),
             "1" => Ok(1),
             "2" => Ok(2),
-            other => Err(refuse(Reason::InvalidSetting, format!("qos header `{name}` is `{}`, not 0, 1 or 2", shorten(other)))),
+            other => Err(refuse(
+                Reason::InvalidSetting,
+                format!("qos header `{name}` is `{}`, not 0, 1 or 2", shorten(other)),
+            )),
         },
     }
 }

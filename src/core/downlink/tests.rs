@@ -147,7 +147,8 @@ fn dead_letter_headers_keep_the_original_ones() {
     let d = downlink("c/{key}", Setting::Fixed(1), Setting::Fixed(false));
     let why = render(&d, &r, 1 << 20, true).unwrap_err();
     let h = dead_letter_headers("commands", &r, &why);
-    let get = |n: &str| h.iter().find(|(k, _)| k == n).and_then(|(_, v)| v.clone()).map(|v| String::from_utf8(v).unwrap());
+    let get =
+        |n: &str| h.iter().find(|(k, _)| k == n).and_then(|(_, v)| v.clone()).map(|v| String::from_utf8(v).unwrap());
     assert_eq!(get("trace").as_deref(), Some("abc"));
     assert!(get("dlq_reason").unwrap().starts_with("invalid_topic: {key} is `a/b`"), "{:?}", get("dlq_reason"));
     assert_eq!(get("downlink").as_deref(), Some("commands"));
