@@ -35,6 +35,6 @@ cargo test ${targets[@]+"${targets[@]}"} "$@" || status=$?
 if [ $# -eq 0 ]; then
   echo "== the end-to-end suites again, over MQTT 5 =="
   TEST_MQTT_PROTOCOL=5 cargo test --test gateway --test faults --test http --test reload --test scaling \
-    --test security_mqtt --test security_kafka --test contracts --test check --test registry --test spool --test live_kafka --test live_mqtt || status=$?
+    --test security_mqtt --test security_kafka --test contracts --test check --test registry --test spool --test live_kafka --test live_mqtt --test downlink || status=$?
 fi
 exit "$status"

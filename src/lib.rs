@@ -9,6 +9,8 @@
 //!          ▲      ▲
 //!        mqtt    kafka   registry   the edges: one broker (or the Schema Registry) each
 //!          ▲      ▲        ▲        spool (the disk, below core only)
+//!          ▲   downlink            the way back, Kafka → MQTT: consumers, offsets, its own connection
+//!          ▲      ▲
 //!          pipeline      the wiring: the path of a message, top to bottom
 //!
 //!          commands      validate's siblings: check and explain
@@ -20,6 +22,7 @@
 pub mod commands;
 pub mod config;
 pub mod core;
+pub mod downlink;
 pub mod kafka;
 pub mod mqtt;
 pub mod ops;

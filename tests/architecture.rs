@@ -15,7 +15,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("kafka", &["core", "ops", "config"]),
     ("registry", &["core", "ops", "config"]),
     ("spool", &["core"]),
-    ("pipeline", &["core", "ops", "config", "mqtt", "kafka", "registry", "spool"]),
+    ("downlink", &["core", "ops", "config", "mqtt", "kafka"]),
+    ("pipeline", &["core", "ops", "config", "mqtt", "kafka", "registry", "spool", "downlink"]),
     ("commands", &["core", "ops", "config", "mqtt", "kafka", "registry"]),
 ];
 

@@ -159,6 +159,8 @@ pub struct Targets {
     pub stats_every: watch::Sender<Duration>,
     /// Each change of `shutdown.grace_period_secs` (read when the shutdown begins).
     pub grace: watch::Sender<Duration>,
+    /// Each change of `downlinks`.
+    pub downlinks: watch::Sender<Vec<Arc<crate::core::downlink::Downlink>>>,
     /// Each change of `schema_registry`'s settings, while there is one (adding or removing the section
     /// needs a restart).
     pub registry: watch::Sender<Option<crate::config::RegistrySettings>>,
@@ -469,7 +471,30 @@ async fn attempt(state: &mut State, trigger: Trigger, debounce: Duration, target
         targets.spool.send_replace(new.spool.clone());
         state.current.spool = new.spool.clone();
     }
-    let applied = kafka_changed || mqtt_changed || http_changed || own_changed || registry_changed || spool_changed;
+    let downlinks_changed = new.downlinks != state.current.downlinks;
+    if downlinks_changed {
+        let names =
+            |c: &[Arc<crate::core::downlink::Downlink>]| c.iter().map(|d| d.name.to_string()).collect::<Vec<_>>();
+        let (old, now) = (names(&state.current.downlinks), names(&new.downlinks));
+        let added: Vec<&String> = now.iter().filter(|n| !old.contains(n)).collect();
+        let removed: Vec<&String> = old.iter().filter(|n| !now.contains(n)).collect();
+        let changed: Vec<&str> = new
+            .downlinks
+            .iter()
+            .filter(|d| state.current.downlinks.iter().any(|o| o.name == d.name && o != *d))
+            .map(|d| &*d.name)
+            .collect();
+        tracing::info!(?added, ?removed, ?changed, downlinks = now.len(), "downlinks reloaded");
+        targets.downlinks.send_replace(new.downlinks.clone());
+        state.current.downlinks = new.downlinks.clone();
+    }
+    let applied = kafka_changed
+        || mqtt_changed
+        || http_changed
+        || own_changed
+        || registry_changed
+        || spool_changed
+        || downlinks_changed;
     if diff.is_empty() && restart.is_empty() && !applied {
         tracing::info!(generation = state.generation, "the configuration file changed, but nothing in effect did");
         return;

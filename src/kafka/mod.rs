@@ -76,21 +76,65 @@ impl LastError {
     }
 }
 
+/// One of librdkafka's log lines, into ours. A failed connection (facility FAIL) also arrives as an
+/// error event, which the context's `error` logs once, explained: the log line would say it a second time.
+pub fn log(level: RDKafkaLogLevel, fac: &str, message: &str) {
+    let level = if fac == "FAIL" { RDKafkaLogLevel::Debug } else { level };
+    match level {
+        RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+            tracing::error!(target: "librdkafka", facility = fac, "{message}")
+        }
+        RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility = fac, "{message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(target: "librdkafka", facility = fac, "{message}")
+        }
+        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility = fac, "{message}"),
+    }
+}
+
+/// Properties that only a producer reads: a consumer made from the same settings leaves them out
+/// (librdkafka would warn about each).
+const PRODUCER_ONLY: &[&str] = &[
+    "enable.idempotence",
+    "acks",
+    "request.required.acks",
+    "partitioner",
+    "compression.type",
+    "compression.codec",
+    "compression.level",
+    "linger.ms",
+    "queue.buffering.max.ms",
+    "batch.size",
+    "batch.num.messages",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "queue.buffering.backpressure.threshold",
+    "retries",
+    "message.send.max.retries",
+    "transactional.id",
+    "transaction.timeout.ms",
+    "enable.gapless.guarantee",
+    "request.timeout.ms",
+    "sticky.partitioning.linger.ms",
+    "queuing.strategy",
+    "produce.offset.report",
+];
+
+/// The settings' properties that a consumer reads too: the brokers, security, client id, the user's
+/// own (but the producer's).
+pub fn consumer_properties(settings: &KafkaSettings) -> impl Iterator<Item = (&str, &str)> {
+    settings
+        .properties
+        .iter()
+        .filter(|(k, _)| !PRODUCER_ONLY.contains(&k.as_str()))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+}
+
 impl ClientContext for GatewayContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        // A failed connection (facility FAIL) also arrives as an error event, which `error` below logs
-        // once, explained: the log line would say it a second time.
-        let level = if fac == "FAIL" { RDKafkaLogLevel::Debug } else { level };
-        match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
-                tracing::error!(target: "librdkafka", facility = fac, "{message}")
-            }
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility = fac, "{message}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(target: "librdkafka", facility = fac, "{message}")
-            }
-            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility = fac, "{message}"),
-        }
+        log(level, fac, message)
     }
 
     /// librdkafka's statistics (every `statistics.interval.ms`): only the brokers' states are read.

@@ -71,6 +71,10 @@ pub(crate) enum Event {
     PingSent,
     /// rumqttc wrote the DISCONNECT.
     DisconnectSent,
+    /// rumqttc wrote one of our publishes, with this packet id (0 at QoS 0).
+    PublishSent(u16),
+    /// The broker has a QoS 1 publish of ours (PUBACK) or a QoS 2 one (PUBCOMP).
+    Published(u16),
     Other,
 }
 
@@ -182,6 +186,18 @@ impl Client {
         }
     }
 
+    /// Queues a publish without waiting; false if the request channel is full. MQTT 5 properties are
+    /// sent under 5 only.
+    pub(crate) fn try_publish(&self, p: &crate::core::downlink::Publish) -> bool {
+        match self {
+            Client::V4(c) => c.try_publish(p.topic.clone(), qos(p.qos), p.retain, p.payload.to_vec()).is_ok(),
+            Client::V5(c) => {
+                let props = props5::publish_properties(&p.properties);
+                c.try_publish_with_properties(p.topic.clone(), qos5(p.qos), p.retain, p.payload.clone(), props).is_ok()
+            }
+        }
+    }
+
     pub(crate) fn try_disconnect(&self) -> bool {
         match self {
             Client::V4(c) => c.try_disconnect().is_ok(),
@@ -273,6 +289,15 @@ impl EventLoop {
         }
     }
 
+    /// Forgets the events rumqttc had read and not handed out: after a failure they belong to a
+    /// connection that is gone.
+    pub(crate) fn discard_events(&mut self) {
+        match self {
+            EventLoop::V4(e) => e.state.events.clear(),
+            EventLoop::V5 { inner, .. } => inner.state.events.clear(),
+        }
+    }
+
     /// The largest incoming packet the next connection accepts.
     pub(crate) fn max_incoming(&self) -> usize {
         match self {
@@ -347,6 +372,8 @@ fn event4(event: rumqttc::Event) -> Event {
         E::Incoming(Packet::ConnAck(ack)) => {
             Event::ConnAck { session_present: ack.session_present, notes: Vec::new(), keep_alive: None }
         }
+        E::Incoming(Packet::PubAck(ack)) => Event::Published(ack.pkid),
+        E::Incoming(Packet::PubComp(comp)) => Event::Published(comp.pkid),
         E::Incoming(Packet::SubAck(ack)) => Event::SubAck {
             pkid: ack.pkid,
             granted: ack
@@ -387,6 +414,8 @@ fn event5(event: r5::Event) -> Event {
                 .filter(|&k| k > 0)
                 .map(|k| Duration::from_secs(k.into())),
         },
+        r5::Event::Incoming(Packet::PubAck(ack)) => Event::Published(ack.pkid),
+        r5::Event::Incoming(Packet::PubComp(comp)) => Event::Published(comp.pkid),
         r5::Event::Incoming(Packet::SubAck(ack)) => {
             Event::SubAck { pkid: ack.pkid, granted: ack.return_codes.iter().map(props5::granted).collect() }
         }
@@ -401,6 +430,7 @@ fn outgoing(o: Outgoing) -> Event {
         Outgoing::PubAck(_) | Outgoing::PubRec(_) => Event::AckWritten,
         Outgoing::PingReq => Event::PingSent,
         Outgoing::Disconnect => Event::DisconnectSent,
+        Outgoing::Publish(pkid) => Event::PublishSent(pkid),
         _ => Event::Other,
     }
 }

@@ -52,6 +52,18 @@ pub(super) fn properties(p: p5::PublishProperties) -> Option<Box<Properties>> {
     (!props.is_empty()).then(|| Box::new(props))
 }
 
+/// The MQTT 5 properties of an outgoing publish; `None` when there are none.
+pub(super) fn publish_properties(p: &Properties) -> p5::PublishProperties {
+    p5::PublishProperties {
+        payload_format_indicator: p.payload_format,
+        content_type: p.content_type.clone(),
+        response_topic: p.response_topic.clone(),
+        correlation_data: p.correlation_data.clone(),
+        user_properties: p.user.clone(),
+        ..Default::default()
+    }
+}
+
 /// What a CONNACK says that an operator should see: limits that constrain the gateway.
 pub(super) fn connack_notes(p: Option<&p5::ConnAckProperties>) -> Vec<String> {
     let Some(p) = p else { return Vec::new() };

@@ -49,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::reload;
 use crate::config::Config;
 use crate::core::message::AckToken;
+use crate::downlink;
 use crate::kafka;
 use crate::mqtt;
 use crate::mqtt::intake;
@@ -200,6 +201,7 @@ async fn run_inner(
     let connection = Arc::new(AtomicU64::new(0));
     let stop = mqtt::Stop { receiving: shutdown.child_token(), disconnect: CancellationToken::new() };
     let (mqtt_tx, mqtt_settings) = watch::channel(config.mqtt.clone());
+    let mqtt_settings_for_downlinks = mqtt_settings.clone();
     let links = mqtt::Links { out: intake_tx, acks: acks_rx, connection: connection.clone(), settings: mqtt_settings };
     let mqtt_task = tokio::spawn(mqtt::run(config.mqtt.clone(), routes.clone(), links, metrics.clone(), stop.clone()));
     let (stats_tx, stats_every) = watch::channel(Duration::from_secs(config.log.stats_interval_secs));
@@ -208,6 +210,17 @@ async fn run_inner(
     let (grace_tx, grace_rx) = watch::channel(config.shutdown_grace);
     let (window_tx, windows) = watch::channel(config.mqtt.max_unacked_messages);
     let (registry_tx, registry_settings) = watch::channel(config.schema_registry.clone());
+    let (downlinks_tx, downlinks) = watch::channel(config.downlinks.clone());
+    // The way back (Kafka → MQTT): its own consumers and MQTT connection, beside the uplink.
+    let downlinks_task = {
+        let links = downlink::Links {
+            downlinks,
+            kafka: kafka_changes.clone(),
+            mqtt: mqtt_settings_for_downlinks,
+            grace: grace_rx.clone(),
+        };
+        tokio::spawn(downlink::run(links, metrics.clone(), shutdown.clone()))
+    };
     if let Some(schemas) = &schemas {
         tokio::spawn(follow::registry(schemas.clone(), registry_settings, metrics.clone()));
     }
@@ -219,6 +232,7 @@ async fn run_inner(
         stats_every: stats_tx,
         grace: grace_tx,
         registry: registry_tx,
+        downlinks: downlinks_tx,
         spool: spool_tx,
         window: window_tx,
     };
@@ -295,6 +309,7 @@ async fn run_inner(
     }
     stop.disconnect.cancel();
     let _ = mqtt_task.await;
+    let _ = downlinks_task.await;
     stats.abort();
     reloader.abort();
     heartbeat.abort();

@@ -1,5 +1,7 @@
 use super::*;
 
+type Headers<'a> = &'a [(&'a str, &'a [u8])];
+
 fn record(key: Option<&str>, headers: &[(&str, &[u8])], payload: &[u8]) -> Record {
     Record {
         topic: "device-commands".into(),
@@ -29,7 +31,8 @@ fn downlink(topic: &str, qos: Setting<u8>, retain: Setting<bool>) -> Downlink {
 #[test]
 fn rendering_table() {
     let json = br#"{"device":{"id":"f2-e4fd45f654be","n":7,"flag":true,"obj":{},"slash":"a/b","null":null}}"#;
-    let cases: &[(&str, Option<&str>, &[(&str, &[u8])], &[u8], Result<&str, Reason>)] = &[
+    type Case<'a> = (&'a str, Option<&'a str>, Headers<'a>, &'a [u8], Result<&'a str, Reason>);
+    let cases: &[Case] = &[
         ("cmnd/{key}/set", Some("f2-1"), &[], b"{}", Ok("cmnd/f2-1/set")),
         ("cmnd/{topic}/{partition}", None, &[], b"", Ok("cmnd/device-commands/3")),
         ("cmnd/{header.site}/{key}", Some("k"), &[("site", b"J1")], b"", Ok("cmnd/J1/k")),
@@ -86,7 +89,7 @@ fn qos_and_retain_from_headers() {
     assert_eq!((ok.qos, ok.retain), (2, true));
     let ok = render(&d, &record(Some("k"), &[("qos", b" 0 "), ("retain", b"0")], b""), 1 << 20, false).unwrap();
     assert_eq!((ok.qos, ok.retain), (0, false));
-    let cases: [(&[(&str, &[u8])], Reason); 4] = [
+    let cases: [(Headers, Reason); 4] = [
         (&[("retain", b"true")], Reason::Missing),
         (&[("qos", b"1"), ("retain", b"maybe")], Reason::InvalidSetting),
         (&[("qos", b"3"), ("retain", b"false")], Reason::InvalidSetting),

@@ -45,7 +45,7 @@ struct GatewayCollector {
 }
 
 /// OpenMetrics label values escape `\`, `"` and newlines; route names are the user's.
-fn escape(v: &str) -> Cow<'_, str> {
+pub(super) fn escape(v: &str) -> Cow<'_, str> {
     if !v.contains(['\\', '"', '\n']) {
         return Cow::Borrowed(v);
     }
@@ -316,6 +316,7 @@ impl Collector for GatewayCollector {
         }
         gauge(e, "unacked_messages", "Messages taken from MQTT and not settled yet.", None, ld(&m.unacked) as i64)?;
         spool(e, m)?;
+        m.downlinks.encode(e, &name)?;
 
         // Schema Registry.
         let kinds = crate::core::encoding::EncodingKind::ALL;

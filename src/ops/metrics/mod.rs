@@ -5,6 +5,7 @@
 //! Counting costs an atomic add on the message path, nothing more: per-route counters hang off the
 //! route itself ([`routes`]), and everything else is read only when someone looks.
 
+pub mod downlinks;
 pub mod exposition;
 pub mod routes;
 
@@ -63,6 +64,8 @@ pub struct Metrics {
     pub unacked: AtomicU64,
     /// Per-route counters.
     pub routes: RouteRegistry,
+    /// Per-downlink counters (Kafka → MQTT).
+    pub downlinks: downlinks::DownlinkRegistry,
     /// What `/healthz` and `/readyz` answer from.
     pub health: Health,
     /// Gauges read from their owners at scrape time.

@@ -1,0 +1,331 @@
+//! The downlinks' MQTT connection: one for every downlink, so that one partition's records reach the
+//! broker in the order they were read. Its own client id (`<mqtt.client_id>-downlinks`) and a clean
+//! session; the other settings are `mqtt`'s, and follow its reloads.
+//!
+//! A record is done when the broker has it: PUBACK (QoS 1), PUBCOMP (QoS 2), or written to the
+//! connection (QoS 0). Until then it stays here, at most [`WINDOW`] of them. When the connection is
+//! lost, rumqttc forgets what it had not finished (a clean session has nothing to resume), so every
+//! record not done is published again, in the order it was first, on the next connection: at least
+//! once, order kept. While the connection is down nothing new is taken, the workers wait, the
+//! consumers' windows fill, and their partitions pause.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::offsets::{Offsets, Ticket};
+use crate::config::MqttSettings;
+use crate::core::backoff::Backoff;
+use crate::core::downlink::Publish;
+use crate::mqtt::client::{self, Event};
+use crate::ops::metrics::downlinks::{DownlinkRegistry, DownlinkStats};
+use crate::ops::metrics::Metrics;
+
+/// Records handed to the connection and not yet done, at most.
+pub const WINDOW: usize = 1000;
+
+/// A record read, and whom to tell when it is done.
+pub struct Settle {
+    pub ticket: Ticket,
+    pub offsets: Arc<Offsets>,
+    pub stats: Arc<DownlinkStats>,
+}
+
+impl Settle {
+    /// The record is done; false if its partition was taken away since.
+    pub fn done(&self) -> bool {
+        let done = self.offsets.done(&self.ticket);
+        self.stats.in_flight.store(self.offsets.in_flight() as i64, Relaxed);
+        done
+    }
+}
+
+/// One record to publish.
+pub struct Job {
+    pub publish: Publish,
+    pub settle: Settle,
+}
+
+impl Job {
+    fn done(&self) {
+        if self.settle.done() {
+            self.settle.stats.published.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// The downlinks' settings: `mqtt`'s, with their own client id and a clean session.
+pub fn settings(mqtt: &MqttSettings) -> MqttSettings {
+    let mut s = mqtt.clone();
+    s.client_id = format!("{}-downlinks", mqtt.client_id);
+    s.clean_session = true;
+    s.session_expiry = 0;
+    s
+}
+
+struct Entry {
+    job: Job,
+    /// rumqttc wrote it on the current connection, with this packet id.
+    sent: Option<u16>,
+    done: bool,
+}
+
+/// The records handed to the connection, in the order they were.
+#[derive(Default)]
+struct InFlight {
+    entries: VecDeque<Entry>,
+    /// The sequence number of `entries[0]`.
+    first: u64,
+    /// Entries not done.
+    open: usize,
+    /// How many entries from the front rumqttc has written on this connection.
+    written: usize,
+    by_pkid: HashMap<u16, u64>,
+}
+
+impl InFlight {
+    fn push(&mut self, job: Job) {
+        self.entries.push_back(Entry { job, sent: None, done: false });
+        self.open += 1;
+    }
+
+    fn complete(&mut self, seq: u64) {
+        let Some(e) = self.entries.get_mut((seq - self.first) as usize) else { return };
+        if e.done {
+            return;
+        }
+        e.done = true;
+        e.job.done();
+        self.open -= 1;
+        while self.entries.front().is_some_and(|e| e.done) {
+            self.entries.pop_front();
+            self.first += 1;
+            self.written = self.written.saturating_sub(1);
+        }
+    }
+
+    /// rumqttc wrote the next publish with `pkid`.
+    fn written(&mut self, pkid: u16) {
+        // Entries are written in order; the done ones at the front are gone already.
+        let Some(i) =
+            (self.written..self.entries.len()).find(|&i| !self.entries[i].done && self.entries[i].sent.is_none())
+        else {
+            return;
+        };
+        self.written = i + 1;
+        let seq = self.first + i as u64;
+        if pkid == 0 {
+            self.complete(seq);
+        } else {
+            self.entries[i].sent = Some(pkid);
+            self.by_pkid.insert(pkid, seq);
+        }
+    }
+
+    fn acknowledged(&mut self, pkid: u16) {
+        if let Some(seq) = self.by_pkid.remove(&pkid) {
+            self.complete(seq);
+        }
+    }
+
+    /// The connection is gone: nothing is written on the next one yet.
+    fn forget_connection(&mut self) {
+        for e in &mut self.entries {
+            e.sent = None;
+        }
+        self.written = 0;
+        self.by_pkid.clear();
+    }
+}
+
+/// Runs the connection until `stop` (after the consumers have drained).
+pub async fn run(
+    mut mqtt: watch::Receiver<MqttSettings>,
+    mut jobs: mpsc::Receiver<Job>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let registry: &DownlinkRegistry = &metrics.downlinks;
+    let mut s = settings(&mqtt.borrow_and_update());
+    let (mut client, mut eventloop) = client::new(&s, WINDOW + 64);
+    let mut flight = InFlight::default();
+    let mut connected = false;
+    let mut backoff = Backoff::new(s.reconnect_min, s.reconnect_max);
+    let mut settings_open = true;
+    loop {
+        if stop.is_cancelled() {
+            break;
+        }
+        if eventloop.needs_connect() {
+            match crate::mqtt::tls::transport(&s) {
+                Ok(t) => eventloop.set_transport(t),
+                Err(e) => {
+                    registry.mqtt_connection_errors.fetch_add(1, Relaxed);
+                    tracing::error!(error = %e, "downlinks: cannot read the MQTT TLS files");
+                    sleep_or_stop(backoff.next_delay(), &stop).await;
+                    continue;
+                }
+            }
+        }
+        enum Step {
+            Event(Result<Event, client::ConnectionError>),
+            Settings,
+            Stop,
+        }
+        let step = {
+            let poll = eventloop.poll();
+            tokio::pin!(poll);
+            loop {
+                tokio::select! {
+                    biased;
+                    event = &mut poll => break Step::Event(event),
+                    _ = stop.cancelled() => break Step::Stop,
+                    changed = mqtt.changed(), if settings_open => match changed {
+                        Ok(()) => break Step::Settings,
+                        Err(_) => settings_open = false,
+                    },
+                    job = jobs.recv(), if connected && flight.open < WINDOW => match job {
+                        Some(job) => {
+                            if client.try_publish(&job.publish) {
+                                flight.push(job);
+                            } else {
+                                // The channel holds more than the window: this does not happen; the record
+                                // is put back by publishing it on the next connection.
+                                tracing::error!("downlinks: the MQTT request channel is full");
+                                flight.push(job);
+                            }
+                        }
+                        None => break Step::Stop,
+                    },
+                }
+            }
+        };
+        match step {
+            Step::Stop => break,
+            Step::Settings => {
+                let new = settings(&mqtt.borrow_and_update());
+                if new == s {
+                    continue;
+                }
+                tracing::info!(broker = %new.broker, "downlinks: new MQTT settings; reconnecting");
+                client.try_disconnect();
+                s = new;
+                (client, eventloop) = client::new(&s, WINDOW + 64);
+                backoff = Backoff::new(s.reconnect_min, s.reconnect_max);
+                connected = false;
+                registry.mqtt_connected.store(false, Relaxed);
+                flight.forget_connection();
+            }
+            Step::Event(Ok(Event::ConnAck { .. })) => {
+                connected = true;
+                backoff.reset();
+                registry.mqtt_connected.store(true, Relaxed);
+                registry.mqtt_connects.fetch_add(1, Relaxed);
+                // A clean session: rumqttc dropped what it had; everything not done goes again, in order.
+                flight.forget_connection();
+                let again = flight.entries.iter().filter(|e| !e.done).count();
+                for e in flight.entries.iter().filter(|e| !e.done) {
+                    if !client.try_publish(&e.job.publish) {
+                        tracing::error!("downlinks: the MQTT request channel is full");
+                    }
+                }
+                tracing::info!(broker = %s.broker, client_id = %s.client_id, published_again = again, "downlinks: connected to MQTT");
+            }
+            Step::Event(Ok(Event::PublishSent(pkid))) => flight.written(pkid),
+            Step::Event(Ok(Event::Published(pkid))) => flight.acknowledged(pkid),
+            Step::Event(Ok(_)) => {}
+            Step::Event(Err(e)) => {
+                registry.mqtt_connection_errors.fetch_add(1, Relaxed);
+                if connected {
+                    tracing::warn!(error = %e, in_flight = flight.open, "downlinks: MQTT connection lost; what is not acknowledged is published again after the reconnect");
+                } else {
+                    let d = crate::mqtt::diagnose::diagnose(&e, &s);
+                    tracing::warn!(error = %d.what, hint = d.hint, "downlinks: cannot connect to MQTT");
+                }
+                connected = false;
+                registry.mqtt_connected.store(false, Relaxed);
+                eventloop.discard_events();
+                flight.forget_connection();
+                sleep_or_stop(backoff.next_delay(), &stop).await;
+            }
+        }
+    }
+    registry.mqtt_connected.store(false, Relaxed);
+    if connected && client.try_disconnect() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Ok(event) = eventloop.poll().await {
+                if matches!(event, Event::DisconnectSent) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    if flight.open > 0 {
+        tracing::warn!(
+            in_flight = flight.open,
+            "downlinks: stopped with messages the broker has not acknowledged; they are read again from Kafka"
+        );
+    }
+}
+
+async fn sleep_or_stop(delay: Duration, stop: &CancellationToken) {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        _ = stop.cancelled() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::message::Properties;
+
+    fn job(offsets: &Arc<Offsets>, stats: &Arc<DownlinkStats>, offset: i64, qos: u8) -> Job {
+        let topic: Arc<str> = "t".into();
+        Job {
+            publish: Publish {
+                topic: "c/x".into(),
+                qos,
+                retain: false,
+                payload: Default::default(),
+                properties: Properties::default(),
+            },
+            settle: Settle { ticket: offsets.take(&topic, 0, offset), offsets: offsets.clone(), stats: stats.clone() },
+        }
+    }
+
+    /// Packet ids map to records in the order rumqttc wrote them; QoS 0 is done when written; a lost
+    /// connection makes every record not done go again.
+    #[test]
+    fn acknowledgements_complete_the_records_they_name() {
+        let offsets = Arc::new(Offsets::default());
+        let stats = Arc::new(DownlinkStats::default());
+        let mut f = InFlight::default();
+        for (o, q) in [(0, 1), (1, 0), (2, 1), (3, 1)] {
+            f.push(job(&offsets, &stats, o, q));
+        }
+        f.written(1);
+        f.written(0);
+        f.written(2);
+        assert_eq!(f.open, 3);
+        f.acknowledged(2);
+        assert_eq!(offsets.to_commit(), [], "offset 0 is not done");
+        f.acknowledged(1);
+        assert_eq!(offsets.to_commit(), [(Arc::from("t"), 0, 3)]);
+        assert_eq!(f.entries.len(), 1);
+        // Lost before 3 was written: it goes again, and the ids of the next connection name it.
+        f.forget_connection();
+        f.written(1);
+        f.acknowledged(1);
+        assert_eq!(offsets.to_commit(), [(Arc::from("t"), 0, 4)]);
+        assert_eq!((f.open, f.entries.len()), (0, 0));
+        assert_eq!(stats.published.load(Relaxed), 4);
+        // An unknown id is ignored.
+        f.acknowledged(9);
+    }
+}
