@@ -54,11 +54,25 @@ enum Command {
         file: Option<PathBuf>,
     },
     /// Show which routes a message would match and the exact Kafka topic, key, headers and value each
-    /// would produce (or why it would be dead-lettered). No broker needed.
+    /// would produce (or why it would be dead-lettered). With --kafka-topic, the other way: which
+    /// downlinks a Kafka record would go through, and the MQTT topic, QoS, retain flag and properties
+    /// each would publish (or why it would be dead-lettered). No broker needed.
     Explain {
         /// The MQTT topic of the message.
-        #[arg(long)]
-        topic: String,
+        #[arg(long, required_unless_present = "kafka_topic", conflicts_with = "kafka_topic")]
+        topic: Option<String>,
+        /// Explain a Kafka record read from this topic instead (downlinks).
+        #[arg(long, value_name = "TOPIC")]
+        kafka_topic: Option<String>,
+        /// The Kafka record's key (downlinks).
+        #[arg(long, requires = "kafka_topic")]
+        key: Option<String>,
+        /// A header of the Kafka record, NAME=VALUE; repeat for more (downlinks).
+        #[arg(long = "header", value_name = "NAME=VALUE", requires = "kafka_topic")]
+        headers: Vec<String>,
+        /// The Kafka record's partition (downlinks).
+        #[arg(long, default_value_t = 0, requires = "kafka_topic")]
+        partition: i32,
         /// The payload, as text.
         #[arg(long, conflicts_with = "payload_file")]
         payload: Option<String>,
@@ -112,8 +126,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::Validate { file } => validate(file.unwrap_or(cli.config)),
-        Command::Explain { topic, payload, payload_file, qos } => {
-            explain(cli.config, topic, payload, payload_file, qos)
+        Command::Explain { topic, kafka_topic, key, headers, partition, payload, payload_file, qos } => {
+            match kafka_topic {
+                Some(kafka_topic) => {
+                    explain_record(cli.config, kafka_topic, key, headers, partition, payload, payload_file)
+                }
+                None => explain(cli.config, topic.unwrap_or_default(), payload, payload_file, qos),
+            }
         }
         Command::Check { timeout, produce_test } => {
             let options = check::Options { timeout: std::time::Duration::from_secs(timeout), produce_test };
@@ -146,6 +165,13 @@ fn validate(path: PathBuf) -> ExitCode {
                     r.name, r.filter, r.topic, r.qos, r.key
                 );
             }
+            if !c.downlinks.is_empty() {
+                let n = c.downlinks.len();
+                println!("  and {n} downlink{} (Kafka -> MQTT):", if n == 1 { "" } else { "s" });
+            }
+            for d in &c.downlinks {
+                println!("  {}", mqtt_kafka_gateway::commands::explain::downlink_line(d));
+            }
             exit::code(exit::OK)
         }
         Err(e) => {
@@ -153,6 +179,58 @@ fn validate(path: PathBuf) -> ExitCode {
             exit::code(exit::INVALID)
         }
     }
+}
+
+/// The payload given on the command line or in a file.
+fn payload_arg(payload: Option<String>, payload_file: Option<PathBuf>) -> Result<Vec<u8>, ExitCode> {
+    match (payload, payload_file) {
+        (Some(p), _) => Ok(p.into_bytes()),
+        (None, Some(f)) => std::fs::read(&f).map_err(|e| {
+            eprintln!("cannot read {}: {e}", f.display());
+            exit::code(exit::INVALID)
+        }),
+        (None, None) => Ok(Vec::new()),
+    }
+}
+
+fn explain_record(
+    path: PathBuf,
+    topic: String,
+    key: Option<String>,
+    headers: Vec<String>,
+    partition: i32,
+    payload: Option<String>,
+    payload_file: Option<PathBuf>,
+) -> ExitCode {
+    let config = match config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return exit::code(exit::INVALID);
+        }
+    };
+    let payload = match payload_arg(payload, payload_file) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let mut parsed = Vec::new();
+    for h in headers {
+        let Some((name, value)) = h.split_once('=') else {
+            eprintln!("--header {h}: write it as NAME=VALUE");
+            return exit::code(exit::INVALID);
+        };
+        parsed.push((name.to_string(), Some(bytes::Bytes::from(value.to_string()))));
+    }
+    let record = mqtt_kafka_gateway::core::downlink::Record {
+        topic,
+        partition,
+        offset: 0,
+        key: key.map(bytes::Bytes::from),
+        headers: parsed,
+        payload: payload.into(),
+    };
+    print!("{}", explain::explain_record(&config, &record));
+    exit::code(exit::OK)
 }
 
 fn explain(path: PathBuf, topic: String, payload: Option<String>, payload_file: Option<PathBuf>, qos: u8) -> ExitCode {
@@ -163,16 +241,9 @@ fn explain(path: PathBuf, topic: String, payload: Option<String>, payload_file: 
             return exit::code(exit::INVALID);
         }
     };
-    let payload = match (payload, payload_file) {
-        (Some(p), _) => p.into_bytes(),
-        (None, Some(f)) => match std::fs::read(&f) {
-            Ok(b) => b,
-            Err(e) => {
-                eprintln!("cannot read {}: {e}", f.display());
-                return exit::code(exit::INVALID);
-            }
-        },
-        (None, None) => Vec::new(),
+    let payload = match payload_arg(payload, payload_file) {
+        Ok(p) => p,
+        Err(code) => return code,
     };
     // With a registry, the routes' schemas are fetched (nothing is registered) to show the encoded value.
     let registry = config.schema_registry.as_ref().map(|settings| {

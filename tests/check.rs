@@ -423,3 +423,60 @@ fn a_port_that_never_answers_connect_fails_mqtt_reachable_within_the_timeout() {
     assert!(run.took < Duration::from_secs(20), "took {:?}", run.took);
     drop(silent);
 }
+
+/// Downlinks: each topic read must exist; the group's committed offsets are read (none before the
+/// first run, some after, and nothing joins the group); the dead-letter topic as for routes.
+#[test]
+fn check_reports_each_downlinks_topics_and_group() {
+    let mosquitto = Mosquitto::start();
+    let topic = new_topic("check-dl", 2);
+    let missing = unique_topic("check-dl-missing");
+    let group = unique_topic("check-dl-group");
+    let dir = tempfile::tempdir().unwrap();
+    let downlinks = format!(
+        "downlinks:\n  - {{name: commands, kafka_topic: {topic}, group_id: {group}, mqtt_topic: 'cmnd/{{key}}/set'}}\n  - {{name: nowhere, kafka_topic: {missing}, mqtt_topic: 'x/{{key}}'}}\n"
+    );
+    let cfg = Config::new()
+        .reload_watch(false)
+        .route(route("a", "tele/#", &new_topic("check-up", 1)))
+        .extra(&downlinks)
+        .write(dir.path());
+    let env = broker_env(&mosquitto);
+    let run = check(&cfg, &["--timeout", "10"], &env);
+    assert_eq!(run.code, Some(1), "{}", run.text());
+    assert!(
+        run.line("kafka", &format!("topic \"{topic}\" (read by downlink \"commands\")"))
+            .ends_with("exists, 2 partitions"),
+        "{}",
+        run.text()
+    );
+    let g = run.line("kafka", &format!("group \"{group}\" (downlink \"commands\")"));
+    assert!(
+        g.starts_with("OK") && g.contains("no committed offsets yet: the first start reads from the beginning"),
+        "{}",
+        run.text()
+    );
+    run.assert_status("kafka", &format!("topic \"{topic}.dlq\" (dead letters of downlink \"commands\")"), "OK");
+    let m = run.line("kafka", &format!("topic \"{missing}\" (read by downlink \"nowhere\")"));
+    assert!(m.starts_with("FAIL") && m.contains("reads nothing until it exists"), "{}", run.text());
+    run.assert_status("kafka", "group \"mqtt-kafka-gateway-downlink-nowhere\" (downlink \"nowhere\")", "SKIP");
+
+    // After the gateway committed offsets there, the check says so.
+    let producer: rdkafka::producer::BaseProducer = kafka().client_config().create().unwrap();
+    use rdkafka::producer::Producer as _;
+    producer.send(rdkafka::producer::BaseRecord::to(&topic).key("dev-1").payload("{}")).map_err(|(e, _)| e).unwrap();
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let only = Config::new()
+        .reload_watch(false)
+        .route(route("a", "tele/#", &new_topic("check-up", 1)))
+        .extra(&format!("downlinks:\n  - {{name: commands, kafka_topic: {topic}, group_id: {group}, mqtt_topic: 'cmnd/{{key}}/set'}}\n"))
+        .write(dir.path());
+    let mut gw = start_gateway(&only, &env);
+    let committed = wait_until(Duration::from_secs(60), Duration::from_millis(500), || {
+        check(&only, &["--timeout", "10"], &env)
+            .line("kafka", &format!("group \"{group}\" (downlink \"commands\")"))
+            .contains("offsets committed on 1 of 2 partitions")
+    });
+    gw.sigterm();
+    assert!(committed, "{}", gw.logs());
+}

@@ -255,3 +255,47 @@ fn run_refuses_a_spool_directory_it_cannot_use_naming_it() {
     assert!(text(&o).contains("another process is already using this spool directory"), "{}", text(&o));
     assert!(text(&o).contains(&spool.display().to_string()), "{}", text(&o));
 }
+
+/// `validate` lists the downlinks; `explain --kafka-topic` shows what a record becomes on MQTT (topic,
+/// QoS, retain, MQTT 5 properties) or why it is dead-lettered.
+#[test]
+fn validate_and_explain_show_downlinks() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "mqtt: {protocol: 5}\nroutes:\n  - {name: up, filter: 'tele/#', topic: telemetry}\ndownlinks:\n  - name: commands\n    kafka_topic: device-commands\n    mqtt_topic: 'cmnd/{key}/set'\n    qos: '{header.qos}'\n    retain: true\n",
+    );
+    let o = gateway(&["validate", "routes.yaml"], dir.path());
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("and 1 downlink (Kafka -> MQTT)"), "{t}");
+    assert!(t.contains("commands: device-commands -> cmnd/{key}/set (QoS {header.qos}, retain true, group mqtt-kafka-gateway-downlink-commands, dead letters to device-commands.dlq)"), "{t}");
+    let explain = |extra: &[&str]| {
+        let mut args = vec!["explain", "--kafka-topic", "device-commands", "--payload", r#"{"mode":"locked"}"#];
+        args.extend_from_slice(extra);
+        let o = gateway(&args, dir.path());
+        assert!(o.status.success(), "{}", text(&o));
+        text(&o)
+    };
+    let t = explain(&[
+        "--key",
+        "f2-e4fd45f654be",
+        "--header",
+        "qos=2",
+        "--header",
+        "mqtt_content_type=application/json",
+        "--header",
+        "trace=abc",
+    ]);
+    assert!(t.contains("is read by 1 of 1 downlink"), "{t}");
+    assert!(t.contains("downlink commands: publish to MQTT topic cmnd/f2-e4fd45f654be/set"), "{t}");
+    assert!(t.contains("QoS 2, retain true, 17 bytes"), "{t}");
+    assert!(t.contains("content type: application/json") && t.contains("user property trace: abc"), "{t}");
+    let t = explain(&["--key", "f2-1/other", "--header", "qos=1"]);
+    assert!(t.contains("cannot be published: invalid_topic: {key} is `f2-1/other`"), "{t}");
+    assert!(t.contains("dead-lettered to device-commands.dlq"), "{t}");
+    let t = explain(&["--key", "f2-1"]);
+    assert!(t.contains("cannot be published: missing_value: qos {header.qos}"), "{t}");
+    let t = gateway(&["explain", "--kafka-topic", "elsewhere"], dir.path());
+    assert!(text(&t).contains("is read by 0 of 1 downlink"), "{}", text(&t));
+}

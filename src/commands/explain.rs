@@ -140,3 +140,104 @@ fn printable(bytes: &[u8]) -> String {
         }
     }
 }
+
+/// One line describing a downlink, for `validate`.
+pub fn downlink_line(d: &crate::core::downlink::Downlink) -> String {
+    use crate::core::downlink::Setting;
+    let qos = match &d.qos {
+        Setting::Fixed(q) => q.to_string(),
+        Setting::Header(h) => format!("{{header.{h}}}"),
+    };
+    let retain = match &d.retain {
+        Setting::Fixed(r) => r.to_string(),
+        Setting::Header(h) => format!("{{header.{h}}}"),
+    };
+    let limit =
+        d.rate_limit.map(|l| format!(", at most {:.3} messages/s", 1.0 / l.interval.as_secs_f64())).unwrap_or_default();
+    format!(
+        "{}: {} -> {} (QoS {qos}, retain {retain}, group {}, dead letters to {}{limit})",
+        d.name,
+        d.kafka_topics.join(", "),
+        d.mqtt_topic,
+        d.group_id,
+        d.dead_letter_topic
+    )
+}
+
+/// A readable account of what the downlinks reading `record.topic` would publish for `record`, or why
+/// it would be dead-lettered.
+pub fn explain_record(config: &Config, record: &crate::core::downlink::Record) -> String {
+    let mut out = String::new();
+    let readers: Vec<_> = config.downlinks.iter().filter(|d| d.kafka_topics.contains(&record.topic)).collect();
+    let _ = writeln!(
+        out,
+        "Kafka record on {} (partition {}, key {}, {} header{}, {} bytes) is read by {} of {} downlink{}",
+        record.topic,
+        record.partition,
+        match &record.key {
+            Some(k) => format!("{:?}", String::from_utf8_lossy(k)),
+            None => "none".into(),
+        },
+        record.headers.len(),
+        if record.headers.len() == 1 { "" } else { "s" },
+        record.payload.len(),
+        readers.len(),
+        config.downlinks.len(),
+        if config.downlinks.len() == 1 { "" } else { "s" },
+    );
+    let v5 = config.mqtt.protocol == crate::config::Protocol::V5;
+    for d in readers {
+        let _ = writeln!(out);
+        match crate::core::downlink::render(d, record, config.mqtt.max_packet_size, v5) {
+            Ok(p) => {
+                let _ = writeln!(out, "downlink {}: publish to MQTT topic {}", d.name, p.topic);
+                let _ = writeln!(
+                    out,
+                    "  QoS {}, retain {}, {} bytes (the record's value, unchanged)",
+                    p.qos,
+                    p.retain,
+                    p.payload.len()
+                );
+                let props = &p.properties;
+                if let Some(c) = &props.content_type {
+                    let _ = writeln!(out, "  content type: {c}");
+                }
+                if let Some(f) = props.payload_format {
+                    let _ = writeln!(out, "  payload format indicator: {f}");
+                }
+                if let Some(r) = &props.response_topic {
+                    let _ = writeln!(out, "  response topic: {r}");
+                }
+                if let Some(c) = &props.correlation_data {
+                    let _ = writeln!(out, "  correlation data: {} bytes", c.len());
+                }
+                for (n, v) in &props.user {
+                    let _ = writeln!(out, "  user property {n}: {v}");
+                }
+                if !v5 && !record.headers.is_empty() {
+                    let _ =
+                        writeln!(out, "  (MQTT 3.1.1: the headers are not carried; MQTT 5 maps them to properties)");
+                }
+                if let Some(s) =
+                    config.routes.routes().iter().find(|r| crate::core::routing::filter::matches(&p.topic, &r.filter))
+                {
+                    let _ = writeln!(
+                        out,
+                        "  note: route {} subscribes this topic (allow_loop): the gateway takes it back to {}",
+                        s.name, s.topic
+                    );
+                }
+            }
+            Err(why) => {
+                let _ =
+                    writeln!(out, "downlink {}: cannot be published: {}: {}", d.name, why.kind.as_str(), why.detail);
+                let _ = writeln!(
+                    out,
+                    "  dead-lettered to {} with the record's key, value and headers, plus dlq_reason",
+                    d.dead_letter_topic
+                );
+            }
+        }
+    }
+    out
+}

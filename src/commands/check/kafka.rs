@@ -153,7 +153,7 @@ fn entries(routes: &RouteTable) -> Vec<Entry> {
 
 /// What a topic's metadata said.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum TopicState {
+pub(super) enum TopicState {
     Exists { partitions: usize, leaderless: usize },
     Missing,
     Unauthorized,
@@ -162,7 +162,7 @@ enum TopicState {
 
 /// Whether a missing topic will be created when the gateway first writes to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum AutoCreate {
+pub(super) enum AutoCreate {
     /// The broker's `auto.create.topics.enable` is true; its `num.partitions` when known.
     Enabled(Option<String>),
     /// The broker's `auto.create.topics.enable` is false.
@@ -189,7 +189,7 @@ pub(super) fn base_config(properties: &BTreeMap<String, String>, timeout: Durati
 
 /// The client for metadata and configs: never creates topics by asking about them, and has no
 /// idempotent or transactional producer state to set up.
-fn probe_config(properties: &BTreeMap<String, String>, timeout: Duration) -> ClientConfig {
+pub(super) fn probe_config(properties: &BTreeMap<String, String>, timeout: Duration) -> ClientConfig {
     let mut cc = base_config(properties, timeout);
     cc.remove("enable.idempotence");
     cc.remove("transactional.id");
@@ -363,7 +363,7 @@ fn connect_failure(errors: &[ClientErr], fetch_error: &str, servers: &str, timeo
     (Item::fail(SIDE, "reachable", detail, SERVERS_HINT), not_checked("Kafka is not reachable"))
 }
 
-fn topic_state(probe: &BaseProducer<Probe>, name: &str, timeout: Duration) -> TopicState {
+pub(super) fn topic_state(probe: &BaseProducer<Probe>, name: &str, timeout: Duration) -> TopicState {
     match probe.client().fetch_metadata(Some(name), timeout) {
         Ok(md) => match md.topics().iter().find(|t| t.name() == name) {
             None => TopicState::Missing,
@@ -383,7 +383,7 @@ fn topic_state(probe: &BaseProducer<Probe>, name: &str, timeout: Duration) -> To
 
 /// The broker's `auto.create.topics.enable` (and `num.partitions`), read with DescribeConfigs; or the
 /// gateway's own `allow.auto.create.topics=false`, which makes the broker's setting moot.
-async fn read_auto_create(settings: &KafkaSettings, broker_id: i32, timeout: Duration) -> AutoCreate {
+pub(super) async fn read_auto_create(settings: &KafkaSettings, broker_id: i32, timeout: Duration) -> AutoCreate {
     if settings.properties.get("allow.auto.create.topics").is_some_and(|v| v.eq_ignore_ascii_case("false")) {
         return AutoCreate::ClientDisabled;
     }
@@ -414,7 +414,7 @@ async fn read_auto_create(settings: &KafkaSettings, broker_id: i32, timeout: Dur
 }
 
 /// One topic's item from its metadata and, for a missing one, whether it will be auto-created.
-fn topic_item(
+pub(super) fn topic_item(
     label: &str,
     name: &str,
     state: &TopicState,

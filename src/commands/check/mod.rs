@@ -5,6 +5,8 @@
 //! - MQTT (`mqtt.rs`): reachable, authenticated, each route's filter granted in its SUBACK;
 //! - Kafka (`kafka.rs`): reachable, authenticated, each route's topic and dead-letter topic existing or
 //!   auto-created, and with `--produce-test` a real record written to each;
+//! - the downlinks (`downlinks.rs`): each topic read existing, the consumer group's offsets readable, the
+//!   dead-letter topic existing or auto-created;
 //! - Schema Registry (`registry.rs`): reachable, authenticated, each route's subject present and compiling;
 //! - `report.rs`: the items, their text, the exit code, and keeping secrets out of it.
 //!
@@ -12,6 +14,7 @@
 //! clean session, so it never disturbs a running gateway. Exit codes: 0 when nothing failed, 1 when an
 //! item failed, 2 when the configuration is invalid.
 
+mod downlinks;
 mod kafka;
 mod mqtt;
 mod produce;
@@ -48,6 +51,11 @@ impl Default for Options {
 pub async fn run(config: &Config, options: &Options) -> Report {
     let mut items = mqtt::check(&config.mqtt, &config.routes, options.timeout).await;
     items.extend(kafka::check(&config.kafka, &config.routes, options).await);
+    // The downlinks' topics and groups, when Kafka answered at all.
+    let kafka_up = items.iter().any(|i| i.side == Side::Kafka && i.what == "reachable" && i.status == Status::Ok);
+    if kafka_up && !config.downlinks.is_empty() {
+        items.extend(downlinks::check(config, options).await);
+    }
     items.extend(registry::check(config, options).await);
     let mut report = Report { items };
     report.redact(&secrets(config));
