@@ -41,6 +41,14 @@ pub const EXPOSED_METRICS: &[&str] = &[
     "mqtt_kafka_gateway_spool_records_unreadable_total",
     "mqtt_kafka_gateway_spool_errors_total",
     "mqtt_kafka_gateway_spool_damaged_bytes_total",
+    "mqtt_kafka_gateway_downlink_records_consumed_total",
+    "mqtt_kafka_gateway_downlink_messages_published_total",
+    "mqtt_kafka_gateway_downlink_records_dead_lettered_total",
+    "mqtt_kafka_gateway_downlink_dead_letter_errors_total",
+    "mqtt_kafka_gateway_downlink_offset_commits_total",
+    "mqtt_kafka_gateway_downlink_offset_commit_errors_total",
+    "mqtt_kafka_gateway_downlink_pauses_total",
+    "mqtt_kafka_gateway_downlink_mqtt_connection_errors_total",
     // gauges
     "mqtt_kafka_gateway_mqtt_connected",
     "mqtt_kafka_gateway_ready",
@@ -56,6 +64,11 @@ pub const EXPOSED_METRICS: &[&str] = &[
     "mqtt_kafka_gateway_spool_active",
     "mqtt_kafka_gateway_spool_full",
     "mqtt_kafka_gateway_spool_oldest_record_age_seconds",
+    "mqtt_kafka_gateway_downlink_lag_records",
+    "mqtt_kafka_gateway_downlink_in_flight_records",
+    "mqtt_kafka_gateway_downlink_paused",
+    "mqtt_kafka_gateway_downlink_running",
+    "mqtt_kafka_gateway_downlink_mqtt_connected",
     // info
     "mqtt_kafka_gateway_build_info",
     // histogram
@@ -699,6 +712,8 @@ fn every_alert_has_for_severity_summary_and_description() {
         "MqttKafkaGatewaySpoolRecordsDropped",
         "MqttKafkaGatewaySpoolRecordsUnreadable",
         "MqttKafkaGatewaySpoolDiskErrors",
+        "MqttKafkaGatewayDownlinkLagGrowing",
+        "MqttKafkaGatewayDownlinkMqttDisconnected",
     ] {
         assert!(names.contains(want), "no alert {want}: {names:?}");
     }
@@ -720,6 +735,7 @@ fn is_instant(name: &str) -> bool {
         "MqttKafkaGatewaySpoolRecordsDropped",
         "MqttKafkaGatewaySpoolRecordsUnreadable",
         "MqttKafkaGatewaySpoolDamagedAtStart",
+        "MqttKafkaGatewayDownlinkDeadLetters",
     ]
     .contains(&name)
 }
@@ -894,6 +910,8 @@ fn exposed_metrics_are_in_a_scrape_of_the_gateways_exposition() {
         not_durable: Box::new(|| (0, 0)),
         max_bytes: Box::new(|| 1 << 30),
     });
+    // Per-downlink series exist once a downlink runs.
+    metrics.downlinks.get(&std::sync::Arc::from("commands"));
     let body = exposition::encode(&exposition::registry(metrics)).unwrap();
     let samples: BTreeSet<&str> =
         body.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split([' ', '{']).next()).collect();
