@@ -85,9 +85,12 @@ fn seen(messages: &[(String, String)], n: usize) -> Seen {
             s.duplicates += 1;
             continue;
         }
-        if let Some(prev) = last.insert(device, seq) {
+        if let Some(prev) = last.insert(device.clone(), seq) {
             if prev > seq {
                 s.order_violations += 1;
+                if s.order_violations <= 5 {
+                    eprintln!("order violation: {device} {prev} then {seq}");
+                }
             }
         }
     }
@@ -188,8 +191,9 @@ fn a_sigkill_mid_stream_loses_nothing() {
     produce(&topic, &commands(0..n));
     let dir = tempfile::tempdir().unwrap();
     // A slow downlink, so that the kill lands mid-stream.
-    let path = config(&mosquitto, &downlink("commands", &topic, "    rate_limit: {messages_per_sec: 2000}\n"))
-        .write(dir.path());
+    let path =
+        config(&mosquitto, &downlink("commands", &topic, "    rate_limit: {messages_per_sec: 2000, burst: 100}\n"))
+            .write(dir.path());
     let mut gw = Gateway::start(&path, &[]);
     assert!(
         wait_until(Duration::from_secs(60), Duration::from_millis(20), || sub.messages().len() >= 3000),
@@ -213,6 +217,46 @@ fn a_sigkill_mid_stream_loses_nothing() {
     assert_eq!((s.lost, s.order_violations, s.wrong_topic), (0, 0, 0), "{s:?}");
 }
 
+/// SIGTERM mid-stream: the downlink stops reading, publishes what it has in flight, commits, and leaves
+/// its group; the next start goes on from there: nothing lost and nothing published twice.
+#[test]
+fn a_sigterm_mid_stream_publishes_nothing_twice() {
+    let n = 6_000;
+    let mosquitto = Mosquitto::start_with(DEEP_QUEUE);
+    let topic = unique_topic("commands-term");
+    kafka().create_topic(&topic, 4);
+    let sub = Subscriber::spawn(mosquitto.port(), &["cmnd/+/set"], &["-q", "1"]);
+    assert!(sub.wait_suback(WAIT).is_some());
+    produce(&topic, &commands(0..n));
+    let dir = tempfile::tempdir().unwrap();
+    let path =
+        config(&mosquitto, &downlink("commands", &topic, "    rate_limit: {messages_per_sec: 2000, burst: 100}\n"))
+            .write(dir.path());
+    let mut gw = Gateway::start(&path, &[]);
+    assert!(
+        wait_until(Duration::from_secs(60), Duration::from_millis(20), || sub.messages().len() >= 2000),
+        "{}",
+        tail(&gw)
+    );
+    gw.sigterm();
+    let status = gw.wait_exit(WAIT);
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", tail(&gw));
+    let at_stop = distinct(&sub);
+    let gw = Gateway::start(&path, &[]);
+    let ok = wait_until(Duration::from_secs(120), Duration::from_millis(100), || distinct(&sub) >= n);
+    let s = seen(&sub.messages(), n);
+    eprintln!(
+        "DOWNLINK RESULT sigterm (MQTT {}): sent={n} at_stop={at_stop} lost={} duplicates={} order_violations={}",
+        protocol(),
+        s.lost,
+        s.duplicates,
+        s.order_violations
+    );
+    assert!(ok, "{s:?}\n{}", tail(&gw));
+    assert!(at_stop < n, "the stop came after the end");
+    assert_eq!((s.lost, s.duplicates, s.order_violations, s.wrong_topic), (0, 0, 0, 0), "{s:?}");
+}
+
 /// Mosquitto down for 10 s while records stream out: the partitions pause, then everything arrives.
 /// The subscriber has a persistent session and the broker saves it (a graceful stop), so what the
 /// broker acknowledged before it stopped is delivered after; what it did not, the gateway publishes again.
@@ -228,8 +272,9 @@ fn mosquitto_down_for_ten_seconds_loses_nothing() {
     let sub = Subscriber::spawn(mosquitto.port(), &["cmnd/+/set"], &["-q", "1", "-c", "-i", &sub_id]);
     assert!(sub.wait_suback(WAIT).is_some());
     let dir = tempfile::tempdir().unwrap();
-    let path = config(&mosquitto, &downlink("commands", &topic, "    rate_limit: {messages_per_sec: 1000}\n"))
-        .write(dir.path());
+    let path =
+        config(&mosquitto, &downlink("commands", &topic, "    rate_limit: {messages_per_sec: 1000, burst: 100}\n"))
+            .write(dir.path());
     let gw = Gateway::start(&path, &[]);
     produce(&topic, &commands(0..n));
     assert!(
@@ -417,4 +462,53 @@ fn headers_become_mqtt5_properties() {
     assert_eq!(parts[1], "application/json");
     assert_eq!(parts[2], "reply/dev-1");
     assert!(parts[4].contains("trace:t-9") && parts[4].contains("device_id:dev-1"), "user properties: {}", parts[4]);
+}
+
+/// MQTT 5: a publish the broker refuses (its ACL denies the topic: PUBACK reason 0x87) is dead-lettered
+/// with the broker's reason, and the downlink goes on. (Mosquitto 2.0.11 also drops the connection
+/// right after such a PUBACK when the topic before had subscribers: the refusal still counts, and what
+/// followed is published again on the next connection.)
+#[test]
+fn a_publish_the_broker_refuses_is_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, "topic read #\ntopic readwrite cmnd/#\n").unwrap();
+    let mosquitto = Mosquitto::start_with(&format!("{DEEP_QUEUE}acl_file {}\n", acl.display()));
+    let topic = unique_topic("commands-acl");
+    let dlq = format!("{topic}.dlq");
+    kafka().create_topic(&topic, 1);
+    kafka().create_topic(&dlq, 1);
+    let sub = Subscriber::spawn(mosquitto.port(), &["#"], &["-q", "1"]);
+    assert!(sub.wait_suback(WAIT).is_some());
+    let rec = |area: &str, key: &str| -> Rec {
+        (
+            Some(key.to_string()),
+            vec![("area", area.as_bytes().to_vec())],
+            format!(r#"{{"to":"{area}/{key}"}}"#).into_bytes(),
+        )
+    };
+    produce(&topic, &[rec("cmnd", "dev-1"), rec("secret", "dev-2"), rec("cmnd", "dev-3")]);
+    let downlinks = format!(
+        "  - name: commands\n    kafka_topic: {topic}\n    mqtt_topic: '{{header.area}}/{{key}}'\n    qos: 1\n    allow_loop: true\n    properties: {{session.timeout.ms: 6000}}\n"
+    );
+    let path = config(&mosquitto, &downlinks).write(dir.path());
+    let gw = Gateway::start(&path, &[("GATEWAY_MQTT__PROTOCOL", "5")]);
+    let dead = kafka().consume(&dlq, 1, Duration::from_secs(60));
+    assert_eq!(dead.len(), 1, "{}", tail(&gw));
+    let reason = dead[0].header_str("dlq_reason").unwrap_or_default();
+    assert!(
+        reason.starts_with("refused_by_broker: the broker refused the publish to secret/dev-2: NotAuthorized"),
+        "{reason}"
+    );
+    let got = sub.wait_messages(2, WAIT);
+    let topics: Vec<&str> = got.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(topics, ["cmnd/dev-1", "cmnd/dev-3"], "{}\n{}", tail(&gw), mosquitto.log());
+    assert!(wait_until(WAIT, Duration::from_millis(200), || {
+        value(
+            &gw.metrics(),
+            "mqtt_kafka_gateway_downlink_records_dead_lettered_total",
+            &[("downlink", "commands"), ("reason", "refused_by_broker")],
+        ) == 1.0
+    }));
+    assert!(wait_until(WAIT, Duration::from_millis(500), || metric(&gw, "downlink_lag_records", "commands") == 0.0));
 }

@@ -273,6 +273,8 @@ fn run(consumer: BaseConsumer<Context>, setup: Setup) {
     }
     offsets.revoke_all();
     stats.in_flight.store(0, Relaxed);
+    // Not known any more: a removed downlink must not look like one that stopped catching up.
+    stats.lag.store(-1, Relaxed);
     stats.paused.store(false, Relaxed);
     // Dropping the consumer closes it: it leaves the group.
     drop(consumer);

@@ -83,7 +83,13 @@ pub async fn run(mut links: Links, metrics: Arc<Metrics>, shutdown: Cancellation
     let (dead_letters_tx, dead_letters) = watch::channel(dead_letter_producer(&kafka));
     let (jobs_tx, jobs) = mpsc::channel(256);
     let publisher_stop = CancellationToken::new();
-    let publisher = tokio::spawn(publisher::run(links.mqtt.clone(), jobs, metrics.clone(), publisher_stop.clone()));
+    let publisher = tokio::spawn(publisher::run(
+        links.mqtt.clone(),
+        jobs,
+        dead_letters.clone(),
+        metrics.clone(),
+        publisher_stop.clone(),
+    ));
     let shared = Shared { jobs: jobs_tx, dead_letters, mqtt: links.mqtt.clone(), metrics: metrics.clone() };
     let mut running: HashMap<Arc<str>, Running> = HashMap::new();
     let mut downlinks_open = true;
@@ -199,7 +205,8 @@ fn start(d: &Arc<Downlink>, kafka: &KafkaSettings, shared: &Shared, grace: Durat
         out: records_tx,
         window: CONSUMER_WINDOW,
         stop: stop.clone(),
-        drain: grace,
+        // As the uplink: a quarter of the grace period, at most 3 s, is kept for what follows.
+        drain: grace.saturating_sub((grace / 4).min(Duration::from_secs(3))),
     })?;
     let (downlink_tx, downlink) = watch::channel(d.clone());
     let worker = Worker {
@@ -262,7 +269,13 @@ impl Worker {
             };
             match render(&d, &record, max_packet, v5) {
                 Ok(publish) => {
-                    let job = Job { publish, settle: self.settle(ticket) };
+                    let job = Job {
+                        publish,
+                        settle: self.settle(ticket),
+                        record,
+                        downlink: d.name.clone(),
+                        dead_letter_topic: d.dead_letter_topic.clone(),
+                    };
                     if self.jobs.send(job).await.is_err() {
                         return;
                     }

@@ -17,10 +17,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::dead_letter::DeadLetters;
 use super::offsets::{Offsets, Ticket};
 use crate::config::MqttSettings;
 use crate::core::backoff::Backoff;
-use crate::core::downlink::Publish;
+use crate::core::downlink::{Publish, Reason, Record, Unpublishable};
 use crate::mqtt::client::{self, Event};
 use crate::ops::metrics::downlinks::{DownlinkRegistry, DownlinkStats};
 use crate::ops::metrics::Metrics;
@@ -29,6 +30,7 @@ use crate::ops::metrics::Metrics;
 pub const WINDOW: usize = 1000;
 
 /// A record read, and whom to tell when it is done.
+#[derive(Clone)]
 pub struct Settle {
     pub ticket: Ticket,
     pub offsets: Arc<Offsets>,
@@ -44,10 +46,13 @@ impl Settle {
     }
 }
 
-/// One record to publish.
+/// One record to publish, and what to do if the broker refuses it.
 pub struct Job {
     pub publish: Publish,
     pub settle: Settle,
+    pub record: Record,
+    pub downlink: Arc<str>,
+    pub dead_letter_topic: String,
 }
 
 impl Job {
@@ -94,12 +99,17 @@ impl InFlight {
     }
 
     fn complete(&mut self, seq: u64) {
+        self.finish(seq, |job| job.done());
+    }
+
+    /// The entry `seq` is over: `then` is told, and the front moves past what is over.
+    fn finish(&mut self, seq: u64, then: impl FnOnce(&Job)) {
         let Some(e) = self.entries.get_mut((seq - self.first) as usize) else { return };
         if e.done {
             return;
         }
         e.done = true;
-        e.job.done();
+        then(&e.job);
         self.open -= 1;
         while self.entries.front().is_some_and(|e| e.done) {
             self.entries.pop_front();
@@ -132,6 +142,13 @@ impl InFlight {
         }
     }
 
+    /// The broker refused the publish with `pkid`: `then` is given its job (to dead-letter it).
+    fn refused(&mut self, pkid: u16, then: impl FnOnce(&Job)) {
+        if let Some(seq) = self.by_pkid.remove(&pkid) {
+            self.finish(seq, then);
+        }
+    }
+
     /// The connection is gone: nothing is written on the next one yet.
     fn forget_connection(&mut self) {
         for e in &mut self.entries {
@@ -146,6 +163,7 @@ impl InFlight {
 pub async fn run(
     mut mqtt: watch::Receiver<MqttSettings>,
     mut jobs: mpsc::Receiver<Job>,
+    dead_letters: watch::Receiver<Option<DeadLetters>>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
@@ -237,6 +255,7 @@ pub async fn run(
             }
             Step::Event(Ok(Event::PublishSent(pkid))) => flight.written(pkid),
             Step::Event(Ok(Event::Published(pkid))) => flight.acknowledged(pkid),
+            Step::Event(Ok(Event::Refused { pkid, reason })) => refused(&mut flight, pkid, &reason, &dead_letters),
             Step::Event(Ok(_)) => {}
             Step::Event(Err(e)) => {
                 registry.mqtt_connection_errors.fetch_add(1, Relaxed);
@@ -248,7 +267,15 @@ pub async fn run(
                 }
                 connected = false;
                 registry.mqtt_connected.store(false, Relaxed);
-                eventloop.discard_events();
+                // Acknowledgements read before the failure still count (a broker may close the
+                // connection right after refusing a publish).
+                for event in eventloop.take_events() {
+                    match event {
+                        Event::Published(pkid) => flight.acknowledged(pkid),
+                        Event::Refused { pkid, reason } => refused(&mut flight, pkid, &reason, &dead_letters),
+                        _ => {}
+                    }
+                }
                 flight.forget_connection();
                 sleep_or_stop(backoff.next_delay(), &stop).await;
             }
@@ -271,6 +298,19 @@ pub async fn run(
             "downlinks: stopped with messages the broker has not acknowledged; they are read again from Kafka"
         );
     }
+}
+
+/// The broker refused the publish with `pkid`: its record goes to the dead-letter topic.
+fn refused(flight: &mut InFlight, pkid: u16, reason: &str, dead_letters: &watch::Receiver<Option<DeadLetters>>) {
+    flight.refused(pkid, |job| {
+        tracing::warn!(downlink = %job.downlink, topic = %job.publish.topic, reason, dead_letter_topic = %job.dead_letter_topic, "downlink message refused by the broker; dead-lettered");
+        let detail = format!("the broker refused the publish to {}: {reason}", job.publish.topic);
+        let why = Unpublishable { kind: Reason::Refused, detail };
+        match dead_letters.borrow().clone() {
+            Some(d) => d.send(job.dead_letter_topic.clone(), job.downlink.clone(), job.record.clone(), why, job.settle.clone()),
+            None => tracing::error!(downlink = %job.downlink, "no dead-letter producer: the refused record is read again after a restart"),
+        }
+    });
 }
 
 async fn sleep_or_stop(delay: Duration, stop: &CancellationToken) {
@@ -296,6 +336,16 @@ mod tests {
                 properties: Properties::default(),
             },
             settle: Settle { ticket: offsets.take(&topic, 0, offset), offsets: offsets.clone(), stats: stats.clone() },
+            record: Record {
+                topic: "t".into(),
+                partition: 0,
+                offset,
+                key: None,
+                headers: Vec::new(),
+                payload: Default::default(),
+            },
+            downlink: "d".into(),
+            dead_letter_topic: "t.dlq".into(),
         }
     }
 
@@ -327,5 +377,15 @@ mod tests {
         assert_eq!(stats.published.load(Relaxed), 4);
         // An unknown id is ignored.
         f.acknowledged(9);
+        // A refused publish is over, without being published: the caller dead-letters it.
+        f.push(job(&offsets, &stats, 4, 1));
+        f.written(2);
+        let mut told = 0;
+        f.refused(2, |j| {
+            told += 1;
+            assert_eq!(j.record.offset, 4);
+        });
+        assert_eq!((told, f.open, f.entries.len()), (1, 0, 0));
+        assert_eq!(stats.published.load(Relaxed), 4, "not counted as published");
     }
 }

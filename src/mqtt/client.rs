@@ -75,6 +75,11 @@ pub(crate) enum Event {
     PublishSent(u16),
     /// The broker has a QoS 1 publish of ours (PUBACK) or a QoS 2 one (PUBCOMP).
     Published(u16),
+    /// MQTT 5: the broker refused a publish of ours (a PUBACK or PUBREC reason code of 0x80 or more).
+    Refused {
+        pkid: u16,
+        reason: String,
+    },
     Other,
 }
 
@@ -289,12 +294,12 @@ impl EventLoop {
         }
     }
 
-    /// Forgets the events rumqttc had read and not handed out: after a failure they belong to a
-    /// connection that is gone.
-    pub(crate) fn discard_events(&mut self) {
+    /// After a failure: the events rumqttc had read and not handed out. Acknowledgements among them
+    /// are facts about the connection that is gone (the broker has those messages); the rest are stale.
+    pub(crate) fn take_events(&mut self) -> Vec<Event> {
         match self {
-            EventLoop::V4(e) => e.state.events.clear(),
-            EventLoop::V5 { inner, .. } => inner.state.events.clear(),
+            EventLoop::V4(e) => e.state.events.drain(..).map(event4).collect(),
+            EventLoop::V5 { inner, .. } => std::mem::take(&mut inner.state.events).into_iter().map(event5).collect(),
         }
     }
 
@@ -414,7 +419,20 @@ fn event5(event: r5::Event) -> Event {
                 .filter(|&k| k > 0)
                 .map(|k| Duration::from_secs(k.into())),
         },
-        r5::Event::Incoming(Packet::PubAck(ack)) => Event::Published(ack.pkid),
+        r5::Event::Incoming(Packet::PubAck(ack)) => match ack.reason {
+            p5::PubAckReason::Success | p5::PubAckReason::NoMatchingSubscribers => Event::Published(ack.pkid),
+            reason => Event::Refused {
+                pkid: ack.pkid,
+                reason: props5::refusal(format!("{reason:?}"), ack.properties.and_then(|p| p.reason_string)),
+            },
+        },
+        r5::Event::Incoming(Packet::PubRec(rec)) => match rec.reason {
+            p5::PubRecReason::Success | p5::PubRecReason::NoMatchingSubscribers => Event::Other,
+            reason => Event::Refused {
+                pkid: rec.pkid,
+                reason: props5::refusal(format!("{reason:?}"), rec.properties.and_then(|p| p.reason_string)),
+            },
+        },
         r5::Event::Incoming(Packet::PubComp(comp)) => Event::Published(comp.pkid),
         r5::Event::Incoming(Packet::SubAck(ack)) => {
             Event::SubAck { pkid: ack.pkid, granted: ack.return_codes.iter().map(props5::granted).collect() }

@@ -218,7 +218,13 @@ impl Edge {
             // rumqttc wrote an ack we had queued in its channel.
             Ok(Event::AckWritten) => self.acks.out.written_by_rumqttc(),
             Ok(Event::PingSent) => self.last_ping = tokio::time::Instant::now(),
-            Ok(Event::Other | Event::DisconnectSent | Event::PublishSent(_) | Event::Published(_)) => {}
+            Ok(
+                Event::Other
+                | Event::DisconnectSent
+                | Event::PublishSent(_)
+                | Event::Published(_)
+                | Event::Refused { .. },
+            ) => {}
             Err(e) => return self.on_connection_error(e).await,
         }
         ControlFlow::Continue(())

@@ -64,6 +64,14 @@ pub(super) fn publish_properties(p: &Properties) -> p5::PublishProperties {
     }
 }
 
+/// A refused publish's reason in words: the reason code's name, and the broker's reason string if any.
+pub(super) fn refusal(code: String, reason_string: Option<String>) -> String {
+    match reason_string {
+        Some(r) if !r.is_empty() => format!("{code}: {r}"),
+        _ => code,
+    }
+}
+
 /// What a CONNACK says that an operator should see: limits that constrain the gateway.
 pub(super) fn connack_notes(p: Option<&p5::ConnAckProperties>) -> Vec<String> {
     let Some(p) = p else { return Vec::new() };

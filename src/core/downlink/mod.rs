@@ -119,10 +119,14 @@ pub enum Reason {
     InvalidSetting,
     /// Larger than the MQTT packet size limit.
     TooLarge,
+    /// The broker refused the publish (MQTT 5: a PUBACK or PUBREC reason code of 0x80 or more, e.g.
+    /// not authorized by its ACL).
+    Refused,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 4] = [Reason::Missing, Reason::InvalidTopic, Reason::InvalidSetting, Reason::TooLarge];
+    pub const ALL: [Reason; 5] =
+        [Reason::Missing, Reason::InvalidTopic, Reason::InvalidSetting, Reason::TooLarge, Reason::Refused];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -130,6 +134,7 @@ impl Reason {
             Reason::InvalidTopic => "invalid_topic",
             Reason::InvalidSetting => "invalid_setting",
             Reason::TooLarge => "too_large",
+            Reason::Refused => "refused_by_broker",
         }
     }
 }
