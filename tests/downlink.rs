@@ -512,3 +512,35 @@ fn a_publish_the_broker_refuses_is_dead_lettered() {
     }));
     assert!(wait_until(WAIT, Duration::from_millis(500), || metric(&gw, "downlink_lag_records", "commands") == 0.0));
 }
+
+/// New MQTT settings from a reload reconnect the downlinks' connection: the broker moves, and the
+/// records that follow reach the new one, in order.
+#[test]
+fn a_reload_moves_the_downlinks_to_another_broker() {
+    let a = Mosquitto::start_with(DEEP_QUEUE);
+    let b = Mosquitto::start_with(DEEP_QUEUE);
+    let topic = unique_topic("commands-move");
+    kafka().create_topic(&topic, 2);
+    let on_a = Subscriber::spawn(a.port(), &["cmnd/+/set"], &["-q", "1"]);
+    let on_b = Subscriber::spawn(b.port(), &["cmnd/+/set"], &["-q", "1"]);
+    assert!(on_a.wait_suback(WAIT).is_some() && on_b.wait_suback(WAIT).is_some());
+    let dir = tempfile::tempdir().unwrap();
+    let id = unique_topic("dl-gw");
+    let dl = downlink("commands", &topic, "");
+    let path = config_as(&a, &id, &dl).write(dir.path());
+    let gw = Gateway::start(&path, &[]);
+    produce(&topic, &commands(0..100));
+    let s = seen(&on_a.wait_messages(100, Duration::from_secs(60)), 100);
+    assert_eq!((s.lost, s.order_violations), (0, 0), "{s:?}\n{}", tail(&gw));
+    replace_file(&path, &config_as(&b, &id, &dl).yaml());
+    assert!(gw.wait_for_log("downlinks: new MQTT settings", WAIT), "{}", tail(&gw));
+    produce(&topic, &commands(100..200));
+    let got = on_b.wait_messages(100, Duration::from_secs(60));
+    let seqs: Vec<i64> = got
+        .iter()
+        .map(|(_, p)| serde_json::from_str::<serde_json::Value>(p).unwrap()["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs.len(), 100, "{}", tail(&gw));
+    assert!(seqs.iter().all(|s| (100..200).contains(s)), "{seqs:?}");
+    assert_eq!(on_a.messages().len(), 100, "nothing more on the old broker");
+}

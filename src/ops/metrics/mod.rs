@@ -421,4 +421,19 @@ pub fn log_stats(now: Snapshot, before: Snapshot, elapsed: Duration, metrics: &M
         device_id_default = now.device_id_default,
         "statistics"
     );
+    // One line per downlink: the way back has its own numbers.
+    for d in metrics.downlinks.all().iter().filter(|d| d.running.load(Relaxed)) {
+        let dead: u64 = d.dead_lettered.iter().map(|c| c.load(Relaxed)).sum();
+        tracing::info!(
+            downlink = %d.name,
+            consumed = d.consumed.load(Relaxed),
+            published = d.published.load(Relaxed),
+            dead_lettered = dead,
+            in_flight = d.in_flight.load(Relaxed),
+            lag = d.lag.load(Relaxed),
+            paused = d.paused.load(Relaxed),
+            mqtt_connected = metrics.downlinks.mqtt_connected.load(Relaxed),
+            "downlink statistics"
+        );
+    }
 }
