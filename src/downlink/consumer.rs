@@ -235,11 +235,18 @@ fn run(consumer: BaseConsumer<Context>, setup: Setup) {
             None => {}
             Some(Ok(m)) => {
                 let record = record(&m, &mut topic);
-                let ticket = offsets.take(&topic, record.partition, record.offset);
-                stats.consumed.fetch_add(1, Relaxed);
-                stats.in_flight.store(offsets.in_flight() as i64, Relaxed);
-                if out.send((record, ticket)).is_err() {
-                    break;
+                match offsets.take(&topic, record.partition, record.offset) {
+                    Some(ticket) => {
+                        stats.consumed.fetch_add(1, Relaxed);
+                        stats.in_flight.store(offsets.in_flight() as i64, Relaxed);
+                        if out.send((record, ticket)).is_err() {
+                            break;
+                        }
+                    }
+                    // Kafka hands a partition's records out in order: a step back is worth a line.
+                    None => {
+                        tracing::warn!(downlink = %downlink.name, topic = %record.topic, partition = record.partition, offset = record.offset, "downlink: a record read again before its first copy was settled; the first copy stands")
+                    }
                 }
             }
             Some(Err(e)) => {

@@ -46,18 +46,23 @@ impl Offsets {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A record was read.
-    pub fn take(&self, topic: &std::sync::Arc<str>, partition: i32, offset: i64) -> Ticket {
+    /// A record was read: its ticket, or `None` for an offset this partition already had since it was
+    /// assigned (read again: the first copy is published and settles it).
+    pub fn take(&self, topic: &std::sync::Arc<str>, partition: i32, offset: i64) -> Option<Ticket> {
         let mut guard = self.lock();
         let Inner { partitions, generation: last, in_flight } = &mut *guard;
-        *in_flight += 1;
         let p = partitions.entry((topic.clone(), partition)).or_insert_with(|| {
             *last += 1;
             Partition { generation: *last, ..Partition::default() }
         });
         let generation = p.generation;
+        let latest = p.pending.back().map(|(o, _)| *o).or(p.next.map(|n| n - 1));
+        if latest.is_some_and(|l| offset <= l) {
+            return None;
+        }
+        *in_flight += 1;
         p.pending.push_back((offset, false));
-        Ticket { topic: topic.clone(), partition, offset, generation }
+        Some(Ticket { topic: topic.clone(), partition, offset, generation })
     }
 
     /// The record of `ticket` is published or dead-lettered. False if its partition was revoked since.
@@ -142,8 +147,10 @@ mod tests {
     fn commits_follow_the_first_record_not_done_per_partition() {
         let o = Offsets::default();
         let t: Arc<str> = "t".into();
-        let a: Vec<Ticket> = (10..15).map(|i| o.take(&t, 0, i)).collect();
-        let b = o.take(&t, 1, 7);
+        let a: Vec<Ticket> = (10..15).map(|i| o.take(&t, 0, i).unwrap()).collect();
+        let b = o.take(&t, 1, 7).unwrap();
+        // An offset the partition already had is not taken twice.
+        assert_eq!(o.take(&t, 0, 12), None);
         assert_eq!(o.in_flight(), 6);
         // Done out of order: nothing before offset 10 is done, so nothing to commit.
         assert!(o.done(&a[2]));
@@ -169,12 +176,12 @@ mod tests {
     fn a_revoked_partition_is_forgotten_and_its_late_completions_do_nothing() {
         let o = Offsets::default();
         let t: Arc<str> = "t".into();
-        let old = o.take(&t, 0, 5);
-        let _other = o.take(&t, 1, 1);
+        let old = o.take(&t, 0, 5).unwrap();
+        let _other = o.take(&t, 1, 1).unwrap();
         o.revoke(&[(t.clone(), 0)]);
         assert_eq!(o.in_flight(), 1);
         // Assigned again: read again from the commit; the old ticket is stale.
-        let new = o.take(&t, 0, 5);
+        let new = o.take(&t, 0, 5).unwrap();
         assert!(!o.done(&old));
         assert_eq!(o.to_commit(), []);
         assert!(o.done(&new));

@@ -335,7 +335,11 @@ mod tests {
                 payload: Default::default(),
                 properties: Properties::default(),
             },
-            settle: Settle { ticket: offsets.take(&topic, 0, offset), offsets: offsets.clone(), stats: stats.clone() },
+            settle: Settle {
+                ticket: offsets.take(&topic, 0, offset).expect("a new offset"),
+                offsets: offsets.clone(),
+                stats: stats.clone(),
+            },
             record: Record {
                 topic: "t".into(),
                 partition: 0,
