@@ -544,3 +544,49 @@ fn a_reload_moves_the_downlinks_to_another_broker() {
     assert!(seqs.iter().all(|s| (100..200).contains(s)), "{seqs:?}");
     assert_eq!(on_a.messages().len(), 100, "nothing more on the old broker");
 }
+
+/// A second gateway joins the group mid-stream (scaling out): the partitions are shared out again, and
+/// nothing unpublished is skipped; each device's first copies stay in order.
+#[test]
+fn a_rebalance_mid_stream_skips_nothing() {
+    let n = 10_000;
+    let mosquitto = Mosquitto::start_with(DEEP_QUEUE);
+    let topic = unique_topic("commands-rebalance");
+    kafka().create_topic(&topic, 4);
+    let sub = Subscriber::spawn(mosquitto.port(), &["cmnd/+/set"], &["-q", "1"]);
+    assert!(sub.wait_suback(WAIT).is_some());
+    produce(&topic, &commands(0..n));
+    let group = unique_topic("dl-group");
+    let dl = downlink(
+        "commands",
+        &topic,
+        &format!("    group_id: {group}\n    rate_limit: {{messages_per_sec: 1000, burst: 100}}\n"),
+    );
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let gw1 = Gateway::start(&config(&mosquitto, &dl).write(one.path()), &[]);
+    assert!(
+        wait_until(Duration::from_secs(60), Duration::from_millis(20), || sub.messages().len() >= 2000),
+        "{}",
+        tail(&gw1)
+    );
+    let gw2 = Gateway::start(&config(&mosquitto, &dl).write(two.path()), &[]);
+    let ok = wait_until(Duration::from_secs(120), Duration::from_millis(100), || distinct(&sub) >= n);
+    let s = seen(&sub.messages(), n);
+    eprintln!(
+        "DOWNLINK RESULT rebalance (MQTT {}): sent={n} lost={} duplicates={} order_violations={}",
+        protocol(),
+        s.lost,
+        s.duplicates,
+        s.order_violations
+    );
+    assert!(ok, "{s:?}\n{}\n{}", tail(&gw1), tail(&gw2));
+    assert_eq!((s.lost, s.order_violations, s.wrong_topic), (0, 0, 0), "{s:?}");
+    // Both took part.
+    assert!(metric(&gw1, "downlink_messages_published_total", "commands") > 0.0);
+    assert!(
+        wait_until(WAIT, Duration::from_millis(200), || metric(&gw2, "downlink_messages_published_total", "commands")
+            > 0.0),
+        "{}",
+        tail(&gw2)
+    );
+}

@@ -26,6 +26,10 @@ use crate::ops::metrics::downlinks::DownlinkStats;
 /// How often done records are committed.
 const COMMIT_EVERY: Duration = Duration::from_millis(200);
 
+/// How long a rebalance waits for the records in flight to be published before it commits and lets the
+/// partitions go (well within the group's rebalance timeout, `max.poll.interval.ms`).
+const REVOKE_WAIT: Duration = Duration::from_secs(5);
+
 struct Context {
     name: Arc<str>,
     offsets: Arc<Offsets>,
@@ -66,8 +70,13 @@ impl ConsumerContext for Context {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
-                // What is done is committed while the partitions are still ours; the rest is read again
-                // by whoever gets them.
+                // What is in flight gets a moment to be published (nothing new is read meanwhile), then
+                // what is done is committed while the partitions are still ours; the rest is read again
+                // by whoever gets them (a duplicate, never a gap).
+                let deadline = Instant::now() + REVOKE_WAIT;
+                while self.offsets.in_flight() > 0 && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 commit(consumer, &self.offsets, &self.stats, CommitMode::Sync);
                 let revoked: Vec<(Arc<str>, i32)> =
                     tpl.elements().iter().map(|e| (Arc::from(e.topic()), e.partition())).collect();
