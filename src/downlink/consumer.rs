@@ -231,6 +231,7 @@ fn run(consumer: BaseConsumer<Context>, setup: Setup) {
     let mut last_commit = Instant::now();
     let mut topic: Arc<str> = Arc::from("");
     let mut last_error: Option<(String, Instant)> = None;
+    let (mut again, mut said_again) = (0u64, Instant::now() - Duration::from_secs(2));
     while !stop.is_cancelled() {
         if consumer.context().assigned.swap(false, Relaxed) {
             paused = false;
@@ -252,9 +253,15 @@ fn run(consumer: BaseConsumer<Context>, setup: Setup) {
                             break;
                         }
                     }
-                    // Kafka hands a partition's records out in order: a step back is worth a line.
+                    // librdkafka can hand out a partition's records again after a pause (seen under
+                    // load): the first copies stand. Said once a second at most, with the count.
                     None => {
-                        tracing::warn!(downlink = %downlink.name, topic = %record.topic, partition = record.partition, offset = record.offset, "downlink: a record read again before its first copy was settled; the first copy stands")
+                        again += 1;
+                        if said_again.elapsed() >= Duration::from_secs(1) {
+                            tracing::warn!(downlink = %downlink.name, topic = %record.topic, partition = record.partition, offset = record.offset, records = again, "downlink: records read again before their first copies were settled; the first copies stand");
+                            said_again = Instant::now();
+                            again = 0;
+                        }
                     }
                 }
             }
