@@ -231,7 +231,7 @@ fn run(consumer: BaseConsumer<Context>, setup: Setup) {
     let mut last_commit = Instant::now();
     let mut topic: Arc<str> = Arc::from("");
     let mut last_error: Option<(String, Instant)> = None;
-    let (mut again, mut said_again) = (0u64, Instant::now() - Duration::from_secs(2));
+    let (mut again, mut said_again) = (0u64, None::<Instant>);
     while !stop.is_cancelled() {
         if consumer.context().assigned.swap(false, Relaxed) {
             paused = false;
@@ -257,9 +257,9 @@ fn run(consumer: BaseConsumer<Context>, setup: Setup) {
                     // load): the first copies stand. Said once a second at most, with the count.
                     None => {
                         again += 1;
-                        if said_again.elapsed() >= Duration::from_secs(1) {
+                        if said_again.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                             tracing::warn!(downlink = %downlink.name, topic = %record.topic, partition = record.partition, offset = record.offset, records = again, "downlink: records read again before their first copies were settled; the first copies stand");
-                            said_again = Instant::now();
+                            said_again = Some(Instant::now());
                             again = 0;
                         }
                     }

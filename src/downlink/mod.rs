@@ -248,7 +248,7 @@ impl Worker {
 
     async fn run(mut self, mut records: mpsc::UnboundedReceiver<(Record, Ticket)>) {
         let mut schedule: Option<Schedule> = None;
-        let mut said = Instant::now() - Duration::from_secs(10);
+        let mut said: Option<Instant> = None;
         let mut unsaid = 0u64;
         while let Some((record, ticket)) = records.recv().await {
             let d = self.downlink.borrow_and_update().clone();
@@ -281,7 +281,7 @@ impl Worker {
                     }
                 }
                 Err(why) => {
-                    if said.elapsed() >= Duration::from_secs(1) {
+                    if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                         tracing::warn!(
                             downlink = %d.name,
                             reason = why.kind.as_str(),
@@ -293,7 +293,7 @@ impl Worker {
                             suppressed = unsaid,
                             "downlink record cannot be published; dead-lettered"
                         );
-                        said = Instant::now();
+                        said = Some(Instant::now());
                         unsaid = 0;
                     } else {
                         unsaid += 1;
