@@ -11,7 +11,6 @@ use super::validate::Problems;
 use crate::core::downlink::loops::can_reach;
 use crate::core::downlink::template::Template;
 use crate::core::downlink::{Downlink, Setting};
-use crate::core::routing::rate_limit::RateLimit;
 use crate::core::routing::topic_name::check_kafka_topic;
 
 /// One downlink as written.
@@ -165,23 +164,17 @@ fn downlink(at: &str, d: &RawDownlink, client_id: &str, suffix: &str, p: &mut Pr
         );
         ok = false;
     }
+    // Nothing is dropped on a downlink: a record waits its turn however long.
     let rate_limit = match &d.rate_limit {
         None => None,
         Some(l) => {
-            let burst = l.burst.unwrap_or_else(|| (l.messages_per_sec.ceil() as u32).max(1));
-            if !(l.messages_per_sec.is_finite() && (0.001..=10_000_000.0).contains(&l.messages_per_sec)) {
-                p.add(
-                    &format!("{at}.rate_limit.messages_per_sec"),
-                    format!("{} is out of range", l.messages_per_sec),
-                    Some("use 0.001 to 10000000"),
-                );
-                ok = false;
+            match super::validate::checked_rate_limit(&format!("{at}.rate_limit"), l.messages_per_sec, l.burst, 0, p) {
+                Ok(limit) => Some(limit),
+                Err(()) => {
+                    ok = false;
+                    None
+                }
             }
-            if burst == 0 || burst > 10_000_000 {
-                p.add(&format!("{at}.rate_limit.burst"), format!("{burst} is out of range"), Some("use 1 to 10000000"));
-                ok = false;
-            }
-            Some(RateLimit::new(l.messages_per_sec.clamp(0.001, 10_000_000.0), burst.max(1), std::time::Duration::ZERO))
         }
     };
     let group_id = d.group_id.clone().unwrap_or_else(|| format!("{client_id}-downlink-{}", d.name));

@@ -473,24 +473,35 @@ fn route_schema(
 
 fn rate_limit(at: &str, r: &RawRoute, p: &mut Problems<'_>) -> Result<Option<RateLimit>, ()> {
     let Some(l) = &r.rate_limit else { return Ok(None) };
+    checked_rate_limit(&format!("{at}.rate_limit"), l.messages_per_sec, l.burst, l.qos0_max_delay_ms, p).map(Some)
+}
+
+/// A rate limit (a route's or a downlink's), checked: every value out of range is reported.
+pub(super) fn checked_rate_limit(
+    at: &str,
+    messages_per_sec: f64,
+    burst: Option<u32>,
+    qos0_max_delay_ms: u64,
+    p: &mut Problems<'_>,
+) -> Result<RateLimit, ()> {
     let mut ok = true;
-    if !(l.messages_per_sec.is_finite() && l.messages_per_sec >= 0.001 && l.messages_per_sec <= 10_000_000.0) {
+    if !(messages_per_sec.is_finite() && (0.001..=10_000_000.0).contains(&messages_per_sec)) {
         p.add(
-            &format!("{at}.rate_limit.messages_per_sec"),
-            format!("{} is out of range", l.messages_per_sec),
+            &format!("{at}.messages_per_sec"),
+            format!("{messages_per_sec} is out of range"),
             Some("use 0.001 to 10000000"),
         );
         ok = false;
     }
-    let burst = l.burst.unwrap_or_else(|| (l.messages_per_sec.ceil() as u32).max(1));
+    let burst = burst.unwrap_or_else(|| (messages_per_sec.ceil() as u32).max(1));
     if burst == 0 || burst > 10_000_000 {
-        p.add(&format!("{at}.rate_limit.burst"), format!("{burst} is out of range"), Some("use 1 to 10000000"));
+        p.add(&format!("{at}.burst"), format!("{burst} is out of range"), Some("use 1 to 10000000"));
         ok = false;
     }
-    if l.qos0_max_delay_ms > 60_000 {
+    if qos0_max_delay_ms > 60_000 {
         p.add(
-            &format!("{at}.rate_limit.qos0_max_delay_ms"),
-            format!("{} is out of range", l.qos0_max_delay_ms),
+            &format!("{at}.qos0_max_delay_ms"),
+            format!("{qos0_max_delay_ms} is out of range"),
             Some("use 0 to 60000"),
         );
         ok = false;
@@ -498,7 +509,7 @@ fn rate_limit(at: &str, r: &RawRoute, p: &mut Problems<'_>) -> Result<Option<Rat
     if !ok {
         return Err(());
     }
-    Ok(Some(RateLimit::new(l.messages_per_sec, burst, Duration::from_millis(l.qos0_max_delay_ms))))
+    Ok(RateLimit::new(messages_per_sec, burst, Duration::from_millis(qos0_max_delay_ms)))
 }
 
 /// The route's dead-letter topic. It must not depend on the message: a templated topic's default is its
