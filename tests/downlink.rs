@@ -395,7 +395,8 @@ fn a_loop_is_refused_with_both_names() {
     assert_eq!(gw.wait_exit(WAIT).and_then(|s| s.code()), Some(2), "{}", gw.logs());
 }
 
-/// A downlink added by a reload starts; a changed template applies to the next records.
+/// A downlink added by a reload starts; a changed template applies to the next records; a removed one
+/// stops.
 #[test]
 fn a_reload_adds_a_downlink_and_changes_its_template() {
     let mosquitto = Mosquitto::start_with(DEEP_QUEUE);
@@ -431,6 +432,14 @@ fn a_reload_adds_a_downlink_and_changes_its_template() {
     });
     assert_eq!(later, BTreeMap::from([("config".to_string(), 100)]), "{}", tail(&gw));
     assert_eq!(gw.count_in_log("downlink consumer closed"), 0, "a template change keeps the consumer");
+    // Removed: it stops, and what comes after stays in Kafka.
+    replace_file(&path, &config_as(&mosquitto, &id, "").yaml());
+    assert!(gw.wait_for_log("downlink consumer closed", WAIT), "{}", tail(&gw));
+    assert!(gw.logs().contains("downlink removed"));
+    assert_eq!(metric(&gw, "downlink_running", "commands"), 0.0);
+    produce(&topic, &commands(200..210));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(sub.messages().len(), 200, "a removed downlink publishes nothing");
 }
 
 /// Under MQTT 5, headers become the message's properties, read by `mosquitto_sub -V 5`.
