@@ -1,6 +1,6 @@
 //! A downlink's Kafka consumer, on a thread of its own (librdkafka's calls block): it reads records
-//! while fewer than the window are in flight and pauses its partitions otherwise (memory stays bounded
-//! and the group keeps the consumer, which goes on polling); it commits what [`Offsets`] says is done,
+//! while fewer than the window are in flight; when the window stays full it pauses its partitions
+//! (memory stays bounded and the group keeps the consumer, which goes on polling); it commits what [`Offsets`] says is done,
 //! every 200 ms and before a rebalance takes partitions away; at the end it waits for what is in flight
 //! (at most the drain time), commits, and leaves the group.
 
@@ -25,6 +25,9 @@ use crate::ops::metrics::downlinks::DownlinkStats;
 
 /// How often done records are committed.
 const COMMIT_EVERY: Duration = Duration::from_millis(200);
+
+/// How long a full window waits for room before the partitions are paused.
+const HOLD: Duration = Duration::from_secs(1);
 
 /// How long a rebalance waits for the records in flight to be published before it commits and lets the
 /// partitions go (well within the group's rebalance timeout, `max.poll.interval.ms`).
@@ -237,11 +240,27 @@ fn run(consumer: BaseConsumer<Context>, setup: Setup) {
             paused = false;
             stats.paused.store(false, Relaxed);
         }
-        let full = offsets.in_flight() >= window;
-        if full != paused && set_paused(&consumer, &stats, full) {
-            paused = full;
+        // The window is full: MQTT is behind. Wait for room without reading (librdkafka keeps what it
+        // fetched ahead); only if it stays full for HOLD, pause the partitions (the consumer goes on
+        // polling, so the group keeps it), and resume once half the window is free. Pausing throws
+        // librdkafka's read-ahead away, so it is kept for the long waits.
+        let in_flight = offsets.in_flight();
+        if in_flight >= window && !paused {
+            let held = Instant::now();
+            // Commits go on meanwhile: what is published while the window is full is committed on time.
+            while !offsets.wait_for_room(window / 2, COMMIT_EVERY) {
+                commit(&consumer, &offsets, &stats, CommitMode::Async);
+                last_commit = Instant::now();
+                if held.elapsed() >= HOLD || stop.is_cancelled() {
+                    paused = set_paused(&consumer, &stats, true);
+                    break;
+                }
+            }
+        } else if paused && in_flight <= window / 2 && set_paused(&consumer, &stats, false) {
+            paused = false;
         }
-        match consumer.poll(Duration::from_millis(100)) {
+        let wait = if paused { Duration::from_millis(20) } else { Duration::from_millis(100) };
+        match consumer.poll(wait) {
             None => {}
             Some(Ok(m)) => {
                 let record = record(&m, &mut topic);

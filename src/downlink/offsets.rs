@@ -8,7 +8,8 @@
 //! last commit (a duplicate at worst, never a gap).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 /// A record read, to be marked done when it is published.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +33,8 @@ struct Partition {
 #[derive(Debug, Default)]
 pub struct Offsets {
     inner: Mutex<Inner>,
+    /// Told when the records in flight fall to what [`Offsets::wait_for_room`] waits for.
+    room: Condvar,
 }
 
 #[derive(Debug, Default)]
@@ -39,6 +42,17 @@ struct Inner {
     partitions: HashMap<(std::sync::Arc<str>, i32), Partition>,
     generation: u64,
     in_flight: usize,
+    /// Someone waits until `in_flight` is at most this.
+    waiting_for: Option<usize>,
+}
+
+impl Inner {
+    fn less_in_flight(&mut self, by: usize, room: &Condvar) {
+        self.in_flight = self.in_flight.saturating_sub(by);
+        if self.waiting_for.is_some_and(|w| self.in_flight <= w) {
+            room.notify_all();
+        }
+    }
 }
 
 impl Offsets {
@@ -50,7 +64,7 @@ impl Offsets {
     /// assigned (read again: the first copy is published and settles it).
     pub fn take(&self, topic: &std::sync::Arc<str>, partition: i32, offset: i64) -> Option<Ticket> {
         let mut guard = self.lock();
-        let Inner { partitions, generation: last, in_flight } = &mut *guard;
+        let Inner { partitions, generation: last, in_flight, .. } = &mut *guard;
         let p = partitions.entry((topic.clone(), partition)).or_insert_with(|| {
             *last += 1;
             Partition { generation: *last, ..Partition::default() }
@@ -81,7 +95,27 @@ impl Offsets {
             p.pending.pop_front();
             p.next = Some(offset + 1);
         }
-        inner.in_flight = inner.in_flight.saturating_sub(1);
+        inner.less_in_flight(1, &self.room);
+        true
+    }
+
+    /// Waits until at most `at_most` records are in flight, or `timeout`; true if there is room.
+    pub fn wait_for_room(&self, at_most: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut inner = self.lock();
+        while inner.in_flight > at_most {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                inner.waiting_for = None;
+                return false;
+            }
+            inner.waiting_for = Some(at_most);
+            inner = match self.room.wait_timeout(inner, left) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        inner.waiting_for = None;
         true
     }
 
@@ -125,7 +159,7 @@ impl Offsets {
         for key in partitions {
             if let Some(p) = inner.partitions.remove(key) {
                 let open = p.pending.iter().filter(|(_, done)| !done).count();
-                inner.in_flight = inner.in_flight.saturating_sub(open);
+                inner.less_in_flight(open, &self.room);
             }
         }
     }
@@ -134,7 +168,8 @@ impl Offsets {
     pub fn revoke_all(&self) {
         let mut inner = self.lock();
         inner.partitions.clear();
-        inner.in_flight = 0;
+        let all = inner.in_flight;
+        inner.less_in_flight(all, &self.room);
     }
 }
 
@@ -170,6 +205,26 @@ mod tests {
         assert_eq!(c, [(t.clone(), 0, 14)]);
         o.failed(&c);
         assert_eq!(o.to_commit(), c);
+    }
+
+    #[test]
+    fn waiting_for_room_ends_when_enough_records_are_done() {
+        let o = Arc::new(Offsets::default());
+        let t: Arc<str> = "t".into();
+        let tickets: Vec<Ticket> = (0..4).map(|i| o.take(&t, 0, i).unwrap()).collect();
+        assert!(!o.wait_for_room(2, Duration::from_millis(20)), "4 in flight");
+        let done = {
+            let o = o.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                for t in &tickets[..2] {
+                    o.done(t);
+                }
+            })
+        };
+        assert!(o.wait_for_room(2, Duration::from_secs(10)));
+        assert!(o.in_flight() <= 2);
+        done.join().unwrap();
     }
 
     #[test]
