@@ -45,9 +45,21 @@ fn metrics_count_what_flows_and_parse_as_openmetrics() {
     let mosquitto = Mosquitto::start();
     let topic = new_topic("http_metrics", 1);
     let dir = tempfile::tempdir().unwrap();
-    let gw = start_gateway(&route_config(&topic).write(dir.path()), &broker_env(&mosquitto));
+    // A downlink too, so that its series are in the scrape (they exist per downlink).
+    let commands = new_topic("http_commands", 1);
+    let downlink = format!("downlinks:\n  - {{name: commands, kafka_topic: {commands}, mqtt_topic: 'down/{{key}}'}}\n");
+    let gw = start_gateway(&route_config(&topic).extra(&downlink).write(dir.path()), &broker_env(&mosquitto));
     let addr = gw.http_addr();
     wait_status(&addr, "/readyz", 200, WAIT, &gw);
+    assert!(
+        wait_until(WAIT, Duration::from_millis(100), || value(
+            &scrape(&addr),
+            "mqtt_kafka_gateway_downlink_mqtt_connected",
+            &[]
+        ) == 1.0),
+        "the downlinks' connection never came up:\n{}",
+        gw.logs()
+    );
 
     let before = scrape(&addr);
     for name in [
