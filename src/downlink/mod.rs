@@ -123,13 +123,7 @@ pub async fn run(mut links: Links, metrics: Arc<Metrics>, shutdown: Cancellation
 }
 
 fn dead_letter_producer(kafka: &KafkaSettings) -> Option<DeadLetters> {
-    match DeadLetters::new(kafka) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            tracing::error!(error = %e, "downlinks: cannot make the dead-letter producer; records that cannot be published wait");
-            None
-        }
-    }
+    Some(DeadLetters::new(kafka))
 }
 
 /// Starts, changes and stops downlinks so that `wanted` runs.

@@ -134,9 +134,18 @@ fn qos5(n: u8) -> rumqttc::v5::mqttbytes::QoS {
 /// The client and event loop for `s`, with manual acks and a request channel of `capacity`. The
 /// transport is set before each connection attempt ([`EventLoop::set_transport`]).
 pub(crate) fn new(s: &MqttSettings, capacity: usize) -> (Client, EventLoop) {
+    new_publishing(s, capacity, None)
+}
+
+/// As [`new`], with at most `inflight` of our QoS 1/2 publishes unacknowledged (rumqttc's default is
+/// 100; under MQTT 5 the broker's Receive Maximum lowers it further).
+pub(crate) fn new_publishing(s: &MqttSettings, capacity: usize, inflight: Option<u16>) -> (Client, EventLoop) {
     match s.protocol {
         Protocol::V311 => {
             let mut o = super::options(s);
+            if let Some(n) = inflight.filter(|n| *n > 0) {
+                o.set_inflight(n);
+            }
             // Acks are ours to send, after Kafka has the records (see crate::pipeline::sequencer).
             o.set_manual_acks(true);
             let (client, mut eventloop) = rumqttc::AsyncClient::new(o, capacity);
@@ -147,6 +156,9 @@ pub(crate) fn new(s: &MqttSettings, capacity: usize) -> (Client, EventLoop) {
         }
         Protocol::V5 => {
             let mut o = props5::options(s);
+            if let Some(n) = inflight.filter(|n| *n > 0) {
+                o.set_outgoing_inflight_upper_limit(n);
+            }
             o.set_manual_acks(true);
             o.set_connection_timeout(s.connect_timeout.as_secs());
             let (client, eventloop) = r5::AsyncClient::new(o, capacity);
