@@ -8,6 +8,15 @@
 //!                                              records (envelope-sized, keyed, six headers), no MQTT
 //!     bench publish ...                        the generator alone, to no subscriber
 //!
+//! The downlinks (Kafka → MQTT), for `scripts/bench-downlink.sh`, on MQTT topics `<topic-prefix>/dev-<d>/set`
+//! (`--topic-prefix bench-dl`):
+//!
+//!     bench downlink-produce --topic T ...     the load, written once: records keyed `dev-<i % D>`, JSON
+//!                                              values with the device's sequence number; waits for every ack
+//!     bench downlink-gateway --pid PID ...     a bare `mosquitto_sub` counts what the gateway publishes
+//!     bench downlink-mqtt-ceiling ...          the same subscriber, the same payloads from one bare publisher
+//!     bench downlink-kafka-ceiling --topic T   Kafka's own ConsumerPerformance reading the topic, a new group
+//!
 //! Common options: --mqtt 127.0.0.1:1883 --kafka 127.0.0.1:9092 --qos 0|1 --messages N --devices D
 //! --payload-bytes B --rate R (messages/s, 0 = as fast as one client can) --prefix bench.
 //!
@@ -67,6 +76,16 @@ fn rss_kib(pid: u32) -> u64 {
                 .and_then(|n| n.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// The peak RSS of a process so far (VmHWM), in KiB; None once it is gone.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -663,24 +682,477 @@ fn generator(load: &Load) -> Result<String, Error> {
     Ok(format!("RESULT system=generator sent={} delivered=- lost=- order_violations=- msg_per_s={rate:.0} p50_ms=- p99_ms=- cpu_us_per_msg={:.2} peak_rss_kib=- publish_per_s={rate:.0}", load.n, cpu as f64 * 1000.0 / load.n.max(1) as f64))
 }
 
+// ---------------------------------------------------------------------------------------------------
+// Downlinks (Kafka → MQTT), for `scripts/bench-downlink.sh`: the records are written to a topic once,
+// then read by Kafka's own consumer, published by a bare MQTT publisher, and carried by the gateway,
+// the last two counted by the same subscriber.
+
+/// A downlink record's value, also the MQTT payload the subscriber reads: the device, its sequence
+/// number and a filler up to about `bytes`.
+fn downlink_payload(device: u64, seq: u64, bytes: usize) -> String {
+    let head = format!(r#"{{"device":"dev-{device}","seq":{seq},"fill":""#);
+    let filler = "x".repeat(bytes.saturating_sub(head.len() + 2));
+    format!("{head}{filler}\"}}")
+}
+
+/// Writes the downlink load to a fresh topic: record i keyed `dev-<i % devices>`, its value
+/// [`downlink_payload`] with the device's own sequence number, and waits until Kafka has every one.
+fn downlink_produce(o: &Opts, load: &Load) -> Result<String, Error> {
+    let topic = o.get("topic", "bench_downlink");
+    let partitions = o.num("partitions", 4)? as i32;
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", &load.kafka).create()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    for r in rt.block_on(
+        admin.create_topics(&[NewTopic::new(&topic, partitions, TopicReplication::Fixed(1))], &AdminOptions::new()),
+    )? {
+        r.map_err(|(t, e)| format!("cannot create the topic {t}: {e}"))?;
+    }
+    let acks =
+        Acks { latencies_us: std::sync::Mutex::new(Vec::with_capacity(load.n as usize)), failed: AtomicU64::new(0) };
+    // Idempotent: a retry cannot reorder a device's records.
+    let producer: BaseProducer<Acks> = ClientConfig::new()
+        .set("bootstrap.servers", &load.kafka)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "60000")
+        .create_with_context(acks)?;
+    let mut seq_by_device = vec![0u64; load.devices as usize];
+    let started = Instant::now();
+    for i in 0..load.n {
+        let d = i % load.devices;
+        let value = downlink_payload(d, seq_by_device[d as usize], load.payload_bytes);
+        seq_by_device[d as usize] += 1;
+        let key = format!("dev-{d}");
+        let mut record = BaseRecord::with_opaque_to(&topic, Box::new(now_us())).key(key.as_bytes()).payload(&value);
+        // A full queue: serve delivery reports and try again.
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(60))?;
+    let spent = started.elapsed().as_secs_f64();
+    let delivered = producer.context().latencies_us.lock().map(|l| l.len() as u64).unwrap_or(0);
+    let failed = producer.context().failed.load(Ordering::Relaxed);
+    if delivered != load.n || failed > 0 {
+        return Err(format!("downlink-produce: {delivered} of {} records acknowledged, {failed} failed", load.n).into());
+    }
+    let rate = load.n as f64 / spent.max(0.001);
+    println!(
+        "downlink-produce: {delivered} records on {topic} ({partitions} partitions), keyed by device, {} B values, acknowledged in {spent:.2} s ({rate:.0}/s)",
+        downlink_payload(0, 0, load.payload_bytes).len()
+    );
+    Ok(format!(
+        "RESULT system=produce qos=- sent={} delivered={delivered} lost=0 duplicates=- order_violations=- msg_per_s={rate:.0} cpu_us_per_msg=- peak_rss_kib=-",
+        load.n
+    ))
+}
+
+/// A silence this long between two messages of a run counts as a stall (µs).
+const STALL_US: u64 = 100_000;
+
+/// A bare `mosquitto_sub` on `<prefix>/+/set`, its output (`topic payload` lines) read by a thread of
+/// this process, each line reduced to (the record's index in the load, arrival time in µs).
+struct DownlinkSubscriber {
+    sub: std::process::Child,
+    rx: std::sync::mpsc::Receiver<(Option<u64>, u64)>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+/// The record's index in the load, from its topic (`.../dev-<d>/set`) and payload (`"seq":<s>`): s * D + d.
+fn downlink_index(line: &str, devices: u64) -> Option<u64> {
+    let (topic, payload) = line.split_once(' ')?;
+    let device: u64 = topic.split('/').rev().nth(1)?.strip_prefix("dev-")?.parse().ok()?;
+    let at = payload.find(r#""seq":"#)? + 6;
+    let digits = payload[at..].find(|c: char| !c.is_ascii_digit()).map_or(&payload[at..], |end| &payload[at..at + end]);
+    let seq: u64 = digits.parse().ok()?;
+    (device < devices).then_some(seq * devices + device)
+}
+
+impl DownlinkSubscriber {
+    /// Subscribes, and returns once the subscription is in place: a probe published to
+    /// `<prefix>/probe/set` (QoS 1, every 200 ms, 10 s at most) came back through it.
+    fn start(load: &Load) -> Result<Self, Error> {
+        let host_port = ["-h".to_string(), load.mqtt_host.clone(), "-p".into(), load.mqtt_port.to_string()];
+        let mut sub = Command::new("mosquitto_sub")
+            .args(&host_port)
+            .args(["-q", &(load.qos as u8).to_string(), "-t", &format!("{}/+/set", load.prefix), "-F", "%t %p"])
+            .args(["-i", &format!("bench-dl-sub-{}-{}", std::process::id(), now_us())])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run mosquitto_sub ({e}); install it with scripts/install-mosquitto.sh"))?;
+        let stdout = sub.stdout.take().ok_or("mosquitto_sub stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let devices = load.devices;
+        let probe_topic = format!("{}/probe/set", load.prefix);
+        let (subscribed_tx, subscribed) = std::sync::mpsc::channel::<()>();
+        let reader = {
+            let probe = format!("{probe_topic} ");
+            std::thread::spawn(move || {
+                let mut r = BufReader::with_capacity(1 << 16, stdout);
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    match r.read_line(&mut line) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    if line.starts_with(&probe) {
+                        let _ = subscribed_tx.send(());
+                        continue;
+                    }
+                    if tx.send((downlink_index(line.trim_end(), devices), now_us())).is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+        for _ in 0..50 {
+            Command::new("mosquitto_pub")
+                .args(&host_port)
+                .args(["-q", "1", "-t", &probe_topic, "-m", "probe"])
+                .stderr(Stdio::null())
+                .status()?;
+            if subscribed.recv_timeout(Duration::from_millis(200)).is_ok() {
+                return Ok(Self { sub, rx, reader });
+            }
+        }
+        let _ = sub.kill();
+        let _ = sub.wait();
+        Err(format!("the subscriber did not get its probe on {probe_topic} within 10 s").into())
+    }
+
+    /// Counts the load: from the first message received to the one that completes the N distinct
+    /// records, with the CPU of `pid` over that interval. Gives up after `first_within` without a first
+    /// message, or 20 s without a next one.
+    fn count(self, load: &Load, pid: u32, first_within: Duration) -> Counted {
+        let mut seen = vec![false; load.n as usize];
+        let mut next_seq: HashMap<u64, u64> = HashMap::new();
+        let (mut distinct, mut duplicates, mut order_violations, mut strays) = (0u64, 0u64, 0u64, 0u64);
+        let (mut first_us, mut last_us) = (0u64, 0u64);
+        let (mut stalls, mut stalled_us) = (0u64, 0u64);
+        let mut cpu_first = None;
+        let mut cpu = None;
+        let mut peak_rss = None;
+        let deadline = Instant::now() + first_within;
+        while distinct < load.n {
+            let wait = if first_us == 0 {
+                deadline.saturating_duration_since(Instant::now())
+            } else {
+                Duration::from_secs(20)
+            };
+            let Ok((index, at)) = self.rx.recv_timeout(wait) else { break };
+            if first_us == 0 {
+                cpu_first = cpu_ms(pid);
+                first_us = at;
+            } else if at.saturating_sub(last_us) >= STALL_US {
+                stalls += 1;
+                stalled_us += at - last_us;
+            }
+            last_us = at;
+            let Some(i) = index.filter(|i| *i < load.n) else {
+                strays += 1;
+                continue;
+            };
+            let (device, seq) = (i % load.devices, i / load.devices);
+            let next = next_seq.entry(device).or_insert(0);
+            if seq < *next {
+                // Seen before: published again (at least once); not seen: a device's order broken.
+                if seen[i as usize] {
+                    duplicates += 1;
+                } else {
+                    order_violations += 1;
+                }
+            }
+            *next = (*next).max(seq + 1);
+            if !seen[i as usize] {
+                seen[i as usize] = true;
+                distinct += 1;
+                if distinct == load.n {
+                    cpu = cpu_first.and_then(|b| cpu_ms(pid).map(|a| a.saturating_sub(b)));
+                    peak_rss = peak_rss_kib(pid);
+                }
+            }
+        }
+        let cpu = cpu.or_else(|| cpu_first.and_then(|b| cpu_ms(pid).map(|a| a.saturating_sub(b))));
+        let peak_rss = peak_rss.or_else(|| peak_rss_kib(pid));
+        let Self { mut sub, rx, reader } = self;
+        let _ = sub.kill();
+        let _ = sub.wait();
+        drop(rx);
+        let _ = reader.join();
+        let span_s = last_us.saturating_sub(first_us) as f64 / 1e6;
+        Counted {
+            n: load.n,
+            distinct,
+            duplicates,
+            order_violations,
+            strays,
+            span_s,
+            stalls,
+            stalled_s: stalled_us as f64 / 1e6,
+            cpu_ms: cpu,
+            peak_rss_kib: peak_rss,
+        }
+    }
+}
+
+/// What the subscriber counted, and the measured process's CPU over it.
+struct Counted {
+    n: u64,
+    distinct: u64,
+    duplicates: u64,
+    order_violations: u64,
+    /// Messages that are not of the load (another index, another shape).
+    strays: u64,
+    /// From the first message received to the last.
+    span_s: f64,
+    /// Silences of [`STALL_US`] or more between two messages, and their sum.
+    stalls: u64,
+    stalled_s: f64,
+    cpu_ms: Option<u64>,
+    peak_rss_kib: Option<u64>,
+}
+
+impl Counted {
+    fn result(&self, system: &str, load: &Load, pid: u32) -> String {
+        let Counted { n, distinct, duplicates, order_violations, strays, span_s, stalls, stalled_s, .. } = *self;
+        let rate = if distinct > 1 { (distinct - 1) as f64 / span_s.max(0.000_001) } else { 0.0 };
+        let cpu_us = self
+            .cpu_ms
+            .map(|c| format!("{:.2}", c as f64 * 1000.0 / distinct.max(1) as f64))
+            .unwrap_or_else(|| "-".into());
+        let rss = self.peak_rss_kib.map(|r| r.to_string()).unwrap_or_else(|| "-".into());
+        let lost = n - distinct;
+        println!(
+            "{system}: {distinct} of {n} records received ({lost} lost, {duplicates} duplicates, {order_violations} order violations{}) in {span_s:.2} s from the first to the last, {rate:.0} msg/s, {cpu_us} us CPU/record (pid {pid}), peak RSS {rss} KiB; {stalls} silences of {} ms or more, {stalled_s:.2} s in all{}",
+            if strays > 0 { format!(", {strays} not of the load") } else { String::new() },
+            STALL_US / 1000,
+            if stalls > 0 && span_s > stalled_s {
+                format!(" ({:.0} msg/s outside them)", distinct as f64 / (span_s - stalled_s))
+            } else {
+                String::new()
+            },
+        );
+        format!(
+            "RESULT system={system} qos={} sent={n} delivered={distinct} lost={lost} duplicates={duplicates} order_violations={order_violations} msg_per_s={rate:.0} cpu_us_per_msg={cpu_us} peak_rss_kib={rss} stalls={stalls} stalled_s={stalled_s:.2}",
+            load.qos as u8
+        )
+    }
+}
+
+/// The gateway's downlink: the subscriber counts what it publishes. With `--resume 1` the gateway was
+/// started stopped (SIGSTOP) and is continued once the subscription is in place, so that none of its
+/// messages can come before it.
+fn downlink_gateway(o: &Opts, load: &Load) -> Result<String, Error> {
+    let pid = o.num("pid", 0)? as u32;
+    if pid == 0 {
+        return Err("downlink-gateway needs --pid".into());
+    }
+    let sub = DownlinkSubscriber::start(load)?;
+    if o.get("resume", "0") == "1" {
+        Command::new("kill").args(["-CONT", &pid.to_string()]).status()?;
+    }
+    // Its start: connections, the group join, the first fetch.
+    Ok(sub.count(load, pid, Duration::from_secs(60)).result("gateway", load, pid))
+}
+
+/// The MQTT ceiling: the same payloads from one bare publisher (a process of its own, one connection,
+/// as fast as it can at the QoS, with `--inflight` QoS 1 messages unacknowledged at most: the broker's
+/// max_inflight_messages), counted by the same subscriber.
+fn downlink_mqtt_ceiling(o: &Opts, load: &Load) -> Result<String, Error> {
+    let sub = DownlinkSubscriber::start(load)?;
+    let mut publisher = Command::new(std::env::current_exe()?)
+        .arg("downlink-publish")
+        .args(["--mqtt", &format!("{}:{}", load.mqtt_host, load.mqtt_port), "--qos", &(load.qos as u8).to_string()])
+        .args(["--messages", &load.n.to_string(), "--devices", &load.devices.to_string()])
+        .args(["--payload-bytes", &load.payload_bytes.to_string(), "--topic-prefix", &load.prefix])
+        .args(["--inflight", &o.get("inflight", "1000")])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let pid = publisher.id();
+    let mut counted = sub.count(load, pid, Duration::from_secs(30));
+    let mut out = String::new();
+    if let Some(mut s) = publisher.stdout.take() {
+        use std::io::Read;
+        let _ = s.read_to_string(&mut out);
+    }
+    let status = publisher.wait()?;
+    if !status.success() {
+        return Err(format!("the publisher failed: {status}").into());
+    }
+    // Its CPU and peak RSS are its own, over its whole run: it may be done before the subscriber is.
+    let mut own = HashMap::new();
+    for line in out.lines() {
+        match line.strip_prefix("RESULT ") {
+            Some(r) => own.extend(r.split_whitespace().filter_map(|kv| kv.split_once('='))),
+            None if !line.starts_with("downlink-publish: ") => println!("{line}"),
+            None => {}
+        }
+    }
+    counted.cpu_ms = own.get("cpu_ms").and_then(|v| v.parse().ok());
+    counted.peak_rss_kib = own.get("peak_rss_kib").and_then(|v| v.parse().ok());
+    Ok(counted.result("mqtt-ceiling", load, pid))
+}
+
+/// The bare publisher of the MQTT ceiling (run by `downlink-mqtt-ceiling`): the load's payloads in
+/// order over one connection, waiting for every PUBACK at QoS 1.
+fn downlink_publish(o: &Opts, load: &Load) -> Result<String, Error> {
+    let inflight = o.num("inflight", 1000)? as u16;
+    let mut mo =
+        MqttOptions::new(format!("bench-dl-pub-{}-{}", std::process::id(), now_us()), &load.mqtt_host, load.mqtt_port);
+    mo.set_max_packet_size(1 << 20, 1 << 20);
+    mo.set_inflight(inflight);
+    mo.set_keep_alive(Duration::from_secs(30));
+    let (client, mut connection) = Client::new(mo, 10_000);
+    let expected_acks = if load.qos == QoS::AtMostOnce { 0 } else { load.n };
+    let pump = std::thread::spawn(move || {
+        let mut acks = 0;
+        for ev in connection.iter() {
+            match ev {
+                Ok(Event::Incoming(Packet::PubAck(_))) => acks += 1,
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return Ok(()),
+                Err(e) => return Err(e.to_string()),
+                _ => {}
+            }
+            if expected_acks > 0 && acks >= expected_acks {
+                return Ok(());
+            }
+        }
+        Ok(())
+    });
+    let mut seq_by_device = vec![0u64; load.devices as usize];
+    let pid = std::process::id();
+    let started = Instant::now();
+    for i in 0..load.n {
+        let d = i % load.devices;
+        let payload = downlink_payload(d, seq_by_device[d as usize], load.payload_bytes);
+        seq_by_device[d as usize] += 1;
+        client.publish(format!("{}/dev-{d}/set", load.prefix), load.qos, false, payload)?;
+    }
+    if expected_acks == 0 {
+        client.disconnect()?;
+    }
+    pump.join().map_err(|_| "publisher thread")??;
+    let spent = started.elapsed().as_secs_f64();
+    println!(
+        "publisher: {} messages at QoS {} in {spent:.2} s ({:.0}/s)",
+        load.n,
+        load.qos as u8,
+        load.n as f64 / spent
+    );
+    Ok(format!(
+        "RESULT system=publisher qos={} sent={} msg_per_s={:.0} cpu_ms={} peak_rss_kib={}",
+        load.qos as u8,
+        load.n,
+        load.n as f64 / spent,
+        cpu_ms(pid).map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+        peak_rss_kib(pid).map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+    ))
+}
+
+/// The Kafka ceiling: Kafka's own consumer (`ConsumerPerformance`, from the broker's jars) reading the
+/// same topic in a new group. Its rate is the fetch rate (`fetch.nMsg.sec`: the group join left out,
+/// as the subscriber's count leaves out the gateway's); its JVM starts cold (no warm-up option), so
+/// the rate is a lower bound. CPU: the whole run net of a one-record run (the JVM's start, the join).
+fn downlink_kafka_ceiling(o: &Opts, load: &Load) -> Result<String, Error> {
+    let libs = o.get("kafka-libs", "");
+    let topic = o.get("topic", "bench_downlink");
+    let run = |n: u64| -> Result<(HashMap<String, String>, u64), Error> {
+        let mut child = Command::new("java")
+            .args(["-Xmx512m", "-cp", &format!("{libs}/*"), "org.apache.kafka.tools.ConsumerPerformance"])
+            .args(["--bootstrap-server", &load.kafka, "--topic", &topic, "--num-records", &n.to_string()])
+            .args(["--group", &format!("bench-dl-kafka-{}-{}", std::process::id(), now_us()), "--timeout", "30000"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run java ({e}); scripts/install-kafka.sh installs it"))?;
+        let pid = child.id();
+        let stdout = child.stdout.take().ok_or("stdout")?;
+        let cpu = Arc::new(AtomicU64::new(0));
+        let sampler = {
+            let cpu = cpu.clone();
+            std::thread::spawn(move || {
+                while let Some(c) = cpu_ms(pid) {
+                    cpu.store(c, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        // "start.time, end.time, data.consumed.in.MB, MB.sec, data.consumed.in.nMsg, nMsg.sec,
+        // rebalance.time.ms, fetch.time.ms, fetch.MB.sec, fetch.nMsg.sec", then the values.
+        let lines: Vec<String> = BufReader::new(stdout).lines().map_while(Result::ok).collect();
+        child.wait()?;
+        let _ = sampler.join();
+        let header = lines.iter().position(|l| l.contains("fetch.nMsg.sec"));
+        let fields = header
+            .and_then(|h| lines.get(h + 1).map(|v| (&lines[h], v)))
+            .map(|(h, v)| h.split(", ").map(str::trim).zip(v.split(", ").map(|x| x.trim().to_string())))
+            .map(|kv| kv.map(|(k, v)| (k.to_string(), v)).collect::<HashMap<_, _>>())
+            .ok_or_else(|| format!("cannot read ConsumerPerformance's output: {lines:?}"))?;
+        Ok((fields, cpu.load(Ordering::Relaxed)))
+    };
+    let (_, jvm_ms) = run(1)?;
+    let (f, total_ms) = run(load.n)?;
+    let get = |k: &str| f.get(k).and_then(|v| v.parse::<f64>().ok()).ok_or_else(|| format!("no {k} in {f:?}"));
+    let (read, rate, overall, rebalance_ms, fetch_ms) = (
+        get("data.consumed.in.nMsg")?,
+        get("fetch.nMsg.sec")?,
+        get("nMsg.sec")?,
+        get("rebalance.time.ms")?,
+        get("fetch.time.ms")?,
+    );
+    let read = read as u64;
+    let cpu_us = total_ms.saturating_sub(jvm_ms) as f64 * 1000.0 / read.max(1) as f64;
+    println!(
+        "kafka-ceiling: {read} records read in {fetch_ms:.0} ms after a group join of {rebalance_ms:.0} ms, {rate:.0} records/s ({overall:.0}/s with the join), {cpu_us:.2} us CPU/record (whole run, net of a one-record run)"
+    );
+    Ok(format!(
+        "RESULT system=kafka-ceiling qos={} sent={} delivered={read} lost={} duplicates=- order_violations=- msg_per_s={rate:.0} cpu_us_per_msg={cpu_us:.2} peak_rss_kib=-",
+        load.qos as u8,
+        load.n,
+        load.n.saturating_sub(read)
+    ))
+}
+
 fn main() -> Result<(), Error> {
     let mut args = std::env::args().skip(1);
     let mode =
-        args.next().ok_or("usage: bench gateway|mqtt-ceiling|kafka-ceiling|librdkafka|publish [--option value ...]")?;
+        args.next().ok_or("usage: bench gateway|mqtt-ceiling|kafka-ceiling|librdkafka|publish|downlink-produce|downlink-gateway|downlink-mqtt-ceiling|downlink-kafka-ceiling [--option value ...]")?;
     let mut opts = HashMap::new();
     while let Some(k) = args.next() {
         let v = args.next().ok_or_else(|| format!("{k} needs a value"))?;
         opts.insert(k.trim_start_matches("--").to_string(), v);
     }
     let o = Opts(opts);
-    let load = Load::from(&o)?;
-    println!("{mode}: {}", load.describe());
+    let mut load = Load::from(&o)?;
+    if mode.starts_with("downlink-") {
+        load.prefix = o.get("topic-prefix", "bench-dl");
+        let qos = if mode == "downlink-produce" { String::new() } else { format!(", QoS {}", load.qos as u8) };
+        println!("{mode}: {} records, {} devices{qos}, {} B values", load.n, load.devices, load.payload_bytes);
+    } else {
+        println!("{mode}: {}", load.describe());
+    }
     let result = match mode.as_str() {
         "gateway" => gateway(&o, &load)?,
         "mqtt-ceiling" => mqtt_ceiling(&load)?,
         "kafka-ceiling" => kafka_ceiling(&o, &load)?,
         "librdkafka" => librdkafka(&o, &load)?,
         "publish" => generator(&load)?,
+        "downlink-produce" => downlink_produce(&o, &load)?,
+        "downlink-gateway" => downlink_gateway(&o, &load)?,
+        "downlink-mqtt-ceiling" => downlink_mqtt_ceiling(&o, &load)?,
+        "downlink-kafka-ceiling" => downlink_kafka_ceiling(&o, &load)?,
+        "downlink-publish" => downlink_publish(&o, &load)?,
         other => return Err(format!("unknown mode {other}").into()),
     };
     println!("{result}");
