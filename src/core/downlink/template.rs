@@ -11,6 +11,8 @@
 
 use std::fmt;
 
+use crate::core::routing::template::{tokens, Token};
+
 /// Where a placeholder's value comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -70,44 +72,13 @@ pub fn source(name: &str) -> Result<Source, String> {
 
 /// Splits `source` into literals and placeholders (`{{`/`}}` are literal braces).
 pub fn parts(source: &str) -> Result<Vec<Part>, String> {
-    let mut parts = Vec::new();
-    let mut literal = String::new();
-    let mut chars = source.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '{' if chars.peek() == Some(&'{') => {
-                chars.next();
-                literal.push('{');
-            }
-            '}' if chars.peek() == Some(&'}') => {
-                chars.next();
-                literal.push('}');
-            }
-            '{' => {
-                let mut name = String::new();
-                loop {
-                    match chars.next() {
-                        Some('}') => break,
-                        Some(c) => name.push(c),
-                        None => return Err(format!("unclosed '{{' in `{source}`")),
-                    }
-                }
-                if name.is_empty() {
-                    return Err(format!("empty placeholder '{{}}' in `{source}`"));
-                }
-                if !literal.is_empty() {
-                    parts.push(Part::Literal(std::mem::take(&mut literal)));
-                }
-                parts.push(Part::Placeholder(self::source(&name)?));
-            }
-            '}' => return Err(format!("unmatched '}}' in `{source}`")),
-            c => literal.push(c),
-        }
-    }
-    if !literal.is_empty() {
-        parts.push(Part::Literal(literal));
-    }
-    Ok(parts)
+    tokens(source)?
+        .into_iter()
+        .map(|t| match t {
+            Token::Literal(l) => Ok(Part::Literal(l)),
+            Token::Placeholder(name) => self::source(&name).map(Part::Placeholder),
+        })
+        .collect()
 }
 
 impl Template {
@@ -156,23 +127,26 @@ impl Template {
 
     /// The topic's levels, each a list of parts (a placeholder never spans a `/`).
     pub fn levels(&self) -> Vec<Vec<Part>> {
-        let mut levels = vec![Vec::new()];
+        let mut levels = Vec::new();
+        let mut current = Vec::new();
         for p in &self.parts {
             match p {
-                Part::Placeholder(_) => levels.last_mut().expect("never empty").push(p.clone()),
+                Part::Placeholder(_) => current.push(p.clone()),
                 Part::Literal(l) => {
                     let mut pieces = l.split('/');
-                    if let Some(first) = pieces.next() {
-                        if !first.is_empty() {
-                            levels.last_mut().expect("never empty").push(Part::Literal(first.into()));
-                        }
+                    if let Some(first) = pieces.next().filter(|f| !f.is_empty()) {
+                        current.push(Part::Literal(first.into()));
                     }
                     for piece in pieces {
-                        levels.push(if piece.is_empty() { Vec::new() } else { vec![Part::Literal(piece.into())] });
+                        levels.push(std::mem::take(&mut current));
+                        if !piece.is_empty() {
+                            current.push(Part::Literal(piece.into()));
+                        }
                     }
                 }
             }
         }
+        levels.push(current);
         levels
     }
 }

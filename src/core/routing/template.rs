@@ -32,54 +32,77 @@ pub struct Values<'a> {
     pub group: &'a dyn Fn(&str) -> Option<&'a str>,
 }
 
+/// A piece of a template's text: literal text (`{{` and `}}` already made single braces) or the name
+/// between a `{` and its `}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Token {
+    Literal(String),
+    Placeholder(String),
+}
+
+/// Splits a template (a Kafka topic's or a downlink's MQTT topic) into literals and placeholder names.
+/// Errors say what is wrong in words a user can act on.
+pub fn tokens(source: &str) -> Result<Vec<Token>, String> {
+    let mut out = Vec::new();
+    let mut literal = String::new();
+    let mut chars = source.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '{' if chars.peek() == Some(&'{') => {
+                chars.next();
+                literal.push('{');
+            }
+            '}' if chars.peek() == Some(&'}') => {
+                chars.next();
+                literal.push('}');
+            }
+            '{' => {
+                let mut name = String::new();
+                loop {
+                    match chars.next() {
+                        Some('}') => break,
+                        Some(c) => name.push(c),
+                        None => return Err(format!("unclosed '{{' in `{source}`")),
+                    }
+                }
+                if name.is_empty() {
+                    return Err(format!("empty placeholder '{{}}' in `{source}`"));
+                }
+                if !literal.is_empty() {
+                    out.push(Token::Literal(std::mem::take(&mut literal)));
+                }
+                out.push(Token::Placeholder(name));
+            }
+            '}' => return Err(format!("unmatched '}}' in `{source}`")),
+            c => literal.push(c),
+        }
+    }
+    if !literal.is_empty() {
+        out.push(Token::Literal(literal));
+    }
+    Ok(out)
+}
+
 impl TopicTemplate {
     /// Parses `source`. Errors say what is wrong in words a user can act on.
     pub fn parse(source: &str) -> Result<Self, String> {
         let mut parts = Vec::new();
-        let mut literal = String::new();
-        let mut chars = source.chars().peekable();
-        while let Some(c) = chars.next() {
-            match c {
-                '{' if chars.peek() == Some(&'{') => {
-                    chars.next();
-                    literal.push('{');
-                }
-                '}' if chars.peek() == Some(&'}') => {
-                    chars.next();
-                    literal.push('}');
-                }
-                '{' => {
-                    let mut name = String::new();
-                    loop {
-                        match chars.next() {
-                            Some('}') => break,
-                            Some(c) => name.push(c),
-                            None => return Err(format!("unclosed '{{' in `{source}`")),
-                        }
+        for token in tokens(source)? {
+            parts.push(match token {
+                Token::Literal(l) => Part::Literal(l),
+                Token::Placeholder(name) => match name.as_str() {
+                    "device_id" => Part::DeviceId,
+                    n if n.chars().all(|c| c.is_ascii_digit()) => {
+                        Part::Level(n.parse().map_err(|_| format!("level `{n}` is too large"))?)
                     }
-                    if !literal.is_empty() {
-                        parts.push(Part::Literal(std::mem::take(&mut literal)));
+                    n if n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => Part::Group(n.to_string()),
+                    n => {
+                        return Err(format!(
+                            "`{{{n}}}` is not a placeholder: use {{N}}, {{device_id}} or {{group_name}}"
+                        ))
                     }
-                    parts.push(match name.as_str() {
-                        "" => return Err(format!("empty placeholder '{{}}' in `{source}`")),
-                        "device_id" => Part::DeviceId,
-                        n if n.chars().all(|c| c.is_ascii_digit()) => {
-                            Part::Level(n.parse().map_err(|_| format!("level `{n}` is too large"))?)
-                        }
-                        n if n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => Part::Group(n.to_string()),
-                        n => {
-                            return Err(format!(
-                                "`{{{n}}}` is not a placeholder: use {{N}}, {{device_id}} or {{group_name}}"
-                            ))
-                        }
-                    });
-                }
-                '}' => return Err(format!("unmatched '}}' in `{source}`")),
-                c => literal.push(c),
-            }
-        }
-        if !literal.is_empty() {
-            parts.push(Part::Literal(literal));
+                },
+            });
         }
         for p in &parts {
             if let Part::Literal(l) = p {
