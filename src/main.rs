@@ -181,6 +181,14 @@ fn validate(path: PathBuf) -> ExitCode {
     }
 }
 
+/// The configuration as every command reads it; an invalid one is printed as `validate` prints it.
+fn load(path: &std::path::Path) -> Result<config::Config, ExitCode> {
+    config::load(path).map_err(|e| {
+        eprint!("{e}");
+        exit::code(exit::INVALID)
+    })
+}
+
 /// The payload given on the command line or in a file.
 fn payload_arg(payload: Option<String>, payload_file: Option<PathBuf>) -> Result<Vec<u8>, ExitCode> {
     match (payload, payload_file) {
@@ -202,12 +210,9 @@ fn explain_record(
     payload: Option<String>,
     payload_file: Option<PathBuf>,
 ) -> ExitCode {
-    let config = match config::load(&path) {
+    let config = match load(&path) {
         Ok(c) => c,
-        Err(e) => {
-            eprint!("{e}");
-            return exit::code(exit::INVALID);
-        }
+        Err(code) => return code,
     };
     let payload = match payload_arg(payload, payload_file) {
         Ok(p) => p,
@@ -234,12 +239,9 @@ fn explain_record(
 }
 
 fn explain(path: PathBuf, topic: String, payload: Option<String>, payload_file: Option<PathBuf>, qos: u8) -> ExitCode {
-    let config = match config::load(&path) {
+    let config = match load(&path) {
         Ok(c) => c,
-        Err(e) => {
-            eprint!("{e}");
-            return exit::code(exit::INVALID);
-        }
+        Err(code) => return code,
     };
     let payload = match payload_arg(payload, payload_file) {
         Ok(p) => p,
@@ -292,12 +294,9 @@ fn probe(path: PathBuf, url: Option<String>, timeout_ms: u64) -> ExitCode {
 }
 
 fn schema(path: PathBuf, name: &str, payload: Option<PathBuf>) -> ExitCode {
-    let config = match config::load(&path) {
+    let config = match load(&path) {
         Ok(c) => c,
-        Err(e) => {
-            eprint!("{e}");
-            return exit::code(exit::INVALID);
-        }
+        Err(code) => return code,
     };
     let Some(route) = config.routes.routes().iter().find(|r| &*r.name == name) else {
         let names: Vec<&str> = config.routes.routes().iter().map(|r| &*r.name).collect();
