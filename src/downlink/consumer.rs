@@ -83,9 +83,13 @@ impl ConsumerContext for Context {
                 commit(consumer, &self.offsets, &self.stats, CommitMode::Sync);
                 let revoked: Vec<(Arc<str>, i32)> =
                     tpl.elements().iter().map(|e| (Arc::from(e.topic()), e.partition())).collect();
-                self.offsets.revoke(&revoked);
+                let left = self.offsets.revoke(&revoked);
                 self.stats.in_flight.store(self.offsets.in_flight() as i64, Relaxed);
-                tracing::info!(downlink = %self.name, partitions = revoked.len(), "downlink partitions revoked");
+                if left > 0 {
+                    tracing::warn!(downlink = %self.name, partitions = revoked.len(), records_left = left, "downlink partitions revoked before all their records were published; their next owner publishes them again from the last commit, and they are not published here");
+                } else {
+                    tracing::info!(downlink = %self.name, partitions = revoked.len(), "downlink partitions revoked");
+                }
             }
             Rebalance::Assign(tpl) => {
                 self.assigned.store(true, Relaxed);
@@ -237,8 +241,10 @@ fn run(consumer: BaseConsumer<Context>, setup: Setup) {
     let (mut again, mut said_again) = (0u64, None::<Instant>);
     while !stop.is_cancelled() {
         if consumer.context().assigned.swap(false, Relaxed) {
-            paused = false;
-            stats.paused.store(false, Relaxed);
+            // librdkafka keeps a partition's pause through a rebalance: one paused when it was revoked
+            // would never be read again once assigned back. So every assignment starts resumed (if the
+            // resume fails, the loop below tries again).
+            paused = !set_paused(&consumer, &stats, false);
         }
         // The window is full: MQTT is behind. Wait for room without reading (librdkafka keeps what it
         // fetched ahead); only if it stays full for HOLD, pause the partitions (the consumer goes on

@@ -8,6 +8,10 @@
 //! consumer thread: commits the first record not done per partition, every 200 ms and before a rebalance
 //! ```
 //!
+//! A rebalance that takes a partition away forgets its records in flight: the worker and the publisher
+//! drop those not yet written to the broker, so the partition's next owner, reading again from the last
+//! commit, is the only one that publishes them (a device does not get two owners' interleaved copies).
+//!
 //! - `consumer.rs`: the Kafka consumer, its window (pause/resume), commits and rebalances;
 //! - `offsets.rs`: which offsets may be committed: only past records that are done, in partition order;
 //! - `publisher.rs`: the MQTT connection, packet ids to records, publishing again after a lost connection;
@@ -245,6 +249,10 @@ impl Worker {
         let mut said: Option<Instant> = None;
         let mut unsaid = 0u64;
         while let Some((record, ticket)) = records.recv().await {
+            // A record of a partition revoked while it waited here is its next owner's to publish.
+            if !self.offsets.holds(&ticket) {
+                continue;
+            }
             let d = self.downlink.borrow_and_update().clone();
             if let Some(limit) = d.rate_limit {
                 let s = schedule.get_or_insert_with(|| Schedule::new(limit, Instant::now()));
@@ -253,6 +261,9 @@ impl Worker {
                 }
                 if let Some(wait) = s.reserve(Instant::now(), None).filter(|w| !w.is_zero()) {
                     tokio::time::sleep(wait).await;
+                    if !self.offsets.holds(&ticket) {
+                        continue;
+                    }
                 }
             } else {
                 schedule = None;

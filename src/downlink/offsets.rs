@@ -99,6 +99,18 @@ impl Offsets {
         true
     }
 
+    /// The record of `ticket` is still ours: its partition has not been taken away since it was read.
+    /// A record of a revoked partition is not published any more: its next owner reads it again from
+    /// the last commit, and publishing it here too would interleave two owners' copies of a device's
+    /// commands.
+    pub fn holds(&self, ticket: &Ticket) -> bool {
+        let inner = self.lock();
+        inner
+            .partitions
+            .get(&(ticket.topic.clone(), ticket.partition))
+            .is_some_and(|p| p.generation == ticket.generation)
+    }
+
     /// Waits until at most `at_most` records are in flight, or `timeout`; true if there is room.
     pub fn wait_for_room(&self, at_most: usize, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
@@ -154,14 +166,18 @@ impl Offsets {
     }
 
     /// The partitions are taken away: forget them (their records in flight complete into nothing).
-    pub fn revoke(&self, partitions: &[(std::sync::Arc<str>, i32)]) {
+    /// Returns how many of their records were still in flight.
+    pub fn revoke(&self, partitions: &[(std::sync::Arc<str>, i32)]) -> usize {
         let mut inner = self.lock();
+        let mut left = 0;
         for key in partitions {
             if let Some(p) = inner.partitions.remove(key) {
                 let open = p.pending.iter().filter(|(_, done)| !done).count();
                 inner.less_in_flight(open, &self.room);
+                left += open;
             }
         }
+        left
     }
 
     /// Every partition is taken away.
@@ -232,11 +248,16 @@ mod tests {
         let o = Offsets::default();
         let t: Arc<str> = "t".into();
         let old = o.take(&t, 0, 5).unwrap();
-        let _other = o.take(&t, 1, 1).unwrap();
-        o.revoke(&[(t.clone(), 0)]);
+        let other = o.take(&t, 1, 1).unwrap();
+        assert!(o.holds(&old) && o.holds(&other));
+        assert_eq!(o.revoke(&[(t.clone(), 0)]), 1);
         assert_eq!(o.in_flight(), 1);
+        assert!(!o.holds(&old), "revoked");
+        assert!(o.holds(&other), "another partition is still held");
         // Assigned again: read again from the commit; the old ticket is stale.
         let new = o.take(&t, 0, 5).unwrap();
+        assert!(o.holds(&new));
+        assert!(!o.holds(&old), "a new generation");
         assert!(!o.done(&old));
         assert_eq!(o.to_commit(), []);
         assert!(o.done(&new));

@@ -43,6 +43,11 @@ pub struct Settle {
 }
 
 impl Settle {
+    /// The record's partition is still this gateway's (see [`Offsets::holds`]).
+    pub fn is_current(&self) -> bool {
+        self.offsets.holds(&self.ticket)
+    }
+
     /// The record is done; false if its partition was taken away since.
     pub fn done(&self) -> bool {
         let done = self.offsets.done(&self.ticket);
@@ -154,6 +159,20 @@ impl InFlight {
         }
     }
 
+    /// Records not written on this connection whose partitions were revoked are over, unpublished.
+    fn drop_revoked(&mut self) {
+        let stale: Vec<u64> = (self.written..self.entries.len())
+            .filter(|&i| {
+                !self.entries[i].done && self.entries[i].sent.is_none() && !self.entries[i].job.settle.is_current()
+            })
+            .map(|i| self.first + i as u64)
+            .collect();
+        for seq in stale {
+            // `done` on a revoked ticket changes nothing and counts nothing.
+            self.complete(seq);
+        }
+    }
+
     /// The connection is gone: nothing is written on the next one yet.
     fn forget_connection(&mut self) {
         for e in &mut self.entries {
@@ -212,6 +231,8 @@ pub async fn run(
                         Err(_) => settings_open = false,
                     },
                     job = jobs.recv(), if connected && flight.open < WINDOW => match job {
+                        // Its partition was revoked while it waited: its next owner publishes it.
+                        Some(job) if !job.settle.is_current() => {}
                         Some(job) => {
                             if client.try_publish(&job.publish) {
                                 flight.push(job);
@@ -248,8 +269,10 @@ pub async fn run(
                 backoff.reset();
                 registry.mqtt_connected.store(true, Relaxed);
                 registry.mqtt_connects.fetch_add(1, Relaxed);
-                // A clean session: rumqttc dropped what it had; everything not done goes again, in order.
+                // A clean session: rumqttc dropped what it had; everything not done goes again, in order,
+                // but for the records of partitions revoked meanwhile (their next owner has them).
                 flight.forget_connection();
+                flight.drop_revoked();
                 let again = flight.entries.iter().filter(|e| !e.done).count();
                 for e in flight.entries.iter().filter(|e| !e.done) {
                     if !client.try_publish(&e.job.publish) {
@@ -396,5 +419,31 @@ mod tests {
         });
         assert_eq!((told, f.open, f.entries.len()), (1, 0, 0));
         assert_eq!(stats.published.load(Relaxed), 4, "not counted as published");
+    }
+
+    /// After a reconnect, the records of a partition revoked meanwhile are not published again; the
+    /// others are, in order.
+    #[test]
+    fn records_of_a_revoked_partition_are_not_published_again() {
+        let offsets = Arc::new(Offsets::default());
+        let stats = Arc::new(DownlinkStats::default());
+        let mut f = InFlight::default();
+        for o in 0..3 {
+            f.push(job(&offsets, &stats, o, 1));
+        }
+        let mut other = job(&offsets, &stats, 3, 1);
+        other.settle.ticket = offsets.take(&Arc::from("u"), 0, 7).expect("a new offset");
+        f.push(other);
+        f.written(1);
+        f.written(2);
+        f.forget_connection();
+        offsets.revoke(&[(Arc::from("t"), 0)]);
+        f.drop_revoked();
+        assert_eq!((f.open, f.entries.len()), (1, 1), "only the other partition's record is left");
+        assert_eq!(f.entries[0].job.settle.ticket.topic.as_ref(), "u");
+        f.written(1);
+        f.acknowledged(1);
+        assert_eq!(offsets.to_commit(), [(Arc::from("u"), 0, 8)]);
+        assert_eq!(stats.published.load(Relaxed), 1, "the revoked records are not counted as published");
     }
 }
