@@ -619,6 +619,48 @@ fn a_reload_moves_the_downlinks_to_another_broker() {
     assert_eq!(on_a.messages().len(), 100, "nothing more on the old broker");
 }
 
+/// Reloads the uplink refuses leave the downlinks where they are: they follow the MQTT settings the
+/// uplink's edge connected with and the Kafka settings its check passed, never those a reload merely
+/// asks for. Kafka settings that pass restart the consumers, which go on from their commits.
+#[test]
+fn the_downlinks_follow_only_the_settings_the_uplink_accepted() {
+    let a = Mosquitto::start_with(DEEP_QUEUE);
+    let topic = unique_topic("commands-accepted");
+    kafka().create_topic(&topic, 2);
+    let on_a = Subscriber::spawn(a.port(), &["cmnd/+/set"], &["-q", "1"]);
+    assert!(on_a.wait_suback(WAIT).is_some());
+    let dir = tempfile::tempdir().unwrap();
+    let id = unique_topic("dl-gw");
+    let dl = downlink("commands", &topic, "");
+    let path = config_as(&a, &id, &dl).write(dir.path());
+    let gw = Gateway::start(&path, &[]);
+    let mut sent = 0;
+    let mut more = |n: usize, what: &str| {
+        produce(&topic, &commands(sent..sent + n));
+        sent += n;
+        let s = seen(&on_a.wait_messages(sent, Duration::from_secs(60)), sent);
+        assert_eq!((s.lost, s.duplicates, s.order_violations), (0, 0, 0), "{what}: {s:?}\n{}", tail(&gw));
+    };
+    more(100, "at start");
+    // An MQTT broker nobody listens at: the uplink's switch is refused.
+    let nowhere = format!("127.0.0.1:{}", common::free_port());
+    let yaml = config_as(&a, &id, &dl).yaml().replace(&a.addr(), &nowhere);
+    replace_file(&path, &yaml);
+    assert!(gw.wait_for_log("new MQTT settings refused", Duration::from_secs(60)), "{}", tail(&gw));
+    more(100, "after a refused MQTT broker");
+    assert!(!gw.logs().contains("downlinks: new MQTT settings"), "the downlinks tried it:\n{}", tail(&gw));
+    // A Kafka cluster nobody listens at: the uplink's check refuses it.
+    let no_kafka = format!("127.0.0.1:{}", common::free_port());
+    replace_file(&path, &yaml.replace(&kafka().bootstrap(), &no_kafka));
+    assert!(gw.wait_for_log("new Kafka settings refused", Duration::from_secs(60)), "{}", tail(&gw));
+    more(100, "after a refused Kafka cluster");
+    assert!(!gw.logs().contains("downlinks: new Kafka settings"), "the downlinks tried it:\n{}", tail(&gw));
+    // Kafka settings that pass: the consumers start again with them, from their commits.
+    replace_file(&path, &config_as(&a, &id, &dl).kafka("  linger_ms: 7\n").yaml());
+    assert!(gw.wait_for_log("downlinks: new Kafka settings", Duration::from_secs(60)), "{}", tail(&gw));
+    more(100, "after new Kafka settings");
+}
+
 /// A second gateway joins the group mid-stream (scaling out): the partitions are shared out again, and
 /// nothing unpublished is skipped; each device's first copies stay in order.
 #[test]

@@ -20,7 +20,9 @@
 //! Reloads: a downlink added starts, one removed stops (after what it has in flight, within the grace
 //! period), one whose template, QoS, retain, dead-letter topic or rate limit changed takes the change
 //! at its next record; new topics, group or consumer properties restart its consumer, new Kafka settings
-//! every consumer, new MQTT settings the connection.
+//! every consumer once the uplink's check has found them to reach and authenticate to the cluster (or
+//! the files librdkafka reads were renewed). New MQTT settings move the connection once the uplink's edge has connected with them
+//! (`mqtt::Links::applied`): settings the broker refused are not tried here either.
 
 pub mod consumer;
 mod dead_letter;
@@ -51,7 +53,10 @@ pub const CONSUMER_WINDOW: usize = 2000;
 /// What the downlinks follow.
 pub struct Links {
     pub downlinks: watch::Receiver<Vec<Arc<Downlink>>>,
+    /// The Kafka settings the uplink's check found to reach and authenticate to the cluster
+    /// (`pipeline::swap`): settings it refused are not tried here either.
     pub kafka: watch::Receiver<KafkaChange>,
+    /// The MQTT settings in effect on the uplink's connection.
     pub mqtt: watch::Receiver<MqttSettings>,
     pub grace: watch::Receiver<Duration>,
 }
@@ -83,7 +88,8 @@ pub async fn run(mut links: Links, metrics: Arc<Metrics>, shutdown: Cancellation
             _ = shutdown.cancelled() => return,
         }
     }
-    let mut kafka = links.kafka.borrow_and_update().settings.clone();
+    let mut change = links.kafka.borrow_and_update().clone();
+    let mut kafka = change.settings.clone();
     let (dead_letters_tx, dead_letters) = watch::channel(dead_letter_producer(&kafka));
     let (jobs_tx, jobs) = mpsc::channel(256);
     let publisher_stop = CancellationToken::new();
@@ -106,9 +112,11 @@ pub async fn run(mut links: Links, metrics: Arc<Metrics>, shutdown: Cancellation
             changed = links.downlinks.changed(), if downlinks_open => downlinks_open = changed.is_ok(),
             changed = links.kafka.changed(), if kafka_open => {
                 kafka_open = changed.is_ok();
-                let new = links.kafka.borrow_and_update().settings.clone();
-                if kafka_open && new != kafka {
-                    kafka = new;
+                let new = links.kafka.borrow_and_update().clone();
+                // New settings, or the files librdkafka reads renewed in place (it reads them once).
+                if kafka_open && !new.same(&change) {
+                    kafka = new.settings.clone();
+                    change = new;
                     tracing::info!("downlinks: new Kafka settings; the consumers start again with them");
                     dead_letters_tx.send_replace(dead_letter_producer(&kafka));
                     let names: Vec<Arc<str>> = running.keys().cloned().collect();

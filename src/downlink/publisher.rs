@@ -1,6 +1,7 @@
 //! The downlinks' MQTT connection: one for every downlink, so that one partition's records reach the
 //! broker in the order they were read. Its own client id (`<mqtt.client_id>-downlinks`) and a clean
-//! session; the other settings are `mqtt`'s, and follow its reloads.
+//! session; the other settings are `mqtt`'s as the uplink's connection has them in effect (a reload's
+//! new ones once the uplink has connected with them).
 //!
 //! A record is done when the broker has it: PUBACK (QoS 1), PUBCOMP (QoS 2), or written to the
 //! connection (QoS 0). Until then it stays here, at most [`WINDOW`] of them. When the connection is

@@ -73,7 +73,7 @@ impl Edge {
         metrics: Arc<Metrics>,
         stop: Stop,
     ) -> Self {
-        let Links { out, acks, connection: shared_connection, settings: settings_rx } = links;
+        let Links { out, acks, connection: shared_connection, settings: settings_rx, applied } = links;
         let broker = settings.broker.to_string();
         let keep_alive = settings.keep_alive;
         let settings_read_coalesce = settings.read_coalesce;
@@ -109,7 +109,7 @@ impl Edge {
             last_ping: tokio::time::Instant::now(),
             keep_alive,
             coalesce: Coalesce::new(settings_read_coalesce),
-            new_settings: SettingsWatch::new(settings_rx),
+            new_settings: SettingsWatch::new(settings_rx, applied),
         }
     }
 
@@ -385,18 +385,32 @@ impl Edge {
     }
 }
 
-/// New MQTT settings from the reloader, and those to switch to between two events.
+/// New MQTT settings from the reloader, those to switch to between two events, and those in effect.
 pub(super) struct SettingsWatch {
     rx: watch::Receiver<MqttSettings>,
     /// False once the reloader is gone.
     open: bool,
     pub(super) switch_to: Option<MqttSettings>,
+    /// The settings in effect, for whoever follows them: the downlinks' connection moves only once
+    /// this edge has connected with new settings, never to a broker it was refused by.
+    applied: watch::Sender<MqttSettings>,
 }
 
 impl SettingsWatch {
-    fn new(mut rx: watch::Receiver<MqttSettings>) -> Self {
+    fn new(mut rx: watch::Receiver<MqttSettings>, applied: watch::Sender<MqttSettings>) -> Self {
         rx.mark_unchanged();
-        Self { rx, open: true, switch_to: None }
+        Self { rx, open: true, switch_to: None, applied }
+    }
+
+    /// `settings` are in effect now.
+    pub(super) fn in_effect(&self, settings: &MqttSettings) {
+        self.applied.send_if_modified(|a| {
+            let changed = a != settings;
+            if changed {
+                *a = settings.clone();
+            }
+            changed
+        });
     }
 
     /// New settings came (`open`), or the reloader is gone: true if the connection is to be switched to
@@ -420,7 +434,8 @@ impl SettingsWatch {
             ..s.clone()
         };
         if connection(&new) == connection(local.settings) {
-            local.apply(new);
+            local.apply(new.clone());
+            self.in_effect(&new);
             return false;
         }
         self.switch_to = Some(new);

@@ -61,6 +61,9 @@ pub struct Links {
     pub connection: Arc<AtomicU64>,
     /// New settings from a reload (the connection keys; see `switch.rs`).
     pub settings: watch::Receiver<MqttSettings>,
+    /// The settings in effect: those of a reload once the edge has connected with them (or applied
+    /// them without a connection), never those it was refused with.
+    pub applied: watch::Sender<MqttSettings>,
 }
 
 /// rumqttc's 3.1.1 options for `s`, but for the transport: [`tls::transport`] sets it, with the TLS files as

@@ -9,6 +9,8 @@
 //!    settings are in effect (subscriptions as after any reconnect). On a failure (wrong password, an
 //!    untrusted certificate, no broker there) the refusal is logged with its cause and counted, and the
 //!    edge connects with the settings it had, as after any broken connection.
+//! 4. The settings in effect are told to whoever follows them (`Links::applied`): the downlinks' own
+//!    connection moves with this one, and stays where it is when the switch was refused.
 //!
 //! With a persistent session and the same client id, the broker resumes the session: nothing published
 //! while the gateway switched is lost at QoS 1/2. A new client id is a new session: what the broker
@@ -66,6 +68,7 @@ impl Edge {
                 self.rebuild();
             }
         }
+        self.new_settings.in_effect(&self.settings);
     }
 
     /// Stops reading and waits (writing acks as they come) until every message taken is settled: none

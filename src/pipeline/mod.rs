@@ -201,12 +201,23 @@ async fn run_inner(
     let connection = Arc::new(AtomicU64::new(0));
     let stop = mqtt::Stop { receiving: shutdown.child_token(), disconnect: CancellationToken::new() };
     let (mqtt_tx, mqtt_settings) = watch::channel(config.mqtt.clone());
-    let mqtt_settings_for_downlinks = mqtt_settings.clone();
-    let links = mqtt::Links { out: intake_tx, acks: acks_rx, connection: connection.clone(), settings: mqtt_settings };
+    // The downlinks follow the MQTT settings the uplink edge has connected with, not those a reload
+    // asks for: a broker, password or certificate it was refused with is not tried by them either.
+    let (applied_tx, mqtt_settings_for_downlinks) = watch::channel(config.mqtt.clone());
+    let links = mqtt::Links {
+        out: intake_tx,
+        acks: acks_rx,
+        connection: connection.clone(),
+        settings: mqtt_settings,
+        applied: applied_tx,
+    };
     let mqtt_task = tokio::spawn(mqtt::run(config.mqtt.clone(), routes.clone(), links, metrics.clone(), stop.clone()));
     let (stats_tx, stats_every) = watch::channel(Duration::from_secs(config.log.stats_interval_secs));
     let stats = tokio::spawn(stats(metrics.clone(), stats_every, shutdown.clone()));
     let (kafka_tx, kafka_changes) = watch::channel(reload::KafkaChange::of(&config));
+    // The downlinks follow the Kafka changes the uplink's check passed (`swap`), as they follow the MQTT
+    // settings its edge connected with.
+    let (kafka_checked_tx, kafka_checked) = watch::channel(reload::KafkaChange::of(&config));
     let (grace_tx, grace_rx) = watch::channel(config.shutdown_grace);
     let (window_tx, windows) = watch::channel(config.mqtt.max_unacked_messages);
     let (registry_tx, registry_settings) = watch::channel(config.schema_registry.clone());
@@ -215,7 +226,7 @@ async fn run_inner(
     let downlinks_task = {
         let links = downlink::Links {
             downlinks,
-            kafka: kafka_changes.clone(),
+            kafka: kafka_checked,
             mqtt: mqtt_settings_for_downlinks,
             grace: grace_rx.clone(),
         };
@@ -238,7 +249,7 @@ async fn run_inner(
     };
     let reloader = tokio::spawn(reload::run(config.clone(), targets, metrics.clone(), shutdown.clone()));
     let (swaps_tx, swaps) = mpsc::channel(1);
-    let swapper = tokio::spawn(swap::run(kafka_changes, metrics.clone(), swaps_tx, shutdown.clone()));
+    let swapper = tokio::spawn(swap::run(kafka_changes, metrics.clone(), swaps_tx, kafka_checked_tx, shutdown.clone()));
     // The grace period runs from the signal, whatever the pipeline is waiting for (a full window, a
     // full producer queue, Kafka).
     let give_up = CancellationToken::new();

@@ -5,7 +5,8 @@
 //! Only then does it hand the producer to the engine, which swaps it in once the producer in use has
 //! delivered what it holds (`engine/swap.rs`): per-device order holds across the swap. A candidate that
 //! cannot connect or authenticate within [`CHECK_TIMEOUT`] is refused: the producer in use stays, and
-//! the refusal is logged with its cause and counted; readiness does not change.
+//! the refusal is logged with its cause and counted; readiness does not change. The downlinks' consumers
+//! follow the changes that pass, never one refused here.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -48,11 +49,13 @@ pub(super) struct Swap {
     pub(super) asked_at: Instant,
 }
 
-/// Checks each Kafka change and hands the producers that pass to the engine, until `stop`.
+/// Checks each Kafka change and hands the producers that pass to the engine, until `stop`. A change that
+/// passes is also told to `passed` (the downlinks' consumers follow it).
 pub(super) async fn run(
     mut changes: watch::Receiver<KafkaChange>,
     metrics: Arc<Metrics>,
     engine: mpsc::Sender<Swap>,
+    passed: watch::Sender<KafkaChange>,
     stop: CancellationToken,
 ) {
     let mut applied = changes.borrow_and_update().clone();
@@ -108,6 +111,7 @@ pub(super) async fn run(
         if engine.send(Swap { producer, events, asked_at }).await.is_err() {
             return;
         }
+        passed.send_replace(change.clone());
         applied = change;
     }
 }
