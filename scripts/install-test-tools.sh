@@ -8,9 +8,11 @@
 #     all pinned: `prometheus_client`, whose OpenMetrics parser checks what /metrics serves, and
 #     `confluent-kafka` with its Schema Registry deserializers and `grpcio-tools` (protoc), with which
 #     tests/tools/sr_decode.py decodes what the gateway writes. The venv is rebuilt when that file changes.
-#   - ~/.cache/mqtt-kafka-gateway/bin/schema-registry, built with Go from tests/tools/schema-registry/:
-#     an in-memory Confluent-compatible Schema Registry (franz-go's srfake) the tests start. Rebuilt when
-#     its sources are newer than the binary. Needs Go 1.21 or newer; the modules come from the Go proxy.
+#   - Go programs the tests start, each built from tests/tools/<name>/ to ~/.cache/mqtt-kafka-gateway/bin/<name>
+#     and rebuilt when its sources are newer than the binary (Go 1.21 or newer; the modules come from the
+#     Go proxy):
+#     - schema-registry: an in-memory Confluent-compatible Schema Registry (franz-go's srfake);
+#     - mqtt5-broker: Mochi MQTT, a second MQTT 5 broker, whose ACL refusals keep the connection open.
 set -euo pipefail
 
 # shellcheck source=lib.sh
@@ -22,8 +24,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 VENV="$MKG_CACHE_DIR/py"
 # The venv keeps a copy of the requirements it was made from, so a changed pin rebuilds it.
 REQUIREMENTS="$ROOT/tests/tools/requirements.txt"
-REGISTRY_SRC="$ROOT/tests/tools/schema-registry"
-REGISTRY_BIN="$MKG_CACHE_DIR/bin/schema-registry"
+GO_TOOLS="schema-registry mqtt5-broker"
 # What the tests import from the venv; a venv made before one of these was added fails this and is rebuilt.
 VENV_IMPORTS='import prometheus_client, grpc_tools.protoc
 import confluent_kafka.schema_registry.avro, confluent_kafka.schema_registry.protobuf
@@ -34,12 +35,19 @@ have_venv() {
   [ -x "$VENV/bin/python" ] && cmp -s "$REQUIREMENTS" "$VENV/requirements.txt" &&
     "$VENV/bin/python" -c "$VENV_IMPORTS" >/dev/null 2>&1
 }
-have_registry() {
-  [ -x "$REGISTRY_BIN" ] &&
-    [ -z "$(find "$REGISTRY_SRC" -type f \( -name '*.go' -o -name go.mod -o -name go.sum \) -newer "$REGISTRY_BIN")" ]
+have_go_tool() {
+  local src="$ROOT/tests/tools/$1" bin="$MKG_CACHE_DIR/bin/$1"
+  [ -x "$bin" ] &&
+    [ -z "$(find "$src" -type f \( -name '*.go' -o -name go.mod -o -name go.sum \) -newer "$bin")" ]
+}
+have_go_tools() {
+  local tool
+  for tool in $GO_TOOLS; do
+    have_go_tool "$tool" || return 1
+  done
 }
 
-if have_promtool && have_venv && have_registry; then
+if have_promtool && have_venv && have_go_tools; then
   exit 0
 fi
 
@@ -100,8 +108,7 @@ if ! have_venv; then
   fi
 fi
 
-if ! have_registry; then
-  echo "install-test-tools: building $REGISTRY_BIN from tests/tools/schema-registry (Go)" >&2
+if ! have_go_tools; then
   if ! command -v go >/dev/null 2>&1; then
     echo "install-test-tools: missing go; install Go 1.21 or newer from https://go.dev/dl/" \
       "(Debian 12's golang-go, 1.19, is too old)" >&2
@@ -113,10 +120,15 @@ if ! have_registry; then
     echo "install-test-tools: $(go env GOVERSION) is too old; install Go 1.21 or newer from https://go.dev/dl/" >&2
     exit 1
   fi
-  mkdir -p "$(dirname "$REGISTRY_BIN")"
-  # -mod=readonly: build exactly what go.mod and go.sum pin (fetched from the module proxy), and fail
-  # rather than edit them. -buildvcs=false: no git stamp, which fails in a checkout git does not trust.
-  # Built to a temporary name so an interrupted build leaves no half binary.
-  (cd "$REGISTRY_SRC" && go build -mod=readonly -buildvcs=false -trimpath -o "$REGISTRY_BIN.tmp" .)
-  mv -f "$REGISTRY_BIN.tmp" "$REGISTRY_BIN"
+  mkdir -p "$MKG_CACHE_DIR/bin"
+  for tool in $GO_TOOLS; do
+    have_go_tool "$tool" && continue
+    bin="$MKG_CACHE_DIR/bin/$tool"
+    echo "install-test-tools: building $bin from tests/tools/$tool (Go)" >&2
+    # -mod=readonly: build exactly what go.mod and go.sum pin (fetched from the module proxy), and fail
+    # rather than edit them. -buildvcs=false: no git stamp, which fails in a checkout git does not trust.
+    # Built to a temporary name so an interrupted build leaves no half binary.
+    (cd "$ROOT/tests/tools/$tool" && go build -mod=readonly -buildvcs=false -trimpath -o "$bin.tmp" .)
+    mv -f "$bin.tmp" "$bin"
+  done
 fi

@@ -9,6 +9,7 @@
 //! * [`Pki`]: a CA, server and client certificates made with `openssl` at test time.
 //! * [`MosquittoTls`]: one Mosquitto with plain, TLS, mTLS, ws and wss listeners.
 //! * [`SecureKafka`]: a dedicated Kafka with SASL_SSL and SSL (mTLS) listeners too.
+//! * [`Mochi`]: a second MQTT 5 broker (Mochi MQTT), for the refusals Mosquitto cannot show.
 //! * [`SchemaRegistry`]: an in-memory Confluent-compatible Schema Registry per test, and [`decode`], which
 //!   reads record values in Confluent's wire format with confluent-kafka's own deserializers.
 //!
@@ -24,6 +25,7 @@ mod gateway;
 pub mod http;
 mod kafka;
 mod kafka_secure;
+mod mochi;
 mod mosquitto;
 mod mosquitto_tls;
 mod oidc;
@@ -31,11 +33,13 @@ pub mod pki;
 pub mod prom;
 pub mod registry;
 pub mod stream;
+pub mod tools;
 
 pub use config::{Config, Route};
 pub use gateway::Gateway;
 pub use kafka::{kafka, unique_topic, Kafka, Record};
 pub use kafka_secure::{SecureKafka, PLAIN_USER, SCRAM_USER};
+pub use mochi::Mochi;
 pub use mosquitto::{mosquitto_pub, mosquitto_pub_with, try_mosquitto_pub, Mosquitto, Subscriber};
 pub use mosquitto_tls::{ws_mqtt_connect, wss_mqtt_connect, MosquittoTls, ServerCert, TlsOptions, WsHandshake};
 pub use oidc::TokenEndpoint;

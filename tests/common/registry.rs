@@ -20,36 +20,16 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use base64::Engine as _;
 
+use super::tools::{cache_dir, go_tool, INSTALL_HINT};
 use super::{free_port, repo_root, wait_until};
 
-const INSTALL_HINT: &str = "run scripts/install-test-tools.sh (scripts/test.sh does)";
-
-fn cache_dir() -> PathBuf {
-    std::env::var_os("MKG_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/mqtt-kafka-gateway"))
-}
-
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
-}
-
-/// The registry binary; missing, or older than its sources (a test would run yesterday's registry), fails.
+/// The registry binary (see [`go_tool`]).
 fn registry_binary() -> PathBuf {
-    let bin = cache_dir().join("bin/schema-registry");
-    let built = modified(&bin).unwrap_or_else(|| panic!("{} is missing: {INSTALL_HINT}", bin.display()));
-    let src = repo_root().join("tests/tools/schema-registry");
-    for name in ["main.go", "go.mod", "go.sum"] {
-        let source = src.join(name);
-        if modified(&source).is_some_and(|t| t > built) {
-            panic!("{} is older than {}: {INSTALL_HINT}", bin.display(), source.display());
-        }
-    }
-    bin
+    go_tool("schema-registry")
 }
 
 /// The venv's Python, made from the current `tests/tools/requirements.txt` (the venv keeps a copy).
