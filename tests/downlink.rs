@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use common::prom::value;
-use common::{kafka, replace_file, unique_topic, wait_until, Config, Gateway, Mosquitto, Route, Subscriber, WAIT};
+use common::{
+    kafka, replace_file, unique_topic, wait_until, Config, Gateway, Mochi, Mosquitto, Route, Subscriber, WAIT,
+};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
@@ -585,6 +587,68 @@ fn a_publish_the_broker_refuses_is_dead_lettered() {
         ) == 1.0
     }));
     assert!(wait_until(WAIT, Duration::from_millis(500), || metric(&gw, "downlink_lag_records", "commands") == 0.0));
+}
+
+/// More QoS 2 publishes refused at PUBREC than the connection has in-flight slots, on a broker that
+/// keeps the connection after a refusal (Mochi MQTT; Mosquitto 2.0.11 closes it): rumqttc keeps a slot
+/// for each refusal, so the downlinks' connection is made again before they run out. Every refused
+/// record is dead-lettered once, and the command behind them is published. Both with our own limit of
+/// in-flight messages and with a broker's Receive Maximum far below it.
+#[test]
+fn more_refused_qos2_publishes_than_in_flight_slots_do_not_stall_the_downlinks() {
+    let refused = 1_100;
+    for receive_maximum in [1024, 10] {
+        let broker = Mochi::start(&["secret/"], receive_maximum);
+        let topic = unique_topic("commands-refused-qos2");
+        let dlq = format!("{topic}.dlq");
+        kafka().create_topic(&topic, 1);
+        kafka().create_topic(&dlq, 1);
+        let sub = Subscriber::spawn(broker.port(), &["#"], &["-q", "2", "-V", "5"]);
+        assert!(sub.wait_suback(WAIT).is_some(), "{}", broker.output());
+        let rec = |area: &str, i: usize| -> Rec {
+            (
+                Some(format!("dev-{i}")),
+                vec![("area", area.as_bytes().to_vec())],
+                format!(r#"{{"seq":{i}}}"#).into_bytes(),
+            )
+        };
+        let mut records: Vec<Rec> = (0..refused).map(|i| rec("secret", i)).collect();
+        records.push(rec("cmnd", refused));
+        produce(&topic, &records);
+        let downlinks = format!(
+            "  - name: commands\n    kafka_topic: {topic}\n    mqtt_topic: '{{header.area}}/{{key}}'\n    qos: 2\n    allow_loop: true\n    properties: {{session.timeout.ms: 6000}}\n"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = Config::new()
+            .broker(broker.addr())
+            .client_id(unique_topic("dl-gw"))
+            .reconnect_delays_ms(100, 1000)
+            .bootstrap_servers(kafka().bootstrap())
+            .route(Route::new("telemetry", "tele/#", "telemetry"))
+            .extra(&format!("downlinks:\n{downlinks}"))
+            .write(dir.path());
+        let gw = Gateway::start(&path, &[("GATEWAY_MQTT__PROTOCOL", "5")]);
+        let got = sub.wait_messages(1, Duration::from_secs(90));
+        let topics: Vec<&str> = got.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(topics, [format!("cmnd/dev-{refused}")], "receive maximum {receive_maximum}:\n{}", tail(&gw));
+        let dead = kafka().consume(&dlq, refused, Duration::from_secs(60));
+        assert_eq!(dead.len(), refused, "receive maximum {receive_maximum}:\n{}", tail(&gw));
+        let dead_lettered = || {
+            value(
+                &gw.metrics(),
+                "mqtt_kafka_gateway_downlink_records_dead_lettered_total",
+                &[("downlink", "commands"), ("reason", "refused_by_broker")],
+            )
+        };
+        assert!(
+            wait_until(WAIT, Duration::from_millis(200), || dead_lettered() == refused as f64),
+            "receive maximum {receive_maximum}: each refusal dead-lettered once, not {}",
+            dead_lettered()
+        );
+        let renewals = gw.logs().matches("to get back the in-flight slots").count();
+        eprintln!("DOWNLINK RESULT refused QoS 2 (receive maximum {receive_maximum}): refused={refused} dead_lettered={} new_connections={renewals}", dead.len());
+        assert!(renewals >= 1, "{}", tail(&gw));
+    }
 }
 
 /// New MQTT settings from a reload reconnect the downlinks' connection: the broker moves, and the

@@ -199,9 +199,33 @@ pub async fn run(
     let mut connected = false;
     let mut backoff = Backoff::new(s.reconnect_min, s.reconnect_max);
     let mut settings_open = true;
+    // rumqttc keeps the in-flight slot of every QoS 2 publish refused at PUBREC: once a quarter of the
+    // slots are kept, nothing new is handed over, and when every record handed over is done, a new
+    // connection gives the slots back (nothing is then published twice).
+    let mut renewing = false;
     loop {
         if stop.is_cancelled() {
             break;
+        }
+        let slots = eventloop.slots_kept();
+        if connected && !renewing && slots.is_some_and(|k| k.running_out()) {
+            renewing = true;
+        }
+        // Every slot kept: nothing written waits for an ack either (each slot is a refusal), and what
+        // was handed over but not written goes on the new connection.
+        if renewing && (flight.open == 0 || slots.is_some_and(|k| k.kept >= k.of)) {
+            let kept = slots.map_or(0, |k| k.kept);
+            tracing::info!(
+                slots_kept = kept,
+                "downlinks: a new MQTT connection, to get back the in-flight slots the broker's QoS 2 refusals keep"
+            );
+            client.try_disconnect();
+            (client, eventloop) = client::new_publishing(&s, WINDOW + 64, Some(INFLIGHT));
+            connected = false;
+            renewing = false;
+            registry.mqtt_connected.store(false, Relaxed);
+            flight.forget_connection();
+            continue;
         }
         if eventloop.needs_connect() {
             match crate::mqtt::tls::transport(&s) {
@@ -231,7 +255,7 @@ pub async fn run(
                         Ok(()) => break Step::Settings,
                         Err(_) => settings_open = false,
                     },
-                    job = jobs.recv(), if connected && flight.open < WINDOW => match job {
+                    job = jobs.recv(), if connected && flight.open < WINDOW && !renewing => match job {
                         // Its partition was revoked while it waited: its next owner publishes it.
                         Some(job) if !job.settle.is_current() => {}
                         Some(job) => {
@@ -262,6 +286,7 @@ pub async fn run(
                 (client, eventloop) = client::new_publishing(&s, WINDOW + 64, Some(INFLIGHT));
                 backoff = Backoff::new(s.reconnect_min, s.reconnect_max);
                 connected = false;
+                renewing = false;
                 registry.mqtt_connected.store(false, Relaxed);
                 flight.forget_connection();
             }
@@ -295,6 +320,7 @@ pub async fn run(
                     tracing::warn!(error = %d.what, hint = d.hint, "downlinks: cannot connect to MQTT");
                 }
                 connected = false;
+                renewing = false;
                 registry.mqtt_connected.store(false, Relaxed);
                 // Acknowledgements read before the failure still count (a broker may close the
                 // connection right after refusing a publish).

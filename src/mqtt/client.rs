@@ -35,7 +35,50 @@ pub(crate) enum EventLoop {
         inner: Box<r5::EventLoop>,
         /// rumqttc's 5 event loop hides whether it has a connection: a CONNACK says yes, an error no.
         connected: bool,
+        /// In-flight slots rumqttc keeps for good on this connection (see [`EventLoop::slots_kept`]),
+        /// and how many the connection has: ours, or the broker's Receive Maximum if lower.
+        kept: Slots,
     },
+}
+
+/// rumqttc (0.25, MQTT 5) gives back a QoS 2 publish's in-flight slot at PUBCOMP only: a publish the
+/// broker refuses at PUBREC keeps its slot until the next connection, and once every slot is kept
+/// rumqttc sends nothing more, ever, on that connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Slots {
+    pub(crate) kept: u16,
+    pub(crate) of: u16,
+    /// Our own limit (`new_publishing`'s `inflight`).
+    ours: u16,
+}
+
+impl Slots {
+    fn new(ours: Option<u16>) -> Self {
+        let ours = ours.filter(|n| *n > 0).unwrap_or(u16::MAX);
+        Slots { kept: 0, of: ours, ours }
+    }
+
+    /// Watches rumqttc's events: a CONNACK starts over (with the broker's Receive Maximum), a PUBREC
+    /// refusal keeps a slot.
+    fn saw(&mut self, event: &r5::Event) {
+        match event {
+            r5::Event::Incoming(p5::Packet::ConnAck(ack)) => {
+                let receive_max = ack.properties.as_ref().and_then(|p| p.receive_max).unwrap_or(u16::MAX);
+                *self = Slots { kept: 0, of: self.ours.min(receive_max), ours: self.ours };
+            }
+            r5::Event::Incoming(p5::Packet::PubRec(rec))
+                if !matches!(rec.reason, p5::PubRecReason::Success | p5::PubRecReason::NoMatchingSubscribers) =>
+            {
+                self.kept = self.kept.saturating_add(1);
+            }
+            _ => {}
+        }
+    }
+
+    /// A quarter of the slots are kept: time for a new connection, long before none is left.
+    pub(crate) fn running_out(&self) -> bool {
+        self.kept > 0 && u32::from(self.kept) * 4 >= u32::from(self.of)
+    }
 }
 
 /// What the broker made of one filter of a SUBSCRIBE.
@@ -162,7 +205,10 @@ pub(crate) fn new_publishing(s: &MqttSettings, capacity: usize, inflight: Option
             o.set_manual_acks(true);
             o.set_connection_timeout(s.connect_timeout.as_secs());
             let (client, eventloop) = r5::AsyncClient::new(o, capacity);
-            (Client::V5(client), EventLoop::V5 { inner: Box::new(eventloop), connected: false })
+            (
+                Client::V5(client),
+                EventLoop::V5 { inner: Box::new(eventloop), connected: false, kept: Slots::new(inflight) },
+            )
         }
     }
 }
@@ -231,8 +277,9 @@ impl EventLoop {
                 Ok(event) => Ok(event4(event)),
                 Err(err) => Err(ConnectionError::V4(err)),
             },
-            EventLoop::V5 { inner, connected } => match inner.poll().await {
+            EventLoop::V5 { inner, connected, kept } => match inner.poll().await {
                 Ok(event) => {
+                    kept.saw(&event);
                     let event = event5(event);
                     if matches!(event, Event::ConnAck { .. }) {
                         *connected = true;
@@ -244,6 +291,14 @@ impl EventLoop {
                     Err(ConnectionError::V5(err))
                 }
             },
+        }
+    }
+
+    /// The in-flight slots rumqttc keeps for good on this connection (MQTT 5 only; see [`Slots`]).
+    pub(crate) fn slots_kept(&self) -> Option<Slots> {
+        match self {
+            EventLoop::V4(_) => None,
+            EventLoop::V5 { kept, .. } => Some(*kept),
         }
     }
 
@@ -462,5 +517,72 @@ fn outgoing(o: Outgoing) -> Event {
         Outgoing::Disconnect => Event::DisconnectSent,
         Outgoing::Publish(pkid) => Event::PublishSent(pkid),
         _ => Event::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connack(receive_max: Option<u16>) -> r5::Event {
+        let properties = p5::ConnAckProperties {
+            session_expiry_interval: None,
+            receive_max,
+            max_qos: None,
+            retain_available: None,
+            max_packet_size: None,
+            assigned_client_identifier: None,
+            topic_alias_max: None,
+            reason_string: None,
+            user_properties: Vec::new(),
+            wildcard_subscription_available: None,
+            subscription_identifiers_available: None,
+            shared_subscription_available: None,
+            server_keep_alive: None,
+            response_information: None,
+            server_reference: None,
+            authentication_method: None,
+            authentication_data: None,
+        };
+        r5::Event::Incoming(p5::Packet::ConnAck(p5::ConnAck {
+            session_present: false,
+            code: p5::ConnectReturnCode::Success,
+            properties: Some(properties),
+        }))
+    }
+
+    fn pubrec(reason: p5::PubRecReason) -> r5::Event {
+        r5::Event::Incoming(p5::Packet::PubRec(p5::PubRec { pkid: 1, reason, properties: None }))
+    }
+
+    /// PUBREC refusals keep slots, successes do not; a quarter of the connection's slots (ours or the
+    /// broker's Receive Maximum, the lower) calls for a new connection; a CONNACK starts over.
+    #[test]
+    fn slots_kept_by_pubrec_refusals_are_counted_per_connection() {
+        let mut s = Slots::new(Some(1000));
+        s.saw(&connack(None));
+        assert_eq!((s.kept, s.of), (0, 1000));
+        for _ in 0..249 {
+            s.saw(&pubrec(p5::PubRecReason::NotAuthorized));
+        }
+        s.saw(&pubrec(p5::PubRecReason::Success));
+        s.saw(&pubrec(p5::PubRecReason::NoMatchingSubscribers));
+        assert!(!s.running_out(), "{s:?}");
+        s.saw(&pubrec(p5::PubRecReason::QuotaExceeded));
+        assert!(s.running_out(), "{s:?}");
+        // A broker with a Receive Maximum of 10: 3 refusals are a quarter.
+        s.saw(&connack(Some(10)));
+        assert_eq!((s.kept, s.of), (0, 10));
+        assert!(!s.running_out());
+        for _ in 0..2 {
+            s.saw(&pubrec(p5::PubRecReason::NotAuthorized));
+        }
+        assert!(!s.running_out());
+        s.saw(&pubrec(p5::PubRecReason::NotAuthorized));
+        assert!(s.running_out());
+        // Without a limit of ours, the broker's.
+        let mut s = Slots::new(None);
+        s.saw(&connack(Some(65535)));
+        assert_eq!(s.of, 65535);
     }
 }
