@@ -21,8 +21,9 @@
 //! period), one whose template, QoS, retain, dead-letter topic or rate limit changed takes the change
 //! at its next record; new topics, group or consumer properties restart its consumer, new Kafka settings
 //! every consumer once the uplink's check has found them to reach and authenticate to the cluster (or
-//! the files librdkafka reads were renewed). New MQTT settings move the connection once the uplink's edge has connected with them
-//! (`mqtt::Links::applied`): settings the broker refused are not tried here either.
+//! the files librdkafka reads were renewed). New MQTT settings move the connection once the uplink's
+//! edge has connected with them (`mqtt::Links::applied`): settings the broker refused are not tried
+//! here either.
 
 pub mod consumer;
 mod dead_letter;
